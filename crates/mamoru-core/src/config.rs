@@ -1,0 +1,377 @@
+//! The configuration file, `mamoru.toml`.
+//!
+//! Every key has a built-in default, so `mamoru serve` runs with no file at
+//! all. Unknown keys are errors (a typo must not silently fall back to a
+//! default), and [`Config::validate`] turns strings into typed values, naming
+//! the offending key when one is wrong. `docs/configuration.md` documents each
+//! key; `mamoru init` writes [`TEMPLATE`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::address::EmailAddress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The mail domain: `ans@DOMAIN` receives registrations; From addresses use it.
+    pub domain: String,
+    /// Base URL of the web pages, as parents' phones reach it.
+    pub public_url: String,
+    /// Where the database, keys and file-transport mail live. A relative path
+    /// is relative to the config file's directory (or the working directory
+    /// when there is no file).
+    pub data_dir: PathBuf,
+    /// The name parents know the service by; shown in mails and pages.
+    pub service_name: String,
+    pub ingest: IngestConfig,
+    pub limits: LimitsConfig,
+    pub tokens: TokensConfig,
+    pub web: WebConfig,
+    pub relay: RelayConfig,
+    pub store: StoreConfig,
+    pub districts: Vec<District>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub lmtp_listen: String,
+    /// Local part of the registration address.
+    pub register_local: String,
+    /// Largest inbound message accepted, in bytes (announced as LMTP SIZE).
+    pub max_message_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// At most one 登録受付 mail per address within this many seconds.
+    pub register_cooldown_secs: i64,
+    /// At most this many 登録受付 mails per address per day (UTC+9 calendar day).
+    pub register_daily_cap: i64,
+    /// At most this many 登録受付 mails in total per clock hour.
+    pub register_global_hourly_cap: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Lifetime of the link in a 登録受付 mail.
+    pub register_ttl_secs: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// `"file"` or `"smtp://HOST:PORT"`.
+    pub transport: String,
+    /// First retry delay after a 4xx or a connection failure; doubles each time.
+    pub retry_base_secs: i64,
+    /// Ceiling of the retry delay.
+    pub retry_max_secs: i64,
+    /// A message not delivered within this age is marked expired, not sent late.
+    pub max_age_secs: i64,
+    /// How long a claimed outbox row stays leased before another relay may take it.
+    pub lease_secs: i64,
+    /// How often the relay looks for due rows written by other processes.
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long a writer waits for a lock held by another process before the
+    /// operation fails as transient (ingest exits 75, LMTP answers 451).
+    pub busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct District {
+    pub id: u32,
+    pub name: String,
+}
+
+/// Where the relay hands mail over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// `.eml` files under `DATA_DIR/mail/`.
+    File,
+    /// A smarthost, plain SMTP.
+    Smtp { host: String, port: u16 },
+}
+
+/// The Kure districts of the original service. Configuration, not code: this
+/// list is only the default and the template.
+pub const KURE_DISTRICTS: [(u32, &str); 10] = [
+    (1, "中央地区"),
+    (2, "天応・吉浦地区"),
+    (3, "昭和地区"),
+    (4, "阿賀・広地区・仁方"),
+    (5, "川尻・安浦"),
+    (6, "下蒲刈・蒲刈地区"),
+    (7, "豊・豊浜地区"),
+    (8, "郷原地区"),
+    (9, "宮原・警固屋地区"),
+    (10, "音戸・倉橋地区"),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            service_name: "守るネット".into(),
+            ingest: IngestConfig::default(),
+            limits: LimitsConfig::default(),
+            tokens: TokensConfig::default(),
+            web: WebConfig::default(),
+            relay: RelayConfig::default(),
+            store: StoreConfig::default(),
+            districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { lmtp_listen: "127.0.0.1:2424".into(), register_local: "ans".into(), max_message_bytes: 10 * 1024 * 1024 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { register_cooldown_secs: 300, register_daily_cap: 5, register_global_hourly_cap: 2000 }
+    }
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self { register_ttl_secs: 24 * 3600 }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            transport: "file".into(),
+            retry_base_secs: 30,
+            retry_max_secs: 3600,
+            max_age_secs: 3 * 24 * 3600,
+            lease_secs: 300,
+            poll_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { busy_timeout_ms: 5000 }
+    }
+}
+
+impl Config {
+    /// Parses and validates a config file's text. `base` is the directory a
+    /// relative `data_dir` is resolved against.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text)?;
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The built-in defaults, with `data_dir` resolved against `base`.
+    pub fn defaults(base: &Path) -> Self {
+        let mut cfg = Config::default();
+        cfg.data_dir = base.join(&cfg.data_dir);
+        cfg
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        EmailAddress::parse(&format!("postmaster@{}", self.domain))
+            .map_err(|e| invalid("domain", format!("{:?} is not a mail domain ({e})", self.domain)))?;
+        let url = self.public_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+            return Err(invalid("public_url", "must be an http:// or https:// URL without spaces"));
+        }
+        if self.service_name.trim().is_empty() || self.service_name.contains(['\r', '\n', '\0']) {
+            return Err(invalid("service_name", "must be one non-empty line"));
+        }
+        self.lmtp_listen()?;
+        self.web_listen()?;
+        EmailAddress::parse(&format!("{}@{}", self.ingest.register_local, self.domain))
+            .ok()
+            .filter(|_| !self.ingest.register_local.contains('+'))
+            .ok_or_else(|| invalid("ingest.register_local", "must be a plain local part such as \"ans\""))?;
+        if self.ingest.max_message_bytes < 1024 {
+            return Err(invalid("ingest.max_message_bytes", "must be at least 1024"));
+        }
+        positive("limits.register_cooldown_secs", self.limits.register_cooldown_secs, true)?;
+        positive("limits.register_daily_cap", self.limits.register_daily_cap, false)?;
+        positive("limits.register_global_hourly_cap", self.limits.register_global_hourly_cap, false)?;
+        positive("tokens.register_ttl_secs", self.tokens.register_ttl_secs, false)?;
+        positive("relay.retry_base_secs", self.relay.retry_base_secs, false)?;
+        positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
+        positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
+        positive("relay.lease_secs", self.relay.lease_secs, false)?;
+        if self.relay.poll_interval_ms == 0 {
+            return Err(invalid("relay.poll_interval_ms", "must be positive"));
+        }
+        self.transport()?;
+        if self.districts.is_empty() {
+            return Err(invalid("districts", "at least one [[districts]] entry is needed"));
+        }
+        for (i, d) in self.districts.iter().enumerate() {
+            if d.id == 0 {
+                return Err(invalid(format!("districts[{i}].id"), "must be 1 or more"));
+            }
+            if d.name.trim().is_empty() || d.name.contains(['\r', '\n', '\0', '<', '>', '&', '"']) {
+                return Err(invalid(format!("districts[{i}].name"), "must be a non-empty plain name"));
+            }
+            if self.districts[..i].iter().any(|o| o.id == d.id) {
+                return Err(invalid(format!("districts[{i}].id"), format!("id {} is used twice", d.id)));
+            }
+            if self.districts[..i].iter().any(|o| o.name == d.name) {
+                return Err(invalid(format!("districts[{i}].name"), format!("name {:?} is used twice", d.name)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn lmtp_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.ingest.lmtp_listen.parse().map_err(|_| invalid("ingest.lmtp_listen", "must be IP:PORT, e.g. 127.0.0.1:2424"))
+    }
+
+    pub fn web_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.web.listen.parse().map_err(|_| invalid("web.listen", "must be IP:PORT, e.g. 127.0.0.1:8080"))
+    }
+
+    pub fn transport(&self) -> Result<Transport, ConfigError> {
+        let t = self.relay.transport.trim();
+        if t == "file" {
+            return Ok(Transport::File);
+        }
+        let bad = || invalid("relay.transport", format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
+        let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(Transport::Smtp { host: host.to_string(), port })
+    }
+
+    /// `ans@DOMAIN`.
+    pub fn register_address(&self) -> String {
+        format!("{}@{}", self.ingest.register_local, self.domain)
+    }
+
+    /// The public URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+
+    pub fn district(&self, id: u32) -> Option<&District> {
+        self.districts.iter().find(|d| d.id == id)
+    }
+}
+
+fn positive(key: &str, v: i64, zero_ok: bool) -> Result<(), ConfigError> {
+    if v < 0 || (v == 0 && !zero_ok) {
+        return Err(invalid(key, if zero_ok { "must not be negative" } else { "must be positive" }));
+    }
+    Ok(())
+}
+
+/// The commented configuration `mamoru init` writes. It parses to the defaults
+/// (a test checks), so it doubles as the reference of every key.
+pub const TEMPLATE: &str = include_str!("template.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("/srv/mamoru"))
+    }
+
+    fn err(s: &str) -> String {
+        parse(s).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.data_dir, Path::new("/srv/mamoru/data"));
+        assert_eq!(c.districts.len(), 10);
+        assert_eq!(c.transport().unwrap(), Transport::File);
+        assert_eq!(c.register_address(), "ans@localhost");
+    }
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let t = parse(TEMPLATE).unwrap();
+        let d = Config::defaults(Path::new("/srv/mamoru"));
+        assert_eq!(format!("{t:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[ingest]\nlmtp_lisen = \"x\"").contains("lmtp_lisen"));
+        assert!(err("[ingest]\nlmtp_listen = \"nope\"").contains("ingest.lmtp_listen"));
+        assert!(err("[web]\nlisten = \"1.2.3.4\"").contains("web.listen"));
+        assert!(err("domain = \"bad domain\"").contains("`domain`"));
+        assert!(err("public_url = \"ftp://x\"").contains("public_url"));
+        assert!(err("[relay]\ntransport = \"smtp://host\"").contains("relay.transport"));
+        assert!(err("[relay]\ntransport = \"mx\"").contains("relay.transport"));
+        assert!(err("[limits]\nregister_daily_cap = 0").contains("limits.register_daily_cap"));
+        assert!(err("[limits]\nregister_daily_cap = \"5\"").contains("register_daily_cap"));
+        assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
+        assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
+        assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));
+    }
+
+    #[test]
+    fn smtp_transport_parses() {
+        let c = parse("[relay]\ntransport = \"smtp://127.0.0.1:2525\"").unwrap();
+        assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
+        let c = parse("[relay]\ntransport = \"smtp://[::1]:25\"").unwrap();
+        assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "::1".into(), port: 25 });
+    }
+
+    #[test]
+    fn absolute_data_dir_is_kept() {
+        assert_eq!(parse("data_dir = \"/var/lib/mamoru\"").unwrap().data_dir, Path::new("/var/lib/mamoru"));
+    }
+}

@@ -1,0 +1,34 @@
+//! Domain types of mamoru, with no I/O: configuration, e-mail addresses as the
+//! carriers issued them, signed one-time tokens, address sealing (encryption at
+//! rest plus a blind index), and the rendering of the mails the service sends.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, validated into typed values.
+//! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts.
+//! - [`token`]: HMAC-SHA256 tokens bound to a purpose, a subject and a nonce.
+//! - [`seal`]: AEAD encryption and blind index of addresses.
+//! - [`mail`]: the Japanese mails (登録受付, 登録完了) as RFC 5322 bytes.
+//! - [`keys`]: the key material and its on-disk format (bytes only; the store
+//!   crate reads and writes the files).
+
+pub mod address;
+pub mod config;
+pub mod keys;
+pub mod mail;
+pub mod seal;
+pub mod token;
+
+pub use address::EmailAddress;
+pub use config::Config;
+
+/// Seconds since the Unix epoch. Time is a parameter everywhere so tests
+/// control the clock.
+pub type UnixTime = i64;
+
+/// The current wall-clock time, for callers at the edges.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

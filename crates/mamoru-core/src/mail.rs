@@ -1,0 +1,177 @@
+//! The mails mamoru sends, rendered to RFC 5322 bytes.
+//!
+//! Rendering is pure: the caller passes the time and a unique Message-ID, so
+//! a queued row is byte-for-byte stable and a duplicate delivery is identical.
+//! mail-builder does the MIME work (RFC 2047 subject, transfer encoding, line
+//! length); the text is written with short lines for phone screens.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::raw::Raw;
+
+use crate::UnixTime;
+use crate::address::EmailAddress;
+use crate::config::{Config, District};
+
+/// What kind of mail a queued message is; stored with the outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailKind {
+    /// 登録受付: the reply to an empty mail, with the registration link.
+    RegistrationReceived,
+    /// 登録完了: confirmation after districts were chosen.
+    RegistrationCompleted,
+}
+
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RegistrationReceived => "registration_received",
+            Self::RegistrationCompleted => "registration_completed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "registration_received" => Some(Self::RegistrationReceived),
+            "registration_completed" => Some(Self::RegistrationCompleted),
+            _ => None,
+        }
+    }
+}
+
+/// A rendered message ready for the outbox.
+#[derive(Debug, Clone)]
+pub struct OutgoingMail {
+    pub kind: MailKind,
+    /// Envelope sender (MAIL FROM).
+    pub sender: String,
+    /// Envelope and header recipient.
+    pub to: EmailAddress,
+    /// Without angle brackets.
+    pub message_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A Message-ID on our domain from caller-supplied randomness.
+pub fn message_id(random: &[u8; 12], cfg: &Config) -> String {
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}@{}", cfg.domain)
+}
+
+/// 登録受付: sent in reply to an empty mail or the PC form.
+pub fn registration_received(cfg: &Config, to: &EmailAddress, token: &str, now: UnixTime, message_id: String) -> OutgoingMail {
+    let hours = (cfg.tokens.register_ttl_secs + 3599) / 3600;
+    let name = &cfg.service_name;
+    let body = format!(
+        "{name}への登録を受け付けました。\n\
+         \n\
+         下のリンクを開いて、情報を受け取りたい\n\
+         地区を選び「登録する」を押してください。\n\
+         \n\
+         {url}/r/{token}\n\
+         \n\
+         このリンクは{hours}時間有効で、一度だけ\n\
+         使えます。期限が切れたときは、もう一度\n\
+         空メールを次のアドレスへ送ってください。\n\
+         {ans}\n\
+         \n\
+         お心当たりのない場合は、このメールを\n\
+         破棄してください。登録はされません。\n\
+         {footer}",
+        url = cfg.base_url(),
+        ans = cfg.register_address(),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::RegistrationReceived, to, &format!("【{name}】登録受付"), &body, "auto-replied", now, message_id)
+}
+
+/// 登録完了: sent once districts are saved.
+pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&District], now: UnixTime, message_id: String) -> OutgoingMail {
+    let name = &cfg.service_name;
+    let list: String = districts.iter().map(|d| format!("・{}\n", d.name)).collect();
+    let body = format!(
+        "{name}への登録が完了しました。\n\
+         \n\
+         受け取る地区:\n\
+         {list}\
+         \n\
+         地区を変えるときは、空メールを\n\
+         次のアドレスへ送ってください。\n\
+         {ans}\n\
+         {footer}",
+        ans = cfg.register_address(),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::RegistrationCompleted, to, &format!("【{name}】登録完了"), &body, "auto-generated", now, message_id)
+}
+
+fn footer(cfg: &Config) -> String {
+    format!("\n--\n{}\n{}/\n", cfg.service_name, cfg.base_url())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(
+    cfg: &Config,
+    kind: MailKind,
+    to: &EmailAddress,
+    subject: &str,
+    body: &str,
+    auto_submitted: &'static str,
+    now: UnixTime,
+    message_id: String,
+) -> OutgoingMail {
+    let from = cfg.register_address();
+    let bytes = MessageBuilder::new()
+        .from((cfg.service_name.as_str(), from.as_str()))
+        .to(to.as_str())
+        .subject(subject)
+        .date(now)
+        .message_id(message_id.as_str())
+        .header("Auto-Submitted", Raw::new(auto_submitted))
+        .text_body(body.replace('\n', "\r\n"))
+        .write_to_vec()
+        .unwrap_or_default();
+    OutgoingMail { kind, sender: from, to: to.clone(), message_id, bytes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_and_body(bytes: &[u8]) -> (String, String) {
+        let msg = mailparse::parse_mail(bytes).unwrap();
+        let heads = msg.headers.iter().map(|h| format!("{}: {}\n", h.get_key(), h.get_value())).collect();
+        (heads, msg.get_body().unwrap())
+    }
+
+    #[test]
+    fn registration_received_is_well_formed() {
+        let cfg = Config::default();
+        let to = EmailAddress::parse("taro..y.@docomo.ne.jp").unwrap();
+        let m = registration_received(&cfg, &to, "TOKEN", 1_700_000_000, message_id(&[0xab; 12], &cfg));
+        assert!(m.bytes.is_ascii(), "7-bit clean on the wire");
+        assert!(m.bytes.split(|&b| b == b'\n').all(|l| l.len() <= 998));
+        assert!(!m.bytes.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "CRLF only");
+        let (h, body) = headers_and_body(&m.bytes);
+        assert!(h.contains("Subject: 【守るネット】登録受付\n"), "{h}");
+        assert!(h.contains("To: <taro..y.@docomo.ne.jp>") || h.contains("To: taro..y.@docomo.ne.jp"), "{h}");
+        assert!(h.contains("Message-ID: <abababababababababababab@localhost>"), "{h}");
+        assert!(h.contains("Auto-Submitted: auto-replied"), "{h}");
+        assert!(h.contains("Date: "), "{h}");
+        assert!(body.contains("http://127.0.0.1:8080/r/TOKEN"), "{body}");
+        assert!(body.contains("24時間"), "{body}");
+        for line in body.lines() {
+            assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+        }
+    }
+
+    #[test]
+    fn registration_completed_lists_districts() {
+        let cfg = Config::default();
+        let to = EmailAddress::parse("a@ezweb.ne.jp").unwrap();
+        let ds = [&cfg.districts[0], &cfg.districts[2]];
+        let m = registration_completed(&cfg, &to, &ds, 1_700_000_000, message_id(&[1; 12], &cfg));
+        let (h, body) = headers_and_body(&m.bytes);
+        assert!(h.contains("Subject: 【守るネット】登録完了\n"), "{h}");
+        assert!(body.contains("・中央地区") && body.contains("・昭和地区") && !body.contains("郷原"), "{body}");
+    }
+}
