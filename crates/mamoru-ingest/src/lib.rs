@@ -1,1 +1,38 @@
-//! placeholder
+//! Inbound mail: from Postfix `pipe(8)` (one message on stdin) or from LMTP,
+//! to a classification, to a durable change in the store.
+//!
+//! Layout:
+//! - [`classify`]: pure; envelope + raw bytes in, [`classify::Classification`] out.
+//! - [`lmtp`]: RFC 2033. `lmtp::proto` is the sans-I/O command parser;
+//!   `lmtp::server` runs it on a tokio listener and hands each message to a
+//!   [`Deliver`] implementation.
+//!
+//! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
+//! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
+//! i.e. after a durable commit or a deliberate, logged drop.
+
+pub mod classify;
+pub mod lmtp;
+
+/// What happened to one message for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed durably (a 登録受付 mail is queued, or similar).
+    Stored,
+    /// Deliberately not acted upon, and logged: junk, an auto-reply, a rate
+    /// limit. Acknowledged so the MTA does not retry or bounce.
+    Dropped(String),
+    /// Could not be handled now (store locked, disk full, ...): the MTA must
+    /// retry. LMTP 451 4.3.0, pipe exit 75.
+    Transient(String),
+}
+
+/// Where the LMTP server (and the pipe command) hand messages. Implementations
+/// are blocking (they touch SQLite); the server calls them on a blocking thread.
+pub trait Deliver: Send + Sync + 'static {
+    /// At RCPT time: is this one of our addresses? Unknown ones get 550 5.1.1.
+    fn accepts_recipient(&self, recipient: &str) -> bool;
+    /// After DATA, once per accepted recipient, in RCPT order. `sender` is the
+    /// MAIL FROM address without brackets, empty for the null sender.
+    fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome;
+}
