@@ -1,1 +1,540 @@
-//! placeholder
+//! The SQLite store: the only crate that touches SQL. Ingest, web and relay
+//! never talk to each other; they meet here.
+//!
+//! Layout:
+//! - [`Store`]: a connection with the schema migrated, and the operations
+//!   the flows need, each one transaction.
+//! - [`keys`]: reading and creating the key files in the data dir.
+//! - `migrations/`: numbered, append-only SQL, tracked in `PRAGMA user_version`.
+//!
+//! Invariants:
+//! - The database is in WAL mode with `synchronous=FULL`: when a method that
+//!   acknowledges inbound mail returns `Ok`, the change is on disk.
+//! - No address is written in clear: addresses and queued mail are sealed
+//!   with the [`Sealer`], looked up by blind index.
+//! - Every multi-statement operation runs in one `IMMEDIATE` transaction, so
+//!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
+//!   write lock instead of failing half way.
+
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mamoru_core::mail::OutgoingMail;
+use mamoru_core::seal::{SealError, Sealer};
+use mamoru_core::token::{Claims, Nonce, Purpose};
+use mamoru_core::{EmailAddress, UnixTime};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+pub use keys::Keys;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "mamoru.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database is locked by another process")]
+    Busy,
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error("sealed data: {0}")]
+    Seal(#[from] SealError),
+    #[error("database schema version {found} is newer than this build ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+impl StoreError {
+    /// Everything but a schema from the future may go away by itself (a
+    /// lock released, disk space freed, a permission fixed): the MTA should
+    /// retry.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, StoreError::TooNew { .. } | StoreError::Seal(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Subscriber row id.
+pub type SubscriberId = i64;
+
+/// Limits on 登録受付 mails (design §5).
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationLimits {
+    pub cooldown_secs: i64,
+    pub daily_cap: i64,
+    pub global_hourly_cap: i64,
+}
+
+/// Which limit refused a 登録受付 mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Cooldown,
+    DailyCap,
+    GlobalHourlyCap,
+}
+
+impl Limited {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limited::Cooldown => "cooldown",
+            Limited::DailyCap => "daily-cap",
+            Limited::GlobalHourlyCap => "global-hourly-cap",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationRequest {
+    /// A 登録受付 mail is queued for this (pending or existing) subscriber.
+    Queued { subscriber: SubscriberId, outbox: i64 },
+    /// Nothing was queued: a limit applies.
+    Limited(Limited),
+}
+
+/// What the registration page shows for a live token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationView {
+    pub subscriber: SubscriberId,
+    /// Districts currently chosen (empty for a new registration).
+    pub districts: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Completed { subscriber: SubscriberId, outbox: i64 },
+    /// The token was already used, revoked, or its subscriber is gone.
+    TokenUnusable,
+}
+
+/// A subscriber as tests and the CLI see it (the address decrypted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub id: SubscriberId,
+    pub address: EmailAddress,
+    pub status: String,
+    pub districts: Vec<u32>,
+}
+
+/// A claimed outbox row, decrypted for delivery.
+#[derive(Debug, Clone)]
+pub struct QueuedMail {
+    pub id: i64,
+    pub kind: String,
+    pub sender: String,
+    pub recipient: EmailAddress,
+    pub message_id: String,
+    pub content: Vec<u8>,
+    /// Attempts including this one.
+    pub attempts: i64,
+}
+
+/// Outbox rows per state, for `mamoru queue` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub expired: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    sealer: Sealer,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `DATA_DIR/mamoru.db` and migrates it.
+    pub fn open(data_dir: &Path, keys: &Keys, busy_timeout: Duration) -> Result<Self> {
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        conn.busy_timeout(busy_timeout)?;
+        // WAL lets the web and relay read while ingest writes; FULL makes every
+        // commit durable before it returns, which the ack contract needs.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let store = Store { conn: Mutex::new(conn), sealer: keys.sealer(), path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the
+        // transaction rolls back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tracing::info!(version = i + 1, "applied database migration");
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a 登録受付 request for `addr`: checks the limits atomically,
+    /// finds or creates a pending subscriber, records a fresh token nonce, and
+    /// queues the mail `render` builds from the subscriber id and nonce — all
+    /// in one durable transaction, or nothing.
+    pub fn request_registration(
+        &self,
+        addr: &EmailAddress,
+        now: UnixTime,
+        limits: &RegistrationLimits,
+        token_expires_at: UnixTime,
+        render: impl FnOnce(SubscriberId, Nonce) -> OutgoingMail,
+    ) -> Result<RegistrationRequest> {
+        let index = self.sealer.index(addr);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(limited) = take_registration_slot(&tx, &index, now, limits)? {
+            // Dropping the transaction rolls back the counters it touched.
+            return Ok(RegistrationRequest::Limited(limited));
+        }
+        let existing: Option<i64> =
+            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
+        let subscriber = match existing {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                    params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        let mut nonce: Nonce = [0; 8];
+        self.sealer.random(&mut nonce)?;
+        tx.execute(
+            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&nonce[..], Purpose::Register.as_str(), subscriber, token_expires_at],
+        )?;
+        let mail = render(subscriber, nonce);
+        // The mail is worthless once its link has expired.
+        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
+        audit(&tx, now, "ingest", "registration-requested", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+        tx.commit()?;
+        Ok(RegistrationRequest::Queued { subscriber, outbox })
+    }
+
+    /// For the GET of a registration link: is the token still unused, and
+    /// what is the subscriber's current choice? Changes nothing.
+    pub fn registration_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<RegistrationView>> {
+        let conn = self.conn();
+        let live: Option<i64> = conn
+            .query_row(
+                "SELECT t.subject_id FROM tokens t JOIN subscribers s ON s.id = t.subject_id
+                 WHERE t.nonce = ?1 AND t.purpose = ?2 AND t.subject_id = ?3 AND t.used_at = 0 AND t.expires_at > ?4",
+                params![&claims.nonce[..], claims.purpose.as_str(), claims.subject as i64, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(subscriber) = live else { return Ok(None) };
+        let districts = districts_of(&conn, subscriber)?;
+        Ok(Some(RegistrationView { subscriber, districts }))
+    }
+
+    /// For the POST of a registration link: consumes the token, activates the
+    /// subscriber with exactly `districts`, and queues the 登録完了 mail
+    /// `render` builds — one transaction.
+    pub fn complete_registration(
+        &self,
+        claims: &Claims,
+        districts: &[u32],
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+    ) -> Result<Completion> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let consumed = tx.execute(
+            "UPDATE tokens SET used_at = ?1
+             WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
+            params![now, &claims.nonce[..], claims.purpose.as_str(), claims.subject as i64],
+        )?;
+        let subscriber = claims.subject as i64;
+        let sealed: Option<Vec<u8>> = tx
+            .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))
+            .optional()?;
+        let (1, Some(sealed)) = (consumed, sealed) else {
+            return Ok(Completion::TokenUnusable);
+        };
+        let addr = self.sealer.open_address(&sealed)?;
+        tx.execute(
+            "UPDATE subscribers SET status = 'active', updated_at = ?1,
+                    confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
+             WHERE id = ?2",
+            params![now, subscriber],
+        )?;
+        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
+        {
+            let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
+            for d in districts {
+                ins.execute(params![subscriber, d])?;
+            }
+        }
+        let mail = render(&addr);
+        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
+        let list: Vec<String> = districts.iter().map(u32::to_string).collect();
+        audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
+        tx.commit()?;
+        Ok(Completion::Completed { subscriber, outbox })
+    }
+
+    fn insert_outbox(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        mail: &OutgoingMail,
+        subscriber: SubscriberId,
+        priority: i64,
+        now: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<i64> {
+        tx.execute(
+            "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
+                                 content_sealed, next_attempt_at, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+            params![
+                mail.kind.as_str(),
+                priority,
+                subscriber,
+                mail.to.domain(),
+                mail.sender,
+                self.sealer.seal_address(&mail.to)?,
+                mail.message_id,
+                self.sealer.seal(b"content", &mail.bytes)?,
+                now,
+                expires_at,
+            ],
+        )?;
+        Ok(tx.last_insert_rowid())
+    }
+
+    /// Records an event in the audit log.
+    pub fn audit(&self, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {
+        let conn = self.conn();
+        audit(&conn, now, actor, action, detail)
+    }
+
+    /// Looks a subscriber up by address (through the blind index).
+    pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
+        let index = self.sealer.index(addr);
+        let conn = self.conn();
+        let row: Option<(i64, Vec<u8>, String)> = conn
+            .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((id, sealed, status)) = row else { return Ok(None) };
+        let districts = districts_of(&conn, id)?;
+        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
+    }
+
+    /// Deletes registrations that were never confirmed before `before`, with
+    /// their tokens and queued mail.
+    pub fn purge_unconfirmed(&self, before: UnixTime) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stale = "SELECT id FROM subscribers WHERE status = 'pending' AND created_at < ?1";
+        tx.execute(&format!("DELETE FROM tokens WHERE subject_id IN ({stale})"), [before])?;
+        tx.execute(&format!("DELETE FROM outbox WHERE state IN ('queued', 'sending') AND subscriber_id IN ({stale})"), [before])?;
+        let n = tx.execute("DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?1", [before])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Claims up to `limit` due outbox rows for `lease_secs`. Rows whose lease
+    /// ran out (a relay died holding them) are due again. Rows past their
+    /// expiry are marked expired instead of being returned.
+    pub fn claim_due(&self, now: UnixTime, lease_secs: i64, limit: usize) -> Result<Vec<QueuedMail>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery'
+             WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
+            [now],
+        )?;
+        let rows: Vec<(i64, String, String, Vec<u8>, String, Vec<u8>, i64)> = {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE (state = 'queued' AND next_attempt_at <= ?2) OR (state = 'sending' AND lease_until <= ?2)
+                              ORDER BY priority DESC, id LIMIT ?3)
+                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts",
+            )?;
+            let it = stmt.query_map(params![now + lease_secs, now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        tx.commit()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, kind, sender, rcpt, message_id, content, attempts) in rows {
+            out.push(QueuedMail {
+                id,
+                kind,
+                sender,
+                recipient: self.sealer.open_address(&rcpt)?,
+                message_id,
+                content: self.sealer.open(b"content", &content)?,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The row was accepted by the next hop.
+    pub fn mark_sent(&self, id: i64, now: UnixTime) -> Result<()> {
+        self.finish(id, "sent", now, "")
+    }
+
+    /// The next hop refused the row for good.
+    pub fn mark_failed(&self, id: i64, now: UnixTime, reason: &str) -> Result<()> {
+        self.finish(id, "failed", now, reason)
+    }
+
+    fn finish(&self, id: i64, state: &str, now: UnixTime, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET state = ?1, done_at = ?2, last_error = ?3, lease_until = 0 WHERE id = ?4",
+            params![state, now, reason, id],
+        )?;
+        Ok(())
+    }
+
+    /// Delivery failed transiently: try again at `next_attempt_at`.
+    pub fn mark_retry(&self, id: i64, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0 WHERE id = ?3",
+            params![next_attempt_at, reason, id],
+        )?;
+        Ok(())
+    }
+
+    /// The earliest time a queued row becomes due, if any.
+    pub fn next_due(&self) -> Result<Option<UnixTime>> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT MIN(CASE state WHEN 'queued' THEN next_attempt_at ELSE lease_until END)
+             FROM outbox WHERE state IN ('queued', 'sending')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+        let mut c = OutboxCounts::default();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (state, n) = row?;
+            match state.as_str() {
+                "queued" => c.queued = n,
+                "sending" => c.sending = n,
+                "sent" => c.sent = n,
+                "failed" => c.failed = n,
+                "expired" => c.expired = n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn audit(conn: &Connection, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now, actor, action, detail],
+    )?;
+    Ok(())
+}
+
+fn districts_of(conn: &Connection, subscriber: SubscriberId) -> Result<Vec<u32>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT district_id FROM subscriber_districts WHERE subscriber_id = ?1 ORDER BY district_id")?;
+    let rows = stmt.query_map([subscriber], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Takes one slot from each registration limit, or says which limit is
+/// exhausted. Each limit is one upsert whose `WHERE` refuses the update when
+/// the limit applies, so check and increment are a single atomic statement.
+/// The caller's transaction rolls back every increment if any limit refuses.
+fn take_registration_slot(
+    tx: &rusqlite::Transaction<'_>,
+    index: &[u8; 32],
+    now: UnixTime,
+    limits: &RegistrationLimits,
+) -> Result<Option<Limited>> {
+    // Calendar days in Japan (UTC+9), where parents are.
+    let day = (now + 9 * 3600).div_euclid(86_400);
+    let per_address = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('register-addr', ?1, ?2, 1, ?3)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             window_start = excluded.window_start,
+             last_at = excluded.last_at
+         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
+        params![&index[..], day, now, limits.cooldown_secs, limits.daily_cap],
+    )?;
+    if per_address == 0 {
+        let last_at: i64 = tx.query_row(
+            "SELECT last_at FROM rate_limits WHERE scope = 'register-addr' AND key = ?1",
+            [&index[..]],
+            |r| r.get(0),
+        )?;
+        return Ok(Some(if last_at > now - limits.cooldown_secs { Limited::Cooldown } else { Limited::DailyCap }));
+    }
+    let hour = now.div_euclid(3600);
+    let global = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('register-global', X'', ?1, 1, ?2)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             window_start = excluded.window_start,
+             last_at = excluded.last_at
+         WHERE window_start <> excluded.window_start OR count < ?3",
+        params![hour, now, limits.global_hourly_cap],
+    )?;
+    if global == 0 {
+        return Ok(Some(Limited::GlobalHourlyCap));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+use super::*;
+use mamoru_core::Config;
+use mamoru_core::mail;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    cfg: Config,
+    keys: Keys,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+    Fixture { store, cfg: Config::default(), keys, _dir: dir }
+}
+
+const LIMITS: RegistrationLimits = RegistrationLimits { cooldown_secs: 300, daily_cap: 5, global_hourly_cap: 1000 };
+const T0: UnixTime = 1_800_000_000;
+
+fn addr(s: &str) -> EmailAddress {
+    EmailAddress::parse(s).unwrap()
+}
+
+impl Fixture {
+    fn request(&self, a: &EmailAddress, now: UnixTime) -> RegistrationRequest {
+        self.request_with(a, now, &LIMITS).0
+    }
+
+    fn request_with(&self, a: &EmailAddress, now: UnixTime, limits: &RegistrationLimits) -> (RegistrationRequest, Option<String>) {
+        let mut token = None;
+        let r = self
+            .store
+            .request_registration(a, now, limits, now + 86_400, |sid, nonce| {
+                let claims = Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at: now + 86_400 };
+                let t = self.keys.token_key().sign(&claims);
+                token = Some(t.clone());
+                mail::registration_received(&self.cfg, a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
+            })
+            .unwrap();
+        (r, token)
+    }
+
+    fn claims(&self, token: &str, now: UnixTime) -> Claims {
+        self.keys.token_key().verify(token, Purpose::Register, now).unwrap()
+    }
+
+    fn complete(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Completion {
+        self.store
+            .complete_registration(claims, districts, now, now + 3600, |a| {
+                mail::registration_completed(&self.cfg, a, &[], now, format!("done.{}@x", hex(&claims.nonce)))
+            })
+            .unwrap()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn registration_round_trip() {
+    let f = fixture();
+    let a = addr("taro..y.@docomo.ne.jp");
+    let (r, token) = f.request_with(&a, T0, &LIMITS);
+    let RegistrationRequest::Queued { subscriber, .. } = r else { panic!("{r:?}") };
+    let token = token.unwrap();
+    let claims = f.claims(&token, T0 + 10);
+    assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![] }));
+    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, "pending");
+
+    assert!(matches!(f.complete(&claims, &[3, 1], T0 + 20), Completion::Completed { .. }));
+    let s = f.store.find_subscriber(&addr("TARO..Y.@DOCOMO.NE.JP")).unwrap().unwrap();
+    assert_eq!((s.status.as_str(), s.districts.clone(), s.address.clone()), ("active", vec![1, 3], a.clone()));
+
+    // Single use: the same token neither shows the page nor changes anything again.
+    assert_eq!(f.store.registration_view(&claims, T0 + 30).unwrap(), None);
+    assert_eq!(f.complete(&claims, &[5], T0 + 30), Completion::TokenUnusable);
+    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().districts, vec![1, 3]);
+    assert_eq!(f.store.outbox_counts().unwrap().queued, 2);
+}
+
+#[test]
+fn expired_token_is_unusable_even_if_the_mac_is_fine() {
+    let f = fixture();
+    let (_, token) = f.request_with(&addr("a@au.com"), T0, &LIMITS);
+    let claims = f.claims(&token.unwrap(), T0);
+    assert_eq!(f.store.registration_view(&claims, T0 + 86_400).unwrap(), None);
+    assert_eq!(f.complete(&claims, &[1], T0 + 86_400), Completion::TokenUnusable);
+}
+
+#[test]
+fn another_subjects_token_cannot_complete() {
+    let f = fixture();
+    let (_, t1) = f.request_with(&addr("one@au.com"), T0, &LIMITS);
+    let (_, _t2) = f.request_with(&addr("two@au.com"), T0, &LIMITS);
+    let mut claims = f.claims(&t1.unwrap(), T0);
+    claims.subject += 1;
+    assert_eq!(f.complete(&claims, &[1], T0), Completion::TokenUnusable);
+}
+
+#[test]
+fn cooldown_and_daily_cap() {
+    let f = fixture();
+    let a = addr("victim@docomo.ne.jp");
+    assert!(matches!(f.request(&a, T0), RegistrationRequest::Queued { .. }));
+    assert_eq!(f.request(&a, T0 + 1), RegistrationRequest::Limited(Limited::Cooldown));
+    assert_eq!(f.request(&a, T0 + 299), RegistrationRequest::Limited(Limited::Cooldown));
+    for i in 1..5 {
+        assert!(matches!(f.request(&a, T0 + 300 * i), RegistrationRequest::Queued { .. }), "request {i}");
+    }
+    assert_eq!(f.request(&a, T0 + 300 * 5), RegistrationRequest::Limited(Limited::DailyCap));
+    // Another address is not affected.
+    assert!(matches!(f.request(&addr("other@docomo.ne.jp"), T0 + 1), RegistrationRequest::Queued { .. }));
+    // The next Japanese calendar day opens a new window.
+    let next_day = ((T0 + 9 * 3600) / 86_400 + 1) * 86_400 - 9 * 3600;
+    assert!(matches!(f.request(&a, next_day), RegistrationRequest::Queued { .. }));
+}
+
+#[test]
+fn a_thousand_forged_mails_send_at_most_the_cap() {
+    let f = fixture();
+    let a = addr("victim@ezweb.ne.jp");
+    let mut queued = 0;
+    for i in 0..1000 {
+        // Spread over about 17 hours of one day's window and the next.
+        if let RegistrationRequest::Queued { .. } = f.request(&a, T0 + i * 61) {
+            queued += 1;
+        }
+    }
+    assert!(queued <= 2 * LIMITS.daily_cap, "{queued} mails to one address");
+    assert!(queued >= 1);
+    assert_eq!(f.store.outbox_counts().unwrap().queued, queued);
+}
+
+#[test]
+fn global_hourly_cap_rolls_back_the_address_slot() {
+    let f = fixture();
+    let limits = RegistrationLimits { global_hourly_cap: 3, ..LIMITS };
+    let hour = (T0 / 3600 + 1) * 3600;
+    for i in 0..3 {
+        assert!(matches!(f.request_with(&addr(&format!("p{i}@au.com")), hour, &limits).0, RegistrationRequest::Queued { .. }));
+    }
+    let late = addr("late@au.com");
+    assert_eq!(f.request_with(&late, hour + 10, &limits).0, RegistrationRequest::Limited(Limited::GlobalHourlyCap));
+    // The refused request did not spend the address's cooldown.
+    assert!(matches!(f.request_with(&late, hour + 3600, &limits).0, RegistrationRequest::Queued { .. }));
+}
+
+#[test]
+fn leases_expire_and_rows_come_back() {
+    let f = fixture();
+    f.request(&addr("a@i.softbank.jp"), T0);
+    let c = f.store.claim_due(T0, 60, 10).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].recipient, addr("a@i.softbank.jp"));
+    assert!(String::from_utf8_lossy(&c[0].content).contains("Subject:"));
+    assert!(f.store.claim_due(T0 + 59, 60, 10).unwrap().is_empty(), "leased");
+    let again = f.store.claim_due(T0 + 60, 60, 10).unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 2));
+    f.store.mark_retry(again[0].id, T0 + 100, "451 try later").unwrap();
+    assert!(f.store.claim_due(T0 + 99, 60, 10).unwrap().is_empty());
+    let third = f.store.claim_due(T0 + 100, 60, 10).unwrap();
+    f.store.mark_sent(third[0].id, T0 + 101).unwrap();
+    assert_eq!(f.store.outbox_counts().unwrap(), OutboxCounts { sent: 1, ..Default::default() });
+}
+
+#[test]
+fn stale_mail_expires_instead_of_going_out_late() {
+    let f = fixture();
+    f.request(&addr("a@au.com"), T0);
+    assert!(f.store.claim_due(T0 + 86_400, 60, 10).unwrap().is_empty());
+    assert_eq!(f.store.outbox_counts().unwrap().expired, 1);
+}
+
+#[test]
+fn unconfirmed_registrations_are_purged() {
+    let f = fixture();
+    let a = addr("gone@au.com");
+    f.request(&a, T0);
+    assert_eq!(f.store.purge_unconfirmed(T0).unwrap(), 0);
+    assert_eq!(f.store.purge_unconfirmed(T0 + 1).unwrap(), 1);
+    assert_eq!(f.store.find_subscriber(&a).unwrap(), None);
+    assert_eq!(f.store.outbox_counts().unwrap(), OutboxCounts::default());
+}
+
+#[test]
+fn no_address_in_clear_on_disk() {
+    let f = fixture();
+    let a = addr("plainly.visible@docomo.ne.jp");
+    let (_, token) = f.request_with(&a, T0, &LIMITS);
+    f.complete(&f.claims(&token.unwrap(), T0), &[1], T0);
+    let mut bytes = std::fs::read(f.store.path()).unwrap();
+    bytes.extend(std::fs::read(f.store.path().with_extension("db-wal")).unwrap_or_default());
+    assert!(bytes.len() > 4096);
+    assert!(!bytes.windows(15).any(|w| w == b"plainly.visible"), "address found in the database files");
+}
+
+#[test]
+fn a_held_write_lock_is_reported_as_busy_and_transient() {
+    let f = fixture();
+    let other = Connection::open(f.store.path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = f
+        .store
+        .request_registration(&addr("a@au.com"), T0, &LIMITS, T0 + 1, |_, _| unreachable!("must not render"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Busy), "{err:?}");
+    assert!(err.is_transient());
+    other.execute_batch("ROLLBACK").unwrap();
+    assert!(matches!(f.request(&addr("a@au.com"), T0), RegistrationRequest::Queued { .. }));
+}
+
+#[test]
+fn migrations_are_idempotent_and_refuse_the_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    drop(Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap());
+    drop(Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap());
+    let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let err = Store::open(dir.path(), &keys, Duration::from_millis(100)).err().unwrap();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }));
+}
