@@ -1,1 +1,100 @@
-//! placeholder
+//! The public web pages: the top page with the PC registration form, and the
+//! page behind the signed link of a 登録受付 mail where parents pick their
+//! districts. hyper 1.x over HTTP/1.1, no template engine, no JavaScript.
+//!
+//! Layout:
+//! - [`run`]: accepts connections until the shutdown token fires, then lets
+//!   requests in flight finish.
+//! - `routes`: one small handler per route; the store is called on the
+//!   blocking pool (rusqlite is blocking).
+//! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
+//! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
+//!
+//! Invariants:
+//! - GET and HEAD never change state: mail scanners fetch every link. Only a
+//!   POST consumes a token, in the store transaction that saves the choice.
+//! - The PC form answers byte-identical pages whether the address was new,
+//!   known or rate limited.
+//! - No token and no clear address is ever logged; store errors become a 503
+//!   page without details.
+//! - Every response carries the security headers (CSP without scripts,
+//!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
+
+pub mod form;
+pub mod pages;
+mod routes;
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use mamoru_core::Config;
+use mamoru_core::token::TokenKey;
+use mamoru_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What the web pages need; built by the binary.
+pub struct Web {
+    pub cfg: Arc<Config>,
+    pub store: Arc<Store>,
+    pub tokens: TokenKey,
+    /// Notified (`notify_one`) after anything is queued in the outbox, so the
+    /// relay wakes up instead of waiting for its next poll.
+    pub queued: Arc<Notify>,
+}
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled; then stops
+/// accepting, lets requests in flight finish, closes idle connections and
+/// returns.
+pub async fn run(listener: TcpListener, web: Arc<Web>, shutdown: CancellationToken) -> io::Result<()> {
+    let app = Arc::new(routes::App::new(web));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    // Out of file descriptors and the like: give the
+                    // connections in flight a moment to finish instead of
+                    // spinning on accept.
+                    if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        // Small responses: send them at once instead of waiting for an ACK.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    tracing::debug!("http server stopped");
+    Ok(())
+}

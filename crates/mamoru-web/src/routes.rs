@@ -1,0 +1,282 @@
+//! Routing and the handlers. Each handler turns a request into a response and
+//! never fails: bad input gets a page that says what to do, store trouble a
+//! 503 page, and nothing reaches the client as a 500 with details.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use mamoru_core::mail;
+use mamoru_core::token::{Claims, Purpose, TokenError};
+use mamoru_core::{EmailAddress, UnixTime};
+use mamoru_store::{Completion, RegistrationLimits, RegistrationRequest};
+
+use crate::Web;
+use crate::form::{self, DistrictsError};
+use crate::pages::{self, StaticPages};
+
+/// Largest form body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+/// How long a client may take to send a form body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Resp = Response<Full<Bytes>>;
+
+const CSP: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+pub(crate) struct App {
+    web: Arc<Web>,
+    pages: StaticPages,
+}
+
+impl App {
+    pub(crate) fn new(web: Arc<Web>) -> Self {
+        let pages = StaticPages::new(&web.cfg);
+        Self { web, pages }
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let (parts, body) = req.into_parts();
+        let read = matches!(parts.method, Method::GET | Method::HEAD);
+        let path = parts.uri.path();
+        match path {
+            "/" if read => cacheable(respond(StatusCode::OK, HTML, self.pages.index.clone()), "public, max-age=300"),
+            "/style.css" if read => cacheable(respond(StatusCode::OK, CSS, self.pages.style.clone()), "public, max-age=86400"),
+            "/" | "/style.css" => self.not_allowed("GET, HEAD"),
+            "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body).await),
+            "/register" => self.not_allowed("POST"),
+            _ => match path.strip_prefix("/r/") {
+                Some(token) if read => no_store(self.show(token).await),
+                Some(token) if parts.method == Method::POST => no_store(self.complete(token, &parts.headers, body).await),
+                Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
+                None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
+            },
+        }
+    }
+
+    fn page(&self, status: StatusCode, body: &Bytes) -> Resp {
+        respond(status, HTML, body.clone())
+    }
+
+    fn html(&self, status: StatusCode, body: String) -> Resp {
+        respond(status, HTML, Bytes::from(body))
+    }
+
+    fn not_allowed(&self, allow: &'static str) -> Resp {
+        let mut resp = self.page(StatusCode::METHOD_NOT_ALLOWED, &self.pages.method_not_allowed);
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp
+    }
+
+    fn busy(&self) -> Resp {
+        let mut resp = self.page(StatusCode::SERVICE_UNAVAILABLE, &self.pages.busy);
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        resp
+    }
+
+    fn link_gone(&self) -> Resp {
+        self.page(StatusCode::GONE, &self.pages.link_gone)
+    }
+
+    /// Verifies a registration token's signature and expiry; the error is the
+    /// page to answer with.
+    fn verify(&self, token: &str, now: UnixTime) -> Result<Claims, Resp> {
+        match self.web.tokens.verify(token, Purpose::Register, now) {
+            Ok(claims) => Ok(claims),
+            Err(TokenError::Expired) => Err(self.link_gone()),
+            Err(TokenError::Malformed | TokenError::BadSignature | TokenError::WrongPurpose) => {
+                Err(self.page(StatusCode::BAD_REQUEST, &self.pages.link_invalid))
+            }
+        }
+    }
+
+    /// Reads a form body of at most [`MAX_BODY`] bytes; the error is the
+    /// page to answer with.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Resp> {
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(self.too_large());
+        }
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(self.too_large()),
+            Ok(Err(_)) => Err(self.page(StatusCode::BAD_REQUEST, &self.pages.bad_request)),
+            Err(_) => Err(closing(self.page(StatusCode::REQUEST_TIMEOUT, &self.pages.bad_request))),
+        }
+    }
+
+    fn too_large(&self) -> Resp {
+        // The rest of the body is not read, so the connection cannot be reused.
+        closing(self.page(StatusCode::PAYLOAD_TOO_LARGE, &self.pages.too_large))
+    }
+
+    /// Twelve random bytes for a Message-ID.
+    fn message_random(&self) -> Option<[u8; 12]> {
+        let mut random = [0u8; 12];
+        self.web.store.sealer().random(&mut random).ok()?;
+        Some(random)
+    }
+
+    /// `POST /register`: the PC form. Queues a 登録受付 mail exactly as an
+    /// empty mail to `ans@` does, and answers the same page whatever happened.
+    async fn register(&self, headers: &HeaderMap, body: Incoming) -> Resp {
+        let body = match self.read_body(headers, body).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        };
+        let raw = form::value(&body, "address").unwrap_or_default();
+        let Ok(addr) = EmailAddress::parse(&raw) else {
+            let shown: String = raw.trim().chars().take(254).collect();
+            let text = "メールアドレスの形式が正しくありません。確かめてもう一度入力してください。";
+            return self.html(StatusCode::BAD_REQUEST, pages::index(&self.web.cfg, Some(text), &shown));
+        };
+        let Some(random) = self.message_random() else { return self.busy() };
+        let masked = addr.masked();
+        let web = self.web.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = mamoru_core::now();
+            let cfg = &web.cfg;
+            let limits = RegistrationLimits {
+                cooldown_secs: cfg.limits.register_cooldown_secs,
+                daily_cap: cfg.limits.register_daily_cap,
+                global_hourly_cap: cfg.limits.register_global_hourly_cap,
+            };
+            let expires_at = now + cfg.tokens.register_ttl_secs;
+            web.store.request_registration(&addr, now, &limits, expires_at, |subscriber, nonce| {
+                let claims = Claims { purpose: Purpose::Register, subject: subscriber as u64, nonce, expires_at };
+                let token = web.tokens.sign(&claims);
+                mail::registration_received(cfg, &addr, &token, now, mail::message_id(&random, cfg))
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(RegistrationRequest::Queued { subscriber, .. })) => {
+                tracing::debug!(addr = %masked, subscriber, "web: registration mail queued");
+                self.web.queued.notify_one();
+            }
+            Ok(Ok(RegistrationRequest::Limited(limit))) => {
+                tracing::debug!(addr = %masked, limit = limit.as_str(), "web: registration mail refused by a limit");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(addr = %masked, error = %e, "web: cannot record a registration request");
+                return self.busy();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "web: registration request task failed");
+                return self.busy();
+            }
+        }
+        self.page(StatusCode::OK, &self.pages.register_sent)
+    }
+
+    /// `GET /r/{token}`: the district form. Changes nothing.
+    async fn show(&self, token: &str) -> Resp {
+        let now = mamoru_core::now();
+        let claims = match self.verify(token, now) {
+            Ok(claims) => claims,
+            Err(resp) => return resp,
+        };
+        let web = self.web.clone();
+        match tokio::task::spawn_blocking(move || web.store.registration_view(&claims, now)).await {
+            Ok(Ok(Some(view))) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
+            Ok(Ok(None)) => self.link_gone(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "web: cannot read a registration");
+                self.busy()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "web: registration view task failed");
+                self.busy()
+            }
+        }
+    }
+
+    /// `POST /r/{token}`: saves the districts, consumes the token and queues
+    /// the 登録完了 mail, in one store transaction.
+    async fn complete(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
+        let now = mamoru_core::now();
+        let claims = match self.verify(token, now) {
+            Ok(claims) => claims,
+            Err(resp) => return resp,
+        };
+        let body = match self.read_body(headers, body).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        };
+        let cfg = &self.web.cfg;
+        let ids = match form::districts(&body, cfg) {
+            Ok(ids) if !ids.is_empty() => ids,
+            Ok(_) => {
+                let page = pages::choose(cfg, token, &[], Some("地区を1つ以上選んでください。"));
+                return self.html(StatusCode::BAD_REQUEST, page);
+            }
+            Err(DistrictsError::Unknown) => {
+                let page = pages::choose(cfg, token, &[], Some("選ばれた地区が正しくありません。もう一度選んでください。"));
+                return self.html(StatusCode::BAD_REQUEST, page);
+            }
+        };
+        let Some(random) = self.message_random() else { return self.busy() };
+        let web = self.web.clone();
+        let chosen = ids.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let cfg = &web.cfg;
+            let mail_expires_at = now + cfg.relay.max_age_secs;
+            web.store.complete_registration(&claims, &chosen, now, mail_expires_at, |addr| {
+                let districts: Vec<_> = cfg.districts.iter().filter(|d| chosen.contains(&d.id)).collect();
+                mail::registration_completed(cfg, addr, &districts, now, mail::message_id(&random, cfg))
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(Completion::Completed { subscriber, .. })) => {
+                tracing::debug!(subscriber, districts = ?ids, "web: registration completed");
+                self.web.queued.notify_one();
+                let districts: Vec<_> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).collect();
+                self.html(StatusCode::OK, pages::completed(cfg, &districts))
+            }
+            Ok(Ok(Completion::TokenUnusable)) => self.link_gone(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "web: cannot complete a registration");
+                self.busy()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "web: registration completion task failed");
+                self.busy()
+            }
+        }
+    }
+}
+
+/// A response with the security headers every answer carries.
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+fn cacheable(mut resp: Resp, policy: &'static str) -> Resp {
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    resp
+}
+
+/// Token pages and form answers must not be kept by any cache.
+fn no_store(resp: Resp) -> Resp {
+    cacheable(resp, "no-store")
+}
+
+fn closing(mut resp: Resp) -> Resp {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
