@@ -153,7 +153,7 @@ fn classify_inner(rules: &Rules, env: &Envelope, raw: &[u8]) -> Result<EmailAddr
 }
 
 /// `register_local@domain`, or `register_local+tag@domain`, case-insensitive.
-fn is_register_recipient(rules: &Rules, recipient: &str) -> bool {
+pub fn is_register_recipient(rules: &Rules, recipient: &str) -> bool {
     let recipient = strip_brackets(recipient);
     let Some(at) = recipient.rfind('@') else {
         return false;

@@ -6,6 +6,8 @@
 //! - [`lmtp`]: RFC 2033. `lmtp::proto` is the sans-I/O command parser;
 //!   `lmtp::server` runs it on a tokio listener and hands each message to a
 //!   [`Deliver`] implementation.
+//! - [`registrar`]: the [`Deliver`] implementation both entry points use:
+//!   classification, then the registration request in the store.
 //!
 //! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
 //! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
@@ -13,6 +15,9 @@
 
 pub mod classify;
 pub mod lmtp;
+pub mod registrar;
+
+pub use registrar::Registrar;
 
 /// What happened to one message for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,130 @@
+//! The [`Deliver`] implementation behind both entry points (the pipe command
+//! and LMTP): classify a message and, for a registration request, record it
+//! in the store and queue the 登録受付 mail.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mamoru_core::token::{Claims, Purpose, TokenKey};
+use mamoru_core::{Config, EmailAddress, UnixTime, mail};
+use mamoru_store::{RegistrationLimits, RegistrationRequest, Store};
+
+use crate::classify::{self, Classification, Envelope, Rules};
+use crate::{Deliver, Outcome};
+
+/// Largest header section the classifier looks at; anything bigger is junk.
+const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
+
+pub struct Registrar {
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    tokens: TokenKey,
+    clock: fn() -> UnixTime,
+    on_queued: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Registrar {
+    pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey) -> Self {
+        Self { cfg, store, tokens, clock: mamoru_core::now, on_queued: Box::new(|| {}) }
+    }
+
+    /// Called after a mail was queued (the relay in the same process wakes up).
+    pub fn on_queued(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_queued = Box::new(f);
+        self
+    }
+
+    /// Replaces the clock, for tests.
+    pub fn with_clock(mut self, clock: fn() -> UnixTime) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules { domain: &self.cfg.domain, register_local: &self.cfg.ingest.register_local, max_header_bytes: MAX_HEADER_BYTES }
+    }
+
+    fn register(&self, reply_to: &EmailAddress) -> Outcome {
+        let now = (self.clock)();
+        let cfg = &self.cfg;
+        let limits = RegistrationLimits {
+            cooldown_secs: cfg.limits.register_cooldown_secs,
+            daily_cap: cfg.limits.register_daily_cap,
+            global_hourly_cap: cfg.limits.register_global_hourly_cap,
+        };
+        let expires_at = now + cfg.tokens.register_ttl_secs;
+        let mut random = [0u8; 12];
+        if let Err(e) = self.store.sealer().random(&mut random) {
+            return Outcome::Transient(e.to_string());
+        }
+        let result = self.store.request_registration(reply_to, now, &limits, expires_at, |subscriber, nonce| {
+            let claims = Claims { purpose: Purpose::Register, subject: subscriber as u64, nonce, expires_at };
+            let token = self.tokens.sign(&claims);
+            mail::registration_received(cfg, reply_to, &token, now, mail::message_id(&random, cfg))
+        });
+        match result {
+            Ok(RegistrationRequest::Queued { subscriber, outbox }) => {
+                tracing::info!(subscriber, outbox, to = %reply_to.masked(), "registration requested; 登録受付 queued");
+                (self.on_queued)();
+                Outcome::Stored
+            }
+            Ok(RegistrationRequest::Limited(limit)) => {
+                tracing::info!(limit = limit.as_str(), to = %reply_to.masked(), "registration request dropped by rate limit");
+                Outcome::Dropped(format!("rate limit: {}", limit.as_str()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable; asking the MTA to retry");
+                Outcome::Transient(e.to_string())
+            }
+        }
+    }
+
+    /// Keeps a message that crashed the classifier for a human to look at,
+    /// so the MTA does not retry it forever. Returns where it was written.
+    fn quarantine(&self, message: &[u8]) -> std::io::Result<PathBuf> {
+        let dir = self.cfg.data_dir.join("quarantine");
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let mut rand = [0u8; 6];
+        self.store.sealer().random(&mut rand).map_err(std::io::Error::other)?;
+        let name: String = rand.iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{}-{name}.eml", (self.clock)()));
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(message)?;
+        f.sync_all()?;
+        Ok(path)
+    }
+}
+
+impl Deliver for Registrar {
+    fn accepts_recipient(&self, recipient: &str) -> bool {
+        classify::is_register_recipient(&self.rules(), recipient)
+    }
+
+    fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
+        let env = Envelope { sender, recipient };
+        let rules = self.rules();
+        let class = catch_unwind(AssertUnwindSafe(|| classify::classify(&rules, &env, message)));
+        match class {
+            Ok(Classification::Register { reply_to }) => self.register(&reply_to),
+            Ok(Classification::Drop(reason)) => {
+                let from = EmailAddress::parse(sender).map(|a| a.masked()).unwrap_or_else(|_| "<unparsable>".into());
+                tracing::info!(reason = reason.as_str(), from = %from, "inbound mail dropped without reply");
+                Outcome::Dropped(reason.as_str().to_string())
+            }
+            Err(_) => match self.quarantine(message) {
+                Ok(path) => {
+                    tracing::error!(path = %path.display(), "classifier panicked; message quarantined");
+                    Outcome::Dropped("quarantined".into())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "classifier panicked and quarantine failed");
+                    Outcome::Transient(format!("quarantine failed: {e}"))
+                }
+            },
+        }
+    }
+}
