@@ -1,0 +1,77 @@
+//! The result of one delivery attempt, and how its reason is made fit to keep.
+
+use mamoru_core::EmailAddress;
+
+/// What became of one attempt to hand a queued message to the next hop. An
+/// attempt never returns an error: every failure is a decision about the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The next hop accepted the message (a 250 after the final dot, or the
+    /// file is durably in place).
+    Sent,
+    /// Try again later: a 4xx reply, a refused or broken connection, a
+    /// timeout, a full disk.
+    Retry { reason: String },
+    /// The next hop refused this message for good (a 5xx reply).
+    Failed { reason: String },
+}
+
+/// Longest reason kept in the outbox row and the log.
+const MAX_REASON: usize = 300;
+
+/// Makes a reason safe to log and store: servers often echo the recipient
+/// (`550 5.1.1 <taro@docomo.ne.jp>: User unknown`), and the address must not
+/// reach the logs or sit in the database in clear, so it is replaced by its
+/// masked form. Control characters are dropped and the text is bounded.
+pub fn scrub(reason: &str, recipient: &EmailAddress) -> String {
+    let needle = recipient.as_str().to_ascii_lowercase();
+    // ASCII lower-casing keeps byte offsets, so positions found in the
+    // lower-cased copy are valid in the original.
+    let haystack = reason.to_ascii_lowercase();
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = 0;
+    for (at, _) in haystack.match_indices(&needle) {
+        if at < rest {
+            continue;
+        }
+        out.push_str(&reason[rest..at]);
+        out.push_str(&recipient.masked());
+        rest = at + needle.len();
+    }
+    out.push_str(&reason[rest..]);
+    let mut clean: String = out.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+        clean.push('…');
+    }
+    clean.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> EmailAddress {
+        EmailAddress::parse(s).expect("test address")
+    }
+
+    #[test]
+    fn masks_an_echoed_recipient_in_any_case() {
+        let a = addr("taro..yamada.@docomo.ne.jp");
+        let r = scrub("550 5.1.1 <TARO..YAMADA.@DOCOMO.NE.JP>: unknown; taro..yamada.@docomo.ne.jp again", &a);
+        assert_eq!(r, "550 5.1.1 <t***@docomo.ne.jp>: unknown; t***@docomo.ne.jp again");
+    }
+
+    #[test]
+    fn drops_controls_and_bounds_length() {
+        let a = addr("x@au.com");
+        assert_eq!(scrub("451 4.3.0 a\r\nb\0c", &a), "451 4.3.0 a  b c");
+        let long = "あ".repeat(400);
+        let r = scrub(&long, &a);
+        assert!(r.len() <= MAX_REASON + '…'.len_utf8() && r.ends_with('…'), "{}", r.len());
+    }
+}
