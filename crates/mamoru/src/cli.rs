@@ -1,0 +1,62 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Child-safety alert mail: subscribe by empty mail, receive alerts for the
+/// districts you choose.
+#[derive(Debug, Parser)]
+#[command(name = "mamoru", version, about)]
+pub struct Cli {
+    /// Configuration file. Default: ./mamoru.toml if it exists, otherwise the
+    /// built-in defaults.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented mamoru.toml and fresh key material into DIR.
+    Init(InitArgs),
+    /// Run the LMTP listener, the web pages and the relay in one process.
+    Serve,
+    /// Read one message on stdin, as Postfix pipe(8) delivers it.
+    ///
+    /// Exits 0 once the message is durably recorded or deliberately dropped
+    /// (and logged), 75 (EX_TEMPFAIL) for anything transient so the MTA
+    /// retries. Never any other code.
+    Ingest(IngestArgs),
+    /// Run the relay alone: deliver queued mail to the configured transport.
+    Relay,
+    /// Show the outbox: messages per state.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to initialise (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Envelope sender (Postfix ${sender}; empty for the null sender).
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    pub sender: String,
+    /// Envelope recipient (Postfix ${recipient}).
+    #[arg(long, value_name = "R")]
+    pub recipient: String,
+    /// SASL login of an authenticated submission (Postfix ${sasl_username}).
+    #[arg(long, value_name = "U")]
+    pub sasl_username: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,68 @@
+//! `mamoru ingest`, the Postfix `pipe(8)` entry point.
+//!
+//! Exit-code contract (design §4): 0 only after a durable commit or a
+//! deliberate, logged drop; 75 (EX_TEMPFAIL) for everything else, so Postfix
+//! keeps the message and retries. A panic is caught and becomes 75 too: exit
+//! code 101 would make Postfix bounce the mail to a sender that may be forged.
+
+use std::io::Read as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mamoru_ingest::{Deliver as _, Outcome, Registrar};
+
+use crate::cli::IngestArgs;
+use crate::setup;
+
+const EX_TEMPFAIL: u8 = 75;
+
+pub fn main(config: Option<&Path>, args: IngestArgs) -> ExitCode {
+    // The default hook would print the panic message; keep that (it helps
+    // the operator) and make sure the process still exits 75.
+    match catch_unwind(AssertUnwindSafe(|| run(config, &args))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::warn!("{e:#}");
+            eprintln!("mamoru ingest: {e:#}; the MTA should retry");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+        Err(_) => {
+            eprintln!("mamoru ingest: internal error; the MTA should retry");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
+}
+
+fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
+    setup::init_logging("info");
+    let cfg = Arc::new(setup::load(config)?);
+    fault_injection();
+
+    // Read one byte past the limit to tell "exactly at the limit" from "over".
+    let limit = cfg.ingest.max_message_bytes;
+    let mut message = Vec::new();
+    std::io::stdin().lock().take(limit + 1).read_to_end(&mut message).context("read message from stdin")?;
+    if message.len() as u64 > limit {
+        tracing::info!(limit, "inbound message over the size limit dropped");
+        return Ok(());
+    }
+
+    let (store, keys) = setup::open_store(&cfg)?;
+    let registrar = Registrar::new(cfg, store, keys.token_key());
+    match registrar.deliver(&args.sender, &args.recipient, &message) {
+        Outcome::Stored | Outcome::Dropped(_) => Ok(()),
+        Outcome::Transient(reason) => Err(anyhow::anyhow!("temporary failure: {reason}")),
+    }
+}
+
+/// Test builds can be told to fail at a chosen point, to prove the exit-code
+/// contract holds on paths that are otherwise hard to reach.
+fn fault_injection() {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MAMORU_FAULT").is_some_and(|v| v == "ingest-panic") {
+        panic!("injected fault: ingest-panic");
+    }
+}

@@ -1,0 +1,48 @@
+//! What every command needs: the configuration, logging, the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mamoru_core::Config;
+use mamoru_store::{Keys, Store};
+
+pub const DEFAULT_CONFIG: &str = "mamoru.toml";
+
+/// Loads `path`, or `./mamoru.toml` if it exists, or the built-in defaults.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    if !explicit && !path.exists() {
+        return Ok(Config::defaults(&std::env::current_dir().context("working directory")?));
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read config {}", path.display()))?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).context("resolve config directory")?;
+    Config::from_toml(&text, &base).with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Creates the data dir if needed (0700), loads or creates the keys, opens
+/// and migrates the database.
+pub fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Keys)> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+    let keys = mamoru_store::keys::load_or_create(&cfg.data_dir).context("load keys")?;
+    let store = Store::open(&cfg.data_dir, &keys, Duration::from_millis(cfg.store.busy_timeout_ms))
+        .context("open database")?;
+    Ok((Arc::new(store), keys))
+}

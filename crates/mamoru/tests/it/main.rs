@@ -1,0 +1,7 @@
+//! End-to-end tests of the `mamoru` binary with real peers over loopback.
+
+mod support;
+
+mod cli;
+mod pipe;
+mod serve;
