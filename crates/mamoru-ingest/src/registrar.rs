@@ -24,12 +24,16 @@ pub struct Registrar {
     store: Arc<Store>,
     tokens: TokenKey,
     clock: fn() -> UnixTime,
+    classifier: Classifier,
     on_queued: Box<dyn Fn() + Send + Sync>,
 }
 
+/// The classification function; a parameter so tests can make it fail.
+pub type Classifier = fn(&Rules<'_>, &Envelope<'_>, &[u8]) -> Classification;
+
 impl Registrar {
     pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey) -> Self {
-        Self { cfg, store, tokens, clock: mamoru_core::now, on_queued: Box::new(|| {}) }
+        Self { cfg, store, tokens, clock: mamoru_core::now, classifier: classify::classify, on_queued: Box::new(|| {}) }
     }
 
     /// Called after a mail was queued (the relay in the same process wakes up).
@@ -41,6 +45,12 @@ impl Registrar {
     /// Replaces the clock, for tests.
     pub fn with_clock(mut self, clock: fn() -> UnixTime) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Replaces the classifier, for tests of the panic path.
+    pub fn with_classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
         self
     }
 
@@ -107,7 +117,7 @@ impl Deliver for Registrar {
     fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
         let env = Envelope { sender, recipient };
         let rules = self.rules();
-        let class = catch_unwind(AssertUnwindSafe(|| classify::classify(&rules, &env, message)));
+        let class = catch_unwind(AssertUnwindSafe(|| (self.classifier)(&rules, &env, message)));
         match class {
             Ok(Classification::Register { reply_to }) => self.register(&reply_to),
             Ok(Classification::Drop(reason)) => {
@@ -126,5 +136,60 @@ impl Deliver for Registrar {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn registrar(dir: &std::path::Path) -> Registrar {
+        let mut cfg = Config::default();
+        cfg.domain = "mamoru.test".into();
+        cfg.data_dir = dir.to_path_buf();
+        let keys = mamoru_store::keys::load_or_create(dir).unwrap();
+        let store = Store::open(dir, &keys, Duration::from_millis(100)).unwrap();
+        Registrar::new(Arc::new(cfg), Arc::new(store), keys.token_key())
+    }
+
+    const MAIL: &[u8] = b"From: p@docomo.ne.jp\r\nSubject: \r\n\r\n";
+
+    #[test]
+    fn registers_drops_and_notifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let r = registrar(dir.path()).on_queued(move || {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert!(r.accepts_recipient("ans@mamoru.test") && r.accepts_recipient("<ANS+chuo@Mamoru.Test>"));
+        assert!(!r.accepts_recipient("info@mamoru.test") && !r.accepts_recipient("ans@other.test"));
+        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Stored);
+        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped("rate limit: cooldown".into()));
+        assert_eq!(r.deliver("", "ans@mamoru.test", MAIL), Outcome::Dropped("null-sender".into()));
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_classifier_panic_quarantines_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registrar(dir.path()).with_classifier(|_, _, _| panic!("parser bug"));
+        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped("quarantined".into()));
+        let files: Vec<_> = fs::read_dir(dir.path().join("quarantine")).unwrap().collect();
+        assert_eq!(files.len(), 1);
+        let path = files.into_iter().next().unwrap().unwrap().path();
+        assert_eq!(fs::read(&path).unwrap(), MAIL);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_panic_with_nowhere_to_quarantine_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registrar(dir.path()).with_classifier(|_, _, _| panic!("parser bug"));
+        fs::write(dir.path().join("quarantine"), b"a file where the directory should be").unwrap();
+        assert!(matches!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Transient(_)));
     }
 }
