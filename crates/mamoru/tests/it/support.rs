@@ -26,6 +26,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Like [`wait_for`], and on timeout shows `context()` (a peer's log).
+pub fn wait_for_or<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; context:\n{}", context());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A port that was free a moment ago (for peers that cannot bind port 0).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind port 0").port()
@@ -247,13 +259,12 @@ pub struct Mail {
     pub subject: String,
     pub message_id: String,
     pub body: String,
-    pub raw: Vec<u8>,
 }
 
 pub fn parse_mail(raw: &[u8]) -> Mail {
     let m = mailparse::parse_mail(raw).expect("parse mail");
     let h = |k: &str| m.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap_or_default();
-    Mail { to: h("To"), subject: h("Subject"), message_id: h("Message-ID"), body: m.get_body().expect("body"), raw: raw.to_vec() }
+    Mail { to: h("To"), subject: h("Subject"), message_id: h("Message-ID"), body: m.get_body().expect("body") }
 }
 
 /// The registration link in a 登録受付 body, as a path (`/r/TOKEN`).
