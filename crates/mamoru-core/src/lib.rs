@@ -7,6 +7,8 @@
 //! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts.
 //! - [`token`]: HMAC-SHA256 tokens bound to a purpose, a subject and a nonce.
 //! - [`seal`]: AEAD encryption and blind index of addresses.
+//! - [`links`]: the personal manage/unsubscribe links of alert footers.
+//! - [`verp`]: signed VERP return paths naming the outbox row.
 //! - [`mail`]: the Japanese mails (登録受付, 登録完了) as RFC 5322 bytes.
 //! - [`keys`]: the key material and its on-disk format (bytes only; the store
 //!   crate reads and writes the files).
@@ -14,9 +16,11 @@
 pub mod address;
 pub mod config;
 pub mod keys;
+pub mod links;
 pub mod mail;
 pub mod seal;
 pub mod token;
+pub mod verp;
 
 pub use address::EmailAddress;
 pub use config::Config;

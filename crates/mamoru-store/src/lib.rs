@@ -30,7 +30,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 pub use keys::Keys;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+/// Numbered, append-only. Never edit a migration that has shipped; add one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_subscriber_links.sql")];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "mamoru.db";
@@ -295,6 +296,13 @@ impl Store {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
+        let mut link_nonce: Nonce = [0; 8];
+        self.sealer.random(&mut link_nonce)?;
+        // The footer-link nonce is set once, at the first confirmation.
+        tx.execute(
+            "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = X'0000000000000000'",
+            params![&link_nonce[..], subscriber],
+        )?;
         tx.execute(
             "UPDATE subscribers SET status = 'active', updated_at = ?1,
                     confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
@@ -363,6 +371,20 @@ impl Store {
         let Some((id, sealed, status)) = row else { return Ok(None) };
         let districts = districts_of(&conn, id)?;
         Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
+    }
+
+    /// The nonce of the subscriber's footer links (`mamoru_core::links`);
+    /// `None` for an unknown or never-confirmed subscriber.
+    pub fn link_nonce(&self, subscriber: SubscriberId) -> Result<Option<Nonce>> {
+        let conn = self.conn();
+        let n: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT link_nonce FROM subscribers WHERE id = ?1 AND link_nonce <> X'0000000000000000'",
+                [subscriber],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.and_then(|v| v.try_into().ok()))
     }
 
     /// Deletes registrations that were never confirmed before `before`, with

@@ -70,7 +70,9 @@ fn registration_round_trip() {
     assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![] }));
     assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, "pending");
 
+    assert_eq!(f.store.link_nonce(subscriber).unwrap(), None, "no footer links before confirmation");
     assert!(matches!(f.complete(&claims, &[3, 1], T0 + 20), Completion::Completed { .. }));
+    let link_nonce = f.store.link_nonce(subscriber).unwrap().expect("footer-link nonce set at confirmation");
     let s = f.store.find_subscriber(&addr("TARO..Y.@DOCOMO.NE.JP")).unwrap().unwrap();
     assert_eq!((s.status.as_str(), s.districts.clone(), s.address.clone()), ("active", vec![1, 3], a.clone()));
 
@@ -79,6 +81,7 @@ fn registration_round_trip() {
     assert_eq!(f.complete(&claims, &[5], T0 + 30), Completion::TokenUnusable);
     assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().districts, vec![1, 3]);
     assert_eq!(f.store.outbox_counts().unwrap().queued, 2);
+    assert_eq!(f.store.link_nonce(subscriber).unwrap(), Some(link_nonce));
 }
 
 #[test]
