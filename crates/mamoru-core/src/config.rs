@@ -44,6 +44,7 @@ pub struct Config {
     pub web: WebConfig,
     pub relay: RelayConfig,
     pub store: StoreConfig,
+    pub bounces: BouncesConfig,
     pub districts: Vec<District>,
 }
 
@@ -106,6 +107,15 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BouncesConfig {
+    /// Soft bounces (mailbox full, temporary, unclassified) a subscriber may
+    /// collect before being suspended. Unknown-user bounces suspend at once;
+    /// "blocked as spam" never counts.
+    pub soft_threshold: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct District {
@@ -150,6 +160,7 @@ impl Default for Config {
             web: WebConfig::default(),
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
+            bounces: BouncesConfig::default(),
             districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
         }
     }
@@ -195,6 +206,12 @@ impl Default for RelayConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self { busy_timeout_ms: 5000 }
+    }
+}
+
+impl Default for BouncesConfig {
+    fn default() -> Self {
+        Self { soft_threshold: 5 }
     }
 }
 
@@ -244,6 +261,7 @@ impl Config {
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
         positive("relay.lease_secs", self.relay.lease_secs, false)?;
+        positive("bounces.soft_threshold", self.bounces.soft_threshold, false)?;
         if self.relay.poll_interval_ms == 0 {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
