@@ -16,7 +16,9 @@
 //!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
 //!   write lock instead of failing half way.
 
+pub mod bounces;
 pub mod keys;
+pub mod manage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -31,7 +33,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 pub use keys::Keys;
 
 /// Numbered, append-only. Never edit a migration that has shipped; add one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_subscriber_links.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_subscriber_links.sql"),
+    include_str!("migrations/0005_selfservice.sql"),
+];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "mamoru.db";
@@ -171,6 +177,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (a deleted registration's sealed address) are
+        // overwritten instead of lingering in free pages and the WAL.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let store = Store { conn: Mutex::new(conn), sealer: keys.sealer(), path };
         store.migrate()?;
         Ok(store)
