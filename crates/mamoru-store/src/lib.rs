@@ -16,6 +16,7 @@
 //!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
 //!   write lock instead of failing half way.
 
+pub mod backup;
 pub mod bounces;
 pub mod keys;
 pub mod manage;
@@ -52,6 +53,8 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     #[error("sealed data: {0}")]
     Seal(#[from] SealError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("database schema version {found} is newer than this build ({known})")]
     TooNew { found: i64, known: i64 },
 }
