@@ -32,6 +32,16 @@ pub enum Command {
     Relay,
     /// Show the outbox: messages per state.
     Queue(QueueArgs),
+    /// Write a consistent copy of the database to FILE, safe while `mamoru
+    /// serve` runs (SQLite online backup). The copy holds no address in
+    /// clear; restoring it also needs DATA_DIR/keys/.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The copy to write; must not exist yet. Created with mode 0600.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

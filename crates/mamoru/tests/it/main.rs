@@ -6,3 +6,4 @@ mod cli;
 mod pipe;
 mod postfix;
 mod serve;
+mod selfservice;
