@@ -18,6 +18,7 @@
 
 pub mod backup;
 pub mod bounces;
+pub mod import;
 pub mod keys;
 pub mod manage;
 

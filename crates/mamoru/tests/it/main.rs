@@ -7,3 +7,4 @@ mod pipe;
 mod postfix;
 mod serve;
 mod selfservice;
+mod subscribers;
