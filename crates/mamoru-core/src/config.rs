@@ -121,6 +121,11 @@ pub struct BouncesConfig {
 pub struct District {
     pub id: u32,
     pub name: String,
+    /// Optional ASCII tag for the district's registration address,
+    /// `ans+TAG@DOMAIN` (e.g. `chuo`), printed on school handouts. The id
+    /// works as a tag too (`ans+1@`).
+    #[serde(default)]
+    pub tag: String,
 }
 
 /// Where the relay hands mail over.
@@ -131,6 +136,9 @@ pub enum Transport {
     /// A smarthost, plain SMTP.
     Smtp { host: String, port: u16 },
 }
+
+/// Tags of the Kure districts (`ans+chuo@`), in the order of [`KURE_DISTRICTS`].
+pub const KURE_TAGS: [&str; 10] = ["chuo", "tenno", "showa", "aga", "kawajiri", "kamagari", "yutaka", "gobara", "miyahara", "ondo"];
 
 /// The Kure districts of the original service. Configuration, not code: this
 /// list is only the default and the template.
@@ -161,7 +169,11 @@ impl Default for Config {
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
             bounces: BouncesConfig::default(),
-            districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
+            districts: KURE_DISTRICTS
+                .iter()
+                .zip(KURE_TAGS)
+                .map(|(&(id, name), tag)| District { id, name: name.into(), tag: tag.into() })
+                .collect(),
         }
     }
 }
@@ -279,6 +291,15 @@ impl Config {
             if self.districts[..i].iter().any(|o| o.id == d.id) {
                 return Err(invalid(format!("districts[{i}].id"), format!("id {} is used twice", d.id)));
             }
+            if !d.tag.is_empty()
+                && (!d.tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    || d.tag.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(invalid(format!("districts[{i}].tag"), "must be lowercase ASCII letters, digits or '-', not only digits"));
+            }
+            if !d.tag.is_empty() && self.districts[..i].iter().any(|o| o.tag == d.tag) {
+                return Err(invalid(format!("districts[{i}].tag"), format!("tag {:?} is used twice", d.tag)));
+            }
             if self.districts[..i].iter().any(|o| o.name == d.name) {
                 return Err(invalid(format!("districts[{i}].name"), format!("name {:?} is used twice", d.name)));
             }
@@ -322,6 +343,27 @@ impl Config {
 
     pub fn district(&self, id: u32) -> Option<&District> {
         self.districts.iter().find(|d| d.id == id)
+    }
+
+    /// The district a registration recipient names, `ans+TAG@` with TAG a
+    /// district's tag or id (case-insensitive); `None` for plain `ans@` or an
+    /// unknown tag.
+    pub fn district_of_recipient(&self, recipient: &str) -> Option<&District> {
+        let r = recipient.trim().trim_start_matches('<').trim_end_matches('>');
+        let local = r.rsplit_once('@').map_or(r, |(l, _)| l);
+        let (_, tag) = local.split_once('+')?;
+        let tag = tag.to_ascii_lowercase();
+        match tag.parse::<u32>() {
+            Ok(id) => self.district(id),
+            Err(_) => self.districts.iter().find(|d| !d.tag.is_empty() && d.tag == tag),
+        }
+    }
+
+    /// The registration address of a district: `ans+TAG@DOMAIN`, or
+    /// `ans+ID@DOMAIN` when it has no tag.
+    pub fn district_address(&self, d: &District) -> String {
+        let tag = if d.tag.is_empty() { d.id.to_string() } else { d.tag.clone() };
+        format!("{}+{tag}@{}", self.ingest.register_local, self.domain)
     }
 }
 
@@ -386,6 +428,18 @@ mod tests {
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
         let c = parse("[relay]\ntransport = \"smtp://[::1]:25\"").unwrap();
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "::1".into(), port: 25 });
+    }
+
+    #[test]
+    fn district_tags_in_recipients() {
+        let c = parse("domain = \"mamoru.test\"").unwrap();
+        assert_eq!(c.district_of_recipient("ans+chuo@mamoru.test").map(|d| d.id), Some(1));
+        assert_eq!(c.district_of_recipient("<ANS+Showa@mamoru.test>").map(|d| d.id), Some(3));
+        assert_eq!(c.district_of_recipient("ans+10@mamoru.test").map(|d| d.id), Some(10));
+        assert_eq!(c.district_of_recipient("ans@mamoru.test"), None);
+        assert_eq!(c.district_of_recipient("ans+nowhere@mamoru.test"), None);
+        assert_eq!(c.district_address(&c.districts[0]), "ans+chuo@mamoru.test");
+        assert!(err("[[districts]]\nid = 1\nname = \"a\"\ntag = \"Bad Tag\"").contains("districts[0].tag"));
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Registrar {
         Rules { domain: &self.cfg.domain, register_local: &self.cfg.ingest.register_local, max_header_bytes: MAX_HEADER_BYTES }
     }
 
-    fn register(&self, reply_to: &EmailAddress) -> Outcome {
+    fn register(&self, reply_to: &EmailAddress, recipient: &str) -> Outcome {
         let now = (self.clock)();
         let cfg = &self.cfg;
         let limits = RegistrationLimits {
@@ -75,7 +75,9 @@ impl Registrar {
         }
         // An address already registered gets a manage link (登録内容の変更)
         // instead of a second registration.
-        let result = self.store.request_link(reply_to, now, &limits, expires_at, |kind, subscriber, nonce| {
+        // `ans+chuo@` pre-selects that district on the registration page.
+        let preselect = cfg.district_of_recipient(recipient).map(|d| d.id);
+        let result = self.store.request_link(reply_to, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
             let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
             let token = self.tokens.sign(&claims);
             let id = mail::message_id(&random, cfg);
@@ -133,7 +135,7 @@ impl Deliver for Registrar {
         let rules = self.rules();
         let class = catch_unwind(AssertUnwindSafe(|| (self.classifier)(&rules, &env, message)));
         match class {
-            Ok(Classification::Register { reply_to }) => self.register(&reply_to),
+            Ok(Classification::Register { reply_to }) => self.register(&reply_to, recipient),
             Ok(Classification::Drop(reason)) => {
                 let from = EmailAddress::parse(sender).map(|a| a.masked()).unwrap_or_else(|_| "<unparsable>".into());
                 tracing::info!(reason = reason.as_str(), from = %from, "inbound mail dropped without reply");

@@ -82,13 +82,16 @@ impl Store {
     /// [`Store::request_registration`], under the same limits, but an address
     /// that is already registered gets a one-time manage link rather than a
     /// second registration. `render` builds the mail from its kind, the
-    /// subscriber and the nonce of the recorded token.
+    /// subscriber and the nonce of the recorded token. `preselect` (a
+    /// district's own address, `ans+chuo@`) is added to a new registration's
+    /// districts, so the registration page shows it checked.
     pub fn request_link(
         &self,
         addr: &EmailAddress,
         now: UnixTime,
         limits: &RegistrationLimits,
         token_expires_at: UnixTime,
+        preselect: Option<u32>,
         render: impl FnOnce(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<LinkRequest> {
         let index = self.sealer.index(addr);
@@ -112,6 +115,12 @@ impl Store {
                 (tx.last_insert_rowid(), LinkMail::Register)
             }
         };
+        if let (LinkMail::Register, Some(district)) = (kind, preselect) {
+            tx.execute(
+                "INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![subscriber, district],
+            )?;
+        }
         let mut nonce: Nonce = [0; 8];
         self.sealer.random(&mut nonce)?;
         tx.execute(
@@ -301,7 +310,7 @@ mod tests {
             let mut claims = None;
             let r = self
                 .store
-                .request_link(&a, now, &LIMITS, now + 3600, |kind, sid, nonce| {
+                .request_link(&a, now, &LIMITS, now + 3600, None, |kind, sid, nonce| {
                     let c = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
                     claims = Some(c.clone());
                     let t = self.tk().sign(&c);

@@ -15,6 +15,7 @@ use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::manage::{LinkMail, LinkRequest};
 use mamoru_store::{Completion, RegistrationLimits};
 
+mod districts;
 mod manage;
 
 use crate::Web;
@@ -54,6 +55,11 @@ impl App {
             "/" | "/style.css" => self.not_allowed("GET, HEAD"),
             "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body).await),
             "/register" => self.not_allowed("POST"),
+            _ if path == "/d" || path.starts_with("/d/") => match path.strip_prefix("/d/") {
+                Some(rest) if read => cacheable(self.districts(rest), "public, max-age=300"),
+                _ if read => self.districts("missing"),
+                _ => self.not_allowed("GET, HEAD"),
+            },
             _ if path.starts_with("/m/") || path.starts_with("/u/") => {
                 let (purpose, token) = match path.strip_prefix("/m/") {
                     Some(token) => (Purpose::Manage, token),
@@ -163,7 +169,7 @@ impl App {
                 global_hourly_cap: cfg.limits.register_global_hourly_cap,
             };
             let expires_at = now + cfg.tokens.register_ttl_secs;
-            web.store.request_link(&addr, now, &limits, expires_at, |kind, subscriber, nonce| {
+            web.store.request_link(&addr, now, &limits, expires_at, None, |kind, subscriber, nonce| {
                 let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
                 let token = web.tokens.sign(&claims);
                 let id = mail::message_id(&random, cfg);

@@ -408,3 +408,41 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
         assert!(!bytes.windows(local.len()).any(|w| w == local), "{a} in clear in the database");
     }
 }
+
+#[test]
+fn a_district_address_preselects_and_its_handout_has_a_qr_code() {
+    let inst = instance();
+    let server = inst.serve();
+    let from = "child.showa@docomo.ne.jp";
+    let out = inst.ingest(from, "ans+Showa@mamoru.test", &empty_mail(from));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = wait_mail(&inst, from, "登録受付", 0);
+    let page = http(server.http, "GET", &link_path(&m.body), None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("value=\"3\" checked>") && page.body.matches(" checked>").count() == 1, "{}", page.body);
+    // By id too, and an unknown tag is a plain registration.
+    let out = inst.ingest("by.id@au.com", "ans+7@mamoru.test", &empty_mail("by.id@au.com"));
+    assert_eq!(out.status.code(), Some(0));
+    let page = http(server.http, "GET", &link_path(&wait_mail(&inst, "by.id@au.com", "登録受付", 0).body), None);
+    assert!(page.body.contains("value=\"7\" checked>"), "{}", page.body);
+    let out = inst.ingest("plain@au.com", "ans+nowhere@mamoru.test", &empty_mail("plain@au.com"));
+    assert_eq!(out.status.code(), Some(0));
+    let page = http(server.http, "GET", &link_path(&wait_mail(&inst, "plain@au.com", "登録受付", 0).body), None);
+    assert!(!page.body.contains(" checked>"), "{}", page.body);
+
+    // The printable handout: address, mailto and an inline SVG QR code,
+    // under the same strict CSP as every page.
+    let list = http(server.http, "GET", "/d/", None);
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body.matches("<a href=\"/d/").count(), 10);
+    let handout = http(server.http, "GET", "/d/3", None);
+    assert_eq!(handout.status, 200);
+    assert!(handout.body.contains("href=\"mailto:ans+showa@mamoru.test\""), "{}", handout.body);
+    assert!(handout.body.contains("<svg role=\"img\""), "{}", handout.body);
+    let csp = handout.header("Content-Security-Policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe"), "{csp}");
+    assert_eq!(handout.header("Referrer-Policy"), Some("no-referrer"));
+    assert_eq!(http(server.http, "GET", "/d/99", None).status, 404);
+    assert_eq!(http(server.http, "POST", "/d/3", Some("x=1")).status, 405);
+    drop(server);
+}
