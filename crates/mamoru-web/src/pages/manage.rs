@@ -6,17 +6,33 @@ use mamoru_core::config::District;
 
 use super::{error, escape, foot, h1, head, mail_link, p, push_u32};
 
+/// Whether the registration is suspended after bounces, and whether saving
+/// on this page resumes it (only a one-time link, which just reached the
+/// mailbox, proves the mailbox works again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspension {
+    None,
+    ResumesOnSave,
+    NeedsFreshLink,
+}
+
 /// The manage page of a live manage link: the districts pre-checked, a
 /// button to save them and a separate form to delete the registration.
-pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: bool, error_text: Option<&str>) -> String {
+pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension, error_text: Option<&str>) -> String {
     let mut out = String::with_capacity(4096 + 160 * cfg.districts.len());
     head(&mut out, cfg, "登録内容の変更");
     h1(&mut out, "登録内容の変更");
-    if suspended {
-        error(
+    match suspended {
+        Suspension::None => {}
+        Suspension::ResumesOnSave => error(
             &mut out,
             "このアドレスへのメールが届かなかったため、配信を止めています。「変更する」を押すと配信を再開します。",
-        );
+        ),
+        Suspension::NeedsFreshLink => {
+            error(&mut out, "このアドレスへのメールが届かなかったため、配信を止めています。");
+            p(&mut out, "再開するには、次のアドレスへ空メールを送り、届いたメールのリンクから「変更する」を押してください。");
+            mail_link(&mut out, cfg);
+        }
     }
     p(&mut out, "お知らせを受け取りたい地区にチェックを入れて、「変更する」を押してください。");
     if let Some(text) = error_text {
@@ -115,7 +131,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.service_name = "見守り<ネット>".into();
         let pages = [
-            manage(&cfg, "T\"K", &[2], true, Some("<x>")),
+            manage(&cfg, "T\"K", &[2], Suspension::NeedsFreshLink, Some("<x>")),
             changed(&cfg, &[&cfg.districts[0]]),
             deleted(&cfg),
             unsubscribe_confirm(&cfg, "T\"K"),

@@ -9,11 +9,12 @@ use hyper::body::Incoming;
 use mamoru_core::mail;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::UnixTime;
-use mamoru_store::manage::ManageOutcome;
+use mamoru_store::manage::{Grant, ManageOutcome};
 
 use super::{App, Resp};
 use crate::form::{self, DistrictsError};
 use crate::pages;
+use crate::pages::manage::Suspension;
 
 impl App {
     /// Verifies a manage/unsubscribe token's signature and expiry.
@@ -40,7 +41,14 @@ impl App {
                 let cfg = &self.web.cfg;
                 let page = match purpose {
                     Purpose::Unsubscribe => pages::manage::unsubscribe_confirm(cfg, token),
-                    _ => pages::manage::manage(cfg, token, &view.districts, view.suspended, None),
+                    _ => {
+                        let suspension = match (view.suspended, view.grant) {
+                            (false, _) => Suspension::None,
+                            (true, Grant::OneTime) => Suspension::ResumesOnSave,
+                            (true, Grant::Footer) => Suspension::NeedsFreshLink,
+                        };
+                        pages::manage::manage(cfg, token, &view.districts, suspension, None)
+                    }
                 };
                 self.html(StatusCode::OK, page)
             }
@@ -75,7 +83,8 @@ impl App {
                 let ids = match form::districts(&body, cfg) {
                     Ok(ids) if !ids.is_empty() => ids,
                     Ok(_) | Err(DistrictsError::Unknown) => {
-                        let page = pages::manage::manage(cfg, token, &[], false, Some("地区を1つ以上選んでください。"));
+                        let page =
+                            pages::manage::manage(cfg, token, &[], Suspension::None, Some("地区を1つ以上選んでください。"));
                         return self.html(StatusCode::BAD_REQUEST, page);
                     }
                 };
