@@ -348,6 +348,7 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     cmd.arg("serve").env("RUST_LOG", "trace");
     let server = Server::start(&mut cmd);
     let addrs = ["privacy.one@docomo.ne.jp", "privacy..two.@ezweb.ne.jp", "privacy3@i.softbank.jp", "deleted.parent@au.com"];
+    let all_addrs = [addrs[0], addrs[1], addrs[2], addrs[3], "privacy.lmtp@docomo.ne.jp"];
     let mut logs = String::new();
     for a in &addrs {
         let out = inst.ingest_with(a, "ans@mamoru.test", &empty_mail(a), &[("RUST_LOG", "trace")]);
@@ -357,6 +358,10 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
         assert_eq!(http(server.http, "POST", &link_path(&m.body), Some("district=1&district=7")).status, 200);
         wait_mail(&inst, a, "登録完了", 0);
     }
+    // LMTP (the serve process) logs too.
+    let via_lmtp = "privacy.lmtp@docomo.ne.jp";
+    assert!(lmtp_send(&server, via_lmtp, "ans@mamoru.test", &empty_mail(via_lmtp)).contains("250"));
+    wait_mail(&inst, via_lmtp, "登録受付", 0);
     // The PC form and a manage round trip log too.
     assert_eq!(http(server.http, "POST", "/register", Some("address=privacy.one%40docomo.ne.jp")).status, 200);
     let manage = path_of(&wait_mail(&inst, addrs[0], "登録内容の変更", 0).body, "/m/");
@@ -379,7 +384,7 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
         assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
         let copy = Connection::open(&backup).unwrap();
         let n: i64 = copy.query_row("SELECT COUNT(*) FROM subscribers", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 3, "a consistent copy: three remain after one unsubscribed");
+        assert_eq!(n, 4, "a consistent copy: three confirmed (one unsubscribed) and one pending");
     }
 
     // Scan the database file and its WAL (before the server checkpoints it
@@ -390,7 +395,7 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     for file in [&db, &wal, &backup] {
         let Ok(bytes) = std::fs::read(file) else { continue };
         scanned += 1;
-        for a in &addrs {
+        for a in &all_addrs {
             let local = a.split('@').next().unwrap();
             for needle in [a.as_bytes(), local.as_bytes()] {
                 assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} in clear in {}", a, file.display());
@@ -402,13 +407,13 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     assert!(status.success(), "{log}");
     logs.push_str(&log);
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging is on, or the scan proves nothing");
-    for a in &addrs {
+    for a in &all_addrs {
         assert!(!logs.contains(a), "{a} in clear in the logs");
     }
     assert!(logs.contains("p***@docomo.ne.jp"), "masked addresses are logged");
     // After the clean stop the WAL is checkpointed into the file: scan again.
     let bytes = std::fs::read(&db).unwrap();
-    for a in &addrs {
+    for a in &all_addrs {
         let local = a.split('@').next().unwrap().as_bytes();
         assert!(!bytes.windows(local.len()).any(|w| w == local), "{a} in clear in the database");
     }
