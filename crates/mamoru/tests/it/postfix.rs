@@ -174,6 +174,24 @@ fn registration_through_postfix(mode: &str) {
         || (inst.subscriber(parent).expect("subscriber").status == "suspended").then_some(()),
         || postfix.log(),
     );
+
+    // A district's own address passes Postfix too and pre-selects it.
+    let second = "second.parent@au.com";
+    let (ok, transcript) = postfix.submit(second, "ans+chuo@mamoru.test");
+    assert!(ok, "{transcript}");
+    let invite = wait_for_or(
+        "登録受付 for ans+chuo@",
+        T,
+        || {
+            sink.messages().into_iter().find_map(|(rcpts, raw)| {
+                let m = parse_mail(&raw);
+                (m.subject.contains("登録受付") && rcpts.iter().any(|r| r == second)).then_some(m)
+            })
+        },
+        || postfix.log(),
+    );
+    let page = http(server.http, "GET", &link_path(&invite.body), None);
+    assert!(page.body.contains("value=\"1\" checked>"), "{}", page.body);
     drop(postfix);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
