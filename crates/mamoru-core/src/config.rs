@@ -114,6 +114,8 @@ pub struct BouncesConfig {
     /// collect before being suspended. Unknown-user bounces suspend at once;
     /// "blocked as spam" never counts.
     pub soft_threshold: i64,
+    /// Only soft bounces within this many seconds count towards the threshold.
+    pub soft_window_secs: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -223,7 +225,7 @@ impl Default for StoreConfig {
 
 impl Default for BouncesConfig {
     fn default() -> Self {
-        Self { soft_threshold: 5 }
+        Self { soft_threshold: 5, soft_window_secs: 30 * 24 * 3600 }
     }
 }
 
@@ -274,6 +276,7 @@ impl Config {
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
         positive("relay.lease_secs", self.relay.lease_secs, false)?;
         positive("bounces.soft_threshold", self.bounces.soft_threshold, false)?;
+        positive("bounces.soft_window_secs", self.bounces.soft_window_secs, false)?;
         if self.relay.poll_interval_ms == 0 {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }

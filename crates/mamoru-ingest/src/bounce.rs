@@ -7,7 +7,7 @@
 use mamoru_core::token::TokenKey;
 use mamoru_core::{Config, UnixTime, verp};
 use mamoru_store::Store;
-use mamoru_store::bounces::{BounceClass, BounceEffect};
+use mamoru_store::bounces::{BounceClass, BounceEffect, SoftBouncePolicy};
 
 use crate::Outcome;
 use crate::dsn::{self, Class};
@@ -59,7 +59,8 @@ pub fn handle(ctx: &Context<'_>, recipient: &str, message: &[u8]) -> Outcome {
         Class::Temporary => BounceClass::Temporary,
         Class::Other => BounceClass::Other,
     };
-    match ctx.store.record_bounce(outbox_id, class, &report.status, ctx.now, ctx.cfg.bounces.soft_threshold) {
+    let policy = SoftBouncePolicy { threshold: ctx.cfg.bounces.soft_threshold, window_secs: ctx.cfg.bounces.soft_window_secs };
+    match ctx.store.record_bounce(outbox_id, class, &report.status, ctx.now, policy) {
         Ok(effect) => {
             let class = class.as_str();
             let status = report.status.as_str();

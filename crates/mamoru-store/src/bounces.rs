@@ -3,8 +3,9 @@
 //!
 //! - unknown user: suspended at once (carriers block senders that keep
 //!   mailing dead addresses);
-//! - mailbox full, temporary, other: add one to the bounce score; at the
-//!   threshold, suspended;
+//! - mailbox full, temporary, other: soft bounces; the score is their number
+//!   within a sliding window (a full mailbox now and then over the years is
+//!   not a dead address); at the threshold, suspended;
 //! - blocked as spam: the carrier refused *us*, not the subscriber: logged
 //!   per carrier domain, never counted against the subscriber.
 //!
@@ -15,6 +16,14 @@ use mamoru_core::UnixTime;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::{Result, Store, SubscriberId, audit};
+
+/// How soft bounces add up to a suspension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftBouncePolicy {
+    /// This many soft bounces within `window_secs` suspend.
+    pub threshold: i64,
+    pub window_secs: i64,
+}
 
 /// A bounce's class, as the parser in ingest reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +85,7 @@ impl Store {
         class: BounceClass,
         status: &str,
         now: UnixTime,
-        soft_threshold: i64,
+        policy: SoftBouncePolicy,
     ) -> Result<BounceEffect> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -105,11 +114,20 @@ impl Store {
             match current {
                 None => BounceEffect::Unknown,
                 Some((status, _)) if status == "suspended" => BounceEffect::Suspended { subscriber, reason: "already" },
-                Some((_, score)) => {
-                    let score = score + 1;
+                Some((_, old_score)) => {
+                    let score = if class == BounceClass::UnknownUser {
+                        old_score
+                    } else {
+                        tx.query_row(
+                            "SELECT COUNT(*) FROM bounces WHERE subscriber_id = ?1 AND at > ?2
+                             AND class IN ('mailbox-full', 'temporary', 'other')",
+                            params![subscriber, now - policy.window_secs],
+                            |r| r.get(0),
+                        )?
+                    };
                     let reason = if class == BounceClass::UnknownUser {
                         Some("unknown-user")
-                    } else if score >= soft_threshold {
+                    } else if score >= policy.threshold {
                         Some("soft-bounces")
                     } else {
                         None

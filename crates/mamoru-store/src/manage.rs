@@ -279,7 +279,9 @@ mod tests {
     use mamoru_core::token::TokenKey;
 
     use super::*;
-    use crate::bounces::{BounceClass, BounceEffect};
+    use crate::bounces::{BounceClass, BounceEffect, SoftBouncePolicy};
+
+    const P3: SoftBouncePolicy = SoftBouncePolicy { threshold: 3, window_secs: 1000 };
     use crate::{Completion, Keys, keys};
 
     const LIMITS: RegistrationLimits = RegistrationLimits { cooldown_secs: 0, daily_cap: 100, global_hourly_cap: 1000 };
@@ -440,10 +442,10 @@ mod tests {
         let oa = outbox_of(a)[0];
         // A queued mail for A is cancelled by the suspension.
         f.ask("dead@docomo.ne.jp", T0 + 1);
-        let e = f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 2, 3).unwrap();
+        let e = f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 2, P3).unwrap();
         assert_eq!(e, BounceEffect::Suspended { subscriber: a, reason: "unknown-user" });
         assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE subscriber_id = 1 AND state = 'queued'"), 0);
-        assert_eq!(f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 3, 3).unwrap(), BounceEffect::Duplicate);
+        assert_eq!(f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 3, P3).unwrap(), BounceEffect::Duplicate);
         assert_eq!(f.store.suspended_counts().unwrap(), vec![("unknown-user".to_string(), 1)]);
         assert!(f.store.manage_view(&footer, T0 + 4).unwrap().unwrap().suspended);
 
@@ -452,14 +454,25 @@ mod tests {
             f.ask("full@ezweb.ne.jp", T0 + 10 + i);
         }
         let ob = outbox_of(b);
-        assert!(matches!(f.store.record_bounce(ob[0], BounceClass::BlockedAsSpam, "5.7.1", T0, 3).unwrap(), BounceEffect::CarrierBlock { .. }));
-        assert_eq!(f.store.record_bounce(ob[1], BounceClass::MailboxFull, "5.2.2", T0, 3).unwrap(), BounceEffect::Scored { subscriber: b, score: 1 });
-        assert_eq!(f.store.record_bounce(ob[2], BounceClass::Temporary, "4.4.1", T0, 3).unwrap(), BounceEffect::Scored { subscriber: b, score: 2 });
+        assert!(matches!(f.store.record_bounce(ob[0], BounceClass::BlockedAsSpam, "5.7.1", T0, P3).unwrap(), BounceEffect::CarrierBlock { .. }));
+        assert_eq!(f.store.record_bounce(ob[1], BounceClass::MailboxFull, "5.2.2", T0, P3).unwrap(), BounceEffect::Scored { subscriber: b, score: 1 });
+        assert_eq!(f.store.record_bounce(ob[2], BounceClass::Temporary, "4.4.1", T0, P3).unwrap(), BounceEffect::Scored { subscriber: b, score: 2 });
         assert_eq!(
-            f.store.record_bounce(ob[3], BounceClass::Other, "5.3.4", T0, 3).unwrap(),
+            f.store.record_bounce(ob[3], BounceClass::Other, "5.3.4", T0, P3).unwrap(),
             BounceEffect::Suspended { subscriber: b, reason: "soft-bounces" }
         );
-        assert_eq!(f.store.record_bounce(999, BounceClass::UnknownUser, "", T0, 3).unwrap(), BounceEffect::Unknown);
+        assert_eq!(f.store.record_bounce(999, BounceClass::UnknownUser, "", T0, P3).unwrap(), BounceEffect::Unknown);
+        // Soft bounces outside the window do not add up.
+        let (c, _) = f.register("rarely.full@ezweb.ne.jp", &[1]);
+        for i in 0..3 {
+            f.ask("rarely.full@ezweb.ne.jp", T0 + 40 + i);
+        }
+        let oc = outbox_of(c);
+        for (n, row) in oc.iter().enumerate() {
+            let at = T0 + 2000 * n as i64;
+            let e = f.store.record_bounce(*row, BounceClass::MailboxFull, "5.2.2", at, P3).unwrap();
+            assert_eq!(e, BounceEffect::Scored { subscriber: c, score: 1 }, "bounce {n}");
+        }
         let stats = f.store.bounce_stats(0).unwrap();
         assert!(stats.iter().any(|s| s.domain == "ezweb.ne.jp" && s.class == "blocked-as-spam" && s.count == 1), "{stats:?}");
 
