@@ -73,10 +73,10 @@ impl Registrar {
         if let Err(e) = self.store.sealer().random(&mut random) {
             return Outcome::Transient(e.to_string());
         }
-        // An address already registered gets a manage link (登録内容の変更)
-        // instead of a second registration.
         // `ans+chuo@` pre-selects that district on the registration page.
         let preselect = cfg.district_of_recipient(recipient).map(|d| d.id);
+        // An address already registered gets a manage link (登録内容の変更)
+        // instead of a second registration.
         let result = self.store.request_link(reply_to, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
             let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
             let token = self.tokens.sign(&claims);

@@ -182,7 +182,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Deleted rows (a deleted registration's sealed address) are
-        // overwritten instead of lingering in free pages and the WAL.
+        // overwritten with zeros instead of lingering in free pages of the
+        // database file.
         conn.pragma_update(None, "secure_delete", "ON")?;
         let store = Store { conn: Mutex::new(conn), sealer: keys.sealer(), path };
         store.migrate()?;
