@@ -350,11 +350,13 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     let addrs = ["privacy.one@docomo.ne.jp", "privacy..two.@ezweb.ne.jp", "privacy3@i.softbank.jp", "deleted.parent@au.com"];
     let all_addrs = [addrs[0], addrs[1], addrs[2], addrs[3], "privacy.lmtp@docomo.ne.jp"];
     let mut logs = String::new();
+    let mut tokens: Vec<String> = vec![];
     for a in &addrs {
         let out = inst.ingest_with(a, "ans@mamoru.test", &empty_mail(a), &[("RUST_LOG", "trace")]);
         assert_eq!(out.status.code(), Some(0));
         logs.push_str(&String::from_utf8_lossy(&out.stderr));
         let m = wait_mail(&inst, a, "登録受付", 0);
+        tokens.push(link_path(&m.body)[3..].to_string());
         assert_eq!(http(server.http, "POST", &link_path(&m.body), Some("district=1&district=7")).status, 200);
         wait_mail(&inst, a, "登録完了", 0);
     }
@@ -368,6 +370,8 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     assert_eq!(http(server.http, "POST", &manage, Some("action=update&district=3")).status, 200);
     let gone = inst.subscriber(addrs[3]).unwrap().id;
     let (_, unsub) = footer_paths(&inst, gone);
+    tokens.push(manage[3..].to_string());
+    tokens.push(unsub[3..].to_string());
     assert_eq!(http(server.http, "POST", &unsub, Some("List-Unsubscribe=One-Click")).status, 200);
     // A bounce goes through the log path too.
     let bounce = inst.ingest_with("", &verp_for(&inst, newest_outbox(&inst, inst.subscriber(addrs[2]).unwrap().id)), DSN_UNKNOWN.as_bytes(), &[("RUST_LOG", "trace")]);
@@ -409,6 +413,11 @@ fn no_address_in_clear_in_the_database_wal_backup_or_trace_logs() {
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging is on, or the scan proves nothing");
     for a in &all_addrs {
         assert!(!logs.contains(a), "{a} in clear in the logs");
+    }
+    assert_eq!(tokens.len(), 6);
+    for t in &tokens {
+        assert_eq!(t.len(), 51, "a token: {t}");
+        assert!(!logs.contains(t.as_str()), "a token in the logs");
     }
     assert!(logs.contains("p***@docomo.ne.jp"), "masked addresses are logged");
     // After the clean stop the WAL is checkpointed into the file: scan again.
