@@ -44,6 +44,7 @@ pub struct Config {
     pub web: WebConfig,
     pub relay: RelayConfig,
     pub store: StoreConfig,
+    pub bounces: BouncesConfig,
     pub districts: Vec<District>,
 }
 
@@ -106,11 +107,27 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BouncesConfig {
+    /// Soft bounces (mailbox full, temporary, unclassified) a subscriber may
+    /// collect before being suspended. Unknown-user bounces suspend at once;
+    /// "blocked as spam" never counts.
+    pub soft_threshold: i64,
+    /// Only soft bounces within this many seconds count towards the threshold.
+    pub soft_window_secs: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct District {
     pub id: u32,
     pub name: String,
+    /// Optional ASCII tag for the district's registration address,
+    /// `ans+TAG@DOMAIN` (e.g. `chuo`), printed on school handouts. The id
+    /// works as a tag too (`ans+1@`).
+    #[serde(default)]
+    pub tag: String,
 }
 
 /// Where the relay hands mail over.
@@ -121,6 +138,9 @@ pub enum Transport {
     /// A smarthost, plain SMTP.
     Smtp { host: String, port: u16 },
 }
+
+/// Tags of the Kure districts (`ans+chuo@`), in the order of [`KURE_DISTRICTS`].
+pub const KURE_TAGS: [&str; 10] = ["chuo", "tenno", "showa", "aga", "kawajiri", "kamagari", "yutaka", "gobara", "miyahara", "ondo"];
 
 /// The Kure districts of the original service. Configuration, not code: this
 /// list is only the default and the template.
@@ -150,7 +170,12 @@ impl Default for Config {
             web: WebConfig::default(),
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
-            districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
+            bounces: BouncesConfig::default(),
+            districts: KURE_DISTRICTS
+                .iter()
+                .zip(KURE_TAGS)
+                .map(|(&(id, name), tag)| District { id, name: name.into(), tag: tag.into() })
+                .collect(),
         }
     }
 }
@@ -195,6 +220,12 @@ impl Default for RelayConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self { busy_timeout_ms: 5000 }
+    }
+}
+
+impl Default for BouncesConfig {
+    fn default() -> Self {
+        Self { soft_threshold: 5, soft_window_secs: 30 * 24 * 3600 }
     }
 }
 
@@ -244,6 +275,8 @@ impl Config {
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
         positive("relay.lease_secs", self.relay.lease_secs, false)?;
+        positive("bounces.soft_threshold", self.bounces.soft_threshold, false)?;
+        positive("bounces.soft_window_secs", self.bounces.soft_window_secs, false)?;
         if self.relay.poll_interval_ms == 0 {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
@@ -260,6 +293,15 @@ impl Config {
             }
             if self.districts[..i].iter().any(|o| o.id == d.id) {
                 return Err(invalid(format!("districts[{i}].id"), format!("id {} is used twice", d.id)));
+            }
+            if !d.tag.is_empty()
+                && (!d.tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    || d.tag.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(invalid(format!("districts[{i}].tag"), "must be lowercase ASCII letters, digits or '-', not only digits"));
+            }
+            if !d.tag.is_empty() && self.districts[..i].iter().any(|o| o.tag == d.tag) {
+                return Err(invalid(format!("districts[{i}].tag"), format!("tag {:?} is used twice", d.tag)));
             }
             if self.districts[..i].iter().any(|o| o.name == d.name) {
                 return Err(invalid(format!("districts[{i}].name"), format!("name {:?} is used twice", d.name)));
@@ -304,6 +346,27 @@ impl Config {
 
     pub fn district(&self, id: u32) -> Option<&District> {
         self.districts.iter().find(|d| d.id == id)
+    }
+
+    /// The district a registration recipient names, `ans+TAG@` with TAG a
+    /// district's tag or id (case-insensitive); `None` for plain `ans@` or an
+    /// unknown tag.
+    pub fn district_of_recipient(&self, recipient: &str) -> Option<&District> {
+        let r = recipient.trim().trim_start_matches('<').trim_end_matches('>');
+        let local = r.rsplit_once('@').map_or(r, |(l, _)| l);
+        let (_, tag) = local.split_once('+')?;
+        let tag = tag.to_ascii_lowercase();
+        match tag.parse::<u32>() {
+            Ok(id) => self.district(id),
+            Err(_) => self.districts.iter().find(|d| !d.tag.is_empty() && d.tag == tag),
+        }
+    }
+
+    /// The registration address of a district: `ans+TAG@DOMAIN`, or
+    /// `ans+ID@DOMAIN` when it has no tag.
+    pub fn district_address(&self, d: &District) -> String {
+        let tag = if d.tag.is_empty() { d.id.to_string() } else { d.tag.clone() };
+        format!("{}+{tag}@{}", self.ingest.register_local, self.domain)
     }
 }
 
@@ -368,6 +431,18 @@ mod tests {
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
         let c = parse("[relay]\ntransport = \"smtp://[::1]:25\"").unwrap();
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "::1".into(), port: 25 });
+    }
+
+    #[test]
+    fn district_tags_in_recipients() {
+        let c = parse("domain = \"mamoru.test\"").unwrap();
+        assert_eq!(c.district_of_recipient("ans+chuo@mamoru.test").map(|d| d.id), Some(1));
+        assert_eq!(c.district_of_recipient("<ANS+Showa@mamoru.test>").map(|d| d.id), Some(3));
+        assert_eq!(c.district_of_recipient("ans+10@mamoru.test").map(|d| d.id), Some(10));
+        assert_eq!(c.district_of_recipient("ans@mamoru.test"), None);
+        assert_eq!(c.district_of_recipient("ans+nowhere@mamoru.test"), None);
+        assert_eq!(c.district_address(&c.districts[0]), "ans+chuo@mamoru.test");
+        assert!(err("[[districts]]\nid = 1\nname = \"a\"\ntag = \"Bad Tag\"").contains("districts[0].tag"));
     }
 
     #[test]

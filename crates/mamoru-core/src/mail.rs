@@ -19,6 +19,12 @@ pub enum MailKind {
     RegistrationReceived,
     /// 登録完了: confirmation after districts were chosen.
     RegistrationCompleted,
+    /// 登録内容の変更: the one-time manage link for an address already registered.
+    ManageLink,
+    /// 変更完了: confirmation after the districts were changed.
+    DistrictsChanged,
+    /// 登録削除: confirmation after the registration was deleted.
+    RegistrationDeleted,
 }
 
 impl MailKind {
@@ -26,6 +32,9 @@ impl MailKind {
         match self {
             Self::RegistrationReceived => "registration_received",
             Self::RegistrationCompleted => "registration_completed",
+            Self::ManageLink => "manage_link",
+            Self::DistrictsChanged => "districts_changed",
+            Self::RegistrationDeleted => "registration_deleted",
         }
     }
 
@@ -33,6 +42,9 @@ impl MailKind {
         match s {
             "registration_received" => Some(Self::RegistrationReceived),
             "registration_completed" => Some(Self::RegistrationCompleted),
+            "manage_link" => Some(Self::ManageLink),
+            "districts_changed" => Some(Self::DistrictsChanged),
+            "registration_deleted" => Some(Self::RegistrationDeleted),
             _ => None,
         }
     }
@@ -104,6 +116,69 @@ pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&Dis
     render(cfg, MailKind::RegistrationCompleted, to, &format!("【{name}】登録完了"), &body, "auto-generated", now, message_id)
 }
 
+/// 登録内容の変更: an empty mail from an address that is already registered
+/// gets a one-time link to change districts or delete the registration.
+pub fn manage_link(cfg: &Config, to: &EmailAddress, token: &str, now: UnixTime, message_id: String) -> OutgoingMail {
+    let hours = (cfg.tokens.register_ttl_secs + 3599) / 3600;
+    let name = &cfg.service_name;
+    let body = format!(
+        "このアドレスは{name}に登録済みです。\n\
+         \n\
+         受け取る地区の変更や、登録の削除は\n\
+         下のリンクからできます。\n\
+         \n\
+         {url}/m/{token}\n\
+         \n\
+         このリンクは{hours}時間有効で、一度だけ\n\
+         使えます。\n\
+         \n\
+         お心当たりのない場合は、このメールを\n\
+         破棄してください。登録は変わりません。\n\
+         {footer}",
+        url = cfg.base_url(),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::ManageLink, to, &format!("【{name}】登録内容の変更"), &body, "auto-replied", now, message_id)
+}
+
+/// 変更完了: sent after the districts were changed on the manage page.
+pub fn districts_changed(cfg: &Config, to: &EmailAddress, districts: &[&District], now: UnixTime, message_id: String) -> OutgoingMail {
+    let name = &cfg.service_name;
+    let list: String = districts.iter().map(|d| format!("・{}\n", d.name)).collect();
+    let body = format!(
+        "受け取る地区を変更しました。\n\
+         \n\
+         受け取る地区:\n\
+         {list}\
+         \n\
+         お心当たりのない場合は、空メールを\n\
+         次のアドレスへ送って確かめてください。\n\
+         {ans}\n\
+         {footer}",
+        ans = cfg.register_address(),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::DistrictsChanged, to, &format!("【{name}】変更完了"), &body, "auto-generated", now, message_id)
+}
+
+/// 登録削除: sent after the registration was deleted on the manage page.
+pub fn registration_deleted(cfg: &Config, to: &EmailAddress, now: UnixTime, message_id: String) -> OutgoingMail {
+    let name = &cfg.service_name;
+    let body = format!(
+        "{name}の登録を削除しました。\n\
+         このアドレスは、もう保存していません。\n\
+         お知らせのメールも届かなくなります。\n\
+         \n\
+         また受け取るときは、空メールを\n\
+         次のアドレスへ送ってください。\n\
+         {ans}\n\
+         {footer}",
+        ans = cfg.register_address(),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::RegistrationDeleted, to, &format!("【{name}】登録削除"), &body, "auto-generated", now, message_id)
+}
+
 fn footer(cfg: &Config) -> String {
     format!("\n--\n{}\n{}/\n", cfg.service_name, cfg.base_url())
 }
@@ -161,6 +236,28 @@ mod tests {
         assert!(body.contains("24時間"), "{body}");
         for line in body.lines() {
             assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+        }
+    }
+
+    #[test]
+    fn self_service_mails_are_short_lined_and_carry_their_link() {
+        let cfg = Config::default();
+        let to = EmailAddress::parse("a.@ezweb.ne.jp").unwrap();
+        let m = manage_link(&cfg, &to, "TOKEN", 1_700_000_000, message_id(&[2; 12], &cfg));
+        let (h, body) = headers_and_body(&m.bytes);
+        assert!(h.contains("Subject: 【守るネット】登録内容の変更\n"), "{h}");
+        assert!(body.contains("http://127.0.0.1:8080/m/TOKEN"), "{body}");
+        let c = districts_changed(&cfg, &to, &[&cfg.districts[1]], 1_700_000_000, message_id(&[3; 12], &cfg));
+        let d = registration_deleted(&cfg, &to, 1_700_000_000, message_id(&[4; 12], &cfg));
+        assert!(headers_and_body(&c.bytes).0.contains("変更完了"));
+        assert!(headers_and_body(&c.bytes).1.contains("・天応・吉浦地区"));
+        assert!(headers_and_body(&d.bytes).0.contains("登録削除"));
+        for mail in [&m, &c, &d] {
+            assert!(mail.bytes.is_ascii());
+            assert_eq!(MailKind::parse(mail.kind.as_str()), Some(mail.kind));
+            for line in headers_and_body(&mail.bytes).1.lines() {
+                assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+            }
         }
     }
 

@@ -8,12 +8,18 @@
 //!   [`Deliver`] implementation.
 //! - [`registrar`]: the [`Deliver`] implementation both entry points use:
 //!   classification, then the registration request in the store.
+//! - [`dsn`]: pure; a bounce (RFC 3464 DSN or a non-standard report) to a
+//!   recipient and a class.
+//! - [`bounce`]: mail to the VERP address `bounce+ID-TAG@`: verify the tag,
+//!   parse, record the effect in the store.
 //!
 //! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
 //! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
 //! i.e. after a durable commit or a deliberate, logged drop.
 
+pub mod bounce;
 pub mod classify;
+pub mod dsn;
 pub mod lmtp;
 pub mod registrar;
 

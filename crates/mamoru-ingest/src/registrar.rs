@@ -9,10 +9,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mamoru_core::token::{Claims, Purpose, TokenKey};
+use mamoru_core::token::{Claims, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
-use mamoru_store::{RegistrationLimits, RegistrationRequest, Store};
+use mamoru_store::manage::{LinkMail, LinkRequest};
+use mamoru_store::{RegistrationLimits, Store};
 
+use crate::bounce;
 use crate::classify::{self, Classification, Envelope, Rules};
 use crate::{Deliver, Outcome};
 
@@ -58,7 +60,7 @@ impl Registrar {
         Rules { domain: &self.cfg.domain, register_local: &self.cfg.ingest.register_local, max_header_bytes: MAX_HEADER_BYTES }
     }
 
-    fn register(&self, reply_to: &EmailAddress) -> Outcome {
+    fn register(&self, reply_to: &EmailAddress, recipient: &str) -> Outcome {
         let now = (self.clock)();
         let cfg = &self.cfg;
         let limits = RegistrationLimits {
@@ -71,18 +73,27 @@ impl Registrar {
         if let Err(e) = self.store.sealer().random(&mut random) {
             return Outcome::Transient(e.to_string());
         }
-        let result = self.store.request_registration(reply_to, now, &limits, expires_at, |subscriber, nonce| {
-            let claims = Claims { purpose: Purpose::Register, subject: subscriber as u64, nonce, expires_at };
+        // `ans+chuo@` pre-selects that district on the registration page.
+        let preselect = cfg.district_of_recipient(recipient).map(|d| d.id);
+        // An address already registered gets a manage link (登録内容の変更)
+        // instead of a second registration.
+        let result = self.store.request_link(reply_to, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
+            let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
             let token = self.tokens.sign(&claims);
-            mail::registration_received(cfg, reply_to, &token, now, mail::message_id(&random, cfg))
+            let id = mail::message_id(&random, cfg);
+            match kind {
+                LinkMail::Register => mail::registration_received(cfg, reply_to, &token, now, id),
+                LinkMail::Manage => mail::manage_link(cfg, reply_to, &token, now, id),
+            }
         });
         match result {
-            Ok(RegistrationRequest::Queued { subscriber, outbox }) => {
-                tracing::info!(subscriber, outbox, to = %reply_to.masked(), "registration requested; 登録受付 queued");
+            Ok(LinkRequest::Queued { kind, subscriber, outbox }) => {
+                let what = if kind == LinkMail::Manage { "manage link requested; 登録内容の変更 queued" } else { "registration requested; 登録受付 queued" };
+                tracing::info!(subscriber, outbox, to = %reply_to.masked(), "{what}");
                 (self.on_queued)();
                 Outcome::Stored
             }
-            Ok(RegistrationRequest::Limited(limit)) => {
+            Ok(LinkRequest::Limited(limit)) => {
                 tracing::info!(limit = limit.as_str(), to = %reply_to.masked(), "registration request dropped by rate limit");
                 Outcome::Dropped(format!("rate limit: {}", limit.as_str()))
             }
@@ -111,15 +122,20 @@ impl Registrar {
 
 impl Deliver for Registrar {
     fn accepts_recipient(&self, recipient: &str) -> bool {
-        classify::is_register_recipient(&self.rules(), recipient)
+        classify::is_register_recipient(&self.rules(), recipient) || bounce::is_bounce_recipient(&self.cfg.domain, recipient)
     }
 
     fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
+        // Bounces to the VERP address go to their own handler (crate::bounce).
+        if bounce::is_bounce_recipient(&self.cfg.domain, recipient) {
+            let ctx = bounce::Context { cfg: &self.cfg, store: &self.store, tokens: &self.tokens, now: (self.clock)() };
+            return bounce::handle(&ctx, recipient, message);
+        }
         let env = Envelope { sender, recipient };
         let rules = self.rules();
         let class = catch_unwind(AssertUnwindSafe(|| (self.classifier)(&rules, &env, message)));
         match class {
-            Ok(Classification::Register { reply_to }) => self.register(&reply_to),
+            Ok(Classification::Register { reply_to }) => self.register(&reply_to, recipient),
             Ok(Classification::Drop(reason)) => {
                 let from = EmailAddress::parse(sender).map(|a| a.masked()).unwrap_or_else(|_| "<unparsable>".into());
                 tracing::info!(reason = reason.as_str(), from = %from, "inbound mail dropped without reply");

@@ -16,7 +16,11 @@
 //!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
 //!   write lock instead of failing half way.
 
+pub mod backup;
+pub mod bounces;
+pub mod import;
 pub mod keys;
+pub mod manage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -31,7 +35,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 pub use keys::Keys;
 
 /// Numbered, append-only. Never edit a migration that has shipped; add one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_subscriber_links.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_subscriber_links.sql"),
+    include_str!("migrations/0005_selfservice.sql"),
+];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "mamoru.db";
@@ -46,6 +54,8 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     #[error("sealed data: {0}")]
     Seal(#[from] SealError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("database schema version {found} is newer than this build ({known})")]
     TooNew { found: i64, known: i64 },
 }
@@ -171,6 +181,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (a deleted registration's sealed address) are
+        // overwritten with zeros instead of lingering in free pages of the
+        // database file.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let store = Store { conn: Mutex::new(conn), sealer: keys.sealer(), path };
         store.migrate()?;
         Ok(store)

@@ -8,6 +8,9 @@
 //! [`StaticPages`] when the server starts; only the district form, the
 //! completion page and the form with an error are rendered per request.
 
+pub mod districts;
+pub mod manage;
+
 use hyper::body::Bytes;
 use mamoru_core::Config;
 use mamoru_core::config::District;
@@ -30,6 +33,10 @@ legend{font-weight:bold;margin-bottom:.25rem}\
 .check{display:flex;align-items:center;gap:.75rem;min-height:3rem;margin:.5rem 0;padding:.5rem .9rem;border:1px solid #c4c4c4;border-radius:.5rem;font-weight:normal}\
 .check input{width:1.5rem;height:1.5rem;margin:0;flex:none}\
 button{display:block;width:100%;min-height:3.25rem;margin:1.25rem 0;padding:.75rem;font:inherit;font-size:1.15rem;font-weight:bold;color:#fff;background:#0b5394;border:0;border-radius:.5rem}\
+button.danger{background:#b00020}\
+.qr{text-align:center;margin:1.5rem 0}\
+.qr svg{width:60%;max-width:18rem;height:auto}\
+@media print{header,footer{display:none}.mail{border:0}}\
 .error{padding:.75rem 1rem;border-left:.3rem solid #b00020;background:#fdecee;color:#7a0016}\
 footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9rem}\
 ";
@@ -63,6 +70,8 @@ pub struct StaticPages {
     pub method_not_allowed: Bytes,
     pub too_large: Bytes,
     pub bad_request: Bytes,
+    pub manage_gone: Bytes,
+    pub deleted: Bytes,
     pub style: Bytes,
 }
 
@@ -78,6 +87,8 @@ impl StaticPages {
             method_not_allowed: message(cfg, "この操作はできません", &["トップページからやり直してください。"]).into(),
             too_large: message(cfg, "送信された内容が大きすぎます", &["トップページからやり直してください。"]).into(),
             bad_request: message(cfg, "リクエストが正しくありません", &["トップページからやり直してください。"]).into(),
+            manage_gone: manage::manage_gone(cfg).into(),
+            deleted: manage::deleted(cfg).into(),
             style: Bytes::from_static(STYLE.as_bytes()),
         }
     }
@@ -190,7 +201,7 @@ pub fn index(cfg: &Config, error_text: Option<&str>, value: &str) -> String {
         escape(&mut out, note);
         out.push_str("</li>");
     }
-    out.push_str("</ul>\n");
+    out.push_str("</ul>\n<p><a href=\"/d/\">地区別の登録案内(印刷用・QRコード)</a></p>\n");
     foot(&mut out, cfg);
     out
 }

@@ -12,7 +12,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use mamoru_core::mail;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
-use mamoru_store::{Completion, RegistrationLimits, RegistrationRequest};
+use mamoru_store::manage::{LinkMail, LinkRequest};
+use mamoru_store::{Completion, RegistrationLimits};
+
+mod districts;
+mod manage;
 
 use crate::Web;
 use crate::form::{self, DistrictsError};
@@ -51,6 +55,23 @@ impl App {
             "/" | "/style.css" => self.not_allowed("GET, HEAD"),
             "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body).await),
             "/register" => self.not_allowed("POST"),
+            _ if path == "/d" || path.starts_with("/d/") => match path.strip_prefix("/d/") {
+                Some(rest) if read => cacheable(self.districts(rest), "public, max-age=300"),
+                _ if read => self.districts("missing"),
+                _ => self.not_allowed("GET, HEAD"),
+            },
+            _ if path.starts_with("/m/") || path.starts_with("/u/") => {
+                let (purpose, token) = match path.strip_prefix("/m/") {
+                    Some(token) => (Purpose::Manage, token),
+                    None => (Purpose::Unsubscribe, &path[3..]),
+                };
+                no_store(match parts.method {
+                    Method::GET | Method::HEAD => self.self_service_show(token, purpose).await,
+                    Method::POST if purpose == Purpose::Manage => self.manage_post(token, &parts.headers, body).await,
+                    Method::POST => self.unsubscribe_post(token, &parts.headers, body).await,
+                    _ => self.not_allowed("GET, HEAD, POST"),
+                })
+            }
             _ => match path.strip_prefix("/r/") {
                 Some(token) if read => no_store(self.show(token).await),
                 Some(token) if parts.method == Method::POST => no_store(self.complete(token, &parts.headers, body).await),
@@ -148,19 +169,23 @@ impl App {
                 global_hourly_cap: cfg.limits.register_global_hourly_cap,
             };
             let expires_at = now + cfg.tokens.register_ttl_secs;
-            web.store.request_registration(&addr, now, &limits, expires_at, |subscriber, nonce| {
-                let claims = Claims { purpose: Purpose::Register, subject: subscriber as u64, nonce, expires_at };
+            web.store.request_link(&addr, now, &limits, expires_at, None, |kind, subscriber, nonce| {
+                let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
                 let token = web.tokens.sign(&claims);
-                mail::registration_received(cfg, &addr, &token, now, mail::message_id(&random, cfg))
+                let id = mail::message_id(&random, cfg);
+                match kind {
+                    LinkMail::Register => mail::registration_received(cfg, &addr, &token, now, id),
+                    LinkMail::Manage => mail::manage_link(cfg, &addr, &token, now, id),
+                }
             })
         })
         .await;
         match result {
-            Ok(Ok(RegistrationRequest::Queued { subscriber, .. })) => {
+            Ok(Ok(LinkRequest::Queued { subscriber, .. })) => {
                 tracing::debug!(addr = %masked, subscriber, "web: registration mail queued");
                 self.web.queued.notify_one();
             }
-            Ok(Ok(RegistrationRequest::Limited(limit))) => {
+            Ok(Ok(LinkRequest::Limited(limit))) => {
                 tracing::debug!(addr = %masked, limit = limit.as_str(), "web: registration mail refused by a limit");
             }
             Ok(Err(e)) => {

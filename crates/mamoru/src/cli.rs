@@ -32,6 +32,51 @@ pub enum Command {
     Relay,
     /// Show the outbox: messages per state.
     Queue(QueueArgs),
+    /// Write a consistent copy of the database to FILE, safe while `mamoru
+    /// serve` runs (SQLite online backup). The copy holds no address in
+    /// clear; restoring it also needs DATA_DIR/keys/.
+    Backup(BackupArgs),
+    /// Export or import the subscriber list (CSV).
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersCommand {
+    /// Write confirmed subscribers as CSV: address,status,districts,
+    /// created_at,confirmed_at (districts as ids joined by ";"). The output
+    /// holds addresses in clear: handle it as personal data.
+    Export(ExportArgs),
+    /// Read a CSV with an `address` column and an optional `districts`
+    /// column (ids or names joined by ";"; empty = every district).
+    /// Validates every row, skips duplicates and addresses already
+    /// registered, reports bad rows by line number, shows a progress bar.
+    /// Exits 1 if any row was bad (the good rows are imported).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Write to FILE (created 0600, never overwritten) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file; "-" reads stdin.
+    pub file: PathBuf,
+    /// Instead of subscribing silently, send each new address a 登録受付
+    /// mail with its districts pre-selected; it is subscribed only once the
+    /// owner confirms.
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The copy to write; must not exist yet. Created with mode 0600.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

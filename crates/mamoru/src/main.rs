@@ -3,6 +3,7 @@
 //! work happens in the library crates; see docs/ARCHITECTURE.md.
 
 mod cli;
+mod data;
 mod ingest;
 mod init;
 mod serve;
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
         Command::Serve => report(setup::load(cli.config.as_deref()).and_then(serve::serve)),
         Command::Relay => report(setup::load(cli.config.as_deref()).and_then(serve::relay_only)),
         Command::Queue(args) => report(setup::load(cli.config.as_deref()).and_then(|c| serve::queue(c, args))),
+        Command::Backup(args) => report(setup::load(cli.config.as_deref()).and_then(|c| data::backup(c, args))),
+        Command::Subscribers(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| data::subscribers(c, cmd))),
     }
 }
 

@@ -1,2 +1,3 @@
 mod classify;
 mod lmtp;
+mod bounces;

@@ -6,3 +6,5 @@ mod cli;
 mod pipe;
 mod postfix;
 mod serve;
+mod selfservice;
+mod subscribers;

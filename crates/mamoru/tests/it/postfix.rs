@@ -61,6 +61,17 @@ impl Postfix {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 
+    /// Submits `file` as the message, from the null sender, like a bounce.
+    fn submit_bounce(&self, to: &str, file: &Path) -> (bool, String) {
+        let out = Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", self.port), "--from", "<>", "--to", to, "--data"])
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run swaks");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Submits a mail over SMTP with swaks; returns swaks' transcript.
     fn submit(&self, from: &str, to: &str) -> (bool, String) {
         let out = Command::new("swaks")
@@ -135,6 +146,52 @@ fn registration_through_postfix(mode: &str) {
     let s = inst.subscriber(parent).expect("subscriber in the store");
     assert_eq!((s.status.as_str(), s.districts), ("active", vec![2, 10]));
     assert_eq!(sink.messages().len(), 2, "exactly the two mails");
+
+    // A bounce to the VERP return path of the 登録完了 passes Postfix
+    // (bounce@ in recipients, recipient_delimiter +) and suspends the
+    // address; a forged tag is accepted by Postfix and dropped by mamoru.
+    let outbox: i64 = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
+        .and_then(|db| db.query_row("SELECT MAX(id) FROM outbox WHERE subscriber_id = ?1", [s.id], |r| r.get(0)))
+        .expect("outbox row");
+    let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
+    let verp = mamoru_core::verp::encode(&keys.token_key(), outbox, DOMAIN);
+    let dsn = repo_root().join("fixtures/bounces/postfix-unknown-user.eml");
+    let forged = format!("bounce+{outbox}-0000000000@{DOMAIN}");
+    let (ok, transcript) = postfix.submit_bounce(&forged, &dsn);
+    assert!(ok, "{transcript}");
+    wait_for_or(
+        "Postfix to hand the forged bounce to mamoru",
+        T,
+        || postfix.log().lines().any(|l| l.contains(&forged) && l.contains("status=sent")).then_some(()),
+        || postfix.log(),
+    );
+    assert_eq!(inst.subscriber(parent).expect("subscriber").status, "active", "a forged bounce changes nothing");
+    let (ok, transcript) = postfix.submit_bounce(&verp, &dsn);
+    assert!(ok, "{transcript}");
+    wait_for_or(
+        "the unknown-user bounce to suspend the subscriber",
+        T,
+        || (inst.subscriber(parent).expect("subscriber").status == "suspended").then_some(()),
+        || postfix.log(),
+    );
+
+    // A district's own address passes Postfix too and pre-selects it.
+    let second = "second.parent@au.com";
+    let (ok, transcript) = postfix.submit(second, "ans+chuo@mamoru.test");
+    assert!(ok, "{transcript}");
+    let invite = wait_for_or(
+        "登録受付 for ans+chuo@",
+        T,
+        || {
+            sink.messages().into_iter().find_map(|(rcpts, raw)| {
+                let m = parse_mail(&raw);
+                (m.subject.contains("登録受付") && rcpts.iter().any(|r| r == second)).then_some(m)
+            })
+        },
+        || postfix.log(),
+    );
+    let page = http(server.http, "GET", &link_path(&invite.body), None);
+    assert!(page.body.contains("value=\"1\" checked>"), "{}", page.body);
     drop(postfix);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");

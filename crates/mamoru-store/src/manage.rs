@@ -1,0 +1,484 @@
+//! Self-service: the 登録内容の変更 mail for an address that is already
+//! registered, the manage page (change districts, delete) and the one-click
+//! unsubscribe (RFC 8058).
+//!
+//! Two kinds of token open the manage page, and the store tells them apart
+//! by their nonce:
+//! - a one-time token from a 登録内容の変更 mail: its nonce is in `tokens`,
+//!   consumed in the transaction of the change it authorises;
+//! - a footer link of an alert (`mamoru_core::links`): its nonce is the
+//!   subscriber's `link_nonce`, long-lived, and revoked when the registration
+//!   is deleted (the row, and so the nonce, is gone; a new registration of the
+//!   same address gets a fresh nonce).
+//!
+//! Deletion purges the address everywhere: the subscriber row (sealed
+//! address and blind index), its districts, tokens and rate-limit counter,
+//! its queued outbox rows; finished outbox rows keep their statistics
+//! (domain, state) but lose their sealed recipient and content.
+
+use mamoru_core::mail::OutgoingMail;
+use mamoru_core::token::{Claims, Nonce, Purpose};
+use mamoru_core::{EmailAddress, UnixTime};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::{Limited, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of, take_registration_slot};
+
+/// Which link an empty mail to `ans@` earns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMail {
+    /// 登録受付: a new (or still unconfirmed) address.
+    Register,
+    /// 登録内容の変更: an address that is already registered (active or
+    /// suspended) gets a one-time manage link instead of a second registration.
+    Manage,
+}
+
+impl LinkMail {
+    pub fn purpose(self) -> Purpose {
+        match self {
+            LinkMail::Register => Purpose::Register,
+            LinkMail::Manage => Purpose::Manage,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRequest {
+    /// A mail of this kind is queued.
+    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: i64 },
+    /// Nothing was queued: a limit applies.
+    Limited(Limited),
+}
+
+/// How a manage or unsubscribe token was authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// A one-time token from a 登録内容の変更 mail.
+    OneTime,
+    /// A long-lived footer link (the subscriber's `link_nonce`).
+    Footer,
+}
+
+/// What the manage page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManageView {
+    pub subscriber: SubscriberId,
+    pub districts: Vec<u32>,
+    /// Suspended after bounces: gets no mail until reactivated.
+    pub suspended: bool,
+    pub grant: Grant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManageOutcome {
+    /// Done; `outbox` is the confirmation mail, if one was queued.
+    Done { subscriber: SubscriberId, outbox: Option<i64> },
+    /// The token was used, or the registration is gone.
+    TokenUnusable,
+}
+
+impl Store {
+    /// What an empty mail to `ans@` (or the PC form) gets: like
+    /// [`Store::request_registration`], under the same limits, but an address
+    /// that is already registered gets a one-time manage link rather than a
+    /// second registration. `render` builds the mail from its kind, the
+    /// subscriber and the nonce of the recorded token. `preselect` (a
+    /// district's own address, `ans+chuo@`) is added to a new registration's
+    /// districts, so the registration page shows it checked.
+    pub fn request_link(
+        &self,
+        addr: &EmailAddress,
+        now: UnixTime,
+        limits: &RegistrationLimits,
+        token_expires_at: UnixTime,
+        preselect: Option<u32>,
+        render: impl FnOnce(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
+    ) -> Result<LinkRequest> {
+        let index = self.sealer.index(addr);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(limited) = take_registration_slot(&tx, &index, now, limits)? {
+            return Ok(LinkRequest::Limited(limited));
+        }
+        let existing: Option<(i64, String)> = tx
+            .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (subscriber, kind) = match existing {
+            Some((id, status)) if status == "pending" => (id, LinkMail::Register),
+            Some((id, _)) => (id, LinkMail::Manage),
+            None => {
+                tx.execute(
+                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                    params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
+                )?;
+                (tx.last_insert_rowid(), LinkMail::Register)
+            }
+        };
+        if let (LinkMail::Register, Some(district)) = (kind, preselect) {
+            tx.execute(
+                "INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![subscriber, district],
+            )?;
+        }
+        let mut nonce: Nonce = [0; 8];
+        self.sealer.random(&mut nonce)?;
+        tx.execute(
+            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&nonce[..], kind.purpose().as_str(), subscriber, token_expires_at],
+        )?;
+        let mail = render(kind, subscriber, nonce);
+        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
+        let action = match kind {
+            LinkMail::Register => "registration-requested",
+            LinkMail::Manage => "manage-link-requested",
+        };
+        audit(&tx, now, "ingest", action, &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+        tx.commit()?;
+        Ok(LinkRequest::Queued { kind, subscriber, outbox })
+    }
+
+    /// For GET and HEAD of `/m/` and `/u/`: does the token still open a
+    /// registration, and what is its current choice? Changes nothing.
+    pub fn manage_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<ManageView>> {
+        let conn = self.conn();
+        let Some((subscriber, grant)) = grant(&conn, claims, now)? else { return Ok(None) };
+        let status: String = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let districts = districts_of(&conn, subscriber)?;
+        Ok(Some(ManageView { subscriber, districts, suspended: status == "suspended", grant }))
+    }
+
+    /// The manage page's POST: replaces the districts and queues the
+    /// confirmation `render` builds. A one-time token is consumed, and,
+    /// having just travelled through the subscriber's mailbox, it also
+    /// reactivates a suspended registration.
+    pub fn change_districts(
+        &self,
+        claims: &Claims,
+        districts: &[u32],
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+    ) -> Result<ManageOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
+        if grant == Grant::OneTime {
+            consume(&tx, claims, now)?;
+            tx.execute(
+                "UPDATE subscribers SET status = 'active', bounce_score = 0, suspended_reason = '', suspended_at = 0
+                 WHERE id = ?1",
+                [subscriber],
+            )?;
+        }
+        tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
+        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
+        {
+            let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
+            for d in districts {
+                ins.execute(params![subscriber, d])?;
+            }
+        }
+        let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let addr = self.sealer.open_address(&sealed)?;
+        let mail = render(&addr);
+        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
+        let list: Vec<String> = districts.iter().map(u32::to_string).collect();
+        audit(&tx, now, "web", "districts-changed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
+        tx.commit()?;
+        Ok(ManageOutcome::Done { subscriber, outbox: Some(outbox) })
+    }
+
+    /// Deletes the registration a manage or unsubscribe token names, purging
+    /// its address everywhere (see the module comment). `render` may build a
+    /// last confirmation mail; it is queued unattached to any subscriber
+    /// (`subscriber_id` 0), so nothing links it to the deleted row.
+    pub fn delete_registration(
+        &self,
+        claims: &Claims,
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: impl FnOnce(&EmailAddress) -> Option<OutgoingMail>,
+    ) -> Result<ManageOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some((subscriber, _grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
+        let (sealed, index): (Vec<u8>, Vec<u8>) =
+            tx.query_row("SELECT addr_sealed, addr_index FROM subscribers WHERE id = ?1", [subscriber], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let addr = self.sealer.open_address(&sealed)?;
+        purge(&tx, subscriber, &index)?;
+        let outbox = match render(&addr) {
+            Some(mail) => Some(self.insert_outbox(&tx, &mail, 0, 10, now, mail_expires_at)?),
+            None => None,
+        };
+        let actor = if claims.purpose == Purpose::Unsubscribe { "unsubscribe" } else { "web" };
+        audit(&tx, now, actor, "registration-deleted", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+        tx.commit()?;
+        Ok(ManageOutcome::Done { subscriber, outbox })
+    }
+}
+
+/// Removes every trace of the address of `subscriber` (`index` is its blind
+/// index). Statistics without personal data stay.
+pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, index: &[u8]) -> Result<()> {
+    tx.execute("DELETE FROM tokens WHERE subject_id = ?1 AND purpose IN ('register', 'manage', 'unsubscribe')", [subscriber])?;
+    tx.execute("DELETE FROM outbox WHERE subscriber_id = ?1 AND state IN ('queued', 'sending')", [subscriber])?;
+    tx.execute(
+        "UPDATE outbox SET recipient_sealed = X'', content_sealed = X'' WHERE subscriber_id = ?1",
+        [subscriber],
+    )?;
+    tx.execute("DELETE FROM rate_limits WHERE scope = 'register-addr' AND key = ?1", [index])?;
+    tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
+    tx.execute("DELETE FROM subscribers WHERE id = ?1", [subscriber])?;
+    Ok(())
+}
+
+/// Which registration a manage/unsubscribe token opens, if any. Only
+/// confirmed registrations (active or suspended) can be managed.
+fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
+    let Ok(subscriber) = i64::try_from(claims.subject) else { return Ok(None) };
+    let row: Option<(String, Vec<u8>)> = conn
+        .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((status, link_nonce)) = row else { return Ok(None) };
+    if status == "pending" {
+        return Ok(None);
+    }
+    // A never-set link nonce is all zeros and must not match a forged token
+    // with a zero nonce; the MAC makes that impossible anyway, but say so.
+    if link_nonce != [0u8; 8] && link_nonce == claims.nonce {
+        return Ok(Some((subscriber, Grant::Footer)));
+    }
+    let one_time: Option<i64> = conn
+        .query_row(
+            "SELECT subject_id FROM tokens
+             WHERE nonce = ?1 AND purpose = ?2 AND subject_id = ?3 AND used_at = 0 AND expires_at > ?4",
+            params![&claims.nonce[..], claims.purpose.as_str(), subscriber, now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(one_time.map(|s| (s, Grant::OneTime)))
+}
+
+fn consume(tx: &rusqlite::Transaction<'_>, claims: &Claims, now: UnixTime) -> Result<()> {
+    tx.execute(
+        "UPDATE tokens SET used_at = ?1 WHERE nonce = ?2 AND purpose = ?3 AND used_at = 0",
+        params![now, &claims.nonce[..], claims.purpose.as_str()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mamoru_core::Config;
+    use mamoru_core::mail;
+    use mamoru_core::token::TokenKey;
+
+    use super::*;
+    use crate::bounces::{BounceClass, BounceEffect, SoftBouncePolicy};
+
+    const P3: SoftBouncePolicy = SoftBouncePolicy { threshold: 3, window_secs: 1000 };
+    use crate::{Completion, Keys, keys};
+
+    const LIMITS: RegistrationLimits = RegistrationLimits { cooldown_secs: 0, daily_cap: 100, global_hourly_cap: 1000 };
+    const T0: UnixTime = 1_800_000_000;
+
+    struct F {
+        _dir: tempfile::TempDir,
+        store: Store,
+        keys: Keys,
+        cfg: Config,
+    }
+
+    fn f() -> F {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys::load_or_create(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        F { _dir: dir, store, keys, cfg: Config::default() }
+    }
+
+    impl F {
+        fn tk(&self) -> TokenKey {
+            self.keys.token_key()
+        }
+
+        /// An empty mail from `a`: the kind of link mailed, and its claims.
+        fn ask(&self, a: &str, now: UnixTime) -> (LinkMail, Claims) {
+            let a = EmailAddress::parse(a).unwrap();
+            let mut claims = None;
+            let r = self
+                .store
+                .request_link(&a, now, &LIMITS, now + 3600, None, |kind, sid, nonce| {
+                    let c = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
+                    claims = Some(c.clone());
+                    let t = self.tk().sign(&c);
+                    mail::manage_link(&self.cfg, &a, &t, now, format!("{sid}-{}@x", u64::from_be_bytes(nonce)))
+                })
+                .unwrap();
+            let LinkRequest::Queued { kind, .. } = r else { panic!("limited") };
+            (kind, claims.unwrap())
+        }
+
+        fn register(&self, a: &str, districts: &[u32]) -> (SubscriberId, Claims) {
+            let (kind, c) = self.ask(a, T0);
+            assert_eq!(kind, LinkMail::Register);
+            let done = self
+                .store
+                .complete_registration(&c, districts, T0, T0 + 60, |to| {
+                    mail::registration_completed(&self.cfg, to, &[], T0, format!("done-{}@x", c.subject))
+                })
+                .unwrap();
+            let Completion::Completed { subscriber, .. } = done else { panic!("not completed") };
+            let nonce = self.store.link_nonce(subscriber).unwrap().unwrap();
+            let footer = Claims { purpose: Purpose::Manage, subject: subscriber as u64, nonce, expires_at: T0 + 1000 };
+            (subscriber, footer)
+        }
+
+        fn change(&self, c: &Claims, d: &[u32], now: UnixTime) -> ManageOutcome {
+            self.store
+                .change_districts(c, d, now, now + 60, |to| mail::districts_changed(&self.cfg, to, &[], now, format!("ch-{now}@x")))
+                .unwrap()
+        }
+
+        fn count(&self, sql: &str) -> i64 {
+            self.store.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_registered_address_gets_a_manage_link_and_a_pending_one_a_registration() {
+        let f = f();
+        assert_eq!(f.ask("a@docomo.ne.jp", T0).0, LinkMail::Register);
+        assert_eq!(f.ask("a@docomo.ne.jp", T0 + 1).0, LinkMail::Register, "still pending");
+        let (id, _) = f.register("b@docomo.ne.jp", &[1]);
+        let (kind, c) = f.ask("b@docomo.ne.jp", T0 + 2);
+        assert_eq!((kind, c.purpose, c.subject), (LinkMail::Manage, Purpose::Manage, id as u64));
+        assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 2, "no second registration");
+    }
+
+    #[test]
+    fn one_time_links_are_single_use_and_footer_links_last() {
+        let f = f();
+        let (id, footer) = f.register("b@ezweb.ne.jp", &[1]);
+        let (_, once) = f.ask("b@ezweb.ne.jp", T0 + 5);
+        let view = f.store.manage_view(&once, T0 + 6).unwrap().unwrap();
+        assert_eq!((view.subscriber, view.districts.clone(), view.grant), (id, vec![1], Grant::OneTime));
+        assert!(matches!(f.change(&once, &[2, 3], T0 + 7), ManageOutcome::Done { .. }));
+        assert_eq!(f.change(&once, &[4], T0 + 8), ManageOutcome::TokenUnusable, "used");
+        assert_eq!(f.store.manage_view(&once, T0 + 8).unwrap(), None);
+        // The footer link works again and again.
+        assert!(matches!(f.change(&footer, &[4], T0 + 9), ManageOutcome::Done { .. }));
+        assert!(matches!(f.change(&footer, &[5], T0 + 10), ManageOutcome::Done { .. }));
+        assert_eq!(f.store.manage_view(&footer, T0 + 11).unwrap().unwrap().districts, vec![5]);
+        // An expired one-time token is refused even before it was used.
+        let (_, late) = f.ask("b@ezweb.ne.jp", T0 + 20);
+        assert_eq!(f.store.manage_view(&late, T0 + 20 + 3600).unwrap(), None);
+    }
+
+    #[test]
+    fn one_subscriber_cannot_reach_another() {
+        let f = f();
+        let (a, fa) = f.register("a@docomo.ne.jp", &[1]);
+        let (b, fb) = f.register("b@docomo.ne.jp", &[2]);
+        // A's nonce with B's id (the MAC would stop this at the web; the
+        // store must not rely on that).
+        let forged = Claims { subject: b as u64, ..fa.clone() };
+        assert_eq!(f.store.manage_view(&forged, T0).unwrap(), None);
+        assert_eq!(f.change(&forged, &[9], T0), ManageOutcome::TokenUnusable);
+        assert_eq!(f.store.delete_registration(&forged, T0, T0 + 60, |_| None).unwrap(), ManageOutcome::TokenUnusable);
+        assert_eq!(f.store.manage_view(&fb, T0).unwrap().unwrap().districts, vec![2]);
+        assert_eq!(f.store.manage_view(&fa, T0).unwrap().unwrap().subscriber, a);
+    }
+
+    #[test]
+    fn deletion_purges_the_address_everywhere_and_revokes_links() {
+        let f = f();
+        let (id, footer) = f.register("gone@docomo.ne.jp", &[1, 2]);
+        let (_, once) = f.ask("gone@docomo.ne.jp", T0 + 1);
+        f.store.mark_sent(1, T0 + 2).unwrap();
+        let unsub = Claims { purpose: Purpose::Unsubscribe, ..footer.clone() };
+        let r = f.store.delete_registration(&unsub, T0 + 3, T0 + 60, |_| None).unwrap();
+        assert_eq!(r, ManageOutcome::Done { subscriber: id, outbox: None });
+        assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM subscriber_districts"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM tokens"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM rate_limits WHERE scope = 'register-addr'"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sending')"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE length(recipient_sealed) + length(content_sealed) > 0"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'"), 1, "statistics stay");
+        for c in [&footer, &once, &unsub] {
+            assert_eq!(f.store.manage_view(c, T0 + 4).unwrap(), None);
+        }
+        // Registering again gives a new row and a new nonce: old links stay dead.
+        let (id2, footer2) = f.register("gone@docomo.ne.jp", &[3]);
+        assert_ne!(footer2.nonce, footer.nonce);
+        let old = Claims { subject: id2 as u64, ..footer };
+        assert_eq!(f.store.manage_view(&old, T0 + 5).unwrap(), None);
+        // The goodbye mail of the manage page is queued unattached.
+        let r = f
+            .store
+            .delete_registration(&footer2, T0 + 6, T0 + 60, |to| {
+                Some(mail::registration_deleted(&f.cfg, to, T0 + 6, "bye@x".into()))
+            })
+            .unwrap();
+        assert!(matches!(r, ManageOutcome::Done { outbox: Some(_), .. }));
+        assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND subscriber_id = 0"), 1);
+    }
+
+    #[test]
+    fn bounces_suspend_score_and_spare_the_subscriber_for_spam_blocks() {
+        let f = f();
+        let (a, footer) = f.register("dead@docomo.ne.jp", &[1]);
+        let (b, _) = f.register("full@ezweb.ne.jp", &[1]);
+        let outbox_of = |id: SubscriberId| -> Vec<i64> {
+            let conn = f.store.conn();
+            let mut st = conn.prepare("SELECT id FROM outbox WHERE subscriber_id = ?1 ORDER BY id").unwrap();
+            st.query_map([id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let oa = outbox_of(a)[0];
+        // A queued mail for A is cancelled by the suspension.
+        f.ask("dead@docomo.ne.jp", T0 + 1);
+        let e = f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 2, P3).unwrap();
+        assert_eq!(e, BounceEffect::Suspended { subscriber: a, reason: "unknown-user" });
+        assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE subscriber_id = 1 AND state = 'queued'"), 0);
+        assert_eq!(f.store.record_bounce(oa, BounceClass::UnknownUser, "5.1.1", T0 + 3, P3).unwrap(), BounceEffect::Duplicate);
+        assert_eq!(f.store.suspended_counts().unwrap(), vec![("unknown-user".to_string(), 1)]);
+        assert!(f.store.manage_view(&footer, T0 + 4).unwrap().unwrap().suspended);
+
+        // B: spam blocks never count; soft bounces do, up to the threshold.
+        for i in 0..4 {
+            f.ask("full@ezweb.ne.jp", T0 + 10 + i);
+        }
+        let ob = outbox_of(b);
+        assert!(matches!(f.store.record_bounce(ob[0], BounceClass::BlockedAsSpam, "5.7.1", T0, P3).unwrap(), BounceEffect::CarrierBlock { .. }));
+        assert_eq!(f.store.record_bounce(ob[1], BounceClass::MailboxFull, "5.2.2", T0, P3).unwrap(), BounceEffect::Scored { subscriber: b, score: 1 });
+        assert_eq!(f.store.record_bounce(ob[2], BounceClass::Temporary, "4.4.1", T0, P3).unwrap(), BounceEffect::Scored { subscriber: b, score: 2 });
+        assert_eq!(
+            f.store.record_bounce(ob[3], BounceClass::Other, "5.3.4", T0, P3).unwrap(),
+            BounceEffect::Suspended { subscriber: b, reason: "soft-bounces" }
+        );
+        assert_eq!(f.store.record_bounce(999, BounceClass::UnknownUser, "", T0, P3).unwrap(), BounceEffect::Unknown);
+        // Soft bounces outside the window do not add up.
+        let (c, _) = f.register("rarely.full@ezweb.ne.jp", &[1]);
+        for i in 0..3 {
+            f.ask("rarely.full@ezweb.ne.jp", T0 + 40 + i);
+        }
+        let oc = outbox_of(c);
+        for (n, row) in oc.iter().enumerate() {
+            let at = T0 + 2000 * n as i64;
+            let e = f.store.record_bounce(*row, BounceClass::MailboxFull, "5.2.2", at, P3).unwrap();
+            assert_eq!(e, BounceEffect::Scored { subscriber: c, score: 1 }, "bounce {n}");
+        }
+        let stats = f.store.bounce_stats(0).unwrap();
+        assert!(stats.iter().any(|s| s.domain == "ezweb.ne.jp" && s.class == "blocked-as-spam" && s.count == 1), "{stats:?}");
+
+        // A one-time manage link proves the mailbox works again: reactivated.
+        let (_, once) = f.ask("full@ezweb.ne.jp", T0 + 30);
+        assert!(matches!(f.change(&once, &[1], T0 + 31), ManageOutcome::Done { .. }));
+        assert_eq!(f.count("SELECT COUNT(*) FROM subscribers WHERE id = 2 AND status = 'active' AND bounce_score = 0"), 1);
+    }
+}
