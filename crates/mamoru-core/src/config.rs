@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::carriers::{self, CarrierConfig};
+use std::collections::BTreeMap;
+
 use crate::address::EmailAddress;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,10 @@ pub struct Config {
     pub relay: RelayConfig,
     pub store: StoreConfig,
     pub districts: Vec<District>,
+    /// Carrier pools by name (`[carriers.NAME]`), the built-ins merged with
+    /// the file's overrides; see [`crate::carriers`].
+    #[serde(deserialize_with = "crate::carriers::deserialize")]
+    pub carriers: BTreeMap<String, CarrierConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +158,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
             districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
+            carriers: carriers::default_carriers(),
         }
     }
 }
@@ -248,6 +256,7 @@ impl Config {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
         self.transport()?;
+        carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -300,6 +309,11 @@ impl Config {
     /// The public URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.public_url.trim_end_matches('/')
+    }
+
+    /// The carrier pool of a recipient domain.
+    pub fn pool_of(&self, domain: &str) -> &str {
+        carriers::pool_of(&self.carriers, domain)
     }
 
     pub fn district(&self, id: u32) -> Option<&District> {
@@ -360,6 +374,10 @@ mod tests {
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
         assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
         assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));
+        assert!(err("[carriers.docomo]\nmax_connections = 0").contains("carriers.docomo.max_connections"));
+        assert!(err("[carriers.docomo]\nrate = 1").contains("rate"));
+        assert!(err("[carriers.x]\ndomains = [\"a b\"]").contains("carriers.x.domains"));
+        assert!(err("[carriers.default]\ndomains = [\"a.jp\"]").contains("carriers.default.domains"));
     }
 
     #[test]
