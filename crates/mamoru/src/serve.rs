@@ -54,7 +54,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
             ("web", spawn(mamoru_web::run(web_listener, web, shutdown.clone()))),
-            ("relay", spawn(mamoru_relay::run(relay(&cfg, &store)?, wake, shutdown.clone()))),
+            ("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
         run_until_signal(tasks, shutdown).await
@@ -64,9 +64,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
     setup::init_logging("info");
     runtime()?.block_on(async move {
-        let (store, _keys) = setup::open_store(&cfg)?;
+        let (store, keys) = setup::open_store(&cfg)?;
         let shutdown = CancellationToken::new();
-        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&cfg, &store)?, Arc::new(Notify::new()), shutdown.clone())))];
+        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, Arc::new(Notify::new()), shutdown.clone())))];
         run_until_signal(tasks, shutdown).await
     })
 }
@@ -87,13 +87,15 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn relay(cfg: &Config, store: &Arc<Store>) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
+fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
     Ok(Arc::new(mamoru_relay::Relay {
         store: store.clone(),
         transport: cfg.transport()?,
         data_dir: cfg.data_dir.clone(),
         settings: cfg.relay.clone(),
         hostname: cfg.domain.clone(),
+        pools: cfg.carriers.clone(),
+        verp_key: Some(keys.token_key()),
     }))
 }
 
