@@ -10,6 +10,7 @@
 //!   transaction, and its other queued mail is failed with it.
 
 use mamoru_core::UnixTime;
+use mamoru_core::mail::OutgoingMail;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::{QueuedMail, Result, Store};
@@ -67,6 +68,19 @@ pub struct ShapeRow {
 type ClaimedRow = (i64, String, String, Vec<u8>, String, Vec<u8>, i64);
 
 impl Store {
+    /// Queues many rendered mails in one transaction, for no subscriber
+    /// (tests and benchmarks fill the outbox with it). Returns the row ids.
+    pub fn queue_many(&self, mails: &[OutgoingMail], priority: i64, now: UnixTime, expires_at: UnixTime) -> Result<Vec<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(mails.len());
+        for m in mails {
+            ids.push(self.insert_outbox(&tx, m, 0, priority, now, expires_at)?);
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
     /// Claims up to `limit` due rows whose recipient domain passes `filter`,
     /// leased for `lease_secs`: queued rows in priority order, and rows whose
     /// lease ran out (a relay died holding them). Expired rows are left to

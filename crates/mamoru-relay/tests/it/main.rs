@@ -5,6 +5,7 @@
 //! Waiting is always "poll the store or the sink until a deadline", never a
 //! fixed sleep.
 
+mod carriers;
 mod file;
 mod smtp;
 
@@ -175,7 +176,7 @@ pub fn smtp(port: u16) -> Transport {
     Transport::Smtp { host: "127.0.0.1".into(), port }
 }
 
-fn unique_message_id() -> String {
+pub fn unique_message_id() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{}.{}.it@{DOMAIN}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
