@@ -103,6 +103,9 @@ pub struct RelayConfig {
     pub lease_secs: i64,
     /// How often the relay looks for due rows written by other processes.
     pub poll_interval_ms: u64,
+    /// DKIM selector (`SELECTOR._domainkey.DOMAIN` for the RSA key,
+    /// `SELECTOR-ed25519._domainkey.DOMAIN` for ed25519); empty = no DKIM.
+    pub dkim_selector: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +199,7 @@ impl Default for RelayConfig {
             max_age_secs: 3 * 24 * 3600,
             lease_secs: 300,
             poll_interval_ms: 100,
+            dkim_selector: "mamoru".into(),
         }
     }
 }
@@ -256,6 +260,10 @@ impl Config {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
         self.transport()?;
+        let sel = &self.relay.dkim_selector;
+        if sel.len() > 50 || !sel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || sel.starts_with('-') {
+            return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
+        }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));

@@ -13,6 +13,7 @@
 //! Layout:
 //! - [`shaper`]: token bucket plus adaptive pause and recovery, pure.
 //! - [`pool`]: the tasks of one pool: feeder, workers; and the committer.
+//! - [`dkim`]: DKIM signatures (ed25519, and rsa-sha256 with an operator key).
 //! - [`backoff`]: the retry schedule, a pure function of the attempt count.
 //! - [`outcome`]: [`DeliveryOutcome`] and the scrubbing of failure reasons.
 //! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
@@ -32,6 +33,7 @@
 //!   or stored.
 
 pub mod backoff;
+pub mod dkim;
 pub mod file;
 pub mod outcome;
 pub mod pool;
@@ -71,6 +73,8 @@ pub struct Relay {
     /// With a key, the envelope sender of each message becomes its signed
     /// VERP address `bounce+ID-TAG@hostname`, so bounces name the row.
     pub verp_key: Option<TokenKey>,
+    /// With keys, every message is DKIM-signed right before delivery.
+    pub dkim: Option<dkim::Dkim>,
 }
 
 #[derive(Debug, thiserror::Error)]

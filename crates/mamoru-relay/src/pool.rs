@@ -290,10 +290,12 @@ async fn worker(
     loop {
         let next = {
             let mut rx = rx.lock().await;
+            // Shutdown first: a message already queued is returned, not started.
             tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Next::Stop,
                 m = rx.recv() => m.map_or(Next::Stop, Next::Mail),
                 _ = tokio::time::sleep(IDLE_CLOSE), if hop.is_connected() => Next::Idle,
-                _ = shutdown.cancelled() => Next::Stop,
             }
         };
         let mut mail = match next {
@@ -326,6 +328,14 @@ async fn worker(
         }
         if let (Some(key), false) = (&relay.verp_key, mail.sender.is_empty()) {
             mail.sender = verp::encode(key, mail.id, &relay.hostname);
+        }
+        if let Some(dkim) = &relay.dkim {
+            match dkim.sign(&mail.content) {
+                Ok(signed) => mail.content = signed,
+                // Unsigned mail still beats no mail for a safety alert; the
+                // signer only fails on a message without headers.
+                Err(e) => tracing::warn!(outbox = mail.id, error = %e, "cannot DKIM-sign; sending unsigned"),
+            }
         }
         let record = deliver(&mut hop, &pool, &relay, &mail, clock).await;
         conn.sync(&hop, &pool);

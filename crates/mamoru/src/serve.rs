@@ -156,7 +156,21 @@ fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow:
         hostname: cfg.domain.clone(),
         pools: cfg.carriers.clone(),
         verp_key: Some(keys.token_key()),
+        dkim: dkim(cfg)?,
     }))
+}
+
+/// The DKIM signer, unless `relay.dkim_selector` is empty. Creates the
+/// ed25519 key on first start.
+pub fn dkim(cfg: &Config) -> anyhow::Result<Option<mamoru_relay::dkim::Dkim>> {
+    if cfg.relay.dkim_selector.is_empty() {
+        return Ok(None);
+    }
+    let dir = mamoru_store::keys::keys_dir(&cfg.data_dir);
+    let d = mamoru_relay::dkim::Dkim::load_or_create(&dir, &cfg.domain, &cfg.relay.dkim_selector).context("DKIM keys")?;
+    let (name, value) = d.ed25519_record();
+    tracing::info!(rsa = d.has_rsa(), "DKIM signing; publish {name} TXT \"{value}\"");
+    Ok(Some(d))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -83,6 +83,7 @@ async fn an_unusable_data_dir_is_reported() {
         hostname: DOMAIN.into(),
         pools: mamoru_core::carriers::default_carriers(),
         verp_key: None,
+            dkim: None,
     });
     let result = tokio::time::timeout(
         Duration::from_secs(5),

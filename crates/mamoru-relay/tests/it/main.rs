@@ -6,6 +6,7 @@
 //! fixed sleep.
 
 mod carriers;
+mod dkim;
 mod file;
 mod smtp;
 
@@ -159,6 +160,7 @@ impl Env {
             hostname: DOMAIN.into(),
             pools: self.cfg.carriers.clone(),
             verp_key: None,
+            dkim: None,
         });
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
+
 use std::sync::Arc;
 
 use mamoru_core::mail::{MailKind, OutgoingMail};
@@ -32,9 +33,27 @@ fn sending(inst: &Instance) -> i64 {
     inst.store().outbox_counts().expect("counts").sending
 }
 
-fn start_relay(inst: &Instance, n: usize) -> Child {
+/// A relay process, killed (by its pid) when dropped, so a failing
+/// assertion leaves no relay behind.
+struct Relay(Child);
+
+impl Relay {
+    fn kill_9(&mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_relay(inst: &Instance, n: usize) -> Relay {
     let log = std::fs::File::create(inst.dir.path().join(format!("relay-{n}.log"))).expect("log file");
-    inst.cmd().env("RUST_LOG", "warn").arg("relay").stdout(Stdio::null()).stderr(log).spawn().expect("start mamoru relay")
+    Relay(inst.cmd().env("RUST_LOG", "warn").arg("relay").stdout(Stdio::null()).stderr(log).spawn().expect("start mamoru relay"))
 }
 
 #[test]
@@ -82,8 +101,7 @@ fn kill_9_mid_drain_loses_nothing_and_duplicates_only_what_was_in_flight() {
             || (sink.stats().accepted as usize >= target.min(MESSAGES)).then_some(()),
             || std::fs::read_to_string(inst.dir.path().join(format!("relay-{n}.log"))).unwrap_or_default(),
         );
-        relay.kill().expect("kill -9");
-        relay.wait().expect("reap");
+        relay.kill_9();
         // What the dead relay held: claimed and maybe delivered, not
         // recorded. Only these may be delivered twice.
         in_flight_at_kills += sending(&inst);
@@ -99,8 +117,7 @@ fn kill_9_mid_drain_loses_nothing_and_duplicates_only_what_was_in_flight() {
         },
         || format!("{:?}", store.outbox_counts()),
     );
-    relay.kill().expect("stop relay");
-    relay.wait().expect("reap");
+    relay.kill_9();
     stop.cancel();
 
     let seen: HashMap<String, u32> = sink.message_ids();
