@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::carriers::{self, CarrierConfig};
+use std::collections::BTreeMap;
+
 use crate::address::EmailAddress;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub bounces: BouncesConfig,
     pub districts: Vec<District>,
+    /// Carrier pools by name (`[carriers.NAME]`), the built-ins merged with
+    /// the file's overrides; see [`crate::carriers`].
+    #[serde(deserialize_with = "crate::carriers::deserialize")]
+    pub carriers: BTreeMap<String, CarrierConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +104,9 @@ pub struct RelayConfig {
     pub lease_secs: i64,
     /// How often the relay looks for due rows written by other processes.
     pub poll_interval_ms: u64,
+    /// DKIM selector (`SELECTOR._domainkey.DOMAIN` for the RSA key,
+    /// `SELECTOR-ed25519._domainkey.DOMAIN` for ed25519); empty = no DKIM.
+    pub dkim_selector: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +186,7 @@ impl Default for Config {
                 .zip(KURE_TAGS)
                 .map(|(&(id, name), tag)| District { id, name: name.into(), tag: tag.into() })
                 .collect(),
+            carriers: carriers::default_carriers(),
         }
     }
 }
@@ -213,6 +224,7 @@ impl Default for RelayConfig {
             max_age_secs: 3 * 24 * 3600,
             lease_secs: 300,
             poll_interval_ms: 100,
+            dkim_selector: "mamoru".into(),
         }
     }
 }
@@ -281,6 +293,11 @@ impl Config {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
         self.transport()?;
+        let sel = &self.relay.dkim_selector;
+        if sel.len() > 50 || !sel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || sel.starts_with('-') {
+            return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
+        }
+        carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -342,6 +359,11 @@ impl Config {
     /// The public URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.public_url.trim_end_matches('/')
+    }
+
+    /// The carrier pool of a recipient domain.
+    pub fn pool_of(&self, domain: &str) -> &str {
+        carriers::pool_of(&self.carriers, domain)
     }
 
     pub fn district(&self, id: u32) -> Option<&District> {
@@ -423,6 +445,10 @@ mod tests {
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
         assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
         assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));
+        assert!(err("[carriers.docomo]\nmax_connections = 0").contains("carriers.docomo.max_connections"));
+        assert!(err("[carriers.docomo]\nrate = 1").contains("rate"));
+        assert!(err("[carriers.x]\ndomains = [\"a b\"]").contains("carriers.x.domains"));
+        assert!(err("[carriers.default]\ndomains = [\"a.jp\"]").contains("carriers.default.domains"));
     }
 
     #[test]

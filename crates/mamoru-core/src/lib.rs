@@ -4,6 +4,8 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML configuration, validated into typed values.
+//! - [`carriers`]: carrier pools, their domains and limits (pure).
+//! - [`rate`]: a token bucket that takes the time as a parameter.
 //! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts.
 //! - [`token`]: HMAC-SHA256 tokens bound to a purpose, a subject and a nonce.
 //! - [`seal`]: AEAD encryption and blind index of addresses.
@@ -14,10 +16,12 @@
 //!   crate reads and writes the files).
 
 pub mod address;
+pub mod carriers;
 pub mod config;
 pub mod keys;
 pub mod links;
 pub mod mail;
+pub mod rate;
 pub mod seal;
 pub mod token;
 pub mod verp;

@@ -12,8 +12,19 @@ pub enum DeliveryOutcome {
     /// Try again later: a 4xx reply, a refused or broken connection, a
     /// timeout, a full disk.
     Retry { reason: String },
+    /// Try again later, and slow down: the carrier pushed back (a 4xx reply,
+    /// a 421, a refused or reset connection, a timeout). The pool pauses.
+    Throttled { reason: String },
     /// The next hop refused this message for good (a 5xx reply).
     Failed { reason: String },
+}
+
+/// Does a permanent failure say the recipient does not exist (RFC 3463
+/// 5.1.1, or the carriers' "550 Unknown user")? Such an address is suspended
+/// at once: carriers block senders that keep mailing dead addresses.
+pub fn is_unknown_user(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("5.1.1") || r.contains("unknown user") || r.contains("user unknown") || r.contains("no such user")
 }
 
 /// Longest reason kept in the outbox row and the log.
@@ -64,6 +75,15 @@ mod tests {
         let a = addr("taro..yamada.@docomo.ne.jp");
         let r = scrub("550 5.1.1 <TARO..YAMADA.@DOCOMO.NE.JP>: unknown; taro..yamada.@docomo.ne.jp again", &a);
         assert_eq!(r, "550 5.1.1 <t***@docomo.ne.jp>: unknown; t***@docomo.ne.jp again");
+    }
+
+    #[test]
+    fn unknown_users() {
+        assert!(is_unknown_user("550 5.1.1 <t***@docomo.ne.jp>: Recipient address rejected"));
+        assert!(is_unknown_user("550 Unknown user"));
+        assert!(is_unknown_user("550 User unknown in local recipient table"));
+        assert!(!is_unknown_user("552 5.2.2 mailbox full"));
+        assert!(!is_unknown_user("554 5.7.1 rejected"));
     }
 
     #[test]

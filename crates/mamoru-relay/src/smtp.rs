@@ -44,8 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Limit for the reply to the final dot, when the server does its work.
 const DATA_DONE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Transactions per connection before it is closed and a fresh one opened
-/// (design §7: never more than 100 RCPT per session).
+/// Transactions per connection at most (design §7: never more than 100 RCPT
+/// per session), whatever the pool's `messages_per_connection` says.
 const MAX_PER_CONNECTION: usize = 100;
 
 pub struct SmtpHop {
@@ -55,6 +55,8 @@ pub struct SmtpHop {
     conn: Option<AsyncSmtpConnection>,
     /// Messages accepted on `conn`.
     used: usize,
+    /// Close the connection after this many messages.
+    per_connection: usize,
 }
 
 /// Where in the transaction a failure happened, for the stored reason.
@@ -91,7 +93,25 @@ enum Failure {
 impl SmtpHop {
     /// `hostname` is the EHLO name (the mail domain).
     pub fn new(host: &str, port: u16, hostname: &str) -> Self {
-        Self { host: host.to_string(), port, hello: ClientId::Domain(hostname.to_string()), conn: None, used: 0 }
+        Self {
+            host: host.to_string(),
+            port,
+            hello: ClientId::Domain(hostname.to_string()),
+            conn: None,
+            used: 0,
+            per_connection: MAX_PER_CONNECTION,
+        }
+    }
+
+    /// Closes and reopens the connection after `n` messages (at most 100).
+    pub fn with_messages_per_connection(mut self, n: usize) -> Self {
+        self.per_connection = n.clamp(1, MAX_PER_CONNECTION);
+        self
+    }
+
+    /// Is a session open?
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
     }
 
     pub async fn deliver(&mut self, mail: &QueuedMail) -> DeliveryOutcome {
@@ -109,13 +129,13 @@ impl SmtpHop {
                         self.used = 0;
                         (conn, false)
                     }
-                    Err(reason) => return DeliveryOutcome::Retry { reason },
+                    Err(reason) => return DeliveryOutcome::Throttled { reason },
                 },
             };
             match transaction(&mut conn, from.clone(), to.clone(), content).await {
                 Ok(()) => {
                     self.used += 1;
-                    if self.used >= MAX_PER_CONNECTION {
+                    if self.used >= self.per_connection {
                         quit(conn).await;
                     } else {
                         self.conn = Some(conn);
@@ -133,17 +153,19 @@ impl SmtpHop {
                 Err(Failure::Broken { stage, reason }) => {
                     // Dropping the connection closes the socket; a QUIT would
                     // only wait on a peer that is already gone.
-                    return DeliveryOutcome::Retry { reason: format!("{reason} (after {})", stage.as_str()) };
+                    return DeliveryOutcome::Throttled { reason: format!("{reason} (after {})", stage.as_str()) };
                 }
                 Err(Failure::Reply { stage, error }) => {
                     let reason = format!("{} (after {})", reply_text(&error), stage.as_str());
                     if step(COMMAND_TIMEOUT, Stage::Mail, conn.command(Rset)).await.is_ok() {
                         self.conn = Some(conn);
                     }
+                    // Carriers answer 4xx when a sender goes too fast, so
+                    // every transient reply slows the pool down.
                     return if error.is_permanent() {
                         DeliveryOutcome::Failed { reason }
                     } else {
-                        DeliveryOutcome::Retry { reason }
+                        DeliveryOutcome::Throttled { reason }
                     };
                 }
             }

@@ -171,8 +171,9 @@ impl Store {
 }
 
 /// Suspends `subscriber` and cancels its queued mail: a suspended address
-/// gets nothing more.
-fn suspend(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, reason: &str, now: UnixTime) -> Result<()> {
+/// gets nothing more. The one suspension path, for bounces and for the
+/// relay's synchronous 5.1.1 refusals alike.
+pub(crate) fn suspend(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, reason: &str, now: UnixTime) -> Result<()> {
     tx.execute(
         "UPDATE subscribers SET status = 'suspended', suspended_reason = ?1, suspended_at = ?2, updated_at = ?2 WHERE id = ?3",
         params![reason, now, subscriber],

@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`Store`]: a connection with the schema migrated, and the operations
 //!   the flows need, each one transaction.
+//! - [`relay`]: what the carrier-aware relay needs: claims per pool, group
+//!   commits of outcomes, undeliverable addresses, pool state, queue shape.
 //! - [`keys`]: reading and creating the key files in the data dir.
 //! - `migrations/`: numbered, append-only SQL, tracked in `PRAGMA user_version`.
 //!
@@ -21,6 +23,7 @@ pub mod bounces;
 pub mod import;
 pub mod keys;
 pub mod manage;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -38,7 +41,8 @@ pub use keys::Keys;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_subscriber_links.sql"),
-    include_str!("migrations/0005_selfservice.sql"),
+    include_str!("migrations/0003_relay.sql"),
+    include_str!("migrations/0004_selfservice.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -198,7 +202,7 @@ impl Store {
         &self.sealer
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

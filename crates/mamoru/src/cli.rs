@@ -30,7 +30,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run the relay alone: deliver queued mail to the configured transport.
     Relay,
-    /// Show the outbox: messages per state.
+    /// Show the outbox by carrier pool × state × age (like qshape), and each
+    /// pool's live state (rate now, pause, connections).
     Queue(QueueArgs),
     /// Write a consistent copy of the database to FILE, safe while `mamoru
     /// serve` runs (SQLite online backup). The copy holds no address in

@@ -21,6 +21,11 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             .with_context(|| format!("create {}", data.display()))?;
     }
     mamoru_store::keys::create_new(&data).context("create keys")?;
+    // The DKIM key too, so it can be published in DNS before the first start
+    // (the record file is rewritten with the configured domain at start).
+    let defaults = mamoru_core::Config::default();
+    mamoru_relay::dkim::Dkim::load_or_create(&mamoru_store::keys::keys_dir(&data), &defaults.domain, &defaults.relay.dkim_selector)
+        .context("create DKIM key")?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -54,7 +54,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
             ("web", spawn(mamoru_web::run(web_listener, web, shutdown.clone()))),
-            ("relay", spawn(mamoru_relay::run(relay(&cfg, &store)?, wake, shutdown.clone()))),
+            ("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
         run_until_signal(tasks, shutdown).await
@@ -64,37 +64,113 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
     setup::init_logging("info");
     runtime()?.block_on(async move {
-        let (store, _keys) = setup::open_store(&cfg)?;
+        let (store, keys) = setup::open_store(&cfg)?;
         let shutdown = CancellationToken::new();
-        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&cfg, &store)?, Arc::new(Notify::new()), shutdown.clone())))];
+        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, Arc::new(Notify::new()), shutdown.clone())))];
         run_until_signal(tasks, shutdown).await
     })
 }
 
+/// `mamoru queue`: the outbox by carrier pool × state × age (minutes since
+/// queued, in qshape's buckets), then the live state each pool's relay last
+/// wrote (at most a second or so old while a relay runs).
 pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
+    use mamoru_store::relay::AGE_BUCKETS_MIN;
     let (store, _keys) = setup::open_store(&cfg)?;
-    let c = store.outbox_counts()?;
-    let rows = [("queued", c.queued), ("sending", c.sending), ("sent", c.sent), ("failed", c.failed), ("expired", c.expired)];
+    let now = mamoru_core::now();
+    let shape = store.outbox_shape(now).context("read the outbox")?;
+    let pools = store.pool_states().context("read the pool state")?;
+    // (pool, state) -> buckets, states in their life order.
+    let order = |s: &str| ["queued", "sending", "sent", "failed", "expired"].iter().position(|x| *x == s).unwrap_or(9);
+    let mut rows: std::collections::BTreeMap<(String, usize, String), Vec<i64>> = std::collections::BTreeMap::new();
+    for r in shape {
+        let pool = cfg.pool_of(&r.domain).to_string();
+        let slot = rows.entry((pool, order(&r.state), r.state.clone())).or_insert_with(|| vec![0; AGE_BUCKETS_MIN.len() + 1]);
+        for (a, b) in slot.iter_mut().zip(&r.buckets) {
+            *a += b;
+        }
+    }
+    let now_ms = now * 1000;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let fields: Vec<String> = rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        writeln!(out, "{{{}}}", fields.join(","))?;
-    } else {
-        for (k, v) in rows {
-            writeln!(out, "{k:<8} {v:>8}")?;
+        let outbox: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|((pool, _, state), b)| {
+                serde_json::json!({ "pool": pool, "state": state, "total": b.iter().sum::<i64>(), "age_buckets": b })
+            })
+            .collect();
+        let pools: Vec<serde_json::Value> = pools
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "pool": p.name, "rate_configured": p.rate_configured, "rate_now": p.rate_now,
+                    "paused_until_ms": p.paused_until_ms, "paused": p.paused_until_ms > now_ms,
+                    "connections": p.connections, "max_connections": p.max_connections,
+                    "throttles": p.throttles, "sent": p.sent, "updated_at": p.updated_at,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools });
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
+    write!(out, "{:<10} {:<8} {:>7}", "pool", "state", "total")?;
+    for m in AGE_BUCKETS_MIN {
+        write!(out, " {:>6}", format!("{m}m"))?;
+    }
+    writeln!(out, " {:>6}", format!("{}m+", AGE_BUCKETS_MIN[AGE_BUCKETS_MIN.len() - 1]))?;
+    for ((pool, _, state), b) in &rows {
+        write!(out, "{pool:<10} {state:<8} {:>7}", b.iter().sum::<i64>())?;
+        for n in b {
+            write!(out, " {n:>6}")?;
+        }
+        writeln!(out)?;
+    }
+    if !pools.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:>9} {:>9} {:>8} {:>5} {:>9} {:>8} {:>8}", "pool", "rate/s", "limit/s", "paused", "conns", "throttles", "sent", "age")?;
+        for p in &pools {
+            let paused = if p.paused_until_ms > now_ms { format!("{}s", (p.paused_until_ms - now_ms + 999) / 1000) } else { "-".into() };
+            let limit = if p.rate_configured > 0.0 { format!("{:.1}", p.rate_configured) } else { "none".into() };
+            let rate = if p.rate_configured > 0.0 { format!("{:.1}", p.rate_now) } else { "-".into() };
+            writeln!(
+                out,
+                "{:<10} {rate:>9} {limit:>9} {paused:>8} {:>5} {:>9} {:>8} {:>7}s",
+                p.name,
+                format!("{}/{}", p.connections, p.max_connections),
+                p.throttles,
+                p.sent,
+                (now - p.updated_at).max(0)
+            )?;
         }
     }
     Ok(())
 }
 
-fn relay(cfg: &Config, store: &Arc<Store>) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
+fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
     Ok(Arc::new(mamoru_relay::Relay {
         store: store.clone(),
         transport: cfg.transport()?,
         data_dir: cfg.data_dir.clone(),
         settings: cfg.relay.clone(),
         hostname: cfg.domain.clone(),
+        pools: cfg.carriers.clone(),
+        verp_key: Some(keys.token_key()),
+        dkim: dkim(cfg)?,
     }))
+}
+
+/// The DKIM signer, unless `relay.dkim_selector` is empty. Creates the
+/// ed25519 key on first start.
+pub fn dkim(cfg: &Config) -> anyhow::Result<Option<mamoru_relay::dkim::Dkim>> {
+    if cfg.relay.dkim_selector.is_empty() {
+        return Ok(None);
+    }
+    let dir = mamoru_store::keys::keys_dir(&cfg.data_dir);
+    let d = mamoru_relay::dkim::Dkim::load_or_create(&dir, &cfg.domain, &cfg.relay.dkim_selector).context("DKIM keys")?;
+    let (name, value) = d.ed25519_record();
+    tracing::info!(rsa = d.has_rsa(), "DKIM signing; publish {name} TXT \"{value}\"");
+    Ok(Some(d))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -81,6 +81,9 @@ async fn an_unusable_data_dir_is_reported() {
         data_dir: not_a_dir,
         settings: fast(1),
         hostname: DOMAIN.into(),
+        pools: mamoru_core::carriers::default_carriers(),
+        verp_key: None,
+            dkim: None,
     });
     let result = tokio::time::timeout(
         Duration::from_secs(5),

@@ -5,6 +5,8 @@
 //! Waiting is always "poll the store or the sink until a deadline", never a
 //! fixed sleep.
 
+mod carriers;
+mod dkim;
 mod file;
 mod smtp;
 
@@ -62,8 +64,20 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = mamoru_store::keys::load_or_create(dir.path()).expect("keys");
         let store = Arc::new(Store::open(dir.path(), &keys, Duration::from_secs(5)).expect("store"));
-        let cfg = Config { domain: DOMAIN.into(), ..Config::default() };
+        // One pool with one connection: these tests look at a single
+        // session. The carrier tests configure their own pools.
+        let mut single = mamoru_core::carriers::default_carriers()
+            .remove(mamoru_core::carriers::DEFAULT_POOL)
+            .expect("built-in default pool");
+        single.max_connections = 1;
+        let carriers = [(mamoru_core::carriers::DEFAULT_POOL.to_string(), single)].into_iter().collect();
+        let cfg = Config { domain: DOMAIN.into(), carriers, ..Config::default() };
         Env { dir, store, cfg }
+    }
+
+    /// Uses these carrier pools from now on.
+    pub fn set_pools(&mut self, pools: std::collections::BTreeMap<String, mamoru_core::carriers::CarrierConfig>) {
+        self.cfg.carriers = pools;
     }
 
     /// Queues `content` for `to` as the store's registration flow does.
@@ -144,6 +158,9 @@ impl Env {
             data_dir: self.dir.path().to_path_buf(),
             settings,
             hostname: DOMAIN.into(),
+            pools: self.cfg.carriers.clone(),
+            verp_key: None,
+            dkim: None,
         });
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();
@@ -161,7 +178,7 @@ pub fn smtp(port: u16) -> Transport {
     Transport::Smtp { host: "127.0.0.1".into(), port }
 }
 
-fn unique_message_id() -> String {
+pub fn unique_message_id() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{}.{}.it@{DOMAIN}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }

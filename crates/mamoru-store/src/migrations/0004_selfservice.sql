@@ -4,7 +4,7 @@
 -- bounce suspends at once. `suspended_reason` says which ('unknown-user',
 -- 'soft-bounces'); '' while active.
 ALTER TABLE subscribers ADD COLUMN bounce_score INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE subscribers ADD COLUMN suspended_reason TEXT NOT NULL DEFAULT '';
+-- (`suspended_reason` itself comes with 0003.)
 ALTER TABLE subscribers ADD COLUMN suspended_at INTEGER NOT NULL DEFAULT 0;
 
 -- One row per bounced outbox row: the primary key makes a bounce the MTA

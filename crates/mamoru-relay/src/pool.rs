@@ -1,0 +1,442 @@
+//! The tasks of the relay: per carrier pool a feeder and its workers, and one
+//! committer for everyone.
+//!
+//! - The feeder claims the pool's due rows in chunks of half its queue, only
+//!   when that much room is free (so claims stay few and large), and hands
+//!   them to the workers through a bounded queue of about two seconds of
+//!   the pool's configured rate: a paused pool holds few leased rows.
+//! - Each worker owns at most one connection; it waits for the shaper's
+//!   admission before each message, so connections and rate are both capped
+//!   by construction. A long pause closes the connection instead of holding
+//!   it idle.
+//! - The committer writes outcomes in groups, one transaction each.
+//! - The supervisor ([`run_pools`]) fans wake-ups out to the feeders, writes
+//!   the pools' live state and expires stale rows every second.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mamoru_core::carriers::{CarrierConfig, DEFAULT_POOL};
+use mamoru_core::config::Transport;
+use mamoru_core::{UnixTime, verp};
+use mamoru_store::relay::{DomainFilter, OutcomeRecord, PoolState};
+use mamoru_store::{QueuedMail, Store};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::shaper::Shaper;
+use crate::{DeliveryOutcome, NextHop, Relay, backoff, blocking, outcome};
+
+/// How often pool state is written and stale rows expired.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A worker with nothing to send closes its connection after this long.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
+/// A pause longer than this closes the worker's connection.
+const PAUSE_CLOSES: f64 = 2.0;
+/// Pause after a store error.
+const STORE_PAUSE: Duration = Duration::from_millis(200);
+/// Outcomes per committed group at most.
+const GROUP_MAX: usize = 1024;
+/// Queue length bounds per pool.
+const QUEUE_MIN: usize = 4;
+const QUEUE_MAX: usize = 512;
+
+/// Seconds since the relay started, monotonic: the shapers' clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+struct Pool {
+    name: String,
+    cfg: CarrierConfig,
+    filter: DomainFilter,
+    /// The rate the shaper enforces (0 for the file transport: pacing is for
+    /// carriers, not for the local disk).
+    rate: f64,
+    shaper: Mutex<Shaper>,
+    connections: AtomicI64,
+    sent: AtomicI64,
+    wake: Notify,
+}
+
+impl Pool {
+    fn shaper(&self) -> std::sync::MutexGuard<'_, Shaper> {
+        // The shaper is plain data; a panic elsewhere cannot leave it torn.
+        self.shaper.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue_len(&self) -> usize {
+        let n = if self.rate > 0.0 { (self.rate * 2.0).ceil() as usize } else { QUEUE_MAX };
+        n.max(2 * self.cfg.max_connections as usize).clamp(QUEUE_MIN, QUEUE_MAX)
+    }
+
+    fn state(&self, clock: Clock) -> PoolState {
+        let now = clock.now();
+        let shaper = self.shaper();
+        let unix_ms = unix_ms();
+        let paused_ms = ((shaper.paused_until() - now) * 1000.0).max(0.0) as i64;
+        PoolState {
+            name: self.name.clone(),
+            rate_configured: self.rate,
+            rate_now: shaper.rate_now(now),
+            paused_until_ms: if paused_ms > 0 { unix_ms + paused_ms } else { 0 },
+            connections: self.connections.load(Ordering::Relaxed),
+            max_connections: i64::from(self.cfg.max_connections),
+            throttles: i64::try_from(shaper.throttles()).unwrap_or(i64::MAX),
+            sent: self.sent.load(Ordering::Relaxed),
+            updated_at: mamoru_core::now(),
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let clock = Clock(Instant::now());
+    let listed: Vec<String> = relay.pools.values().flat_map(|p| p.domains.iter().cloned()).collect();
+    let mut pools = Vec::new();
+    for (name, cfg) in &relay.pools {
+        let filter = if name == DEFAULT_POOL {
+            DomainFilter::Except(listed.clone())
+        } else if cfg.domains.is_empty() {
+            continue;
+        } else {
+            DomainFilter::Only(cfg.domains.clone())
+        };
+        let rate = if relay.transport == Transport::File { 0.0 } else { cfg.rate_per_second };
+        pools.push(Arc::new(Pool {
+            name: name.clone(),
+            cfg: cfg.clone(),
+            filter,
+            rate,
+            shaper: Mutex::new(Shaper::new(rate, cfg.burst, clock.now())),
+            connections: AtomicI64::new(0),
+            sent: AtomicI64::new(0),
+            wake: Notify::new(),
+        }));
+    }
+    let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+    let committer = tokio::spawn(committer(Arc::clone(&relay.store), commit_rx));
+    let mut tasks = JoinSet::new();
+    for pool in &pools {
+        let span = tracing::info_span!("pool", pool = %pool.name);
+        tasks.spawn(
+            run_pool(Arc::clone(&relay), Arc::clone(pool), commit_tx.clone(), shutdown.clone(), clock).instrument(span),
+        );
+    }
+    drop(commit_tx);
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    loop {
+        tokio::select! {
+            _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
+            _ = tick.tick() => report(&relay.store, &pools, clock).await,
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    report(&relay.store, &pools, clock).await;
+    if committer.await.is_err() {
+        tracing::error!("the committer task failed; uncommitted rows come back after their lease");
+    }
+}
+
+/// Writes the pools' live state and expires stale rows.
+async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock) {
+    let states: Vec<PoolState> = pools.iter().map(|p| p.state(clock)).collect();
+    let now = mamoru_core::now();
+    match blocking(store, move |s| {
+        s.save_pool_states(&states)?;
+        s.expire_due(now)
+    })
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(rows = n, "expired undelivered mail"),
+        Err(e) => tracing::warn!(error = %e, "cannot write pool state or expire rows"),
+    }
+}
+
+async fn run_pool(
+    relay: Arc<Relay>,
+    pool: Arc<Pool>,
+    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    shutdown: CancellationToken,
+    clock: Clock,
+) {
+    let (tx, rx) = mpsc::channel::<QueuedMail>(pool.queue_len());
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = JoinSet::new();
+    for _ in 0..pool.cfg.max_connections {
+        workers.spawn(
+            worker(Arc::clone(&relay), Arc::clone(&pool), Arc::clone(&rx), commits.clone(), shutdown.clone(), clock)
+                .in_current_span(),
+        );
+    }
+    feeder(&relay, &pool, &tx, &commits, &shutdown).await;
+    drop(tx);
+    while workers.join_next().await.is_some() {}
+    // Rows still queued here were claimed but never tried.
+    let mut left = Vec::new();
+    {
+        let mut rx = rx.lock().await;
+        while let Ok(m) = rx.try_recv() {
+            left.push(m.id);
+        }
+    }
+    release(&commits, left);
+}
+
+/// Puts claimed but untried rows back, due at once, instead of letting them
+/// wait for their lease.
+fn release(commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, ids: Vec<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    tracing::info!(rows = ids.len(), "returning untried rows to the queue");
+    let now = mamoru_core::now();
+    for id in ids {
+        let reason = "relay stopped before trying this message".to_string();
+        // If the committer is gone the rows come back after their lease.
+        let _ = commits.send((id, OutcomeRecord::Retry { at: now, reason }));
+    }
+}
+
+async fn feeder(
+    relay: &Arc<Relay>,
+    pool: &Pool,
+    tx: &mpsc::Sender<QueuedMail>,
+    commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    shutdown: &CancellationToken,
+) {
+    let chunk = (pool.queue_len() / 2).max(1);
+    let poll = Duration::from_millis(relay.settings.poll_interval_ms.max(1));
+    loop {
+        let permits = tokio::select! {
+            p = tx.reserve_many(chunk) => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let now = mamoru_core::now();
+        let lease = relay.settings.lease_secs;
+        let filter = pool.filter.clone();
+        let batch = match blocking(&relay.store, move |s| s.claim_due_in(now, lease, chunk, &filter)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim outbox rows");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_PAUSE) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            drop(permits);
+            tokio::select! {
+                _ = pool.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            release(commits, batch.iter().map(|m| m.id).collect());
+            return;
+        }
+        for (permit, mail) in permits.zip(batch) {
+            permit.send(mail);
+        }
+    }
+}
+
+enum Next {
+    Mail(QueuedMail),
+    Idle,
+    Stop,
+}
+
+async fn worker(
+    relay: Arc<Relay>,
+    pool: Arc<Pool>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<QueuedMail>>>,
+    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    shutdown: CancellationToken,
+    clock: Clock,
+) {
+    let mut hop = match NextHop::new(&relay.transport, &relay.data_dir, &relay.hostname, pool.cfg.messages_per_connection) {
+        Ok(hop) => hop,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a delivery worker");
+            return;
+        }
+    };
+    let mut conn = Connected(false);
+    loop {
+        let next = {
+            let mut rx = rx.lock().await;
+            // Shutdown first: a message already queued is returned, not started.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Next::Stop,
+                m = rx.recv() => m.map_or(Next::Stop, Next::Mail),
+                _ = tokio::time::sleep(IDLE_CLOSE), if hop.is_connected() => Next::Idle,
+            }
+        };
+        let mut mail = match next {
+            Next::Mail(m) => m,
+            Next::Idle => {
+                hop.close().await;
+                conn.sync(&hop, &pool);
+                continue;
+            }
+            Next::Stop => break,
+        };
+        // Wait for the shaper. Shutdown while waiting returns the row.
+        let admitted = loop {
+            let wait = match pool.shaper().admit(clock.now()) {
+                Ok(()) => break true,
+                Err(wait) => wait,
+            };
+            if wait > PAUSE_CLOSES && hop.is_connected() {
+                hop.close().await;
+                conn.sync(&hop, &pool);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait.min(60.0))) => {}
+                _ = shutdown.cancelled() => break false,
+            }
+        };
+        if !admitted {
+            release(&commits, vec![mail.id]);
+            break;
+        }
+        if let (Some(key), false) = (&relay.verp_key, mail.sender.is_empty()) {
+            mail.sender = verp::encode(key, mail.id, &relay.hostname);
+        }
+        if let Some(dkim) = &relay.dkim {
+            match dkim.sign(&mail.content) {
+                Ok(signed) => mail.content = signed,
+                // Unsigned mail still beats no mail for a safety alert; the
+                // signer only fails on a message without headers.
+                Err(e) => tracing::warn!(outbox = mail.id, error = %e, "cannot DKIM-sign; sending unsigned"),
+            }
+        }
+        let record = deliver(&mut hop, &pool, &relay, &mail, clock).await;
+        conn.sync(&hop, &pool);
+        if commits.send((mail.id, record)).is_err() {
+            tracing::error!(outbox = mail.id, "the committer is gone; the row comes back after its lease");
+        }
+    }
+    hop.close().await;
+    conn.sync(&hop, &pool);
+}
+
+/// Whether this worker's connection is counted in the pool's gauge.
+struct Connected(bool);
+
+impl Connected {
+    fn sync(&mut self, hop: &NextHop, pool: &Pool) {
+        let now = hop.is_connected();
+        if now != self.0 {
+            pool.connections.fetch_add(if now { 1 } else { -1 }, Ordering::Relaxed);
+            self.0 = now;
+        }
+    }
+}
+
+async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMail, clock: Clock) -> OutcomeRecord {
+    let span = tracing::info_span!(
+        "deliver",
+        outbox = mail.id,
+        domain = mail.recipient.domain(),
+        attempt = mail.attempts,
+        message_id = %mail.message_id,
+    );
+    async move {
+        let outcome = hop.deliver(mail).await;
+        let now: UnixTime = mamoru_core::now();
+        match outcome {
+            DeliveryOutcome::Sent => {
+                pool.shaper().on_success();
+                pool.sent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("delivered");
+                OutcomeRecord::Sent
+            }
+            DeliveryOutcome::Throttled { reason } => {
+                let reason = outcome::scrub(&reason, &mail.recipient);
+                let (pause, rate_now) = {
+                    let mut s = pool.shaper();
+                    let t = clock.now();
+                    let pause = s.on_throttle(t, backoff::random_jitter());
+                    (pause, s.rate_now(t + pause))
+                };
+                tracing::warn!(%reason, pause_ms = (pause * 1000.0) as u64, rate_now, "carrier pushed back; pool paused");
+                // The row is due again when the pool resumes.
+                OutcomeRecord::Retry { at: now.saturating_add(pause.ceil() as i64), reason }
+            }
+            DeliveryOutcome::Retry { reason } => {
+                let reason = outcome::scrub(&reason, &mail.recipient);
+                let s = &relay.settings;
+                let delay =
+                    backoff::retry_delay(mail.attempts, s.retry_base_secs, s.retry_max_secs, backoff::random_jitter());
+                tracing::warn!(%reason, retry_in_secs = delay, "delivery deferred");
+                OutcomeRecord::Retry { at: now.saturating_add(delay), reason }
+            }
+            DeliveryOutcome::Failed { reason } => {
+                let reason = outcome::scrub(&reason, &mail.recipient);
+                if outcome::is_unknown_user(&reason) {
+                    tracing::warn!(%reason, "recipient unknown; suspending the address");
+                    OutcomeRecord::Undeliverable { reason }
+                } else {
+                    tracing::warn!(%reason, "delivery failed permanently");
+                    OutcomeRecord::Failed { reason }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn committer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(i64, OutcomeRecord)>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(x) => group.push(x),
+                Err(_) => break,
+            }
+        }
+        let group = Arc::new(group);
+        for attempt in 1..=3 {
+            let g = Arc::clone(&group);
+            match blocking(&store, move |s| s.record_outcomes(&g, mamoru_core::now())).await {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(error = %e, rows = group.len(), "cannot record delivery outcomes; retrying");
+                    tokio::time::sleep(STORE_PAUSE).await;
+                }
+                // The rows stay leased; when the lease runs out they are
+                // tried again. At least once: a sent message may go out
+                // twice, identically.
+                Err(e) => tracing::error!(error = %e, rows = group.len(), "cannot record delivery outcomes"),
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The carrier-aware relay against the carrier emulator (`mamoru-sink`, a
+//! real SMTP server on loopback, run in this process so the test can read
+//! its records): caps and rates hold by the sink's own count, throttling
+//! slows a pool down without loss and without touching the other pools,
+//! unknown users are final, a reset after the dot duplicates at most once.
+
+use std::collections::BTreeMap;
+
+use mamoru_core::carriers::{CarrierConfig, DEFAULT_POOL, default_carriers};
+use mamoru_sink::policy::{DomainLimit, PolicyConfig, Stats, ThrottleWindow};
+use mamoru_sink::server::Sink as Emulated;
+
+use super::*;
+
+const T: Duration = Duration::from_secs(40);
+
+struct Emulator {
+    sink: Arc<Emulated>,
+    port: u16,
+    stop: CancellationToken,
+}
+
+impl Emulator {
+    async fn start(cfg: PolicyConfig) -> Emulator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let sink = Arc::new(Emulated::new("carrier.test", cfg));
+        let stop = CancellationToken::new();
+        tokio::spawn(mamoru_sink::server::run(listener, Arc::clone(&sink), stop.clone()));
+        Emulator { sink, port, stop }
+    }
+
+    fn stats(&self) -> Stats {
+        self.sink.stats()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn limit(conns: u32, rate: f64, burst: u32) -> DomainLimit {
+    DomainLimit { max_connections: conns, rate, burst }
+}
+
+fn pool(domains: &[&str], conns: u32, rate: f64, burst: u32) -> CarrierConfig {
+    CarrierConfig {
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        max_connections: conns,
+        messages_per_connection: 50,
+        rate_per_second: rate,
+        burst,
+    }
+}
+
+fn pools(list: &[(&str, CarrierConfig)]) -> BTreeMap<String, CarrierConfig> {
+    let mut m: BTreeMap<String, CarrierConfig> = list.iter().map(|(n, c)| (n.to_string(), c.clone())).collect();
+    m.entry(DEFAULT_POOL.into()).or_insert_with(|| default_carriers().remove(DEFAULT_POOL).expect("default pool"));
+    m
+}
+
+/// Queues one small message per address in one transaction.
+fn queue_bulk(env: &Env, addrs: &[String]) -> Vec<Queued> {
+    let now = mamoru_core::now();
+    let mails: Vec<OutgoingMail> = addrs
+        .iter()
+        .map(|a| {
+            let to = EmailAddress::parse(a).expect("address");
+            let mid = unique_message_id();
+            let bytes = format!("From: <{SENDER}>\r\nTo: <{a}>\r\nSubject: test\r\nMessage-ID: <{mid}>\r\n\r\nbody\r\n").into_bytes();
+            OutgoingMail { kind: MailKind::RegistrationReceived, sender: SENDER.into(), to, message_id: mid, bytes }
+        })
+        .collect();
+    let ids = env.store.queue_many(&mails, 0, now, now + 3600).expect("queue");
+    ids.into_iter().zip(mails).map(|(id, m)| Queued { id, message_id: m.message_id, content: m.bytes }).collect()
+}
+
+fn addrs(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}
+
+/// Waits until every row is in a final state, and returns the time it took.
+async fn wait_all_done(env: &Env, rows: &[Queued], limit: Duration) -> Duration {
+    let start = Instant::now();
+    wait_for("every row to be final", limit, || {
+        let open: Vec<Row> = rows.iter().map(|q| env.row(q.id)).filter(|r| r.state == "queued" || r.state == "sending").collect();
+        if open.is_empty() { Ok(()) } else { Err(format!("{} open, e.g. {:?}", open.len(), open.first())) }
+    })
+    .await;
+    start.elapsed()
+}
+
+fn assert_all_received(em: &Emulator, rows: &[Queued]) {
+    let ids = em.sink.message_ids();
+    for q in rows {
+        assert!(ids.contains_key(&q.message_id), "{} lost", q.message_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_and_rates_hold_by_the_sinks_count() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 2, 20.0, 2)), ("au", pool(&["au.com"], 1, 10.0, 2))]));
+    let mut limits = BTreeMap::new();
+    limits.insert("docomo.ne.jp".to_string(), limit(2, 20.0, 5));
+    limits.insert("au.com".to_string(), limit(1, 10.0, 5));
+    let em = Emulator::start(PolicyConfig { limits, ..PolicyConfig::default() }).await;
+    let mut rows = queue_bulk(&env, &addrs("d", "docomo.ne.jp", 60));
+    rows.extend(queue_bulk(&env, &addrs("a", "au.com", 30)));
+    let relay = env.relay(smtp(em.port), fast(1));
+    let took = wait_all_done(&env, &rows, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    for q in &rows {
+        assert_eq!(env.row(q.id).state, "sent");
+    }
+    assert_all_received(&em, &rows);
+    let stats = em.stats();
+    for (domain, cap, rate) in [("docomo.ne.jp", 2, 20), ("au.com", 1, 10)] {
+        let d = &stats.domains[domain];
+        assert!(d.max_connections_seen <= cap, "{domain}: {d:?}");
+        assert_eq!((d.throttled_connections, d.throttled_rate), (0, 0), "{domain}: {d:?}");
+        // A whole second never holds more than the rate plus the burst.
+        assert!(d.per_second.iter().all(|&n| n <= rate + 5), "{domain}: {:?}", d.per_second);
+    }
+    assert_eq!(stats.duplicates, 0);
+    // 60 messages at 20/s and 30 at 10/s, in parallel: about 3 s, not 6.
+    assert!(took >= Duration::from_millis(2500), "faster than the configured rates: {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_pool_slows_down_recovers_loses_nothing_and_spares_the_others() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 2, 20.0, 2)), ("au", pool(&["au.com"], 1, 0.0, 5))]));
+    let em = Emulator::start(PolicyConfig {
+        throttle_windows: vec![ThrottleWindow { domain: "docomo.ne.jp".into(), from: 0.0, to: 2.0 }],
+        ..PolicyConfig::default()
+    })
+    .await;
+    let docomo = queue_bulk(&env, &addrs("d", "docomo.ne.jp", 40));
+    let au = queue_bulk(&env, &addrs("a", "au.com", 100));
+    let relay = env.relay(smtp(em.port), fast(1));
+    wait_all_done(&env, &au, T).await;
+    // The other pool finished while docomo was still held back.
+    let docomo_open = docomo.iter().filter(|q| env.row(q.id).state != "sent").count();
+    assert!(docomo_open > 0, "docomo finished as fast as au: no throttling seen");
+    wait_all_done(&env, &docomo, T).await;
+    let states = env.store.pool_states().expect("pool states");
+    relay.stop(Duration::from_secs(10)).await;
+
+    for q in docomo.iter().chain(&au) {
+        assert_eq!(env.row(q.id).state, "sent");
+    }
+    assert_all_received(&em, &docomo);
+    assert_all_received(&em, &au);
+    let stats = em.stats();
+    assert_eq!(stats.duplicates, 0);
+    assert!(stats.domains["docomo.ne.jp"].throttled_window >= 1, "{stats:?}");
+    // The relay backed off instead of hammering: a handful of 421s, not one
+    // per message per retry.
+    assert!(stats.domains["docomo.ne.jp"].throttled_window <= 12, "{stats:?}");
+    let state = |n: &str| states.iter().find(|s| s.name == n).cloned().expect("pool state");
+    assert!(state("docomo").throttles >= 1, "{states:?}");
+    assert_eq!(state("au").throttles, 0, "{states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_user_is_final_suspended_and_the_connection_survives() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("au", pool(&["au.com"], 1, 0.0, 5))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    let dead = env.queue_tricky("unknown.taro@au.com");
+    let later = env.queue_tricky("unknown.taro@au.com");
+    let ok1 = env.queue_tricky("hanako@au.com");
+    let ok2 = env.queue_tricky("jiro@au.com");
+    let relay = env.relay(smtp(em.port), fast(1));
+    let failed = env.wait_state(dead.id, "failed", T).await;
+    env.wait_state(ok1.id, "sent", T).await;
+    env.wait_state(ok2.id, "sent", T).await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    assert!(failed.last_error.starts_with("550 5.1.1"), "{failed:?}");
+    assert!(!failed.last_error.contains("unknown.taro@"), "address in clear: {failed:?}");
+    assert_eq!(failed.attempts, 1);
+    // The second mail to the dead address is final too: refused the same way
+    // if it was already claimed, else failed with the suspension, untried.
+    let second = env.row(later.id);
+    assert_eq!(second.state, "failed", "{second:?}");
+    assert!(second.last_error == "recipient undeliverable" || second.last_error.starts_with("550 5.1.1"), "{second:?}");
+    let conn = rusqlite::Connection::open(env.store.path()).expect("db");
+    let (status, reason, at): (String, String, i64) = conn
+        .query_row(
+            "SELECT s.status, s.suspended_reason, s.undeliverable_at FROM subscribers s JOIN outbox o ON o.subscriber_id = s.id WHERE o.id = ?1",
+            [dead.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("subscriber");
+    assert_eq!((status.as_str(), reason.as_str()), ("suspended", "unknown-user"));
+    assert!(at > 0);
+    // RSET, not reconnect: one session carried all three transactions.
+    assert_eq!(em.stats().sessions, 1, "{:?}", em.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_after_the_dot_and_transient_replies() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("au", pool(&["au.com"], 1, 0.0, 5))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    let reset = env.queue_tricky("reset.x@au.com");
+    let full = env.queue_tricky("fail552.y@au.com");
+    let later = env.queue_tricky("fail452.z@au.com");
+    let relay = env.relay(smtp(em.port), fast(30));
+    let sent = env.wait_state(reset.id, "sent", T).await;
+    let failed = env.wait_state(full.id, "failed", T).await;
+    let deferred = wait_for("the 452 to be deferred", T, || {
+        let r = env.row(later.id);
+        if r.state == "queued" && r.attempts >= 1 { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    // The reset cost exactly one duplicate, identical by Message-ID.
+    assert_eq!(sent.attempts, 2, "{sent:?}");
+    assert_eq!(em.sink.message_ids().get(&reset.message_id), Some(&2));
+    assert_eq!(em.stats().duplicates, 1);
+    // 552 is final for the message, but the address stays deliverable.
+    assert!(failed.last_error.starts_with("552"), "{failed:?}");
+    let status: String = rusqlite::Connection::open(env.store.path())
+        .expect("db")
+        .query_row("SELECT s.status FROM subscribers s JOIN outbox o ON o.subscriber_id = s.id WHERE o.id = ?1", [full.id], |r| r.get(0))
+        .expect("status");
+    assert_eq!(status, "pending");
+    assert!(deferred.last_error.starts_with("452"), "{deferred:?}");
+    assert!(deferred.next_attempt_at > mamoru_core::now() - 5);
+}

@@ -1,0 +1,22 @@
+//! `mamoru-sink`: an SMTP sink that plays the Japanese mobile carriers, for
+//! tests and benchmarks on loopback. It is a real SMTP server (no mocks):
+//!
+//! - per-domain connection caps and token-bucket rates, answering
+//!   `421 4.7.0` and closing above them, as the carriers do;
+//! - a configurable fraction of recipients are unknown (`550 5.1.1`), chosen
+//!   by a stable hash of the address, and any local part starting with
+//!   `unknown` is too;
+//! - faults on demand by local part: `fail451…`/`fail452…` at RCPT,
+//!   `fail552…` after the data, `reset…` drops the connection after the final
+//!   dot once per Message-ID (the message counts as received; the retry is
+//!   accepted); throttle windows answer 421 for a domain for a while;
+//! - records what it received: a message log (`MILLIS DOMAIN MESSAGE-ID` per
+//!   received message) and a JSON stats file (counts per domain, per-second
+//!   rates, concurrent connections, duplicates), rewritten every 200 ms.
+//!
+//! Layout: [`policy`] (limits and records, pure), [`session`] (the SMTP
+//! dialogue, sans-I/O), [`server`] (tokio accept loop and files).
+
+pub mod policy;
+pub mod server;
+pub mod session;

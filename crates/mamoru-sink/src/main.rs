@@ -1,0 +1,123 @@
+//! `mamoru-sink`: see the library documentation. Prints
+//! `sink listening on ADDR` once it accepts connections; stops on
+//! SIGINT/SIGTERM after writing the stats file.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::Parser;
+use mamoru_sink::policy::{DomainLimit, Policy, PolicyConfig, ThrottleWindow};
+use mamoru_sink::server::{self, Sink};
+use tokio_util::sync::CancellationToken;
+
+/// An SMTP sink that plays the Japanese mobile carriers (connection caps,
+/// rate limits, unknown users, faults on demand) and records what it got.
+#[derive(Debug, Parser)]
+#[command(name = "mamoru-sink", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Limits of one domain: DOMAIN=CONNS/RATE[/BURST] (RATE 0 = no limit).
+    #[arg(long = "domain", value_name = "DOMAIN=CONNS/RATE[/BURST]")]
+    domains: Vec<String>,
+    /// Share of recipients that are unknown users (550 5.1.1), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    unknown_fraction: f64,
+    /// Answer 421 to every RCPT for DOMAIN from FROM to TO seconds after start.
+    #[arg(long = "throttle", value_name = "DOMAIN=FROM..TO")]
+    throttles: Vec<String>,
+    /// Append `MILLIS DOMAIN MESSAGE-ID` per received message to FILE.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Rewrite FILE with JSON statistics every 200 ms and at exit.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// Name in the greeting and EHLO reply.
+    #[arg(long, default_value = "sink.invalid")]
+    hostname: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mamoru-sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(args: &Args) -> Result<PolicyConfig, String> {
+    let mut limits = BTreeMap::new();
+    for d in &args.domains {
+        let (name, spec) = d.split_once('=').ok_or(format!("--domain {d}: want DOMAIN=CONNS/RATE[/BURST]"))?;
+        let limit = DomainLimit::parse(spec).ok_or(format!("--domain {d}: want DOMAIN=CONNS/RATE[/BURST]"))?;
+        limits.insert(name.to_ascii_lowercase(), limit);
+    }
+    let mut throttle_windows = Vec::new();
+    for t in &args.throttles {
+        let bad = || format!("--throttle {t}: want DOMAIN=FROM..TO");
+        let (domain, span) = t.split_once('=').ok_or_else(bad)?;
+        let (from, to) = span.split_once("..").ok_or_else(bad)?;
+        throttle_windows.push(ThrottleWindow {
+            domain: domain.to_ascii_lowercase(),
+            from: from.parse().map_err(|_| bad())?,
+            to: to.parse().map_err(|_| bad())?,
+        });
+    }
+    if !(0.0..=1.0).contains(&args.unknown_fraction) {
+        return Err("--unknown-fraction must be from 0 to 1".into());
+    }
+    Ok(PolicyConfig { limits, unknown_fraction: args.unknown_fraction, throttle_windows })
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let cfg = config(&args)?;
+    let log = match &args.log {
+        Some(p) => Some(Mutex::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("bind {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let sink = Arc::new(Sink {
+            hostname: args.hostname.clone(),
+            policy: Mutex::new(Policy::new(cfg)),
+            log,
+            stats_path: args.stats.clone(),
+            started: Instant::now(),
+        });
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "sink listening on {addr}");
+            let _ = out.flush();
+        }
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            stop.cancel();
+        });
+        server::run(listener, sink, shutdown).await.map_err(|e| e.to_string())
+    })
+}

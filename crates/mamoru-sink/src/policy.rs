@@ -1,0 +1,282 @@
+//! What the emulated carriers allow, and what they saw. Pure: the time is a
+//! parameter (seconds since the sink started).
+
+use std::collections::{BTreeMap, HashMap};
+
+use mamoru_core::rate::TokenBucket;
+use serde::Serialize;
+
+/// One carrier domain's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainLimit {
+    pub max_connections: u32,
+    /// Messages per second (0 = no limit).
+    pub rate: f64,
+    pub burst: u32,
+}
+
+impl DomainLimit {
+    /// `CONNS/RATE[/BURST]`, e.g. `4/20` or `2/10/5`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('/');
+        let max_connections = it.next()?.trim().parse().ok()?;
+        let rate: f64 = it.next()?.trim().parse().ok()?;
+        let burst = match it.next() {
+            Some(b) => b.trim().parse().ok()?,
+            None => 5,
+        };
+        if it.next().is_some() || !rate.is_finite() || rate < 0.0 {
+            return None;
+        }
+        Some(Self { max_connections, rate, burst })
+    }
+}
+
+/// A window during which a domain answers every RCPT with 421.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleWindow {
+    pub domain: String,
+    pub from: f64,
+    pub to: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    pub limits: BTreeMap<String, DomainLimit>,
+    /// Share of recipients (by a hash of the address, so the same address
+    /// always gets the same answer) that are unknown users.
+    pub unknown_fraction: f64,
+    pub throttle_windows: Vec<ThrottleWindow>,
+}
+
+/// The answer to a RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    /// 421 and close: over the connection cap or the rate, or a window.
+    Throttle(&'static str),
+    Unknown,
+    /// A fault asked for by the local part (`fail451…`, `fail452…`).
+    Fail(&'static str),
+}
+
+/// The answer to the final dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DotVerdict {
+    Accept,
+    Fail552,
+    /// Drop the connection without a reply (the message counts as received).
+    Reset,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DomainStats {
+    pub accepted: u64,
+    pub unknown: u64,
+    pub throttled_connections: u64,
+    pub throttled_rate: u64,
+    pub throttled_window: u64,
+    pub failed_on_demand: u64,
+    pub resets: u64,
+    pub connections_now: u32,
+    pub max_connections_seen: u32,
+    /// Accepted messages per second since the start (index = second).
+    pub per_second: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub domains: BTreeMap<String, DomainStats>,
+    pub sessions: u64,
+    /// Accepted messages with a Message-ID seen more than once.
+    pub duplicates: u64,
+    pub accepted: u64,
+}
+
+pub struct Policy {
+    cfg: PolicyConfig,
+    buckets: HashMap<String, TokenBucket>,
+    stats: Stats,
+    /// Message-IDs accepted, with counts.
+    seen: HashMap<String, u32>,
+    /// Message-IDs already reset once (the retry is accepted).
+    reset_once: HashMap<String, ()>,
+    /// Lines for the message log not yet written: `MILLIS DOMAIN MESSAGE-ID`.
+    log: Vec<String>,
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig) -> Self {
+        let buckets =
+            cfg.limits.iter().map(|(d, l)| (d.clone(), TokenBucket::new(l.rate, l.burst, 0.0))).collect();
+        Self { cfg, buckets, stats: Stats::default(), seen: HashMap::new(), reset_once: HashMap::new(), log: Vec::new() }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn seen(&self) -> &HashMap<String, u32> {
+        &self.seen
+    }
+
+    pub fn session_opened(&mut self) {
+        self.stats.sessions += 1;
+    }
+
+    fn domain(&mut self, domain: &str) -> &mut DomainStats {
+        self.stats.domains.entry(domain.to_string()).or_default()
+    }
+
+    /// The first RCPT of a connection binds it to `domain` for the cap.
+    /// `bound` says whether this connection is already counted.
+    pub fn rcpt(&mut self, local: &str, domain: &str, bound: bool, now: f64) -> (RcptVerdict, bool) {
+        let domain = domain.to_ascii_lowercase();
+        let local_lower = local.to_ascii_lowercase();
+        let cap = self.cfg.limits.get(&domain).map(|l| l.max_connections);
+        let mut bound_now = bound;
+        if !bound {
+            let d = self.domain(&domain);
+            if cap.is_some_and(|c| d.connections_now >= c) {
+                d.throttled_connections += 1;
+                return (RcptVerdict::Throttle("421 4.7.0 Too many connections"), false);
+            }
+            d.connections_now += 1;
+            d.max_connections_seen = d.max_connections_seen.max(d.connections_now);
+            bound_now = true;
+        }
+        if self.cfg.throttle_windows.iter().any(|w| w.domain == domain && now >= w.from && now < w.to) {
+            self.domain(&domain).throttled_window += 1;
+            return (RcptVerdict::Throttle("421 4.7.0 Temporarily rejected, try again later"), bound_now);
+        }
+        if local_lower.starts_with("fail451") {
+            self.domain(&domain).failed_on_demand += 1;
+            return (RcptVerdict::Fail("451 4.3.0 Temporary failure"), bound_now);
+        }
+        if local_lower.starts_with("fail452") {
+            self.domain(&domain).failed_on_demand += 1;
+            return (RcptVerdict::Fail("452 4.2.2 Mailbox full"), bound_now);
+        }
+        if local_lower.starts_with("unknown") || self.hash_unknown(&local_lower, &domain) {
+            self.domain(&domain).unknown += 1;
+            return (RcptVerdict::Unknown, bound_now);
+        }
+        if let Some(b) = self.buckets.get_mut(&domain) {
+            if b.take(now).is_err() {
+                self.domain(&domain).throttled_rate += 1;
+                return (RcptVerdict::Throttle("421 4.7.0 Too many messages, slow down"), bound_now);
+            }
+        }
+        (RcptVerdict::Accept, bound_now)
+    }
+
+    fn hash_unknown(&self, local: &str, domain: &str) -> bool {
+        if self.cfg.unknown_fraction <= 0.0 {
+            return false;
+        }
+        // FNV-1a: stable across runs, so a retried address gets the same answer.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in local.bytes().chain([b'@']).chain(domain.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % 10_000) as f64 / 10_000.0 < self.cfg.unknown_fraction
+    }
+
+    /// The final dot of a message to `local@domain` with `message_id`.
+    pub fn dot(&mut self, local: &str, domain: &str, message_id: &str, now: f64) -> DotVerdict {
+        let domain = domain.to_ascii_lowercase();
+        let local = local.to_ascii_lowercase();
+        if local.starts_with("fail552") {
+            self.domain(&domain).failed_on_demand += 1;
+            return DotVerdict::Fail552;
+        }
+        let reset = local.starts_with("reset") && self.reset_once.insert(message_id.to_string(), ()).is_none();
+        let count = self.seen.entry(message_id.to_string()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            self.stats.duplicates += 1;
+        }
+        self.stats.accepted += 1;
+        self.log.push(format!("{} {domain} {message_id}", (now * 1000.0) as u64));
+        let second = now.max(0.0) as usize;
+        let d = self.domain(&domain);
+        d.accepted += 1;
+        if d.per_second.len() <= second {
+            d.per_second.resize(second + 1, 0);
+        }
+        d.per_second[second] += 1;
+        if reset {
+            d.resets += 1;
+            DotVerdict::Reset
+        } else {
+            DotVerdict::Accept
+        }
+    }
+
+    /// Takes the message-log lines written since the last call.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// A connection bound to `domain` closed.
+    pub fn closed(&mut self, domain: &str) {
+        let d = self.domain(&domain.to_ascii_lowercase());
+        d.connections_now = d.connections_now.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut limits = BTreeMap::new();
+        limits.insert("docomo.ne.jp".to_string(), DomainLimit { max_connections: 1, rate: 2.0, burst: 1 });
+        Policy::new(PolicyConfig { limits, unknown_fraction: 0.0, throttle_windows: vec![ThrottleWindow { domain: "au.com".into(), from: 5.0, to: 6.0 }] })
+    }
+
+    #[test]
+    fn caps_rates_and_windows() {
+        let mut p = policy();
+        assert_eq!(p.rcpt("a", "docomo.ne.jp", false, 0.0), (RcptVerdict::Accept, true));
+        // A second connection is over the cap.
+        assert!(matches!(p.rcpt("a", "docomo.ne.jp", false, 0.0), (RcptVerdict::Throttle(_), false)));
+        // Over the rate on the same connection.
+        assert!(matches!(p.rcpt("a", "docomo.ne.jp", true, 0.1).0, RcptVerdict::Throttle(_)));
+        assert_eq!(p.rcpt("a", "docomo.ne.jp", true, 0.5).0, RcptVerdict::Accept);
+        p.closed("docomo.ne.jp");
+        assert_eq!(p.rcpt("a", "docomo.ne.jp", false, 1.0).0, RcptVerdict::Accept);
+        assert!(matches!(p.rcpt("a", "au.com", false, 5.5).0, RcptVerdict::Throttle(_)));
+        assert_eq!(p.rcpt("a", "au.com", true, 6.0).0, RcptVerdict::Accept);
+        let d = &p.stats().domains["docomo.ne.jp"];
+        assert_eq!((d.throttled_connections, d.throttled_rate, d.max_connections_seen), (1, 1, 1));
+    }
+
+    #[test]
+    fn faults_on_demand_and_duplicates() {
+        let mut p = policy();
+        assert_eq!(p.rcpt("unknown.x", "au.com", false, 0.0).0, RcptVerdict::Unknown);
+        assert!(matches!(p.rcpt("fail451", "au.com", true, 0.0).0, RcptVerdict::Fail(s) if s.starts_with("451")));
+        assert_eq!(p.dot("reset1", "au.com", "m1", 0.0), DotVerdict::Reset);
+        assert_eq!(p.dot("reset1", "au.com", "m1", 0.0), DotVerdict::Accept);
+        assert_eq!(p.dot("fail552", "au.com", "m2", 0.0), DotVerdict::Fail552);
+        assert_eq!((p.stats().accepted, p.stats().duplicates), (2, 1));
+    }
+
+    #[test]
+    fn unknown_fraction_is_stable_and_close() {
+        let p = Policy::new(PolicyConfig { unknown_fraction: 0.05, ..PolicyConfig::default() });
+        let n = (0..10_000).filter(|i| p.hash_unknown(&format!("user{i}"), "docomo.ne.jp")).count();
+        assert!((400..=600).contains(&n), "{n}");
+        assert_eq!(p.hash_unknown("user1", "docomo.ne.jp"), p.hash_unknown("user1", "docomo.ne.jp"));
+    }
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(DomainLimit::parse("4/20"), Some(DomainLimit { max_connections: 4, rate: 20.0, burst: 5 }));
+        assert_eq!(DomainLimit::parse("2/10/3"), Some(DomainLimit { max_connections: 2, rate: 10.0, burst: 3 }));
+        assert_eq!(DomainLimit::parse("x"), None);
+        assert_eq!(DomainLimit::parse("1/2/3/4"), None);
+    }
+}

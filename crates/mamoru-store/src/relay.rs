@@ -1,0 +1,337 @@
+//! Store operations of the carrier-aware relay (issue 3).
+//!
+//! - Claims are per carrier pool, that is per set of recipient domains, so a
+//!   throttled pool's backlog never stands in the way of another pool's rows.
+//! - Outcomes are committed in groups: one transaction (one fsync) for all
+//!   the replies that arrived while the previous group was being written.
+//!   A crash between a 250 and its commit brings the row back after its
+//!   lease, which is the at-least-once contract (same Message-ID).
+//! - A recipient the carrier refuses as unknown is suspended in the same
+//!   transaction, and its other queued mail is failed with it.
+
+use mamoru_core::UnixTime;
+use mamoru_core::mail::OutgoingMail;
+use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
+
+use crate::{QueuedMail, Result, Store};
+
+/// Which recipient domains a claim takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainFilter {
+    /// Exactly these domains (lower case).
+    Only(Vec<String>),
+    /// Every domain but these (the default pool).
+    Except(Vec<String>),
+}
+
+/// The decision about one claimed row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeRecord {
+    Sent,
+    Retry { at: UnixTime, reason: String },
+    Failed { reason: String },
+    /// Failed because the recipient does not exist: the subscriber is
+    /// suspended as undeliverable and its other queued mail failed.
+    Undeliverable { reason: String },
+}
+
+/// The live state of one carrier pool, as the relay last wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolState {
+    pub name: String,
+    pub rate_configured: f64,
+    pub rate_now: f64,
+    /// Unix time in milliseconds; 0 or in the past when not paused.
+    pub paused_until_ms: i64,
+    pub connections: i64,
+    pub max_connections: i64,
+    /// 421s, refused and reset connections seen since the relay started.
+    pub throttles: i64,
+    /// Messages accepted since the relay started.
+    pub sent: i64,
+    pub updated_at: UnixTime,
+}
+
+/// Upper bounds of the age buckets of [`Store::outbox_shape`], in minutes,
+/// as Postfix's qshape has them; a last bucket holds everything older.
+pub const AGE_BUCKETS_MIN: [i64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+
+/// Outbox rows of one domain and state, counted per age bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeRow {
+    pub domain: String,
+    pub state: String,
+    /// `AGE_BUCKETS_MIN.len() + 1` counts, youngest first.
+    pub buckets: Vec<i64>,
+}
+
+type ClaimedRow = (i64, String, String, Vec<u8>, String, Vec<u8>, i64);
+
+impl Store {
+    /// Queues many rendered mails in one transaction, for no subscriber
+    /// (tests and benchmarks fill the outbox with it). Returns the row ids.
+    pub fn queue_many(&self, mails: &[OutgoingMail], priority: i64, now: UnixTime, expires_at: UnixTime) -> Result<Vec<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(mails.len());
+        for m in mails {
+            ids.push(self.insert_outbox(&tx, m, 0, priority, now, expires_at)?);
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Claims up to `limit` due rows whose recipient domain passes `filter`,
+    /// leased for `lease_secs`: queued rows in priority order, and rows whose
+    /// lease ran out (a relay died holding them). Expired rows are left to
+    /// [`Store::expire_due`] and never returned.
+    pub fn claim_due_in(&self, now: UnixTime, lease_secs: i64, limit: usize, filter: &DomainFilter) -> Result<Vec<QueuedMail>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids: Vec<i64> = Vec::with_capacity(limit);
+        {
+            // Rows of a relay that died: few, so a scan of 'sending' is cheap.
+            let mut stale = tx.prepare_cached(
+                "SELECT id, domain FROM outbox INDEXED BY outbox_due
+                 WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id",
+            )?;
+            let rows = stale.query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, domain) = row?;
+                if ids.len() < limit && passes(filter, &domain) {
+                    ids.push(id);
+                }
+            }
+        }
+        match filter {
+            DomainFilter::Only(domains) => {
+                // One index range per domain, walked in priority order.
+                let mut q = tx.prepare_cached(
+                    "SELECT id FROM outbox INDEXED BY outbox_pool_due
+                     WHERE state = 'queued' AND domain = ?1 AND next_attempt_at <= ?2 AND expires_at > ?2
+                     ORDER BY priority DESC, id LIMIT ?3",
+                )?;
+                for d in domains {
+                    let room = limit.saturating_sub(ids.len());
+                    if room == 0 {
+                        break;
+                    }
+                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<_, i64>(0))?;
+                    for id in rows {
+                        ids.push(id?);
+                    }
+                }
+            }
+            DomainFilter::Except(domains) => {
+                let room = limit.saturating_sub(ids.len());
+                if room > 0 {
+                    let marks = vec!["?"; domains.len()].join(",");
+                    let sql = format!(
+                        "SELECT id FROM outbox INDEXED BY outbox_queued_priority
+                         WHERE state = 'queued' AND next_attempt_at <= ? AND expires_at > ? AND domain NOT IN ({marks})
+                         ORDER BY priority DESC, id LIMIT ?"
+                    );
+                    let mut q = tx.prepare_cached(&sql)?;
+                    let mut args: Vec<rusqlite::types::Value> = vec![now.into(), now.into()];
+                    args.extend(domains.iter().map(|d| d.clone().into()));
+                    args.push((room as i64).into());
+                    let rows = q.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
+                    for id in rows {
+                        ids.push(id?);
+                    }
+                }
+            }
+        }
+        let mut claimed: Vec<ClaimedRow> = Vec::with_capacity(ids.len());
+        {
+            let mut up = tx.prepare_cached(
+                "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1 WHERE id = ?2
+                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts",
+            )?;
+            for id in ids {
+                claimed.push(up.query_row(params![now + lease_secs, id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?);
+            }
+        }
+        tx.commit()?;
+        let sealer = self.sealer();
+        claimed
+            .into_iter()
+            .map(|(id, kind, sender, rcpt, message_id, content, attempts)| {
+                Ok(QueuedMail {
+                    id,
+                    kind,
+                    sender,
+                    recipient: sealer.open_address(&rcpt)?,
+                    message_id,
+                    content: sealer.open(b"content", &content)?,
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks queued rows past their expiry (and leased rows whose lease and
+    /// expiry both ran out) as expired: a stale alert does harm. Returns how
+    /// many.
+    pub fn expire_due(&self, now: UnixTime) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery', lease_until = 0
+             WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
+            [now],
+        )?)
+    }
+
+    /// Commits a group of outcomes in one transaction.
+    pub fn record_outcomes(&self, outcomes: &[(i64, OutcomeRecord)], now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, outcome) in outcomes {
+            match outcome {
+                OutcomeRecord::Sent => finish(&tx, *id, "sent", now, "")?,
+                OutcomeRecord::Failed { reason } => finish(&tx, *id, "failed", now, reason)?,
+                OutcomeRecord::Retry { at, reason } => {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0
+                         WHERE id = ?3 AND state = 'sending'",
+                    )?
+                    .execute(params![at, reason, id])?;
+                }
+                OutcomeRecord::Undeliverable { reason } => {
+                    finish(&tx, *id, "failed", now, reason)?;
+                    let subscriber: Option<i64> = tx
+                        .query_row("SELECT subscriber_id FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+                        .optional()?;
+                    if let Some(subscriber) = subscriber.filter(|&s| s > 0) {
+                        suspend_undeliverable(&tx, subscriber, now)?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Suspends a subscriber whose address the carrier refused as unknown,
+    /// and fails its other queued mail, so nothing more goes to a dead
+    /// address. Idempotent: the first refusal's time is kept.
+    pub fn mark_undeliverable(&self, subscriber: i64, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        suspend_undeliverable(&tx, subscriber, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the stored live state of the given pools.
+    pub fn save_pool_states(&self, states: &[PoolState]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for p in states {
+            tx.prepare_cached(
+                "INSERT INTO relay_pools (name, rate_configured, rate_now, paused_until_ms, connections, max_connections,
+                                          throttles, sent, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (name) DO UPDATE SET rate_configured = excluded.rate_configured, rate_now = excluded.rate_now,
+                     paused_until_ms = excluded.paused_until_ms, connections = excluded.connections,
+                     max_connections = excluded.max_connections, throttles = excluded.throttles,
+                     sent = excluded.sent, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                p.name,
+                p.rate_configured,
+                p.rate_now,
+                p.paused_until_ms,
+                p.connections,
+                p.max_connections,
+                p.throttles,
+                p.sent,
+                p.updated_at
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The live pool states, by name.
+    pub fn pool_states(&self) -> Result<Vec<PoolState>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, rate_configured, rate_now, paused_until_ms, connections, max_connections, throttles, sent, updated_at
+             FROM relay_pools ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PoolState {
+                name: r.get(0)?,
+                rate_configured: r.get(1)?,
+                rate_now: r.get(2)?,
+                paused_until_ms: r.get(3)?,
+                connections: r.get(4)?,
+                max_connections: r.get(5)?,
+                throttles: r.get(6)?,
+                sent: r.get(7)?,
+                updated_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Outbox rows per domain × state × age (since queued), like qshape.
+    pub fn outbox_shape(&self, now: UnixTime) -> Result<Vec<ShapeRow>> {
+        let conn = self.conn();
+        let mut bucket_sql = String::from("CASE");
+        for (i, m) in AGE_BUCKETS_MIN.iter().enumerate() {
+            bucket_sql.push_str(&format!(" WHEN ?1 - created_at < {} THEN {i}", m * 60));
+        }
+        bucket_sql.push_str(&format!(" ELSE {} END", AGE_BUCKETS_MIN.len()));
+        let sql = format!(
+            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*) FROM outbox GROUP BY domain, state, bucket ORDER BY domain, state"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+        let mut out: Vec<ShapeRow> = Vec::new();
+        for row in rows {
+            let (domain, state, bucket, n) = row?;
+            let same = out.last().is_some_and(|l| l.domain == domain && l.state == state);
+            if !same {
+                out.push(ShapeRow { domain, state, buckets: vec![0; AGE_BUCKETS_MIN.len() + 1] });
+            }
+            if let (Some(last), Ok(b)) = (out.last_mut(), usize::try_from(bucket)) {
+                if let Some(slot) = last.buckets.get_mut(b) {
+                    *slot += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn passes(filter: &DomainFilter, domain: &str) -> bool {
+    match filter {
+        DomainFilter::Only(d) => d.iter().any(|x| x == domain),
+        DomainFilter::Except(d) => !d.iter().any(|x| x == domain),
+    }
+}
+
+fn finish(tx: &rusqlite::Transaction<'_>, id: i64, state: &str, now: UnixTime, reason: &str) -> Result<()> {
+    // Only a row still leased is finished: if its lease ran out and another
+    // relay finished it meanwhile, the first answer stands.
+    tx.prepare_cached(
+        "UPDATE outbox SET state = ?1, done_at = ?2, last_error = ?3, lease_until = 0 WHERE id = ?4 AND state IN ('sending', 'queued')",
+    )?
+    .execute(params![state, now, reason, id])?;
+    Ok(())
+}
+
+fn suspend_undeliverable(tx: &rusqlite::Transaction<'_>, subscriber: i64, now: UnixTime) -> Result<()> {
+    // A refusal during our own SMTP transaction is an unknown-user bounce
+    // that arrived early: same reason, same effects.
+    crate::bounces::suspend(tx, subscriber, "unknown-user", now)?;
+    tx.execute(
+        "UPDATE subscribers SET undeliverable_at = CASE WHEN undeliverable_at = 0 THEN ?1 ELSE undeliverable_at END
+         WHERE id = ?2",
+        params![now, subscriber],
+    )?;
+    Ok(())
+}
