@@ -44,7 +44,40 @@ pub struct Config {
     pub web: WebConfig,
     pub relay: RelayConfig,
     pub store: StoreConfig,
+    pub alerts: AlertsConfig,
     pub districts: Vec<District>,
+}
+
+/// Alerts posted by admins (issue 4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Local part of the privileged address admins post alerts to.
+    pub alert_local: String,
+    /// How a mailed post must be authenticated besides coming from an
+    /// admin's address: `"sasl-or-dkim"` (default), `"sasl"` or `"dkim"`.
+    pub require: String,
+    /// The authserv-id our own MTA writes in Authentication-Results. Empty:
+    /// no Authentication-Results header is trusted at all.
+    pub authserv_id: String,
+    /// The values an optional `種別:` line may take.
+    pub kinds: Vec<String>,
+    /// Lifetime of the publish link in a preview mail.
+    pub publish_ttl_secs: i64,
+    /// An alert not delivered within this many seconds is not sent late.
+    pub max_age_secs: i64,
+    /// DKIM public keys of the admins' domains, pinned: `"SELECTOR._domainkey.DOMAIN" = "v=DKIM1; k=rsa; p=..."`,
+    /// the TXT record as published. mamoru verifies DKIM against these only
+    /// and never asks DNS, so a spoofed DNS answer cannot authenticate a post.
+    pub dkim_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// What authenticates a mailed alert post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertAuth {
+    SaslOrDkim,
+    Sasl,
+    Dkim,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +183,7 @@ impl Default for Config {
             web: WebConfig::default(),
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
+            alerts: AlertsConfig::default(),
             districts: KURE_DISTRICTS.iter().map(|&(id, name)| District { id, name: name.into() }).collect(),
         }
     }
@@ -188,6 +222,20 @@ impl Default for RelayConfig {
             max_age_secs: 3 * 24 * 3600,
             lease_secs: 300,
             poll_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            alert_local: "alert".into(),
+            require: "sasl-or-dkim".into(),
+            authserv_id: String::new(),
+            kinds: vec!["不審者情報".into(), "不審電話情報".into(), "その他".into()],
+            publish_ttl_secs: 3600,
+            max_age_secs: 6 * 3600,
+            dkim_keys: Default::default(),
         }
     }
 }
@@ -248,6 +296,7 @@ impl Config {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
         self.transport()?;
+        self.validate_alerts()?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -266,6 +315,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let a = &self.alerts;
+        EmailAddress::parse(&format!("{}@{}", a.alert_local, self.domain))
+            .ok()
+            .filter(|_| !a.alert_local.contains('+') && !a.alert_local.eq_ignore_ascii_case(&self.ingest.register_local))
+            .ok_or_else(|| invalid("alerts.alert_local", "must be a plain local part other than ingest.register_local"))?;
+        self.alert_auth()?;
+        if a.authserv_id.contains(|c: char| c.is_whitespace() || c == ';' || c.is_control()) {
+            return Err(invalid("alerts.authserv_id", "must be one token without spaces or semicolons"));
+        }
+        for (i, k) in a.kinds.iter().enumerate() {
+            if k.trim().is_empty() || k.contains(['\r', '\n', '\0', '<', '>', '&', '"']) {
+                return Err(invalid(format!("alerts.kinds[{i}]"), "must be a non-empty plain name"));
+            }
+        }
+        positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
+        positive("alerts.max_age_secs", a.max_age_secs, false)?;
+        Ok(())
+    }
+
+    pub fn alert_auth(&self) -> Result<AlertAuth, ConfigError> {
+        match self.alerts.require.as_str() {
+            "sasl-or-dkim" => Ok(AlertAuth::SaslOrDkim),
+            "sasl" => Ok(AlertAuth::Sasl),
+            "dkim" => Ok(AlertAuth::Dkim),
+            other => Err(invalid("alerts.require", format!("{other:?} is not \"sasl-or-dkim\", \"sasl\" or \"dkim\""))),
+        }
+    }
+
+    /// `alert@DOMAIN`.
+    pub fn alert_address(&self) -> String {
+        format!("{}@{}", self.alerts.alert_local, self.domain)
     }
 
     pub fn lmtp_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -360,6 +443,9 @@ mod tests {
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
         assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
         assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));
+        assert!(err("[alerts]\nrequire = \"none\"").contains("alerts.require"));
+        assert!(err("[alerts]\nalert_local = \"ans\"").contains("alerts.alert_local"));
+        assert!(err("[alerts]\nauthserv_id = \"a b\"").contains("alerts.authserv_id"));
     }
 
     #[test]

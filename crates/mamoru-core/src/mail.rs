@@ -19,6 +19,12 @@ pub enum MailKind {
     RegistrationReceived,
     /// 登録完了: confirmation after districts were chosen.
     RegistrationCompleted,
+    /// An alert (or a テスト配信) to one subscriber.
+    Alert,
+    /// To an admin: the preview of a posted alert with its publish link.
+    AlertPreview,
+    /// To an admin: why a post was refused.
+    AlertRejected,
 }
 
 impl MailKind {
@@ -26,6 +32,9 @@ impl MailKind {
         match self {
             Self::RegistrationReceived => "registration_received",
             Self::RegistrationCompleted => "registration_completed",
+            Self::Alert => "alert",
+            Self::AlertPreview => "alert_preview",
+            Self::AlertRejected => "alert_rejected",
         }
     }
 
@@ -33,6 +42,9 @@ impl MailKind {
         match s {
             "registration_received" => Some(Self::RegistrationReceived),
             "registration_completed" => Some(Self::RegistrationCompleted),
+            "alert" => Some(Self::Alert),
+            "alert_preview" => Some(Self::AlertPreview),
+            "alert_rejected" => Some(Self::AlertRejected),
             _ => None,
         }
     }
