@@ -16,6 +16,8 @@
 //!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
 //!   write lock instead of failing half way.
 
+pub mod admins;
+pub mod alerts;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 pub use keys::Keys;
 
 /// Numbered, append-only. Never edit a migration that has shipped; add one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_subscriber_links.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_subscriber_links.sql"), include_str!("migrations/0004_alerts.sql")];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "mamoru.db";
