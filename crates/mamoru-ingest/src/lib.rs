@@ -7,12 +7,17 @@
 //!   `lmtp::server` runs it on a tokio listener and hands each message to a
 //!   [`Deliver`] implementation.
 //! - [`registrar`]: the [`Deliver`] implementation both entry points use:
-//!   classification, then the registration request in the store.
+//!   classification, then the registration request in the store; mail to
+//!   the alert address is handed to [`alert_post`].
+//! - [`alert_post`]: admins' alert posts: sender checks, format, preview.
+//! - [`alert_auth`]: SASL / DKIM (pinned keys) / trusted Authentication-Results.
 //!
 //! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
 //! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
 //! i.e. after a durable commit or a deliberate, logged drop.
 
+pub mod alert_auth;
+pub mod alert_post;
 pub mod classify;
 pub mod lmtp;
 pub mod registrar;

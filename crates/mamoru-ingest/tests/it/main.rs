@@ -1,2 +1,3 @@
+mod alerts;
 mod classify;
 mod lmtp;
