@@ -8,6 +8,8 @@
 //! - `routes`: one small handler per route; the store is called on the
 //!   blocking pool (rusqlite is blocking).
 //! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
+//! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
+//!   fan-out shared with the CLI.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
 //! Invariants:
@@ -22,6 +24,7 @@
 
 pub mod form;
 pub mod pages;
+pub mod publish;
 mod routes;
 
 use std::convert::Infallible;

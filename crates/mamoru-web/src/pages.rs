@@ -31,6 +31,7 @@ legend{font-weight:bold;margin-bottom:.25rem}\
 .check input{width:1.5rem;height:1.5rem;margin:0;flex:none}\
 button{display:block;width:100%;min-height:3.25rem;margin:1.25rem 0;padding:.75rem;font:inherit;font-size:1.15rem;font-weight:bold;color:#fff;background:#0b5394;border:0;border-radius:.5rem}\
 .error{padding:.75rem 1rem;border-left:.3rem solid #b00020;background:#fdecee;color:#7a0016}\
+pre.alert{white-space:pre-wrap;padding:.75rem 1rem;border:1px solid #c4c4c4;border-radius:.5rem;background:#fafafa;font:inherit}\
 footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9rem}\
 ";
 
@@ -84,7 +85,7 @@ impl StaticPages {
 }
 
 /// Opens the document: everything up to and including `<main>`.
-fn head(out: &mut String, cfg: &Config, title: &str) {
+pub(crate) fn head(out: &mut String, cfg: &Config, title: &str) {
     out.push_str(
         "<!doctype html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -100,25 +101,25 @@ fn head(out: &mut String, cfg: &Config, title: &str) {
 }
 
 /// Closes what [`head`] opened.
-fn foot(out: &mut String, cfg: &Config) {
+pub(crate) fn foot(out: &mut String, cfg: &Config) {
     out.push_str("</main><footer><a href=\"/\">");
     escape(out, &cfg.service_name);
     out.push_str("</a> 子どもの安全に関するお知らせメール</footer></body></html>\n");
 }
 
-fn h1(out: &mut String, text: &str) {
+pub(crate) fn h1(out: &mut String, text: &str) {
     out.push_str("<h1>");
     escape(out, text);
     out.push_str("</h1>\n");
 }
 
-fn p(out: &mut String, text: &str) {
+pub(crate) fn p(out: &mut String, text: &str) {
     out.push_str("<p>");
     escape(out, text);
     out.push_str("</p>\n");
 }
 
-fn error(out: &mut String, text: &str) {
+pub(crate) fn error(out: &mut String, text: &str) {
     out.push_str("<p class=\"error\" role=\"alert\">");
     escape(out, text);
     out.push_str("</p>\n");
@@ -240,7 +241,7 @@ pub fn link_gone(cfg: &Config) -> String {
 }
 
 /// A short page with a title and a few paragraphs (errors and the like).
-fn message(cfg: &Config, title: &str, lines: &[&str]) -> String {
+pub(crate) fn message(cfg: &Config, title: &str, lines: &[&str]) -> String {
     let mut out = String::with_capacity(1536);
     head(&mut out, cfg, title);
     h1(&mut out, title);

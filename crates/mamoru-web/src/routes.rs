@@ -55,13 +55,24 @@ impl App {
                 Some(token) if read => no_store(self.show(token).await),
                 Some(token) if parts.method == Method::POST => no_store(self.complete(token, &parts.headers, body).await),
                 Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
-                None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
+                None => match path.strip_prefix("/p/") {
+                    Some(token) if read => no_store(self.answer(crate::publish::show(self.web.clone(), token.to_string()).await)),
+                    Some(token) if parts.method == Method::POST => {
+                        no_store(self.answer(crate::publish::post(self.web.clone(), token.to_string()).await))
+                    }
+                    Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
+                    None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
+                },
             },
         }
     }
 
     fn page(&self, status: StatusCode, body: &Bytes) -> Resp {
         respond(status, HTML, body.clone())
+    }
+
+    fn answer(&self, (status, body): (StatusCode, String)) -> Resp {
+        self.html(status, body)
     }
 
     fn html(&self, status: StatusCode, body: String) -> Resp {
