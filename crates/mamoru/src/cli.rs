@@ -32,6 +32,34 @@ pub enum Command {
     Relay,
     /// Show the outbox: messages per state.
     Queue(QueueArgs),
+    /// Manage the admins who post alerts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add an admin. The password is read from standard input (one line).
+    Add(AdminAddArgs),
+    /// List the admins.
+    List,
+    /// Disable an admin: no more posts, no more logins.
+    Disable {
+        /// The admin's login ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminAddArgs {
+    /// Login ID (letters, digits, `.`, `_`, `-`).
+    pub id: String,
+    /// Registered address: previews and publish links go here.
+    #[arg(long, value_name = "ADDR")]
+    pub email: String,
+    /// Districts this admin may post to (ids, comma separated). Default: all.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub districts: Vec<u32>,
 }
 
 #[derive(Debug, Args)]

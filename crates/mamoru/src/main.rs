@@ -2,6 +2,7 @@
 //! logging, run the chosen command, turn its result into an exit code. The
 //! work happens in the library crates; see docs/ARCHITECTURE.md.
 
+mod admin;
 mod cli;
 mod ingest;
 mod init;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Serve => report(setup::load(cli.config.as_deref()).and_then(serve::serve)),
         Command::Relay => report(setup::load(cli.config.as_deref()).and_then(serve::relay_only)),
         Command::Queue(args) => report(setup::load(cli.config.as_deref()).and_then(|c| serve::queue(c, args))),
+        Command::Admin(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::run(c, cmd))),
     }
 }
 
