@@ -8,10 +8,11 @@
 //! when there is none) records nothing the second time.
 
 use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
-use mamoru_core::alert::{self, CarrierCounts, FormatError, PreviewInfo};
+use mamoru_core::alert::{self, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
 use mamoru_store::Store;
+use mamoru_store::admins::Admin;
 use mamoru_store::alerts::{Drafted, NewAlert};
 use ring::digest;
 
@@ -110,6 +111,50 @@ fn from_address(parsed: &ParsedMail<'_>) -> Option<EmailAddress> {
     EmailAddress::parse(&info.addr).ok()
 }
 
+pub fn random12(store: &Store) -> Result<[u8; 12], mamoru_core::seal::SealError> {
+    let mut random = [0u8; 12];
+    store.sealer().random(&mut random)?;
+    Ok(random)
+}
+
+/// Records a draft and queues its preview (with the one-time publish link)
+/// to the admin's registered address. Shared by mailed posts and
+/// `mamoru alert post`.
+#[allow(clippy::too_many_arguments)]
+pub fn queue_preview(
+    cfg: &Config,
+    store: &Store,
+    tokens: &TokenKey,
+    admin: &Admin,
+    draft: &AlertDraft,
+    source: &str,
+    source_key: &str,
+    dropped_attachments: usize,
+    is_test: bool,
+    now: UnixTime,
+    random: &[u8; 12],
+) -> mamoru_store::Result<Drafted> {
+    let expires_at = now + cfg.alerts.publish_ttl_secs;
+    let content = alert::content(cfg, draft, is_test);
+    let new = NewAlert {
+        admin: admin.id,
+        source,
+        source_key,
+        kind: &draft.kind,
+        title: &draft.title,
+        text: &draft.text,
+        districts: &draft.districts,
+        is_test,
+    };
+    store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
+        let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
+        let url = format!("{}/p/{}", cfg.base_url(), tokens.sign(&claims));
+        let counts = CarrierCounts::from_domains(domains);
+        let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
+        alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(random, cfg))
+    })
+}
+
 pub struct AlertPoster<'a> {
     pub cfg: &'a Config,
     pub store: &'a Store,
@@ -180,29 +225,8 @@ impl AlertPoster<'_> {
                 };
             }
         };
-        let mid = match self.message_id() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        let expires_at = now + cfg.alerts.publish_ttl_secs;
-        let content = alert::content(cfg, &draft, false);
-        let new = NewAlert {
-            admin: admin.id,
-            source: "mail",
-            source_key: &key,
-            kind: &draft.kind,
-            title: &draft.title,
-            text: &draft.text,
-            districts: &draft.districts,
-            is_test: false,
-        };
-        let result = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
-            let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
-            let url = format!("{}/p/{}", cfg.base_url(), self.tokens.sign(&claims));
-            let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments: post.attachments, is_test: false };
-            alert::preview(cfg, &content, &admin.email, &info, now, mid)
-        });
+        let Ok(random) = random12(self.store) else { return Outcome::Transient("random source failed".into()) };
+        let result = queue_preview(cfg, self.store, self.tokens, &admin, &draft, "mail", &key, post.attachments, false, now, &random);
         match result {
             Ok(Drafted::Created { alert, .. }) => {
                 tracing::info!(alert, admin = %admin.login, auth = how.as_str(), "alert post accepted; preview queued");

@@ -35,6 +35,39 @@ pub enum Command {
     /// Manage the admins who post alerts.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Post alerts from the command line.
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Post an alert in an admin's name. The text is read from standard
+    /// input. Without --yes the preview with its publish link goes to the
+    /// admin's registered address, exactly as for a mailed post.
+    Post(AlertPostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertPostArgs {
+    /// The admin's login ID (`mamoru admin list`).
+    #[arg(long, value_name = "ID")]
+    pub admin: String,
+    /// The title (the subject of the alert mail).
+    #[arg(long)]
+    pub title: String,
+    /// Districts as in a `地区:` line: names, numbers or 全地区.
+    #[arg(long, value_name = "LIST")]
+    pub districts: String,
+    /// One of `[alerts] kinds` (the `種別:` line).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// テスト配信: a marked test mail to the subscribers of the districts.
+    #[arg(long)]
+    pub test: bool,
+    /// Publish at once, without a preview. For an operator on the machine.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]

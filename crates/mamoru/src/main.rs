@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Relay => report(setup::load(cli.config.as_deref()).and_then(serve::relay_only)),
         Command::Queue(args) => report(setup::load(cli.config.as_deref()).and_then(|c| serve::queue(c, args))),
         Command::Admin(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::run(c, cmd))),
+        Command::Alert(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::alert(c, cmd))),
     }
 }
 

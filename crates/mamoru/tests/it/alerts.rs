@@ -244,3 +244,34 @@ fn a_dkim_signed_post_through_postfix_reaches_every_subscriber_once() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let post_to = |districts: &str, extra: &[&str], text: &str| {
+        let mut cmd = inst.cmd();
+        cmd.args(["alert", "post", "--admin", "chuo", "--title", "不審者", "--kind", "不審者情報", "--districts", districts]).args(extra);
+        run_with_stdin(cmd, text.as_bytes())
+    };
+    let post = |extra: &[&str], text: &str| post_to("中央, 3", extra, text);
+    let bad = post_to("東京", &[], "本文");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("東京"));
+    let preview = post(&[], "本日15時ごろ、公園で児童に声をかける男性がいました。");
+    assert!(preview.status.success(), "{}", String::from_utf8_lossy(&preview.stderr));
+    assert!(String::from_utf8_lossy(&preview.stdout).contains("preview sent to s***@city.test"));
+    let store = inst.store();
+    assert_eq!(store.outbox_counts().unwrap().queued, 1, "only the preview");
+    let test = post(&["--test", "--yes"], "テストです。");
+    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+    assert!(String::from_utf8_lossy(&test.stdout).contains("published to 4 subscribers"));
+    let queued = store.claim_due(mamoru_core::now() + 1, 60, 100).unwrap();
+    let alerts: Vec<_> = queued.iter().filter(|m| m.kind == "alert").collect();
+    assert_eq!(alerts.len(), 4);
+    let subject = parse_mail(&alerts[0].content).subject;
+    assert_eq!(subject, "【守るネット】【テスト配信】[不審者情報] 不審者（中央地区、昭和地区）");
+    let disabled = inst.cmd().args(["admin", "disable", "chuo"]).output().unwrap();
+    assert!(disabled.status.success());
+    assert!(!post(&["--yes"], "x").status.success(), "a disabled admin cannot post");
+}
