@@ -70,6 +70,9 @@ pub struct AlertsConfig {
     /// the TXT record as published. mamoru verifies DKIM against these only
     /// and never asks DNS, so a spoofed DNS answer cannot authenticate a post.
     pub dkim_keys: std::collections::BTreeMap<String, String>,
+    /// Published alerts stay in the public archive (`/alerts`, Atom) this
+    /// many days.
+    pub archive_days: i64,
 }
 
 /// What authenticates a mailed alert post.
@@ -236,6 +239,7 @@ impl Default for AlertsConfig {
             publish_ttl_secs: 3600,
             max_age_secs: 6 * 3600,
             dkim_keys: Default::default(),
+            archive_days: 30,
         }
     }
 }
@@ -334,6 +338,7 @@ impl Config {
         }
         positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
+        positive("alerts.archive_days", a.archive_days, false)?;
         Ok(())
     }
 

@@ -307,6 +307,21 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The public archive: published alerts (never テスト配信) since `since`,
+    /// newest first, optionally only those for `district`.
+    pub fn archive(&self, district: Option<u32>, since: UnixTime, limit: usize) -> Result<Vec<AlertRow>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
+             WHERE a.state = 'published' AND a.is_test = 0 AND a.published_at >= ?1
+               AND (?2 = 0 OR ',' || a.districts || ',' LIKE '%,' || ?2 || ',%')
+             ORDER BY a.published_at DESC, a.id DESC LIMIT ?3"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![since, district.unwrap_or(0), limit as i64], alert_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Delivery progress of an alert: `(domain, state, count)`.
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn();

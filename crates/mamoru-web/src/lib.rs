@@ -10,6 +10,7 @@
 //! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
 //! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
 //!   fan-out shared with the CLI.
+//! - [`archive`]: the public archive of published alerts, page and Atom.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
 //! Invariants:
@@ -22,6 +23,7 @@
 //! - Every response carries the security headers (CSP without scripts,
 //!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
 
+pub mod archive;
 pub mod form;
 pub mod pages;
 pub mod publish;

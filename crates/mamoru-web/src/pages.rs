@@ -32,6 +32,8 @@ legend{font-weight:bold;margin-bottom:.25rem}\
 button{display:block;width:100%;min-height:3.25rem;margin:1.25rem 0;padding:.75rem;font:inherit;font-size:1.15rem;font-weight:bold;color:#fff;background:#0b5394;border:0;border-radius:.5rem}\
 .error{padding:.75rem 1rem;border-left:.3rem solid #b00020;background:#fdecee;color:#7a0016}\
 pre.alert{white-space:pre-wrap;padding:.75rem 1rem;border:1px solid #c4c4c4;border-radius:.5rem;background:#fafafa;font:inherit}\
+article.alert{margin:1.5rem 0}\
+.meta,.filter{font-size:.9rem;color:#555}\
 footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9rem}\
 ";
 

@@ -45,6 +45,12 @@ impl App {
         let (parts, body) = req.into_parts();
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let path = parts.uri.path();
+        if read && path.starts_with("/alerts") {
+            if let Some((status, ctype, body)) = crate::archive::handle(self.web.clone(), path, parts.uri.query()).await {
+                // Public and the same for everyone: a minute of caching is harmless.
+                return cacheable(respond(status, ctype, Bytes::from(body)), "public, max-age=60");
+            }
+        }
         match path {
             "/" if read => cacheable(respond(StatusCode::OK, HTML, self.pages.index.clone()), "public, max-age=300"),
             "/style.css" if read => cacheable(respond(StatusCode::OK, CSS, self.pages.style.clone()), "public, max-age=86400"),

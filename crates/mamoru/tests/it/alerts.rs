@@ -138,6 +138,22 @@ fn a_post_with_a_sasl_login_is_previewed_then_published_to_its_districts_only() 
         (v.len() >= 4).then_some(v)
     });
     check_fanout(&alerts);
+
+    // The public archive shows it, per district, as a page and as Atom.
+    let all = http(server.http, "GET", "/alerts", None);
+    assert_eq!(all.status, 200);
+    assert!(all.body.contains("[不審者情報] 不審者") && all.body.contains("公園で児童に声をかける"), "{}", all.body);
+    assert!(all.header("Content-Security-Policy").is_some() && all.header("Referrer-Policy") == Some("no-referrer"));
+    assert!(!all.body.contains("chuo") && !all.body.contains("city.test"), "no personal data in the archive");
+    assert!(http(server.http, "GET", "/alerts?d=3", None).body.contains("不審者"));
+    assert!(!http(server.http, "GET", "/alerts?d=2", None).body.contains("公園で"));
+    assert_eq!(http(server.http, "GET", "/alerts?d=99", None).status, 404);
+    let atom = http(server.http, "GET", "/alerts/1.atom", None);
+    assert_eq!(atom.status, 200);
+    assert!(atom.header("Content-Type").is_some_and(|c| c.starts_with("application/atom+xml")));
+    assert!(atom.body.contains("<entry><title>[不審者情報] 不審者（中央地区、昭和地区）</title>"), "{}", atom.body);
+    assert!(!http(server.http, "GET", "/alerts/10.atom", None).body.contains("<entry>"));
+
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
     for (a, _) in SUBSCRIBERS {
@@ -271,6 +287,7 @@ fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
     assert_eq!(alerts.len(), 4);
     let subject = parse_mail(&alerts[0].content).subject;
     assert_eq!(subject, "【守るネット】【テスト配信】[不審者情報] 不審者（中央地区、昭和地区）");
+    assert!(store.archive(None, 0, 10).unwrap().is_empty(), "テスト配信 is not archived");
     let disabled = inst.cmd().args(["admin", "disable", "chuo"]).output().unwrap();
     assert!(disabled.status.success());
     assert!(!post(&["--yes"], "x").status.success(), "a disabled admin cannot post");
