@@ -3,6 +3,7 @@
 mod support;
 
 mod alerts;
+mod browser;
 mod cli;
 mod pipe;
 mod postfix;
