@@ -115,6 +115,12 @@ pub struct TokensConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     pub listen: String,
+    /// The admin panel is served to non-loopback clients only when a TLS
+    /// proxy in front terminates HTTPS (cookies are `Secure` and HSTS is sent
+    /// either way).
+    pub behind_tls_proxy: bool,
+    /// Admin sessions end after this many seconds without a request.
+    pub admin_idle_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,7 +218,7 @@ impl Default for TokensConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into() }
+        Self { listen: "127.0.0.1:8080".into(), behind_tls_proxy: false, admin_idle_secs: 1800 }
     }
 }
 
@@ -339,6 +345,7 @@ impl Config {
         positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
+        positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
         Ok(())
     }
 

@@ -132,3 +132,102 @@ impl Store {
         Ok(Some((admin, hash)))
     }
 }
+
+/// At most this many failed logins per login ID per window.
+pub const LOGIN_FAILURES_MAX: i64 = 5;
+/// The window of [`LOGIN_FAILURES_MAX`], in seconds.
+pub const LOGIN_WINDOW_SECS: i64 = 900;
+
+impl Store {
+    /// Is this login ID locked out by too many recent failures?
+    pub fn login_blocked(&self, login: &str, now: UnixTime) -> Result<bool> {
+        let conn = self.conn();
+        let n: Option<i64> = conn
+            .query_row(
+                "SELECT count FROM rate_limits WHERE scope = 'admin-login' AND key = ?1 AND window_start = ?2",
+                params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0) >= LOGIN_FAILURES_MAX)
+    }
+
+    /// Counts a failed login (unknown IDs too, so probing costs the same).
+    pub fn record_login_failure(&self, login: &str, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('admin-login', ?1, ?2, 1, ?3)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+                 window_start = excluded.window_start, last_at = excluded.last_at",
+            params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS), now],
+        )?;
+        let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
+        audit(&tx, now, "web", "admin-login-failed", &format!("login={shown}"))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a session after a successful login.
+    pub fn create_session(&self, admin: &Admin, id_hash: &[u8; 32], csrf: &str, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![&id_hash[..], admin.id, csrf, now],
+        )?;
+        tx.execute("DELETE FROM rate_limits WHERE scope = 'admin-login' AND key = ?1", [admin.login.as_bytes()])?;
+        audit(&tx, now, &format!("admin:{}", admin.login), "admin-login", "")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The live session with this id hash: its admin (still active) and CSRF
+    /// token. Idle sessions (no request for `idle_secs`) are gone. A live
+    /// session's last-seen time slides forward.
+    pub fn session(&self, id_hash: &[u8; 32], now: UnixTime, idle_secs: i64) -> Result<Option<(Admin, String)>> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE last_seen <= ?1", [now - idle_secs])?;
+        let row: Option<(i64, String, Vec<u8>, String, String)> = conn
+            .query_row(
+                "SELECT a.id, a.login, a.email_sealed, a.districts, s.csrf FROM admin_sessions s JOIN admins a ON a.id = s.admin_id
+                 WHERE s.id_hash = ?1 AND a.status = 'active'",
+                [&id_hash[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((id, login, sealed, districts, csrf)) = row else { return Ok(None) };
+        conn.execute("UPDATE admin_sessions SET last_seen = ?1 WHERE id_hash = ?2", params![now, &id_hash[..]])?;
+        let admin = Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: true };
+        Ok(Some((admin, csrf)))
+    }
+
+    /// Ends a session (logout).
+    pub fn delete_session(&self, id_hash: &[u8; 32], actor: &str, now: UnixTime) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE id_hash = ?1", [&id_hash[..]])?;
+        audit(&conn, now, actor, "admin-logout", "")?;
+        Ok(())
+    }
+
+    /// Active subscribers per district and domain (a subscriber of two
+    /// districts counts in both).
+    pub fn subscriber_counts(&self) -> Result<Vec<(u32, String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT d.district_id, s.domain, COUNT(*) FROM subscriber_districts d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE s.status = 'active' GROUP BY d.district_id, s.domain ORDER BY d.district_id, s.domain",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The latest audit log entries: (at, actor, action, detail).
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<(UnixTime, String, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -10,6 +10,8 @@
 //! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
 //! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
 //!   fan-out shared with the CLI.
+//! - [`admin`]: the admin panel under `/admin` (sessions, CSRF, login
+//!   rate limit, audit).
 //! - [`archive`]: the public archive of published alerts, page and Atom.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
@@ -23,6 +25,7 @@
 //! - Every response carries the security headers (CSP without scripts,
 //!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
 
+pub mod admin;
 pub mod archive;
 pub mod form;
 pub mod pages;
@@ -67,11 +70,11 @@ pub async fn run(listener: TcpListener, web: Arc<Web>, shutdown: CancellationTok
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
                     // Out of file descriptors and the like: give the
@@ -89,7 +92,7 @@ pub async fn run(listener: TcpListener, web: Arc<Web>, shutdown: CancellationTok
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

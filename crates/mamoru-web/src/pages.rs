@@ -34,6 +34,12 @@ button{display:block;width:100%;min-height:3.25rem;margin:1.25rem 0;padding:.75r
 pre.alert{white-space:pre-wrap;padding:.75rem 1rem;border:1px solid #c4c4c4;border-radius:.5rem;background:#fafafa;font:inherit}\
 article.alert{margin:1.5rem 0}\
 .meta,.filter{font-size:.9rem;color:#555}\
+nav.admin{display:flex;flex-wrap:wrap;gap:.5rem 1rem;font-size:.95rem}\
+form.inline{display:inline}\
+button.link{display:inline;width:auto;min-height:0;margin:0;padding:0;background:none;color:#0b5394;font-size:.95rem;font-weight:normal;text-decoration:underline}\
+input[type=text],input[type=password],select,textarea{display:block;width:100%;min-height:3rem;margin:.4rem 0 1rem;padding:.5rem .75rem;font:inherit;border:1px solid #767676;border-radius:.4rem}\
+table{border-collapse:collapse;width:100%;font-size:.9rem}\
+th,td{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}\
 footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9rem}\
 ";
 

@@ -41,10 +41,29 @@ impl App {
         Self { web, pages }
     }
 
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Resp {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
         let (parts, body) = req.into_parts();
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let path = parts.uri.path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            let body = if read {
+                Bytes::new()
+            } else {
+                match self.read_body(&parts.headers, body).await {
+                    Ok(b) => b,
+                    Err(resp) => return no_store(resp),
+                }
+            };
+            let a = crate::admin::handle(self.web.clone(), &parts.method, path, &parts.headers, body, peer).await;
+            let mut resp = no_store(respond(a.status, HTML, Bytes::from(a.body)));
+            let h = resp.headers_mut();
+            for (name, value) in a.headers {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.append(name, v);
+                }
+            }
+            return resp;
+        }
         if read && path.starts_with("/alerts") {
             if let Some((status, ctype, body)) = crate::archive::handle(self.web.clone(), path, parts.uri.query()).await {
                 // Public and the same for everyone: a minute of caching is harmless.

@@ -41,3 +41,14 @@ CREATE INDEX alerts_published ON alerts (state, published_at);
 -- delivery progress.
 ALTER TABLE outbox ADD COLUMN alert_id INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX outbox_by_alert ON outbox (alert_id) WHERE alert_id <> 0;
+
+-- Admin panel sessions. The cookie holds a random id; only its SHA-256 is
+-- stored, so a database leak cannot be replayed as a login. `csrf` is the
+-- per-session token every POST must carry.
+CREATE TABLE admin_sessions (
+    id_hash BLOB PRIMARY KEY,
+    admin_id INTEGER NOT NULL REFERENCES admins (id),
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+) STRICT;

@@ -292,3 +292,107 @@ fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
     assert!(disabled.status.success());
     assert!(!post(&["--yes"], "x").status.success(), "a disabled admin cannot post");
 }
+
+/// HTTP with extra request headers (a cookie), over a real socket.
+fn http_h(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let body = form.unwrap_or("");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let ctype = if form.is_some() { "Content-Type: application/x-www-form-urlencoded\r\n" } else { "" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}{ctype}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Response { status, headers, body: body.to_string() }
+}
+
+fn form_escape(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[test]
+fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let server = inst.serve();
+    let addr = server.http;
+
+    // Not logged in: to the login page.
+    let r = http_h(addr, "GET", "/admin", &[], None);
+    assert_eq!((r.status, r.header("Location")), (303, Some("/admin/login")));
+    // Wrong passwords, then the ID is locked even for the right one.
+    for _ in 0..5 {
+        assert_eq!(http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=wrong+password")).status, 401);
+    }
+    let locked = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // The lock is a fixed 15-minute window; end it here instead of waiting.
+    let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
+    db.execute("DELETE FROM rate_limits WHERE scope = 'admin-login'", []).unwrap();
+    drop(db);
+
+    let ok = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let set = ok.header("Set-Cookie").unwrap().to_string();
+    for attr in ["__Host-mamoru_admin=", "Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let cookie_pair = set.split(';').next().unwrap().to_string();
+    let cookie = [("Cookie", cookie_pair.as_str())];
+
+    let dash = http_h(addr, "GET", "/admin", &cookie, None);
+    assert_eq!(dash.status, 200);
+    assert!(dash.body.contains("<td>中央地区</td><td>2</td><td>1</td><td>0</td><td>0</td><td>0</td><td>3</td>"), "{}", dash.body);
+    assert!(dash.header("Strict-Transport-Security").is_some() && dash.header("Content-Security-Policy").is_some());
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = dash.body.split(marker).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    assert_eq!(csrf.len(), 32);
+
+    let compose = format!(
+        "title={}&kind={}&district=1&district=3&text={}",
+        form_escape("不審者"),
+        form_escape("不審者情報"),
+        form_escape("本日15時ごろ、公園で児童に声をかける男性がいました。")
+    );
+    let forged = http_h(addr, "POST", "/admin/compose", &cookie, Some(&compose));
+    assert_eq!(forged.status, 403, "no CSRF token, no draft");
+    let drafted = http_h(addr, "POST", "/admin/compose", &cookie, Some(&format!("csrf={csrf}&{compose}")));
+    assert_eq!(drafted.status, 303, "{}", drafted.body);
+    let alert_path = drafted.header("Location").unwrap().to_string();
+    let preview = http_h(addr, "GET", &alert_path, &cookie, None);
+    assert!(preview.body.contains("配信先: 4件") && preview.body.contains("配信する"), "{}", preview.body);
+    let published = http_h(addr, "POST", &format!("{alert_path}/publish"), &cookie, Some(&format!("csrf={csrf}")));
+    assert_eq!(published.status, 303, "{}", published.body);
+    let alerts = wait_for("four alert mails", T, || {
+        let v: Vec<(String, Vec<u8>)> = inst
+            .mail_files()
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|raw| parse_mail(raw).subject.starts_with("【守るネット】[不審者情報]"))
+            .map(|raw| (parse_mail(&raw).to.trim_matches(['<', '>']).to_string(), raw))
+            .collect();
+        (v.len() >= 4).then_some(v)
+    });
+    check_fanout(&alerts);
+    let detail = http_h(addr, "GET", &alert_path, &cookie, None);
+    assert!(detail.body.contains("配信状況") && detail.body.contains("<td>docomo</td>"), "{}", detail.body);
+    assert!(http_h(addr, "GET", "/admin/alerts", &cookie, None).body.contains("不審者"));
+    let audit = http_h(addr, "GET", "/admin/audit", &cookie, None).body;
+    for action in ["admin-login-failed", "admin-login", "alert-drafted", "alert-published"] {
+        assert!(audit.contains(action), "{action} in {audit}");
+    }
+
+    let out = http_h(addr, "POST", "/admin/logout", &cookie, Some(&format!("csrf={csrf}")));
+    assert_eq!(out.status, 303);
+    assert_eq!(http_h(addr, "GET", "/admin", &cookie, None).status, 303, "the session is gone");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    let sid = cookie_pair.split('=').nth(1).unwrap();
+    assert!(!log.contains(sid), "session id in the log");
+}

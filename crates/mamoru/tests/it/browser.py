@@ -1,7 +1,7 @@
 """Drives a real headless Chromium (through chromedriver) over mamoru's
 pages at a phone-sized viewport, for tests/it/browser.rs.
 
-Usage: browser.py BASE_URL REGISTER_PATH PUBLISH_PATH SHOT_DIR PROFILE_DIR
+Usage: browser.py BASE_URL REGISTER_PATH PUBLISH_PATH SHOT_DIR PROFILE_DIR ADMIN_ID ADMIN_PASSWORD
 Prints one line per step, "step: detail", and exits non-zero on failure.
 """
 import sys
@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, register, publish, shots, profile = sys.argv[1:6]
+base, register, publish, shots, profile, admin_id, admin_password = sys.argv[1:8]
 
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -25,6 +25,8 @@ opts.add_experimental_option("mobileEmulation", {
     "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0}})
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 driver.set_page_load_timeout(30)
+# Titles, not elements: an element looked up while the next page loads can
+# belong to the old document.
 wait = WebDriverWait(driver, 20)
 
 
@@ -32,6 +34,7 @@ def shot(name):
     # Full page height, so the screenshot shows the whole form.
     h = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(390, max(844, h))
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(f"{shots}/{name}.png")
     print(f"screenshot: {name}.png", flush=True)
 
@@ -47,7 +50,7 @@ try:
         driver.find_element(By.CSS_SELECTOR, f"input[type=checkbox][value='{value}']").click()
     shot("register")
     driver.find_element(By.CSS_SELECTOR, "form button").click()
-    wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "登録"))
+    wait.until(EC.title_contains("登録が完了しました"))
     print("registered:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
     shot("registered")
 
@@ -55,11 +58,34 @@ try:
     print("publish-page:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
     shot("publish")
     driver.find_element(By.CSS_SELECTOR, "form button").click()
-    wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "配信しました"))
+    wait.until(EC.title_contains("配信しました"))
     print("published:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
 
     driver.get(base + "/alerts")
     print("archive:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
     shot("alerts")
+
+    # The admin panel: login, dashboard, compose, preview, publish.
+    driver.get(base + "/admin")
+    shot("admin-login")
+    driver.find_element(By.ID, "login").send_keys(admin_id)
+    driver.find_element(By.ID, "password").send_keys(admin_password)
+    driver.find_element(By.CSS_SELECTOR, "main form button").click()
+    wait.until(EC.title_contains("ダッシュボード"))
+    print("dashboard:", driver.find_element(By.TAG_NAME, "table").text.replace("\n", " | "), flush=True)
+    shot("admin-dashboard")
+    driver.get(base + "/admin/compose")
+    driver.find_element(By.ID, "title").send_keys("不審な電話")
+    driver.find_element(By.CSS_SELECTOR, "input[type=checkbox][name=district][value='3']").click()
+    driver.find_element(By.ID, "text").send_keys("市役所を名乗る不審な電話がありました。")
+    shot("admin-compose")
+    driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]:not(.link)").click()
+    wait.until(EC.title_contains("配信の確認"))
+    print("admin-preview:", driver.title, "|", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("admin-preview")
+    driver.find_element(By.CSS_SELECTOR, "main form[action$='/publish'] button").click()
+    wait.until(EC.title_contains("配信の詳細"))
+    print("admin-published:", driver.title, "|", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("admin-published")
 finally:
     driver.quit()

@@ -2,7 +2,8 @@
 //! `chromium-driver`, driven by `browser.py` with python3-selenium) at a
 //! phone-sized viewport: a parent registers through the link of a 登録受付
 //! mail, an admin publishes from the link of a preview mail, and the alert
-//! reaches the parent. Screenshots go to a temp dir, and to
+//! reaches the parent; then the admin logs in to the panel, composes,
+//! previews and publishes a second alert. Screenshots go to a temp dir, and to
 //! `docs/screenshots/` when `MAMORU_UPDATE_SCREENSHOTS=1`.
 
 use std::path::Path;
@@ -51,6 +52,7 @@ fn register_and_publish_in_a_real_chromium() {
         .args([&base, &register, &publish])
         .arg(&shots)
         .arg(work.path().join("profile"))
+        .args(["chuo", "a long enough password"])
         .output()
         .expect("run browser.py (scripts/install-test-deps installs chromium, chromium-driver, python3-selenium)");
     let log = String::from_utf8_lossy(&out.stdout);
@@ -66,8 +68,13 @@ fn register_and_publish_in_a_real_chromium() {
         inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.starts_with("【守るネット】不審者"))
     });
     assert!(alert.to.contains(PARENT) && alert.body.contains("/u/"), "{}", alert.body);
+    assert!(log.contains("admin-preview: 配信の確認") && log.contains("配信先: 1件"), "{log}");
+    assert!(log.contains("admin-published: 配信の詳細"), "{log}");
+    wait_for("the panel's alert to the parent", T, || {
+        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.starts_with("【守るネット】不審な電話"))
+    });
 
-    for name in ["top", "register", "registered", "publish", "alerts"] {
+    for name in ["top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published"] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png");
         if std::env::var_os("MAMORU_UPDATE_SCREENSHOTS").is_some() {
