@@ -119,6 +119,10 @@ pub struct WebConfig {
     /// proxy in front terminates HTTPS (cookies are `Secure` and HSTS is sent
     /// either way).
     pub behind_tls_proxy: bool,
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
     /// Admin sessions end after this many seconds without a request.
     pub admin_idle_secs: i64,
 }
@@ -218,7 +222,7 @@ impl Default for TokensConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), behind_tls_proxy: false, admin_idle_secs: 1800 }
+        Self { listen: "127.0.0.1:8080".into(), behind_tls_proxy: false, tls_cert: String::new(), tls_key: String::new(), admin_idle_secs: 1800 }
     }
 }
 
@@ -346,6 +350,9 @@ impl Config {
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
         positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
+        if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
+            return Err(invalid("web.tls_cert", "tls_cert and tls_key go together"));
+        }
         Ok(())
     }
 
@@ -395,6 +402,11 @@ impl Config {
     /// The public URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.public_url.trim_end_matches('/')
+    }
+
+    /// Does the web listener speak HTTPS itself?
+    pub fn web_tls(&self) -> bool {
+        !self.web.tls_cert.is_empty()
     }
 
     pub fn district(&self, id: u32) -> Option<&District> {

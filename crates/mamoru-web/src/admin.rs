@@ -11,7 +11,8 @@
 //! - Failed logins are counted per login ID (unknown IDs too) and lock the
 //!   ID for a window; an unknown ID costs an argon2 verification like a
 //!   wrong password, so timing tells nothing.
-//! - Non-loopback clients are refused unless `[web] behind_tls_proxy`.
+//! - Non-loopback clients are refused unless the listener speaks HTTPS
+//!   (`[web] tls_cert`) or `[web] behind_tls_proxy`.
 //! - Every action is in the audit log; GET only shows.
 
 use std::net::SocketAddr;
@@ -139,7 +140,7 @@ fn login_page(cfg: &Config, error: Option<&str>) -> String {
 /// Entry point from the router for every `/admin` path.
 pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &HeaderMap, body: Bytes, peer: SocketAddr) -> Answer {
     let cfg = web.cfg.clone();
-    if !peer.ip().is_loopback() && !cfg.web.behind_tls_proxy {
+    if !peer.ip().is_loopback() && !cfg.web.behind_tls_proxy && !cfg.web_tls() {
         return message(&cfg, StatusCode::FORBIDDEN, "管理画面は使えません", "暗号化された接続（HTTPS）からのみ使えます。");
     }
     let now = mamoru_core::now();

@@ -396,3 +396,42 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     let sid = cookie_pair.split('=').nth(1).unwrap();
     assert!(!log.contains(sid), "session id in the log");
 }
+
+#[test]
+fn the_web_listener_speaks_https_with_the_configured_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let inst = Instance::new(&[
+        ("web.tls_cert", &format!("\"{}\"", cert.display())),
+        ("web.tls_key", &format!("\"{}\"", key.display())),
+    ]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    let server = inst.serve();
+    let url = format!("https://{}/admin/login", server.http);
+    // curl is an independent TLS client; it trusts only the test's certificate.
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "20", "--cacert"]).arg(&cert).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, page) = curl(&["-w", "\n%{http_code}", &url]);
+    assert!(ok && page.ends_with("\n200") && page.contains("管理者ログイン"), "{page}");
+    let (ok, headers) = curl(&["-D", "-", "-o", "/dev/null", "--data", "login=chuo&password=a+long+enough+password", &url]);
+    assert!(ok, "{headers}");
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("set-cookie: __host-mamoru_admin=") && lower.contains("secure") && lower.contains("strict-transport-security"), "{headers}");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{}/", server.http)]).output().unwrap();
+    assert!(!plain.status.success());
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
