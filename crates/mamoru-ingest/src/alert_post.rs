@@ -194,7 +194,7 @@ impl AlertPoster<'_> {
             Ok(None) => return self.refuse("not-an-admin", format!("from={masked}")),
             Err(e) => return Outcome::Transient(e.to_string()),
         };
-        let Some(how) = alert_auth::authenticate(&self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
+        let Some(how) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
             return self.refuse("not-authenticated", format!("admin={}", admin.login));
         };
         let key = source_key(&parsed, raw);

@@ -171,6 +171,7 @@ impl Store {
     /// Records a refused post (so a redelivery is not answered twice) and
     /// queues the explanation `mail` to the admin. `false`: seen before,
     /// nothing queued.
+    #[allow(clippy::too_many_arguments)]
     pub fn reject_post(&self, admin: AdminId, source_key: &str, title: &str, reason: &str, mail: &OutgoingMail, now: UnixTime, expires_at: UnixTime) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -99,7 +99,7 @@ pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     if !args.yes {
-        writeln!(out, "alert {id}: preview sent to {} (publish from the link in it)", admin.email.masked())?;
+        writeln!(out, "alert {id}: preview queued for {} (publish from the link in it)", admin.email.masked())?;
         return Ok(());
     }
     let actor = format!("cli:admin={}", admin.login);

@@ -276,7 +276,7 @@ fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("東京"));
     let preview = post(&[], "本日15時ごろ、公園で児童に声をかける男性がいました。");
     assert!(preview.status.success(), "{}", String::from_utf8_lossy(&preview.stderr));
-    assert!(String::from_utf8_lossy(&preview.stdout).contains("preview sent to s***@city.test"));
+    assert!(String::from_utf8_lossy(&preview.stdout).contains("preview queued for s***@city.test"));
     let store = inst.store();
     assert_eq!(store.outbox_counts().unwrap().queued, 1, "only the preview");
     let test = post(&["--test", "--yes"], "テストです。");
