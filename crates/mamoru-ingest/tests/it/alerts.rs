@@ -147,6 +147,12 @@ impl Fixture {
 #[test]
 fn a_genuine_post_gets_a_preview_at_the_registered_address_once() {
     let f = fixture(|_| {});
+    // LMTP accepts the alert address at RCPT (it carries no SASL login, so
+    // only DKIM can authenticate a post there); it has one spelling only.
+    use mamoru_ingest::Deliver as _;
+    assert!(f.registrar.accepts_recipient("alert@mamoru.test") && f.registrar.accepts_recipient("<ALERT@Mamoru.Test>"));
+    assert!(!f.registrar.accepts_recipient("alert+x@mamoru.test"));
+    assert!(matches!(f.registrar.deliver(ADMIN, "alert@mamoru.test", post(ADMIN, "l1@x", BODY).as_bytes()), Outcome::Dropped(_)));
     assert_eq!(f.deliver(ADMIN, Some("chuo"), &post(ADMIN, "m1@city.test", BODY)), Outcome::Stored);
     assert_eq!(f.deliver(ADMIN, Some("chuo"), &post(ADMIN, "m1@city.test", BODY)), Outcome::Dropped("alert: duplicate".into()));
     let q = f.queued();
