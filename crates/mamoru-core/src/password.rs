@@ -72,6 +72,9 @@ mod tests {
         assert!(!verify("correct horse batterY", &h));
         assert!(!verify("anything", "not a hash"));
         assert!(!verify("anything", dummy_hash()));
+        // The dummy must parse, or an unknown login would answer faster
+        // than a wrong password.
+        assert!(PasswordHash::new(dummy_hash()).is_ok());
     }
 
     #[test]
