@@ -48,11 +48,47 @@ pub struct Config {
     pub relay: RelayConfig,
     pub store: StoreConfig,
     pub bounces: BouncesConfig,
+    pub alerts: AlertsConfig,
     pub districts: Vec<District>,
     /// Carrier pools by name (`[carriers.NAME]`), the built-ins merged with
     /// the file's overrides; see [`crate::carriers`].
     #[serde(deserialize_with = "crate::carriers::deserialize")]
     pub carriers: BTreeMap<String, CarrierConfig>,
+}
+
+/// Alerts posted by admins (issue 4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Local part of the privileged address admins post alerts to.
+    pub alert_local: String,
+    /// How a mailed post must be authenticated besides coming from an
+    /// admin's address: `"sasl-or-dkim"` (default), `"sasl"` or `"dkim"`.
+    pub require: String,
+    /// The authserv-id our own MTA writes in Authentication-Results. Empty:
+    /// no Authentication-Results header is trusted at all.
+    pub authserv_id: String,
+    /// The values an optional `種別:` line may take.
+    pub kinds: Vec<String>,
+    /// Lifetime of the publish link in a preview mail.
+    pub publish_ttl_secs: i64,
+    /// An alert not delivered within this many seconds is not sent late.
+    pub max_age_secs: i64,
+    /// DKIM public keys of the admins' domains, pinned: `"SELECTOR._domainkey.DOMAIN" = "v=DKIM1; k=rsa; p=..."`,
+    /// the TXT record as published. mamoru verifies DKIM against these only
+    /// and never asks DNS, so a spoofed DNS answer cannot authenticate a post.
+    pub dkim_keys: std::collections::BTreeMap<String, String>,
+    /// Published alerts stay in the public archive (`/alerts`, Atom) this
+    /// many days.
+    pub archive_days: i64,
+}
+
+/// What authenticates a mailed alert post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertAuth {
+    SaslOrDkim,
+    Sasl,
+    Dkim,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +123,16 @@ pub struct TokensConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     pub listen: String,
+    /// The admin panel is served to non-loopback clients only when a TLS
+    /// proxy in front terminates HTTPS (cookies are `Secure` and HSTS is sent
+    /// either way).
+    pub behind_tls_proxy: bool,
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// Admin sessions end after this many seconds without a request.
+    pub admin_idle_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +233,7 @@ impl Default for Config {
                 .map(|(&(id, name), tag)| District { id, name: name.into(), tag: tag.into() })
                 .collect(),
             carriers: carriers::default_carriers(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -211,7 +258,7 @@ impl Default for TokensConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into() }
+        Self { listen: "127.0.0.1:8080".into(), behind_tls_proxy: false, tls_cert: String::new(), tls_key: String::new(), admin_idle_secs: 1800 }
     }
 }
 
@@ -225,6 +272,21 @@ impl Default for RelayConfig {
             lease_secs: 300,
             poll_interval_ms: 100,
             dkim_selector: "mamoru".into(),
+        }
+    }
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            alert_local: "alert".into(),
+            require: "sasl-or-dkim".into(),
+            authserv_id: String::new(),
+            kinds: vec!["不審者情報".into(), "不審電話情報".into(), "その他".into()],
+            publish_ttl_secs: 3600,
+            max_age_secs: 6 * 3600,
+            dkim_keys: Default::default(),
+            archive_days: 30,
         }
     }
 }
@@ -298,6 +360,7 @@ impl Config {
             return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
         }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
+        self.validate_alerts()?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -325,6 +388,45 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let a = &self.alerts;
+        EmailAddress::parse(&format!("{}@{}", a.alert_local, self.domain))
+            .ok()
+            .filter(|_| !a.alert_local.contains('+') && !a.alert_local.eq_ignore_ascii_case(&self.ingest.register_local))
+            .ok_or_else(|| invalid("alerts.alert_local", "must be a plain local part other than ingest.register_local"))?;
+        self.alert_auth()?;
+        if a.authserv_id.contains(|c: char| c.is_whitespace() || c == ';' || c.is_control()) {
+            return Err(invalid("alerts.authserv_id", "must be one token without spaces or semicolons"));
+        }
+        for (i, k) in a.kinds.iter().enumerate() {
+            if k.trim().is_empty() || k.contains(['\r', '\n', '\0', '<', '>', '&', '"']) {
+                return Err(invalid(format!("alerts.kinds[{i}]"), "must be a non-empty plain name"));
+            }
+        }
+        positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
+        positive("alerts.max_age_secs", a.max_age_secs, false)?;
+        positive("alerts.archive_days", a.archive_days, false)?;
+        positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
+        if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
+            return Err(invalid("web.tls_cert", "tls_cert and tls_key go together"));
+        }
+        Ok(())
+    }
+
+    pub fn alert_auth(&self) -> Result<AlertAuth, ConfigError> {
+        match self.alerts.require.as_str() {
+            "sasl-or-dkim" => Ok(AlertAuth::SaslOrDkim),
+            "sasl" => Ok(AlertAuth::Sasl),
+            "dkim" => Ok(AlertAuth::Dkim),
+            other => Err(invalid("alerts.require", format!("{other:?} is not \"sasl-or-dkim\", \"sasl\" or \"dkim\""))),
+        }
+    }
+
+    /// `alert@DOMAIN`.
+    pub fn alert_address(&self) -> String {
+        format!("{}@{}", self.alerts.alert_local, self.domain)
     }
 
     pub fn lmtp_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -364,6 +466,11 @@ impl Config {
     /// The carrier pool of a recipient domain.
     pub fn pool_of(&self, domain: &str) -> &str {
         carriers::pool_of(&self.carriers, domain)
+    }
+
+    /// Does the web listener speak HTTPS itself?
+    pub fn web_tls(&self) -> bool {
+        !self.web.tls_cert.is_empty()
     }
 
     pub fn district(&self, id: u32) -> Option<&District> {
@@ -449,6 +556,9 @@ mod tests {
         assert!(err("[carriers.docomo]\nrate = 1").contains("rate"));
         assert!(err("[carriers.x]\ndomains = [\"a b\"]").contains("carriers.x.domains"));
         assert!(err("[carriers.default]\ndomains = [\"a.jp\"]").contains("carriers.default.domains"));
+        assert!(err("[alerts]\nrequire = \"none\"").contains("alerts.require"));
+        assert!(err("[alerts]\nalert_local = \"ans\"").contains("alerts.alert_local"));
+        assert!(err("[alerts]\nauthserv_id = \"a b\"").contains("alerts.authserv_id"));
     }
 
     #[test]

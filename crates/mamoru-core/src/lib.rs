@@ -12,16 +12,20 @@
 //! - [`links`]: the personal manage/unsubscribe links of alert footers.
 //! - [`verp`]: signed VERP return paths naming the outbox row.
 //! - [`mail`]: the Japanese mails (登録受付, 登録完了) as RFC 5322 bytes.
+//! - [`alert`]: the alert post format (`地区:` line) and the alert mail.
+//! - [`password`]: argon2id hashing of admin passwords.
 //! - [`keys`]: the key material and its on-disk format (bytes only; the store
 //!   crate reads and writes the files).
 
 pub mod address;
 pub mod carriers;
+pub mod alert;
 pub mod config;
 pub mod keys;
 pub mod links;
 pub mod mail;
 pub mod rate;
+pub mod password;
 pub mod seal;
 pub mod token;
 pub mod verp;

@@ -25,6 +25,12 @@ pub enum MailKind {
     DistrictsChanged,
     /// 登録削除: confirmation after the registration was deleted.
     RegistrationDeleted,
+    /// An alert (or a テスト配信) to one subscriber.
+    Alert,
+    /// To an admin: the preview of a posted alert with its publish link.
+    AlertPreview,
+    /// To an admin: why a post was refused.
+    AlertRejected,
 }
 
 impl MailKind {
@@ -35,6 +41,9 @@ impl MailKind {
             Self::ManageLink => "manage_link",
             Self::DistrictsChanged => "districts_changed",
             Self::RegistrationDeleted => "registration_deleted",
+            Self::Alert => "alert",
+            Self::AlertPreview => "alert_preview",
+            Self::AlertRejected => "alert_rejected",
         }
     }
 
@@ -45,6 +54,9 @@ impl MailKind {
             "manage_link" => Some(Self::ManageLink),
             "districts_changed" => Some(Self::DistrictsChanged),
             "registration_deleted" => Some(Self::RegistrationDeleted),
+            "alert" => Some(Self::Alert),
+            "alert_preview" => Some(Self::AlertPreview),
+            "alert_rejected" => Some(Self::AlertRejected),
             _ => None,
         }
     }

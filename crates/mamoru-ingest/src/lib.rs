@@ -12,12 +12,18 @@
 //!   recipient and a class.
 //! - [`bounce`]: mail to the VERP address `bounce+ID-TAG@`: verify the tag,
 //!   parse, record the effect in the store.
+//!   classification, then the registration request in the store; mail to
+//!   the alert address is handed to [`alert_post`].
+//! - [`alert_post`]: admins' alert posts: sender checks, format, preview.
+//! - [`alert_auth`]: SASL / DKIM (pinned keys) / trusted Authentication-Results.
 //!
 //! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
 //! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
 //! i.e. after a durable commit or a deliberate, logged drop.
 
 pub mod bounce;
+pub mod alert_auth;
+pub mod alert_post;
 pub mod classify;
 pub mod dsn;
 pub mod lmtp;

@@ -120,17 +120,52 @@ impl Registrar {
     }
 }
 
-impl Deliver for Registrar {
-    fn accepts_recipient(&self, recipient: &str) -> bool {
-        classify::is_register_recipient(&self.rules(), recipient) || bounce::is_bounce_recipient(&self.cfg.domain, recipient)
-    }
-
-    fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
+impl Registrar {
+    /// Like [`Deliver::deliver`], with the SASL login the front MTA passes
+    /// for an authenticated submission (the pipe command's `--sasl-username`).
+    /// Mail to the alert address goes to [`crate::alert_post`].
+    pub fn deliver_authenticated(&self, sender: &str, recipient: &str, sasl_username: Option<&str>, message: &[u8]) -> Outcome {
         // Bounces to the VERP address go to their own handler (crate::bounce).
         if bounce::is_bounce_recipient(&self.cfg.domain, recipient) {
             let ctx = bounce::Context { cfg: &self.cfg, store: &self.store, tokens: &self.tokens, now: (self.clock)() };
             return bounce::handle(&ctx, recipient, message);
         }
+        if !crate::alert_post::is_alert_recipient(&self.cfg, recipient) {
+            return self.deliver_registration(sender, recipient, message);
+        }
+        let poster = crate::alert_post::AlertPoster { cfg: &self.cfg, store: &self.store, tokens: &self.tokens, clock: self.clock };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| poster.deliver(sender, sasl_username, message))) {
+            Ok(o) => o,
+            Err(_) => match self.quarantine(message) {
+                Ok(path) => {
+                    tracing::error!(path = %path.display(), "alert post handling panicked; message quarantined");
+                    Outcome::Dropped("quarantined".into())
+                }
+                Err(e) => Outcome::Transient(format!("quarantine failed: {e}")),
+            },
+        };
+        if outcome == Outcome::Stored {
+            (self.on_queued)();
+        }
+        outcome
+    }
+}
+
+impl Deliver for Registrar {
+    fn accepts_recipient(&self, recipient: &str) -> bool {
+        classify::is_register_recipient(&self.rules(), recipient)
+            || bounce::is_bounce_recipient(&self.cfg.domain, recipient)
+            || crate::alert_post::is_alert_recipient(&self.cfg, recipient)
+    }
+
+    /// LMTP carries no SASL login: an alert post by LMTP must be DKIM-authenticated.
+    fn deliver(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
+        self.deliver_authenticated(sender, recipient, None, message)
+    }
+}
+
+impl Registrar {
+    fn deliver_registration(&self, sender: &str, recipient: &str, message: &[u8]) -> Outcome {
         let env = Envelope { sender, recipient };
         let rules = self.rules();
         let class = catch_unwind(AssertUnwindSafe(|| (self.classifier)(&rules, &env, message)));

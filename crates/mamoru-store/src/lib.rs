@@ -21,6 +21,8 @@
 pub mod backup;
 pub mod bounces;
 pub mod import;
+pub mod admins;
+pub mod alerts;
 pub mod keys;
 pub mod manage;
 pub mod relay;
@@ -43,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_subscriber_links.sql"),
     include_str!("migrations/0003_relay.sql"),
     include_str!("migrations/0004_selfservice.sql"),
+    include_str!("migrations/0005_alerts.sql"),
 ];
 
 /// File name of the database inside the data dir.

@@ -8,6 +8,11 @@
 //! - `routes`: one small handler per route; the store is called on the
 //!   blocking pool (rusqlite is blocking).
 //! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
+//! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
+//!   fan-out shared with the CLI.
+//! - [`admin`]: the admin panel under `/admin` (sessions, CSRF, login
+//!   rate limit, audit).
+//! - [`archive`]: the public archive of published alerts, page and Atom.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
 //! Invariants:
@@ -20,8 +25,11 @@
 //! - Every response carries the security headers (CSP without scripts,
 //!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
 
+pub mod admin;
+pub mod archive;
 pub mod form;
 pub mod pages;
+pub mod publish;
 mod routes;
 
 use std::convert::Infallible;
@@ -37,6 +45,8 @@ use mamoru_core::Config;
 use mamoru_core::token::TokenKey;
 use mamoru_store::Store;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -57,16 +67,50 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// accepting, lets requests in flight finish, closes idle connections and
 /// returns.
 pub async fn run(listener: TcpListener, web: Arc<Web>, shutdown: CancellationToken) -> io::Result<()> {
+    serve(listener, web, None, shutdown).await
+}
+
+/// Like [`run`], over TLS (rustls) with the configuration of [`tls_config`].
+pub async fn run_tls(listener: TcpListener, web: Arc<Web>, tls: Arc<ServerConfig>, shutdown: CancellationToken) -> io::Result<()> {
+    serve(listener, web, Some(TlsAcceptor::from(tls)), shutdown).await
+}
+
+/// How long a client may take for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rustls server configuration from PEM files (`[web] tls_cert`, the
+/// certificate chain; `[web] tls_key`, its private key).
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> io::Result<Arc<ServerConfig>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, format!("{what} {}: {e}", p.display()));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("certificate", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("private key", key, &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions for", cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad("certificate and key", cert, &e))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, shutdown: CancellationToken) -> io::Result<()> {
     let app = Arc::new(routes::App::new(web));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
                     // Out of file descriptors and the like: give the
@@ -84,12 +128,29 @@ pub async fn run(listener: TcpListener, web: Arc<Web>, shutdown: CancellationTok
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let Some(acceptor) = tls.clone() else {
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "http connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, so a slow client
+        // cannot hold up the accept loop.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
+                Err(_) => return tracing::debug!("tls handshake timed out"),
+            };
+            if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await {
+                tracing::debug!(error = %e, "https connection ended with an error");
             }
         });
     }

@@ -38,6 +38,15 @@ button.danger{background:#b00020}\
 .qr svg{width:60%;max-width:18rem;height:auto}\
 @media print{header,footer{display:none}.mail{border:0}}\
 .error{padding:.75rem 1rem;border-left:.3rem solid #b00020;background:#fdecee;color:#7a0016}\
+pre.alert{white-space:pre-wrap;padding:.75rem 1rem;border:1px solid #c4c4c4;border-radius:.5rem;background:#fafafa;font:inherit}\
+article.alert{margin:1.5rem 0}\
+.meta,.filter{font-size:.9rem;color:#555}\
+nav.admin{display:flex;flex-wrap:wrap;gap:.5rem 1rem;font-size:.95rem}\
+form.inline{display:inline}\
+button.link{display:inline;width:auto;min-height:0;margin:0;padding:0;background:none;color:#0b5394;font-size:.95rem;font-weight:normal;text-decoration:underline}\
+input[type=text],input[type=password],select,textarea{display:block;width:100%;min-height:3rem;margin:.4rem 0 1rem;padding:.5rem .75rem;font:inherit;border:1px solid #767676;border-radius:.4rem}\
+table{border-collapse:collapse;width:100%;font-size:.9rem}\
+th,td{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}\
 footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9rem}\
 ";
 
@@ -95,7 +104,7 @@ impl StaticPages {
 }
 
 /// Opens the document: everything up to and including `<main>`.
-fn head(out: &mut String, cfg: &Config, title: &str) {
+pub(crate) fn head(out: &mut String, cfg: &Config, title: &str) {
     out.push_str(
         "<!doctype html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -111,25 +120,25 @@ fn head(out: &mut String, cfg: &Config, title: &str) {
 }
 
 /// Closes what [`head`] opened.
-fn foot(out: &mut String, cfg: &Config) {
+pub(crate) fn foot(out: &mut String, cfg: &Config) {
     out.push_str("</main><footer><a href=\"/\">");
     escape(out, &cfg.service_name);
     out.push_str("</a> 子どもの安全に関するお知らせメール</footer></body></html>\n");
 }
 
-fn h1(out: &mut String, text: &str) {
+pub(crate) fn h1(out: &mut String, text: &str) {
     out.push_str("<h1>");
     escape(out, text);
     out.push_str("</h1>\n");
 }
 
-fn p(out: &mut String, text: &str) {
+pub(crate) fn p(out: &mut String, text: &str) {
     out.push_str("<p>");
     escape(out, text);
     out.push_str("</p>\n");
 }
 
-fn error(out: &mut String, text: &str) {
+pub(crate) fn error(out: &mut String, text: &str) {
     out.push_str("<p class=\"error\" role=\"alert\">");
     escape(out, text);
     out.push_str("</p>\n");
@@ -251,7 +260,7 @@ pub fn link_gone(cfg: &Config) -> String {
 }
 
 /// A short page with a title and a few paragraphs (errors and the like).
-fn message(cfg: &Config, title: &str, lines: &[&str]) -> String {
+pub(crate) fn message(cfg: &Config, title: &str, lines: &[&str]) -> String {
     let mut out = String::with_capacity(1536);
     head(&mut out, cfg, title);
     h1(&mut out, title);

@@ -45,10 +45,35 @@ impl App {
         Self { web, pages }
     }
 
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Resp {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
         let (parts, body) = req.into_parts();
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let path = parts.uri.path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            let body = if read {
+                Bytes::new()
+            } else {
+                match self.read_body(&parts.headers, body).await {
+                    Ok(b) => b,
+                    Err(resp) => return no_store(resp),
+                }
+            };
+            let a = crate::admin::handle(self.web.clone(), &parts.method, path, &parts.headers, body, peer).await;
+            let mut resp = no_store(respond(a.status, HTML, Bytes::from(a.body)));
+            let h = resp.headers_mut();
+            for (name, value) in a.headers {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.append(name, v);
+                }
+            }
+            return resp;
+        }
+        if read && path.starts_with("/alerts") {
+            if let Some((status, ctype, body)) = crate::archive::handle(self.web.clone(), path, parts.uri.query()).await {
+                // Public and the same for everyone: a minute of caching is harmless.
+                return cacheable(respond(status, ctype, Bytes::from(body)), "public, max-age=60");
+            }
+        }
         match path {
             "/" if read => cacheable(respond(StatusCode::OK, HTML, self.pages.index.clone()), "public, max-age=300"),
             "/style.css" if read => cacheable(respond(StatusCode::OK, CSS, self.pages.style.clone()), "public, max-age=86400"),
@@ -76,13 +101,24 @@ impl App {
                 Some(token) if read => no_store(self.show(token).await),
                 Some(token) if parts.method == Method::POST => no_store(self.complete(token, &parts.headers, body).await),
                 Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
-                None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
+                None => match path.strip_prefix("/p/") {
+                    Some(token) if read => no_store(self.answer(crate::publish::show(self.web.clone(), token.to_string()).await)),
+                    Some(token) if parts.method == Method::POST => {
+                        no_store(self.answer(crate::publish::post(self.web.clone(), token.to_string()).await))
+                    }
+                    Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
+                    None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
+                },
             },
         }
     }
 
     fn page(&self, status: StatusCode, body: &Bytes) -> Resp {
         respond(status, HTML, body.clone())
+    }
+
+    fn answer(&self, (status, body): (StatusCode, String)) -> Resp {
+        self.html(status, body)
     }
 
     fn html(&self, status: StatusCode, body: String) -> Resp {

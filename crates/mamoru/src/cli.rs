@@ -40,6 +40,12 @@ pub enum Command {
     /// Export or import the subscriber list (CSV).
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Manage the admins who post alerts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Post alerts from the command line.
+    #[command(subcommand)]
+    Alert(AlertCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +84,61 @@ pub struct ImportArgs {
 pub struct BackupArgs {
     /// The copy to write; must not exist yet. Created with mode 0600.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Post an alert in an admin's name. The text is read from standard
+    /// input. Without --yes the preview with its publish link goes to the
+    /// admin's registered address, exactly as for a mailed post.
+    Post(AlertPostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertPostArgs {
+    /// The admin's login ID (`mamoru admin list`).
+    #[arg(long, value_name = "ID")]
+    pub admin: String,
+    /// The title (the subject of the alert mail).
+    #[arg(long)]
+    pub title: String,
+    /// Districts as in a `地区:` line: names, numbers or 全地区.
+    #[arg(long, value_name = "LIST")]
+    pub districts: String,
+    /// One of `[alerts] kinds` (the `種別:` line).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// テスト配信: a marked test mail to the subscribers of the districts.
+    #[arg(long)]
+    pub test: bool,
+    /// Publish at once, without a preview. For an operator on the machine.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add an admin. The password is read from standard input (one line).
+    Add(AdminAddArgs),
+    /// List the admins.
+    List,
+    /// Disable an admin: no more posts, no more logins.
+    Disable {
+        /// The admin's login ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminAddArgs {
+    /// Login ID (letters, digits, `.`, `_`, `-`).
+    pub id: String,
+    /// Registered address: previews and publish links go here.
+    #[arg(long, value_name = "ADDR")]
+    pub email: String,
+    /// Districts this admin may post to (ids, comma separated). Default: all.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub districts: Vec<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use mamoru_ingest::{Deliver as _, Outcome, Registrar};
+use mamoru_ingest::{Outcome, Registrar};
 
 use crate::cli::IngestArgs;
 use crate::setup;
@@ -52,7 +52,7 @@ fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
 
     let (store, keys) = setup::open_store(&cfg)?;
     let registrar = Registrar::new(cfg, store, keys.token_key());
-    match registrar.deliver(&args.sender, &args.recipient, &message) {
+    match registrar.deliver_authenticated(&args.sender, &args.recipient, args.sasl_username.as_deref(), &message) {
         Outcome::Stored | Outcome::Dropped(_) => Ok(()),
         Outcome::Transient(reason) => Err(anyhow::anyhow!("temporary failure: {reason}")),
     }

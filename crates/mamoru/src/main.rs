@@ -2,6 +2,7 @@
 //! logging, run the chosen command, turn its result into an exit code. The
 //! work happens in the library crates; see docs/ARCHITECTURE.md.
 
+mod admin;
 mod cli;
 mod data;
 mod ingest;
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
         Command::Queue(args) => report(setup::load(cli.config.as_deref()).and_then(|c| serve::queue(c, args))),
         Command::Backup(args) => report(setup::load(cli.config.as_deref()).and_then(|c| data::backup(c, args))),
         Command::Subscribers(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| data::subscribers(c, cmd))),
+        Command::Admin(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::run(c, cmd))),
+        Command::Alert(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::alert(c, cmd))),
     }
 }
 

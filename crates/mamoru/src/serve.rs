@@ -53,7 +53,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 
         let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
-            ("web", spawn(mamoru_web::run(web_listener, web, shutdown.clone()))),
+            ("web", if cfg.web_tls() {
+                let tls = mamoru_web::tls_config(std::path::Path::new(&cfg.web.tls_cert), std::path::Path::new(&cfg.web.tls_key))
+                    .context("load [web] tls_cert / tls_key")?;
+                spawn(mamoru_web::run_tls(web_listener, web, tls, shutdown.clone()))
+            } else {
+                spawn(mamoru_web::run(web_listener, web, shutdown.clone()))
+            }),
             ("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];

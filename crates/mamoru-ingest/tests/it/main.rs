@@ -1,3 +1,4 @@
+mod alerts;
 mod classify;
 mod lmtp;
 mod bounces;

@@ -546,3 +546,25 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     assert!(TcpStream::connect(srv.addr).await.is_err(), "no longer accepting");
     assert_eq!(srv.web.store.outbox_counts().unwrap().queued, 1);
 }
+
+/// The admin panel refuses clients other than loopback unless a TLS proxy is
+/// declared in front (`[web] behind_tls_proxy`).
+#[tokio::test]
+async fn the_admin_panel_refuses_remote_clients_without_tls() {
+    let server = start().await;
+    let remote: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+    let headers = hyper::HeaderMap::new();
+    let get = hyper::Method::GET;
+    let body = hyper::body::Bytes::new();
+    let a = mamoru_web::admin::handle(server.web.clone(), &get, "/admin/login", &headers, body.clone(), remote).await;
+    assert_eq!(a.status, 403);
+    let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let a = mamoru_web::admin::handle(server.web.clone(), &get, "/admin/login", &headers, body.clone(), local).await;
+    assert_eq!(a.status, 200);
+    let mut cfg = (*server.web.cfg).clone();
+    cfg.web.behind_tls_proxy = true;
+    let proxied = Arc::new(Web { cfg: Arc::new(cfg), store: server.web.store.clone(), tokens: server.keys.token_key(), queued: Arc::new(Notify::new()) });
+    let a = mamoru_web::admin::handle(proxied, &get, "/admin/login", &headers, body, remote).await;
+    assert_eq!(a.status, 200);
+    assert!(a.headers.iter().any(|(k, _)| k == hyper::header::STRICT_TRANSPORT_SECURITY));
+}

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod alerts;
+mod browser;
 mod cli;
 mod crash;
 mod pipe;

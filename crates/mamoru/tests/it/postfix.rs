@@ -23,7 +23,7 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn user_ids(name: &str) -> (u32, u32) {
+pub(crate) fn user_ids(name: &str) -> (u32, u32) {
     let id = |flag: &str| -> u32 {
         let out = Command::new("id").args([flag, name]).output().expect("run id");
         assert!(out.status.success(), "user {name:?} is missing: run scripts/install-test-deps");
@@ -32,19 +32,19 @@ fn user_ids(name: &str) -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
-fn chown_r(path: &Path, user: &str) {
+pub(crate) fn chown_r(path: &Path, user: &str) {
     let st = Command::new("chown").arg("-R").arg(format!("{user}:")).arg(path).status().expect("chown");
     assert!(st.success());
 }
 
 /// A private Postfix instance; stopped on drop.
-struct Postfix {
+pub(crate) struct Postfix {
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Postfix {
-    fn start(dir: &Path, args: &[&str]) -> Postfix {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Postfix {
         let out = Command::new(repo_root().join("scripts/postfix-instance"))
             .arg("start")
             .arg(dir)
@@ -57,7 +57,7 @@ impl Postfix {
         Postfix { dir: dir.to_path_buf(), port }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 

@@ -1,0 +1,471 @@
+//! Alerts: the post format admins write, and the alert mail parents get.
+//!
+//! The format (design §2.4), forgiving of what phones type:
+//!
+//! ```text
+//! Subject: 不審な男性の声かけ
+//!
+//! 種別: 不審者情報          (optional; one of `[alerts] kinds`)
+//! 地区: 中央, 昭和          (names, 1–10, ①–⑩, or 全地区)
+//! 本日15時ごろ、…           (the rest is the text)
+//! ```
+//!
+//! Full-width colons, commas and spaces are accepted anywhere; a district may
+//! be named with or without its trailing 地区. Parsing and rendering are pure:
+//! text in, values or bytes out.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::raw::Raw;
+
+use crate::UnixTime;
+use crate::address::EmailAddress;
+use crate::config::Config;
+use crate::links::SubscriberLinks;
+use crate::mail::{MailKind, OutgoingMail};
+
+/// Longest title accepted, in characters; phones show about this much.
+pub const MAX_TITLE_CHARS: usize = 60;
+/// Longest text accepted, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// Body lines are wrapped at this many characters for phone screens.
+pub const WRAP_CHARS: usize = 36;
+
+/// A post that parsed: what an admin asked to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertDraft {
+    pub title: String,
+    /// Empty when no `種別:` line was given.
+    pub kind: String,
+    /// Sorted, distinct district ids.
+    pub districts: Vec<u32>,
+    pub text: String,
+}
+
+/// What is wrong with a post; each names the problem for the reply mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    EmptyTitle,
+    TitleTooLong,
+    MissingDistricts,
+    UnknownDistricts(Vec<String>),
+    UnknownKind(String),
+    EmptyText,
+    TextTooLong,
+    /// The admin may only post to some districts.
+    DistrictsNotAllowed(Vec<u32>),
+}
+
+impl FormatError {
+    /// One Japanese sentence for the reply to the admin.
+    pub fn explain(&self, cfg: &Config) -> String {
+        match self {
+            Self::EmptyTitle => "件名（タイトル）がありません。件名に見出しを書いてください。".into(),
+            Self::TitleTooLong => format!("件名が長すぎます（{MAX_TITLE_CHARS}文字まで）。"),
+            Self::MissingDistricts => "「地区:」の行がありません。本文の1行目に「地区: 中央, 昭和」のように書いてください。".into(),
+            Self::UnknownDistricts(names) => format!("次の地区がわかりません: {}", names.join("、")),
+            Self::UnknownKind(k) => format!("種別「{k}」は使えません。使える種別: {}", cfg.alerts.kinds.join("、")),
+            Self::EmptyText => "本文がありません。".into(),
+            Self::TextTooLong => format!("本文が長すぎます（{MAX_TEXT_CHARS}文字まで）。"),
+            Self::DistrictsNotAllowed(ids) => {
+                let names: Vec<&str> = ids.iter().filter_map(|id| cfg.district(*id)).map(|d| d.name.as_str()).collect();
+                format!("次の地区には配信できません（担当外）: {}", names.join("、"))
+            }
+        }
+    }
+}
+
+/// Full-width ASCII (U+FF01–FF5E) to ASCII and the ideographic space to a
+/// space, so `地区：１，３` reads like `地区:1,3`.
+pub fn normalize_width(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{3000}' => ' ',
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
+/// Parses a post's decoded subject and text.
+pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft, FormatError> {
+    let title = one_line(subject);
+    if title.is_empty() {
+        return Err(FormatError::EmptyTitle);
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(FormatError::TitleTooLong);
+    }
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines = text.lines().peekable();
+    let mut districts: Option<Vec<u32>> = None;
+    let mut kind = String::new();
+    // Header lines come first, in any order; blank lines before them are
+    // skipped (some phones start the body with one).
+    while let Some(line) = lines.peek() {
+        let norm = normalize_width(line);
+        let norm = norm.trim();
+        if norm.is_empty() && districts.is_none() && kind.is_empty() {
+            lines.next();
+            continue;
+        }
+        if let Some(v) = field(norm, "地区") {
+            districts = Some(parse_districts(cfg, v)?);
+        } else if let Some(v) = field(norm, "種別") {
+            let v = v.trim();
+            kind = cfg.alerts.kinds.iter().find(|k| normalize_width(k) == v).cloned().ok_or_else(|| FormatError::UnknownKind(v.to_string()))?;
+        } else {
+            break;
+        }
+        lines.next();
+    }
+    let districts = districts.ok_or(FormatError::MissingDistricts)?;
+    let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
+    let body = rest.join("\n").trim_matches('\n').to_string();
+    if body.trim().is_empty() {
+        return Err(FormatError::EmptyText);
+    }
+    if body.chars().count() > MAX_TEXT_CHARS {
+        return Err(FormatError::TextTooLong);
+    }
+    Ok(AlertDraft { title, kind, districts, text: body })
+}
+
+/// `NAME: value` with optional spaces around the (already normalised) colon.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(name)?.trim_start();
+    rest.strip_prefix(':')
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The district list of a `地区:` line.
+pub fn parse_districts(cfg: &Config, value: &str) -> Result<Vec<u32>, FormatError> {
+    let value = normalize_width(value);
+    let mut ids = Vec::new();
+    let mut unknown = Vec::new();
+    for token in value.split([',', '、', '，', ' ', '\t', '/']).map(str::trim).filter(|t| !t.is_empty()) {
+        if token == "全地区" || token == "全域" {
+            ids.extend(cfg.districts.iter().map(|d| d.id));
+            continue;
+        }
+        // `①⑩` written without a separator: each circled number is one district.
+        if token.chars().count() > 1 && token.chars().all(|c| ('\u{2460}'..='\u{2473}').contains(&c)) {
+            for c in token.chars() {
+                match district_id(cfg, &c.to_string()) {
+                    Some(id) => ids.push(id),
+                    None => unknown.push(c.to_string()),
+                }
+            }
+            continue;
+        }
+        match district_id(cfg, token) {
+            Some(id) => ids.push(id),
+            None => unknown.push(token.to_string()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(FormatError::UnknownDistricts(unknown));
+    }
+    if ids.is_empty() {
+        return Err(FormatError::MissingDistricts);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn district_id(cfg: &Config, token: &str) -> Option<u32> {
+    let by_id = |id: u32| cfg.district(id).map(|d| d.id);
+    if let Ok(n) = token.parse::<u32>() {
+        return by_id(n);
+    }
+    // ① is U+2460; ⑳ is U+2473.
+    let mut chars = token.chars();
+    if let (Some(c @ '\u{2460}'..='\u{2473}'), None) = (chars.next(), chars.next()) {
+        return by_id(c as u32 - 0x2460 + 1);
+    }
+    let bare = |name: &str| normalize_width(name.strip_suffix("地区").unwrap_or(name));
+    let token_bare = bare(token);
+    cfg.districts.iter().find(|d| normalize_width(&d.name) == token || bare(&d.name) == token_bare).map(|d| d.id)
+}
+
+/// `中央地区、昭和地区`, or `全地区` when every district is chosen.
+pub fn district_label(cfg: &Config, ids: &[u32]) -> String {
+    if cfg.districts.iter().all(|d| ids.contains(&d.id)) {
+        return "全地区".into();
+    }
+    let names: Vec<&str> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).map(|d| d.name.as_str()).collect();
+    names.join("、")
+}
+
+/// The alert as parents see it, without the personal footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertContent {
+    pub subject: String,
+    /// Wrapped, LF line ends.
+    pub body: String,
+}
+
+/// Subject `【守るネット】[KIND] TITLE（DISTRICTS）` and the wrapped text.
+pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent {
+    let name = &cfg.service_name;
+    let test = if is_test { "【テスト配信】" } else { "" };
+    let kind = if draft.kind.is_empty() { String::new() } else { format!("[{}] ", draft.kind) };
+    let subject = format!("【{name}】{test}{kind}{}（{}）", draft.title, district_label(cfg, &draft.districts));
+    let mut body = String::new();
+    if is_test {
+        body.push_str("これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n");
+    }
+    if !draft.kind.is_empty() {
+        body.push_str(&format!("■{}\n", draft.kind));
+    }
+    body.push_str(&format!("■地区: {}\n\n", district_label(cfg, &draft.districts)));
+    body.push_str(&wrap(&draft.text, WRAP_CHARS));
+    body.push('\n');
+    AlertContent { subject, body }
+}
+
+/// Wraps each line at `width` characters. URLs and other unbroken ASCII runs
+/// are never split (a broken link is worse than a long line).
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut count = 0;
+        let mut word = String::new();
+        let flush_word = |out: &mut String, count: &mut usize, word: &mut String| {
+            let n = word.chars().count();
+            if *count > 0 && *count + n > width {
+                out.push('\n');
+                *count = 0;
+            }
+            out.push_str(word);
+            *count += n;
+            word.clear();
+        };
+        for c in line.chars() {
+            if c.is_ascii_graphic() {
+                word.push(c);
+                continue;
+            }
+            flush_word(&mut out, &mut count, &mut word);
+            if count >= width {
+                out.push('\n');
+                count = 0;
+            }
+            if count == 0 && c == ' ' {
+                continue;
+            }
+            out.push(c);
+            count += 1;
+        }
+        flush_word(&mut out, &mut count, &mut word);
+        out.push('\n');
+    }
+    out.trim_end_matches('\n').to_string()
+}
+
+/// The personal footer: change districts, stop.
+pub fn footer(cfg: &Config, links: &SubscriberLinks) -> String {
+    format!(
+        "\n--\n{name}\n受け取る地区の変更・配信停止:\n{manage}\n配信停止（すぐに止める）:\n{unsubscribe}\n",
+        name = cfg.service_name,
+        manage = links.manage,
+        unsubscribe = links.unsubscribe,
+    )
+}
+
+/// One subscriber's alert mail. `List-Unsubscribe` is the personal
+/// one-click link (RFC 8058).
+pub fn render(
+    cfg: &Config,
+    content: &AlertContent,
+    to: &EmailAddress,
+    links: &SubscriberLinks,
+    now: UnixTime,
+    message_id: String,
+) -> OutgoingMail {
+    let from = cfg.register_address();
+    let body = format!("{}{}", content.body, footer(cfg, links));
+    let bytes = MessageBuilder::new()
+        .from((cfg.service_name.as_str(), from.as_str()))
+        .to(to.as_str())
+        .subject(content.subject.as_str())
+        .date(now)
+        .message_id(message_id.as_str())
+        .header("Auto-Submitted", Raw::new("auto-generated"))
+        .header("List-Id", Raw::new(format!("<alerts.{}>", cfg.domain)))
+        .header("List-Unsubscribe", Raw::new(format!("<{}>", links.unsubscribe)))
+        .header("List-Unsubscribe-Post", Raw::new("List-Unsubscribe=One-Click"))
+        .text_body(body.replace('\n', "\r\n"))
+        .write_to_vec()
+        .unwrap_or_default();
+    OutgoingMail { kind: MailKind::Alert, sender: from, to: to.clone(), message_id, bytes }
+}
+
+/// Recipient counts of a preview, per carrier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CarrierCounts(pub Vec<(&'static str, i64)>);
+
+/// The carrier a domain belongs to, for counts shown to admins.
+pub fn carrier_of(domain: &str) -> &'static str {
+    match domain.to_ascii_lowercase().as_str() {
+        "docomo.ne.jp" => "docomo",
+        "ezweb.ne.jp" | "au.com" | "biz.au.com" | "uqmobile.jp" => "au",
+        "softbank.ne.jp" | "i.softbank.jp" | "disney.ne.jp" => "SoftBank",
+        "ymobile.ne.jp" | "yahoo.ne.jp" => "Y!mobile",
+        _ => "その他",
+    }
+}
+
+impl CarrierCounts {
+    /// Groups `(domain, count)` rows by carrier, in a fixed order.
+    pub fn from_domains(rows: &[(String, i64)]) -> Self {
+        let order = ["docomo", "au", "SoftBank", "Y!mobile", "その他"];
+        let mut out: Vec<(&'static str, i64)> = order.iter().map(|c| (*c, 0)).collect();
+        for (domain, n) in rows {
+            let c = carrier_of(domain);
+            if let Some(slot) = out.iter_mut().find(|(k, _)| *k == c) {
+                slot.1 += n;
+            }
+        }
+        Self(out)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// What the preview mail shows besides the alert itself.
+pub struct PreviewInfo<'a> {
+    pub counts: &'a CarrierCounts,
+    pub publish_url: &'a str,
+    /// Attachments dropped from the post.
+    pub dropped_attachments: usize,
+    pub is_test: bool,
+}
+
+/// To the admin's registered address: the alert exactly as parents will see
+/// it, who gets it, and the one-time publish link.
+pub fn preview(cfg: &Config, content: &AlertContent, to: &EmailAddress, info: &PreviewInfo<'_>, now: UnixTime, message_id: String) -> OutgoingMail {
+    let minutes = cfg.alerts.publish_ttl_secs / 60;
+    let mut body = String::from("配信の確認です。まだ送信されていません。\n\n");
+    body.push_str(&format!("配信先: {}件\n", info.counts.total()));
+    for (carrier, n) in &info.counts.0 {
+        body.push_str(&format!("・{carrier}: {n}件\n"));
+    }
+    if info.dropped_attachments > 0 {
+        body.push_str(&format!("\n添付ファイル{}件は配信されません（本文のみ配信します）。\n", info.dropped_attachments));
+    }
+    body.push_str(&format!(
+        "\n内容を確かめて、次のページの「配信する」を押すと配信します（{minutes}分有効・1回限り）:\n{}\n",
+        info.publish_url
+    ));
+    body.push_str("\n心当たりのない場合は何もしないでください。配信されません。\n");
+    body.push_str("\n===== 配信される内容 =====\n");
+    body.push_str(&format!("件名: {}\n\n", content.subject));
+    body.push_str(&content.body);
+    body.push_str("\n--\n（ここに各受信者の登録変更・配信停止リンクが入ります）\n");
+    let title = if info.is_test { "テスト配信の確認" } else { "配信の確認" };
+    admin_mail(cfg, MailKind::AlertPreview, to, &format!("【{}】{title}: {}", cfg.service_name, content.subject), &body, now, message_id)
+}
+
+/// To the admin's registered address: why a post was refused, with the
+/// valid districts.
+pub fn rejected(cfg: &Config, errors: &[FormatError], subject: &str, to: &EmailAddress, now: UnixTime, message_id: String) -> OutgoingMail {
+    let mut body = String::from("投稿を受け付けられませんでした。何も配信していません。\n\n");
+    for e in errors {
+        body.push_str(&format!("・{}\n", e.explain(cfg)));
+    }
+    body.push_str("\n使える地区（名前か番号、または 全地区）:\n");
+    for d in &cfg.districts {
+        body.push_str(&format!("{} {}\n", d.id, d.name));
+    }
+    body.push_str("\n書き方:\n件名: 見出し\n本文1行目: 地区: 中央, 昭和\n（種別: 不審者情報 の行は任意）\n2行目から: お知らせの本文\n");
+    let shown = one_line(subject);
+    admin_mail(cfg, MailKind::AlertRejected, to, &format!("【{}】投稿エラー: {shown}", cfg.service_name), &body, now, message_id)
+}
+
+fn admin_mail(cfg: &Config, kind: MailKind, to: &EmailAddress, subject: &str, body: &str, now: UnixTime, message_id: String) -> OutgoingMail {
+    let from = cfg.alert_address();
+    let bytes = MessageBuilder::new()
+        .from((cfg.service_name.as_str(), from.as_str()))
+        .to(to.as_str())
+        .subject(subject)
+        .date(now)
+        .message_id(message_id.as_str())
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .text_body(body.replace('\n', "\r\n"))
+        .write_to_vec()
+        .unwrap_or_default();
+    OutgoingMail { kind, sender: from, to: to.clone(), message_id, bytes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    #[test]
+    fn names_numbers_circled_and_all() {
+        let c = cfg();
+        let p = |s| parse_districts(&c, s);
+        assert_eq!(p("中央, 昭和"), Ok(vec![1, 3]));
+        assert_eq!(p("中央地区、昭和地区"), Ok(vec![1, 3]));
+        assert_eq!(p("１，３"), Ok(vec![1, 3]));
+        assert_eq!(p("①　⑩"), Ok(vec![1, 10]));
+        assert_eq!(p("①⑩"), Ok(vec![1, 10]));
+        assert_eq!(p("天応・吉浦"), Ok(vec![2]));
+        assert_eq!(p("3 3 昭和"), Ok(vec![3]));
+        assert_eq!(p("全地区").map(|v| v.len()), Ok(10));
+        assert_eq!(p("中央, 東京, 11"), Err(FormatError::UnknownDistricts(vec!["東京".into(), "11".into()])));
+        assert_eq!(p(" , "), Err(FormatError::MissingDistricts));
+    }
+
+    #[test]
+    fn full_width_colon_kind_and_text() {
+        let c = cfg();
+        let d = parse_post(&c, "不審な男性", "\n種別：不審者情報\n地区：中央　昭和\n本日15時ごろ\n\n以上\n\n").unwrap();
+        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into() });
+        assert_eq!(parse_post(&c, "", "地区: 1\nx"), Err(FormatError::EmptyTitle));
+        assert_eq!(parse_post(&c, "t", "本文だけ"), Err(FormatError::MissingDistricts));
+        assert_eq!(parse_post(&c, "t", "地区: 1\n"), Err(FormatError::EmptyText));
+        assert_eq!(parse_post(&c, "t", "種別: 宣伝\n地区: 1\nx"), Err(FormatError::UnknownKind("宣伝".into())));
+    }
+
+    #[test]
+    fn wrap_keeps_urls_whole() {
+        let w = wrap(&format!("{}https://example.jp/{}", "あ".repeat(30), "x".repeat(50)), 36);
+        let lines: Vec<&str> = w.lines().collect();
+        assert_eq!(lines[0], "あ".repeat(30));
+        assert!(lines[1].starts_with("https://example.jp/"));
+        assert!(wrap(&"い".repeat(80), 36).lines().all(|l| l.chars().count() <= 36));
+    }
+
+    #[test]
+    fn alert_mail_has_list_headers_and_footer() {
+        let c = cfg();
+        let d = parse_post(&c, "声かけ", "地区: 1, 3\n本文").unwrap();
+        let content = content(&c, &d, false);
+        assert_eq!(content.subject, "【守るネット】声かけ（中央地区、昭和地区）");
+        let links = SubscriberLinks { manage: "http://x/m/M".into(), unsubscribe: "http://x/u/U".into() };
+        let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
+        let m = render(&c, &content, &to, &links, 1_800_000_000, "id@localhost".into());
+        assert!(m.bytes.is_ascii());
+        let msg = mailparse::parse_mail(&m.bytes).unwrap();
+        let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
+        assert_eq!(h("List-Unsubscribe"), "<http://x/u/U>");
+        assert_eq!(h("List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+        assert_eq!(h("List-Id"), "<alerts.localhost>");
+        assert_eq!(h("Auto-Submitted"), "auto-generated");
+        assert_eq!(h("Subject"), content.subject);
+        let body = msg.get_body().unwrap();
+        assert!(body.contains("本文") && body.contains("http://x/m/M") && body.contains("http://x/u/U"), "{body}");
+    }
+}

@@ -1,0 +1,233 @@
+//! Admin accounts: who may post alerts, where their previews go, and their
+//! password hashes (argon2id PHC strings from `mamoru_core::password`; this
+//! module only stores them).
+
+use mamoru_core::{EmailAddress, UnixTime};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::{Result, Store, audit};
+
+/// Admin row id.
+pub type AdminId = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub id: AdminId,
+    /// The login ID of the web panel; also accepted as the SASL username.
+    pub login: String,
+    /// Registered address: previews and publish links go here, never to the
+    /// From of a post.
+    pub email: EmailAddress,
+    /// Districts the admin may post to; empty means every district.
+    pub districts: Vec<u32>,
+    pub active: bool,
+}
+
+impl Admin {
+    /// Of `wanted`, the districts this admin may not post to.
+    pub fn forbidden(&self, wanted: &[u32]) -> Vec<u32> {
+        if self.districts.is_empty() {
+            return vec![];
+        }
+        wanted.iter().copied().filter(|d| !self.districts.contains(d)).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAdded {
+    Added(AdminId),
+    LoginTaken,
+}
+
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn split_ids(s: &str) -> Vec<u32> {
+    s.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+}
+
+impl Store {
+    /// Adds an admin. `actor` is who did it, for the audit log.
+    pub fn add_admin(
+        &self,
+        login: &str,
+        email: &EmailAddress,
+        password_hash: &str,
+        districts: &[u32],
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<AdminAdded> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken: Option<i64> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        if taken.is_some() {
+            return Ok(AdminAdded::LoginTaken);
+        }
+        tx.execute(
+            "INSERT INTO admins (login, email_index, email_sealed, password_hash, districts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![login, &self.sealer.index(email)[..], self.sealer.seal_address(email)?, password_hash, join_ids(districts), now],
+        )?;
+        let id = tx.last_insert_rowid();
+        audit(&tx, now, actor, "admin-added", &format!("admin={login} email={} districts={}", email.masked(), join_ids(districts)))?;
+        tx.commit()?;
+        Ok(AdminAdded::Added(id))
+    }
+
+    /// Every admin, by login.
+    pub fn list_admins(&self) -> Result<Vec<Admin>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, login, email_sealed, districts, status FROM admins ORDER BY login")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (id, login, sealed, districts, status) = row?;
+            out.push(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" });
+        }
+        Ok(out)
+    }
+
+    /// Disables an admin: no more posts, no more logins. `false` if unknown.
+    pub fn disable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("UPDATE admins SET status = 'disabled', updated_at = ?1 WHERE login = ?2", params![now, login])?;
+        if n == 1 {
+            audit(&tx, now, actor, "admin-disabled", &format!("admin={login}"))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// The admin whose registered address is `email`, active or not.
+    pub fn find_admin_by_email(&self, email: &EmailAddress) -> Result<Option<Admin>> {
+        let index = self.sealer.index(email);
+        let conn = self.conn();
+        let row: Option<(i64, String, Vec<u8>, String, String)> = conn
+            .query_row(
+                "SELECT id, login, email_sealed, districts, status FROM admins WHERE email_index = ?1 ORDER BY status = 'active' DESC, id LIMIT 1",
+                [&index[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((id, login, sealed, districts, status)) = row else { return Ok(None) };
+        Ok(Some(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" }))
+    }
+
+    /// The admin with this login and its password hash, for a login check.
+    pub fn admin_credentials(&self, login: &str) -> Result<Option<(Admin, String)>> {
+        let conn = self.conn();
+        let row: Option<(i64, String, Vec<u8>, String, String, String)> = conn
+            .query_row(
+                "SELECT id, login, email_sealed, districts, status, password_hash FROM admins WHERE login = ?1",
+                [login],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((id, login, sealed, districts, status, hash)) = row else { return Ok(None) };
+        let admin = Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" };
+        Ok(Some((admin, hash)))
+    }
+}
+
+/// At most this many failed logins per login ID per window.
+pub const LOGIN_FAILURES_MAX: i64 = 5;
+/// The window of [`LOGIN_FAILURES_MAX`], in seconds.
+pub const LOGIN_WINDOW_SECS: i64 = 900;
+
+impl Store {
+    /// Is this login ID locked out by too many recent failures?
+    pub fn login_blocked(&self, login: &str, now: UnixTime) -> Result<bool> {
+        let conn = self.conn();
+        let n: Option<i64> = conn
+            .query_row(
+                "SELECT count FROM rate_limits WHERE scope = 'admin-login' AND key = ?1 AND window_start = ?2",
+                params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0) >= LOGIN_FAILURES_MAX)
+    }
+
+    /// Counts a failed login (unknown IDs too, so probing costs the same).
+    pub fn record_login_failure(&self, login: &str, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('admin-login', ?1, ?2, 1, ?3)
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+                 window_start = excluded.window_start, last_at = excluded.last_at",
+            params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS), now],
+        )?;
+        let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
+        audit(&tx, now, "web", "admin-login-failed", &format!("login={shown}"))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a session after a successful login.
+    pub fn create_session(&self, admin: &Admin, id_hash: &[u8; 32], csrf: &str, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![&id_hash[..], admin.id, csrf, now],
+        )?;
+        tx.execute("DELETE FROM rate_limits WHERE scope = 'admin-login' AND key = ?1", [admin.login.as_bytes()])?;
+        audit(&tx, now, &format!("admin:{}", admin.login), "admin-login", "")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The live session with this id hash: its admin (still active) and CSRF
+    /// token. Idle sessions (no request for `idle_secs`) are gone. A live
+    /// session's last-seen time slides forward.
+    pub fn session(&self, id_hash: &[u8; 32], now: UnixTime, idle_secs: i64) -> Result<Option<(Admin, String)>> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE last_seen <= ?1", [now - idle_secs])?;
+        let row: Option<(i64, String, Vec<u8>, String, String)> = conn
+            .query_row(
+                "SELECT a.id, a.login, a.email_sealed, a.districts, s.csrf FROM admin_sessions s JOIN admins a ON a.id = s.admin_id
+                 WHERE s.id_hash = ?1 AND a.status = 'active'",
+                [&id_hash[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((id, login, sealed, districts, csrf)) = row else { return Ok(None) };
+        conn.execute("UPDATE admin_sessions SET last_seen = ?1 WHERE id_hash = ?2", params![now, &id_hash[..]])?;
+        let admin = Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: true };
+        Ok(Some((admin, csrf)))
+    }
+
+    /// Ends a session (logout).
+    pub fn delete_session(&self, id_hash: &[u8; 32], actor: &str, now: UnixTime) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM admin_sessions WHERE id_hash = ?1", [&id_hash[..]])?;
+        audit(&conn, now, actor, "admin-logout", "")?;
+        Ok(())
+    }
+
+    /// Active subscribers per district and domain (a subscriber of two
+    /// districts counts in both).
+    pub fn subscriber_counts(&self) -> Result<Vec<(u32, String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT d.district_id, s.domain, COUNT(*) FROM subscriber_districts d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE s.status = 'active' GROUP BY d.district_id, s.domain ORDER BY d.district_id, s.domain",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The latest audit log entries: (at, actor, action, detail).
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<(UnixTime, String, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

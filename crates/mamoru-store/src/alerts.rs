@@ -1,0 +1,491 @@
+//! Alerts: drafts from admins' posts, the publish token, and the fan-out —
+//! one outbox row per distinct active subscriber of the union of the
+//! districts, inserted in the same transaction that consumes the token.
+
+use mamoru_core::mail::OutgoingMail;
+use mamoru_core::token::{Claims, Nonce, Purpose};
+use mamoru_core::{EmailAddress, UnixTime};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::admins::{AdminId, split_ids};
+use crate::{Result, Store, SubscriberId, audit};
+
+/// Alert row id.
+pub type AlertId = i64;
+
+/// Outbox priority of alerts and of the admin mail about them: ahead of
+/// registration mail (10), so a queue of sign-ups never delays an alert.
+pub const ALERT_PRIORITY: i64 = 100;
+
+/// A post to record as a draft.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    pub admin: AdminId,
+    /// `mail`, `web` or `cli`.
+    pub source: &'a str,
+    /// The Message-ID of a mailed post (or a digest): a second delivery of
+    /// the same key records nothing. Empty for web and CLI posts.
+    pub source_key: &'a str,
+    pub kind: &'a str,
+    pub title: &'a str,
+    pub text: &'a str,
+    pub districts: &'a [u32],
+    pub is_test: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drafted {
+    /// The draft and its preview mail are queued.
+    Created { alert: AlertId, outbox: i64 },
+    /// This source key was seen before: nothing was recorded.
+    Duplicate,
+}
+
+/// An alert as the pages and the fan-out see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    pub id: AlertId,
+    pub admin: AdminId,
+    pub admin_login: String,
+    pub source: String,
+    pub kind: String,
+    pub title: String,
+    pub text: String,
+    pub districts: Vec<u32>,
+    pub is_test: bool,
+    /// `draft`, `published` or `rejected`.
+    pub state: String,
+    pub created_at: UnixTime,
+    pub published_at: UnixTime,
+    pub recipients: i64,
+}
+
+/// What authorises a publication.
+#[derive(Debug, Clone, Copy)]
+pub enum PublishAuth<'a> {
+    /// The one-time link of a preview mail (consumed by the publication).
+    Token(&'a Claims),
+    /// An admin signed in to the panel, or an operator on the machine.
+    Direct(AlertId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Published { alert: AlertId, recipients: usize },
+    /// The token was used or revoked, the alert is not a draft any more, or
+    /// its admin was disabled.
+    Unusable,
+}
+
+const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,
+     a.created_at, a.published_at, a.recipients";
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: r.get(0)?,
+        admin: r.get(1)?,
+        admin_login: r.get(2)?,
+        source: r.get(3)?,
+        kind: r.get(4)?,
+        title: r.get(5)?,
+        text: r.get(6)?,
+        districts: split_ids(&r.get::<_, String>(7)?),
+        is_test: r.get::<_, i64>(8)? != 0,
+        state: r.get(9)?,
+        created_at: r.get(10)?,
+        published_at: r.get(11)?,
+        recipients: r.get(12)?,
+    })
+}
+
+/// `1,3,5` for an `IN (...)` list. District ids are integers, so this is
+/// not an injection path; it avoids one statement per district.
+fn id_list(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Distinct active subscribers of `districts`, per domain.
+fn recipient_domains(conn: &Connection, districts: &[u32]) -> Result<Vec<(String, i64)>> {
+    let sql = format!(
+        "SELECT s.domain, COUNT(*) FROM subscribers s
+         WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                 WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
+         GROUP BY s.domain ORDER BY s.domain",
+        id_list(districts)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+impl Store {
+    /// Recipients an alert to `districts` would have now, per domain.
+    pub fn recipient_domains(&self, districts: &[u32]) -> Result<Vec<(String, i64)>> {
+        recipient_domains(&self.conn(), districts)
+    }
+
+    /// Records a draft, issues its publish token and queues the preview mail
+    /// `render` builds from the alert id, the token nonce and the recipient
+    /// counts per domain — one transaction. A known `source_key` records
+    /// nothing.
+    pub fn draft_alert(
+        &self,
+        a: &NewAlert<'_>,
+        now: UnixTime,
+        publish_expires_at: UnixTime,
+        render: impl FnOnce(AlertId, Nonce, &[(String, i64)]) -> OutgoingMail,
+    ) -> Result<Drafted> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
+            params![a.admin, a.source, a.source_key, a.kind, a.title, a.text, id_list(a.districts), a.is_test as i64, now],
+        )?;
+        if n == 0 {
+            return Ok(Drafted::Duplicate);
+        }
+        let alert = tx.last_insert_rowid();
+        let mut nonce: Nonce = [0; 8];
+        self.sealer.random(&mut nonce)?;
+        tx.execute(
+            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&nonce[..], Purpose::Publish.as_str(), alert, publish_expires_at],
+        )?;
+        let counts = recipient_domains(&tx, a.districts)?;
+        let mail = render(alert, nonce, &counts);
+        // The preview is useless once its link has expired.
+        let outbox = self.insert_outbox(&tx, &mail, 0, ALERT_PRIORITY, now, publish_expires_at)?;
+        audit(
+            &tx,
+            now,
+            &format!("admin:{}", a.admin),
+            "alert-drafted",
+            &format!("alert={alert} source={} districts={} test={}", a.source, id_list(a.districts), a.is_test),
+        )?;
+        tx.commit()?;
+        Ok(Drafted::Created { alert, outbox })
+    }
+
+    /// Records a refused post (so a redelivery is not answered twice) and
+    /// queues the explanation `mail` to the admin. `false`: seen before,
+    /// nothing queued.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reject_post(&self, admin: AdminId, source_key: &str, title: &str, reason: &str, mail: &OutgoingMail, now: UnixTime, expires_at: UnixTime) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
+             VALUES (?1, 'mail', ?2, ?3, '', '', 'rejected', ?4)
+             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
+            params![admin, source_key, title, now],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let alert = tx.last_insert_rowid();
+        self.insert_outbox(&tx, &mail.clone(), 0, ALERT_PRIORITY, now, expires_at)?;
+        audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// One alert by id.
+    pub fn alert(&self, id: AlertId) -> Result<Option<AlertRow>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id WHERE a.id = ?1");
+        Ok(conn.query_row(&sql, [id], alert_row).optional()?)
+    }
+
+    /// For the GET of a publish link: the draft, if the token is still
+    /// unused and the admin still active. Changes nothing.
+    pub fn publish_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<AlertRow>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
+             JOIN tokens t ON t.subject_id = a.id AND t.purpose = ?2
+             WHERE a.id = ?1 AND t.nonce = ?3 AND t.used_at = 0 AND t.expires_at > ?4
+               AND a.state = 'draft' AND ad.status = 'active'"
+        );
+        Ok(conn
+            .query_row(&sql, params![claims.subject as i64, Purpose::Publish.as_str(), &claims.nonce[..], now], alert_row)
+            .optional()?)
+    }
+
+    /// Publishes a draft: consumes the token (if that is the authority),
+    /// marks the alert published, and inserts one outbox row per distinct
+    /// active subscriber of its districts, each built by `render` from the
+    /// subscriber's id, address and footer-link nonce — one transaction, so
+    /// an alert goes to everyone or to no one, and only once.
+    pub fn publish_alert(
+        &self,
+        auth: PublishAuth<'_>,
+        actor: &str,
+        now: UnixTime,
+        expires_at: UnixTime,
+        mut render: impl FnMut(&AlertRow, SubscriberId, &EmailAddress, Nonce) -> OutgoingMail,
+    ) -> Result<Published> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = match auth {
+            PublishAuth::Token(claims) => {
+                let consumed = tx.execute(
+                    "UPDATE tokens SET used_at = ?1
+                     WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
+                    params![now, &claims.nonce[..], Purpose::Publish.as_str(), claims.subject as i64],
+                )?;
+                if consumed != 1 {
+                    return Ok(Published::Unusable);
+                }
+                claims.subject as i64
+            }
+            PublishAuth::Direct(id) => id,
+        };
+        let marked = tx.execute(
+            "UPDATE alerts SET state = 'published', published_at = ?1
+             WHERE id = ?2 AND state = 'draft' AND admin_id IN (SELECT id FROM admins WHERE status = 'active')",
+            params![now, id],
+        )?;
+        if marked != 1 {
+            return Ok(Published::Unusable);
+        }
+        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id WHERE a.id = ?1");
+        let alert = tx.query_row(&sql, [id], alert_row)?;
+        let mut count = 0usize;
+        {
+            let select = format!(
+                "SELECT s.id, s.addr_sealed, s.link_nonce FROM subscribers s
+                 WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                         WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
+                 ORDER BY s.id",
+                id_list(&alert.districts)
+            );
+            let mut stmt = tx.prepare(&select)?;
+            let mut insert = tx.prepare(
+                "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
+                                     content_sealed, next_attempt_at, created_at, expires_at, alert_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let subscriber: SubscriberId = row.get(0)?;
+                let sealed: Vec<u8> = row.get(1)?;
+                let nonce: Vec<u8> = row.get(2)?;
+                let nonce: Nonce = nonce.try_into().unwrap_or([0; 8]);
+                let addr = self.sealer.open_address(&sealed)?;
+                let mail = render(&alert, subscriber, &addr, nonce);
+                insert.execute(params![
+                    mail.kind.as_str(),
+                    ALERT_PRIORITY,
+                    subscriber,
+                    mail.to.domain(),
+                    mail.sender,
+                    // The address sealed at registration is reused: it is the
+                    // same value, and sealing costs a nonce draw per row.
+                    sealed,
+                    mail.message_id,
+                    self.sealer.seal(b"content", &mail.bytes)?,
+                    now,
+                    expires_at,
+                    id,
+                ])?;
+                count += 1;
+            }
+        }
+        tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
+        audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", alert.is_test))?;
+        tx.commit()?;
+        Ok(Published::Published { alert: id, recipients: count })
+    }
+
+    /// Latest alerts, newest first (drafts and refused posts included).
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id ORDER BY a.id DESC LIMIT ?1");
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([limit as i64], alert_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The public archive: published alerts (never テスト配信) since `since`,
+    /// newest first, optionally only those for `district`.
+    pub fn archive(&self, district: Option<u32>, since: UnixTime, limit: usize) -> Result<Vec<AlertRow>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
+             WHERE a.state = 'published' AND a.is_test = 0 AND a.published_at >= ?1
+               AND (?2 = 0 OR ',' || a.districts || ',' LIKE '%,' || ?2 || ',%')
+             ORDER BY a.published_at DESC, a.id DESC LIMIT ?3"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![since, district.unwrap_or(0), limit as i64], alert_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Delivery progress of an alert: `(domain, state, count)`.
+    pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT domain, state, COUNT(*) FROM outbox WHERE alert_id = ?1 GROUP BY domain, state ORDER BY domain, state")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Store {
+    /// Adds confirmed subscribers in one transaction, skipping addresses
+    /// already known; for imports, tests and the fan-out benchmark. Returns
+    /// how many were added.
+    pub fn import_active_subscribers(&self, items: &[(EmailAddress, Vec<u32>)], actor: &str, now: UnixTime) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut added = 0;
+        {
+            let mut sub = tx.prepare(
+                "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, confirmed_at, updated_at, link_nonce)
+                 VALUES (?1, ?2, ?3, 'active', ?4, ?4, ?4, ?5) ON CONFLICT (addr_index) DO NOTHING",
+            )?;
+            let mut dist = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
+            for (addr, districts) in items {
+                let mut nonce: Nonce = [0; 8];
+                self.sealer.random(&mut nonce)?;
+                let n = sub.execute(params![&self.sealer.index(addr)[..], self.sealer.seal_address(addr)?, addr.domain(), now, &nonce[..]])?;
+                if n == 0 {
+                    continue;
+                }
+                let id = tx.last_insert_rowid();
+                for d in districts {
+                    dist.execute(params![id, d])?;
+                }
+                added += 1;
+            }
+        }
+        audit(&tx, now, actor, "subscribers-imported", &format!("count={added}"))?;
+        tx.commit()?;
+        Ok(added)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mamoru_core::mail::{MailKind, OutgoingMail};
+
+    use super::*;
+    use crate::admins::AdminAdded;
+    use crate::keys;
+
+    const T0: UnixTime = 1_800_000_000;
+
+    fn addr(s: &str) -> EmailAddress {
+        EmailAddress::parse(s).unwrap()
+    }
+
+    fn mail(to: &EmailAddress, id: String) -> OutgoingMail {
+        OutgoingMail { kind: MailKind::Alert, sender: "ans@x".into(), to: to.clone(), message_id: id, bytes: b"x".to_vec() }
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, AdminId) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys::load_or_create(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let AdminAdded::Added(admin) = store.add_admin("chuo", &addr("staff@city.test"), "$argon2id$x", &[1, 3], "cli", T0).unwrap() else {
+            panic!("added")
+        };
+        assert_eq!(store.add_admin("chuo", &addr("other@city.test"), "h", &[], "cli", T0).unwrap(), AdminAdded::LoginTaken);
+        let subs = vec![
+            (addr("a@docomo.ne.jp"), vec![1]),
+            (addr("b@ezweb.ne.jp"), vec![1, 3]),
+            (addr("c@docomo.ne.jp"), vec![2]),
+            (addr("d@i.softbank.jp"), vec![3, 4]),
+        ];
+        assert_eq!(store.import_active_subscribers(&subs, "test", T0).unwrap(), 4);
+        assert_eq!(store.import_active_subscribers(&subs[..1], "test", T0).unwrap(), 0);
+        (dir, store, admin)
+    }
+
+    fn draft(store: &Store, admin: AdminId, key: &str, districts: &[u32]) -> (Drafted, Option<Claims>, Vec<(String, i64)>) {
+        let mut claims = None;
+        let mut seen = vec![];
+        let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false };
+        let d = store
+            .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
+                claims = Some(Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at: T0 + 3600 });
+                seen = counts.to_vec();
+                OutgoingMail { kind: MailKind::AlertPreview, ..mail(&addr("staff@city.test"), format!("preview.{id}@x")) }
+            })
+            .unwrap();
+        (d, claims, seen)
+    }
+
+    #[test]
+    fn admins_are_found_by_address_and_disabled() {
+        let (_d, store, admin) = setup();
+        let a = store.find_admin_by_email(&addr("STAFF@City.Test")).unwrap().unwrap();
+        assert_eq!((a.id, a.login.as_str(), a.active, a.districts.clone()), (admin, "chuo", true, vec![1, 3]));
+        assert_eq!(a.forbidden(&[1, 2, 3]), vec![2]);
+        assert!(store.find_admin_by_email(&addr("staff@evil.test")).unwrap().is_none());
+        assert!(store.disable_admin("chuo", "cli", T0).unwrap());
+        assert!(!store.disable_admin("nobody", "cli", T0).unwrap());
+        assert!(!store.find_admin_by_email(&addr("staff@city.test")).unwrap().unwrap().active);
+        assert_eq!(store.list_admins().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn publish_fans_out_once_to_the_union_of_districts() {
+        let (_d, store, admin) = setup();
+        let (d, claims, counts) = draft(&store, admin, "<m1@city.test>", &[1, 3]);
+        assert!(matches!(d, Drafted::Created { .. }));
+        assert_eq!(counts, vec![("docomo.ne.jp".to_string(), 1), ("ezweb.ne.jp".into(), 1), ("i.softbank.jp".into(), 1)]);
+        assert_eq!(draft(&store, admin, "<m1@city.test>", &[1]).0, Drafted::Duplicate, "a redelivered post is a no-op");
+        let claims = claims.unwrap();
+        assert!(store.publish_view(&claims, T0 + 1).unwrap().is_some());
+        let mut to = vec![];
+        let r = store
+            .publish_alert(PublishAuth::Token(&claims), "admin:chuo", T0 + 1, T0 + 7200, |a, sid, addr, nonce| {
+                assert_ne!(nonce, [0; 8]);
+                to.push(addr.as_str().to_string());
+                mail(addr, format!("alert.{}.{sid}@x", a.id))
+            })
+            .unwrap();
+        assert_eq!(r, Published::Published { alert: claims.subject as i64, recipients: 3 });
+        to.sort();
+        assert_eq!(to, ["a@docomo.ne.jp", "b@ezweb.ne.jp", "d@i.softbank.jp"]);
+        // The token is single use, and the alert is not a draft any more.
+        assert!(store.publish_view(&claims, T0 + 2).unwrap().is_none());
+        let again = store.publish_alert(PublishAuth::Token(&claims), "x", T0 + 2, T0 + 7200, |_, _, a, _| mail(a, "z@x".into())).unwrap();
+        assert_eq!(again, Published::Unusable);
+        let direct = store.publish_alert(PublishAuth::Direct(claims.subject as i64), "x", T0 + 2, T0 + 7200, |_, _, a, _| mail(a, "z@x".into()));
+        assert_eq!(direct.unwrap(), Published::Unusable);
+        let progress = store.alert_progress(claims.subject as i64).unwrap();
+        assert_eq!(progress.iter().map(|p| p.2).sum::<i64>(), 3);
+        let mine = store.claim_due(T0 + 1, 60, 10).unwrap();
+        assert_eq!(mine.iter().filter(|m| m.kind == "alert").count(), 3);
+        assert_eq!(mine[0].kind, "alert_preview", "alert mail goes first");
+    }
+
+    #[test]
+    fn a_disabled_admin_cannot_publish() {
+        let (_d, store, admin) = setup();
+        let (_, claims, _) = draft(&store, admin, "k", &[1]);
+        store.disable_admin("chuo", "cli", T0).unwrap();
+        let claims = claims.unwrap();
+        assert!(store.publish_view(&claims, T0).unwrap().is_none());
+        let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, |_, _, a, _| mail(a, "z@x".into())).unwrap();
+        assert_eq!(r, Published::Unusable);
+        assert_eq!(store.outbox_counts().unwrap().queued, 1, "only the preview");
+    }
+
+    #[test]
+    fn rejected_posts_are_answered_once() {
+        let (_d, store, admin) = setup();
+        let m = mail(&addr("staff@city.test"), "rej@x".into());
+        assert!(store.reject_post(admin, "k2", "t", "missing-districts", &m, T0, T0 + 60).unwrap());
+        let m2 = mail(&addr("staff@city.test"), "rej2@x".into());
+        assert!(!store.reject_post(admin, "k2", "t", "missing-districts", &m2, T0, T0 + 60).unwrap());
+        assert_eq!(store.outbox_counts().unwrap().queued, 1);
+        assert_eq!(store.recent_alerts(10).unwrap()[0].state, "rejected");
+    }
+}

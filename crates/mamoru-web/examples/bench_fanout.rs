@@ -1,0 +1,75 @@
+//! Fan-out benchmark (design §8): 100k active subscribers spread over 10
+//! districts; an alert to 3 of them is published, and the time from the
+//! call to the commit of all its outbox rows is printed. Run through
+//! `scripts/bench-fanout` (release build).
+
+use std::time::{Duration, Instant};
+
+use mamoru_core::alert::AlertDraft;
+use mamoru_core::{Config, EmailAddress};
+use mamoru_store::Store;
+use mamoru_store::admins::AdminAdded;
+use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
+
+fn main() {
+    let subscribers: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = mamoru_store::keys::load_or_create(dir.path()).expect("keys");
+    let store = Store::open(dir.path(), &keys, Duration::from_secs(5)).expect("store");
+    let mut cfg = Config::default();
+    cfg.domain = "mamoru.test".into();
+    let domains = ["docomo.ne.jp", "ezweb.ne.jp", "i.softbank.jp", "au.com", "gmail.com"];
+    // Deterministic spread: each subscriber picks one district, a third of
+    // them a second one, like parents with children at two schools.
+    let items: Vec<(EmailAddress, Vec<u32>)> = (0..subscribers)
+        .map(|i| {
+            let addr = EmailAddress::parse(&format!("parent{i}@{}", domains[i % domains.len()])).expect("addr");
+            let first = (i * 7 % 10) as u32 + 1;
+            let mut d = vec![first];
+            if i % 3 == 0 {
+                d.push(first % 10 + 1);
+            }
+            (addr, d)
+        })
+        .collect();
+    let t = Instant::now();
+    store.import_active_subscribers(&items, "bench", 1).expect("import");
+    eprintln!("imported {subscribers} subscribers in {:.2} s", t.elapsed().as_secs_f64());
+    let AdminAdded::Added(admin) = store.add_admin("bench", &EmailAddress::parse("staff@city.test").expect("addr"), "x", &[], "bench", 1).expect("admin")
+    else {
+        panic!("admin exists")
+    };
+    let draft = AlertDraft { title: "不審な男性の声かけ".into(), kind: "不審者情報".into(), districts: vec![1, 4, 7], text: "本日15時ごろ、公園の近くで下校中の児童に声をかける男性がいました。\n年齢は40歳くらい、黒い服装です。\n見かけたら110番してください。".repeat(3) };
+    let now = mamoru_core::now();
+    let new = NewAlert { admin, source: "cli", source_key: "", kind: &draft.kind, title: &draft.title, text: &draft.text, districts: &draft.districts, is_test: false };
+    let Drafted::Created { alert, .. } = store
+        .draft_alert(&new, now, now + 3600, |_, _, _| mamoru_core::alert::preview(&cfg, &mamoru_core::alert::content(&cfg, &draft, false), &EmailAddress::parse("staff@city.test").expect("addr"), &mamoru_core::alert::PreviewInfo { counts: &Default::default(), publish_url: "x", dropped_attachments: 0, is_test: false }, now, "preview@mamoru.test".into()))
+        .expect("draft")
+    else {
+        panic!("duplicate")
+    };
+    let tokens = keys.token_key();
+    if std::env::var_os("BENCH_SPLIT").is_some() {
+        // Rendering and sealing alone, without SQLite, to see where the time goes.
+        let content = mamoru_core::alert::content(&cfg, &draft, false);
+        let t = Instant::now();
+        let mut bytes = 0;
+        for (i, (addr, _)) in items.iter().take(40_000).enumerate() {
+            let links = mamoru_core::links::subscriber_links(&cfg, &tokens, i as u64, [1; 8], now);
+            let m = mamoru_core::alert::render(&cfg, &content, addr, &links, now, format!("alert.1.{i}@mamoru.test"));
+            bytes += store.sealer().seal(b"content", &m.bytes).expect("seal").len();
+        }
+        eprintln!("render+seal 40000: {:.3} s, {bytes} bytes", t.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    let r = mamoru_web::publish::publish(&cfg, &store, &tokens, PublishAuth::Direct(alert), "bench", now).expect("publish");
+    let secs = t.elapsed().as_secs_f64();
+    let Published::Published { recipients, .. } = r else { panic!("not published") };
+    let db = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(store.path().with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "fan-out: {subscribers} subscribers, alert to 3 of 10 districts: {recipients} outbox rows committed in {secs:.3} s ({:.0} rows/s, {:.1} MB written)",
+        recipients as f64 / secs,
+        db as f64 / 1e6
+    );
+}

@@ -1,0 +1,543 @@
+//! The admin panel, `/admin` (Japanese, no JavaScript): login by ID and
+//! password, dashboard (subscribers per district and carrier), compose →
+//! preview → publish, alert history with delivery progress per carrier,
+//! admin accounts and the audit log.
+//!
+//! Security (design §5):
+//! - The session cookie is `__Host-mamoru_admin`: `Secure`, `HttpOnly`,
+//!   `SameSite=Strict`, `Path=/`. It holds 32 random bytes; the store keeps
+//!   only their SHA-256. Sessions end after `[web] admin_idle_secs` idle.
+//! - Every POST but the login carries the session's CSRF token.
+//! - Failed logins are counted per login ID (unknown IDs too) and lock the
+//!   ID for a window; an unknown ID costs an argon2 verification like a
+//!   wrong password, so timing tells nothing.
+//! - Non-loopback clients are refused unless the listener speaks HTTPS
+//!   (`[web] tls_cert`) or `[web] behind_tls_proxy`.
+//! - Every action is in the audit log; GET only shows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::{Method, StatusCode};
+use mamoru_core::alert::{self, CarrierCounts, PreviewInfo, carrier_of, district_label};
+use mamoru_core::token::{Claims, Purpose};
+use mamoru_core::{Config, mail, password};
+use mamoru_store::admins::Admin;
+use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
+use ring::digest;
+
+use crate::Web;
+use crate::archive::jst;
+use crate::form;
+use crate::pages::{self, escape};
+
+const COOKIE: &str = "__Host-mamoru_admin";
+
+/// What a handler answers; the router adds the common headers.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+fn page(status: StatusCode, body: String) -> Answer {
+    Answer { status, body, headers: vec![(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000".into())] }
+}
+
+fn redirect(to: &str) -> Answer {
+    let mut a = page(StatusCode::SEE_OTHER, String::new());
+    a.headers.push((header::LOCATION, to.into()));
+    a
+}
+
+fn message(cfg: &Config, status: StatusCode, title: &str, line: &str) -> Answer {
+    page(status, pages::message(cfg, title, &[line]))
+}
+
+fn busy(cfg: &Config) -> Answer {
+    message(cfg, StatusCode::SERVICE_UNAVAILABLE, "ただいま混み合っています", "しばらくしてからもう一度お試しください。")
+}
+
+fn session_id(headers: &HeaderMap) -> Option<[u8; 32]> {
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for c in v.split(';') {
+            if let Some(val) = c.trim().strip_prefix(COOKIE).and_then(|r| r.strip_prefix('=')) {
+                let raw = URL_SAFE_NO_PAD.decode(val).ok()?;
+                let d = digest::digest(&digest::SHA256, &raw);
+                return d.as_ref().try_into().ok();
+            }
+        }
+    }
+    None
+}
+
+fn random(web: &Web, n: usize) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    web.store.sealer().random(&mut b).ok()?;
+    Some(b)
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    web: &Arc<Web>,
+    f: impl FnOnce(&Web) -> mamoru_store::Result<T> + Send + 'static,
+) -> Result<T, Answer> {
+    let w = web.clone();
+    match tokio::task::spawn_blocking(move || f(&w)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "admin: store error");
+            Err(busy(&web.cfg))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin: task failed");
+            Err(busy(&web.cfg))
+        }
+    }
+}
+
+fn head(out: &mut String, cfg: &Config, title: &str, admin: Option<(&Admin, &str)>) {
+    pages::head(out, cfg, title);
+    if let Some((a, csrf)) = admin {
+        out.push_str("<nav class=\"admin\"><a href=\"/admin\">ダッシュボード</a> <a href=\"/admin/compose\">新規配信</a> \
+                      <a href=\"/admin/alerts\">配信履歴</a> <a href=\"/admin/admins\">管理者</a> <a href=\"/admin/audit\">操作記録</a> ");
+        out.push_str("<form method=\"post\" action=\"/admin/logout\" class=\"inline\">");
+        csrf_field(out, csrf);
+        out.push_str("<button type=\"submit\" class=\"link\">ログアウト（");
+        escape(out, &a.login);
+        out.push_str("）</button></form></nav>\n");
+    }
+    pages::h1(out, title);
+}
+
+fn csrf_field(out: &mut String, csrf: &str) {
+    out.push_str("<input type=\"hidden\" name=\"csrf\" value=\"");
+    escape(out, csrf);
+    out.push_str("\">");
+}
+
+fn login_page(cfg: &Config, error: Option<&str>) -> String {
+    let mut out = String::new();
+    head(&mut out, cfg, "管理者ログイン", None);
+    if let Some(e) = error {
+        pages::error(&mut out, e);
+    }
+    out.push_str(
+        "<form method=\"post\" action=\"/admin/login\">\
+         <label for=\"login\">ID</label><input type=\"text\" id=\"login\" name=\"login\" autocomplete=\"username\" autocapitalize=\"none\" required maxlength=\"64\">\
+         <label for=\"password\">パスワード</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required maxlength=\"256\">\
+         <button type=\"submit\">ログイン</button></form>\n",
+    );
+    pages::foot(&mut out, cfg);
+    out
+}
+
+/// Entry point from the router for every `/admin` path.
+pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &HeaderMap, body: Bytes, peer: SocketAddr) -> Answer {
+    let cfg = web.cfg.clone();
+    if !peer.ip().is_loopback() && !cfg.web.behind_tls_proxy && !cfg.web_tls() {
+        return message(&cfg, StatusCode::FORBIDDEN, "管理画面は使えません", "暗号化された接続（HTTPS）からのみ使えます。");
+    }
+    let now = mamoru_core::now();
+    let post = method == Method::POST;
+    if path == "/admin/login" {
+        return if post { login(&web, &body).await } else { page(StatusCode::OK, login_page(&cfg, None)) };
+    }
+    let Some(sid) = session_id(headers) else { return redirect("/admin/login") };
+    let idle = cfg.web.admin_idle_secs;
+    let session = match blocking(&web, move |w| w.store.session(&sid, now, idle)).await {
+        Ok(s) => s,
+        Err(a) => return a,
+    };
+    let Some((admin, csrf)) = session else { return redirect("/admin/login") };
+    if post {
+        let sent = form::value(&body, "csrf").unwrap_or_default();
+        // Constant-time comparison is not needed for a per-session value an
+        // attacker cannot observe, but equal lengths are checked first anyway.
+        if sent.len() != csrf.len() || sent != csrf.as_str() {
+            return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "画面を開き直してからもう一度お試しください。");
+        }
+    }
+    let me = (&admin, csrf.as_str());
+    match (post, path) {
+        (false, "/admin") => dashboard(&web, me).await,
+        (false, "/admin/compose") => page(StatusCode::OK, compose_page(&cfg, me, None, "", "", "", &[])),
+        (true, "/admin/compose") => compose(&web, me, &body, now).await,
+        (false, "/admin/alerts") => history(&web, me).await,
+        (false, "/admin/admins") => admins(&web, me).await,
+        (false, "/admin/audit") => audit(&web, me).await,
+        (true, "/admin/logout") => {
+            let actor = format!("admin:{}", admin.login);
+            let _ = blocking(&web, move |w| w.store.delete_session(&sid, &actor, now)).await;
+            let mut a = redirect("/admin/login");
+            a.headers.push((header::SET_COOKIE, format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")));
+            a
+        }
+        _ => {
+            let rest = path.strip_prefix("/admin/alerts/");
+            let (id, publish) = match rest.map(|r| r.strip_suffix("/publish").map_or((r, false), |r| (r, true))) {
+                Some((id, p)) => (id.parse::<i64>().ok(), p),
+                None => (None, false),
+            };
+            match (id, post, publish) {
+                (Some(id), false, false) => show_alert(&web, me, id).await,
+                (Some(id), true, true) => publish_alert(&web, me, id, now).await,
+                _ => message(&cfg, StatusCode::NOT_FOUND, "ページが見つかりません", "メニューから選んでください。"),
+            }
+        }
+    }
+}
+
+async fn login(web: &Arc<Web>, body: &[u8]) -> Answer {
+    let cfg = &web.cfg;
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    let pw = form::value(body, "password").unwrap_or_default().to_string();
+    let now = mamoru_core::now();
+    let l = login.clone();
+    let checked = blocking(web, move |w| {
+        if w.store.login_blocked(&l, now)? {
+            return Ok(Err(true));
+        }
+        let creds = w.store.admin_credentials(&l)?;
+        let hash = creds.as_ref().map_or(password::dummy_hash(), |(_, h)| h.as_str());
+        let ok = password::verify(&pw, hash);
+        match creds {
+            Some((admin, _)) if ok && admin.active => Ok(Ok(admin)),
+            _ => {
+                w.store.record_login_failure(&l, now)?;
+                Ok(Err(false))
+            }
+        }
+    })
+    .await;
+    let admin = match checked {
+        Ok(Ok(a)) => a,
+        Ok(Err(blocked)) => {
+            let text = if blocked {
+                "ログインの失敗が続いたため、しばらくログインできません。時間をおいてお試しください。"
+            } else {
+                "IDまたはパスワードが違います。"
+            };
+            let status = if blocked { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::UNAUTHORIZED };
+            return page(status, login_page(cfg, Some(text)));
+        }
+        Err(a) => return a,
+    };
+    let (Some(sid), Some(csrf)) = (random(web, 32), random(web, 16)) else { return busy(cfg) };
+    let hash: [u8; 32] = match digest::digest(&digest::SHA256, &sid).as_ref().try_into() {
+        Ok(h) => h,
+        Err(_) => return busy(cfg),
+    };
+    let csrf: String = csrf.iter().map(|b| format!("{b:02x}")).collect();
+    if let Err(a) = blocking(web, move |w| w.store.create_session(&admin, &hash, &csrf, now)).await {
+        return a;
+    }
+    let mut a = redirect("/admin");
+    a.headers.push((
+        header::SET_COOKIE,
+        format!("{COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict", URL_SAFE_NO_PAD.encode(&sid)),
+    ));
+    a
+}
+
+async fn dashboard(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
+    let cfg = &web.cfg;
+    let counts = match blocking(web, |w| w.store.subscriber_counts()).await {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let carriers = ["docomo", "au", "SoftBank", "Y!mobile", "その他"];
+    let mut out = String::new();
+    head(&mut out, cfg, "ダッシュボード", Some(me));
+    out.push_str("<h2>地区・キャリア別の登録者数</h2><table><tr><th>地区</th>");
+    for c in carriers {
+        out.push_str(&format!("<th>{c}</th>"));
+    }
+    out.push_str("<th>計</th></tr>\n");
+    for d in &cfg.districts {
+        out.push_str("<tr><td>");
+        escape(&mut out, &d.name);
+        out.push_str("</td>");
+        let rows: Vec<(String, i64)> = counts.iter().filter(|(id, _, _)| *id == d.id).map(|(_, dom, n)| (dom.clone(), *n)).collect();
+        let cc = CarrierCounts::from_domains(&rows);
+        for (_, n) in &cc.0 {
+            out.push_str(&format!("<td>{n}</td>"));
+        }
+        out.push_str(&format!("<td>{}</td></tr>\n", cc.total()));
+    }
+    out.push_str("</table>\n");
+    pages::foot(&mut out, cfg);
+    page(StatusCode::OK, out)
+}
+
+fn compose_page(cfg: &Config, me: (&Admin, &str), error: Option<&str>, title: &str, kind: &str, text: &str, checked: &[u32]) -> String {
+    let mut out = String::new();
+    head(&mut out, cfg, "新規配信", Some(me));
+    if let Some(e) = error {
+        pages::error(&mut out, e);
+    }
+    out.push_str("<form method=\"post\" action=\"/admin/compose\">");
+    csrf_field(&mut out, me.1);
+    out.push_str("<label for=\"title\">件名</label><input type=\"text\" id=\"title\" name=\"title\" required maxlength=\"60\" value=\"");
+    escape(&mut out, title);
+    out.push_str("\"><label for=\"kind\">種別</label><select id=\"kind\" name=\"kind\"><option value=\"\">（なし）</option>");
+    for k in &cfg.alerts.kinds {
+        out.push_str("<option");
+        if k == kind {
+            out.push_str(" selected");
+        }
+        out.push('>');
+        escape(&mut out, k);
+        out.push_str("</option>");
+    }
+    out.push_str("</select><fieldset><legend>地区</legend>\n");
+    for d in cfg.districts.iter().filter(|d| me.0.districts.is_empty() || me.0.districts.contains(&d.id)) {
+        out.push_str(&format!("<label class=\"check\"><input type=\"checkbox\" name=\"district\" value=\"{}\"", d.id));
+        if checked.contains(&d.id) {
+            out.push_str(" checked");
+        }
+        out.push('>');
+        escape(&mut out, &d.name);
+        out.push_str("</label>\n");
+    }
+    out.push_str("</fieldset><label for=\"text\">本文</label><textarea id=\"text\" name=\"text\" rows=\"8\" required maxlength=\"4000\">");
+    escape(&mut out, text);
+    out.push_str("</textarea><label class=\"check\"><input type=\"checkbox\" name=\"test\" value=\"1\">テスト配信（件名に【テスト配信】）</label>\
+                  <button type=\"submit\">確認へ進む</button></form>\n");
+    pages::foot(&mut out, cfg);
+    out
+}
+
+async fn compose(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let title = form::value(body, "title").unwrap_or_default().to_string();
+    let kind = form::value(body, "kind").unwrap_or_default().to_string();
+    let text = form::value(body, "text").unwrap_or_default().to_string();
+    let is_test = form::value(body, "test").is_some();
+    let ids = form::districts(body, &cfg).unwrap_or_default();
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let mut post = String::new();
+    if !kind.is_empty() {
+        post.push_str(&format!("種別: {kind}\n"));
+    }
+    post.push_str(&format!("地区: {}\n{text}", list.join(",")));
+    // The mail parser, so web and mail posts follow the same rules.
+    let draft = alert::parse_post(&cfg, &title, &post).and_then(|d| {
+        let forbidden = me.0.forbidden(&d.districts);
+        if forbidden.is_empty() { Ok(d) } else { Err(alert::FormatError::DistrictsNotAllowed(forbidden)) }
+    });
+    let draft = match draft {
+        Ok(d) => d,
+        Err(e) => {
+            let err = e.explain(&cfg);
+            return page(StatusCode::BAD_REQUEST, compose_page(&cfg, me, Some(&err), &title, &kind, &text, &ids));
+        }
+    };
+    let Some(random) = random(web, 12) else { return busy(&cfg) };
+    let admin = me.0.clone();
+    let result = blocking(web, move |w| {
+        let cfg = &w.cfg;
+        let expires_at = now + cfg.alerts.publish_ttl_secs;
+        let content = alert::content(cfg, &draft, is_test);
+        let new = NewAlert {
+            admin: admin.id,
+            source: "web",
+            source_key: "",
+            kind: &draft.kind,
+            title: &draft.title,
+            text: &draft.text,
+            districts: &draft.districts,
+            is_test,
+        };
+        let mut r = [0u8; 12];
+        r.copy_from_slice(&random);
+        // The preview mail goes out too: the admin's phone gets the same
+        // one-time link as for a mailed post.
+        w.store.draft_alert(&new, now, expires_at, |id, nonce, domains| {
+            let claims = Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at };
+            let url = format!("{}/p/{}", cfg.base_url(), w.tokens.sign(&claims));
+            let counts = CarrierCounts::from_domains(domains);
+            let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments: 0, is_test };
+            alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(&r, cfg))
+        })
+    })
+    .await;
+    match result {
+        Ok(Drafted::Created { alert, .. }) => {
+            web.queued.notify_one();
+            redirect(&format!("/admin/alerts/{alert}"))
+        }
+        Ok(Drafted::Duplicate) => busy(&cfg),
+        Err(a) => a,
+    }
+}
+
+async fn show_alert(web: &Arc<Web>, me: (&Admin, &str), id: i64) -> Answer {
+    let cfg = &web.cfg;
+    let (row, progress, counts) = match blocking(web, move |w| {
+        let row = w.store.alert(id)?;
+        let progress = w.store.alert_progress(id)?;
+        let counts = match &row {
+            Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
+            _ => vec![],
+        };
+        Ok((row, progress, counts))
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(a) => return a,
+    };
+    let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
+    let content = alert::content(cfg, &crate::publish::draft_of(&row), row.is_test);
+    let mut out = String::new();
+    head(&mut out, cfg, if row.state == "draft" { "配信の確認" } else { "配信の詳細" }, Some(me));
+    out.push_str("<h2>件名</h2><p>");
+    escape(&mut out, &content.subject);
+    out.push_str("</p><h2>本文</h2><pre class=\"alert\">");
+    escape(&mut out, &content.body);
+    out.push_str("</pre>");
+    if row.state == "draft" {
+        let cc = CarrierCounts::from_domains(&counts);
+        out.push_str(&format!("<p>配信先: {}件（", cc.total()));
+        let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        escape(&mut out, &parts.join("、"));
+        out.push_str("）</p>");
+        if row.admin == me.0.id {
+            out.push_str(&format!("<form method=\"post\" action=\"/admin/alerts/{}/publish\">", row.id));
+            csrf_field(&mut out, me.1);
+            out.push_str("<button type=\"submit\">配信する</button></form>\n");
+        }
+    } else {
+        progress_table(&mut out, &progress);
+    }
+    pages::foot(&mut out, cfg);
+    page(StatusCode::OK, out)
+}
+
+/// Delivery progress per carrier: queued / sent / deferred / failed / expired.
+fn progress_table(out: &mut String, progress: &[(String, String, i64)]) {
+    let states = [("queued", "待ち"), ("sending", "送信中"), ("sent", "送信済"), ("failed", "失敗"), ("expired", "期限切れ")];
+    let carriers = ["docomo", "au", "SoftBank", "Y!mobile", "その他"];
+    out.push_str("<h2>配信状況</h2><table><tr><th>キャリア</th>");
+    for (_, label) in states {
+        out.push_str(&format!("<th>{label}</th>"));
+    }
+    out.push_str("</tr>\n");
+    for c in carriers {
+        out.push_str(&format!("<tr><td>{c}</td>"));
+        for (state, _) in states {
+            let n: i64 = progress.iter().filter(|(d, s, _)| carrier_of(d) == c && s == state).map(|(_, _, n)| n).sum();
+            out.push_str(&format!("<td>{n}</td>"));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+async fn publish_alert(web: &Arc<Web>, me: (&Admin, &str), id: i64, now: i64) -> Answer {
+    let cfg = &web.cfg;
+    let admin = me.0.clone();
+    let result = blocking(web, move |w| {
+        // Only the author publishes a draft from the panel.
+        match w.store.alert(id)? {
+            Some(r) if r.admin == admin.id => {}
+            _ => return Ok(Published::Unusable),
+        }
+        let actor = format!("admin:{}", admin.login);
+        crate::publish::publish(&w.cfg, &w.store, &w.tokens, PublishAuth::Direct(id), &actor, now)
+    })
+    .await;
+    match result {
+        Ok(Published::Published { alert, recipients }) => {
+            tracing::info!(alert, recipients, "alert published from the admin panel");
+            web.queued.notify_one();
+            redirect(&format!("/admin/alerts/{alert}"))
+        }
+        Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
+        Err(a) => a,
+    }
+}
+
+async fn history(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
+    let cfg = &web.cfg;
+    let rows = match blocking(web, |w| w.store.recent_alerts(100)).await {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let mut out = String::new();
+    head(&mut out, cfg, "配信履歴", Some(me));
+    out.push_str("<table><tr><th>日時</th><th>件名</th><th>地区</th><th>状態</th><th>件数</th></tr>\n");
+    for r in rows.iter().filter(|r| r.state != "rejected") {
+        let when = if r.published_at > 0 { r.published_at } else { r.created_at };
+        out.push_str("<tr><td>");
+        escape(&mut out, &jst(when));
+        out.push_str(&format!("</td><td><a href=\"/admin/alerts/{}\">", r.id));
+        if r.is_test {
+            out.push_str("【テスト】");
+        }
+        escape(&mut out, &r.title);
+        out.push_str("</a></td><td>");
+        escape(&mut out, &district_label(cfg, &r.districts));
+        let state = if r.state == "published" { "配信済" } else { "未配信" };
+        out.push_str(&format!("</td><td>{state}</td><td>{}</td></tr>\n", r.recipients));
+    }
+    out.push_str("</table>\n");
+    pages::foot(&mut out, cfg);
+    page(StatusCode::OK, out)
+}
+
+async fn admins(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
+    let cfg = &web.cfg;
+    let list = match blocking(web, |w| w.store.list_admins()).await {
+        Ok(l) => l,
+        Err(a) => return a,
+    };
+    let mut out = String::new();
+    head(&mut out, cfg, "管理者", Some(me));
+    pages::p(&mut out, "管理者の追加と停止は、サーバーで mamoru admin add / disable を使います。");
+    out.push_str("<table><tr><th>ID</th><th>アドレス</th><th>地区</th><th>状態</th></tr>\n");
+    for a in list {
+        out.push_str("<tr><td>");
+        escape(&mut out, &a.login);
+        out.push_str("</td><td>");
+        escape(&mut out, &a.email.masked());
+        out.push_str("</td><td>");
+        let d = if a.districts.is_empty() { "全地区".to_string() } else { district_label(cfg, &a.districts) };
+        escape(&mut out, &d);
+        out.push_str(&format!("</td><td>{}</td></tr>\n", if a.active { "有効" } else { "停止" }));
+    }
+    out.push_str("</table>\n");
+    pages::foot(&mut out, cfg);
+    page(StatusCode::OK, out)
+}
+
+async fn audit(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
+    let cfg = &web.cfg;
+    let log = match blocking(web, |w| w.store.audit_log(200)).await {
+        Ok(l) => l,
+        Err(a) => return a,
+    };
+    let mut out = String::new();
+    head(&mut out, cfg, "操作記録", Some(me));
+    out.push_str("<table><tr><th>日時</th><th>誰が</th><th>操作</th><th>内容</th></tr>\n");
+    for (at, actor, action, detail) in log {
+        out.push_str("<tr><td>");
+        escape(&mut out, &jst(at));
+        out.push_str("</td><td>");
+        escape(&mut out, &actor);
+        out.push_str("</td><td>");
+        escape(&mut out, &action);
+        out.push_str("</td><td>");
+        escape(&mut out, &detail);
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</table>\n");
+    pages::foot(&mut out, cfg);
+    page(StatusCode::OK, out)
+}

@@ -1,0 +1,123 @@
+//! The publish link of a preview mail (`/p/TOKEN`), and the fan-out shared
+//! with the admin panel and `mamoru alert post --yes`.
+//!
+//! GET shows the alert as parents will see it and a button; only the POST
+//! publishes, consuming the one-time token in the same transaction that
+//! queues every subscriber's mail (mail scanners fetch every link).
+
+use hyper::StatusCode;
+use mamoru_core::alert::{self, AlertDraft};
+use mamoru_core::links::subscriber_links;
+use mamoru_core::token::{Purpose, TokenError, TokenKey};
+use mamoru_core::{Config, UnixTime};
+use mamoru_store::Store;
+use mamoru_store::alerts::{AlertRow, PublishAuth, Published};
+
+use crate::Web;
+use crate::pages::{self, escape};
+
+/// The alert text of a stored row, as `mamoru_core::alert` renders it.
+pub fn draft_of(row: &AlertRow) -> AlertDraft {
+    AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
+}
+
+/// Publishes an alert: one outbox row per subscriber, each with its
+/// personal footer links. Blocking (SQLite); the caller picks the thread.
+pub fn publish(cfg: &Config, store: &Store, tokens: &TokenKey, auth: PublishAuth<'_>, actor: &str, now: UnixTime) -> mamoru_store::Result<Published> {
+    let expires_at = now + cfg.alerts.max_age_secs;
+    let mut content: Option<alert::AlertContent> = None;
+    store.publish_alert(auth, actor, now, expires_at, |row, subscriber, addr, link_nonce| {
+        let content = content.get_or_insert_with(|| alert::content(cfg, &draft_of(row), row.is_test));
+        let links = subscriber_links(cfg, tokens, subscriber as u64, link_nonce, now);
+        // Stable per alert and subscriber: a duplicate delivery is identical.
+        let message_id = format!("alert.{}.{subscriber}@{}", row.id, cfg.domain);
+        alert::render(cfg, content, addr, &links, now, message_id)
+    })
+}
+
+fn preview_page(cfg: &Config, token: &str, row: &AlertRow) -> String {
+    let content = alert::content(cfg, &draft_of(row), row.is_test);
+    let mut out = String::with_capacity(4096);
+    pages::head(&mut out, cfg, "配信の確認");
+    pages::h1(&mut out, if row.is_test { "テスト配信の確認" } else { "配信の確認" });
+    pages::p(&mut out, "まだ配信されていません。内容を確かめて「配信する」を押してください。");
+    out.push_str("<h2>件名</h2><p>");
+    escape(&mut out, &content.subject);
+    out.push_str("</p><h2>本文</h2><pre class=\"alert\">");
+    escape(&mut out, &content.body);
+    out.push_str("</pre><form method=\"post\" action=\"/p/");
+    escape(&mut out, token);
+    out.push_str("\"><button type=\"submit\">配信する</button></form>\n");
+    pages::foot(&mut out, cfg);
+    out
+}
+
+fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
+    match web.tokens.verify(token, Purpose::Publish, now) {
+        Ok(c) => Ok(c),
+        Err(TokenError::Expired) => Err(gone(&web.cfg)),
+        Err(_) => Err((StatusCode::BAD_REQUEST, pages::message(&web.cfg, "リンクが正しくありません", &["メールのリンクをそのまま開いてください。"]))),
+    }
+}
+
+fn gone(cfg: &Config) -> (StatusCode, String) {
+    (StatusCode::GONE, pages::message(cfg, "このリンクは使えません", &["配信済みか、期限が切れています。もう一度投稿してください。"]))
+}
+
+fn busy(cfg: &Config) -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, pages::message(cfg, "ただいま混み合っています", &["しばらくしてからもう一度お試しください。"]))
+}
+
+/// `GET /p/TOKEN`. Changes nothing.
+pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, String) {
+    let now = mamoru_core::now();
+    let claims = match verify(&web, &token, now) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let w = web.clone();
+    match tokio::task::spawn_blocking(move || w.store.publish_view(&claims, now)).await {
+        Ok(Ok(Some(row))) => (StatusCode::OK, preview_page(&web.cfg, &token, &row)),
+        Ok(Ok(None)) => gone(&web.cfg),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "web: cannot read an alert draft");
+            busy(&web.cfg)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "web: publish view task failed");
+            busy(&web.cfg)
+        }
+    }
+}
+
+/// `POST /p/TOKEN`: publishes.
+pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, String) {
+    let now = mamoru_core::now();
+    let claims = match verify(&web, &token, now) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let w = web.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let actor = format!("publish-link:alert={}", claims.subject);
+        publish(&w.cfg, &w.store, &w.tokens, PublishAuth::Token(&claims), &actor, now)
+    })
+    .await;
+    match result {
+        Ok(Ok(Published::Published { alert, recipients })) => {
+            tracing::info!(alert, recipients, "alert published");
+            web.queued.notify_one();
+            let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
+            (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
+        }
+        Ok(Ok(Published::Unusable)) => gone(&web.cfg),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "web: cannot publish an alert");
+            busy(&web.cfg)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "web: publish task failed");
+            busy(&web.cfg)
+        }
+    }
+}

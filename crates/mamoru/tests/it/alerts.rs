@@ -1,0 +1,437 @@
+//! Alerts end to end: `mamoru admin`, an admin's post by mail (pipe with a
+//! SASL login, and through a real Postfix with a DKIM signature verified
+//! against a key the test generates and pins), the preview mail, the publish
+//! page over real HTTP, and the fan-out reaching exactly the subscribers of
+//! the chosen districts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter as _;
+use mail_auth::dkim::DkimSigner;
+use mamoru_core::EmailAddress;
+
+use crate::postfix::{Postfix, chown_r, user_ids};
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(60);
+const ADMIN: &str = "staff@city.test";
+
+fn admin_add(inst: &Instance, id: &str, email: &str, password: &str) -> std::process::Output {
+    let mut cmd = inst.cmd();
+    cmd.args(["admin", "add", id, "--email", email]);
+    run_with_stdin(cmd, format!("{password}\n").as_bytes())
+}
+
+#[test]
+fn admin_cli_adds_lists_and_disables() {
+    let inst = Instance::new(&[]);
+    let short = admin_add(&inst, "chuo", ADMIN, "short");
+    assert!(!short.status.success() && String::from_utf8_lossy(&short.stderr).contains("at least"));
+    let ok = admin_add(&inst, "chuo", ADMIN, "a long enough password");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!admin_add(&inst, "chuo", "x@city.test", "a long enough password").status.success(), "login taken");
+    let list = inst.cmd().args(["admin", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("chuo") && text.contains("active") && text.contains("s***@city.test"), "{text}");
+    assert!(!text.contains(ADMIN), "addresses are masked: {text}");
+    assert!(inst.cmd().args(["admin", "disable", "chuo"]).output().unwrap().status.success());
+    let text = String::from_utf8_lossy(&inst.cmd().args(["admin", "list"]).output().unwrap().stdout).into_owned();
+    assert!(text.contains("disabled"), "{text}");
+    assert!(!inst.cmd().args(["admin", "disable", "nobody"]).output().unwrap().status.success());
+}
+
+/// Subscribers: two in district 1, one in 3, one in 1 and 3, two elsewhere.
+const SUBSCRIBERS: [(&str, &[u32]); 6] = [
+    ("a..b.@docomo.ne.jp", &[1]),
+    ("c@ezweb.ne.jp", &[1]),
+    ("d@i.softbank.jp", &[3]),
+    ("e@docomo.ne.jp", &[1, 3]),
+    ("f@docomo.ne.jp", &[2]),
+    ("g@au.com", &[10]),
+];
+
+fn import(inst: &Instance) {
+    let items: Vec<(EmailAddress, Vec<u32>)> =
+        SUBSCRIBERS.iter().map(|(a, d)| (EmailAddress::parse(a).unwrap(), d.to_vec())).collect();
+    assert_eq!(inst.store().import_active_subscribers(&items, "test", mamoru_core::now()).unwrap(), 6);
+}
+
+fn post_text(message_id: &str) -> String {
+    format!(
+        "From: {ADMIN}\r\nTo: alert@mamoru.test\r\nSubject: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <{message_id}>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n\
+         種別: 不審者情報\r\n地区: 中央, 3\r\n本日15時ごろ、公園で児童に声をかける男性がいました。\r\n"
+    )
+}
+
+/// The `/p/TOKEN` path in a preview body.
+fn publish_path(body: &str) -> String {
+    let start = body.find("/p/").expect("a /p/ link in the preview");
+    body[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// Checks what each subscriber received: the alert once for districts 1 and
+/// 3, nothing for the others.
+fn check_fanout(messages: &[(String, Vec<u8>)]) {
+    let expected = ["a..b.@docomo.ne.jp", "c@ezweb.ne.jp", "d@i.softbank.jp", "e@docomo.ne.jp"];
+    let mut got: Vec<&str> = messages.iter().map(|(to, _)| to.as_str()).collect();
+    got.sort();
+    assert_eq!(got, expected, "every subscriber of 中央 and 昭和 exactly once, no one else");
+    for (to, raw) in messages {
+        let m = mailparse::parse_mail(raw).unwrap();
+        let h = |k: &str| m.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap_or_default();
+        assert_eq!(h("Subject"), "【守るネット】[不審者情報] 不審者（中央地区、昭和地区）", "{to}");
+        assert!(h("List-Unsubscribe").starts_with("<http://127.0.0.1:1/u/"), "{to}");
+        assert_eq!(h("List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+        assert_eq!(h("Auto-Submitted"), "auto-generated");
+        let body = m.get_body().unwrap();
+        assert!(body.contains("公園で児童に声をかける") && body.contains("/m/"), "{body}");
+    }
+}
+
+#[test]
+fn a_post_with_a_sasl_login_is_previewed_then_published_to_its_districts_only() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let server = inst.serve();
+    let mut ingest = inst.cmd();
+    ingest.args(["ingest", "--sender", ADMIN, "--recipient", "alert@mamoru.test", "--sasl-username=chuo"]);
+    let out = run_with_stdin(ingest, post_text("p1@city.test").as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An unauthenticated copy (no SASL login) is dropped; a replay is a no-op.
+    assert!(inst.ingest(ADMIN, "alert@mamoru.test", post_text("p2@city.test").as_bytes()).status.success());
+    let mut again = inst.cmd();
+    again.args(["ingest", "--sender", ADMIN, "--recipient", "alert@mamoru.test", "--sasl-username=chuo"]);
+    assert!(run_with_stdin(again, post_text("p1@city.test").as_bytes()).status.success());
+
+    let preview = wait_for("the preview mail", T, || {
+        inst.mail_files().into_iter().map(|p| std::fs::read(p).unwrap()).map(|raw| parse_mail(&raw)).find(|m| m.subject.contains("配信の確認"))
+    });
+    assert!(preview.to.contains(ADMIN));
+    assert!(preview.body.contains("配信先: 4件") && preview.body.contains("・docomo: 2件"), "{}", preview.body);
+    let path = publish_path(&preview.body);
+    let page = http(server.http, "GET", &path, None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("配信する") && page.header("Content-Security-Policy").is_some());
+    assert_eq!(page.header("Referrer-Policy"), Some("no-referrer"));
+    assert_eq!(inst.mail_files().len(), 1, "GET publishes nothing");
+    let done = http(server.http, "POST", &path, Some(""));
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("4件"), "{}", done.body);
+    assert_eq!(http(server.http, "POST", &path, Some("")).status, 410, "the link is single use");
+
+    let alerts = wait_for("four alert mails", T, || {
+        let v: Vec<(String, Vec<u8>)> = inst
+            .mail_files()
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|raw| parse_mail(raw).subject.starts_with("【守るネット】[不審者情報]"))
+            .map(|raw| (parse_mail(&raw).to.trim_matches(['<', '>']).to_string(), raw))
+            .collect();
+        (v.len() >= 4).then_some(v)
+    });
+    check_fanout(&alerts);
+
+    // The public archive shows it, per district, as a page and as Atom.
+    let all = http(server.http, "GET", "/alerts", None);
+    assert_eq!(all.status, 200);
+    assert!(all.body.contains("[不審者情報] 不審者") && all.body.contains("公園で児童に声をかける"), "{}", all.body);
+    assert!(all.header("Content-Security-Policy").is_some() && all.header("Referrer-Policy") == Some("no-referrer"));
+    assert!(!all.body.contains("chuo") && !all.body.contains("city.test"), "no personal data in the archive");
+    assert!(http(server.http, "GET", "/alerts?d=3", None).body.contains("不審者"));
+    assert!(!http(server.http, "GET", "/alerts?d=2", None).body.contains("公園で"));
+    assert_eq!(http(server.http, "GET", "/alerts?d=99", None).status, 404);
+    let atom = http(server.http, "GET", "/alerts/1.atom", None);
+    assert_eq!(atom.status, 200);
+    assert!(atom.header("Content-Type").is_some_and(|c| c.starts_with("application/atom+xml")));
+    assert!(atom.body.contains("<entry><title>[不審者情報] 不審者（中央地区、昭和地区）</title>"), "{}", atom.body);
+    assert!(!http(server.http, "GET", "/alerts/10.atom", None).body.contains("<entry>"));
+
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    for (a, _) in SUBSCRIBERS {
+        assert!(!log.contains(a), "address in clear in the log");
+    }
+    assert_eq!(inst.mail_files().len(), 5, "preview + four alerts, nothing else");
+}
+
+/// One SMTP transaction with a prepared message, as a mail client would.
+fn smtp_send(port: u16, from: &str, to: &str, message: &str) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut transcript = String::new();
+    let reply = |r: &mut BufReader<TcpStream>, t: &mut String| -> String {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            t.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return line;
+            }
+        }
+    };
+    reply(&mut r, &mut transcript);
+    for cmd in ["EHLO city.test".to_string(), format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>"), "DATA".into()] {
+        write!(w, "{cmd}\r\n").unwrap();
+        reply(&mut r, &mut transcript);
+    }
+    let data = message.replace("\r\n.", "\r\n..");
+    write!(w, "{data}\r\n.\r\n").unwrap();
+    let last = reply(&mut r, &mut transcript);
+    write!(w, "QUIT\r\n").unwrap();
+    assert!(last.starts_with("250"), "{transcript}");
+    transcript
+}
+
+#[test]
+fn a_dkim_signed_post_through_postfix_reaches_every_subscriber_once() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sink = SmtpSink::start(&work.path().join("sink"));
+    let der = Ed25519Key::generate_pkcs8().unwrap();
+    let key = Ed25519Key::from_pkcs8_der(&der).unwrap();
+    use base64::Engine as _;
+    let record = format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(key.public_key()));
+    let inst = Instance::new(&[
+        ("relay.transport", &format!("\"smtp://127.0.0.1:{}\"", sink.port)),
+        ("alerts.dkim_keys", &format!("{{ \"sel._domainkey.city.test\" = \"{record}\" }}")),
+    ]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+
+    std::fs::set_permissions(inst.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&inst.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = inst.dir.path().join("mamoru");
+    std::fs::copy(BIN, &bin).unwrap();
+    chown_r(&inst.data_dir(), "mamoru");
+    let (uid, gid) = user_ids("mamoru");
+    let mut serve = Command::new(&bin);
+    serve.arg("-c").arg(&inst.config).arg("serve").env("RUST_LOG", "debug").uid(uid).gid(gid);
+    let server = Server::start(&mut serve);
+    let bin_s = bin.to_string_lossy().into_owned();
+    let config_s = inst.config.to_string_lossy().into_owned();
+    let postfix = Postfix::start(&work.path().join("postfix"), &["--mode", "pipe", "--mamoru-bin", &bin_s, "--mamoru-config", &config_s]);
+
+    let message = post_text("dkim1@city.test");
+    let sig = DkimSigner::from_key(key)
+        .domain("city.test")
+        .selector("sel")
+        .headers(["From", "To", "Subject", "Message-ID"])
+        .sign(message.as_bytes())
+        .unwrap();
+    let signed = format!("{}{message}", sig.to_header());
+    smtp_send(postfix.port, ADMIN, "alert@mamoru.test", &signed);
+    // A forged copy (no signature) through the same path gets nowhere.
+    smtp_send(postfix.port, ADMIN, "alert@mamoru.test", &post_text("forged@city.test"));
+
+    let sink_mail = |pred: &dyn Fn(&Mail) -> bool| -> Vec<(String, Vec<u8>)> {
+        sink.messages().into_iter().filter(|(_, raw)| pred(&parse_mail(raw))).map(|(r, raw)| (r.join(","), raw)).collect()
+    };
+    let preview = wait_for_or(
+        "the preview at the sink",
+        T,
+        || sink_mail(&|m| m.subject.contains("配信の確認")).into_iter().next(),
+        || postfix.log(),
+    );
+    assert_eq!(preview.0, ADMIN);
+    let path = publish_path(&parse_mail(&preview.1).body);
+    assert_eq!(http(server.http, "POST", &path, Some("")).status, 200);
+    let alerts = wait_for_or(
+        "four alerts at the sink",
+        T,
+        || {
+            let v = sink_mail(&|m| m.subject.starts_with("【守るネット】[不審者情報]"));
+            (v.len() >= 4).then_some(v)
+        },
+        || postfix.log(),
+    );
+    check_fanout(&alerts);
+    assert_eq!(sink.messages().len(), 5, "one preview, four alerts; nothing for the forged post");
+    drop(postfix);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let post_to = |districts: &str, extra: &[&str], text: &str| {
+        let mut cmd = inst.cmd();
+        cmd.args(["alert", "post", "--admin", "chuo", "--title", "不審者", "--kind", "不審者情報", "--districts", districts]).args(extra);
+        run_with_stdin(cmd, text.as_bytes())
+    };
+    let post = |extra: &[&str], text: &str| post_to("中央, 3", extra, text);
+    let bad = post_to("東京", &[], "本文");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("東京"));
+    let preview = post(&[], "本日15時ごろ、公園で児童に声をかける男性がいました。");
+    assert!(preview.status.success(), "{}", String::from_utf8_lossy(&preview.stderr));
+    assert!(String::from_utf8_lossy(&preview.stdout).contains("preview queued for s***@city.test"));
+    let store = inst.store();
+    assert_eq!(store.outbox_counts().unwrap().queued, 1, "only the preview");
+    let test = post(&["--test", "--yes"], "テストです。");
+    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+    assert!(String::from_utf8_lossy(&test.stdout).contains("published to 4 subscribers"));
+    let queued = store.claim_due(mamoru_core::now() + 1, 60, 100).unwrap();
+    let alerts: Vec<_> = queued.iter().filter(|m| m.kind == "alert").collect();
+    assert_eq!(alerts.len(), 4);
+    let subject = parse_mail(&alerts[0].content).subject;
+    assert_eq!(subject, "【守るネット】【テスト配信】[不審者情報] 不審者（中央地区、昭和地区）");
+    assert!(store.archive(None, 0, 10).unwrap().is_empty(), "テスト配信 is not archived");
+    let disabled = inst.cmd().args(["admin", "disable", "chuo"]).output().unwrap();
+    assert!(disabled.status.success());
+    assert!(!post(&["--yes"], "x").status.success(), "a disabled admin cannot post");
+}
+
+/// HTTP with extra request headers (a cookie), over a real socket.
+fn http_h(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let body = form.unwrap_or("");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let ctype = if form.is_some() { "Content-Type: application/x-www-form-urlencoded\r\n" } else { "" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}{ctype}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Response { status, headers, body: body.to_string() }
+}
+
+fn form_escape(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[test]
+fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let server = inst.serve();
+    let addr = server.http;
+
+    // Not logged in: to the login page.
+    let r = http_h(addr, "GET", "/admin", &[], None);
+    assert_eq!((r.status, r.header("Location")), (303, Some("/admin/login")));
+    // Wrong passwords, then the ID is locked even for the right one.
+    for _ in 0..5 {
+        assert_eq!(http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=wrong+password")).status, 401);
+    }
+    let locked = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // The lock is a fixed 15-minute window; end it here instead of waiting.
+    let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
+    db.execute("DELETE FROM rate_limits WHERE scope = 'admin-login'", []).unwrap();
+    drop(db);
+
+    let ok = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let set = ok.header("Set-Cookie").unwrap().to_string();
+    for attr in ["__Host-mamoru_admin=", "Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let cookie_pair = set.split(';').next().unwrap().to_string();
+    let cookie = [("Cookie", cookie_pair.as_str())];
+
+    let dash = http_h(addr, "GET", "/admin", &cookie, None);
+    assert_eq!(dash.status, 200);
+    assert!(dash.body.contains("<td>中央地区</td><td>2</td><td>1</td><td>0</td><td>0</td><td>0</td><td>3</td>"), "{}", dash.body);
+    assert!(dash.header("Strict-Transport-Security").is_some() && dash.header("Content-Security-Policy").is_some());
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = dash.body.split(marker).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    assert_eq!(csrf.len(), 32);
+
+    let compose = format!(
+        "title={}&kind={}&district=1&district=3&text={}",
+        form_escape("不審者"),
+        form_escape("不審者情報"),
+        form_escape("本日15時ごろ、公園で児童に声をかける男性がいました。")
+    );
+    let forged = http_h(addr, "POST", "/admin/compose", &cookie, Some(&compose));
+    assert_eq!(forged.status, 403, "no CSRF token, no draft");
+    let drafted = http_h(addr, "POST", "/admin/compose", &cookie, Some(&format!("csrf={csrf}&{compose}")));
+    assert_eq!(drafted.status, 303, "{}", drafted.body);
+    let alert_path = drafted.header("Location").unwrap().to_string();
+    let preview = http_h(addr, "GET", &alert_path, &cookie, None);
+    assert!(preview.body.contains("配信先: 4件") && preview.body.contains("配信する"), "{}", preview.body);
+    let published = http_h(addr, "POST", &format!("{alert_path}/publish"), &cookie, Some(&format!("csrf={csrf}")));
+    assert_eq!(published.status, 303, "{}", published.body);
+    let alerts = wait_for("four alert mails", T, || {
+        let v: Vec<(String, Vec<u8>)> = inst
+            .mail_files()
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|raw| parse_mail(raw).subject.starts_with("【守るネット】[不審者情報]"))
+            .map(|raw| (parse_mail(&raw).to.trim_matches(['<', '>']).to_string(), raw))
+            .collect();
+        (v.len() >= 4).then_some(v)
+    });
+    check_fanout(&alerts);
+    let detail = http_h(addr, "GET", &alert_path, &cookie, None);
+    assert!(detail.body.contains("配信状況") && detail.body.contains("<td>docomo</td>"), "{}", detail.body);
+    assert!(http_h(addr, "GET", "/admin/alerts", &cookie, None).body.contains("不審者"));
+    let audit = http_h(addr, "GET", "/admin/audit", &cookie, None).body;
+    for action in ["admin-login-failed", "admin-login", "alert-drafted", "alert-published"] {
+        assert!(audit.contains(action), "{action} in {audit}");
+    }
+
+    let out = http_h(addr, "POST", "/admin/logout", &cookie, Some(&format!("csrf={csrf}")));
+    assert_eq!(out.status, 303);
+    assert_eq!(http_h(addr, "GET", "/admin", &cookie, None).status, 303, "the session is gone");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    let sid = cookie_pair.split('=').nth(1).unwrap();
+    assert!(!log.contains(sid), "session id in the log");
+}
+
+#[test]
+fn the_web_listener_speaks_https_with_the_configured_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let inst = Instance::new(&[
+        ("web.tls_cert", &format!("\"{}\"", cert.display())),
+        ("web.tls_key", &format!("\"{}\"", key.display())),
+    ]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    let server = inst.serve();
+    let url = format!("https://{}/admin/login", server.http);
+    // curl is an independent TLS client; it trusts only the test's certificate.
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "20", "--cacert"]).arg(&cert).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, page) = curl(&["-w", "\n%{http_code}", &url]);
+    assert!(ok && page.ends_with("\n200") && page.contains("管理者ログイン"), "{page}");
+    let (ok, headers) = curl(&["-D", "-", "-o", "/dev/null", "--data", "login=chuo&password=a+long+enough+password", &url]);
+    assert!(ok, "{headers}");
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("set-cookie: __host-mamoru_admin=") && lower.contains("secure") && lower.contains("strict-transport-security"), "{headers}");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{}/", server.http)]).output().unwrap();
+    assert!(!plain.status.success());
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}

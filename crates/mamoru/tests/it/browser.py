@@ -1,0 +1,91 @@
+"""Drives a real headless Chromium (through chromedriver) over mamoru's
+pages at a phone-sized viewport, for tests/it/browser.rs.
+
+Usage: browser.py BASE_URL REGISTER_PATH PUBLISH_PATH SHOT_DIR PROFILE_DIR ADMIN_ID ADMIN_PASSWORD
+Prints one line per step, "step: detail", and exits non-zero on failure.
+"""
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, register, publish, shots, profile, admin_id, admin_password = sys.argv[1:8]
+
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}"]:
+    opts.add_argument(flag)
+# An iPhone-sized viewport: the pages are phone-first.
+opts.add_experimental_option("mobileEmulation", {
+    "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0}})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver.set_page_load_timeout(30)
+# Titles, not elements: an element looked up while the next page loads can
+# belong to the old document.
+wait = WebDriverWait(driver, 20)
+
+
+def shot(name):
+    # Full page height, so the screenshot shows the whole form.
+    h = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(390, max(844, h))
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(f"{shots}/{name}.png")
+    print(f"screenshot: {name}.png", flush=True)
+
+
+try:
+    driver.get(base + "/")
+    print("top:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
+    shot("top")
+
+    driver.get(base + register)
+    print("register:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
+    for value in ("1", "3"):
+        driver.find_element(By.CSS_SELECTOR, f"input[type=checkbox][value='{value}']").click()
+    shot("register")
+    driver.find_element(By.CSS_SELECTOR, "form button").click()
+    wait.until(EC.title_contains("登録が完了しました"))
+    print("registered:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
+    shot("registered")
+
+    driver.get(base + publish)
+    print("publish-page:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
+    shot("publish")
+    driver.find_element(By.CSS_SELECTOR, "form button").click()
+    wait.until(EC.title_contains("配信しました"))
+    print("published:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+
+    driver.get(base + "/alerts")
+    print("archive:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("alerts")
+
+    # The admin panel: login, dashboard, compose, preview, publish.
+    driver.get(base + "/admin")
+    shot("admin-login")
+    driver.find_element(By.ID, "login").send_keys(admin_id)
+    driver.find_element(By.ID, "password").send_keys(admin_password)
+    driver.find_element(By.CSS_SELECTOR, "main form button").click()
+    wait.until(EC.title_contains("ダッシュボード"))
+    print("dashboard:", driver.find_element(By.TAG_NAME, "table").text.replace("\n", " | "), flush=True)
+    shot("admin-dashboard")
+    driver.get(base + "/admin/compose")
+    driver.find_element(By.ID, "title").send_keys("不審な電話")
+    driver.find_element(By.CSS_SELECTOR, "input[type=checkbox][name=district][value='3']").click()
+    driver.find_element(By.ID, "text").send_keys("市役所を名乗る不審な電話がありました。")
+    shot("admin-compose")
+    driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]:not(.link)").click()
+    wait.until(EC.title_contains("配信の確認"))
+    print("admin-preview:", driver.title, "|", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("admin-preview")
+    driver.find_element(By.CSS_SELECTOR, "main form[action$='/publish'] button").click()
+    wait.until(EC.title_contains("配信の詳細"))
+    print("admin-published:", driver.title, "|", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("admin-published")
+finally:
+    driver.quit()
