@@ -63,11 +63,7 @@ impl Registrar {
     fn register(&self, reply_to: &EmailAddress, recipient: &str) -> Outcome {
         let now = (self.clock)();
         let cfg = &self.cfg;
-        let limits = RegistrationLimits {
-            cooldown_secs: cfg.limits.register_cooldown_secs,
-            daily_cap: cfg.limits.register_daily_cap,
-            global_hourly_cap: cfg.limits.register_global_hourly_cap,
-        };
+        let limits = RegistrationLimits::from(&cfg.limits);
         let expires_at = now + cfg.tokens.register_ttl_secs;
         let mut random = [0u8; 12];
         if let Err(e) = self.store.sealer().random(&mut random) {

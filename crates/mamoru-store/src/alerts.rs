@@ -147,12 +147,7 @@ impl Store {
             return Ok(Drafted::Duplicate);
         }
         let alert = tx.last_insert_rowid();
-        let mut nonce: Nonce = [0; 8];
-        self.sealer.random(&mut nonce)?;
-        tx.execute(
-            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![&nonce[..], Purpose::Publish.as_str(), alert, publish_expires_at],
-        )?;
+        let nonce = self.issue_token(&tx, Purpose::Publish, alert, publish_expires_at)?;
         let counts = recipient_domains(&tx, a.districts)?;
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.

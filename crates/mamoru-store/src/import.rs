@@ -81,12 +81,7 @@ impl Store {
                 Imported::Added(subscriber)
             }
             ImportMode::Invite { token_expires_at, render } => {
-                let mut nonce: Nonce = [0; 8];
-                self.sealer.random(&mut nonce)?;
-                tx.execute(
-                    "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![&nonce[..], Purpose::Register.as_str(), subscriber, token_expires_at],
-                )?;
+                let nonce = self.issue_token(&tx, Purpose::Register, subscriber, token_expires_at)?;
                 let mail = render(subscriber, nonce);
                 self.insert_outbox(&tx, &mail, subscriber, 0, now, token_expires_at)?;
                 Imported::Invited(subscriber)

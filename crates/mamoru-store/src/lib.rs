@@ -98,6 +98,16 @@ pub struct RegistrationLimits {
     pub global_hourly_cap: i64,
 }
 
+impl From<&mamoru_core::config::LimitsConfig> for RegistrationLimits {
+    fn from(c: &mamoru_core::config::LimitsConfig) -> Self {
+        Self {
+            cooldown_secs: c.register_cooldown_secs,
+            daily_cap: c.register_daily_cap,
+            global_hourly_cap: c.register_global_hourly_cap,
+        }
+    }
+}
+
 /// Which limit refused a 登録受付 mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
@@ -260,12 +270,7 @@ impl Store {
                 tx.last_insert_rowid()
             }
         };
-        let mut nonce: Nonce = [0; 8];
-        self.sealer.random(&mut nonce)?;
-        tx.execute(
-            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![&nonce[..], Purpose::Register.as_str(), subscriber, token_expires_at],
-        )?;
+        let nonce = self.issue_token(&tx, Purpose::Register, subscriber, token_expires_at)?;
         let mail = render(subscriber, nonce);
         // The mail is worthless once its link has expired.
         let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
@@ -343,6 +348,24 @@ impl Store {
         audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
         tx.commit()?;
         Ok(Completion::Completed { subscriber, outbox })
+    }
+
+    /// Records a fresh nonce for a one-time token of `purpose` about
+    /// `subject`, inside the caller's transaction, and returns it to be signed.
+    fn issue_token(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        purpose: Purpose,
+        subject: i64,
+        expires_at: UnixTime,
+    ) -> Result<Nonce> {
+        let mut nonce: Nonce = [0; 8];
+        self.sealer.random(&mut nonce)?;
+        tx.execute(
+            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&nonce[..], purpose.as_str(), subject, expires_at],
+        )?;
+        Ok(nonce)
     }
 
     fn insert_outbox(

@@ -121,12 +121,7 @@ impl Store {
                 params![subscriber, district],
             )?;
         }
-        let mut nonce: Nonce = [0; 8];
-        self.sealer.random(&mut nonce)?;
-        tx.execute(
-            "INSERT INTO tokens (nonce, purpose, subject_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![&nonce[..], kind.purpose().as_str(), subscriber, token_expires_at],
-        )?;
+        let nonce = self.issue_token(&tx, kind.purpose(), subscriber, token_expires_at)?;
         let mail = render(kind, subscriber, nonce);
         let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
         let action = match kind {

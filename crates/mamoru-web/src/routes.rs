@@ -199,11 +199,7 @@ impl App {
         let result = tokio::task::spawn_blocking(move || {
             let now = mamoru_core::now();
             let cfg = &web.cfg;
-            let limits = RegistrationLimits {
-                cooldown_secs: cfg.limits.register_cooldown_secs,
-                daily_cap: cfg.limits.register_daily_cap,
-                global_hourly_cap: cfg.limits.register_global_hourly_cap,
-            };
+            let limits = RegistrationLimits::from(&cfg.limits);
             let expires_at = now + cfg.tokens.register_ttl_secs;
             web.store.request_link(&addr, now, &limits, expires_at, None, |kind, subscriber, nonce| {
                 let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
