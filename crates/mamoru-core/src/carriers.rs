@@ -163,7 +163,7 @@ pub fn pool_of<'a>(pools: &'a BTreeMap<String, CarrierConfig>, domain: &str) -> 
     let domain = domain.to_ascii_lowercase();
     pools
         .iter()
-        .find(|(_, p)| p.domains.iter().any(|d| *d == domain))
+        .find(|(_, p)| p.domains.contains(&domain))
         .map(|(name, _)| name.as_str())
         .unwrap_or(DEFAULT_POOL)
 }
