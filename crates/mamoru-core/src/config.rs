@@ -265,6 +265,11 @@ impl Config {
             return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
         }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
+        for (name, pool) in &self.carriers {
+            if !pool.route.is_empty() {
+                parse_transport(&format!("carriers.{name}.route"), &pool.route)?;
+            }
+        }
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -294,19 +299,7 @@ impl Config {
     }
 
     pub fn transport(&self) -> Result<Transport, ConfigError> {
-        let t = self.relay.transport.trim();
-        if t == "file" {
-            return Ok(Transport::File);
-        }
-        let bad = || invalid("relay.transport", format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
-        let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        Ok(Transport::Smtp { host: host.to_string(), port })
+        parse_transport("relay.transport", &self.relay.transport)
     }
 
     /// `ans@DOMAIN`.
@@ -327,6 +320,23 @@ impl Config {
     pub fn district(&self, id: u32) -> Option<&District> {
         self.districts.iter().find(|d| d.id == id)
     }
+}
+
+/// `"file"` or `"smtp://HOST:PORT"`, named by `key` in errors.
+pub fn parse_transport(key: &str, value: &str) -> Result<Transport, ConfigError> {
+    let t = value.trim();
+    if t == "file" {
+        return Ok(Transport::File);
+    }
+    let bad = || invalid(key, format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
+    let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(Transport::Smtp { host: host.to_string(), port })
 }
 
 fn positive(key: &str, v: i64, zero_ok: bool) -> Result<(), ConfigError> {
@@ -386,6 +396,7 @@ mod tests {
         assert!(err("[carriers.docomo]\nrate = 1").contains("rate"));
         assert!(err("[carriers.x]\ndomains = [\"a b\"]").contains("carriers.x.domains"));
         assert!(err("[carriers.default]\ndomains = [\"a.jp\"]").contains("carriers.default.domains"));
+        assert!(err("[carriers.au]\nroute = \"mx\"").contains("carriers.au.route"));
     }
 
     #[test]
