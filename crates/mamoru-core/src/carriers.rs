@@ -29,6 +29,9 @@ pub struct CarrierConfig {
     pub rate_per_second: f64,
     /// Messages that may go at once after an idle period (bucket size).
     pub burst: u32,
+    /// Where this pool's mail goes, `smtp://HOST:PORT`; empty = the relay's
+    /// `transport`.
+    pub route: String,
 }
 
 /// A `[carriers.NAME]` table as written: each key optional, falling back to
@@ -41,12 +44,20 @@ struct CarrierPatch {
     messages_per_connection: Option<u32>,
     rate_per_second: Option<f64>,
     burst: Option<u32>,
+    route: Option<String>,
 }
 
 impl CarrierConfig {
     /// The values a new pool without a built-in counterpart starts from.
     pub fn fallback() -> Self {
-        Self { domains: Vec::new(), max_connections: 2, messages_per_connection: 50, rate_per_second: 5.0, burst: 5 }
+        Self {
+            domains: Vec::new(),
+            max_connections: 2,
+            messages_per_connection: 50,
+            rate_per_second: 5.0,
+            burst: 5,
+            route: String::new(),
+        }
     }
 
     fn carrier(domains: &[&str]) -> Self {
@@ -59,6 +70,7 @@ impl CarrierConfig {
             messages_per_connection: 50,
             rate_per_second: 10.0,
             burst: 5,
+            route: String::new(),
         }
     }
 }
@@ -78,6 +90,7 @@ pub fn default_carriers() -> BTreeMap<String, CarrierConfig> {
             messages_per_connection: MAX_MESSAGES_PER_CONNECTION,
             rate_per_second: 0.0,
             burst: 10,
+            route: String::new(),
         },
     );
     m
@@ -118,6 +131,9 @@ fn merge(mut pools: BTreeMap<String, CarrierConfig>, patches: BTreeMap<String, C
         }
         if let Some(v) = p.burst {
             pool.burst = v;
+        }
+        if let Some(v) = p.route {
+            pool.route = v;
         }
     }
     pools
@@ -163,7 +179,7 @@ pub fn pool_of<'a>(pools: &'a BTreeMap<String, CarrierConfig>, domain: &str) -> 
     let domain = domain.to_ascii_lowercase();
     pools
         .iter()
-        .find(|(_, p)| p.domains.iter().any(|d| *d == domain))
+        .find(|(_, p)| p.domains.contains(&domain))
         .map(|(name, _)| name.as_str())
         .unwrap_or(DEFAULT_POOL)
 }

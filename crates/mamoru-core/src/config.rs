@@ -361,6 +361,11 @@ impl Config {
         }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         self.validate_alerts()?;
+        for (name, pool) in &self.carriers {
+            if !pool.route.is_empty() {
+                parse_transport(&format!("carriers.{name}.route"), &pool.route)?;
+            }
+        }
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -438,19 +443,7 @@ impl Config {
     }
 
     pub fn transport(&self) -> Result<Transport, ConfigError> {
-        let t = self.relay.transport.trim();
-        if t == "file" {
-            return Ok(Transport::File);
-        }
-        let bad = || invalid("relay.transport", format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
-        let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        Ok(Transport::Smtp { host: host.to_string(), port })
+        parse_transport("relay.transport", &self.relay.transport)
     }
 
     /// `ans@DOMAIN`.
@@ -497,6 +490,23 @@ impl Config {
         let tag = if d.tag.is_empty() { d.id.to_string() } else { d.tag.clone() };
         format!("{}+{tag}@{}", self.ingest.register_local, self.domain)
     }
+}
+
+/// `"file"` or `"smtp://HOST:PORT"`, named by `key` in errors.
+pub fn parse_transport(key: &str, value: &str) -> Result<Transport, ConfigError> {
+    let t = value.trim();
+    if t == "file" {
+        return Ok(Transport::File);
+    }
+    let bad = || invalid(key, format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
+    let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(Transport::Smtp { host: host.to_string(), port })
 }
 
 fn positive(key: &str, v: i64, zero_ok: bool) -> Result<(), ConfigError> {
@@ -559,6 +569,7 @@ mod tests {
         assert!(err("[alerts]\nrequire = \"none\"").contains("alerts.require"));
         assert!(err("[alerts]\nalert_local = \"ans\"").contains("alerts.alert_local"));
         assert!(err("[alerts]\nauthserv_id = \"a b\"").contains("alerts.authserv_id"));
+        assert!(err("[carriers.au]\nroute = \"mx\"").contains("carriers.au.route"));
     }
 
     #[test]

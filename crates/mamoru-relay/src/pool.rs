@@ -57,6 +57,8 @@ impl Clock {
 struct Pool {
     name: String,
     cfg: CarrierConfig,
+    /// The pool's `route`, or the relay's transport.
+    transport: Transport,
     filter: DomainFilter,
     /// The rate the shaper enforces (0 for the file transport: pacing is for
     /// carriers, not for the local disk).
@@ -116,10 +118,23 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: Ca
         } else {
             DomainFilter::Only(cfg.domains.clone())
         };
-        let rate = if relay.transport == Transport::File { 0.0 } else { cfg.rate_per_second };
+        let transport = if cfg.route.is_empty() {
+            relay.transport.clone()
+        } else {
+            match mamoru_core::config::parse_transport(&format!("carriers.{name}.route"), &cfg.route) {
+                Ok(t) => t,
+                // `Config::validate` refuses this; a hand-built Relay may not.
+                Err(e) => {
+                    tracing::error!(pool = %name, error = %e, "unusable route; using the relay's transport");
+                    relay.transport.clone()
+                }
+            }
+        };
+        let rate = if transport == Transport::File { 0.0 } else { cfg.rate_per_second };
         pools.push(Arc::new(Pool {
             name: name.clone(),
             cfg: cfg.clone(),
+            transport,
             filter,
             rate,
             shaper: Mutex::new(Shaper::new(rate, cfg.burst, clock.now())),
@@ -279,7 +294,7 @@ async fn worker(
     shutdown: CancellationToken,
     clock: Clock,
 ) {
-    let mut hop = match NextHop::new(&relay.transport, &relay.data_dir, &relay.hostname, pool.cfg.messages_per_connection) {
+    let mut hop = match NextHop::new(&pool.transport, &relay.data_dir, &relay.hostname, pool.cfg.messages_per_connection) {
         Ok(hop) => hop,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a delivery worker");

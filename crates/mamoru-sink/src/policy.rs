@@ -120,6 +120,11 @@ impl Policy {
         &self.seen
     }
 
+    /// Does `domain` have limits (and so count connections)?
+    pub fn is_limited(&self, domain: &str) -> bool {
+        self.cfg.limits.contains_key(&domain.to_ascii_lowercase())
+    }
+
     pub fn session_opened(&mut self) {
         self.stats.sessions += 1;
     }

@@ -92,12 +92,15 @@ impl Session {
         let Some((local, domain)) = addr.rsplit_once('@') else {
             return Step::Reply("501 5.1.3 Bad recipient address syntax\r\n".into());
         };
-        if self.bound.as_deref().is_some_and(|b| !b.eq_ignore_ascii_case(domain)) {
-            // Real carriers take only their own domains; a pool never mixes.
+        let limited = policy.is_limited(domain);
+        if limited && self.bound.as_deref().is_some_and(|b| !b.eq_ignore_ascii_case(domain)) {
+            // A carrier takes only its own domains: a connection counted
+            // against one carrier cannot carry mail for another. Unlimited
+            // domains mix freely, as on a smarthost.
             return Step::Reply("550 5.7.1 Relay access denied\r\n".into());
         }
-        let (verdict, bound) = policy.rcpt(local, domain, self.bound.is_some(), now);
-        if bound && self.bound.is_none() {
+        let (verdict, bound) = policy.rcpt(local, domain, self.bound.is_some() || !limited, now);
+        if limited && bound && self.bound.is_none() {
             self.bound = Some(domain.to_ascii_lowercase());
         }
         match verdict {
@@ -161,6 +164,7 @@ mod tests {
         assert!(matches!(&steps[10], Step::Reply(r) if r.starts_with("250 2.0.0")));
         assert!(matches!(&steps[11], Step::Close(r) if r.starts_with("221")));
         assert_eq!(p.stats().accepted, 1);
-        assert_eq!(s.bound(), Some("docomo.ne.jp"));
+        // Only domains with limits count connections.
+        assert_eq!(s.bound(), None);
     }
 }

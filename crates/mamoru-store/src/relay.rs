@@ -335,3 +335,6 @@ fn suspend_undeliverable(tx: &rusqlite::Transaction<'_>, subscriber: i64, now: U
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

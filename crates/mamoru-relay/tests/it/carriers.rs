@@ -52,6 +52,7 @@ fn pool(domains: &[&str], conns: u32, rate: f64, burst: u32) -> CarrierConfig {
         messages_per_connection: 50,
         rate_per_second: rate,
         burst,
+        route: String::new(),
     }
 }
 
@@ -235,4 +236,23 @@ async fn faults_after_the_dot_and_transient_replies() {
     assert_eq!(status, "pending");
     assert!(deferred.last_error.starts_with("452"), "{deferred:?}");
     assert!(deferred.next_attempt_at > mamoru_core::now() - 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_a_route_delivers_there() {
+    let mut env = Env::new();
+    let elsewhere = Emulator::start(PolicyConfig::default()).await;
+    let mut au = pool(&["au.com"], 1, 0.0, 5);
+    au.route = format!("smtp://127.0.0.1:{}", elsewhere.port);
+    env.set_pools(pools(&[("au", au)]));
+    let main = Emulator::start(PolicyConfig::default()).await;
+    let to_au = queue_bulk(&env, &addrs("a", "au.com", 5));
+    let other = queue_bulk(&env, &addrs("o", "example.com", 5));
+    let relay = env.relay(smtp(main.port), fast(1));
+    wait_all_done(&env, &to_au, T).await;
+    wait_all_done(&env, &other, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+    assert_all_received(&elsewhere, &to_au);
+    assert_all_received(&main, &other);
+    assert_eq!((elsewhere.stats().accepted, main.stats().accepted), (5, 5));
 }

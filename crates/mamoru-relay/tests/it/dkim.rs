@@ -79,6 +79,8 @@ async fn signatures_verify_with_dkimpy_for_rsa_and_ed25519() {
     let signed = fs::read(&eml).expect("eml");
     assert!(signed.starts_with(b"DKIM-Signature: v=1; a=rsa-sha256;"), "{}", String::from_utf8_lossy(&signed[..80]));
     assert!(signed.ends_with(&q.content), "the message itself is unchanged");
+    // The signature headers are folded: no line beyond RFC 5322's 998.
+    assert!(signed.split(|&b| b == b'\n').all(|l| l.len() <= 998), "a signature line is too long");
     assert_eq!(verify(&eml, &rsa_record, &ed_record), "True True");
 
     // The check can fail: a changed subject breaks both signatures.

@@ -1,0 +1,97 @@
+use std::time::Duration;
+
+use mamoru_core::EmailAddress;
+use mamoru_core::mail::{MailKind, OutgoingMail};
+
+use super::*;
+use crate::keys;
+
+const T0: UnixTime = 1_800_000_000;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys::load_or_create(dir.path()).expect("keys");
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).expect("store");
+    (dir, store)
+}
+
+fn mail(to: &str, n: usize) -> OutgoingMail {
+    OutgoingMail {
+        kind: MailKind::RegistrationReceived,
+        sender: "ans@x.test".into(),
+        to: EmailAddress::parse(to).expect("address"),
+        message_id: format!("{n}@x.test"),
+        bytes: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+    }
+}
+
+fn states(store: &Store) -> Vec<String> {
+    let conn = store.conn();
+    let mut stmt = conn.prepare("SELECT state FROM outbox ORDER BY id").expect("prepare");
+    stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+}
+
+#[test]
+fn claims_are_per_pool_and_outcomes_commit_in_groups() {
+    let (_dir, store) = store();
+    let mails = [mail("a@docomo.ne.jp", 1), mail("b@au.com", 2), mail("c@example.com", 3), mail("d@docomo.ne.jp", 4)];
+    let ids = store.queue_many(&mails, 0, T0, T0 + 3600).expect("queue");
+    let carriers = vec!["docomo.ne.jp".to_string(), "au.com".to_string()];
+    let docomo = store.claim_due_in(T0, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("claim");
+    assert_eq!(docomo.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[0], ids[3]]);
+    let other = store.claim_due_in(T0, 60, 10, &DomainFilter::Except(carriers.clone())).expect("claim");
+    assert_eq!(other.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[2]]);
+    // Claimed rows are not claimed twice while leased.
+    assert!(store.claim_due_in(T0, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("claim").is_empty());
+    store
+        .record_outcomes(
+            &[
+                (ids[0], OutcomeRecord::Sent),
+                (ids[3], OutcomeRecord::Retry { at: T0 + 5, reason: "421".into() }),
+                (ids[2], OutcomeRecord::Failed { reason: "554".into() }),
+            ],
+            T0,
+        )
+        .expect("record");
+    assert_eq!(states(&store), ["sent", "queued", "failed", "queued"]);
+    // The retried row is due at its time, not before.
+    assert!(store.claim_due_in(T0 + 4, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("c").is_empty());
+    assert_eq!(store.claim_due_in(T0 + 5, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("c").len(), 1);
+    // A dead relay's lease runs out and the row comes back.
+    let back = store.claim_due_in(T0 + 66, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("claim");
+    assert_eq!(back.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(), [(ids[3], 3)]);
+}
+
+#[test]
+fn expiry_and_shape() {
+    let (_dir, store) = store();
+    store.queue_many(&[mail("a@docomo.ne.jp", 1)], 0, T0, T0 + 10).expect("queue");
+    store.queue_many(&[mail("b@docomo.ne.jp", 2)], 0, T0 - 700, T0 + 3600).expect("queue");
+    assert!(store.claim_due_in(T0 + 10, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("c").len() == 1);
+    assert_eq!(store.expire_due(T0 + 10).expect("expire"), 1);
+    assert_eq!(states(&store), ["expired", "sending"]);
+    let shape = store.outbox_shape(T0 + 10).expect("shape");
+    assert_eq!(shape.len(), 2);
+    assert_eq!((shape[0].state.as_str(), shape[0].buckets[0]), ("expired", 1));
+    // Queued 710 s before: the 10–20 minute bucket.
+    assert_eq!((shape[1].state.as_str(), shape[1].buckets[2]), ("sending", 1));
+}
+
+#[test]
+fn pool_state_round_trips() {
+    let (_dir, store) = store();
+    let p = PoolState {
+        name: "docomo".into(),
+        rate_configured: 10.0,
+        rate_now: 5.0,
+        paused_until_ms: 7,
+        connections: 1,
+        max_connections: 2,
+        throttles: 3,
+        sent: 4,
+        updated_at: T0,
+    };
+    store.save_pool_states(std::slice::from_ref(&p)).expect("save");
+    store.save_pool_states(&[PoolState { sent: 9, ..p.clone() }]).expect("save");
+    assert_eq!(store.pool_states().expect("read"), [PoolState { sent: 9, ..p }]);
+}
