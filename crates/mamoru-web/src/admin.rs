@@ -271,8 +271,66 @@ async fn dashboard(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
         out.push_str(&format!("<td>{}</td></tr>\n", cc.total()));
     }
     out.push_str("</table>\n");
+
+    // Suspended subscribers get no mail until they confirm again (design
+    // §2.6); the dashboard shows how many and why, and which carriers
+    // bounced or refused our mail lately ("blocked as spam" is about us,
+    // not the subscriber).
+    let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
+    let (suspended, bounces) = match blocking(web, move |w| Ok((w.store.suspended_counts()?, w.store.bounce_stats(since)?))).await {
+        Ok(v) => v,
+        Err(a) => return a,
+    };
+    out.push_str("<h2>配信を止めている登録者</h2>");
+    if suspended.is_empty() {
+        out.push_str("<p>ありません。</p>\n");
+    } else {
+        out.push_str("<table><tr><th>理由</th><th>人数</th></tr>\n");
+        for (reason, n) in &suspended {
+            out.push_str("<tr><td>");
+            escape(&mut out, suspension_label(reason));
+            out.push_str(&format!("</td><td>{n}</td></tr>\n"));
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("<h2>直近30日の不達（ドメイン別）</h2>");
+    if bounces.is_empty() {
+        out.push_str("<p>ありません。</p>\n");
+    } else {
+        out.push_str("<table><tr><th>ドメイン</th><th>種類</th><th>件数</th></tr>\n");
+        for b in &bounces {
+            out.push_str("<tr><td>");
+            escape(&mut out, &b.domain);
+            out.push_str("</td><td>");
+            escape(&mut out, bounce_label(&b.class));
+            out.push_str(&format!("</td><td>{}</td></tr>\n", b.count));
+        }
+        out.push_str("</table>\n");
+    }
     pages::foot(&mut out, cfg);
     page(StatusCode::OK, out)
+}
+
+/// How far back the dashboard's bounce table looks.
+const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
+
+fn suspension_label(reason: &str) -> &str {
+    match reason {
+        "unknown-user" => "宛先不明（アドレスが存在しない）",
+        "soft-bounces" => "一時的な不達の繰り返し",
+        other => other,
+    }
+}
+
+fn bounce_label(class: &str) -> &str {
+    match class {
+        "unknown-user" => "宛先不明",
+        "mailbox-full" => "容量超過",
+        "blocked-as-spam" => "迷惑メールとして拒否（当方への規制）",
+        "temporary" => "一時的な不達",
+        "other" => "その他",
+        other => other,
+    }
 }
 
 fn compose_page(cfg: &Config, me: (&Admin, &str), error: Option<&str>, title: &str, kind: &str, text: &str, checked: &[u32]) -> String {

@@ -320,6 +320,9 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     let inst = Instance::new(&[]);
     assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
     import(&inst);
+    // One subscriber's carrier said "unknown user": the dashboard shows it.
+    let gone = inst.subscriber("g@au.com").unwrap();
+    inst.store().mark_undeliverable(gone.id, mamoru_core::now()).unwrap();
     let server = inst.serve();
     let addr = server.http;
 
@@ -349,6 +352,7 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     let dash = http_h(addr, "GET", "/admin", &cookie, None);
     assert_eq!(dash.status, 200);
     assert!(dash.body.contains("<td>中央地区</td><td>2</td><td>1</td><td>0</td><td>0</td><td>0</td><td>3</td>"), "{}", dash.body);
+    assert!(dash.body.contains("<tr><td>宛先不明（アドレスが存在しない）</td><td>1</td></tr>"), "{}", dash.body);
     assert!(dash.header("Strict-Transport-Security").is_some() && dash.header("Content-Security-Policy").is_some());
     let marker = "name=\"csrf\" value=\"";
     let csrf = dash.body.split(marker).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
