@@ -225,12 +225,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id = match auth {
             PublishAuth::Token(claims) => {
-                let consumed = tx.execute(
-                    "UPDATE tokens SET used_at = ?1
-                     WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
-                    params![now, &claims.nonce[..], Purpose::Publish.as_str(), claims.subject as i64],
-                )?;
-                if consumed != 1 {
+                if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
                     return Ok(Published::Unusable);
                 }
                 claims.subject as i64

@@ -309,16 +309,12 @@ impl Store {
     ) -> Result<Completion> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let consumed = tx.execute(
-            "UPDATE tokens SET used_at = ?1
-             WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
-            params![now, &claims.nonce[..], claims.purpose.as_str(), claims.subject as i64],
-        )?;
+        let consumed = consume_token(&tx, claims, claims.purpose, now)?;
         let subscriber = claims.subject as i64;
         let sealed: Option<Vec<u8>> = tx
             .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))
             .optional()?;
-        let (1, Some(sealed)) = (consumed, sealed) else {
+        let (true, Some(sealed)) = (consumed, sealed) else {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
@@ -540,6 +536,19 @@ impl Store {
         }
         Ok(c)
     }
+}
+
+/// Marks a one-time token used, if it is one of `purpose` for the claimed
+/// subject, unused and unexpired; inside the transaction of the change it
+/// authorises, so the change and the consumption commit together or not at all.
+/// Returns whether it was consumed.
+fn consume_token(tx: &rusqlite::Transaction<'_>, claims: &Claims, purpose: Purpose, now: UnixTime) -> Result<bool> {
+    let n = tx.execute(
+        "UPDATE tokens SET used_at = ?1
+         WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
+        params![now, &claims.nonce[..], purpose.as_str(), claims.subject as i64],
+    )?;
+    Ok(n == 1)
 }
 
 fn audit(conn: &Connection, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {

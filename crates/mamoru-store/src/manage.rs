@@ -159,7 +159,10 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
         if grant == Grant::OneTime {
-            consume(&tx, claims, now)?;
+            // `grant` has just checked the token in this transaction.
+            if !crate::consume_token(&tx, claims, claims.purpose, now)? {
+                return Ok(ManageOutcome::TokenUnusable);
+            }
             tx.execute(
                 "UPDATE subscribers SET status = 'active', bounce_score = 0, suspended_reason = '', suspended_at = 0
                  WHERE id = ?1",
@@ -255,14 +258,6 @@ fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<
         )
         .optional()?;
     Ok(one_time.map(|s| (s, Grant::OneTime)))
-}
-
-fn consume(tx: &rusqlite::Transaction<'_>, claims: &Claims, now: UnixTime) -> Result<()> {
-    tx.execute(
-        "UPDATE tokens SET used_at = ?1 WHERE nonce = ?2 AND purpose = ?3 AND used_at = 0",
-        params![now, &claims.nonce[..], claims.purpose.as_str()],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]
