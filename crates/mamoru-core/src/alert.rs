@@ -21,7 +21,7 @@ use crate::UnixTime;
 use crate::address::EmailAddress;
 use crate::config::Config;
 use crate::links::SubscriberLinks;
-use crate::mail::{MailKind, OutgoingMail};
+use crate::mail::{self, MailKind, OutgoingMail};
 
 /// Longest title accepted, in characters; phones show about this much.
 pub const MAX_TITLE_CHARS: usize = 60;
@@ -390,18 +390,7 @@ pub fn rejected(cfg: &Config, errors: &[FormatError], subject: &str, to: &EmailA
 }
 
 fn admin_mail(cfg: &Config, kind: MailKind, to: &EmailAddress, subject: &str, body: &str, now: UnixTime, message_id: String) -> OutgoingMail {
-    let from = cfg.alert_address();
-    let bytes = MessageBuilder::new()
-        .from((cfg.service_name.as_str(), from.as_str()))
-        .to(to.as_str())
-        .subject(subject)
-        .date(now)
-        .message_id(message_id.as_str())
-        .header("Auto-Submitted", Raw::new("auto-replied"))
-        .text_body(body.replace('\n', "\r\n"))
-        .write_to_vec()
-        .unwrap_or_default();
-    OutgoingMail { kind, sender: from, to: to.clone(), message_id, bytes }
+    mail::render_from(cfg, cfg.alert_address(), kind, to, subject, body, "auto-replied", now, message_id)
 }
 
 #[cfg(test)]

@@ -195,6 +195,7 @@ fn footer(cfg: &Config) -> String {
     format!("\n--\n{}\n{}/\n", cfg.service_name, cfg.base_url())
 }
 
+/// A plain-text mail from the registration address.
 #[allow(clippy::too_many_arguments)]
 fn render(
     cfg: &Config,
@@ -206,7 +207,23 @@ fn render(
     now: UnixTime,
     message_id: String,
 ) -> OutgoingMail {
-    let from = cfg.register_address();
+    render_from(cfg, cfg.register_address(), kind, to, subject, body, auto_submitted, now, message_id)
+}
+
+/// A plain-text mail from `from` (also the envelope sender), with the
+/// service name as display name; `body` uses `\n` line ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn render_from(
+    cfg: &Config,
+    from: String,
+    kind: MailKind,
+    to: &EmailAddress,
+    subject: &str,
+    body: &str,
+    auto_submitted: &'static str,
+    now: UnixTime,
+    message_id: String,
+) -> OutgoingMail {
     let bytes = MessageBuilder::new()
         .from((cfg.service_name.as_str(), from.as_str()))
         .to(to.as_str())
