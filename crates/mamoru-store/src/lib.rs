@@ -195,7 +195,7 @@ impl Store {
         conn.busy_timeout(busy_timeout)?;
         // WAL lets the web and relay read while ingest writes; FULL makes every
         // commit durable before it returns, which the ack contract needs.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn, busy_timeout)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Deleted rows (a deleted registration's sealed address) are
@@ -535,6 +535,22 @@ impl Store {
             }
         }
         Ok(c)
+    }
+}
+
+/// Switches the database to WAL. On a brand-new file several processes may
+/// race to do this (the pipe command and `mamoru serve` starting together),
+/// and SQLite answers the loser SQLITE_BUSY at once, without consulting the
+/// busy handler; so retry here, within the same busy timeout.
+fn set_wal(conn: &Connection, busy_timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL").map_err(StoreError::from) {
+            Err(StoreError::Busy) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
