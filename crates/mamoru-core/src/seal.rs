@@ -46,6 +46,20 @@ impl Sealer {
         out
     }
 
+    /// A keyed hash of other identifying data (a client's IP address for
+    /// login rate limits), so a counter row never holds it in clear.
+    /// `context` separates uses; it cannot collide with [`Sealer::index`],
+    /// whose input (a canonical address) holds no NUL.
+    pub fn keyed_index(&self, context: &str, data: &[u8]) -> BlindIndex {
+        let mut ctx = hmac::Context::with_key(&self.index);
+        ctx.update(context.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
     /// Encrypts arbitrary bytes (an address, or a rendered message that
     /// contains one): `nonce || ciphertext || tag`. `context` is bound as
     /// associated data so a sealed value cannot be moved to another column.

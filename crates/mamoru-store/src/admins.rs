@@ -23,7 +23,19 @@ pub struct Admin {
     pub active: bool,
 }
 
+/// Is `login` a well-formed admin ID: 1–64 ASCII letters, digits, `.`,
+/// `_` or `-` (it appears in the audit log and as a SASL username).
+pub fn valid_login(login: &str) -> bool {
+    !login.is_empty() && login.len() <= 64 && login.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 impl Admin {
+    /// May this admin add and disable admins? Only one not limited to some
+    /// districts: a school's PTA officer manages no accounts.
+    pub fn can_manage_admins(&self) -> bool {
+        self.districts.is_empty()
+    }
+
     /// Of `wanted`, the districts this admin may not post to.
     pub fn forbidden(&self, wanted: &[u32]) -> Vec<u32> {
         if self.districts.is_empty() {
@@ -135,34 +147,47 @@ impl Store {
 
 /// At most this many failed logins per login ID per window.
 pub const LOGIN_FAILURES_MAX: i64 = 5;
+/// At most this many failed logins per client (IP address, or IPv6 /64)
+/// per window, whatever the IDs tried: one client guessing across many IDs
+/// is stopped too.
+pub const LOGIN_FAILURES_PER_CLIENT_MAX: i64 = 20;
 /// The window of [`LOGIN_FAILURES_MAX`], in seconds.
 pub const LOGIN_WINDOW_SECS: i64 = 900;
 
 impl Store {
-    /// Is this login ID locked out by too many recent failures?
-    pub fn login_blocked(&self, login: &str, now: UnixTime) -> Result<bool> {
-        let conn = self.conn();
+    fn login_failures(conn: &rusqlite::Connection, scope: &str, key: &[u8], now: UnixTime) -> Result<i64> {
         let n: Option<i64> = conn
             .query_row(
-                "SELECT count FROM rate_limits WHERE scope = 'admin-login' AND key = ?1 AND window_start = ?2",
-                params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS)],
+                "SELECT count FROM rate_limits WHERE scope = ?1 AND key = ?2 AND window_start = ?3",
+                params![scope, key, now.div_euclid(LOGIN_WINDOW_SECS)],
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(n.unwrap_or(0) >= LOGIN_FAILURES_MAX)
+        Ok(n.unwrap_or(0))
     }
 
-    /// Counts a failed login (unknown IDs too, so probing costs the same).
-    pub fn record_login_failure(&self, login: &str, now: UnixTime) -> Result<()> {
+    /// Is this login ID, or this client (a keyed hash of its address, see
+    /// `Sealer::keyed_index`), locked out by too many recent failures?
+    pub fn login_blocked(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
+        let conn = self.conn();
+        Ok(Self::login_failures(&conn, "admin-login", login.as_bytes(), now)? >= LOGIN_FAILURES_MAX
+            || Self::login_failures(&conn, "admin-login-client", client, now)? >= LOGIN_FAILURES_PER_CLIENT_MAX)
+    }
+
+    /// Counts a failed login against the ID (unknown IDs too, so probing
+    /// costs the same) and against the client.
+    pub fn record_login_failure(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('admin-login', ?1, ?2, 1, ?3)
-             ON CONFLICT (scope, key) DO UPDATE SET
-                 count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-                 window_start = excluded.window_start, last_at = excluded.last_at",
-            params![login.as_bytes(), now.div_euclid(LOGIN_WINDOW_SECS), now],
-        )?;
+        for (scope, key) in [("admin-login", login.as_bytes()), ("admin-login-client", client)] {
+            tx.execute(
+                "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (scope, key) DO UPDATE SET
+                     count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+                     window_start = excluded.window_start, last_at = excluded.last_at",
+                params![scope, key, now.div_euclid(LOGIN_WINDOW_SECS), now],
+            )?;
+        }
         let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
         audit(&tx, now, "web", "admin-login-failed", &format!("login={shown}"))?;
         tx.commit()?;

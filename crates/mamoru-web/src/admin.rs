@@ -8,14 +8,19 @@
 //!   `SameSite=Strict`, `Path=/`. It holds 32 random bytes; the store keeps
 //!   only their SHA-256. Sessions end after `[web] admin_idle_secs` idle.
 //! - Every POST but the login carries the session's CSRF token.
-//! - Failed logins are counted per login ID (unknown IDs too) and lock the
-//!   ID for a window; an unknown ID costs an argon2 verification like a
-//!   wrong password, so timing tells nothing.
+//! - Failed logins are counted per login ID (unknown IDs too) and per
+//!   client address (an IPv6 client by its /64; behind a TLS proxy, the
+//!   address the proxy appended to `X-Forwarded-For`), and lock either for a
+//!   window; an unknown ID costs an argon2 verification like a wrong
+//!   password, so timing tells nothing. Counters hold a keyed hash of the
+//!   client address, never the address.
+//! - Only an admin not limited to some districts adds or disables admins,
+//!   and never disables itself.
 //! - Non-loopback clients are refused unless the listener speaks HTTPS
 //!   (`[web] tls_cert`) or `[web] behind_tls_proxy`.
 //! - Every action is in the audit log; GET only shows.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -26,7 +31,7 @@ use hyper::{Method, StatusCode};
 use mamoru_core::alert::{self, CarrierCounts, PreviewInfo, carrier_of, district_label};
 use mamoru_core::token::{Claims, Purpose};
 use mamoru_core::{Config, mail, password};
-use mamoru_store::admins::Admin;
+use mamoru_store::admins::{Admin, AdminAdded, valid_login};
 use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
 use ring::digest;
 
@@ -74,6 +79,28 @@ fn session_id(headers: &HeaderMap) -> Option<[u8; 32]> {
         }
     }
     None
+}
+
+/// The client a login attempt is counted against: its IP address (IPv6 by
+/// /64, which one host usually holds whole), as a keyed hash.
+fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr) -> [u8; 32] {
+    let mut ip = peer.ip();
+    if web.cfg.web.behind_tls_proxy {
+        // The proxy appends the address it saw last; anything left of it
+        // came from the client and proves nothing.
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last();
+        if let Some(last) = forwarded.and_then(|v| v.rsplit(',').next()).and_then(|v| v.trim().parse::<IpAddr>().ok()) {
+            ip = last;
+        }
+    }
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    };
+    web.store.sealer().keyed_index("admin-login-client", &bytes)
 }
 
 fn random(web: &Web, n: usize) -> Option<Vec<u8>> {
@@ -146,7 +173,12 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
     let now = mamoru_core::now();
     let post = method == Method::POST;
     if path == "/admin/login" {
-        return if post { login(&web, &body).await } else { page(StatusCode::OK, login_page(&cfg, None)) };
+        return if post {
+            let client = client_key(&web, headers, peer);
+            login(&web, &body, client).await
+        } else {
+            page(StatusCode::OK, login_page(&cfg, None))
+        };
     }
     let Some(sid) = session_id(headers) else { return redirect("/admin/login") };
     let idle = cfg.web.admin_idle_secs;
@@ -169,7 +201,9 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         (false, "/admin/compose") => page(StatusCode::OK, compose_page(&cfg, me, None, "", "", "", &[])),
         (true, "/admin/compose") => compose(&web, me, &body, now).await,
         (false, "/admin/alerts") => history(&web, me).await,
-        (false, "/admin/admins") => admins(&web, me).await,
+        (false, "/admin/admins") => admins(&web, me, None, StatusCode::OK).await,
+        (true, "/admin/admins/add") => add_admin(&web, me, &body, now).await,
+        (true, "/admin/admins/disable") => disable_admin(&web, me, &body, now).await,
         (false, "/admin/audit") => audit(&web, me).await,
         (true, "/admin/logout") => {
             let actor = format!("admin:{}", admin.login);
@@ -193,14 +227,14 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
     }
 }
 
-async fn login(web: &Arc<Web>, body: &[u8]) -> Answer {
+async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answer {
     let cfg = &web.cfg;
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
     let pw = form::value(body, "password").unwrap_or_default().to_string();
     let now = mamoru_core::now();
     let l = login.clone();
     let checked = blocking(web, move |w| {
-        if w.store.login_blocked(&l, now)? {
+        if w.store.login_blocked(&l, &client, now)? {
             return Ok(Err(true));
         }
         let creds = w.store.admin_credentials(&l)?;
@@ -209,7 +243,7 @@ async fn login(web: &Arc<Web>, body: &[u8]) -> Answer {
         match creds {
             Some((admin, _)) if ok && admin.active => Ok(Ok(admin)),
             _ => {
-                w.store.record_login_failure(&l, now)?;
+                w.store.record_login_failure(&l, &client, now)?;
                 Ok(Err(false))
             }
         }
@@ -550,16 +584,25 @@ async fn history(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
     page(StatusCode::OK, out)
 }
 
-async fn admins(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
+async fn admins(web: &Arc<Web>, me: (&Admin, &str), notice: Option<Result<String, String>>, status: StatusCode) -> Answer {
     let cfg = &web.cfg;
     let list = match blocking(web, |w| w.store.list_admins()).await {
         Ok(l) => l,
         Err(a) => return a,
     };
+    let manage = me.0.can_manage_admins();
     let mut out = String::new();
     head(&mut out, cfg, "管理者", Some(me));
-    pages::p(&mut out, "管理者の追加と停止は、サーバーで mamoru admin add / disable を使います。");
-    out.push_str("<table><tr><th>ID</th><th>アドレス</th><th>地区</th><th>状態</th></tr>\n");
+    match &notice {
+        Some(Ok(done)) => pages::p(&mut out, done),
+        Some(Err(e)) => pages::error(&mut out, e),
+        None => {}
+    }
+    out.push_str("<table><tr><th>ID</th><th>アドレス</th><th>地区</th><th>状態</th>");
+    if manage {
+        out.push_str("<th></th>");
+    }
+    out.push_str("</tr>\n");
     for a in list {
         out.push_str("<tr><td>");
         escape(&mut out, &a.login);
@@ -568,11 +611,111 @@ async fn admins(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
         out.push_str("</td><td>");
         let d = if a.districts.is_empty() { "全地区".to_string() } else { district_label(cfg, &a.districts) };
         escape(&mut out, &d);
-        out.push_str(&format!("</td><td>{}</td></tr>\n", if a.active { "有効" } else { "停止" }));
+        out.push_str(&format!("</td><td>{}</td>", if a.active { "有効" } else { "停止" }));
+        if manage {
+            out.push_str("<td>");
+            if a.active && a.id != me.0.id {
+                out.push_str("<form method=\"post\" action=\"/admin/admins/disable\" class=\"inline\">");
+                csrf_field(&mut out, me.1);
+                out.push_str("<input type=\"hidden\" name=\"login\" value=\"");
+                escape(&mut out, &a.login);
+                out.push_str("\"><button type=\"submit\" class=\"link\">停止する</button></form>");
+            }
+            out.push_str("</td>");
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
+    if manage {
+        out.push_str("<h2>管理者を追加</h2><form method=\"post\" action=\"/admin/admins/add\">");
+        csrf_field(&mut out, me.1);
+        out.push_str(
+            "<label for=\"new-login\">ID（英数字と . _ -）</label><input type=\"text\" id=\"new-login\" name=\"login\" required maxlength=\"64\" autocapitalize=\"none\" autocomplete=\"off\">\
+             <label for=\"new-email\">登録アドレス（確認メールの送り先）</label><input type=\"email\" id=\"new-email\" name=\"email\" required maxlength=\"254\" autocomplete=\"off\">",
+        );
+        out.push_str(&format!(
+            "<label for=\"new-password\">初期パスワード（{}文字以上）</label><input type=\"password\" id=\"new-password\" name=\"password\" required minlength=\"{}\" maxlength=\"256\" autocomplete=\"new-password\">",
+            password::MIN_LEN,
+            password::MIN_LEN
+        ));
+        out.push_str("<fieldset><legend>配信できる地区（選ばなければ全地区・管理者の追加も可）</legend>\n");
+        for d in &cfg.districts {
+            out.push_str(&format!("<label class=\"check\"><input type=\"checkbox\" name=\"district\" value=\"{}\">", d.id));
+            escape(&mut out, &d.name);
+            out.push_str("</label>\n");
+        }
+        out.push_str("</fieldset><button type=\"submit\">追加する</button></form>\n");
+    } else {
+        pages::p(&mut out, "管理者の追加と停止は、全地区の管理者が行います。");
+    }
     pages::foot(&mut out, cfg);
-    page(StatusCode::OK, out)
+    page(status, out)
+}
+
+/// `POST /admin/admins/add`.
+async fn add_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    if !me.0.can_manage_admins() {
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の追加は全地区の管理者が行います。");
+    }
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    let email = form::value(body, "email").unwrap_or_default().trim().to_string();
+    let pw = form::value(body, "password").unwrap_or_default().to_string();
+    let refuse = |e: &str| admins(web, me, Some(Err(e.to_string())), StatusCode::BAD_REQUEST);
+    if !valid_login(&login) {
+        return refuse("IDは64文字までの英数字と . _ - で入力してください。").await;
+    }
+    let Ok(email) = mamoru_core::EmailAddress::parse(&email) else {
+        return refuse("登録アドレスが正しくありません。").await;
+    };
+    let Ok(districts) = form::districts(body, &cfg) else {
+        return refuse("地区の選び方が正しくありません。").await;
+    };
+    if password::check_new(&pw).is_err() {
+        return refuse(&format!("パスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN)).await;
+    }
+    let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let actor = format!("admin:{}", me.0.login);
+    let l = login.clone();
+    let added = blocking(web, move |w| {
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&salt);
+        // check_new passed, so hashing fails only if argon2 itself does.
+        let Ok(hash) = password::hash(&pw, &s) else { return Ok(None) };
+        w.store.add_admin(&l, &email, &hash, &districts, &actor, now).map(Some)
+    })
+    .await;
+    match added {
+        Ok(Some(AdminAdded::Added(_))) => {
+            tracing::info!(admin = %login, by = %me.0.login, "admin added from the web panel");
+            admins(web, me, Some(Ok(format!("管理者 {login} を追加しました。"))), StatusCode::OK).await
+        }
+        Ok(Some(AdminAdded::LoginTaken)) => refuse("そのIDはすでに使われています。").await,
+        Ok(None) => busy(&cfg),
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/admins/disable`.
+async fn disable_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    if !me.0.can_manage_admins() {
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の停止は全地区の管理者が行います。");
+    }
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    if login == me.0.login {
+        return admins(web, me, Some(Err("自分自身は停止できません。".into())), StatusCode::BAD_REQUEST).await;
+    }
+    let actor = format!("admin:{}", me.0.login);
+    let l = login.clone();
+    match blocking(web, move |w| w.store.disable_admin(&l, &actor, now)).await {
+        Ok(true) => {
+            tracing::info!(admin = %login, by = %me.0.login, "admin disabled from the web panel");
+            admins(web, me, Some(Ok(format!("管理者 {login} を停止しました。ログイン中の画面も使えなくなります。"))), StatusCode::OK).await
+        }
+        Ok(false) => admins(web, me, Some(Err("その管理者は見つかりません。".into())), StatusCode::NOT_FOUND).await,
+        Err(a) => a,
+    }
 }
 
 async fn audit(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use anyhow::{Context as _, bail};
 use mamoru_core::{Config, EmailAddress, alert, password};
 use mamoru_ingest::alert_post::{queue_preview, random12};
-use mamoru_store::admins::AdminAdded;
+use mamoru_store::admins::{AdminAdded, valid_login};
 use mamoru_store::alerts::{Drafted, PublishAuth, Published};
 use mamoru_web::publish;
 
@@ -19,7 +19,7 @@ pub fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         AdminCommand::Add(args) => {
-            if args.id.is_empty() || args.id.len() > 64 || !args.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            if !valid_login(&args.id) {
                 bail!("admin ID must be 1–64 letters, digits, '.', '_' or '-'");
             }
             let email = EmailAddress::parse(&args.email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;

@@ -401,6 +401,98 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     assert!(!log.contains(sid), "session id in the log");
 }
 
+/// Logs in and returns the cookie header value and the CSRF token.
+fn panel_login(addr: std::net::SocketAddr, login: &str, password: &str) -> (String, String) {
+    let ok = http_h(addr, "POST", "/admin/login", &[], Some(&format!("login={login}&password={}", form_escape(password))));
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let cookie = ok.header("Set-Cookie").unwrap().split(';').next().unwrap().to_string();
+    let dash = http_h(addr, "GET", "/admin", &[("Cookie", &cookie)], None);
+    let csrf = dash.body.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    (cookie, csrf)
+}
+
+#[test]
+fn the_admin_panel_adds_and_disables_admins() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    let server = inst.serve();
+    let addr = server.http;
+    let (cookie, csrf) = panel_login(addr, "chuo", "a long enough password");
+    let c = [("Cookie", cookie.as_str())];
+
+    let page = http_h(addr, "GET", "/admin/admins", &c, None);
+    assert!(page.body.contains("管理者を追加") && page.body.contains("s***@city.test"), "{}", page.body);
+    assert!(!page.body.contains(ADMIN), "addresses are masked");
+    let add = |login: &str, pw: &str, extra: &str, with_csrf: bool| {
+        let token = if with_csrf { format!("csrf={csrf}&") } else { String::new() };
+        let body = format!("{token}login={login}&email=pta%40school.test&password={}{extra}", form_escape(pw));
+        http_h(addr, "POST", "/admin/admins/add", &c, Some(&body))
+    };
+    assert_eq!(add("kita", "a long enough password", "&district=2", false).status, 403, "no CSRF token, no admin");
+    let short = add("kita", "short", "&district=2", true);
+    assert_eq!(short.status, 400);
+    assert!(short.body.contains("文字以上"), "{}", short.body);
+    assert_eq!(add("bad id", "a long enough password", "", true).status, 400);
+    assert_eq!(add("kita", "a long enough password", "&district=99", true).status, 400, "unknown district");
+    let added = add("kita", "another long password", "&district=2", true);
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert!(added.body.contains("kita を追加しました") && added.body.contains("<td>天応・吉浦地区</td>"), "{}", added.body);
+    assert_eq!(add("kita", "another long password", "", true).status, 400, "login taken");
+    let list = String::from_utf8_lossy(&inst.cmd().args(["admin", "list"]).output().unwrap().stdout).into_owned();
+    assert!(list.contains("kita") && list.contains("p***@school.test"), "{list}");
+
+    // The new admin logs in, but a district-limited admin manages no one.
+    let (kcookie, kcsrf) = panel_login(addr, "kita", "another long password");
+    let kc = [("Cookie", kcookie.as_str())];
+    let theirs = http_h(addr, "GET", "/admin/admins", &kc, None);
+    assert!(!theirs.body.contains("管理者を追加") && !theirs.body.contains("停止する"), "{}", theirs.body);
+    let refused = http_h(addr, "POST", "/admin/admins/disable", &kc, Some(&format!("csrf={kcsrf}&login=chuo")));
+    assert_eq!(refused.status, 403);
+
+    // Nobody disables themselves; disabling ends the other's session.
+    let own = http_h(addr, "POST", "/admin/admins/disable", &c, Some(&format!("csrf={csrf}&login=chuo")));
+    assert_eq!(own.status, 400, "{}", own.body);
+    let gone = http_h(addr, "POST", "/admin/admins/disable", &c, Some(&format!("csrf={csrf}&login=kita")));
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    assert!(gone.body.contains("停止"), "{}", gone.body);
+    assert_eq!(http_h(addr, "GET", "/admin", &kc, None).status, 303, "the disabled admin's session is over");
+    let relogin = http_h(addr, "POST", "/admin/login", &[], Some("login=kita&password=another+long+password"));
+    assert_eq!(relogin.status, 401);
+
+    let audit = http_h(addr, "GET", "/admin/audit", &c, None).body;
+    assert!(audit.contains("admin-added") && audit.contains("admin-disabled") && audit.contains("admin:chuo"), "{audit}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("pta@school.test"), "no address in the log");
+}
+
+#[test]
+fn one_client_guessing_across_many_ids_is_locked_out() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    let server = inst.serve();
+    let addr = server.http;
+    // Four wrong passwords for each of five IDs: no single ID reaches its
+    // limit of five, but the client reaches its limit of twenty.
+    for id in ["a", "b", "c", "d", "e"] {
+        for _ in 0..4 {
+            assert_eq!(http_h(addr, "POST", "/admin/login", &[], Some(&format!("login={id}&password=guess+guess+guess"))).status, 401);
+        }
+    }
+    let locked = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // The counter row holds a keyed hash, not the client's address.
+    let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
+    let key: Vec<u8> = db.query_row("SELECT key FROM rate_limits WHERE scope = 'admin-login-client'", [], |r| r.get(0)).unwrap();
+    assert_eq!(key.len(), 32);
+    assert!(!key.windows(4).any(|w| w == [127, 0, 0, 1]));
+    db.execute("DELETE FROM rate_limits WHERE scope = 'admin-login-client'", []).unwrap();
+    drop(db);
+    assert_eq!(http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password")).status, 303);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
 #[test]
 fn the_web_listener_speaks_https_with_the_configured_certificate() {
     let work = tempfile::tempdir().unwrap();
