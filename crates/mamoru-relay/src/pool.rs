@@ -11,8 +11,12 @@
 //!   it idle.
 //! - The committer writes outcomes in groups, one transaction each.
 //! - The supervisor ([`run_pools`]) fans wake-ups out to the feeders, writes
-//!   the pools' live state and expires stale rows every second.
+//!   the pools' live state and expires stale rows every second, and renews
+//!   the leases of the rows the pools hold (claimed, not yet decided) every
+//!   third of a lease: a pool paused longer than a lease keeps its rows
+//!   instead of claiming them a second time.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,12 +71,19 @@ struct Pool {
     connections: AtomicI64,
     sent: AtomicI64,
     wake: Notify,
+    /// Rows claimed by this pool whose outcome is not yet handed to the
+    /// committer: their leases are renewed while they wait.
+    held: Mutex<BTreeSet<i64>>,
 }
 
 impl Pool {
     fn shaper(&self) -> std::sync::MutexGuard<'_, Shaper> {
         // The shaper is plain data; a panic elsewhere cannot leave it torn.
         self.shaper.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn queue_len(&self) -> usize {
@@ -141,6 +152,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: Ca
             connections: AtomicI64::new(0),
             sent: AtomicI64::new(0),
             wake: Notify::new(),
+            held: Mutex::new(BTreeSet::new()),
         }));
     }
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
@@ -154,10 +166,14 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: Ca
     }
     drop(commit_tx);
     let mut tick = tokio::time::interval(REPORT_EVERY);
+    let lease = relay.settings.lease_secs.max(1);
+    let mut renew = tokio::time::interval(Duration::from_secs((lease / 3).max(1) as u64));
+    renew.tick().await;
     loop {
         tokio::select! {
             _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
             _ = tick.tick() => report(&relay.store, &pools, clock).await,
+            _ = renew.tick() => renew_leases(&relay.store, &pools, lease).await,
             _ = shutdown.cancelled() => break,
         }
     }
@@ -181,6 +197,21 @@ async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(rows = n, "expired undelivered mail"),
         Err(e) => tracing::warn!(error = %e, "cannot write pool state or expire rows"),
+    }
+}
+
+/// Extends the leases of every row a pool holds to a full lease from now.
+async fn renew_leases(store: &Arc<Store>, pools: &[Arc<Pool>], lease: i64) {
+    let ids: Vec<i64> = pools.iter().flat_map(|p| p.held().iter().copied().collect::<Vec<_>>()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let until = mamoru_core::now().saturating_add(lease);
+    let count = ids.len();
+    match blocking(store, move |s| s.renew_leases(&ids, until)).await {
+        Ok(n) => tracing::debug!(held = count, renewed = n, "renewed leases"),
+        // The rows come back after their lease, as if this relay had died.
+        Err(e) => tracing::warn!(error = %e, rows = count, "cannot renew leases"),
     }
 }
 
@@ -211,14 +242,20 @@ async fn run_pool(
             left.push(m.id);
         }
     }
-    release(&commits, left);
+    release(&pool, &commits, left);
 }
 
 /// Puts claimed but untried rows back, due at once, instead of letting them
 /// wait for their lease.
-fn release(commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, ids: Vec<i64>) {
+fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, ids: Vec<i64>) {
     if ids.is_empty() {
         return;
+    }
+    {
+        let mut held = pool.held();
+        for id in &ids {
+            held.remove(id);
+        }
     }
     tracing::info!(rows = ids.len(), "returning untried rows to the queue");
     let now = mamoru_core::now();
@@ -271,9 +308,10 @@ async fn feeder(
             continue;
         }
         if shutdown.is_cancelled() {
-            release(commits, batch.iter().map(|m| m.id).collect());
+            release(pool, commits, batch.iter().map(|m| m.id).collect());
             return;
         }
+        pool.held().extend(batch.iter().map(|m| m.id));
         for (permit, mail) in permits.zip(batch) {
             permit.send(mail);
         }
@@ -338,7 +376,7 @@ async fn worker(
             }
         };
         if !admitted {
-            release(&commits, vec![mail.id]);
+            release(&pool, &commits, vec![mail.id]);
             break;
         }
         if let (Some(key), false) = (&relay.verp_key, mail.sender.is_empty()) {
@@ -354,6 +392,7 @@ async fn worker(
         }
         let record = deliver(&mut hop, &pool, &relay, &mail, clock).await;
         conn.sync(&hop, &pool);
+        pool.held().remove(&mail.id);
         if commits.send((mail.id, record)).is_err() {
             tracing::error!(outbox = mail.id, "the committer is gone; the row comes back after its lease");
         }

@@ -172,6 +172,27 @@ impl Store {
             .collect()
     }
 
+    /// Extends the lease of rows a live relay still holds (waiting in its
+    /// memory queue behind a paused pool, or in flight) to `until`, so they
+    /// are not claimed a second time while it is alive. Only rows still
+    /// leased count; returns how many were extended.
+    pub fn renew_leases(&self, ids: &[i64], until: UnixTime) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut up = tx.prepare_cached("UPDATE outbox SET lease_until = ?1 WHERE id = ?2 AND state = 'sending' AND lease_until < ?1")?;
+            for id in ids {
+                n += up.execute(params![until, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Marks queued rows past their expiry (and leased rows whose lease and
     /// expiry both ran out) as expired: a stale alert does harm. Returns how
     /// many.

@@ -170,6 +170,19 @@ fn leases_expire_and_rows_come_back() {
 }
 
 #[test]
+fn a_renewed_lease_keeps_a_held_row_from_a_second_claim() {
+    let f = fixture();
+    f.request(&addr("a@i.softbank.jp"), T0);
+    let c = f.store.claim_due(T0, 60, 10).unwrap();
+    assert_eq!(f.store.renew_leases(&[c[0].id], T0 + 100).unwrap(), 1);
+    assert!(f.store.claim_due(T0 + 60, 60, 10).unwrap().is_empty(), "still held");
+    assert_eq!(f.store.renew_leases(&[c[0].id], T0 + 90).unwrap(), 0, "never shortened");
+    f.store.mark_sent(c[0].id, T0 + 61).unwrap();
+    assert_eq!(f.store.renew_leases(&[c[0].id], T0 + 200).unwrap(), 0, "a finished row is not leased again");
+    assert_eq!(f.store.outbox_counts().unwrap(), OutboxCounts { sent: 1, ..Default::default() });
+}
+
+#[test]
 fn stale_mail_expires_instead_of_going_out_late() {
     let f = fixture();
     f.request(&addr("a@au.com"), T0);
