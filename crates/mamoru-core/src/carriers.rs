@@ -32,6 +32,19 @@ pub struct CarrierConfig {
     /// Where this pool's mail goes, `smtp://HOST:PORT`; empty = the relay's
     /// `transport`.
     pub route: String,
+    /// The charset of this pool's mail as it leaves: UTF-8, or ISO-2022-JP
+    /// for carriers whose older handsets show nothing else.
+    pub charset: Charset,
+}
+
+/// `[carriers.NAME] charset`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Charset {
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    #[serde(rename = "iso-2022-jp")]
+    Iso2022Jp,
 }
 
 /// A `[carriers.NAME]` table as written: each key optional, falling back to
@@ -45,6 +58,7 @@ struct CarrierPatch {
     rate_per_second: Option<f64>,
     burst: Option<u32>,
     route: Option<String>,
+    charset: Option<Charset>,
 }
 
 impl CarrierConfig {
@@ -57,6 +71,7 @@ impl CarrierConfig {
             rate_per_second: 5.0,
             burst: 5,
             route: String::new(),
+            charset: Charset::Utf8,
         }
     }
 
@@ -71,6 +86,7 @@ impl CarrierConfig {
             rate_per_second: 10.0,
             burst: 5,
             route: String::new(),
+            charset: Charset::Utf8,
         }
     }
 }
@@ -91,6 +107,7 @@ pub fn default_carriers() -> BTreeMap<String, CarrierConfig> {
             rate_per_second: 0.0,
             burst: 10,
             route: String::new(),
+            charset: Charset::Utf8,
         },
     );
     m
@@ -134,6 +151,9 @@ fn merge(mut pools: BTreeMap<String, CarrierConfig>, patches: BTreeMap<String, C
         }
         if let Some(v) = p.route {
             pool.route = v;
+        }
+        if let Some(v) = p.charset {
+            pool.charset = v;
         }
     }
     pools
@@ -187,6 +207,16 @@ pub fn pool_of<'a>(pools: &'a BTreeMap<String, CarrierConfig>, domain: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charset_is_utf8_unless_a_pool_says_otherwise() {
+        let patches: BTreeMap<String, CarrierPatch> =
+            toml::from_str("[softbank]\ncharset = \"iso-2022-jp\"\n").expect("parse");
+        let pools = merge(default_carriers(), patches);
+        assert_eq!(pools["softbank"].charset, Charset::Iso2022Jp);
+        assert_eq!(pools["docomo"].charset, Charset::Utf8);
+        assert!(toml::from_str::<BTreeMap<String, CarrierPatch>>("[au]\ncharset = \"sjis\"\n").is_err());
+    }
 
     #[test]
     fn built_in_selection() {

@@ -15,6 +15,7 @@
 //! - [`pool`]: the tasks of one pool: feeder, workers; and the committer.
 //! - [`dkim`]: DKIM signatures (ed25519, and rsa-sha256 with an operator key).
 //! - [`backoff`]: the retry schedule, a pure function of the attempt count.
+//! - [`charset`]: a pool's `charset = "iso-2022-jp"`, for old handsets.
 //! - [`outcome`]: [`DeliveryOutcome`] and the scrubbing of failure reasons.
 //! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
 //! - [`smtp`]: the `smtp://HOST:PORT` transport over lettre's connection API.
@@ -33,6 +34,7 @@
 //!   or stored.
 
 pub mod backoff;
+pub mod charset;
 pub mod dkim;
 pub mod file;
 pub mod outcome;

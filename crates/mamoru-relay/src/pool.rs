@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mamoru_core::carriers::{CarrierConfig, DEFAULT_POOL};
+use mamoru_core::carriers::{CarrierConfig, Charset, DEFAULT_POOL};
 use mamoru_core::config::Transport;
 use mamoru_core::{UnixTime, verp};
 use mamoru_store::relay::{DomainFilter, OutcomeRecord, PoolState};
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::shaper::Shaper;
-use crate::{DeliveryOutcome, NextHop, Relay, backoff, blocking, outcome};
+use crate::{DeliveryOutcome, NextHop, Relay, backoff, blocking, charset, outcome};
 
 /// How often pool state is written and stale rows expired.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -381,6 +381,12 @@ async fn worker(
         }
         if let (Some(key), false) = (&relay.verp_key, mail.sender.is_empty()) {
             mail.sender = verp::encode(key, mail.id, &relay.hostname);
+        }
+        if pool.cfg.charset == Charset::Iso2022Jp {
+            match charset::to_iso2022jp(&mail.content) {
+                Ok(converted) => mail.content = converted,
+                Err(e) => tracing::debug!(outbox = mail.id, reason = %e, "sending in UTF-8"),
+            }
         }
         if let Some(dkim) = &relay.dkim {
             match dkim.sign(&mail.content) {

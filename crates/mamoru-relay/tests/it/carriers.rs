@@ -53,6 +53,7 @@ fn pool(domains: &[&str], conns: u32, rate: f64, burst: u32) -> CarrierConfig {
         rate_per_second: rate,
         burst,
         route: String::new(),
+        charset: Default::default(),
     }
 }
 
@@ -255,4 +256,56 @@ async fn a_pool_with_a_route_delivers_there() {
     assert_all_received(&elsewhere, &to_au);
     assert_all_received(&main, &other);
     assert_eq!((elsewhere.stats().accepted, main.stats().accepted), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_waiting_longer_than_a_lease_are_renewed_not_claimed_twice() {
+    // One connection at one message a second, a 3-second lease: each row
+    // waits in the pool's queue longer than its lease. Without renewal the
+    // relay would claim the waiting rows again and send them twice.
+    let mut env = Env::new();
+    env.set_pools(pools(&[("softbank", pool(&["softbank.ne.jp"], 1, 1.0, 1))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    let rows = queue_bulk(&env, &addrs("s", "softbank.ne.jp", 10));
+    let relay = env.relay(smtp(em.port), RelayConfig { lease_secs: 3, ..fast(1) });
+    wait_all_done(&env, &rows, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+    for q in &rows {
+        let row = env.row(q.id);
+        assert_eq!((row.state.as_str(), row.attempts), ("sent", 1), "{q:?}");
+    }
+    assert_all_received(&em, &rows);
+    assert_eq!(em.stats().duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_charset_iso_2022_jp_sends_jis_and_the_others_utf8() {
+    let mut env = Env::new();
+    let mut sb = default_carriers().remove("softbank").expect("softbank pool");
+    sb.charset = mamoru_core::carriers::Charset::Iso2022Jp;
+    env.set_pools(pools(&[("softbank", sb)]));
+    let jis = env.queue_rendered("old.phone@softbank.ne.jp");
+    let utf8 = env.queue_rendered("new.phone@docomo.ne.jp");
+    let emoji = env.queue("emoji@softbank.ne.jp", |to, mid| {
+        format!("From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: =?utf-8?b?{}?=\r\nMessage-ID: <{mid}>\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n不審者 🚨\r\n",
+            super::dkim::base64_std("お知らせ".as_bytes())).into_bytes()
+    });
+    let relay = env.relay(Transport::File, fast(1));
+    for r in [&jis, &utf8, &emoji] {
+        env.wait_state(r.id, "sent", Duration::from_secs(10)).await;
+    }
+    relay.stop(Duration::from_secs(5)).await;
+    let file = |q: &Queued| std::fs::read(env.dir.path().join("mail").join(format!("{}-{}.eml", q.id, q.message_id))).expect("eml");
+
+    let sent = file(&jis);
+    assert!(sent.iter().all(|&b| b < 0x80), "7-bit on the wire");
+    let text = String::from_utf8_lossy(&sent);
+    assert!(text.contains("charset=ISO-2022-JP") && text.contains("=?ISO-2022-JP?B?"), "{text}");
+    // An independent decoder reads back the same subject and text.
+    let (a, b) = (mailparse::parse_mail(&sent).expect("parse"), mailparse::parse_mail(&jis.content).expect("parse"));
+    use mailparse::MailHeaderMap as _;
+    assert_eq!(a.headers.get_first_value("Subject"), b.headers.get_first_value("Subject"));
+    assert_eq!(a.get_body().expect("body").trim_end(), b.get_body().expect("body").trim_end());
+    assert_eq!(file(&utf8), utf8.content, "other pools are untouched");
+    assert_eq!(file(&emoji), emoji.content, "what has no JIS form goes unchanged");
 }

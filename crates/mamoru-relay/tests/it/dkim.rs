@@ -90,7 +90,7 @@ async fn signatures_verify_with_dkimpy_for_rsa_and_ed25519() {
     assert_eq!(verify(&forged, &rsa_record, &ed_record), "False False");
 }
 
-fn base64_std(bytes: &[u8]) -> String {
+pub fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -1,0 +1,191 @@
+//! A pool's `charset = "iso-2022-jp"`: the message re-encoded, right before
+//! signing, for older feature phones (ガラケー) that show UTF-8 mail as
+//! garbage. Everything mamoru renders is one `text/plain` part in UTF-8;
+//! here the body becomes ISO-2022-JP (RFC 1468) with `7bit` transfer
+//! encoding, and the Subject and the display names of From/To/Reply-To
+//! become `=?ISO-2022-JP?B?...?=` encoded words (RFC 2047), each one
+//! self-contained (it starts and ends in ASCII) and at most 75 characters.
+//!
+//! Hand-written because no crate does this conversion: mail-builder writes
+//! UTF-8 only, and encoding_rs (which does the JIS X 0208 mapping here) works
+//! on text, not on messages. mailparse reads the message.
+//!
+//! A message that does not convert exactly (a character outside JIS X 0208,
+//! such as an emoji or 髙, or anything but a single text/plain part) is sent
+//! unchanged in UTF-8: a readable alert in the wrong charset for a few old
+//! phones beats a silently altered one.
+
+use encoding_rs::ISO_2022_JP;
+use mailparse::{MailAddr, MailHeaderMap as _};
+
+/// Why a message stays UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unconvertible {
+    #[error("not a parsable message: {0}")]
+    Parse(String),
+    #[error("not a single text/plain part")]
+    NotPlainText,
+    #[error("a character has no ISO-2022-JP form")]
+    Unmappable,
+    #[error("a line would exceed 998 bytes")]
+    LongLine,
+}
+
+/// Bytes of ISO-2022-JP text per encoded word: `=?ISO-2022-JP?B?` and `?=`
+/// take 18 of the 75 characters, leaving 57 for base64, that is 42 bytes.
+const WORD_BYTES: usize = 42;
+
+fn encode(text: &str) -> Result<Vec<u8>, Unconvertible> {
+    let (bytes, _, had_errors) = ISO_2022_JP.encode(text);
+    if had_errors {
+        return Err(Unconvertible::Unmappable);
+    }
+    Ok(bytes.into_owned())
+}
+
+/// `text` as a header value: unchanged if it is printable ASCII, otherwise
+/// as encoded words folded onto continuation lines.
+fn header_text(text: &str) -> Result<String, Unconvertible> {
+    use base64::Engine as _;
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(text.to_string());
+    }
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        let mut next = chunk.clone();
+        next.push(c);
+        if encode(&next)?.len() > WORD_BYTES && !chunk.is_empty() {
+            words.push(std::mem::take(&mut chunk));
+            chunk.push(c);
+        } else {
+            chunk = next;
+        }
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    let encoded: Result<Vec<String>, _> = words
+        .iter()
+        .map(|w| encode(w).map(|b| format!("=?ISO-2022-JP?B?{}?=", base64::engine::general_purpose::STANDARD.encode(b))))
+        .collect();
+    Ok(encoded?.join("\r\n "))
+}
+
+/// Re-encodes a UTF-8 `text/plain` message as ISO-2022-JP.
+pub fn to_iso2022jp(raw: &[u8]) -> Result<Vec<u8>, Unconvertible> {
+    let parsed = mailparse::parse_mail(raw).map_err(|e| Unconvertible::Parse(e.to_string()))?;
+    if parsed.ctype.mimetype != "text/plain" || !parsed.subparts.is_empty() {
+        return Err(Unconvertible::NotPlainText);
+    }
+    let body = parsed.get_body().map_err(|e| Unconvertible::Parse(e.to_string()))?;
+    let body = body.replace("\r\n", "\n");
+    let mut out = Vec::with_capacity(raw.len());
+    for h in &parsed.headers {
+        let key = h.get_key();
+        let value = match key.to_ascii_lowercase().as_str() {
+            "content-type" => "text/plain; charset=ISO-2022-JP".to_string(),
+            "content-transfer-encoding" => "7bit".to_string(),
+            "subject" => header_text(&h.get_value())?,
+            "from" | "to" | "reply-to" if !h.get_value().is_ascii() => {
+                let list = mailparse::addrparse_header(h).map_err(|e| Unconvertible::Parse(e.to_string()))?;
+                let mut parts = Vec::new();
+                for a in list.iter() {
+                    let MailAddr::Single(s) = a else { return Err(Unconvertible::NotPlainText) };
+                    match &s.display_name {
+                        Some(name) => parts.push(format!("{} <{}>", header_text(name)?, s.addr)),
+                        None => parts.push(format!("<{}>", s.addr)),
+                    }
+                }
+                parts.join(", ")
+            }
+            // Anything else goes as it came, folding and all.
+            _ => String::from_utf8_lossy(h.get_value_raw()).into_owned(),
+        };
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if parsed.headers.get_first_header("Content-Transfer-Encoding").is_none() {
+        out.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    for line in body.split('\n') {
+        // Each line is encoded alone, so it ends back in ASCII (RFC 1468).
+        let bytes = encode(line)?;
+        if bytes.len() > 998 {
+            return Err(Unconvertible::LongLine);
+        }
+        out.extend_from_slice(&bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+    // `split` gave a last empty piece for the body's final newline.
+    if body.ends_with('\n') {
+        out.truncate(out.len() - 2);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBJECT: &str = "【守るネット】[不審者情報] 公園で声かけ（中央地区・天応・吉浦地区）";
+    const BODY: &str = "■地区: 中央地区\n\n本日15時ごろ、○○公園で児童に声をかける男性がいました。\nhttps://mamoru.example/m/AAAA\n";
+
+    fn sample(body: &str) -> Vec<u8> {
+        mail_builder::MessageBuilder::new()
+            .from(("守るネット", "ans@mamoru.example"))
+            .to("taro..y.@docomo.ne.jp")
+            .subject(SUBJECT)
+            .message_id("alert.1.2@mamoru.example")
+            .header("List-Id", mail_builder::headers::raw::Raw::new("<alerts.mamoru.example>"))
+            .text_body(body.replace('\n', "\r\n"))
+            .write_to_vec()
+            .expect("render")
+    }
+
+    #[test]
+    fn converts_subject_names_and_body_and_reads_back_the_same() {
+        let out = to_iso2022jp(&sample(BODY)).expect("convertible");
+        assert!(out.iter().all(|&b| b < 0x80 && b != 0), "7-bit only");
+        for line in out.split(|&b| b == b'\n') {
+            assert!(line.len() <= 998);
+        }
+        let text = String::from_utf8(out.clone()).expect("ascii");
+        assert!(text.contains("charset=ISO-2022-JP") && text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
+        let head = &text[..text.find("\r\n\r\n").expect("header end")];
+        for word in head.split("=?ISO-2022-JP?B?").skip(1) {
+            let b64 = &word[..word.find("?=").expect("word end")];
+            assert!(b64.len() + 18 <= 75, "encoded word too long in {text}");
+        }
+        // An independent decoder (mailparse, with the charset crate) reads
+        // back exactly what was rendered.
+        let back = mailparse::parse_mail(&out).expect("parse");
+        assert_eq!(back.headers.get_first_value("Subject").as_deref(), Some(SUBJECT));
+        assert_eq!(back.headers.get_first_value("From").as_deref(), Some("守るネット <ans@mamoru.example>"));
+        assert_eq!(back.headers.get_first_value("To").as_deref(), Some("<taro..y.@docomo.ne.jp>"));
+        assert_eq!(back.headers.get_first_value("List-Id").as_deref(), Some("<alerts.mamoru.example>"));
+        assert_eq!(back.get_body().expect("body").replace("\r\n", "\n"), BODY);
+        // Each body line starts and ends in ASCII.
+        let body = &text[text.find("\r\n\r\n").expect("body") + 4..];
+        for line in body.split("\r\n").filter(|l| l.contains('\x1b')) {
+            assert!(line.ends_with("\x1b(B"), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn what_has_no_jis_form_stays_utf8() {
+        assert_eq!(to_iso2022jp(&sample("髙橋さんから連絡 🚨\n")), Err(Unconvertible::Unmappable));
+        let multipart = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n";
+        assert_eq!(to_iso2022jp(multipart), Err(Unconvertible::NotPlainText));
+    }
+
+    #[test]
+    fn long_subjects_fold_into_several_words() {
+        let words = header_text(&"不審者".repeat(20)).expect("convertible");
+        assert!(words.matches("=?ISO-2022-JP?B?").count() >= 4, "{words}");
+        assert!(words.lines().all(|l| l.trim_start().len() <= 75), "{words}");
+    }
+}
