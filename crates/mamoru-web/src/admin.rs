@@ -631,7 +631,7 @@ async fn admins(web: &Arc<Web>, me: (&Admin, &str), notice: Option<Result<String
         csrf_field(&mut out, me.1);
         out.push_str(
             "<label for=\"new-login\">ID（英数字と . _ -）</label><input type=\"text\" id=\"new-login\" name=\"login\" required maxlength=\"64\" autocapitalize=\"none\" autocomplete=\"off\">\
-             <label for=\"new-email\">登録アドレス（確認メールの送り先）</label><input type=\"email\" id=\"new-email\" name=\"email\" required maxlength=\"254\" autocomplete=\"off\">",
+             <label for=\"new-email\">登録アドレス（配信確認メールの送り先）</label><input type=\"email\" id=\"new-email\" name=\"email\" required maxlength=\"254\" autocomplete=\"off\">",
         );
         out.push_str(&format!(
             "<label for=\"new-password\">初期パスワード（{}文字以上）</label><input type=\"password\" id=\"new-password\" name=\"password\" required minlength=\"{}\" maxlength=\"256\" autocomplete=\"new-password\">",

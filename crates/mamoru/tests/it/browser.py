@@ -87,5 +87,15 @@ try:
     wait.until(EC.title_contains("配信の詳細"))
     print("admin-published:", driver.title, "|", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
     shot("admin-published")
+    # Admin accounts: add a district-limited admin from the panel.
+    driver.get(base + "/admin/admins")
+    driver.find_element(By.ID, "new-login").send_keys("pta-kita")
+    driver.find_element(By.ID, "new-email").send_keys("pta@school.example")
+    driver.find_element(By.ID, "new-password").send_keys("a long enough password")
+    driver.find_element(By.CSS_SELECTOR, "input[type=checkbox][name=district][value='2']").click()
+    driver.find_element(By.CSS_SELECTOR, "main form[action$='/add'] button").click()
+    wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "main"), "を追加しました"))
+    print("admin-admins:", driver.find_element(By.TAG_NAME, "table").text.replace("\n", " | "), flush=True)
+    shot("admin-admins")
 finally:
     driver.quit()

@@ -70,11 +70,12 @@ fn register_and_publish_in_a_real_chromium() {
     assert!(alert.to.contains(PARENT) && alert.body.contains("/u/"), "{}", alert.body);
     assert!(log.contains("admin-preview: 配信の確認") && log.contains("配信先: 1件"), "{log}");
     assert!(log.contains("admin-published: 配信の詳細"), "{log}");
+    assert!(log.contains("admin-admins:") && log.contains("pta-kita p***@school.example 天応・吉浦地区 有効"), "{log}");
     wait_for("the panel's alert to the parent", T, || {
         inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.starts_with("【守るネット】不審な電話"))
     });
 
-    for name in ["top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published"] {
+    for name in ["top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published", "admin-admins"] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png");
         if std::env::var_os("MAMORU_UPDATE_SCREENSHOTS").is_some() {
