@@ -12,7 +12,12 @@
 //!   accepted); throttle windows answer 421 for a domain for a while;
 //! - records what it received: a message log (`MILLIS DOMAIN MESSAGE-ID` per
 //!   received message) and a JSON stats file (counts per domain, per-second
-//!   rates, concurrent connections, duplicates), rewritten every 200 ms.
+//!   rates, concurrent connections, duplicates), rewritten every 200 ms;
+//! - optionally STARTTLS (rustls, a certificate and key from PEM files) and
+//!   AUTH PLAIN/LOGIN with configured accounts (MAIL refused before AUTH,
+//!   AUTH refused before TLS when TLS is offered); each received message is
+//!   recorded with whether it came over TLS and which user authenticated
+//!   ([`server::Sink::deliveries`]).
 //!
 //! Layout: [`policy`] (limits and records, pure), [`session`] (the SMTP
 //! dialogue, sans-I/O), [`server`] (tokio accept loop and files).

@@ -40,6 +40,16 @@ struct Args {
     /// Name in the greeting and EHLO reply.
     #[arg(long, default_value = "sink.invalid")]
     hostname: String,
+    /// Offer STARTTLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require AUTH (PLAIN or LOGIN) as USER:PASSWORD before MAIL; repeatable.
+    /// With STARTTLS, AUTH is offered only after it.
+    #[arg(long = "auth", value_name = "USER:PASSWORD")]
+    accounts: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +95,15 @@ fn run(args: Args) -> Result<(), String> {
         )),
         None => None,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(server::tls_config(cert, key).map_err(|e| e.to_string())?)),
+        _ => None,
+    };
+    let accounts = args
+        .accounts
+        .iter()
+        .map(|a| a.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).ok_or(format!("--auth {a}: want USER:PASSWORD")))
+        .collect::<Result<Vec<_>, _>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -95,6 +114,8 @@ fn run(args: Args) -> Result<(), String> {
             log,
             stats_path: args.stats.clone(),
             started: Instant::now(),
+            tls,
+            accounts,
         });
         {
             let mut out = std::io::stdout().lock();

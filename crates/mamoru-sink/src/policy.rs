@@ -91,6 +91,18 @@ pub struct Stats {
     /// Accepted messages with a Message-ID seen more than once.
     pub duplicates: u64,
     pub accepted: u64,
+    /// AUTH attempts refused (wrong user or password).
+    pub auth_failures: u64,
+}
+
+/// How one received message came: over TLS or not, and which user had
+/// authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message_id: String,
+    pub domain: String,
+    pub tls: bool,
+    pub user: Option<String>,
 }
 
 pub struct Policy {
@@ -103,13 +115,15 @@ pub struct Policy {
     reset_once: HashMap<String, ()>,
     /// Lines for the message log not yet written: `MILLIS DOMAIN MESSAGE-ID`.
     log: Vec<String>,
+    /// Every received message, in order.
+    deliveries: Vec<Delivery>,
 }
 
 impl Policy {
     pub fn new(cfg: PolicyConfig) -> Self {
         let buckets =
             cfg.limits.iter().map(|(d, l)| (d.clone(), TokenBucket::new(l.rate, l.burst, 0.0))).collect();
-        Self { cfg, buckets, stats: Stats::default(), seen: HashMap::new(), reset_once: HashMap::new(), log: Vec::new() }
+        Self { cfg, buckets, stats: Stats::default(), seen: HashMap::new(), reset_once: HashMap::new(), log: Vec::new(), deliveries: Vec::new() }
     }
 
     pub fn stats(&self) -> &Stats {
@@ -217,6 +231,19 @@ impl Policy {
         } else {
             DotVerdict::Accept
         }
+    }
+
+    /// A message was received (accepted, or reset after the dot).
+    pub fn delivered(&mut self, d: Delivery) {
+        self.deliveries.push(d);
+    }
+
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    pub fn auth_failed(&mut self) {
+        self.stats.auth_failures += 1;
     }
 
     /// Takes the message-log lines written since the last call.

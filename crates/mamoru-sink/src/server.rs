@@ -2,26 +2,32 @@
 //! connection, the message log and the stats file.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::Policy;
-use crate::session::{Session, Step};
+use crate::policy::{Delivery, Policy};
+use crate::session::{Offers, Session, Step};
 
 /// Longest command or data line read (RFC 5321 allows 1000 octets; carriers
 /// allow a little more).
 const MAX_LINE: usize = 8192;
 const STATS_EVERY: Duration = Duration::from_millis(200);
+/// How long a client may take for the TLS handshake after STARTTLS.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("TLS certificate or key {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
 }
 
 pub struct Sink {
@@ -30,7 +36,15 @@ pub struct Sink {
     pub log: Option<Mutex<std::fs::File>>,
     pub stats_path: Option<PathBuf>,
     pub started: Instant,
+    /// With a certificate, STARTTLS is offered.
+    pub tls: Option<TlsAcceptor>,
+    /// AUTH accounts, (user, password); with any, MAIL needs AUTH.
+    pub accounts: Vec<(String, String)>,
 }
+
+/// A connection's stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Sink {
     /// A sink without files; tests read [`Sink::stats`] directly.
@@ -41,7 +55,26 @@ impl Sink {
             log: None,
             stats_path: None,
             started: Instant::now(),
+            tls: None,
+            accounts: Vec::new(),
         }
+    }
+
+    /// Offers STARTTLS with this PEM certificate chain and key.
+    pub fn with_starttls(mut self, cert: &Path, key: &Path) -> Result<Self, SinkError> {
+        self.tls = Some(TlsAcceptor::from(tls_config(cert, key)?));
+        Ok(self)
+    }
+
+    /// Requires AUTH (PLAIN or LOGIN) as this user before MAIL.
+    pub fn with_account(mut self, user: &str, password: &str) -> Self {
+        self.accounts.push((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// How each message received so far came (TLS, authenticated user).
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.policy().deliveries().to_vec()
     }
 
     /// A copy of the statistics so far.
@@ -109,21 +142,21 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
 }
 
 async fn connection(stream: TcpStream, sink: Arc<Sink>) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut session = Session::new(&sink.hostname);
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
+    let offers = Offers { starttls: sink.tls.is_some(), accounts: sink.accounts.clone() };
+    let mut session = Session::with_offers(&sink.hostname, offers);
     sink.policy().session_opened();
     let mut out = session.greeting().into_bytes();
     let mut line = Vec::with_capacity(256);
     'conn: loop {
         if !out.is_empty() {
-            if w.write_all(&out).await.is_err() {
+            if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
                 break;
             }
             out.clear();
         }
         line.clear();
-        match (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
+        match (&mut io).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -137,16 +170,56 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
             Step::Reply(s) => out.extend_from_slice(s.as_bytes()),
             Step::Nothing => {}
             Step::Close(s) => {
-                let _ = w.write_all(s.as_bytes()).await;
+                let _ = io.write_all(s.as_bytes()).await;
                 break 'conn;
             }
             Step::Drop => break 'conn,
+            Step::StartTls(s) => {
+                let Some(acceptor) = sink.tls.clone() else { break 'conn };
+                if io.write_all(s.as_bytes()).await.is_err() || io.flush().await.is_err() {
+                    break;
+                }
+                // Commands pipelined behind STARTTLS would cross into the
+                // TLS session unprotected (CVE-2011-0411): hang up instead.
+                if !io.buffer().is_empty() {
+                    break;
+                }
+                let plain = io.into_inner();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(plain)).await {
+                    Ok(Ok(tls)) => io = BufReader::new(Box::new(tls)),
+                    _ => return closed(&sink, &session),
+                }
+                session.tls_started();
+            }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = io.shutdown().await;
+    closed(&sink, &session);
+}
+
+fn closed(sink: &Sink, session: &Session) {
     if let Some(domain) = session.bound() {
         let domain = domain.to_string();
         sink.policy().closed(&domain);
     }
 }
 
+/// The rustls server configuration from PEM files (ring, TLS 1.2 and 1.3).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, SinkError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |p: &Path, e: &dyn std::fmt::Display| SinkError::Tls { path: p.to_path_buf(), reason: e.to_string() };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad(cert, &e))?;
+    Ok(Arc::new(cfg))
+}

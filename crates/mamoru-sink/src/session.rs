@@ -1,7 +1,10 @@
 //! One SMTP session, sans-I/O: a line in, a step out. The server feeds it
 //! lines (CRLF included) and does what the step says.
 
-use crate::policy::{DotVerdict, Policy, RcptVerdict};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::policy::{Delivery, DotVerdict, Policy, RcptVerdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -13,6 +16,33 @@ pub enum Step {
     Drop,
     /// Nothing to write (a data line).
     Nothing,
+    /// Write this reply, then run the TLS handshake (STARTTLS) and call
+    /// [`Session::tls_started`].
+    StartTls(String),
+}
+
+/// Where an AUTH exchange stands.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum AuthStep {
+    #[default]
+    Idle,
+    /// `AUTH PLAIN` without an initial response: the next line is it.
+    Plain,
+    /// `AUTH LOGIN`: the next line is the user name.
+    LoginUser,
+    /// `AUTH LOGIN`: the next line is the password of this user.
+    LoginPassword(String),
+}
+
+/// What a session offers besides plain SMTP.
+#[derive(Debug, Default, Clone)]
+pub struct Offers {
+    /// STARTTLS is announced (the server has a certificate).
+    pub starttls: bool,
+    /// Accounts for AUTH PLAIN/LOGIN, (user, password). With any, MAIL
+    /// needs AUTH first; with STARTTLS too, AUTH needs TLS first (as
+    /// Postfix's `smtpd_tls_auth_only`).
+    pub accounts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -26,11 +56,55 @@ pub struct Session {
     message_id: String,
     /// The domain this connection is counted against, after its first RCPT.
     bound: Option<String>,
+    offers: Offers,
+    tls: bool,
+    user: Option<String>,
+    auth: AuthStep,
 }
 
 impl Session {
     pub fn new(hostname: &str) -> Self {
         Self { hostname: hostname.to_string(), ..Self::default() }
+    }
+
+    /// A session offering STARTTLS and/or AUTH.
+    pub fn with_offers(hostname: &str, offers: Offers) -> Self {
+        Self { hostname: hostname.to_string(), offers, ..Self::default() }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over
+    /// (RFC 3207 §4.2: the client must EHLO again).
+    pub fn tls_started(&mut self) {
+        self.reset();
+        self.tls = true;
+        self.user = None;
+        self.auth = AuthStep::Idle;
+    }
+
+    /// Is the session encrypted?
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The user that authenticated, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    fn auth_offered(&self) -> bool {
+        !self.offers.accounts.is_empty() && (self.tls || !self.offers.starttls)
+    }
+
+    fn ehlo(&self) -> String {
+        let mut r = format!("250-{}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n", self.hostname);
+        if self.offers.starttls && !self.tls {
+            r.push_str("250-STARTTLS\r\n");
+        }
+        if self.auth_offered() {
+            r.push_str("250-AUTH PLAIN LOGIN\r\n");
+        }
+        r.push_str("250 SIZE 52428800\r\n");
+        r
     }
 
     pub fn greeting(&self) -> String {
@@ -48,11 +122,20 @@ impl Session {
         }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\r', '\n']);
+        if self.auth != AuthStep::Idle {
+            return self.auth_line(text, policy);
+        }
         let upper = text.to_ascii_uppercase();
         let verb = upper.split_whitespace().next().unwrap_or("");
         match verb {
-            "EHLO" => Step::Reply(format!("250-{}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 52428800\r\n", self.hostname)),
+            "EHLO" => Step::Reply(self.ehlo()),
             "HELO" => Step::Reply(format!("250 {}\r\n", self.hostname)),
+            "STARTTLS" if self.offers.starttls && !self.tls => Step::StartTls("220 2.0.0 Ready to start TLS\r\n".into()),
+            "STARTTLS" => Step::Reply("502 5.5.1 STARTTLS not available\r\n".into()),
+            "AUTH" => self.auth_command(text, policy),
+            "MAIL" if !self.offers.accounts.is_empty() && self.user.is_none() => {
+                Step::Reply("530 5.7.0 Authentication required\r\n".into())
+            }
             "MAIL" => {
                 self.reset();
                 self.mail = true;
@@ -72,6 +155,84 @@ impl Session {
             "NOOP" => Step::Reply("250 2.0.0 Ok\r\n".into()),
             "QUIT" => Step::Close("221 2.0.0 Bye\r\n".into()),
             _ => Step::Reply("502 5.5.2 Error: command not recognized\r\n".into()),
+        }
+    }
+
+    fn auth_command(&mut self, text: &str, policy: &mut Policy) -> Step {
+        if self.offers.accounts.is_empty() {
+            return Step::Reply("502 5.5.1 AUTH not available\r\n".into());
+        }
+        if !self.auth_offered() {
+            return Step::Reply("538 5.7.11 Encryption required for requested authentication mechanism\r\n".into());
+        }
+        if self.user.is_some() {
+            return Step::Reply("503 5.5.1 Already authenticated\r\n".into());
+        }
+        let mut words = text.split_whitespace().skip(1);
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", Some(response)) => self.plain(response, policy),
+            ("PLAIN", None) => {
+                self.auth = AuthStep::Plain;
+                Step::Reply("334 \r\n".into())
+            }
+            ("LOGIN", Some(user)) => match decode(user) {
+                Some(user) => {
+                    self.auth = AuthStep::LoginPassword(user);
+                    Step::Reply(format!("334 {}\r\n", B64.encode("Password:")))
+                }
+                None => Step::Reply("501 5.5.2 Cannot decode response\r\n".into()),
+            },
+            ("LOGIN", None) => {
+                self.auth = AuthStep::LoginUser;
+                Step::Reply(format!("334 {}\r\n", B64.encode("Username:")))
+            }
+            _ => Step::Reply("504 5.5.4 Unrecognized authentication type\r\n".into()),
+        }
+    }
+
+    fn auth_line(&mut self, text: &str, policy: &mut Policy) -> Step {
+        let step = std::mem::take(&mut self.auth);
+        if text.trim() == "*" {
+            return Step::Reply("501 5.7.0 Authentication cancelled\r\n".into());
+        }
+        match step {
+            AuthStep::Idle => Step::Reply("503 5.5.1 No AUTH in progress\r\n".into()),
+            AuthStep::Plain => self.plain(text.trim(), policy),
+            AuthStep::LoginUser => match decode(text.trim()) {
+                Some(user) => {
+                    self.auth = AuthStep::LoginPassword(user);
+                    Step::Reply(format!("334 {}\r\n", B64.encode("Password:")))
+                }
+                None => Step::Reply("501 5.5.2 Cannot decode response\r\n".into()),
+            },
+            AuthStep::LoginPassword(user) => match decode(text.trim()) {
+                Some(password) => self.check(user, &password, policy),
+                None => Step::Reply("501 5.5.2 Cannot decode response\r\n".into()),
+            },
+        }
+    }
+
+    /// RFC 4616: `authzid NUL authcid NUL password`.
+    fn plain(&mut self, response: &str, policy: &mut Policy) -> Step {
+        let Some(decoded) = decode(response) else {
+            return Step::Reply("501 5.5.2 Cannot decode response\r\n".into());
+        };
+        let mut parts = decoded.split('\0');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(_authzid), Some(user), Some(password), None) => self.check(user.to_string(), password, policy),
+            _ => Step::Reply("501 5.5.2 Malformed PLAIN response\r\n".into()),
+        }
+    }
+
+    fn check(&mut self, user: String, password: &str, policy: &mut Policy) -> Step {
+        if self.offers.accounts.iter().any(|(u, p)| *u == user && p == password) {
+            self.user = Some(user);
+            Step::Reply("235 2.7.0 Authentication successful\r\n".into())
+        } else {
+            policy.auth_failed();
+            Step::Reply("535 5.7.8 Authentication credentials invalid\r\n".into())
         }
     }
 
@@ -120,6 +281,14 @@ impl Session {
             let (local, domain) = self.rcpts.first().cloned().unwrap_or_default();
             let mid = std::mem::take(&mut self.message_id);
             let verdict = policy.dot(&local, &domain, &mid, now);
+            if verdict != DotVerdict::Fail552 {
+                policy.delivered(Delivery {
+                    message_id: mid,
+                    domain: domain.to_ascii_lowercase(),
+                    tls: self.tls,
+                    user: self.user.clone(),
+                });
+            }
             self.mail = false;
             self.rcpts.clear();
             return match verdict {
@@ -139,6 +308,10 @@ impl Session {
         }
         Step::Nothing
     }
+}
+
+fn decode(b64: &str) -> Option<String> {
+    B64.decode(b64.trim()).ok().and_then(|b| String::from_utf8(b).ok())
 }
 
 #[cfg(test)]
@@ -166,5 +339,43 @@ mod tests {
         assert_eq!(p.stats().accepted, 1);
         // Only domains with limits count connections.
         assert_eq!(s.bound(), None);
+    }
+
+    fn reply(step: &Step) -> &str {
+        match step {
+            Step::Reply(r) | Step::Close(r) | Step::StartTls(r) => r,
+            Step::Drop | Step::Nothing => "",
+        }
+    }
+
+    #[test]
+    fn starttls_then_auth_then_mail() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let offers = Offers { starttls: true, accounts: vec![("mamoru".into(), "s3cret".into())] };
+        let mut s = Session::with_offers("sink.test", offers);
+        let steps = run(&mut s, &mut p, &["EHLO x", "AUTH PLAIN AG1hbW9ydQBzM2NyZXQ=", "MAIL FROM:<a@b>", "STARTTLS"]);
+        assert!(reply(&steps[0]).contains("STARTTLS") && !reply(&steps[0]).contains("AUTH"), "{steps:?}");
+        // No AUTH before TLS, and no mail before AUTH.
+        assert!(reply(&steps[1]).starts_with("538"), "{steps:?}");
+        assert!(reply(&steps[2]).starts_with("530"), "{steps:?}");
+        assert!(matches!(&steps[3], Step::StartTls(r) if r.starts_with("220")));
+        s.tls_started();
+        let pw = B64.encode("wrong");
+        let steps = run(
+            &mut s,
+            &mut p,
+            &["EHLO x", "AUTH LOGIN", "bWFtb3J1", &pw, "AUTH PLAIN", "AG1hbW9ydQBzM2NyZXQ=", "MAIL FROM:<a@b>", "RCPT TO:<t@au.com>", "DATA", "Message-ID: <m1@x>", "", "body", "."],
+        );
+        assert!(reply(&steps[0]).contains("AUTH PLAIN LOGIN") && !reply(&steps[0]).contains("STARTTLS"), "{steps:?}");
+        assert!(reply(&steps[1]).starts_with("334 VXNlcm5hbWU6"), "{steps:?}");
+        assert!(reply(&steps[3]).starts_with("535"), "{steps:?}");
+        assert!(reply(&steps[4]).starts_with("334"), "{steps:?}");
+        assert!(reply(&steps[5]).starts_with("235"), "{steps:?}");
+        assert!(reply(&steps[12]).starts_with("250"), "{steps:?}");
+        assert_eq!(p.stats().auth_failures, 1);
+        assert_eq!(
+            p.deliveries(),
+            [Delivery { message_id: "m1@x".into(), domain: "au.com".into(), tls: true, user: Some("mamoru".into()) }]
+        );
     }
 }
