@@ -138,7 +138,7 @@ pub struct WebConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
-    /// `"file"` or `"smtp://HOST:PORT"`.
+    /// `"file"`, `"smtp://HOST:PORT"` or `"mx"`.
     pub transport: String,
     /// First retry delay after a 4xx or a connection failure; doubles each time.
     pub retry_base_secs: i64,
@@ -153,6 +153,50 @@ pub struct RelayConfig {
     /// DKIM selector (`SELECTOR._domainkey.DOMAIN` for the RSA key,
     /// `SELECTOR-ed25519._domainkey.DOMAIN` for ed25519); empty = no DKIM.
     pub dkim_selector: String,
+    /// STARTTLS on `smtp://` hops: `"opportunistic"`, `"required"` or `"none"`.
+    pub smtp_tls: String,
+    /// PEM CA certificates that verify the smarthost with `smtp_tls =
+    /// "required"`; empty = the system's roots. Relative to the config file.
+    pub smtp_tls_ca_file: String,
+    /// AUTH user on `smtp://` hops; empty = no AUTH.
+    pub smtp_username: String,
+    /// File holding the AUTH password (never inline). Relative to the config file.
+    pub smtp_password_file: String,
+    /// DNS server of the `mx` transport, `IP:PORT`; empty = /etc/resolv.conf.
+    pub resolver: String,
+    /// Port of the `mx` transport's connections (25; other values for tests).
+    pub mx_port: u16,
+}
+
+/// STARTTLS on `smtp://` hops (`[relay] smtp_tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Never: plain SMTP.
+    None,
+    /// STARTTLS when the server offers it, certificate not verified (Postfix
+    /// `smtp_tls_security_level = may`).
+    Opportunistic,
+    /// STARTTLS must succeed and the certificate must verify.
+    Required,
+}
+
+impl RelayConfig {
+    pub fn smtp_tls(&self) -> Result<SmtpTls, ConfigError> {
+        match self.smtp_tls.as_str() {
+            "none" => Ok(SmtpTls::None),
+            "opportunistic" => Ok(SmtpTls::Opportunistic),
+            "required" => Ok(SmtpTls::Required),
+            other => Err(invalid("relay.smtp_tls", format!("{other:?} is not \"opportunistic\", \"required\" or \"none\""))),
+        }
+    }
+
+    /// The DNS server of the `mx` transport; `None` = the system's.
+    pub fn resolver(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.resolver.is_empty() {
+            return Ok(None);
+        }
+        self.resolver.parse().map(Some).map_err(|_| invalid("relay.resolver", "must be IP:PORT, e.g. 127.0.0.1:53 (empty = /etc/resolv.conf)"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,8 +235,23 @@ pub struct District {
 pub enum Transport {
     /// `.eml` files under `DATA_DIR/mail/`.
     File,
-    /// A smarthost, plain SMTP.
+    /// A smarthost (`[relay] smtp_tls`, AUTH with `smtp_username`).
     Smtp { host: String, port: u16 },
+    /// Direct delivery to each recipient domain's MX hosts.
+    Mx,
+}
+
+impl Transport {
+    /// Is this a smarthost on the loopback interface (where AUTH without TLS
+    /// exposes the password to no one)?
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Transport::Smtp { host, .. } => {
+                host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Tags of the Kure districts (`ans+chuo@`), in the order of [`KURE_DISTRICTS`].
@@ -272,6 +331,12 @@ impl Default for RelayConfig {
             lease_secs: 300,
             poll_interval_ms: 100,
             dkim_selector: "mamoru".into(),
+            smtp_tls: "opportunistic".into(),
+            smtp_tls_ca_file: String::new(),
+            smtp_username: String::new(),
+            smtp_password_file: String::new(),
+            resolver: String::new(),
+            mx_port: 25,
         }
     }
 }
@@ -310,6 +375,11 @@ impl Config {
         let mut cfg: Config = toml::from_str(text)?;
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        for path in [&mut cfg.relay.smtp_tls_ca_file, &mut cfg.relay.smtp_password_file] {
+            if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+                *path = base.join(path.as_str()).to_string_lossy().into_owned();
+            }
         }
         cfg.validate()?;
         Ok(cfg)
@@ -361,11 +431,7 @@ impl Config {
         }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         self.validate_alerts()?;
-        for (name, pool) in &self.carriers {
-            if !pool.route.is_empty() {
-                parse_transport(&format!("carriers.{name}.route"), &pool.route)?;
-            }
-        }
+        self.validate_smtp()?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -391,6 +457,43 @@ impl Config {
             if self.districts[..i].iter().any(|o| o.name == d.name) {
                 return Err(invalid(format!("districts[{i}].name"), format!("name {:?} is used twice", d.name)));
             }
+        }
+        Ok(())
+    }
+
+    /// The STARTTLS, AUTH and DNS keys of `[relay]`, and the routes.
+    fn validate_smtp(&self) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        let tls = r.smtp_tls()?;
+        r.resolver()?;
+        if r.mx_port == 0 {
+            return Err(invalid("relay.mx_port", "must be a port, 1-65535"));
+        }
+        let mut hops = vec![self.transport()?];
+        for (name, pool) in &self.carriers {
+            if !pool.route.is_empty() {
+                hops.push(parse_transport(&format!("carriers.{name}.route"), &pool.route)?);
+            }
+        }
+        if r.smtp_username.contains(|c: char| c.is_control()) {
+            return Err(invalid("relay.smtp_username", "must not contain control characters"));
+        }
+        if r.smtp_username.is_empty() != r.smtp_password_file.is_empty() {
+            return Err(invalid("relay.smtp_password_file", "smtp_username and smtp_password_file go together"));
+        }
+        // A password must never cross the network in clear: AUTH needs
+        // verified TLS unless every smarthost is on this machine.
+        if !r.smtp_username.is_empty() && tls != SmtpTls::Required {
+            if let Some(hop) = hops.iter().find(|t| matches!(t, Transport::Smtp { .. }) && !t.is_loopback()) {
+                let Transport::Smtp { host, .. } = hop else { unreachable!("filtered above") };
+                return Err(invalid(
+                    "relay.smtp_username",
+                    format!("AUTH to {host} needs smtp_tls = \"required\" (only a loopback smarthost may be used without it)"),
+                ));
+            }
+        }
+        if !r.smtp_tls_ca_file.is_empty() && tls != SmtpTls::Required {
+            return Err(invalid("relay.smtp_tls_ca_file", "is used only with smtp_tls = \"required\""));
         }
         Ok(())
     }
@@ -492,13 +595,16 @@ impl Config {
     }
 }
 
-/// `"file"` or `"smtp://HOST:PORT"`, named by `key` in errors.
+/// `"file"`, `"smtp://HOST:PORT"` or `"mx"`, named by `key` in errors.
 pub fn parse_transport(key: &str, value: &str) -> Result<Transport, ConfigError> {
     let t = value.trim();
     if t == "file" {
         return Ok(Transport::File);
     }
-    let bad = || invalid(key, format!("{t:?} is not \"file\" or \"smtp://HOST:PORT\""));
+    if t == "mx" {
+        return Ok(Transport::Mx);
+    }
+    let bad = || invalid(key, format!("{t:?} is not \"file\", \"mx\" or \"smtp://HOST:PORT\""));
     let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -556,7 +662,7 @@ mod tests {
         assert!(err("domain = \"bad domain\"").contains("`domain`"));
         assert!(err("public_url = \"ftp://x\"").contains("public_url"));
         assert!(err("[relay]\ntransport = \"smtp://host\"").contains("relay.transport"));
-        assert!(err("[relay]\ntransport = \"mx\"").contains("relay.transport"));
+        assert!(err("[relay]\ntransport = \"mx:\"").contains("relay.transport"));
         assert!(err("[limits]\nregister_daily_cap = 0").contains("limits.register_daily_cap"));
         assert!(err("[limits]\nregister_daily_cap = \"5\"").contains("register_daily_cap"));
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
@@ -569,7 +675,13 @@ mod tests {
         assert!(err("[alerts]\nrequire = \"none\"").contains("alerts.require"));
         assert!(err("[alerts]\nalert_local = \"ans\"").contains("alerts.alert_local"));
         assert!(err("[alerts]\nauthserv_id = \"a b\"").contains("alerts.authserv_id"));
-        assert!(err("[carriers.au]\nroute = \"mx\"").contains("carriers.au.route"));
+        assert!(err("[carriers.au]\nroute = \"dns\"").contains("carriers.au.route"));
+        assert!(err("[relay]\nsmtp_tls = \"may\"").contains("relay.smtp_tls"));
+        assert!(err("[relay]\nresolver = \"127.0.0.1\"").contains("relay.resolver"));
+        assert!(err("[relay]\nmx_port = 0").contains("relay.mx_port"));
+        assert!(err("[relay]\nsmtp_username = \"u\"").contains("relay.smtp_password_file"));
+        assert!(err("[relay]\nsmtp_password = \"secret\"").contains("smtp_password"));
+        assert!(err("[relay]\nsmtp_tls_ca_file = \"ca.pem\"").contains("relay.smtp_tls_ca_file"));
     }
 
     #[test]
@@ -578,6 +690,35 @@ mod tests {
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
         let c = parse("[relay]\ntransport = \"smtp://[::1]:25\"").unwrap();
         assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "::1".into(), port: 25 });
+    }
+
+    #[test]
+    fn mx_transport_and_dns_keys_parse() {
+        let c = parse("[relay]\ntransport = \"mx\"\nresolver = \"127.0.0.1:5353\"\nmx_port = 2525\n[carriers.au]\nroute = \"mx\"").unwrap();
+        assert_eq!(c.transport().unwrap(), Transport::Mx);
+        assert_eq!(c.relay.resolver().unwrap(), Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.relay.mx_port, 2525);
+        assert_eq!(parse("").unwrap().relay.resolver().unwrap(), None);
+    }
+
+    #[test]
+    fn auth_needs_verified_tls_unless_loopback() {
+        let auth = "smtp_username = \"mamoru\"\nsmtp_password_file = \"smtp.pass\"";
+        // Opportunistic TLS may fall back to plain text: refused for a remote smarthost.
+        let e = err(&format!("[relay]\ntransport = \"smtp://relay.example:587\"\n{auth}"));
+        assert!(e.contains("relay.smtp_username") && e.contains("required"), "{e}");
+        let e = err(&format!("[relay]\nsmtp_tls = \"none\"\n{auth}\n[carriers.au]\nroute = \"smtp://10.0.0.1:25\""));
+        assert!(e.contains("10.0.0.1"), "{e}");
+        // Loopback, or verified TLS: accepted.
+        for t in ["smtp://127.0.0.1:25", "smtp://[::1]:25", "smtp://localhost:25"] {
+            parse(&format!("[relay]\ntransport = \"{t}\"\nsmtp_tls = \"none\"\n{auth}")).unwrap();
+        }
+        let c = parse(&format!("[relay]\ntransport = \"smtp://relay.example:587\"\nsmtp_tls = \"required\"\nsmtp_tls_ca_file = \"ca.pem\"\n{auth}")).unwrap();
+        assert_eq!(c.relay.smtp_tls().unwrap(), SmtpTls::Required);
+        // Files are relative to the config file's directory.
+        assert_eq!(c.relay.smtp_password_file, "/srv/mamoru/smtp.pass");
+        assert_eq!(c.relay.smtp_tls_ca_file, "/srv/mamoru/ca.pem");
+        assert_eq!(parse("").unwrap().relay.smtp_tls().unwrap(), SmtpTls::Opportunistic);
     }
 
     #[test]
