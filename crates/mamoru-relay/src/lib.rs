@@ -18,7 +18,9 @@
 //! - [`charset`]: a pool's `charset = "iso-2022-jp"`, for old handsets.
 //! - [`outcome`]: [`DeliveryOutcome`] and the scrubbing of failure reasons.
 //! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
-//! - [`smtp`]: the `smtp://HOST:PORT` transport over lettre's connection API.
+//! - [`smtp`]: the `smtp://HOST:PORT` and `mx` transports over lettre's
+//!   connection API (STARTTLS, AUTH).
+//! - [`mx`]: MX lookups and the order of hosts to try (hickory).
 //!
 //! Invariants:
 //! - One pool never waits for another: each claims only its own domains and
@@ -37,6 +39,7 @@ pub mod backoff;
 pub mod charset;
 pub mod dkim;
 pub mod file;
+pub mod mx;
 pub mod outcome;
 pub mod pool;
 pub mod shaper;
@@ -48,7 +51,7 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use mamoru_core::carriers::CarrierConfig;
-use mamoru_core::config::{RelayConfig, Transport};
+use mamoru_core::config::{RelayConfig, SmtpTls, Transport};
 use mamoru_core::token::TokenKey;
 use mamoru_store::{QueuedMail, Store, StoreError};
 
@@ -58,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 pub use outcome::DeliveryOutcome;
 
 use crate::file::FileHop;
-use crate::smtp::SmtpHop;
+use crate::smtp::{SmtpHop, SmtpSecurity};
 
 
 /// Everything the relay needs; built by the binary from the configuration.
@@ -83,6 +86,66 @@ pub struct Relay {
 pub enum RelayError {
     #[error("cannot create the mail directory {path}: {source}")]
     MailDir { path: PathBuf, source: std::io::Error },
+    #[error("relay.{key}: {reason}")]
+    Setup { key: &'static str, reason: String },
+}
+
+/// What every worker's [`NextHop`] shares, loaded once when the relay
+/// starts: the file transport's directory, the EHLO name, the smarthost's
+/// TLS roots and credentials, and the DNS resolver (whose cache all
+/// workers share).
+pub struct Hops {
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub smtp: SmtpSecurity,
+    /// The `mx` transport's resolver, when some pool uses it.
+    pub resolver: Option<Arc<mx::DnsResolver>>,
+    pub mx_port: u16,
+}
+
+impl Hops {
+    /// Reads the CA and password files and sets up the resolver (when a
+    /// pool's route or the transport is `mx`).
+    pub fn load(relay: &Relay) -> Result<Self, RelayError> {
+        let s = &relay.settings;
+        let setup = |key, reason: String| RelayError::Setup { key, reason };
+        let tls = s.smtp_tls().map_err(|e| setup("smtp_tls", e.to_string()))?;
+        let ca = if s.smtp_tls_ca_file.is_empty() || tls != SmtpTls::Required {
+            None
+        } else {
+            let pem = std::fs::read(&s.smtp_tls_ca_file).map_err(|e| setup("smtp_tls_ca_file", format!("{}: {e}", s.smtp_tls_ca_file)))?;
+            Some(
+                lettre::transport::smtp::client::Certificate::from_pem(&pem)
+                    .map_err(|e| setup("smtp_tls_ca_file", format!("{}: {e}", s.smtp_tls_ca_file)))?,
+            )
+        };
+        let credentials = if s.smtp_username.is_empty() {
+            None
+        } else {
+            let path = &s.smtp_password_file;
+            let text = std::fs::read_to_string(path).map_err(|e| setup("smtp_password_file", format!("{path}: {e}")))?;
+            // One line; the final newline an editor adds is not part of it.
+            let password = text.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&text);
+            if password.is_empty() {
+                return Err(setup("smtp_password_file", format!("{path} is empty")));
+            }
+            Some(lettre::transport::smtp::authentication::Credentials::new(s.smtp_username.clone(), password.to_string()))
+        };
+        let uses_mx = relay.transport == Transport::Mx || relay.pools.values().any(|p| p.route.trim() == "mx");
+        let resolver = if uses_mx {
+            let server = s.resolver().map_err(|e| setup("resolver", e.to_string()))?;
+            Some(Arc::new(mx::DnsResolver::new(server).map_err(|e| setup("resolver", e))?))
+        } else {
+            None
+        };
+        Ok(Self {
+            data_dir: relay.data_dir.clone(),
+            hostname: relay.hostname.clone(),
+            smtp: SmtpSecurity { tls, ca, credentials },
+            resolver,
+            mx_port: s.mx_port,
+        })
+    }
 }
 
 /// Where one worker's messages go: the configured transport with its state
@@ -93,20 +156,25 @@ pub enum NextHop {
 }
 
 impl NextHop {
-    pub fn new(
-        transport: &Transport,
-        data_dir: &std::path::Path,
-        hostname: &str,
-        messages_per_connection: u32,
-    ) -> Result<Self, RelayError> {
+    pub fn new(transport: &Transport, hops: &Hops, messages_per_connection: u32) -> Result<Self, RelayError> {
+        let per_connection = messages_per_connection as usize;
         Ok(match transport {
             Transport::File => NextHop::File(
-                FileHop::new(data_dir)
-                    .map_err(|source| RelayError::MailDir { path: data_dir.join(file::MAIL_DIR), source })?,
+                FileHop::new(&hops.data_dir)
+                    .map_err(|source| RelayError::MailDir { path: hops.data_dir.join(file::MAIL_DIR), source })?,
             ),
             Transport::Smtp { host, port } => NextHop::Smtp(
-                SmtpHop::new(host, *port, hostname).with_messages_per_connection(messages_per_connection as usize),
+                SmtpHop::smarthost(host, *port, &hops.hostname, &hops.smtp)
+                    .map_err(|reason| RelayError::Setup { key: "smtp_tls", reason })?
+                    .with_messages_per_connection(per_connection),
             ),
+            Transport::Mx => {
+                let resolver = hops.resolver.clone().ok_or_else(|| RelayError::Setup {
+                    key: "transport",
+                    reason: "the mx transport has no resolver".into(),
+                })?;
+                NextHop::Smtp(SmtpHop::mx(resolver, hops.mx_port, &hops.hostname).with_messages_per_connection(per_connection))
+            }
         })
     }
 
@@ -136,9 +204,10 @@ impl NextHop {
 /// mail directory cannot be created) ends the relay with an error.
 pub async fn run(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: CancellationToken) -> Result<(), RelayError> {
     // Fail early on a setup error rather than in every worker.
-    NextHop::new(&relay.transport, &relay.data_dir, &relay.hostname, 1)?;
+    let hops = Arc::new(Hops::load(&relay)?);
+    NextHop::new(&relay.transport, &hops, 1)?;
     tracing::info!(transport = %describe(&relay.transport), pools = relay.pools.len(), "relay started");
-    pool::run_pools(relay, wake, shutdown).await;
+    pool::run_pools(relay, hops, wake, shutdown).await;
     tracing::info!("relay stopped");
     Ok(())
 }
@@ -147,6 +216,7 @@ fn describe(transport: &Transport) -> String {
     match transport {
         Transport::File => "file".into(),
         Transport::Smtp { host, port } => format!("smtp://{host}:{port}"),
+        Transport::Mx => "mx".into(),
     }
 }
 

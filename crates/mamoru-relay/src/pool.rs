@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::shaper::Shaper;
-use crate::{DeliveryOutcome, NextHop, Relay, backoff, blocking, charset, outcome};
+use crate::{DeliveryOutcome, Hops, NextHop, Relay, backoff, blocking, charset, outcome};
 
 /// How often pool state is written and stale rows expired.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -74,6 +74,7 @@ struct Pool {
     /// Rows claimed by this pool whose outcome is not yet handed to the
     /// committer: their leases are renewed while they wait.
     held: Mutex<BTreeSet<i64>>,
+    hops: Arc<Hops>,
 }
 
 impl Pool {
@@ -117,7 +118,7 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let clock = Clock(Instant::now());
     let listed: Vec<String> = relay.pools.values().flat_map(|p| p.domains.iter().cloned()).collect();
     let mut pools = Vec::new();
@@ -153,6 +154,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: Ca
             sent: AtomicI64::new(0),
             wake: Notify::new(),
             held: Mutex::new(BTreeSet::new()),
+            hops: Arc::clone(&hops),
         }));
     }
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
@@ -332,7 +334,7 @@ async fn worker(
     shutdown: CancellationToken,
     clock: Clock,
 ) {
-    let mut hop = match NextHop::new(&pool.transport, &relay.data_dir, &relay.hostname, pool.cfg.messages_per_connection) {
+    let mut hop = match NextHop::new(&pool.transport, &pool.hops, pool.cfg.messages_per_connection) {
         Ok(hop) => hop,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a delivery worker");

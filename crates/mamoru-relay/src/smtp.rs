@@ -1,5 +1,6 @@
-//! The `smtp://HOST:PORT` transport: plain SMTP to a smarthost, one
-//! recipient per transaction, one connection reused across a drain.
+//! SMTP delivery for the `smtp://HOST:PORT` transport (a smarthost) and the
+//! `mx` transport (each recipient domain's MX hosts): one recipient per
+//! transaction, one connection reused across a drain.
 //!
 //! This drives lettre's connection-level API ([`AsyncSmtpConnection`] and its
 //! `command()`) rather than `AsyncSmtpTransport::send_raw`, for two reasons:
@@ -17,27 +18,52 @@
 //!   4xx/5xx to MAIL, RCPT or DATA is answered with RSET and the connection
 //!   serves the next message (design §6).
 //!
+//! Opening a session ([`open`]): TCP with `TCP_NODELAY`, greeting, EHLO, then
+//! STARTTLS (lettre over rustls/ring) as [`TlsPolicy`] says, then AUTH
+//! (PLAIN or LOGIN) when credentials are configured, only over TLS unless
+//! the smarthost is on loopback (the configuration refuses the other cases
+//! too). With the smarthost's `smtp_tls = "required"`, STARTTLS must succeed
+//! and the certificate verify against the system's roots or the configured
+//! CA file; "opportunistic" (and always for MX hosts) uses STARTTLS when
+//! offered without verifying, and reconnects in plain text if the handshake
+//! fails, as Postfix's `may` level does. A failed STARTTLS (required) or
+//! AUTH defers the message and pauses the pool: nothing is lost or failed.
+//!
+//! With `mx`, a worker's connection belongs to one destination domain: a
+//! message for another domain closes it and opens one to that domain's MX
+//! host ([`crate::mx`] picks and orders the hosts). DNS saying the domain
+//! takes no mail (null MX, NXDOMAIN) fails the message; a DNS failure or no
+//! reachable MX host defers only that message (a dead domain must not pause
+//! a pool of many domains); a 4xx from a connected host throttles the pool
+//! as with a smarthost.
+//!
 //! lettre's `message()` dot-stuffs the content and then writes `CRLF.CRLF`
 //! itself. Queued content already ends with CRLF, so that CRLF is taken off
 //! first ([`data_payload`]); otherwise every message would gain an empty line.
 //!
 //! lettre's `tracing` feature must stay off: at debug level it logs every
-//! command and the message content, which hold addresses in clear.
+//! command and the message content, which hold addresses in clear (and AUTH
+//! lines, which hold the password).
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::Address;
 use lettre::transport::smtp::Error as SmtpError;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use mamoru_core::EmailAddress;
+use mamoru_core::config::SmtpTls;
 use mamoru_store::QueuedMail;
 
 use crate::DeliveryOutcome;
+use crate::mx::{self, DnsResolver, NoRoute};
 
-/// Limit for connecting and reading the greeting and EHLO reply.
+/// Limit for opening a session: connecting, greeting, EHLO, STARTTLS, AUTH.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit for each command's reply (RFC 5321 §4.5.3.2 suggests minutes; a
 /// smarthost on the same network answers in milliseconds).
@@ -48,11 +74,75 @@ const DATA_DONE_TIMEOUT: Duration = Duration::from_secs(300);
 /// per session), whatever the pool's `messages_per_connection` says.
 const MAX_PER_CONNECTION: usize = 100;
 
+/// How smarthost sessions are secured and authenticated (`[relay]
+/// smtp_tls`, `smtp_tls_ca_file`, `smtp_username`, `smtp_password_file`);
+/// loaded once at start and shared by every worker.
+#[derive(Clone)]
+pub struct SmtpSecurity {
+    pub tls: SmtpTls,
+    /// Roots for `Required` instead of the system's.
+    pub ca: Option<Certificate>,
+    pub credentials: Option<Credentials>,
+}
+
+impl SmtpSecurity {
+    /// Plain SMTP, no AUTH.
+    pub fn plain() -> Self {
+        Self { tls: SmtpTls::None, ca: None, credentials: None }
+    }
+
+    /// The policy for a connection to `host` (the name certificates are
+    /// checked against).
+    fn policy(&self, host: &str) -> Result<TlsPolicy, String> {
+        Ok(match self.tls {
+            SmtpTls::None => TlsPolicy::None,
+            SmtpTls::Opportunistic => TlsPolicy::Opportunistic(unverified(host)?),
+            SmtpTls::Required => {
+                let mut b = TlsParameters::builder(host.to_string());
+                if let Some(ca) = &self.ca {
+                    b = b.certificate_store(CertificateStore::None).add_root_certificate(ca.clone());
+                }
+                TlsPolicy::Required(b.build_rustls().map_err(|e| format!("TLS setup for {host}: {e}"))?)
+            }
+        })
+    }
+}
+
+/// STARTTLS for one connection.
+#[derive(Clone)]
+pub enum TlsPolicy {
+    None,
+    /// When offered; the certificate is not checked; a failed handshake
+    /// falls back to a plain session.
+    Opportunistic(TlsParameters),
+    /// Must succeed, certificate verified.
+    Required(TlsParameters),
+}
+
+/// TLS that accepts any certificate: opportunistic TLS guards against
+/// passive listeners only, and MX hosts rarely have certificates that
+/// verify (RFC 7435).
+fn unverified(host: &str) -> Result<TlsParameters, String> {
+    TlsParameters::builder(host.to_string())
+        .certificate_store(CertificateStore::None)
+        .dangerous_accept_invalid_certs(true)
+        .dangerous_accept_invalid_hostnames(true)
+        .build_rustls()
+        .map_err(|e| format!("TLS setup for {host}: {e}"))
+}
+
+/// Where a hop's sessions go.
+enum Route {
+    Smarthost { host: String, port: u16, tls: TlsPolicy, credentials: Option<Credentials>, loopback: bool },
+    Mx { resolver: Arc<DnsResolver>, port: u16 },
+}
+
 pub struct SmtpHop {
-    host: String,
-    port: u16,
+    route: Route,
     hello: ClientId,
-    conn: Option<AsyncSmtpConnection>,
+    /// The open session, with the destination domain it serves (`mx`; empty
+    /// for a smarthost, which takes every domain).
+    conn: Option<(String, AsyncSmtpConnection)>,
     /// Messages accepted on `conn`.
     used: usize,
     /// Close the connection after this many messages.
@@ -90,17 +180,43 @@ enum Failure {
     Unsendable(String),
 }
 
+/// Why no session could be opened; decides what becomes of the message.
+enum OpenError {
+    /// Slow the pool down and try later (refused, 421, failed TLS or AUTH).
+    Throttle(String),
+    /// Try this message later (DNS trouble, no MX host reachable).
+    Retry(String),
+    /// The destination takes no mail (null MX, NXDOMAIN).
+    Fail(String),
+}
+
 impl SmtpHop {
-    /// `hostname` is the EHLO name (the mail domain).
+    /// A plain smarthost session, no AUTH. `hostname` is the EHLO name (the
+    /// mail domain).
     pub fn new(host: &str, port: u16, hostname: &str) -> Self {
-        Self {
+        Self::smarthost(host, port, hostname, &SmtpSecurity::plain()).unwrap_or_else(|_| unreachable!("no TLS to set up"))
+    }
+
+    /// A smarthost with STARTTLS and AUTH as `security` says.
+    pub fn smarthost(host: &str, port: u16, hostname: &str, security: &SmtpSecurity) -> Result<Self, String> {
+        let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let route = Route::Smarthost {
             host: host.to_string(),
             port,
-            hello: ClientId::Domain(hostname.to_string()),
-            conn: None,
-            used: 0,
-            per_connection: MAX_PER_CONNECTION,
-        }
+            tls: security.policy(host)?,
+            credentials: security.credentials.clone(),
+            loopback,
+        };
+        Ok(Self::with_route(route, hostname))
+    }
+
+    /// Direct delivery to each recipient domain's MX hosts on `port`.
+    pub fn mx(resolver: Arc<DnsResolver>, port: u16, hostname: &str) -> Self {
+        Self::with_route(Route::Mx { resolver, port }, hostname)
+    }
+
+    fn with_route(route: Route, hostname: &str) -> Self {
+        Self { route, hello: ClientId::Domain(hostname.to_string()), conn: None, used: 0, per_connection: MAX_PER_CONNECTION }
     }
 
     /// Closes and reopens the connection after `n` messages (at most 100).
@@ -121,15 +237,25 @@ impl SmtpHop {
         };
         let to = lettre_address(&mail.recipient);
         let content = data_payload(&mail.content);
+        let domain = match self.route {
+            Route::Smarthost { .. } => String::new(),
+            Route::Mx { .. } => mail.recipient.domain().to_ascii_lowercase(),
+        };
+        // A session to another domain's MX host cannot take this message.
+        if self.conn.as_ref().is_some_and(|(d, _)| *d != domain) {
+            self.close().await;
+        }
         loop {
             let (mut conn, reused) = match self.conn.take() {
-                Some(conn) => (conn, true),
-                None => match self.connect().await {
+                Some((_, conn)) => (conn, true),
+                None => match self.connect(&domain).await {
                     Ok(conn) => {
                         self.used = 0;
                         (conn, false)
                     }
-                    Err(reason) => return DeliveryOutcome::Throttled { reason },
+                    Err(OpenError::Throttle(reason)) => return DeliveryOutcome::Throttled { reason },
+                    Err(OpenError::Retry(reason)) => return DeliveryOutcome::Retry { reason },
+                    Err(OpenError::Fail(reason)) => return DeliveryOutcome::Failed { reason },
                 },
             };
             match transaction(&mut conn, from.clone(), to.clone(), content).await {
@@ -138,7 +264,7 @@ impl SmtpHop {
                     if self.used >= self.per_connection {
                         quit(conn).await;
                     } else {
-                        self.conn = Some(conn);
+                        self.conn = Some((domain, conn));
                     }
                     return DeliveryOutcome::Sent;
                 }
@@ -147,7 +273,7 @@ impl SmtpHop {
                 // instead of deferring the message.
                 Err(Failure::Broken { stage: Stage::Mail, .. }) if reused => continue,
                 Err(Failure::Unsendable(reason)) => {
-                    self.conn = Some(conn);
+                    self.conn = Some((domain, conn));
                     return DeliveryOutcome::Failed { reason };
                 }
                 Err(Failure::Broken { stage, reason }) => {
@@ -158,7 +284,7 @@ impl SmtpHop {
                 Err(Failure::Reply { stage, error }) => {
                     let reason = format!("{} (after {})", reply_text(&error), stage.as_str());
                     if step(COMMAND_TIMEOUT, Stage::Mail, conn.command(Rset)).await.is_ok() {
-                        self.conn = Some(conn);
+                        self.conn = Some((domain, conn));
                     }
                     // Carriers answer 4xx when a sender goes too fast, so
                     // every transient reply slows the pool down.
@@ -174,37 +300,118 @@ impl SmtpHop {
 
     /// Ends the session politely, if there is one (the relay is idle).
     pub async fn close(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some((_, conn)) = self.conn.take() {
             quit(conn).await;
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
-        // lettre writes a command, or the end of DATA, in more than one
-        // segment; with Nagle's algorithm on, each reply then waits for the
-        // peer's delayed ACK (~40 ms on Linux), capping a connection at ~20
-        // messages/s. So the relay opens the socket itself, with TCP_NODELAY.
-        let where_ = format!("connecting to {}:{}", self.host, self.port);
-        let connect = async {
-            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| format!("{where_}: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| format!("{where_}: {e}"))?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
-                .await
-                .map_err(|e| format!("{where_}: {}", reply_text(&e)))
-        };
-        // Errors here say nothing about the message (even a 554 greeting is
-        // about this client), so they all defer it.
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "connecting to {}:{}: no greeting within {}s",
-                self.host,
-                self.port,
-                CONNECT_TIMEOUT.as_secs()
-            )),
+    async fn connect(&self, domain: &str) -> Result<AsyncSmtpConnection, OpenError> {
+        match &self.route {
+            Route::Smarthost { host, port, tls, credentials, loopback } => {
+                let auth = credentials.as_ref().map(|c| (c, *loopback));
+                open(host, host, *port, &self.hello, tls, auth).await.map_err(OpenError::Throttle)
+            }
+            Route::Mx { resolver, port } => {
+                let destinations = match mx::destinations(resolver.as_ref(), domain).await {
+                    Ok(d) => d,
+                    Err(NoRoute::Permanent(reason)) => return Err(OpenError::Fail(reason)),
+                    Err(NoRoute::Temporary(reason)) => return Err(OpenError::Retry(reason)),
+                };
+                let mut reasons = Vec::new();
+                for d in &destinations {
+                    let tls = TlsPolicy::Opportunistic(unverified(&d.host).map_err(OpenError::Retry)?);
+                    match open(&d.host, &d.ip.to_string(), *port, &self.hello, &tls, None).await {
+                        Ok(conn) => return Ok(conn),
+                        Err(reason) => {
+                            tracing::debug!(mx = %d.host, %reason, "MX host unreachable; trying the next");
+                            reasons.push(reason);
+                        }
+                    }
+                }
+                Err(OpenError::Retry(format!("no MX host of {domain} reachable: {}", reasons.join("; "))))
+            }
         }
+    }
+}
+
+/// Opens a session to `addr`:`port` (`name`: the host's name, for messages
+/// and TLS), with STARTTLS as `tls` says and AUTH when `auth` has
+/// credentials (and whether the host is on loopback). Errors say nothing
+/// about the message (even a 554 greeting is about this client).
+async fn open(
+    name: &str,
+    addr: &str,
+    port: u16,
+    hello: &ClientId,
+    tls: &TlsPolicy,
+    auth: Option<(&Credentials, bool)>,
+) -> Result<AsyncSmtpConnection, String> {
+    let conn = match session(name, addr, port, hello, tls, auth).await {
+        Err(Opened::TlsFailed(reason)) if matches!(tls, TlsPolicy::Opportunistic(_)) => {
+            // Opportunistic: a failed handshake costs the encryption, not the mail.
+            tracing::info!(host = %name, %reason, "STARTTLS failed; retrying without TLS");
+            session(name, addr, port, hello, &TlsPolicy::None, auth).await
+        }
+        other => other,
+    };
+    conn.map_err(|e| match e {
+        Opened::TlsFailed(r) | Opened::Other(r) => r,
+    })
+}
+
+enum Opened {
+    /// The STARTTLS handshake failed (the session is gone).
+    TlsFailed(String),
+    Other(String),
+}
+
+async fn session(
+    name: &str,
+    addr: &str,
+    port: u16,
+    hello: &ClientId,
+    tls: &TlsPolicy,
+    auth: Option<(&Credentials, bool)>,
+) -> Result<AsyncSmtpConnection, Opened> {
+    // lettre writes a command, or the end of DATA, in more than one
+    // segment; with Nagle's algorithm on, each reply then waits for the
+    // peer's delayed ACK (~40 ms on Linux), capping a connection at ~20
+    // messages/s. So the relay opens the socket itself, with TCP_NODELAY.
+    let where_ = format!("connecting to {name}:{port}");
+    let connect = async {
+        let stream = tokio::net::TcpStream::connect((addr, port)).await.map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+        stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
+            .await
+            .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
+        match tls {
+            TlsPolicy::None => {}
+            TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
+            TlsPolicy::Required(_) if !conn.can_starttls() => {
+                return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
+            }
+            TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
+                conn.starttls(params.clone(), hello)
+                    .await
+                    .map_err(|e| Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e))))?;
+            }
+        }
+        if let Some((credentials, loopback)) = auth {
+            // The configuration already refuses this; a password never
+            // crosses the network in clear, whatever the server offers.
+            if !conn.is_encrypted() && !loopback {
+                return Err(Opened::Other(format!("{where_}: refusing AUTH without TLS")));
+            }
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
+        }
+        tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
+        Ok(conn)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(Opened::Other(format!("{where_}: no greeting within {}s", CONNECT_TIMEOUT.as_secs()))),
     }
 }
 
