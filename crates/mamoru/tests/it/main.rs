@@ -11,3 +11,4 @@ mod postfix;
 mod serve;
 mod selfservice;
 mod subscribers;
+mod transports;
