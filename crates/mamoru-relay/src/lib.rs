@@ -152,7 +152,8 @@ impl Hops {
 /// (one open SMTP connection).
 pub enum NextHop {
     File(FileHop),
-    Smtp(SmtpHop),
+    /// Boxed: a session with its TLS state is large next to a file hop.
+    Smtp(Box<SmtpHop>),
 }
 
 impl NextHop {
@@ -163,17 +164,19 @@ impl NextHop {
                 FileHop::new(&hops.data_dir)
                     .map_err(|source| RelayError::MailDir { path: hops.data_dir.join(file::MAIL_DIR), source })?,
             ),
-            Transport::Smtp { host, port } => NextHop::Smtp(
+            Transport::Smtp { host, port } => NextHop::Smtp(Box::new(
                 SmtpHop::smarthost(host, *port, &hops.hostname, &hops.smtp)
                     .map_err(|reason| RelayError::Setup { key: "smtp_tls", reason })?
                     .with_messages_per_connection(per_connection),
-            ),
+            )),
             Transport::Mx => {
                 let resolver = hops.resolver.clone().ok_or_else(|| RelayError::Setup {
                     key: "transport",
                     reason: "the mx transport has no resolver".into(),
                 })?;
-                NextHop::Smtp(SmtpHop::mx(resolver, hops.mx_port, &hops.hostname).with_messages_per_connection(per_connection))
+                NextHop::Smtp(Box::new(
+                    SmtpHop::mx(resolver, hops.mx_port, &hops.hostname).with_messages_per_connection(per_connection),
+                ))
             }
         })
     }

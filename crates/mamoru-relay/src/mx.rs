@@ -188,10 +188,12 @@ mod tests {
 
     use super::*;
 
+    type MxAnswer = Result<Vec<(u16, String)>, DnsError>;
+
     /// Answers from a table; a name not in it is NXDOMAIN.
     #[derive(Default)]
     struct Table {
-        mx: HashMap<&'static str, Result<Vec<(u16, String)>, DnsError>>,
+        mx: HashMap<&'static str, MxAnswer>,
         ip: HashMap<&'static str, Result<Vec<IpAddr>, DnsError>>,
     }
 
