@@ -19,6 +19,8 @@
 //! - [`outcome`]: [`DeliveryOutcome`] and the scrubbing of failure reasons.
 //! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
 //! - [`smtp`]: the `smtp://HOST:PORT` transport over lettre's connection API.
+//! - [`splice`]: alert rows are queued without content; each subscriber's
+//!   copy is rendered right after the claim ([`RenderAlert`]).
 //!
 //! Invariants:
 //! - One pool never waits for another: each claims only its own domains and
@@ -41,11 +43,11 @@ pub mod outcome;
 pub mod pool;
 pub mod shaper;
 pub mod smtp;
+pub mod splice;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use mamoru_core::carriers::CarrierConfig;
 use mamoru_core::config::{RelayConfig, Transport};
@@ -56,6 +58,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use outcome::DeliveryOutcome;
+pub use splice::RenderAlert;
 
 use crate::file::FileHop;
 use crate::smtp::SmtpHop;
@@ -77,6 +80,9 @@ pub struct Relay {
     pub verp_key: Option<TokenKey>,
     /// With keys, every message is DKIM-signed right before delivery.
     pub dkim: Option<dkim::Dkim>,
+    /// Renders a subscriber's copy of an alert (alert rows are queued
+    /// without content). Without it, alert rows fail.
+    pub render_alert: Option<RenderAlert>,
 }
 
 #[derive(Debug, thiserror::Error)]
