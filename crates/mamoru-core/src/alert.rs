@@ -20,8 +20,9 @@ use mail_builder::headers::raw::Raw;
 use crate::UnixTime;
 use crate::address::EmailAddress;
 use crate::config::Config;
-use crate::links::SubscriberLinks;
+use crate::links::{SubscriberLinks, subscriber_links};
 use crate::mail::{self, MailKind, OutgoingMail};
+use crate::token::{Nonce, TokenKey};
 
 /// Longest title accepted, in characters; phones show about this much.
 pub const MAX_TITLE_CHARS: usize = 60;
@@ -305,6 +306,39 @@ pub fn render(
     OutgoingMail { kind: MailKind::Alert, sender: from, to: to.clone(), message_id, bytes }
 }
 
+/// The Message-ID of an alert's mail to one subscriber: stable per alert and
+/// subscriber, so a duplicate delivery is recognisably the same message. The
+/// store writes the same value in SQL when it queues the row.
+pub fn alert_message_id(domain: &str, alert: i64, subscriber: i64) -> String {
+    format!("alert.{alert}.{subscriber}@{domain}")
+}
+
+/// Who one copy of an alert is for.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertRecipient<'a> {
+    pub subscriber: i64,
+    pub address: &'a EmailAddress,
+    /// The subscriber's footer-link nonce (`mamoru_core::links`).
+    pub link_nonce: Nonce,
+}
+
+/// One subscriber's copy of a published alert, with the personal footer
+/// links and `List-Unsubscribe`. The relay renders it when it sends the row.
+/// Everything that varies is an input, and `published_at` is both the Date
+/// and the issue time of the links, so rendering the same row twice (a
+/// retry, or a resend after a crash) gives the same bytes.
+pub fn render_for_subscriber(
+    cfg: &Config,
+    tokens: &TokenKey,
+    alert: i64,
+    content: &AlertContent,
+    published_at: UnixTime,
+    to: &AlertRecipient<'_>,
+) -> OutgoingMail {
+    let links = subscriber_links(cfg, tokens, to.subscriber as u64, to.link_nonce, published_at);
+    render(cfg, content, to.address, &links, published_at, alert_message_id(&cfg.domain, alert, to.subscriber))
+}
+
 /// Recipient counts of a preview, per carrier.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CarrierCounts(pub Vec<(&'static str, i64)>);
@@ -456,5 +490,27 @@ mod tests {
         assert_eq!(h("Subject"), content.subject);
         let body = msg.get_body().unwrap();
         assert!(body.contains("本文") && body.contains("http://x/m/M") && body.contains("http://x/u/U"), "{body}");
+    }
+
+    #[test]
+    fn a_subscriber_copy_is_stable_and_personal() {
+        let c = Config { domain: "mamoru.test".into(), ..cfg() };
+        let d = parse_post(&c, "声かけ", "地区: 1\n本文").unwrap();
+        let content = content(&c, &d, false);
+        let key = TokenKey::new(&[5; 32]);
+        let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
+        let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
+        let m = render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r);
+        assert_eq!(m.message_id, "alert.9.42@mamoru.test");
+        assert_eq!(m.bytes, render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
+        let links = subscriber_links(&c, &key, 42, [7; 8], 1_800_000_000);
+        let msg = mailparse::parse_mail(&m.bytes).unwrap();
+        let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
+        assert_eq!(h("To"), "<a..b.@docomo.ne.jp>");
+        assert_eq!(h("List-Unsubscribe"), format!("<{}>", links.unsubscribe));
+        assert!(msg.get_body().unwrap().contains(&links.manage));
+        let other = EmailAddress::parse("c@ezweb.ne.jp").unwrap();
+        let r2 = AlertRecipient { subscriber: 43, address: &other, link_nonce: [8; 8] };
+        assert_ne!(render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r2).bytes, m.bytes);
     }
 }

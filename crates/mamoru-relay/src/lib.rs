@@ -21,6 +21,8 @@
 //! - [`smtp`]: the `smtp://HOST:PORT` and `mx` transports over lettre's
 //!   connection API (STARTTLS, AUTH).
 //! - [`mx`]: MX lookups and the order of hosts to try (hickory).
+//! - [`splice`]: alert rows are queued without content; each subscriber's
+//!   copy is rendered right after the claim ([`RenderAlert`]).
 //!
 //! Invariants:
 //! - One pool never waits for another: each claims only its own domains and
@@ -44,11 +46,11 @@ pub mod outcome;
 pub mod pool;
 pub mod shaper;
 pub mod smtp;
+pub mod splice;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use mamoru_core::carriers::CarrierConfig;
 use mamoru_core::config::{RelayConfig, SmtpTls, Transport};
@@ -59,6 +61,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use outcome::DeliveryOutcome;
+pub use splice::RenderAlert;
 
 use crate::file::FileHop;
 use crate::smtp::{SmtpHop, SmtpSecurity};
@@ -80,6 +83,9 @@ pub struct Relay {
     pub verp_key: Option<TokenKey>,
     /// With keys, every message is DKIM-signed right before delivery.
     pub dkim: Option<dkim::Dkim>,
+    /// Renders a subscriber's copy of an alert (alert rows are queued
+    /// without content). Without it, alert rows fail.
+    pub render_alert: Option<RenderAlert>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::shaper::Shaper;
+use crate::splice::Splicer;
 use crate::{DeliveryOutcome, Hops, NextHop, Relay, backoff, blocking, charset, outcome};
 
 /// How often pool state is written and stale rows expired.
@@ -157,13 +158,15 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             hops: Arc::clone(&hops),
         }));
     }
+    let splicer = Arc::new(Splicer::new(relay.render_alert.clone()));
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let committer = tokio::spawn(committer(Arc::clone(&relay.store), commit_rx));
     let mut tasks = JoinSet::new();
     for pool in &pools {
         let span = tracing::info_span!("pool", pool = %pool.name);
         tasks.spawn(
-            run_pool(Arc::clone(&relay), Arc::clone(pool), commit_tx.clone(), shutdown.clone(), clock).instrument(span),
+            run_pool(Arc::clone(&relay), Arc::clone(pool), Arc::clone(&splicer), commit_tx.clone(), shutdown.clone(), clock)
+                .instrument(span),
         );
     }
     drop(commit_tx);
@@ -220,6 +223,7 @@ async fn renew_leases(store: &Arc<Store>, pools: &[Arc<Pool>], lease: i64) {
 async fn run_pool(
     relay: Arc<Relay>,
     pool: Arc<Pool>,
+    splicer: Arc<Splicer>,
     commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
     shutdown: CancellationToken,
     clock: Clock,
@@ -233,7 +237,7 @@ async fn run_pool(
                 .in_current_span(),
         );
     }
-    feeder(&relay, &pool, &tx, &commits, &shutdown).await;
+    feeder(&relay, &pool, &splicer, &tx, &commits, &shutdown).await;
     drop(tx);
     while workers.join_next().await.is_some() {}
     // Rows still queued here were claimed but never tried.
@@ -271,6 +275,7 @@ fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, i
 async fn feeder(
     relay: &Arc<Relay>,
     pool: &Pool,
+    splicer: &Arc<Splicer>,
     tx: &mpsc::Sender<QueuedMail>,
     commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>,
     shutdown: &CancellationToken,
@@ -288,7 +293,10 @@ async fn feeder(
         let now = mamoru_core::now();
         let lease = relay.settings.lease_secs;
         let filter = pool.filter.clone();
-        let batch = match blocking(&relay.store, move |s| s.claim_due_in(now, lease, chunk, &filter)).await {
+        let splicer = Arc::clone(splicer);
+        // Alert rows are rendered here, on the blocking pool with the claim.
+        let claimed = blocking(&relay.store, move |s| Ok(splicer.splice(s, s.claim_due_in(now, lease, chunk, &filter)?, now)));
+        let (batch, dropped) = match claimed.await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim outbox rows");
@@ -300,8 +308,16 @@ async fn feeder(
                 continue;
             }
         };
+        let nothing_due = batch.is_empty() && dropped.is_empty();
+        for d in dropped {
+            // If the committer is gone the rows come back after their lease.
+            let _ = commits.send(d);
+        }
         if batch.is_empty() {
             drop(permits);
+            if !nothing_due {
+                continue;
+            }
             tokio::select! {
                 _ = pool.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}

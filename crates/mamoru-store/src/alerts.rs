@@ -2,13 +2,13 @@
 //! one outbox row per distinct active subscriber of the union of the
 //! districts, inserted in the same transaction that consumes the token.
 
-use mamoru_core::mail::OutgoingMail;
+use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::admins::{AdminId, split_ids};
-use crate::{Result, Store, SubscriberId, audit};
+use crate::{Result, Store, audit};
 
 /// Alert row id.
 pub type AlertId = i64;
@@ -209,17 +209,27 @@ impl Store {
     }
 
     /// Publishes a draft: consumes the token (if that is the authority),
-    /// marks the alert published, and inserts one outbox row per distinct
-    /// active subscriber of its districts, each built by `render` from the
-    /// subscriber's id, address and footer-link nonce — one transaction, so
-    /// an alert goes to everyone or to no one, and only once.
+    /// marks the alert published, and queues one outbox row per distinct
+    /// active subscriber of its districts — one transaction, so an alert goes
+    /// to everyone or to no one, and only once.
+    ///
+    /// The rows hold no content (`content_sealed` is empty): each is the
+    /// subscriber's sealed address as registered, the Message-ID
+    /// `alert.{alert}.{subscriber}@{mail_domain}` and the alert id. The relay
+    /// renders each copy when it sends it (`QueuedMail::alert`), from the
+    /// alert row and the subscriber's footer-link nonce, with the alert's
+    /// `published_at` as its time, so a resend is identical. Publishing
+    /// therefore opens no address, renders and seals nothing, and writes a
+    /// small row per recipient.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish_alert(
         &self,
         auth: PublishAuth<'_>,
         actor: &str,
         now: UnixTime,
         expires_at: UnixTime,
-        mut render: impl FnMut(&AlertRow, SubscriberId, &EmailAddress, Nonce) -> OutgoingMail,
+        sender: &str,
+        mail_domain: &str,
     ) -> Result<Published> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -240,51 +250,29 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id WHERE a.id = ?1");
-        let alert = tx.query_row(&sql, [id], alert_row)?;
-        let mut count = 0usize;
-        {
-            let select = format!(
-                "SELECT s.id, s.addr_sealed, s.link_nonce FROM subscribers s
-                 WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                         WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
-                 ORDER BY s.id",
-                id_list(&alert.districts)
-            );
-            let mut stmt = tx.prepare(&select)?;
-            let mut insert = tx.prepare(
-                "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
-                                     content_sealed, next_attempt_at, created_at, expires_at, alert_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let subscriber: SubscriberId = row.get(0)?;
-                let sealed: Vec<u8> = row.get(1)?;
-                let nonce: Vec<u8> = row.get(2)?;
-                let nonce: Nonce = nonce.try_into().unwrap_or([0; 8]);
-                let addr = self.sealer.open_address(&sealed)?;
-                let mail = render(&alert, subscriber, &addr, nonce);
-                insert.execute(params![
-                    mail.kind.as_str(),
-                    ALERT_PRIORITY,
-                    subscriber,
-                    mail.to.domain(),
-                    mail.sender,
-                    // The address sealed at registration is reused: it is the
-                    // same value, and sealing costs a nonce draw per row.
-                    sealed,
-                    mail.message_id,
-                    self.sealer.seal(b"content", &mail.bytes)?,
-                    now,
-                    expires_at,
-                    id,
-                ])?;
-                count += 1;
-            }
-        }
+        let (districts, is_test): (String, i64) =
+            tx.query_row("SELECT districts, is_test FROM alerts WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // One statement: SQLite walks the subscribers and writes the rows
+        // without a round trip through Rust per recipient. The address sealed
+        // at registration is reused: it is the same value, and sealing costs
+        // a nonce draw per row.
+        let insert = format!(
+            "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
+                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id)
+             SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
+                    X'', ?6, ?6, ?7, ?4
+             FROM subscribers s
+             WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                     WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
+             ORDER BY s.id",
+            id_list(&split_ids(&districts))
+        );
+        let count = tx.execute(
+            &insert,
+            params![MailKind::Alert.as_str(), ALERT_PRIORITY, sender, id, mail_domain, now, expires_at],
+        )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
-        audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", alert.is_test))?;
+        audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
         tx.commit()?;
         Ok(Published::Published { alert: id, recipients: count })
     }
@@ -432,28 +420,72 @@ mod tests {
         assert_eq!(draft(&store, admin, "<m1@city.test>", &[1]).0, Drafted::Duplicate, "a redelivered post is a no-op");
         let claims = claims.unwrap();
         assert!(store.publish_view(&claims, T0 + 1).unwrap().is_some());
-        let mut to = vec![];
-        let r = store
-            .publish_alert(PublishAuth::Token(&claims), "admin:chuo", T0 + 1, T0 + 7200, |a, sid, addr, nonce| {
-                assert_ne!(nonce, [0; 8]);
-                to.push(addr.as_str().to_string());
-                mail(addr, format!("alert.{}.{sid}@x", a.id))
-            })
-            .unwrap();
-        assert_eq!(r, Published::Published { alert: claims.subject as i64, recipients: 3 });
-        to.sort();
-        assert_eq!(to, ["a@docomo.ne.jp", "b@ezweb.ne.jp", "d@i.softbank.jp"]);
+        let r = store.publish_alert(PublishAuth::Token(&claims), "admin:chuo", T0 + 1, T0 + 7200, "ans@x", "x").unwrap();
+        let alert = claims.subject as i64;
+        assert_eq!(r, Published::Published { alert, recipients: 3 });
+        assert_eq!(store.alert(alert).unwrap().unwrap().recipients, 3);
         // The token is single use, and the alert is not a draft any more.
         assert!(store.publish_view(&claims, T0 + 2).unwrap().is_none());
-        let again = store.publish_alert(PublishAuth::Token(&claims), "x", T0 + 2, T0 + 7200, |_, _, a, _| mail(a, "z@x".into())).unwrap();
+        let again = store.publish_alert(PublishAuth::Token(&claims), "x", T0 + 2, T0 + 7200, "ans@x", "x").unwrap();
         assert_eq!(again, Published::Unusable);
-        let direct = store.publish_alert(PublishAuth::Direct(claims.subject as i64), "x", T0 + 2, T0 + 7200, |_, _, a, _| mail(a, "z@x".into()));
+        let direct = store.publish_alert(PublishAuth::Direct(alert), "x", T0 + 2, T0 + 7200, "ans@x", "x");
         assert_eq!(direct.unwrap(), Published::Unusable);
-        let progress = store.alert_progress(claims.subject as i64).unwrap();
+        let progress = store.alert_progress(alert).unwrap();
         assert_eq!(progress.iter().map(|p| p.2).sum::<i64>(), 3);
         let mine = store.claim_due(T0 + 1, 60, 10).unwrap();
-        assert_eq!(mine.iter().filter(|m| m.kind == "alert").count(), 3);
         assert_eq!(mine[0].kind, "alert_preview", "alert mail goes first");
+        assert!(mine[0].alert.is_none() && !mine[0].content.is_empty());
+        // Each subscriber once, content to be rendered by the relay from the
+        // subscriber's own address and footer-link nonce.
+        let mut to: Vec<(String, String)> = vec![];
+        for m in mine.iter().filter(|m| m.kind == "alert") {
+            let a = m.alert.expect("an alert row carries its alert");
+            assert_eq!((a.alert_id, m.content.len(), m.sender.as_str()), (alert, 0, "ans@x"));
+            assert_eq!(m.message_id, format!("alert.{alert}.{}@x", a.subscriber_id));
+            assert_eq!(Some(a.link_nonce), store.link_nonce(a.subscriber_id).unwrap());
+            assert_eq!(store.find_subscriber(&m.recipient).unwrap().unwrap().id, a.subscriber_id);
+            to.push((m.recipient.as_str().to_string(), m.message_id.clone()));
+        }
+        to.sort();
+        let to: Vec<&str> = to.iter().map(|t| t.0.as_str()).collect();
+        assert_eq!(to, ["a@docomo.ne.jp", "b@ezweb.ne.jp", "d@i.softbank.jp"]);
+        // Nothing personal in clear, and no content, in the alert rows.
+        let conn = store.conn();
+        let (content, plain): (i64, i64) = conn
+            .query_row(
+                "SELECT SUM(length(content_sealed)), SUM(instr(recipient_sealed, CAST('docomo' AS BLOB)))
+                 FROM outbox WHERE alert_id = ?1",
+                [alert],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((content, plain), (0, 0));
+    }
+
+    #[test]
+    fn a_leased_alert_row_of_a_vanished_subscriber_is_failed() {
+        let (_d, store, admin) = setup();
+        let (_, claims, _) = draft(&store, admin, "k", &[1]);
+        let claims = claims.unwrap();
+        let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, "ans@x", "x").unwrap();
+        assert_eq!(r, Published::Published { alert: claims.subject as i64, recipients: 2 });
+        // A subscriber row vanishing under a queued row (deletion removes
+        // both; this is the race with a claim).
+        let gone = store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id;
+        {
+            let conn = store.conn();
+            conn.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [gone]).unwrap();
+            conn.execute("DELETE FROM subscribers WHERE id = ?1", [gone]).unwrap();
+        }
+        let claimed = store.claim_due(T0, 60, 10).unwrap();
+        let alerts: Vec<_> = claimed.iter().filter(|m| m.kind == "alert").collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].recipient.as_str(), "b@ezweb.ne.jp");
+        let failed: (String, String) = store
+            .conn()
+            .query_row("SELECT state, last_error FROM outbox WHERE subscriber_id = ?1", [gone], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(failed, ("failed".to_string(), "the subscriber is gone".to_string()));
     }
 
     #[test]
@@ -463,7 +495,7 @@ mod tests {
         store.disable_admin("chuo", "cli", T0).unwrap();
         let claims = claims.unwrap();
         assert!(store.publish_view(&claims, T0).unwrap().is_none());
-        let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, |_, _, a, _| mail(a, "z@x".into())).unwrap();
+        let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, "ans@x", "x").unwrap();
         assert_eq!(r, Published::Unusable);
         assert_eq!(store.outbox_counts().unwrap().queued, 1, "only the preview");
     }

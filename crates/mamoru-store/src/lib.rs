@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_relay.sql"),
     include_str!("migrations/0004_selfservice.sql"),
     include_str!("migrations/0005_alerts.sql"),
+    include_str!("migrations/0006_fanout.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -166,9 +167,24 @@ pub struct QueuedMail {
     pub sender: String,
     pub recipient: EmailAddress,
     pub message_id: String,
+    /// The message; empty for an alert row until the relay renders it
+    /// from [`QueuedMail::alert`].
     pub content: Vec<u8>,
     /// Attempts including this one.
     pub attempts: i64,
+    /// Set for a subscriber's copy of a published alert: the row holds no
+    /// content, and the relay renders it when it sends the row.
+    pub alert: Option<AlertRef>,
+}
+
+/// What the relay needs, besides the recipient, to render one subscriber's
+/// copy of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertRef {
+    pub alert_id: alerts::AlertId,
+    pub subscriber_id: SubscriberId,
+    /// The subscriber's footer-link nonce.
+    pub link_nonce: Nonce,
 }
 
 /// Outbox rows per state, for `mamoru queue` and tests.
@@ -451,33 +467,20 @@ impl Store {
              WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
             [now],
         )?;
-        let rows: Vec<(i64, String, String, Vec<u8>, String, Vec<u8>, i64)> = {
+        let rows: Vec<relay::ClaimedRow> = {
             let mut stmt = tx.prepare(
                 "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1
                  WHERE id IN (SELECT id FROM outbox
                               WHERE (state = 'queued' AND next_attempt_at <= ?2) OR (state = 'sending' AND lease_until <= ?2)
                               ORDER BY priority DESC, id LIMIT ?3)
-                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts",
+                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts, alert_id, subscriber_id",
             )?;
-            let it = stmt.query_map(params![now + lease_secs, now, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-            })?;
+            let it = stmt.query_map(params![now + lease_secs, now, limit as i64], relay::claimed_row)?;
             it.collect::<rusqlite::Result<_>>()?
         };
+        let rows = relay::attach_alerts(&tx, rows, now)?;
         tx.commit()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, kind, sender, rcpt, message_id, content, attempts) in rows {
-            out.push(QueuedMail {
-                id,
-                kind,
-                sender,
-                recipient: self.sealer.open_address(&rcpt)?,
-                message_id,
-                content: self.sealer.open(b"content", &content)?,
-                attempts,
-            });
-        }
-        Ok(out)
+        self.open_claimed(rows)
     }
 
     /// The row was accepted by the next hop.

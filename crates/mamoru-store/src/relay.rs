@@ -11,9 +11,10 @@
 
 use mamoru_core::UnixTime;
 use mamoru_core::mail::OutgoingMail;
+use mamoru_core::token::Nonce;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use crate::{QueuedMail, Result, Store};
+use crate::{AlertRef, QueuedMail, Result, Store};
 
 /// Which recipient domains a claim takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,16 @@ pub struct ShapeRow {
     pub buckets: Vec<i64>,
 }
 
-type ClaimedRow = (i64, String, String, Vec<u8>, String, Vec<u8>, i64);
+/// A row as a claim's `RETURNING` gives it: id, kind, sender, sealed
+/// recipient, Message-ID, sealed content, attempts, alert id, subscriber id.
+pub(crate) type ClaimedRow = (i64, String, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
+
+pub(crate) fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+}
+
+/// Why a claimed alert row was failed instead of returned.
+const SUBSCRIBER_GONE: &str = "the subscriber is gone";
 
 impl Store {
     /// Queues many rendered mails in one transaction, for no subscriber
@@ -146,28 +156,25 @@ impl Store {
         {
             let mut up = tx.prepare_cached(
                 "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1 WHERE id = ?2
-                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts",
+                 RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts, alert_id, subscriber_id",
             )?;
             for id in ids {
-                claimed.push(up.query_row(params![now + lease_secs, id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?);
+                claimed.push(up.query_row(params![now + lease_secs, id], claimed_row)?);
             }
         }
+        let claimed = attach_alerts(&tx, claimed, now)?;
         tx.commit()?;
+        self.open_claimed(claimed)
+    }
+
+    /// Opens claimed rows for delivery, after the claim committed (AEAD
+    /// work stays outside the write lock). An alert row has no content.
+    pub(crate) fn open_claimed(&self, rows: Vec<(ClaimedRow, Option<AlertRef>)>) -> Result<Vec<QueuedMail>> {
         let sealer = self.sealer();
-        claimed
-            .into_iter()
-            .map(|(id, kind, sender, rcpt, message_id, content, attempts)| {
-                Ok(QueuedMail {
-                    id,
-                    kind,
-                    sender,
-                    recipient: sealer.open_address(&rcpt)?,
-                    message_id,
-                    content: sealer.open(b"content", &content)?,
-                    attempts,
-                })
+        rows.into_iter()
+            .map(|((id, kind, sender, rcpt, message_id, content, attempts, _, _), alert)| {
+                let content = if alert.is_some() { Vec::new() } else { sealer.open(b"content", &content)? };
+                Ok(QueuedMail { id, kind, sender, recipient: sealer.open_address(&rcpt)?, message_id, content, attempts, alert })
             })
             .collect()
     }
@@ -326,6 +333,37 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Inside a claim's transaction: a row of a published alert has no content
+/// (see `Store::publish_alert`); it gets the subscriber's footer-link nonce
+/// instead, for the relay to render it. If the subscriber vanished meanwhile
+/// (deletion removes queued rows, so only a row leased at that moment can
+/// see this), the row is failed here and not returned.
+pub(crate) fn attach_alerts(
+    tx: &rusqlite::Transaction<'_>,
+    rows: Vec<ClaimedRow>,
+    now: UnixTime,
+) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (id, alert_id, subscriber_id) = (row.0, row.7, row.8);
+        // Alert rows queued with their full content (before the splice) are
+        // sent as they are.
+        if alert_id == 0 || !row.5.is_empty() {
+            out.push((row, None));
+            continue;
+        }
+        let nonce: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT link_nonce FROM subscribers WHERE id = ?1")?
+            .query_row([subscriber_id], |r| r.get(0))
+            .optional()?;
+        match nonce.and_then(|n| Nonce::try_from(n).ok()) {
+            Some(link_nonce) => out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce }))),
+            None => finish(tx, id, "failed", now, SUBSCRIBER_GONE)?,
+        }
+    }
+    Ok(out)
 }
 
 fn passes(filter: &DomainFilter, domain: &str) -> bool {

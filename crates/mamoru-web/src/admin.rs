@@ -542,7 +542,7 @@ async fn publish_alert(web: &Arc<Web>, me: (&Admin, &str), id: i64, now: i64) ->
             _ => return Ok(Published::Unusable),
         }
         let actor = format!("admin:{}", admin.login);
-        crate::publish::publish(&w.cfg, &w.store, &w.tokens, PublishAuth::Direct(id), &actor, now)
+        crate::publish::publish(&w.cfg, &w.store, PublishAuth::Direct(id), &actor, now)
     })
     .await;
     match result {

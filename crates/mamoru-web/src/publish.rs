@@ -1,15 +1,17 @@
-//! The publish link of a preview mail (`/p/TOKEN`), and the fan-out shared
-//! with the admin panel and `mamoru alert post --yes`.
+//! The publish link of a preview mail (`/p/TOKEN`), the fan-out shared
+//! with the admin panel and `mamoru alert post --yes`, and the renderer of
+//! each subscriber's copy that the relay runs at send time.
 //!
 //! GET shows the alert as parents will see it and a button; only the POST
 //! publishes, consuming the one-time token in the same transaction that
 //! queues every subscriber's mail (mail scanners fetch every link).
 
+use std::sync::{Arc, Mutex};
+
 use hyper::StatusCode;
 use mamoru_core::alert::{self, AlertDraft};
-use mamoru_core::links::subscriber_links;
-use mamoru_core::token::{Purpose, TokenError, TokenKey};
-use mamoru_core::{Config, UnixTime};
+use mamoru_core::token::{Nonce, Purpose, TokenError, TokenKey};
+use mamoru_core::{Config, EmailAddress, UnixTime};
 use mamoru_store::Store;
 use mamoru_store::alerts::{AlertRow, PublishAuth, Published};
 
@@ -21,18 +23,38 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
     AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
 }
 
-/// Publishes an alert: one outbox row per subscriber, each with its
-/// personal footer links. Blocking (SQLite); the caller picks the thread.
-pub fn publish(cfg: &Config, store: &Store, tokens: &TokenKey, auth: PublishAuth<'_>, actor: &str, now: UnixTime) -> mamoru_store::Result<Published> {
+/// Publishes an alert: one outbox row per subscriber, without content;
+/// the relay renders each copy when it sends it
+/// (`mamoru_core::alert::render_for_subscriber`). Blocking (SQLite); the
+/// caller picks the thread.
+pub fn publish(cfg: &Config, store: &Store, auth: PublishAuth<'_>, actor: &str, now: UnixTime) -> mamoru_store::Result<Published> {
     let expires_at = now + cfg.alerts.max_age_secs;
-    let mut content: Option<alert::AlertContent> = None;
-    store.publish_alert(auth, actor, now, expires_at, |row, subscriber, addr, link_nonce| {
-        let content = content.get_or_insert_with(|| alert::content(cfg, &draft_of(row), row.is_test));
-        let links = subscriber_links(cfg, tokens, subscriber as u64, link_nonce, now);
-        // Stable per alert and subscriber: a duplicate delivery is identical.
-        let message_id = format!("alert.{}.{subscriber}@{}", row.id, cfg.domain);
-        alert::render(cfg, content, addr, &links, now, message_id)
-    })
+    store.publish_alert(auth, actor, now, expires_at, &cfg.register_address(), &cfg.domain)
+}
+
+/// One subscriber's copy of a published alert, as the relay sends it: the
+/// render hook (`mamoru_relay::RenderAlert`) the binary gives the relay.
+/// Keeps the rendered text of the last few alerts, which every copy shares.
+pub fn alert_renderer(cfg: Arc<Config>, tokens: TokenKey) -> impl Fn(&AlertRow, i64, &EmailAddress, Nonce) -> Vec<u8> + Send + Sync {
+    let contents: Mutex<Vec<(i64, Arc<alert::AlertContent>)>> = Mutex::new(Vec::new());
+    move |row, subscriber, to, link_nonce| {
+        let content = {
+            let mut cache = contents.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.iter().find(|(id, _)| *id == row.id) {
+                Some((_, c)) => Arc::clone(c),
+                None => {
+                    let c = Arc::new(alert::content(&cfg, &draft_of(row), row.is_test));
+                    if cache.len() >= 8 {
+                        cache.remove(0);
+                    }
+                    cache.push((row.id, Arc::clone(&c)));
+                    c
+                }
+            }
+        };
+        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce };
+        alert::render_for_subscriber(&cfg, &tokens, row.id, &content, row.published_at, &recipient).bytes
+    }
 }
 
 fn preview_page(cfg: &Config, token: &str, row: &AlertRow) -> String {
@@ -100,7 +122,7 @@ pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
     let w = web.clone();
     let result = tokio::task::spawn_blocking(move || {
         let actor = format!("publish-link:alert={}", claims.subject);
-        publish(&w.cfg, &w.store, &w.tokens, PublishAuth::Token(&claims), &actor, now)
+        publish(&w.cfg, &w.store, PublishAuth::Token(&claims), &actor, now)
     })
     .await;
     match result {

@@ -103,7 +103,7 @@ pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let actor = format!("cli:admin={}", admin.login);
-    match publish::publish(&cfg, &store, &tokens, PublishAuth::Direct(id), &actor, now)? {
+    match publish::publish(&cfg, &store, PublishAuth::Direct(id), &actor, now)? {
         Published::Published { recipients, .. } => writeln!(out, "alert {id}: published to {recipients} subscribers")?,
         Published::Unusable => bail!("alert {id} could not be published"),
     }

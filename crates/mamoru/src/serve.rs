@@ -163,6 +163,7 @@ fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow:
         pools: cfg.carriers.clone(),
         verp_key: Some(keys.token_key()),
         dkim: dkim(cfg)?,
+        render_alert: Some(Arc::new(mamoru_web::publish::alert_renderer(Arc::new(cfg.clone()), keys.token_key()))),
     }))
 }
 

@@ -5,6 +5,7 @@
 //! Waiting is always "poll the store or the sink until a deadline", never a
 //! fixed sleep.
 
+mod alerts;
 mod carriers;
 mod dkim;
 mod file;
@@ -152,6 +153,11 @@ impl Env {
     }
 
     pub fn relay(&self, transport: Transport, settings: RelayConfig) -> Running {
+        self.relay_with(transport, settings, None)
+    }
+
+    /// Like [`Env::relay`], with a renderer of alert rows.
+    pub fn relay_with(&self, transport: Transport, settings: RelayConfig, render_alert: Option<mamoru_relay::RenderAlert>) -> Running {
         let relay = Arc::new(Relay {
             store: Arc::clone(&self.store),
             transport,
@@ -161,6 +167,7 @@ impl Env {
             pools: self.cfg.carriers.clone(),
             verp_key: None,
             dkim: None,
+            render_alert,
         });
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();

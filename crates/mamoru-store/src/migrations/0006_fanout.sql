@@ -1,0 +1,12 @@
+-- Alert fan-out without per-recipient content (issue 4).
+--
+-- From this version on, an outbox row of a published alert (alert_id <> 0)
+-- is queued with an empty content_sealed (X''): the relay renders the
+-- subscriber's copy when it sends the row, from the alerts row and the
+-- subscriber's link_nonce, with the alert's published_at as its time.
+-- Rows queued by an older version keep their sealed content and are sent
+-- as they are.
+--
+-- No table changes. The version bump itself matters: an older binary
+-- cannot send such rows (it would try to open the empty content), and it
+-- refuses a database whose user_version is newer than it knows.
