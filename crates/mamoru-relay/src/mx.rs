@@ -7,8 +7,9 @@
 //! shared by every worker of every pool, so its cache (records kept for
 //! their TTL) serves them all.
 //!
-//! - MX hosts are tried by preference, lowest first (equal preferences in
-//!   the order DNS gave them).
+//! - MX hosts are tried by preference, lowest first; hosts of equal
+//!   preference in an order rotated by a random `spin` per connection, so
+//!   connections spread over a carrier's equal MX hosts (RFC 5321 §5.1).
 //! - No MX record (the name exists): the domain itself is the one host, the
 //!   "implicit MX".
 //! - A null MX (`0 .`, RFC 7505) or NXDOMAIN: the domain takes no mail, a
@@ -69,8 +70,8 @@ pub struct Destination {
 }
 
 /// The hosts to try for `domain`, in order, given the answer to its MX
-/// question.
-pub fn mx_hosts(domain: &str, answer: Result<Vec<(u16, String)>, DnsError>) -> Result<Vec<String>, NoRoute> {
+/// question. Each group of equal preference is rotated left by `spin`.
+pub fn mx_hosts(domain: &str, answer: Result<Vec<(u16, String)>, DnsError>, spin: usize) -> Result<Vec<String>, NoRoute> {
     match answer {
         Ok(records) if !records.is_empty() => {
             let mut usable: Vec<(u16, String)> =
@@ -81,12 +82,19 @@ pub fn mx_hosts(domain: &str, answer: Result<Vec<(u16, String)>, DnsError>) -> R
             }
             // Stable: equal preferences keep the resolver's order.
             usable.sort_by_key(|(pref, _)| *pref);
-            let mut hosts: Vec<String> = Vec::with_capacity(usable.len());
-            for (_, host) in usable {
+            let mut ranked: Vec<(u16, String)> = Vec::with_capacity(usable.len());
+            for (pref, host) in usable {
                 let host = host.to_ascii_lowercase();
-                if !hosts.contains(&host) {
-                    hosts.push(host);
+                if !ranked.iter().any(|(_, h)| *h == host) {
+                    ranked.push((pref, host));
                 }
+            }
+            let mut hosts = Vec::with_capacity(ranked.len());
+            for group in ranked.chunk_by(|a, b| a.0 == b.0) {
+                let mut names: Vec<String> = group.iter().map(|(_, h)| h.clone()).collect();
+                let n = names.len();
+                names.rotate_left(spin % n);
+                hosts.extend(names);
             }
             Ok(hosts)
         }
@@ -97,11 +105,12 @@ pub fn mx_hosts(domain: &str, answer: Result<Vec<(u16, String)>, DnsError>) -> R
     }
 }
 
-/// The addresses to try for `domain`, in order (at most [`MAX_ADDRESSES`]).
-pub async fn destinations<L: Lookup>(lookup: &L, domain: &str) -> Result<Vec<Destination>, NoRoute> {
+/// The addresses to try for `domain`, in order (at most [`MAX_ADDRESSES`]);
+/// `spin` as for [`mx_hosts`].
+pub async fn destinations<L: Lookup>(lookup: &L, domain: &str, spin: usize) -> Result<Vec<Destination>, NoRoute> {
     let answer = lookup.mx(domain).await;
     let implicit = matches!(&answer, Ok(r) if r.is_empty()) || answer == Err(DnsError::NoRecords);
-    let hosts = mx_hosts(domain, answer)?;
+    let hosts = mx_hosts(domain, answer, spin)?;
     let mut out = Vec::new();
     let mut temporary = None;
     for host in &hosts {
@@ -240,54 +249,59 @@ mod tests {
             .ip("mx1.docomo.test", &["192.0.2.1", "2001:db8::1"])
             .ip("mx2.docomo.test", &["192.0.2.2"])
             .ip("mx3.docomo.test", &["192.0.2.3"]);
-        let d = run(destinations(&t, "docomo.ne.jp")).expect("route");
+        let d = run(destinations(&t, "docomo.ne.jp", 0)).expect("route");
         // Lowest preference first, a host listed twice once, equal
-        // preferences in DNS order, every address of a host in turn.
+        // preferences in DNS order unless spun, every address of a host in turn.
         assert_eq!(
             hosts(&d),
             ["mx1.docomo.test 192.0.2.1", "mx1.docomo.test 2001:db8::1", "mx2.docomo.test 192.0.2.2", "mx3.docomo.test 192.0.2.3"]
+        );
+        let spun = run(destinations(&t, "docomo.ne.jp", 3)).expect("route");
+        assert_eq!(
+            hosts(&spun),
+            ["mx1.docomo.test 192.0.2.1", "mx1.docomo.test 2001:db8::1", "mx3.docomo.test 192.0.2.3", "mx2.docomo.test 192.0.2.2"]
         );
     }
 
     #[test]
     fn no_mx_falls_back_to_the_domain_itself() {
         let t = Table::default().mx("a-only.test", &[]).ip("a-only.test", &["192.0.2.9"]);
-        assert_eq!(hosts(&run(destinations(&t, "a-only.test")).expect("route")), ["a-only.test 192.0.2.9"]);
+        assert_eq!(hosts(&run(destinations(&t, "a-only.test", 0)).expect("route")), ["a-only.test 192.0.2.9"]);
         let t = Table::default().mx_err("a-only.test", DnsError::NoRecords).ip("a-only.test", &["192.0.2.9"]);
-        assert_eq!(hosts(&run(destinations(&t, "a-only.test")).expect("route")), ["a-only.test 192.0.2.9"]);
+        assert_eq!(hosts(&run(destinations(&t, "a-only.test", 0)).expect("route")), ["a-only.test 192.0.2.9"]);
         // Neither MX nor address: the domain takes no mail.
         let t = Table::default().mx("txt-only.test", &[]).ip_err("txt-only.test", DnsError::NoRecords);
-        assert!(matches!(run(destinations(&t, "txt-only.test")), Err(NoRoute::Permanent(r)) if r.contains("no MX")));
+        assert!(matches!(run(destinations(&t, "txt-only.test", 0)), Err(NoRoute::Permanent(r)) if r.contains("no MX")));
     }
 
     #[test]
     fn null_mx_and_nxdomain_are_permanent() {
         let t = Table::default().mx("null.test", &[(0, "")]);
-        assert!(matches!(run(destinations(&t, "null.test")), Err(NoRoute::Permanent(r)) if r.contains("null MX")));
+        assert!(matches!(run(destinations(&t, "null.test", 0)), Err(NoRoute::Permanent(r)) if r.contains("null MX")));
         let t = Table::default().mx("null.test", &[(0, ".")]);
-        assert!(matches!(run(destinations(&t, "null.test")), Err(NoRoute::Permanent(_))));
+        assert!(matches!(run(destinations(&t, "null.test", 0)), Err(NoRoute::Permanent(_))));
         let t = Table::default();
-        assert!(matches!(run(destinations(&t, "gone.test")), Err(NoRoute::Permanent(r)) if r.contains("NXDOMAIN")));
+        assert!(matches!(run(destinations(&t, "gone.test", 0)), Err(NoRoute::Permanent(r)) if r.contains("NXDOMAIN")));
     }
 
     #[test]
     fn servfail_and_timeouts_are_temporary() {
         let t = Table::default().mx_err("docomo.ne.jp", DnsError::Temporary("SERVFAIL".into()));
-        assert!(matches!(run(destinations(&t, "docomo.ne.jp")), Err(NoRoute::Temporary(r)) if r.contains("SERVFAIL")));
+        assert!(matches!(run(destinations(&t, "docomo.ne.jp", 0)), Err(NoRoute::Temporary(r)) if r.contains("SERVFAIL")));
         // The first MX host's address lookup times out, the second answers.
         let t = Table::default()
             .mx("docomo.ne.jp", &[(10, "mx1.docomo.test"), (20, "mx2.docomo.test")])
             .ip_err("mx1.docomo.test", DnsError::Temporary("timed out".into()))
             .ip("mx2.docomo.test", &["192.0.2.2"]);
-        assert_eq!(hosts(&run(destinations(&t, "docomo.ne.jp")).expect("route")), ["mx2.docomo.test 192.0.2.2"]);
+        assert_eq!(hosts(&run(destinations(&t, "docomo.ne.jp", 0)).expect("route")), ["mx2.docomo.test 192.0.2.2"]);
         // Only a timeout: try later.
         let t = Table::default()
             .mx("docomo.ne.jp", &[(10, "mx1.docomo.test")])
             .ip_err("mx1.docomo.test", DnsError::Temporary("timed out".into()));
-        assert!(matches!(run(destinations(&t, "docomo.ne.jp")), Err(NoRoute::Temporary(_))));
+        assert!(matches!(run(destinations(&t, "docomo.ne.jp", 0)), Err(NoRoute::Temporary(_))));
         // MX hosts without addresses: a broken zone, also later.
         let t = Table::default().mx("docomo.ne.jp", &[(10, "mx1.docomo.test")]);
-        assert!(matches!(run(destinations(&t, "docomo.ne.jp")), Err(NoRoute::Temporary(r)) if r.contains("no MX host")));
+        assert!(matches!(run(destinations(&t, "docomo.ne.jp", 0)), Err(NoRoute::Temporary(r)) if r.contains("no MX host")));
     }
 
     #[test]
@@ -296,7 +310,7 @@ mod tests {
             .mx("big.test", &[(10, "a.big.test"), (20, "b.big.test")])
             .ip("a.big.test", &["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"])
             .ip("b.big.test", &["192.0.2.5", "192.0.2.6", "192.0.2.7"]);
-        let d = run(destinations(&t, "big.test")).expect("route");
+        let d = run(destinations(&t, "big.test", 0)).expect("route");
         assert_eq!(d.len(), MAX_ADDRESSES);
         assert_eq!(d[4].ip.to_string(), "192.0.2.5");
     }

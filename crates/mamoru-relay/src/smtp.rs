@@ -312,7 +312,10 @@ impl SmtpHop {
                 open(host, host, *port, &self.hello, tls, auth).await.map_err(OpenError::Throttle)
             }
             Route::Mx { resolver, port } => {
-                let destinations = match mx::destinations(resolver.as_ref(), domain).await {
+                // A random rotation of equal-preference MX hosts per
+                // connection spreads the pool's sessions over them.
+                let spin = ((crate::backoff::random_jitter() + 1.0) * 1e6) as usize;
+                let destinations = match mx::destinations(resolver.as_ref(), domain, spin).await {
                     Ok(d) => d,
                     Err(NoRoute::Permanent(reason)) => return Err(OpenError::Fail(reason)),
                     Err(NoRoute::Temporary(reason)) => return Err(OpenError::Retry(reason)),
