@@ -369,14 +369,15 @@ impl Default for BouncesConfig {
 }
 
 impl Config {
-    /// Parses and validates a config file's text. `base` is the directory a
-    /// relative `data_dir` is resolved against.
+    /// Parses and validates a config file's text. `base` is the directory
+    /// relative paths (`data_dir`, the TLS and password files) are resolved
+    /// against: the config file's own.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config = toml::from_str(text)?;
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        for path in [&mut cfg.relay.smtp_tls_ca_file, &mut cfg.relay.smtp_password_file] {
+        for path in [&mut cfg.relay.smtp_tls_ca_file, &mut cfg.relay.smtp_password_file, &mut cfg.web.tls_cert, &mut cfg.web.tls_key] {
             if !path.is_empty() && Path::new(path.as_str()).is_relative() {
                 *path = base.join(path.as_str()).to_string_lossy().into_owned();
             }
@@ -718,6 +719,8 @@ mod tests {
         // Files are relative to the config file's directory.
         assert_eq!(c.relay.smtp_password_file, "/srv/mamoru/smtp.pass");
         assert_eq!(c.relay.smtp_tls_ca_file, "/srv/mamoru/ca.pem");
+        let w = parse("[web]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"/etc/ssl/key.pem\"").unwrap();
+        assert_eq!((w.web.tls_cert.as_str(), w.web.tls_key.as_str()), ("/srv/mamoru/tls/cert.pem", "/etc/ssl/key.pem"));
         assert_eq!(parse("").unwrap().relay.smtp_tls().unwrap(), SmtpTls::Opportunistic);
     }
 
