@@ -247,10 +247,20 @@ pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Res
     }
 }
 
-/// A port nothing listens on (just released by the kernel).
+/// A port that was free a moment ago, for peers that cannot bind port 0
+/// themselves. Drawn at random below the kernel's ephemeral range
+/// (32768–60999), so no port-0 listener and no outgoing connection of a
+/// concurrently running test can take it before the peer binds it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Is anything listening on 127.0.0.1:`port`? Read from /proc so the check

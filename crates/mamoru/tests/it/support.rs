@@ -2,7 +2,7 @@
 //! peers (Postfix's smtp-sink, swaks). Waits use deadlines, never fixed sleeps.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -38,9 +38,20 @@ pub fn wait_for_or<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
-/// A port that was free a moment ago (for peers that cannot bind port 0).
+/// A port that was free a moment ago, for peers that cannot bind port 0
+/// themselves. Drawn at random below the kernel's ephemeral range
+/// (32768–60999), so no port-0 listener and no outgoing connection of a
+/// concurrently running test can take it before the peer binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind port 0").port()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A data dir, a config file and helpers to run the binary against them.
