@@ -40,7 +40,37 @@ pub struct Sink {
     pub tls: Option<TlsAcceptor>,
     /// AUTH accounts, (user, password); with any, MAIL needs AUTH.
     pub accounts: Vec<(String, String)>,
+    /// A STARTTLS whose handshake fails on purpose; offered even without a
+    /// certificate.
+    pub handshake: Option<HandshakeFault>,
 }
+
+/// How the TLS handshake after STARTTLS fails, on demand: a server that
+/// announces STARTTLS but cannot finish it (a broken certificate setup, a
+/// middlebox that strips TLS), which opportunistic TLS must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFault {
+    /// Answer `220` to STARTTLS, then hang up before the handshake.
+    Close,
+    /// Answer `220` to STARTTLS, then send bytes that are no TLS record
+    /// instead of a ServerHello, and hang up.
+    Garbage,
+}
+
+impl HandshakeFault {
+    /// `close` or `garbage` (the binary's `--starttls-fault`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "close" => Some(Self::Close),
+            "garbage" => Some(Self::Garbage),
+            _ => None,
+        }
+    }
+}
+
+/// What [`HandshakeFault::Garbage`] sends: a plain SMTP line, which a TLS
+/// client reads as a record of an unknown type.
+const GARBAGE: &[u8] = b"554 5.0.0 this is not a ServerHello\r\n";
 
 /// A connection's stream, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -57,7 +87,14 @@ impl Sink {
             started: Instant::now(),
             tls: None,
             accounts: Vec::new(),
+            handshake: None,
         }
+    }
+
+    /// Offers STARTTLS, and fails every handshake as `fault` says.
+    pub fn with_handshake_fault(mut self, fault: HandshakeFault) -> Self {
+        self.handshake = Some(fault);
+        self
     }
 
     /// Offers STARTTLS with this PEM certificate chain and key.
@@ -143,7 +180,7 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
 
 async fn connection(stream: TcpStream, sink: Arc<Sink>) {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
-    let offers = Offers { starttls: sink.tls.is_some(), accounts: sink.accounts.clone() };
+    let offers = Offers { starttls: sink.tls.is_some() || sink.handshake.is_some(), accounts: sink.accounts.clone() };
     let mut session = Session::with_offers(&sink.hostname, offers);
     sink.policy().session_opened();
     let mut out = session.greeting().into_bytes();
@@ -175,7 +212,6 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
             }
             Step::Drop => break 'conn,
             Step::StartTls(s) => {
-                let Some(acceptor) = sink.tls.clone() else { break 'conn };
                 if io.write_all(s.as_bytes()).await.is_err() || io.flush().await.is_err() {
                     break;
                 }
@@ -184,10 +220,22 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
                 if !io.buffer().is_empty() {
                     break;
                 }
+                if let Some(fault) = sink.handshake {
+                    if fault == HandshakeFault::Garbage {
+                        let _ = io.write_all(GARBAGE).await;
+                        let _ = io.flush().await;
+                    }
+                    sink.policy().tls_failed();
+                    break 'conn;
+                }
+                let Some(acceptor) = sink.tls.clone() else { break 'conn };
                 let plain = io.into_inner();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(plain)).await {
                     Ok(Ok(tls)) => io = BufReader::new(Box::new(tls)),
-                    _ => return closed(&sink, &session),
+                    _ => {
+                        sink.policy().tls_failed();
+                        return closed(&sink, &session);
+                    }
                 }
                 session.tls_started();
             }
@@ -222,4 +270,53 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, SinkErro
         .with_single_cert(certs, key_der)
         .map_err(|e| bad(cert, &e))?;
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a sink with `fault`, says EHLO and STARTTLS to it, and returns
+    /// what came after the 220 and the sink's count of failed handshakes.
+    async fn starttls_with(fault: HandshakeFault) -> (String, String, u64) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sink = Arc::new(Sink::new("sink.test", Default::default()).with_handshake_fault(fault));
+        let stop = CancellationToken::new();
+        tokio::spawn(run(listener, Arc::clone(&sink), stop.clone()));
+        let mut c = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        let mut greeting = String::new();
+        c.read_line(&mut greeting).await.expect("greeting");
+        c.write_all(b"EHLO client.test\r\n").await.expect("ehlo");
+        let mut ehlo = String::new();
+        loop {
+            let mut l = String::new();
+            c.read_line(&mut l).await.expect("ehlo reply");
+            ehlo.push_str(&l);
+            if l.starts_with("250 ") {
+                break;
+            }
+        }
+        c.write_all(b"STARTTLS\r\n").await.expect("starttls");
+        let mut ready = String::new();
+        c.read_line(&mut ready).await.expect("220");
+        assert!(ready.starts_with("220 "), "{ready}");
+        // A ClientHello would go here; the server hangs up either way.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.expect("the sink hangs up").expect("read");
+        let failures = sink.stats().tls_failures;
+        stop.cancel();
+        (ehlo, String::from_utf8_lossy(&rest).into_owned(), failures)
+    }
+
+    #[tokio::test]
+    async fn starttls_offered_then_the_handshake_fails_on_demand() {
+        let (ehlo, rest, failures) = starttls_with(HandshakeFault::Close).await;
+        assert!(ehlo.contains("STARTTLS"), "offered without a certificate: {ehlo}");
+        assert_eq!((rest.as_str(), failures), ("", 1));
+        let (_, rest, failures) = starttls_with(HandshakeFault::Garbage).await;
+        // No TLS record starts with a digit (content types are 20-24).
+        assert_eq!((rest.as_bytes(), failures), (GARBAGE, 1));
+        assert!(!(20..=24).contains(&GARBAGE[0]));
+    }
 }
