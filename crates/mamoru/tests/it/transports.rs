@@ -10,6 +10,13 @@
 //! - `mx`: two carrier domains through one single-connection pool (so its
 //!   worker must switch connections by domain), a domain with only an A
 //!   record, and a null MX and an NXDOMAIN that fail with a stored reason.
+//! - STARTTLS offered but the handshake fails (the sink hangs up after its
+//!   220, or sends garbage instead of a ServerHello): `smtp_tls =
+//!   "opportunistic"` and `mx` reconnect in plain text and deliver each
+//!   message once; `"required"` sends nothing and defers.
+//! - `mx` with a domain whose DNS answers SERVFAIL (a real one: dnsmasq
+//!   forwards that domain to a UDP socket answering SERVFAIL): that message
+//!   is deferred, the pool's other domains are delivered meanwhile.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +25,7 @@ use std::time::Duration;
 
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_sink::policy::{DomainLimit, PolicyConfig};
-use mamoru_sink::server::Sink;
+use mamoru_sink::server::{HandshakeFault, Sink};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -363,4 +370,211 @@ fn mx_delivers_by_mx_lookup_falls_back_to_a_and_fails_null_mx() {
     // Every question went to our dnsmasq, about our names only.
     let queries = std::fs::read_to_string(work.path().join("dnsmasq.log")).unwrap_or_default();
     assert!(queries.contains("docomo.ne.jp") && queries.contains("a-only.test"), "{queries}");
+}
+
+/// A smarthost instance with `smtp_tls` = `tls`, no AUTH.
+fn smarthost_instance(port: u16, tls: &str) -> Instance {
+    Instance::new(&[
+        ("relay.transport", &format!("\"smtp://127.0.0.1:{port}\"")),
+        ("relay.smtp_tls", &format!("\"{tls}\"")),
+        ("relay.dkim_selector", "\"\""),
+    ])
+}
+
+/// Every queued message arrived exactly once, in plain text, on the first
+/// attempt (none deferred, none failed).
+fn assert_all_once_in_plain_text(inst: &Instance, em: &Emulator, rows: &[(i64, String)], log: &str) {
+    for (id, _) in rows {
+        let (_, attempts, reason) = wait_state(inst, *id, "sent", log);
+        assert_eq!((attempts, reason.as_str()), (1, ""), "row {id}");
+    }
+    let deliveries = em.sink.deliveries();
+    assert_eq!(deliveries.len(), rows.len(), "{deliveries:?}");
+    let seen = em.sink.message_ids();
+    for (_, mid) in rows {
+        assert_eq!(seen.get(mid), Some(&1), "{mid}");
+        let d = deliveries.iter().find(|d| d.message_id == *mid).unwrap_or_else(|| panic!("{mid} not received"));
+        assert!(!d.tls, "{mid} came over TLS through a failed handshake?");
+    }
+    let stats = em.sink.stats();
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert!(stats.tls_failures >= 1, "the relay never tried STARTTLS: {stats:?}");
+    let text = relay_log(inst, log);
+    assert!(text.contains("STARTTLS failed; retrying without TLS"), "{text}");
+    assert!(!text.contains("taro..yamada."), "an address in clear in the log");
+}
+
+#[test]
+fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fails() {
+    for fault in [HandshakeFault::Close, HandshakeFault::Garbage] {
+        let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(fault));
+        let inst = smarthost_instance(em.port, "opportunistic");
+        let rows = queue(&inst, &ADDRS);
+        let name = format!("{fault:?}");
+        let _relay = start_relay(&inst, &name);
+        assert_all_once_in_plain_text(&inst, &em, &rows, &name);
+    }
+}
+
+#[test]
+fn smtp_required_tls_with_a_failing_handshake_defers_and_never_sends_in_clear() {
+    for fault in [HandshakeFault::Close, HandshakeFault::Garbage] {
+        let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(fault));
+        let inst = smarthost_instance(em.port, "required");
+        let rows = queue(&inst, &ADDRS[..2]);
+        let name = format!("{fault:?}");
+        {
+            let _relay = start_relay(&inst, &name);
+            for (id, _) in &rows {
+                wait_for_or(
+                    "a deferral for the failed STARTTLS",
+                    T,
+                    || Some(row(&inst, *id)).filter(|r| r.1 >= 1 && r.2.contains("STARTTLS failed")),
+                    || format!("{:?}\n{}", row(&inst, *id), relay_log(&inst, &name)),
+                );
+            }
+        }
+        for (id, _) in &rows {
+            let (state, _, reason) = row(&inst, *id);
+            assert!(state == "queued" || state == "sending", "row {id}: {state} {reason}");
+        }
+        let stats = em.sink.stats();
+        assert!(stats.tls_failures >= 1, "{stats:?}");
+        assert_eq!(stats.accepted, 0, "{stats:?}");
+        assert!(em.sink.deliveries().is_empty());
+        let text = relay_log(&inst, &name);
+        assert!(!text.contains("retrying without TLS"), "{text}");
+    }
+}
+
+/// A DNS server that answers every question with SERVFAIL, on a loopback
+/// UDP port; counts the questions. Stops when dropped.
+struct ServFail {
+    port: u16,
+    questions: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServFail {
+    fn start() -> ServFail {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let questions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (q, s) = (Arc::clone(&questions), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if n < 12 {
+                    continue;
+                }
+                q.fetch_add(1, Relaxed);
+                // The query back, as a response (QR, RD kept, RA) with
+                // RCODE 2: SERVFAIL, the question and nothing else.
+                let mut reply = buf[..n].to_vec();
+                reply[2] = 0x80 | (buf[2] & 0x01);
+                reply[3] = 0x80 | 2;
+                let _ = sock.send_to(&reply, from);
+            }
+        });
+        ServFail { port, questions, stop, thread: Some(thread) }
+    }
+
+    fn questions(&self) -> usize {
+        self.questions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for ServFail {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// MX records for the two carrier domains, both served by 127.0.0.1.
+fn carrier_mx_records() -> Vec<String> {
+    [
+        "--mx-host=docomo.ne.jp,mx1.docomo.test,10",
+        "--host-record=mx1.docomo.test,127.0.0.1",
+        "--mx-host=ezweb.ne.jp,mx.ezweb.test,10",
+        "--host-record=mx.ezweb.test,127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// An `mx` instance asking dnsmasq on `dns_port`, delivering to `mx_port`,
+/// with one single-connection pool for `domains`.
+fn mx_instance(dns_port: u16, mx_port: u16, domains: &[&str]) -> Instance {
+    let domains = format!("[{}]", domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", "));
+    Instance::new(&[
+        ("relay.transport", "\"mx\""),
+        ("relay.resolver", &format!("\"127.0.0.1:{dns_port}\"")),
+        ("relay.mx_port", &mx_port.to_string()),
+        ("relay.dkim_selector", "\"\""),
+        ("carriers.mobile.domains", &domains),
+        ("carriers.mobile.max_connections", "1"),
+        ("carriers.mobile.rate_per_second", "0"),
+        ("carriers.docomo.domains", "[\"docomo.example\"]"),
+        ("carriers.au.domains", "[\"au.example\"]"),
+    ])
+}
+
+#[test]
+fn mx_falls_back_to_plain_text_when_the_handshake_fails() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // MX hosts announcing STARTTLS and answering the ClientHello with garbage.
+    let em = Emulator::start(Sink::new("mx.test", PolicyConfig::default()).with_handshake_fault(HandshakeFault::Garbage));
+    let dns_port = free_port();
+    let _dns = start_dnsmasq(work.path(), dns_port, &carrier_mx_records());
+    let inst = mx_instance(dns_port, em.port, &["docomo.ne.jp", "ezweb.ne.jp"]);
+    let rows = queue(&inst, &["taro..yamada.@docomo.ne.jp", "a1@ezweb.ne.jp", "a2@docomo.ne.jp", "a3@ezweb.ne.jp"]);
+    let _relay = start_relay(&inst, "mx-garbage");
+    assert_all_once_in_plain_text(&inst, &em, &rows, "mx-garbage");
+}
+
+#[test]
+fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let em = Emulator::start(Sink::new("mx.test", PolicyConfig::default()));
+    let servfail = ServFail::start();
+    let dns_port = free_port();
+    let mut records = carrier_mx_records();
+    // dnsmasq forwards questions about servfail.test to the SERVFAIL server
+    // and passes its answer on (within milliseconds, no timeout involved).
+    records.push(format!("--server=/servfail.test/127.0.0.1#{}", servfail.port));
+    let _dns = start_dnsmasq(work.path(), dns_port, &records);
+    // One pool, one connection, the failing domain first in the queue.
+    let inst = mx_instance(dns_port, em.port, &["servfail.test", "docomo.ne.jp", "ezweb.ne.jp"]);
+    let dead = queue(&inst, &["x@servfail.test"]);
+    let rows = queue(&inst, &["taro..yamada.@docomo.ne.jp", "a1@ezweb.ne.jp", "a2@docomo.ne.jp", "a3@ezweb.ne.jp"]);
+    let _relay = start_relay(&inst, "servfail");
+    for (id, _) in &rows {
+        let (_, attempts, reason) = wait_state(&inst, *id, "sent", "servfail");
+        assert_eq!((attempts, reason.as_str()), (1, ""), "row {id}");
+    }
+    let (state, attempts, reason) = wait_for_or(
+        "the servfail.test row to be deferred",
+        T,
+        || Some(row(&inst, dead[0].0)).filter(|r| r.1 >= 1),
+        || format!("{:?}\n{}", row(&inst, dead[0].0), relay_log(&inst, "servfail")),
+    );
+    assert!(state == "queued" || state == "sending", "{state} after {attempts} attempts: {reason}");
+    // hickory's name for RCODE 2, passed on by dnsmasq.
+    assert!(reason.contains("MX lookup for servfail.test failed: Server Failure"), "{reason}");
+    assert!(servfail.questions() >= 1, "dnsmasq never asked the SERVFAIL server");
+    let stats = em.sink.stats();
+    assert_eq!(stats.accepted, rows.len() as u64, "{stats:?}");
+    assert!(stats.domains.get("servfail.test").is_none(), "{stats:?}");
+    let text = relay_log(&inst, "servfail");
+    assert!(text.contains("delivery deferred"), "{text}");
+    assert!(!text.contains("taro..yamada.") && !text.contains("x@servfail.test"), "an address in clear in the log");
 }
