@@ -52,8 +52,8 @@ struct Args {
     accounts: Vec<String>,
     /// Offer STARTTLS (with or without a certificate) and fail every
     /// handshake: `close` hangs up after the 220, `garbage` sends a
-    /// non-TLS line instead of a ServerHello.
-    #[arg(long, value_name = "close|garbage")]
+    /// non-TLS line instead of a ServerHello, `stall` never answers.
+    #[arg(long, value_name = "close|garbage|stall")]
     starttls_fault: Option<String>,
 }
 
@@ -110,7 +110,7 @@ fn run(args: Args) -> Result<(), String> {
         .map(|a| a.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).ok_or(format!("--auth {a}: want USER:PASSWORD")))
         .collect::<Result<Vec<_>, _>>()?;
     let handshake = match &args.starttls_fault {
-        Some(f) => Some(HandshakeFault::parse(f).ok_or(format!("--starttls-fault {f}: want close or garbage"))?),
+        Some(f) => Some(HandshakeFault::parse(f).ok_or(format!("--starttls-fault {f}: want close, garbage or stall"))?),
         None => None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;

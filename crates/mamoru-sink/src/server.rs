@@ -55,14 +55,21 @@ pub enum HandshakeFault {
     /// Answer `220` to STARTTLS, then send bytes that are no TLS record
     /// instead of a ServerHello, and hang up.
     Garbage,
+    /// Answer `220` to STARTTLS, then read the ClientHello and never
+    /// answer, until the client gives up (at most [`STALL_LIMIT`]).
+    Stall,
 }
 
+/// How long [`HandshakeFault::Stall`] keeps a connection.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
 impl HandshakeFault {
-    /// `close` or `garbage` (the binary's `--starttls-fault`).
+    /// `close`, `garbage` or `stall` (the binary's `--starttls-fault`).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "close" => Some(Self::Close),
             "garbage" => Some(Self::Garbage),
+            "stall" => Some(Self::Stall),
             _ => None,
         }
     }
@@ -221,9 +228,16 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
                     break;
                 }
                 if let Some(fault) = sink.handshake {
-                    if fault == HandshakeFault::Garbage {
-                        let _ = io.write_all(GARBAGE).await;
-                        let _ = io.flush().await;
+                    match fault {
+                        HandshakeFault::Close => {}
+                        HandshakeFault::Garbage => {
+                            let _ = io.write_all(GARBAGE).await;
+                            let _ = io.flush().await;
+                        }
+                        HandshakeFault::Stall => {
+                            let mut sink_hole = Vec::new();
+                            let _ = tokio::time::timeout(STALL_LIMIT, io.read_to_end(&mut sink_hole)).await;
+                        }
                     }
                     sink.policy().tls_failed();
                     break 'conn;
@@ -276,9 +290,9 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, SinkErro
 mod tests {
     use super::*;
 
-    /// Runs a sink with `fault`, says EHLO and STARTTLS to it, and returns
-    /// what came after the 220 and the sink's count of failed handshakes.
-    async fn starttls_with(fault: HandshakeFault) -> (String, String, u64) {
+    /// A sink with `fault`, and a client that said EHLO and STARTTLS to it
+    /// and got the 220: (sink, its stop token, the client, the EHLO reply).
+    async fn after_starttls(fault: HandshakeFault) -> (Arc<Sink>, CancellationToken, BufReader<TcpStream>, String) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let sink = Arc::new(Sink::new("sink.test", Default::default()).with_handshake_fault(fault));
@@ -293,7 +307,7 @@ mod tests {
             let mut l = String::new();
             c.read_line(&mut l).await.expect("ehlo reply");
             ehlo.push_str(&l);
-            if l.starts_with("250 ") {
+            if !l.starts_with("250-") {
                 break;
             }
         }
@@ -301,22 +315,52 @@ mod tests {
         let mut ready = String::new();
         c.read_line(&mut ready).await.expect("220");
         assert!(ready.starts_with("220 "), "{ready}");
-        // A ClientHello would go here; the server hangs up either way.
+        (sink, stop, c, ehlo)
+    }
+
+    async fn tls_failures(sink: &Sink) -> u64 {
+        for _ in 0..100 {
+            if sink.stats().tls_failures > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sink.stats().tls_failures
+    }
+
+    /// What the sink sends after its 220, until it hangs up.
+    async fn rest(c: &mut BufReader<TcpStream>) -> Vec<u8> {
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.expect("the sink hangs up").expect("read");
-        let failures = sink.stats().tls_failures;
-        stop.cancel();
-        (ehlo, String::from_utf8_lossy(&rest).into_owned(), failures)
+        rest
     }
 
     #[tokio::test]
     async fn starttls_offered_then_the_handshake_fails_on_demand() {
-        let (ehlo, rest, failures) = starttls_with(HandshakeFault::Close).await;
+        let (sink, stop, mut c, ehlo) = after_starttls(HandshakeFault::Close).await;
         assert!(ehlo.contains("STARTTLS"), "offered without a certificate: {ehlo}");
-        assert_eq!((rest.as_str(), failures), ("", 1));
-        let (_, rest, failures) = starttls_with(HandshakeFault::Garbage).await;
+        assert_eq!(rest(&mut c).await, b"");
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
+
+        let (sink, stop, mut c, _) = after_starttls(HandshakeFault::Garbage).await;
         // No TLS record starts with a digit (content types are 20-24).
-        assert_eq!((rest.as_bytes(), failures), (GARBAGE, 1));
+        assert_eq!(rest(&mut c).await, GARBAGE);
         assert!(!(20..=24).contains(&GARBAGE[0]));
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_waits_for_the_client_to_give_up() {
+        let (sink, stop, mut c, _) = after_starttls(HandshakeFault::Stall).await;
+        c.write_all(b"\x16\x03\x01 a ClientHello would be here").await.expect("write");
+        let mut buf = [0u8; 64];
+        let quiet = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+        assert!(quiet.is_err(), "the sink answered or hung up: {quiet:?}");
+        assert_eq!(sink.stats().tls_failures, 0);
+        drop(c);
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
     }
 }
