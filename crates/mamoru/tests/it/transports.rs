@@ -11,9 +11,10 @@
 //!   worker must switch connections by domain), a domain with only an A
 //!   record, and a null MX and an NXDOMAIN that fail with a stored reason.
 //! - STARTTLS offered but the handshake fails (the sink hangs up after its
-//!   220, or sends garbage instead of a ServerHello): `smtp_tls =
+//!   220, sends garbage instead of a ServerHello, or stalls): `smtp_tls =
 //!   "opportunistic"` and `mx` reconnect in plain text and deliver each
-//!   message once; `"required"` sends nothing and defers.
+//!   message once; `"required"` sends nothing and defers. A handshake that
+//!   stalls counts as failed after the relay's limit (10 s).
 //! - `mx` with a domain whose DNS answers SERVFAIL (a real one: dnsmasq
 //!   forwards that domain to a UDP socket answering SERVFAIL): that message
 //!   is deferred, the pool's other domains are delivered meanwhile.
@@ -418,7 +419,9 @@ fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fails() {
 
 #[test]
 fn smtp_required_tls_with_a_failing_handshake_defers_and_never_sends_in_clear() {
-    for fault in [HandshakeFault::Close, HandshakeFault::Garbage] {
+    // A stalled handshake too is a failed STARTTLS (after the relay's 10 s
+    // handshake limit), not a server that never greeted.
+    for fault in [HandshakeFault::Close, HandshakeFault::Garbage, HandshakeFault::Stall] {
         let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(fault));
         let inst = smarthost_instance(em.port, "required");
         let rows = queue(&inst, &ADDRS[..2]);
@@ -577,4 +580,18 @@ fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
     let text = relay_log(&inst, "servfail");
     assert!(text.contains("delivery deferred"), "{text}");
     assert!(!text.contains("taro..yamada.") && !text.contains("x@servfail.test"), "an address in clear in the log");
+}
+
+#[test]
+fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_stalls() {
+    // The server takes the ClientHello and never answers: the relay gives up
+    // on TLS after its handshake limit and delivers in plain text, rather
+    // than deferring the mail for as long as the server stays broken.
+    let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(HandshakeFault::Stall));
+    let inst = smarthost_instance(em.port, "opportunistic");
+    let rows = queue(&inst, &ADDRS[..2]);
+    let _relay = start_relay(&inst, "stall");
+    assert_all_once_in_plain_text(&inst, &em, &rows, "stall");
+    let text = relay_log(&inst, "stall");
+    assert!(text.contains("no TLS handshake within"), "{text}");
 }
