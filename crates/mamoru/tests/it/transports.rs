@@ -17,7 +17,9 @@
 //!   stalls counts as failed after the relay's limit (10 s).
 //! - `mx` with a domain whose DNS answers SERVFAIL (a real one: dnsmasq
 //!   forwards that domain to a UDP socket answering SERVFAIL): that message
-//!   is deferred, the pool's other domains are delivered meanwhile.
+//!   is deferred, the pool's other domains are delivered meanwhile (one of
+//!   them past an MX host whose address lookup fails the same way), and
+//!   once DNS answers again a retry delivers it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -450,41 +452,67 @@ fn smtp_required_tls_with_a_failing_handshake_defers_and_never_sends_in_clear() 
     }
 }
 
-/// A DNS server that answers every question with SERVFAIL, on a loopback
-/// UDP port; counts the questions. Stops when dropped.
-struct ServFail {
+/// A DNS server on a loopback UDP port that answers every question with
+/// SERVFAIL, until [`FlakyDns::recover`]: then every name has the A record
+/// 127.0.0.1 and nothing else (so a domain's MX is implicit). Counts the
+/// questions; stops when dropped.
+struct FlakyDns {
     port: u16,
     questions: Arc<std::sync::atomic::AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl ServFail {
-    fn start() -> ServFail {
+impl FlakyDns {
+    fn start() -> FlakyDns {
         use std::sync::atomic::Ordering::Relaxed;
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
         sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let port = sock.local_addr().expect("addr").port();
         let questions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (q, s) = (Arc::clone(&questions), Arc::clone(&stop));
+        let (q, h, s) = (Arc::clone(&questions), Arc::clone(&healthy), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !s.load(Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-                if n < 12 {
-                    continue;
+                if let Some(reply) = Self::answer(&buf[..n], h.load(Relaxed)) {
+                    q.fetch_add(1, Relaxed);
+                    let _ = sock.send_to(&reply, from);
                 }
-                q.fetch_add(1, Relaxed);
-                // The query back, as a response (QR, RD kept, RA) with
-                // RCODE 2: SERVFAIL, the question and nothing else.
-                let mut reply = buf[..n].to_vec();
-                reply[2] = 0x80 | (buf[2] & 0x01);
-                reply[3] = 0x80 | 2;
-                let _ = sock.send_to(&reply, from);
             }
         });
-        ServFail { port, questions, stop, thread: Some(thread) }
+        FlakyDns { port, questions, healthy, stop, thread: Some(thread) }
+    }
+
+    /// The reply to `query`: its header and question, flagged as a
+    /// response (RD kept, RA), with RCODE 2 (SERVFAIL), or when healthy
+    /// RCODE 0 and, for an A question, the answer 127.0.0.1.
+    fn answer(query: &[u8], healthy: bool) -> Option<Vec<u8>> {
+        // The question: a name (labels, no compression in a query), type, class.
+        let mut end = 12;
+        while *query.get(end)? != 0 {
+            end += 1 + usize::from(query[end]);
+        }
+        let qtype = u16::from_be_bytes([*query.get(end + 1)?, *query.get(end + 2)?]);
+        end += 5;
+        let mut reply = query.get(..end)?.to_vec();
+        reply[2] = 0x80 | (query[2] & 0x01);
+        reply[3] = if healthy { 0x80 } else { 0x80 | 2 };
+        // QDCOUNT 1, ANCOUNT, NSCOUNT 0, ARCOUNT 0 (the query's EDNS is dropped).
+        let a = healthy && qtype == 1;
+        reply[4..12].copy_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+        if a {
+            // The question's name (a pointer to offset 12), A, IN, TTL 0, 127.0.0.1.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
+        }
+        Some(reply)
+    }
+
+    fn recover(&self) {
+        self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn questions(&self) -> usize {
@@ -492,7 +520,7 @@ impl ServFail {
     }
 }
 
-impl Drop for ServFail {
+impl Drop for FlakyDns {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -548,12 +576,15 @@ fn mx_falls_back_to_plain_text_when_the_handshake_fails() {
 fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
     let work = tempfile::tempdir().expect("tempdir");
     let em = Emulator::start(Sink::new("mx.test", PolicyConfig::default()));
-    let servfail = ServFail::start();
+    let flaky = FlakyDns::start();
     let dns_port = free_port();
     let mut records = carrier_mx_records();
-    // dnsmasq forwards questions about servfail.test to the SERVFAIL server
-    // and passes its answer on (within milliseconds, no timeout involved).
-    records.push(format!("--server=/servfail.test/127.0.0.1#{}", servfail.port));
+    // dnsmasq forwards questions about servfail.test to the flaky server
+    // and passes its SERVFAIL on (within milliseconds, no timeout involved).
+    records.push(format!("--server=/servfail.test/127.0.0.1#{}", flaky.port));
+    // docomo's preferred MX host is under servfail.test: its address
+    // lookup fails, so the relay goes on to the next host.
+    records.push("--mx-host=docomo.ne.jp,mx0.servfail.test,5".into());
     let _dns = start_dnsmasq(work.path(), dns_port, &records);
     // One pool, one connection, the failing domain first in the queue.
     let inst = mx_instance(dns_port, em.port, &["servfail.test", "docomo.ne.jp", "ezweb.ne.jp"]);
@@ -573,10 +604,18 @@ fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
     assert!(state == "queued" || state == "sending", "{state} after {attempts} attempts: {reason}");
     // hickory's name for RCODE 2, passed on by dnsmasq.
     assert!(reason.contains("MX lookup for servfail.test failed: Server Failure"), "{reason}");
-    assert!(servfail.questions() >= 1, "dnsmasq never asked the SERVFAIL server");
+    assert!(flaky.questions() >= 2, "dnsmasq did not ask the SERVFAIL server");
+    let queries = std::fs::read_to_string(work.path().join("dnsmasq.log")).unwrap_or_default();
+    assert!(queries.contains("mx0.servfail.test") && queries.contains("SERVFAIL"), "{queries}");
     let stats = em.sink.stats();
     assert_eq!(stats.accepted, rows.len() as u64, "{stats:?}");
     assert!(stats.domains.get("servfail.test").is_none(), "{stats:?}");
+    // Deferred, not given up: once DNS answers, a retry delivers it (no
+    // SERVFAIL kept in a cache), to the domain's own address.
+    flaky.recover();
+    let (_, attempts, _) = wait_state(&inst, dead[0].0, "sent", "servfail");
+    assert!(attempts >= 2, "{attempts}");
+    assert_eq!(em.sink.stats().domains.get("servfail.test").map(|d| d.accepted), Some(1));
     let text = relay_log(&inst, "servfail");
     assert!(text.contains("delivery deferred"), "{text}");
     assert!(!text.contains("taro..yamada.") && !text.contains("x@servfail.test"), "an address in clear in the log");
