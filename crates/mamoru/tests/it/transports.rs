@@ -609,7 +609,7 @@ fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
     assert!(queries.contains("mx0.servfail.test") && queries.contains("SERVFAIL"), "{queries}");
     let stats = em.sink.stats();
     assert_eq!(stats.accepted, rows.len() as u64, "{stats:?}");
-    assert!(stats.domains.get("servfail.test").is_none(), "{stats:?}");
+    assert!(!stats.domains.contains_key("servfail.test"), "{stats:?}");
     // Deferred, not given up: once DNS answers, a retry delivers it (no
     // SERVFAIL kept in a cache), to the domain's own address.
     flaky.recover();
