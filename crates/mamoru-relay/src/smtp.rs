@@ -26,7 +26,8 @@
 //! and the certificate verify against the system's roots or the configured
 //! CA file; "opportunistic" (and always for MX hosts) uses STARTTLS when
 //! offered without verifying, and reconnects in plain text if the handshake
-//! fails, as Postfix's `may` level does. A failed STARTTLS (required) or
+//! fails (an error, or no handshake within 10 s), as Postfix's `may` level
+//! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
 //!
 //! With `mx`, a worker's connection belongs to one destination domain: a
@@ -65,6 +66,10 @@ use crate::mx::{self, DnsResolver, NoRoute};
 
 /// Limit for opening a session: connecting, greeting, EHLO, STARTTLS, AUTH.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit for STARTTLS: its reply, the TLS handshake and the EHLO after it
+/// (within [`CONNECT_TIMEOUT`]). A handshake on a working link takes well
+/// under a second; past this the server is taken as unable to do TLS.
+const STARTTLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit for each command's reply (RFC 5321 §4.5.3.2 suggests minutes; a
 /// smarthost on the same network answers in milliseconds).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -394,9 +399,20 @@ async fn session(
                 return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
             }
             TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
-                conn.starttls(params.clone(), hello)
-                    .await
-                    .map_err(|e| Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e))))?;
+                // A handshake that never finishes is a failed one: without
+                // its own limit it would use up the session's and end as a
+                // plain timeout, which opportunistic TLS does not fall back
+                // from (the mail would wait as long as the server stalls).
+                match tokio::time::timeout(STARTTLS_TIMEOUT, conn.starttls(params.clone(), hello)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
+                    Err(_) => {
+                        return Err(Opened::TlsFailed(format!(
+                            "{where_}: STARTTLS failed: no TLS handshake within {}s",
+                            STARTTLS_TIMEOUT.as_secs()
+                        )));
+                    }
+                }
             }
         }
         if let Some((credentials, loopback)) = auth {

@@ -18,6 +18,9 @@
 //!   AUTH refused before TLS when TLS is offered); each received message is
 //!   recorded with whether it came over TLS and which user authenticated
 //!   ([`server::Sink::deliveries`]).
+//! - optionally a STARTTLS whose handshake fails on demand
+//!   ([`server::HandshakeFault`]: hang up after the 220, garbage instead of
+//!   a ServerHello, or no answer at all), counted as `tls_failures`.
 //!
 //! Layout: [`policy`] (limits and records, pure), [`session`] (the SMTP
 //! dialogue, sans-I/O), [`server`] (tokio accept loop and files).

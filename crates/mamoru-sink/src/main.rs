@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use mamoru_sink::policy::{DomainLimit, Policy, PolicyConfig, ThrottleWindow};
-use mamoru_sink::server::{self, Sink};
+use mamoru_sink::server::{self, HandshakeFault, Sink};
 use tokio_util::sync::CancellationToken;
 
 /// An SMTP sink that plays the Japanese mobile carriers (connection caps,
@@ -50,6 +50,11 @@ struct Args {
     /// With STARTTLS, AUTH is offered only after it.
     #[arg(long = "auth", value_name = "USER:PASSWORD")]
     accounts: Vec<String>,
+    /// Offer STARTTLS (with or without a certificate) and fail every
+    /// handshake: `close` hangs up after the 220, `garbage` sends a
+    /// non-TLS line instead of a ServerHello, `stall` never answers.
+    #[arg(long, value_name = "close|garbage|stall")]
+    starttls_fault: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +109,10 @@ fn run(args: Args) -> Result<(), String> {
         .iter()
         .map(|a| a.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).ok_or(format!("--auth {a}: want USER:PASSWORD")))
         .collect::<Result<Vec<_>, _>>()?;
+    let handshake = match &args.starttls_fault {
+        Some(f) => Some(HandshakeFault::parse(f).ok_or(format!("--starttls-fault {f}: want close, garbage or stall"))?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -116,6 +125,7 @@ fn run(args: Args) -> Result<(), String> {
             started: Instant::now(),
             tls,
             accounts,
+            handshake,
         });
         {
             let mut out = std::io::stdout().lock();

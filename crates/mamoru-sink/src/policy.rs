@@ -93,6 +93,8 @@ pub struct Stats {
     pub accepted: u64,
     /// AUTH attempts refused (wrong user or password).
     pub auth_failures: u64,
+    /// TLS handshakes after STARTTLS that failed (on demand or not).
+    pub tls_failures: u64,
 }
 
 /// How one received message came: over TLS or not, and which user had
@@ -244,6 +246,10 @@ impl Policy {
 
     pub fn auth_failed(&mut self) {
         self.stats.auth_failures += 1;
+    }
+
+    pub fn tls_failed(&mut self) {
+        self.stats.tls_failures += 1;
     }
 
     /// Takes the message-log lines written since the last call.

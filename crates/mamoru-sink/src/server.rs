@@ -40,7 +40,44 @@ pub struct Sink {
     pub tls: Option<TlsAcceptor>,
     /// AUTH accounts, (user, password); with any, MAIL needs AUTH.
     pub accounts: Vec<(String, String)>,
+    /// A STARTTLS whose handshake fails on purpose; offered even without a
+    /// certificate.
+    pub handshake: Option<HandshakeFault>,
 }
+
+/// How the TLS handshake after STARTTLS fails, on demand: a server that
+/// announces STARTTLS but cannot finish it (a broken certificate setup, a
+/// middlebox that strips TLS), which opportunistic TLS must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFault {
+    /// Answer `220` to STARTTLS, then hang up before the handshake.
+    Close,
+    /// Answer `220` to STARTTLS, then send bytes that are no TLS record
+    /// instead of a ServerHello, and hang up.
+    Garbage,
+    /// Answer `220` to STARTTLS, then read the ClientHello and never
+    /// answer, until the client gives up (at most [`STALL_LIMIT`]).
+    Stall,
+}
+
+/// How long [`HandshakeFault::Stall`] keeps a connection.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+impl HandshakeFault {
+    /// `close`, `garbage` or `stall` (the binary's `--starttls-fault`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "close" => Some(Self::Close),
+            "garbage" => Some(Self::Garbage),
+            "stall" => Some(Self::Stall),
+            _ => None,
+        }
+    }
+}
+
+/// What [`HandshakeFault::Garbage`] sends: a plain SMTP line, which a TLS
+/// client reads as a record of an unknown type.
+const GARBAGE: &[u8] = b"554 5.0.0 this is not a ServerHello\r\n";
 
 /// A connection's stream, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -57,7 +94,14 @@ impl Sink {
             started: Instant::now(),
             tls: None,
             accounts: Vec::new(),
+            handshake: None,
         }
+    }
+
+    /// Offers STARTTLS, and fails every handshake as `fault` says.
+    pub fn with_handshake_fault(mut self, fault: HandshakeFault) -> Self {
+        self.handshake = Some(fault);
+        self
     }
 
     /// Offers STARTTLS with this PEM certificate chain and key.
@@ -143,7 +187,7 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
 
 async fn connection(stream: TcpStream, sink: Arc<Sink>) {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
-    let offers = Offers { starttls: sink.tls.is_some(), accounts: sink.accounts.clone() };
+    let offers = Offers { starttls: sink.tls.is_some() || sink.handshake.is_some(), accounts: sink.accounts.clone() };
     let mut session = Session::with_offers(&sink.hostname, offers);
     sink.policy().session_opened();
     let mut out = session.greeting().into_bytes();
@@ -175,7 +219,6 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
             }
             Step::Drop => break 'conn,
             Step::StartTls(s) => {
-                let Some(acceptor) = sink.tls.clone() else { break 'conn };
                 if io.write_all(s.as_bytes()).await.is_err() || io.flush().await.is_err() {
                     break;
                 }
@@ -184,10 +227,29 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
                 if !io.buffer().is_empty() {
                     break;
                 }
+                if let Some(fault) = sink.handshake {
+                    match fault {
+                        HandshakeFault::Close => {}
+                        HandshakeFault::Garbage => {
+                            let _ = io.write_all(GARBAGE).await;
+                            let _ = io.flush().await;
+                        }
+                        HandshakeFault::Stall => {
+                            let mut sink_hole = Vec::new();
+                            let _ = tokio::time::timeout(STALL_LIMIT, io.read_to_end(&mut sink_hole)).await;
+                        }
+                    }
+                    sink.policy().tls_failed();
+                    break 'conn;
+                }
+                let Some(acceptor) = sink.tls.clone() else { break 'conn };
                 let plain = io.into_inner();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(plain)).await {
                     Ok(Ok(tls)) => io = BufReader::new(Box::new(tls)),
-                    _ => return closed(&sink, &session),
+                    _ => {
+                        sink.policy().tls_failed();
+                        return closed(&sink, &session);
+                    }
                 }
                 session.tls_started();
             }
@@ -222,4 +284,83 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, SinkErro
         .with_single_cert(certs, key_der)
         .map_err(|e| bad(cert, &e))?;
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink with `fault`, and a client that said EHLO and STARTTLS to it
+    /// and got the 220: (sink, its stop token, the client, the EHLO reply).
+    async fn after_starttls(fault: HandshakeFault) -> (Arc<Sink>, CancellationToken, BufReader<TcpStream>, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sink = Arc::new(Sink::new("sink.test", Default::default()).with_handshake_fault(fault));
+        let stop = CancellationToken::new();
+        tokio::spawn(run(listener, Arc::clone(&sink), stop.clone()));
+        let mut c = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        let mut greeting = String::new();
+        c.read_line(&mut greeting).await.expect("greeting");
+        c.write_all(b"EHLO client.test\r\n").await.expect("ehlo");
+        let mut ehlo = String::new();
+        loop {
+            let mut l = String::new();
+            c.read_line(&mut l).await.expect("ehlo reply");
+            ehlo.push_str(&l);
+            if !l.starts_with("250-") {
+                break;
+            }
+        }
+        c.write_all(b"STARTTLS\r\n").await.expect("starttls");
+        let mut ready = String::new();
+        c.read_line(&mut ready).await.expect("220");
+        assert!(ready.starts_with("220 "), "{ready}");
+        (sink, stop, c, ehlo)
+    }
+
+    async fn tls_failures(sink: &Sink) -> u64 {
+        for _ in 0..100 {
+            if sink.stats().tls_failures > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sink.stats().tls_failures
+    }
+
+    /// What the sink sends after its 220, until it hangs up.
+    async fn rest(c: &mut BufReader<TcpStream>) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.expect("the sink hangs up").expect("read");
+        rest
+    }
+
+    #[tokio::test]
+    async fn starttls_offered_then_the_handshake_fails_on_demand() {
+        let (sink, stop, mut c, ehlo) = after_starttls(HandshakeFault::Close).await;
+        assert!(ehlo.contains("STARTTLS"), "offered without a certificate: {ehlo}");
+        assert_eq!(rest(&mut c).await, b"");
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
+
+        let (sink, stop, mut c, _) = after_starttls(HandshakeFault::Garbage).await;
+        // No TLS record starts with a digit (content types are 20-24).
+        assert_eq!(rest(&mut c).await, GARBAGE);
+        assert!(!(20..=24).contains(&GARBAGE[0]));
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_waits_for_the_client_to_give_up() {
+        let (sink, stop, mut c, _) = after_starttls(HandshakeFault::Stall).await;
+        c.write_all(b"\x16\x03\x01 a ClientHello would be here").await.expect("write");
+        let mut buf = [0u8; 64];
+        let quiet = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+        assert!(quiet.is_err(), "the sink answered or hung up: {quiet:?}");
+        assert_eq!(sink.stats().tls_failures, 0);
+        drop(c);
+        assert_eq!(tls_failures(&sink).await, 1);
+        stop.cancel();
+    }
 }

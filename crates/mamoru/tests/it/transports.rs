@@ -10,6 +10,16 @@
 //! - `mx`: two carrier domains through one single-connection pool (so its
 //!   worker must switch connections by domain), a domain with only an A
 //!   record, and a null MX and an NXDOMAIN that fail with a stored reason.
+//! - STARTTLS offered but the handshake fails (the sink hangs up after its
+//!   220, sends garbage instead of a ServerHello, or stalls): `smtp_tls =
+//!   "opportunistic"` and `mx` reconnect in plain text and deliver each
+//!   message once; `"required"` sends nothing and defers. A handshake that
+//!   stalls counts as failed after the relay's limit (10 s).
+//! - `mx` with a domain whose DNS answers SERVFAIL (a real one: dnsmasq
+//!   forwards that domain to a UDP socket answering SERVFAIL): that message
+//!   is deferred, the pool's other domains are delivered meanwhile (one of
+//!   them past an MX host whose address lookup fails the same way), and
+//!   once DNS answers again a retry delivers it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +28,7 @@ use std::time::Duration;
 
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_sink::policy::{DomainLimit, PolicyConfig};
-use mamoru_sink::server::Sink;
+use mamoru_sink::server::{HandshakeFault, Sink};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -363,4 +373,264 @@ fn mx_delivers_by_mx_lookup_falls_back_to_a_and_fails_null_mx() {
     // Every question went to our dnsmasq, about our names only.
     let queries = std::fs::read_to_string(work.path().join("dnsmasq.log")).unwrap_or_default();
     assert!(queries.contains("docomo.ne.jp") && queries.contains("a-only.test"), "{queries}");
+}
+
+/// A smarthost instance with `smtp_tls` = `tls`, no AUTH.
+fn smarthost_instance(port: u16, tls: &str) -> Instance {
+    Instance::new(&[
+        ("relay.transport", &format!("\"smtp://127.0.0.1:{port}\"")),
+        ("relay.smtp_tls", &format!("\"{tls}\"")),
+        ("relay.dkim_selector", "\"\""),
+    ])
+}
+
+/// Every queued message arrived exactly once, in plain text, on the first
+/// attempt (none deferred, none failed).
+fn assert_all_once_in_plain_text(inst: &Instance, em: &Emulator, rows: &[(i64, String)], log: &str) {
+    for (id, _) in rows {
+        let (_, attempts, reason) = wait_state(inst, *id, "sent", log);
+        assert_eq!((attempts, reason.as_str()), (1, ""), "row {id}");
+    }
+    let deliveries = em.sink.deliveries();
+    assert_eq!(deliveries.len(), rows.len(), "{deliveries:?}");
+    let seen = em.sink.message_ids();
+    for (_, mid) in rows {
+        assert_eq!(seen.get(mid), Some(&1), "{mid}");
+        let d = deliveries.iter().find(|d| d.message_id == *mid).unwrap_or_else(|| panic!("{mid} not received"));
+        assert!(!d.tls, "{mid} came over TLS through a failed handshake?");
+    }
+    let stats = em.sink.stats();
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert!(stats.tls_failures >= 1, "the relay never tried STARTTLS: {stats:?}");
+    let text = relay_log(inst, log);
+    assert!(text.contains("STARTTLS failed; retrying without TLS"), "{text}");
+    assert!(!text.contains("taro..yamada."), "an address in clear in the log");
+}
+
+#[test]
+fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_fails() {
+    for fault in [HandshakeFault::Close, HandshakeFault::Garbage] {
+        let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(fault));
+        let inst = smarthost_instance(em.port, "opportunistic");
+        let rows = queue(&inst, &ADDRS);
+        let name = format!("{fault:?}");
+        let _relay = start_relay(&inst, &name);
+        assert_all_once_in_plain_text(&inst, &em, &rows, &name);
+    }
+}
+
+#[test]
+fn smtp_required_tls_with_a_failing_handshake_defers_and_never_sends_in_clear() {
+    // A stalled handshake too is a failed STARTTLS (after the relay's 10 s
+    // handshake limit), not a server that never greeted.
+    for fault in [HandshakeFault::Close, HandshakeFault::Garbage, HandshakeFault::Stall] {
+        let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(fault));
+        let inst = smarthost_instance(em.port, "required");
+        let rows = queue(&inst, &ADDRS[..2]);
+        let name = format!("{fault:?}");
+        {
+            let _relay = start_relay(&inst, &name);
+            for (id, _) in &rows {
+                wait_for_or(
+                    "a deferral for the failed STARTTLS",
+                    T,
+                    || Some(row(&inst, *id)).filter(|r| r.1 >= 1 && r.2.contains("STARTTLS failed")),
+                    || format!("{:?}\n{}", row(&inst, *id), relay_log(&inst, &name)),
+                );
+            }
+        }
+        for (id, _) in &rows {
+            let (state, _, reason) = row(&inst, *id);
+            assert!(state == "queued" || state == "sending", "row {id}: {state} {reason}");
+        }
+        let stats = em.sink.stats();
+        assert!(stats.tls_failures >= 1, "{stats:?}");
+        assert_eq!(stats.accepted, 0, "{stats:?}");
+        assert!(em.sink.deliveries().is_empty());
+        let text = relay_log(&inst, &name);
+        assert!(!text.contains("retrying without TLS"), "{text}");
+    }
+}
+
+/// A DNS server on a loopback UDP port that answers every question with
+/// SERVFAIL, until [`FlakyDns::recover`]: then every name has the A record
+/// 127.0.0.1 and nothing else (so a domain's MX is implicit). Counts the
+/// questions; stops when dropped.
+struct FlakyDns {
+    port: u16,
+    questions: Arc<std::sync::atomic::AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlakyDns {
+    fn start() -> FlakyDns {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let questions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (q, h, s) = (Arc::clone(&questions), Arc::clone(&healthy), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if let Some(reply) = Self::answer(&buf[..n], h.load(Relaxed)) {
+                    q.fetch_add(1, Relaxed);
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        FlakyDns { port, questions, healthy, stop, thread: Some(thread) }
+    }
+
+    /// The reply to `query`: its header and question, flagged as a
+    /// response (RD kept, RA), with RCODE 2 (SERVFAIL), or when healthy
+    /// RCODE 0 and, for an A question, the answer 127.0.0.1.
+    fn answer(query: &[u8], healthy: bool) -> Option<Vec<u8>> {
+        // The question: a name (labels, no compression in a query), type, class.
+        let mut end = 12;
+        while *query.get(end)? != 0 {
+            end += 1 + usize::from(query[end]);
+        }
+        let qtype = u16::from_be_bytes([*query.get(end + 1)?, *query.get(end + 2)?]);
+        end += 5;
+        let mut reply = query.get(..end)?.to_vec();
+        reply[2] = 0x80 | (query[2] & 0x01);
+        reply[3] = if healthy { 0x80 } else { 0x80 | 2 };
+        // QDCOUNT 1, ANCOUNT, NSCOUNT 0, ARCOUNT 0 (the query's EDNS is dropped).
+        let a = healthy && qtype == 1;
+        reply[4..12].copy_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+        if a {
+            // The question's name (a pointer to offset 12), A, IN, TTL 0, 127.0.0.1.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
+        }
+        Some(reply)
+    }
+
+    fn recover(&self) {
+        self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn questions(&self) -> usize {
+        self.questions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FlakyDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// MX records for the two carrier domains, both served by 127.0.0.1.
+fn carrier_mx_records() -> Vec<String> {
+    [
+        "--mx-host=docomo.ne.jp,mx1.docomo.test,10",
+        "--host-record=mx1.docomo.test,127.0.0.1",
+        "--mx-host=ezweb.ne.jp,mx.ezweb.test,10",
+        "--host-record=mx.ezweb.test,127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// An `mx` instance asking dnsmasq on `dns_port`, delivering to `mx_port`,
+/// with one single-connection pool for `domains`.
+fn mx_instance(dns_port: u16, mx_port: u16, domains: &[&str]) -> Instance {
+    let domains = format!("[{}]", domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", "));
+    Instance::new(&[
+        ("relay.transport", "\"mx\""),
+        ("relay.resolver", &format!("\"127.0.0.1:{dns_port}\"")),
+        ("relay.mx_port", &mx_port.to_string()),
+        ("relay.dkim_selector", "\"\""),
+        ("carriers.mobile.domains", &domains),
+        ("carriers.mobile.max_connections", "1"),
+        ("carriers.mobile.rate_per_second", "0"),
+        ("carriers.docomo.domains", "[\"docomo.example\"]"),
+        ("carriers.au.domains", "[\"au.example\"]"),
+    ])
+}
+
+#[test]
+fn mx_falls_back_to_plain_text_when_the_handshake_fails() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // MX hosts announcing STARTTLS and answering the ClientHello with garbage.
+    let em = Emulator::start(Sink::new("mx.test", PolicyConfig::default()).with_handshake_fault(HandshakeFault::Garbage));
+    let dns_port = free_port();
+    let _dns = start_dnsmasq(work.path(), dns_port, &carrier_mx_records());
+    let inst = mx_instance(dns_port, em.port, &["docomo.ne.jp", "ezweb.ne.jp"]);
+    let rows = queue(&inst, &["taro..yamada.@docomo.ne.jp", "a1@ezweb.ne.jp", "a2@docomo.ne.jp", "a3@ezweb.ne.jp"]);
+    let _relay = start_relay(&inst, "mx-garbage");
+    assert_all_once_in_plain_text(&inst, &em, &rows, "mx-garbage");
+}
+
+#[test]
+fn mx_servfail_defers_only_that_domain_and_the_pool_delivers_the_rest() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let em = Emulator::start(Sink::new("mx.test", PolicyConfig::default()));
+    let flaky = FlakyDns::start();
+    let dns_port = free_port();
+    let mut records = carrier_mx_records();
+    // dnsmasq forwards questions about servfail.test to the flaky server
+    // and passes its SERVFAIL on (within milliseconds, no timeout involved).
+    records.push(format!("--server=/servfail.test/127.0.0.1#{}", flaky.port));
+    // docomo's preferred MX host is under servfail.test: its address
+    // lookup fails, so the relay goes on to the next host.
+    records.push("--mx-host=docomo.ne.jp,mx0.servfail.test,5".into());
+    let _dns = start_dnsmasq(work.path(), dns_port, &records);
+    // One pool, one connection, the failing domain first in the queue.
+    let inst = mx_instance(dns_port, em.port, &["servfail.test", "docomo.ne.jp", "ezweb.ne.jp"]);
+    let dead = queue(&inst, &["x@servfail.test"]);
+    let rows = queue(&inst, &["taro..yamada.@docomo.ne.jp", "a1@ezweb.ne.jp", "a2@docomo.ne.jp", "a3@ezweb.ne.jp"]);
+    let _relay = start_relay(&inst, "servfail");
+    for (id, _) in &rows {
+        let (_, attempts, reason) = wait_state(&inst, *id, "sent", "servfail");
+        assert_eq!((attempts, reason.as_str()), (1, ""), "row {id}");
+    }
+    let (state, attempts, reason) = wait_for_or(
+        "the servfail.test row to be deferred",
+        T,
+        || Some(row(&inst, dead[0].0)).filter(|r| r.1 >= 1),
+        || format!("{:?}\n{}", row(&inst, dead[0].0), relay_log(&inst, "servfail")),
+    );
+    assert!(state == "queued" || state == "sending", "{state} after {attempts} attempts: {reason}");
+    // hickory's name for RCODE 2, passed on by dnsmasq.
+    assert!(reason.contains("MX lookup for servfail.test failed: Server Failure"), "{reason}");
+    assert!(flaky.questions() >= 2, "dnsmasq did not ask the SERVFAIL server");
+    let queries = std::fs::read_to_string(work.path().join("dnsmasq.log")).unwrap_or_default();
+    assert!(queries.contains("mx0.servfail.test") && queries.contains("SERVFAIL"), "{queries}");
+    let stats = em.sink.stats();
+    assert_eq!(stats.accepted, rows.len() as u64, "{stats:?}");
+    assert!(!stats.domains.contains_key("servfail.test"), "{stats:?}");
+    // Deferred, not given up: once DNS answers, a retry delivers it (no
+    // SERVFAIL kept in a cache), to the domain's own address.
+    flaky.recover();
+    let (_, attempts, _) = wait_state(&inst, dead[0].0, "sent", "servfail");
+    assert!(attempts >= 2, "{attempts}");
+    assert_eq!(em.sink.stats().domains.get("servfail.test").map(|d| d.accepted), Some(1));
+    let text = relay_log(&inst, "servfail");
+    assert!(text.contains("delivery deferred"), "{text}");
+    assert!(!text.contains("taro..yamada.") && !text.contains("x@servfail.test"), "an address in clear in the log");
+}
+
+#[test]
+fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_stalls() {
+    // The server takes the ClientHello and never answers: the relay gives up
+    // on TLS after its handshake limit and delivers in plain text, rather
+    // than deferring the mail for as long as the server stays broken.
+    let em = Emulator::start(Sink::new("smarthost.test", PolicyConfig::default()).with_handshake_fault(HandshakeFault::Stall));
+    let inst = smarthost_instance(em.port, "opportunistic");
+    let rows = queue(&inst, &ADDRS[..2]);
+    let _relay = start_relay(&inst, "stall");
+    assert_all_once_in_plain_text(&inst, &em, &rows, "stall");
+    let text = relay_log(&inst, "stall");
+    assert!(text.contains("no TLS handshake within"), "{text}");
 }
