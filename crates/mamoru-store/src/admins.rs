@@ -114,6 +114,40 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Enables a disabled admin again. `false` if unknown or already active.
+    pub fn enable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE admins SET status = 'active', updated_at = ?1 WHERE login = ?2 AND status <> 'active'",
+            params![now, login],
+        )?;
+        if n == 1 {
+            audit(&tx, now, actor, "admin-enabled", &format!("admin={login}"))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Sets an admin's password hash and ends every session of that admin
+    /// except `keep` (the session that made the change, if any): a password
+    /// changed because it leaked also locks out whoever used it. `false` if
+    /// the login is unknown.
+    pub fn set_admin_password(&self, login: &str, password_hash: &str, keep: Option<&[u8; 32]>, actor: &str, now: UnixTime) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: Option<i64> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        let Some(id) = id else { return Ok(false) };
+        tx.execute("UPDATE admins SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![password_hash, now, id])?;
+        let ended = tx.execute(
+            "DELETE FROM admin_sessions WHERE admin_id = ?1 AND id_hash IS NOT ?2",
+            params![id, keep.map(|k| &k[..])],
+        )?;
+        audit(&tx, now, actor, "admin-password-changed", &format!("admin={login} sessions_ended={ended}"))?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// The admin whose registered address is `email`, active or not.
     pub fn find_admin_by_email(&self, email: &EmailAddress) -> Result<Option<Admin>> {
         let index = self.sealer.index(email);

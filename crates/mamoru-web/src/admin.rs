@@ -132,7 +132,8 @@ fn head(out: &mut String, cfg: &Config, title: &str, admin: Option<(&Admin, &str
     pages::head(out, cfg, title);
     if let Some((a, csrf)) = admin {
         out.push_str("<nav class=\"admin\"><a href=\"/admin\">ダッシュボード</a> <a href=\"/admin/compose\">新規配信</a> \
-                      <a href=\"/admin/alerts\">配信履歴</a> <a href=\"/admin/admins\">管理者</a> <a href=\"/admin/audit\">操作記録</a> ");
+                      <a href=\"/admin/alerts\">配信履歴</a> <a href=\"/admin/admins\">管理者</a> <a href=\"/admin/audit\">操作記録</a> \
+                      <a href=\"/admin/password\">パスワード変更</a> ");
         out.push_str("<form method=\"post\" action=\"/admin/logout\" class=\"inline\">");
         csrf_field(out, csrf);
         out.push_str("<button type=\"submit\" class=\"link\">ログアウト（");
@@ -204,6 +205,12 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         (false, "/admin/admins") => admins(&web, me, None, StatusCode::OK).await,
         (true, "/admin/admins/add") => add_admin(&web, me, &body, now).await,
         (true, "/admin/admins/disable") => disable_admin(&web, me, &body, now).await,
+        (true, "/admin/admins/enable") => enable_admin(&web, me, &body, now).await,
+        (false, "/admin/password") => page(StatusCode::OK, password_page(&cfg, me, None)),
+        (true, "/admin/password") => {
+            let client = client_key(&web, headers, peer);
+            change_password(&web, me, &body, sid, client, now).await
+        }
         (false, "/admin/audit") => audit(&web, me).await,
         (true, "/admin/logout") => {
             let actor = format!("admin:{}", admin.login);
@@ -614,12 +621,13 @@ async fn admins(web: &Arc<Web>, me: (&Admin, &str), notice: Option<Result<String
         out.push_str(&format!("</td><td>{}</td>", if a.active { "有効" } else { "停止" }));
         if manage {
             out.push_str("<td>");
-            if a.active && a.id != me.0.id {
-                out.push_str("<form method=\"post\" action=\"/admin/admins/disable\" class=\"inline\">");
+            if a.id != me.0.id {
+                let (action, label) = if a.active { ("disable", "停止する") } else { ("enable", "再開する") };
+                out.push_str(&format!("<form method=\"post\" action=\"/admin/admins/{action}\" class=\"inline\">"));
                 csrf_field(&mut out, me.1);
                 out.push_str("<input type=\"hidden\" name=\"login\" value=\"");
                 escape(&mut out, &a.login);
-                out.push_str("\"><button type=\"submit\" class=\"link\">停止する</button></form>");
+                out.push_str(&format!("\"><button type=\"submit\" class=\"link\">{label}</button></form>"));
             }
             out.push_str("</td>");
         }
@@ -714,6 +722,89 @@ async fn disable_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64
             admins(web, me, Some(Ok(format!("管理者 {login} を停止しました。ログイン中の画面も使えなくなります。"))), StatusCode::OK).await
         }
         Ok(false) => admins(web, me, Some(Err("その管理者は見つかりません。".into())), StatusCode::NOT_FOUND).await,
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/admins/enable`.
+async fn enable_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    if !me.0.can_manage_admins() {
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の再開は全地区の管理者が行います。");
+    }
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    let actor = format!("admin:{}", me.0.login);
+    let l = login.clone();
+    match blocking(web, move |w| w.store.enable_admin(&l, &actor, now)).await {
+        Ok(true) => {
+            tracing::info!(admin = %login, by = %me.0.login, "admin enabled from the web panel");
+            admins(web, me, Some(Ok(format!("管理者 {login} を再開しました。"))), StatusCode::OK).await
+        }
+        Ok(false) => admins(web, me, Some(Err("停止中のその管理者は見つかりません。".into())), StatusCode::NOT_FOUND).await,
+        Err(a) => a,
+    }
+}
+
+fn password_page(cfg: &Config, me: (&Admin, &str), notice: Option<Result<&str, &str>>) -> String {
+    let mut out = String::new();
+    head(&mut out, cfg, "パスワード変更", Some(me));
+    match notice {
+        Some(Ok(done)) => pages::p(&mut out, done),
+        Some(Err(e)) => pages::error(&mut out, e),
+        None => {}
+    }
+    out.push_str("<form method=\"post\" action=\"/admin/password\">");
+    csrf_field(&mut out, me.1);
+    out.push_str(&format!(
+        "<label for=\"current\">今のパスワード</label><input type=\"password\" id=\"current\" name=\"current\" required maxlength=\"256\" autocomplete=\"current-password\">\
+         <label for=\"new\">新しいパスワード（{min}文字以上）</label><input type=\"password\" id=\"new\" name=\"new\" required minlength=\"{min}\" maxlength=\"256\" autocomplete=\"new-password\">\
+         <label for=\"again\">新しいパスワード（確認）</label><input type=\"password\" id=\"again\" name=\"again\" required minlength=\"{min}\" maxlength=\"256\" autocomplete=\"new-password\">\
+         <button type=\"submit\">変更する</button></form>\n",
+        min = password::MIN_LEN
+    ));
+    pages::p(&mut out, "変更すると、ほかの端末でのログインは終了します。");
+    pages::foot(&mut out, cfg);
+    out
+}
+
+/// `POST /admin/password`: the admin's own password; the current one is
+/// asked again, so a session left open on a shared PC cannot take the
+/// account over. Other sessions of this admin end; this one stays.
+async fn change_password(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], sid: [u8; 32], client: [u8; 32], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let current = form::value(body, "current").unwrap_or_default().to_string();
+    let new = form::value(body, "new").unwrap_or_default().to_string();
+    let again = form::value(body, "again").unwrap_or_default().to_string();
+    if new != again {
+        return page(StatusCode::BAD_REQUEST, password_page(&cfg, me, Some(Err("新しいパスワードが確認欄と一致しません。"))));
+    }
+    if password::check_new(&new).is_err() {
+        let e = format!("新しいパスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN);
+        return page(StatusCode::BAD_REQUEST, password_page(&cfg, me, Some(Err(&e))));
+    }
+    let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let login = me.0.login.clone();
+    let changed = blocking(web, move |w| {
+        // A guess at the current password counts like a failed login.
+        if w.store.login_blocked(&login, &client, now)? {
+            return Ok(Some(false));
+        }
+        let Some((_, hash)) = w.store.admin_credentials(&login)? else { return Ok(None) };
+        if !password::verify(&current, &hash) {
+            w.store.record_login_failure(&login, &client, now)?;
+            return Ok(Some(false));
+        }
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&salt);
+        let Ok(new_hash) = password::hash(&new, &s) else { return Ok(None) };
+        let actor = format!("admin:{login}");
+        Ok(Some(w.store.set_admin_password(&login, &new_hash, Some(&sid), &actor, now)?))
+    })
+    .await;
+    match changed {
+        Ok(Some(true)) => page(StatusCode::OK, password_page(&cfg, me, Some(Ok("パスワードを変更しました。")))),
+        Ok(Some(false)) => page(StatusCode::BAD_REQUEST, password_page(&cfg, me, Some(Err("今のパスワードが違います。")))),
+        Ok(None) => busy(&cfg),
         Err(a) => a,
     }
 }

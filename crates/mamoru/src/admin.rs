@@ -28,16 +28,7 @@ pub fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                     bail!("--districts: no district with id {d}");
                 }
             }
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprint!("password for {} (at least {} characters): ", args.id, password::MIN_LEN);
-            }
-            let mut line = String::new();
-            stdin.lock().read_line(&mut line).context("read password from stdin")?;
-            let pw = line.trim_end_matches(['\r', '\n']);
-            let mut salt = [0u8; 16];
-            store.sealer().random(&mut salt)?;
-            let hash = password::hash(pw, &salt)?;
+            let hash = read_password_hash(&store, &args.id)?;
             match store.add_admin(&args.id, &email, &hash, &args.districts, "cli", now)? {
                 AdminAdded::Added(_) => writeln!(out, "admin {} added ({})", args.id, email.masked())?,
                 AdminAdded::LoginTaken => bail!("admin {} already exists", args.id),
@@ -61,8 +52,40 @@ pub fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
             writeln!(out, "admin {id} disabled")?;
         }
+        AdminCommand::Enable { id } => {
+            if !store.enable_admin(&id, "cli", now)? {
+                bail!("no disabled admin {id}");
+            }
+            writeln!(out, "admin {id} enabled")?;
+        }
+        AdminCommand::Password { id } => {
+            if store.admin_credentials(&id)?.is_none() {
+                bail!("no admin {id}");
+            }
+            let hash = read_password_hash(&store, &id)?;
+            if !store.set_admin_password(&id, &hash, None, "cli", now)? {
+                bail!("no admin {id}");
+            }
+            writeln!(out, "admin {id}: password changed; web sessions ended")?;
+        }
     }
     Ok(())
+}
+
+/// Reads a new password (one line of stdin, prompted on a terminal) and
+/// hashes it.
+fn read_password_hash(store: &mamoru_store::Store, id: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {} (at least {} characters): ", id, password::MIN_LEN);
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).context("read password from stdin")?;
+    let pw = line.trim_end_matches(['\r', '\n']);
+    let mut salt = [0u8; 16];
+    store.sealer().random(&mut salt)?;
+    let hash = password::hash(pw, &salt)?;
+    Ok(hash)
 }
 
 /// `mamoru alert post`: the same checks and the same preview as a mailed

@@ -127,6 +127,17 @@ pub enum AdminCommand {
         /// The admin's login ID.
         id: String,
     },
+    /// Enable a disabled admin again.
+    Enable {
+        /// The admin's login ID.
+        id: String,
+    },
+    /// Set a new password (read from standard input, one line) and end the
+    /// admin's web sessions: for a forgotten or leaked password.
+    Password {
+        /// The admin's login ID.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]

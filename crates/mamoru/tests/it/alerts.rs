@@ -44,6 +44,19 @@ fn admin_cli_adds_lists_and_disables() {
     let text = String::from_utf8_lossy(&inst.cmd().args(["admin", "list"]).output().unwrap().stdout).into_owned();
     assert!(text.contains("disabled"), "{text}");
     assert!(!inst.cmd().args(["admin", "disable", "nobody"]).output().unwrap().status.success());
+    // Enabled again, with a new password for the forgotten one.
+    assert!(inst.cmd().args(["admin", "enable", "chuo"]).output().unwrap().status.success());
+    assert!(!inst.cmd().args(["admin", "enable", "chuo"]).output().unwrap().status.success(), "already active");
+    let mut cmd = inst.cmd();
+    cmd.args(["admin", "password", "chuo"]);
+    let changed = run_with_stdin(cmd, b"a brand new password\n");
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    let mut cmd = inst.cmd();
+    cmd.args(["admin", "password", "nobody"]);
+    assert!(!run_with_stdin(cmd, b"a brand new password\n").status.success());
+    let (admin, hash) = inst.store().admin_credentials("chuo").unwrap().unwrap();
+    assert!(admin.active && mamoru_core::password::verify("a brand new password", &hash));
+    assert!(!mamoru_core::password::verify("a long enough password", &hash));
 }
 
 /// Subscribers: two in district 1, one in 3, one in 1 and 3, two elsewhere.
@@ -470,6 +483,48 @@ fn the_admin_panel_adds_and_disables_admins() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("pta@school.test"), "no address in the log");
+}
+
+#[test]
+fn an_admin_changes_its_password_and_its_other_sessions_end() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    assert!(admin_add(&inst, "kita", "kita@city.test", "kita's long password").status.success());
+    let server = inst.serve();
+    let addr = server.http;
+    let (phone, csrf) = panel_login(addr, "chuo", "a long enough password");
+    let (pc, _) = panel_login(addr, "chuo", "a long enough password");
+    let c = [("Cookie", phone.as_str())];
+    let change = |current: &str, new: &str, again: &str| {
+        let body = format!("csrf={csrf}&current={}&new={}&again={}", form_escape(current), form_escape(new), form_escape(again));
+        http_h(addr, "POST", "/admin/password", &c, Some(&body))
+    };
+    assert!(http_h(addr, "GET", "/admin/password", &c, None).body.contains("今のパスワード"));
+    assert_eq!(change("a long enough password", "new password one", "new password two").status, 400, "mismatch");
+    assert_eq!(change("a long enough password", "short", "short").status, 400);
+    let wrong = change("not my password", "a new long password", "a new long password");
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.body.contains("今のパスワードが違います"), "{}", wrong.body);
+    let ok = change("a long enough password", "a new long password", "a new long password");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("パスワードを変更しました"), "{}", ok.body);
+    // This session stays; the PC's session of the same admin ends.
+    assert_eq!(http_h(addr, "GET", "/admin", &c, None).status, 200);
+    assert_eq!(http_h(addr, "GET", "/admin", &[("Cookie", pc.as_str())], None).status, 303);
+    assert_eq!(http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password")).status, 401);
+    panel_login(addr, "chuo", "a new long password");
+
+    // A disabled admin is enabled again from the panel.
+    let d = http_h(addr, "POST", "/admin/admins/disable", &c, Some(&format!("csrf={csrf}&login=kita")));
+    assert!(d.body.contains("再開する"), "{}", d.body);
+    let e = http_h(addr, "POST", "/admin/admins/enable", &c, Some(&format!("csrf={csrf}&login=kita")));
+    assert_eq!(e.status, 200, "{}", e.body);
+    panel_login(addr, "kita", "kita's long password");
+    let audit = http_h(addr, "GET", "/admin/audit", &c, None).body;
+    assert!(audit.contains("admin-password-changed") && audit.contains("sessions_ended=1") && audit.contains("admin-enabled"), "{audit}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("new long password"));
 }
 
 #[test]
