@@ -29,6 +29,10 @@
 //! fails (an error, or no handshake within 10 s), as Postfix's `may` level
 //! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
+//! Opening has one limit (30 s) for all of it; when it runs out, the reason
+//! names the step that was waiting (connection, greeting, EHLO, STARTTLS,
+//! AUTH), since a server that greets and then stalls is another fault than
+//! one that never answers.
 //!
 //! With `mx`, a worker's connection belongs to one destination domain: a
 //! message for another domain closes it and opens one to that domain's MX
@@ -354,11 +358,11 @@ async fn open(
     tls: &TlsPolicy,
     auth: Option<(&Credentials, bool)>,
 ) -> Result<AsyncSmtpConnection, String> {
-    let conn = match session(name, addr, port, hello, tls, auth).await {
+    let conn = match session(name, addr, port, hello, tls, auth, CONNECT_TIMEOUT).await {
         Err(Opened::TlsFailed(reason)) if matches!(tls, TlsPolicy::Opportunistic(_)) => {
             // Opportunistic: a failed handshake costs the encryption, not the mail.
             tracing::info!(host = %name, %reason, "STARTTLS failed; retrying without TLS");
-            session(name, addr, port, hello, &TlsPolicy::None, auth).await
+            session(name, addr, port, hello, &TlsPolicy::None, auth, CONNECT_TIMEOUT).await
         }
         other => other,
     };
@@ -373,6 +377,8 @@ enum Opened {
     Other(String),
 }
 
+/// Opens one session within `limit` (the whole of it: connection, greeting,
+/// EHLO, STARTTLS, AUTH); a timeout says at which step it ran out.
 async fn session(
     name: &str,
     addr: &str,
@@ -380,58 +386,67 @@ async fn session(
     hello: &ClientId,
     tls: &TlsPolicy,
     auth: Option<(&Credentials, bool)>,
+    limit: Duration,
 ) -> Result<AsyncSmtpConnection, Opened> {
+    let where_ = format!("connecting to {name}:{port}");
+    let deadline = tokio::time::Instant::now() + limit;
+    let late = |what: &str| Opened::Other(format!("{where_}: {what} within {}s", limit.as_secs()));
     // lettre writes a command, or the end of DATA, in more than one
     // segment; with Nagle's algorithm on, each reply then waits for the
     // peer's delayed ACK (~40 ms on Linux), capping a connection at ~20
     // messages/s. So the relay opens the socket itself, with TCP_NODELAY.
-    let where_ = format!("connecting to {name}:{port}");
-    let connect = async {
-        let stream = tokio::net::TcpStream::connect((addr, port)).await.map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
-        stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
-            .await
-            .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
-        match tls {
-            TlsPolicy::None => {}
-            TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
-            TlsPolicy::Required(_) if !conn.can_starttls() => {
-                return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
-            }
-            TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
-                // A handshake that never finishes is a failed one: without
-                // its own limit it would use up the session's and end as a
-                // plain timeout, which opportunistic TLS does not fall back
-                // from (the mail would wait as long as the server stalls).
-                match tokio::time::timeout(STARTTLS_TIMEOUT, conn.starttls(params.clone(), hello)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
-                    Err(_) => {
-                        return Err(Opened::TlsFailed(format!(
-                            "{where_}: STARTTLS failed: no TLS handshake within {}s",
-                            STARTTLS_TIMEOUT.as_secs()
-                        )));
-                    }
+    let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((addr, port)))
+        .await
+        .map_err(|_| late("no connection"))?
+        .map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+    stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+    // lettre reads the greeting and sends EHLO in one call; waiting here for
+    // the greeting's first byte (left in the socket for lettre) tells the
+    // two apart when one of them times out. An error or an end of stream
+    // is left for lettre to report.
+    let _ = tokio::time::timeout_at(deadline, stream.peek(&mut [0u8; 1])).await.map_err(|_| late("no greeting"))?;
+    let mut conn = tokio::time::timeout_at(deadline, AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello))
+        .await
+        .map_err(|_| late("no reply to EHLO"))?
+        .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
+    match tls {
+        TlsPolicy::None => {}
+        TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
+        TlsPolicy::Required(_) if !conn.can_starttls() => {
+            return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
+        }
+        TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
+            // A handshake that never finishes is a failed one: without
+            // its own limit it would use up the session's and end as a
+            // plain timeout, which opportunistic TLS does not fall back
+            // from (the mail would wait as long as the server stalls).
+            let handshake_deadline = tokio::time::Instant::now() + STARTTLS_TIMEOUT;
+            match tokio::time::timeout_at(handshake_deadline.min(deadline), conn.starttls(params.clone(), hello)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
+                Err(_) if deadline < handshake_deadline => return Err(late("no end to STARTTLS")),
+                Err(_) => {
+                    return Err(Opened::TlsFailed(format!(
+                        "{where_}: STARTTLS failed: no TLS handshake within {}s",
+                        STARTTLS_TIMEOUT.as_secs()
+                    )));
                 }
             }
         }
-        if let Some((credentials, loopback)) = auth {
-            // The configuration already refuses this; a password never
-            // crosses the network in clear, whatever the server offers.
-            if !conn.is_encrypted() && !loopback {
-                return Err(Opened::Other(format!("{where_}: refusing AUTH without TLS")));
-            }
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await
-                .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
-        }
-        tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
-        Ok(conn)
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(result) => result,
-        Err(_) => Err(Opened::Other(format!("{where_}: no greeting within {}s", CONNECT_TIMEOUT.as_secs()))),
     }
+    if let Some((credentials, loopback)) = auth {
+        // The configuration already refuses this; a password never
+        // crosses the network in clear, whatever the server offers.
+        if !conn.is_encrypted() && !loopback {
+            return Err(Opened::Other(format!("{where_}: refusing AUTH without TLS")));
+        }
+        tokio::time::timeout_at(deadline, conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials))
+            .await
+            .map_err(|_| late("no end to AUTH"))?
+            .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
+    }
+    tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
+    Ok(conn)
 }
 
 async fn transaction(
@@ -520,6 +535,43 @@ mod tests {
         assert_eq!(data_payload(b"a\r\n\r\nb\r\n"), b"a\r\n\r\nb");
         assert_eq!(data_payload(b"a\r\n\r\n"), b"a\r\n");
         assert_eq!(data_payload(b"a"), b"a");
+    }
+
+    /// A server on loopback that writes `script` (as it is, at once) and
+    /// then reads without answering until the client hangs up.
+    async fn mute_server(script: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(script.as_bytes()).await;
+                    let mut buf = [0u8; 512];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        port
+    }
+
+    async fn opening_error(script: &'static str, auth: Option<(&Credentials, bool)>) -> String {
+        let port = mute_server(script).await;
+        let hello = ClientId::Domain("client.test".into());
+        match session("127.0.0.1", "127.0.0.1", port, &hello, &TlsPolicy::None, auth, Duration::from_secs(1)).await {
+            Ok(_) => panic!("a session opened"),
+            Err(Opened::TlsFailed(r) | Opened::Other(r)) => r,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_opening_timeout_names_its_step() {
+        assert!(opening_error("", None).await.ends_with(": no greeting within 1s"));
+        // Greeted, then silence: the EHLO went unanswered.
+        assert!(opening_error("220 mute.test ESMTP\r\n", None).await.ends_with(": no reply to EHLO within 1s"));
+        let creds = Credentials::new("u".into(), "p".into());
+        let r = opening_error("220 mute.test ESMTP\r\n250-mute.test\r\n250 AUTH PLAIN\r\n", Some((&creds, true))).await;
+        assert!(r.ends_with(": no end to AUTH within 1s"), "{r}");
     }
 
     #[test]
