@@ -18,6 +18,17 @@
 //!   4xx/5xx to MAIL, RCPT or DATA is answered with RSET and the connection
 //!   serves the next message (design §6).
 //!
+//! A 5xx fails the message, except a refusal of the session rather than of
+//! the message ([`session_refusal`]): a 530 at any step (RFC 3207's "Must
+//! issue a STARTTLS command first", RFC 4954's "Authentication required"),
+//! and, on a plain-text session opened after a failed STARTTLS handshake,
+//! any 5.7.x or TLS-naming 5xx at MAIL FROM ("server requires TLS, and the
+//! STARTTLS handshake failed", with the reply and the handshake's error).
+//! Such a message is deferred like a failed required STARTTLS (the pool
+//! pauses; with `mx`, only the message waits) and the session is closed:
+//! an operator can fix TLS, and a safety alert must not be lost to it.
+//! Recipient refusals (550 5.1.1 at RCPT) stay final.
+//!
 //! Opening a session ([`open`]): TCP with `TCP_NODELAY`, greeting, EHLO, then
 //! STARTTLS (lettre over rustls/ring) as [`TlsPolicy`] says, then AUTH
 //! (PLAIN or LOGIN) when credentials are configured, only over TLS unless
@@ -29,6 +40,10 @@
 //! fails (an error, or no handshake within 10 s), as Postfix's `may` level
 //! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
+//! Opening has one limit (30 s) for all of it; when it runs out, the reason
+//! names the step that was waiting (connection, greeting, EHLO, STARTTLS,
+//! AUTH), since a server that greets and then stalls is another fault than
+//! one that never answers.
 //!
 //! With `mx`, a worker's connection belongs to one destination domain: a
 //! message for another domain closes it and opens one to that domain's MX
@@ -145,13 +160,23 @@ enum Route {
 pub struct SmtpHop {
     route: Route,
     hello: ClientId,
-    /// The open session, with the destination domain it serves (`mx`; empty
-    /// for a smarthost, which takes every domain).
-    conn: Option<(String, AsyncSmtpConnection)>,
+    /// The open session.
+    conn: Option<Open>,
     /// Messages accepted on `conn`.
     used: usize,
     /// Close the connection after this many messages.
     per_connection: usize,
+}
+
+/// An open session.
+struct Open {
+    /// The destination domain it serves (`mx`; empty for a smarthost, which
+    /// takes every domain).
+    domain: String,
+    conn: AsyncSmtpConnection,
+    /// Why STARTTLS failed, when this is the plain-text session opened
+    /// after that (opportunistic TLS).
+    fell_back: Option<String>,
 }
 
 /// Where in the transaction a failure happened, for the stored reason.
@@ -247,16 +272,16 @@ impl SmtpHop {
             Route::Mx { .. } => mail.recipient.domain().to_ascii_lowercase(),
         };
         // A session to another domain's MX host cannot take this message.
-        if self.conn.as_ref().is_some_and(|(d, _)| *d != domain) {
+        if self.conn.as_ref().is_some_and(|o| o.domain != domain) {
             self.close().await;
         }
         loop {
-            let (mut conn, reused) = match self.conn.take() {
-                Some((_, conn)) => (conn, true),
+            let (Open { mut conn, fell_back, .. }, reused) = match self.conn.take() {
+                Some(open) => (open, true),
                 None => match self.connect(&domain).await {
-                    Ok(conn) => {
+                    Ok((conn, fell_back)) => {
                         self.used = 0;
-                        (conn, false)
+                        (Open { domain: domain.clone(), conn, fell_back }, false)
                     }
                     Err(OpenError::Throttle(reason)) => return DeliveryOutcome::Throttled { reason },
                     Err(OpenError::Retry(reason)) => return DeliveryOutcome::Retry { reason },
@@ -269,7 +294,7 @@ impl SmtpHop {
                     if self.used >= self.per_connection {
                         quit(conn).await;
                     } else {
-                        self.conn = Some((domain, conn));
+                        self.conn = Some(Open { domain, conn, fell_back });
                     }
                     return DeliveryOutcome::Sent;
                 }
@@ -278,7 +303,7 @@ impl SmtpHop {
                 // instead of deferring the message.
                 Err(Failure::Broken { stage: Stage::Mail, .. }) if reused => continue,
                 Err(Failure::Unsendable(reason)) => {
-                    self.conn = Some((domain, conn));
+                    self.conn = Some(Open { domain, conn, fell_back });
                     return DeliveryOutcome::Failed { reason };
                 }
                 Err(Failure::Broken { stage, reason }) => {
@@ -287,9 +312,25 @@ impl SmtpHop {
                     return DeliveryOutcome::Throttled { reason: format!("{reason} (after {})", stage.as_str()) };
                 }
                 Err(Failure::Reply { stage, error }) => {
-                    let reason = format!("{} (after {})", reply_text(&error), stage.as_str());
+                    let reply = reply_text(&error);
+                    if let Some(why) = session_refusal(stage, &reply, fell_back.is_some()) {
+                        // The server refuses this session, not this message:
+                        // the message waits, and the next one gets a new
+                        // session (which may manage TLS this time).
+                        quit(conn).await;
+                        let mut reason = format!("{why}: {reply} (after {})", stage.as_str());
+                        if let Some(handshake) = &fell_back {
+                            reason = format!("{reason}; {handshake}");
+                        }
+                        return match self.route {
+                            Route::Smarthost { .. } => DeliveryOutcome::Throttled { reason },
+                            // One domain's MX host must not pause a pool of many domains.
+                            Route::Mx { .. } => DeliveryOutcome::Retry { reason },
+                        };
+                    }
+                    let reason = format!("{reply} (after {})", stage.as_str());
                     if step(COMMAND_TIMEOUT, Stage::Mail, conn.command(Rset)).await.is_ok() {
-                        self.conn = Some((domain, conn));
+                        self.conn = Some(Open { domain, conn, fell_back });
                     }
                     // Carriers answer 4xx when a sender goes too fast, so
                     // every transient reply slows the pool down.
@@ -305,12 +346,13 @@ impl SmtpHop {
 
     /// Ends the session politely, if there is one (the relay is idle).
     pub async fn close(&mut self) {
-        if let Some((_, conn)) = self.conn.take() {
-            quit(conn).await;
+        if let Some(open) = self.conn.take() {
+            quit(open.conn).await;
         }
     }
 
-    async fn connect(&self, domain: &str) -> Result<AsyncSmtpConnection, OpenError> {
+    /// A new session, and why STARTTLS failed if it fell back to plain text.
+    async fn connect(&self, domain: &str) -> Result<(AsyncSmtpConnection, Option<String>), OpenError> {
         match &self.route {
             Route::Smarthost { host, port, tls, credentials, loopback } => {
                 let auth = credentials.as_ref().map(|c| (c, *loopback));
@@ -329,7 +371,7 @@ impl SmtpHop {
                 for d in &destinations {
                     let tls = TlsPolicy::Opportunistic(unverified(&d.host).map_err(OpenError::Retry)?);
                     match open(&d.host, &d.ip.to_string(), *port, &self.hello, &tls, None).await {
-                        Ok(conn) => return Ok(conn),
+                        Ok(open) => return Ok(open),
                         Err(reason) => {
                             tracing::debug!(mx = %d.host, %reason, "MX host unreachable; trying the next");
                             reasons.push(reason);
@@ -344,8 +386,10 @@ impl SmtpHop {
 
 /// Opens a session to `addr`:`port` (`name`: the host's name, for messages
 /// and TLS), with STARTTLS as `tls` says and AUTH when `auth` has
-/// credentials (and whether the host is on loopback). Errors say nothing
-/// about the message (even a 554 greeting is about this client).
+/// credentials (and whether the host is on loopback). Returns the session
+/// and, when it is the plain-text one opened after a failed STARTTLS
+/// (opportunistic), why STARTTLS failed. Errors say nothing about the
+/// message (even a 554 greeting is about this client).
 async fn open(
     name: &str,
     addr: &str,
@@ -353,18 +397,50 @@ async fn open(
     hello: &ClientId,
     tls: &TlsPolicy,
     auth: Option<(&Credentials, bool)>,
-) -> Result<AsyncSmtpConnection, String> {
-    let conn = match session(name, addr, port, hello, tls, auth).await {
+) -> Result<(AsyncSmtpConnection, Option<String>), String> {
+    let opened = match session(name, addr, port, hello, tls, auth, CONNECT_TIMEOUT).await {
+        Ok(conn) => Ok((conn, None)),
         Err(Opened::TlsFailed(reason)) if matches!(tls, TlsPolicy::Opportunistic(_)) => {
             // Opportunistic: a failed handshake costs the encryption, not the mail.
             tracing::info!(host = %name, %reason, "STARTTLS failed; retrying without TLS");
-            session(name, addr, port, hello, &TlsPolicy::None, auth).await
+            session(name, addr, port, hello, &TlsPolicy::None, auth, CONNECT_TIMEOUT).await.map(|conn| (conn, Some(reason)))
         }
-        other => other,
+        Err(e) => Err(e),
     };
-    conn.map_err(|e| match e {
+    opened.map_err(|e| match e {
         Opened::TlsFailed(r) | Opened::Other(r) => r,
     })
+}
+
+/// Is a negative reply to `stage` a refusal of the session (how the client
+/// connected) rather than of the message or the recipient? Then it says
+/// why, and the message waits instead of failing: the operator can fix
+/// the session (TLS, AUTH), and the alert must not be lost meanwhile.
+///
+/// - 530 at any stage: RFC 3207 (`530 5.7.0 Must issue a STARTTLS command
+///   first`) and RFC 4954 (`530 5.7.0 Authentication required`) give it to
+///   every transaction command when the server's policy wants TLS or AUTH.
+/// - on a session that fell back to plain text after a failed STARTTLS
+///   (`fell_back`), any 5.7.x or a reply that names TLS at
+///   MAIL FROM: the server most likely wants the TLS it could not set up.
+///
+/// Everything else stays as the reply says (a 550 5.1.1 at RCPT fails the
+/// message and suspends the address).
+fn session_refusal(stage: Stage, reply: &str, fell_back: bool) -> Option<&'static str> {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("");
+    if !code.starts_with('5') {
+        return None;
+    }
+    let enhanced = words.next().filter(|w| w.starts_with("5.") && w.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    let names_tls = reply.to_ascii_lowercase().contains("tls");
+    let tls_refusal = code == "530" || (stage == Stage::Mail && (enhanced.is_some_and(|e| e.starts_with("5.7.")) || names_tls));
+    match fell_back {
+        true if tls_refusal => Some("server requires TLS, and the STARTTLS handshake failed"),
+        _ if code == "530" && names_tls => Some("server requires TLS for this session"),
+        _ if code == "530" => Some("server requires TLS or AUTH for this session"),
+        _ => None,
+    }
 }
 
 enum Opened {
@@ -373,6 +449,8 @@ enum Opened {
     Other(String),
 }
 
+/// Opens one session within `limit` (the whole of it: connection, greeting,
+/// EHLO, STARTTLS, AUTH); a timeout says at which step it ran out.
 async fn session(
     name: &str,
     addr: &str,
@@ -380,58 +458,67 @@ async fn session(
     hello: &ClientId,
     tls: &TlsPolicy,
     auth: Option<(&Credentials, bool)>,
+    limit: Duration,
 ) -> Result<AsyncSmtpConnection, Opened> {
+    let where_ = format!("connecting to {name}:{port}");
+    let deadline = tokio::time::Instant::now() + limit;
+    let late = |what: &str| Opened::Other(format!("{where_}: {what} within {}s", limit.as_secs()));
     // lettre writes a command, or the end of DATA, in more than one
     // segment; with Nagle's algorithm on, each reply then waits for the
     // peer's delayed ACK (~40 ms on Linux), capping a connection at ~20
     // messages/s. So the relay opens the socket itself, with TCP_NODELAY.
-    let where_ = format!("connecting to {name}:{port}");
-    let connect = async {
-        let stream = tokio::net::TcpStream::connect((addr, port)).await.map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
-        stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
-            .await
-            .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
-        match tls {
-            TlsPolicy::None => {}
-            TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
-            TlsPolicy::Required(_) if !conn.can_starttls() => {
-                return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
-            }
-            TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
-                // A handshake that never finishes is a failed one: without
-                // its own limit it would use up the session's and end as a
-                // plain timeout, which opportunistic TLS does not fall back
-                // from (the mail would wait as long as the server stalls).
-                match tokio::time::timeout(STARTTLS_TIMEOUT, conn.starttls(params.clone(), hello)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
-                    Err(_) => {
-                        return Err(Opened::TlsFailed(format!(
-                            "{where_}: STARTTLS failed: no TLS handshake within {}s",
-                            STARTTLS_TIMEOUT.as_secs()
-                        )));
-                    }
+    let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((addr, port)))
+        .await
+        .map_err(|_| late("no connection"))?
+        .map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+    stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+    // lettre reads the greeting and sends EHLO in one call; waiting here for
+    // the greeting's first byte (left in the socket for lettre) tells the
+    // two apart when one of them times out. An error or an end of stream
+    // is left for lettre to report.
+    let _ = tokio::time::timeout_at(deadline, stream.peek(&mut [0u8; 1])).await.map_err(|_| late("no greeting"))?;
+    let mut conn = tokio::time::timeout_at(deadline, AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello))
+        .await
+        .map_err(|_| late("no reply to EHLO"))?
+        .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
+    match tls {
+        TlsPolicy::None => {}
+        TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
+        TlsPolicy::Required(_) if !conn.can_starttls() => {
+            return Err(Opened::Other(format!("{where_}: STARTTLS is required but the server does not offer it")));
+        }
+        TlsPolicy::Opportunistic(params) | TlsPolicy::Required(params) => {
+            // A handshake that never finishes is a failed one: without
+            // its own limit it would use up the session's and end as a
+            // plain timeout, which opportunistic TLS does not fall back
+            // from (the mail would wait as long as the server stalls).
+            let handshake_deadline = tokio::time::Instant::now() + STARTTLS_TIMEOUT;
+            match tokio::time::timeout_at(handshake_deadline.min(deadline), conn.starttls(params.clone(), hello)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
+                Err(_) if deadline < handshake_deadline => return Err(late("no end to STARTTLS")),
+                Err(_) => {
+                    return Err(Opened::TlsFailed(format!(
+                        "{where_}: STARTTLS failed: no TLS handshake within {}s",
+                        STARTTLS_TIMEOUT.as_secs()
+                    )));
                 }
             }
         }
-        if let Some((credentials, loopback)) = auth {
-            // The configuration already refuses this; a password never
-            // crosses the network in clear, whatever the server offers.
-            if !conn.is_encrypted() && !loopback {
-                return Err(Opened::Other(format!("{where_}: refusing AUTH without TLS")));
-            }
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await
-                .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
-        }
-        tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
-        Ok(conn)
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(result) => result,
-        Err(_) => Err(Opened::Other(format!("{where_}: no greeting within {}s", CONNECT_TIMEOUT.as_secs()))),
     }
+    if let Some((credentials, loopback)) = auth {
+        // The configuration already refuses this; a password never
+        // crosses the network in clear, whatever the server offers.
+        if !conn.is_encrypted() && !loopback {
+            return Err(Opened::Other(format!("{where_}: refusing AUTH without TLS")));
+        }
+        tokio::time::timeout_at(deadline, conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials))
+            .await
+            .map_err(|_| late("no end to AUTH"))?
+            .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
+    }
+    tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
+    Ok(conn)
 }
 
 async fn transaction(
@@ -520,6 +607,71 @@ mod tests {
         assert_eq!(data_payload(b"a\r\n\r\nb\r\n"), b"a\r\n\r\nb");
         assert_eq!(data_payload(b"a\r\n\r\n"), b"a\r\n");
         assert_eq!(data_payload(b"a"), b"a");
+    }
+
+    #[test]
+    fn session_refusals_defer_recipient_refusals_fail() {
+        use Stage::*;
+        let tls = Some("server requires TLS, and the STARTTLS handshake failed");
+        // After a failed handshake, the server wanting TLS at MAIL FROM.
+        assert_eq!(session_refusal(Mail, "530 5.7.0 Must issue a STARTTLS command first", true), tls);
+        assert_eq!(session_refusal(Mail, "554 5.7.10 Encryption needed", true), tls);
+        assert_eq!(session_refusal(Mail, "550 5.7.1 Sender rejected", true), tls);
+        assert_eq!(session_refusal(Mail, "554 TLS required", true), tls);
+        assert_eq!(session_refusal(Rcpt, "530 5.7.0 Must issue a STARTTLS command first", true), tls);
+        // A 530 without a fallback: still the session, never the message.
+        assert_eq!(
+            session_refusal(Mail, "530 5.7.0 Must issue a STARTTLS command first", false),
+            Some("server requires TLS for this session")
+        );
+        assert_eq!(session_refusal(Mail, "530 5.7.0 Authentication required", false), Some("server requires TLS or AUTH for this session"));
+        assert_eq!(session_refusal(Rcpt, "530 5.7.0 Authentication required", false), Some("server requires TLS or AUTH for this session"));
+        // The recipient or the message: as the reply says.
+        for fell_back in [false, true] {
+            assert_eq!(session_refusal(Rcpt, "550 5.1.1 <t***@docomo.ne.jp>: User unknown", fell_back), None);
+            assert_eq!(session_refusal(Rcpt, "550 5.7.1 Relay access denied", fell_back), None);
+            assert_eq!(session_refusal(Dot, "552 5.3.4 Message too big for system", fell_back), None);
+            assert_eq!(session_refusal(Dot, "554 5.7.1 rejected as spam", fell_back), None);
+            assert_eq!(session_refusal(Mail, "451 4.7.0 try later", fell_back), None);
+        }
+        assert_eq!(session_refusal(Mail, "550 5.7.1 Sender rejected", false), None);
+    }
+
+    /// A server on loopback that writes `script` (as it is, at once) and
+    /// then reads without answering until the client hangs up.
+    async fn mute_server(script: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(script.as_bytes()).await;
+                    let mut buf = [0u8; 512];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        port
+    }
+
+    async fn opening_error(script: &'static str, auth: Option<(&Credentials, bool)>) -> String {
+        let port = mute_server(script).await;
+        let hello = ClientId::Domain("client.test".into());
+        match session("127.0.0.1", "127.0.0.1", port, &hello, &TlsPolicy::None, auth, Duration::from_secs(1)).await {
+            Ok(_) => panic!("a session opened"),
+            Err(Opened::TlsFailed(r) | Opened::Other(r)) => r,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_opening_timeout_names_its_step() {
+        assert!(opening_error("", None).await.ends_with(": no greeting within 1s"));
+        // Greeted, then silence: the EHLO went unanswered.
+        assert!(opening_error("220 mute.test ESMTP\r\n", None).await.ends_with(": no reply to EHLO within 1s"));
+        let creds = Credentials::new("u".into(), "p".into());
+        let r = opening_error("220 mute.test ESMTP\r\n250-mute.test\r\n250 AUTH PLAIN\r\n", Some((&creds, true))).await;
+        assert!(r.ends_with(": no end to AUTH within 1s"), "{r}");
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //!   ([`server::Sink::deliveries`]).
 //! - optionally a STARTTLS whose handshake fails on demand
 //!   ([`server::HandshakeFault`]: hang up after the 220, garbage instead of
-//!   a ServerHello, or no answer at all), counted as `tls_failures`.
+//!   a ServerHello, or no answer at all), counted as `tls_failures`;
+//! - optionally TLS required: MAIL without it gets `530 5.7.0 Must issue a
+//!   STARTTLS command first` (with a handshake fault: a server demanding
+//!   the TLS it cannot set up).
 //!
 //! Layout: [`policy`] (limits and records, pure), [`session`] (the SMTP
 //! dialogue, sans-I/O), [`server`] (tokio accept loop and files).

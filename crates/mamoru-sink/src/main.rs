@@ -55,6 +55,10 @@ struct Args {
     /// non-TLS line instead of a ServerHello, `stall` never answers.
     #[arg(long, value_name = "close|garbage|stall")]
     starttls_fault: Option<String>,
+    /// Refuse MAIL without TLS (530 5.7.0 Must issue a STARTTLS command
+    /// first); with --starttls-fault, nothing gets through.
+    #[arg(long)]
+    require_tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,7 @@ fn run(args: Args) -> Result<(), String> {
             tls,
             accounts,
             handshake,
+            require_tls: args.require_tls,
         });
         {
             let mut out = std::io::stdout().lock();

@@ -43,6 +43,9 @@ pub struct Sink {
     /// A STARTTLS whose handshake fails on purpose; offered even without a
     /// certificate.
     pub handshake: Option<HandshakeFault>,
+    /// MAIL needs TLS first (530 5.7.0); with [`Sink::handshake`], no
+    /// message gets through.
+    pub require_tls: bool,
 }
 
 /// How the TLS handshake after STARTTLS fails, on demand: a server that
@@ -95,12 +98,21 @@ impl Sink {
             tls: None,
             accounts: Vec::new(),
             handshake: None,
+            require_tls: false,
         }
     }
 
     /// Offers STARTTLS, and fails every handshake as `fault` says.
     pub fn with_handshake_fault(mut self, fault: HandshakeFault) -> Self {
         self.handshake = Some(fault);
+        self
+    }
+
+    /// Refuses MAIL without TLS (`530 5.7.0 Must issue a STARTTLS command
+    /// first`); with a handshake fault, as a server that demands the TLS it
+    /// cannot set up.
+    pub fn with_required_tls(mut self) -> Self {
+        self.require_tls = true;
         self
     }
 
@@ -187,7 +199,11 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
 
 async fn connection(stream: TcpStream, sink: Arc<Sink>) {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
-    let offers = Offers { starttls: sink.tls.is_some() || sink.handshake.is_some(), accounts: sink.accounts.clone() };
+    let offers = Offers {
+        starttls: sink.tls.is_some() || sink.handshake.is_some(),
+        accounts: sink.accounts.clone(),
+        require_tls: sink.require_tls,
+    };
     let mut session = Session::with_offers(&sink.hostname, offers);
     sink.policy().session_opened();
     let mut out = session.greeting().into_bytes();

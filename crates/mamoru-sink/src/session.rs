@@ -43,6 +43,10 @@ pub struct Offers {
     /// needs AUTH first; with STARTTLS too, AUTH needs TLS first (as
     /// Postfix's `smtpd_tls_auth_only`).
     pub accounts: Vec<(String, String)>,
+    /// MAIL needs TLS first (`530 5.7.0 Must issue a STARTTLS command
+    /// first`, RFC 3207 §4), as Postfix's `smtpd_tls_security_level =
+    /// encrypt`.
+    pub require_tls: bool,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +137,9 @@ impl Session {
             "STARTTLS" if self.offers.starttls && !self.tls => Step::StartTls("220 2.0.0 Ready to start TLS\r\n".into()),
             "STARTTLS" => Step::Reply("502 5.5.1 STARTTLS not available\r\n".into()),
             "AUTH" => self.auth_command(text, policy),
+            "MAIL" if self.offers.require_tls && !self.tls => {
+                Step::Reply("530 5.7.0 Must issue a STARTTLS command first\r\n".into())
+            }
             "MAIL" if !self.offers.accounts.is_empty() && self.user.is_none() => {
                 Step::Reply("530 5.7.0 Authentication required\r\n".into())
             }
@@ -349,9 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn required_tls_refuses_mail_in_plain_text() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let offers = Offers { starttls: true, require_tls: true, ..Offers::default() };
+        let mut s = Session::with_offers("sink.test", offers);
+        let steps = run(&mut s, &mut p, &["EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<t@au.com>", "STARTTLS"]);
+        assert_eq!(reply(&steps[1]), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+        assert!(reply(&steps[2]).starts_with("503"), "{steps:?}");
+        s.tls_started();
+        let steps = run(&mut s, &mut p, &["EHLO x", "MAIL FROM:<a@b>", "RCPT TO:<t@au.com>", "DATA", "Message-ID: <m1@x>", "", "body", "."]);
+        assert!(reply(&steps[1]).starts_with("250"), "{steps:?}");
+        assert!(reply(&steps[7]).starts_with("250"), "{steps:?}");
+        assert_eq!(p.deliveries().len(), 1);
+        assert!(p.deliveries()[0].tls);
+    }
+
+    #[test]
     fn starttls_then_auth_then_mail() {
         let mut p = Policy::new(PolicyConfig::default());
-        let offers = Offers { starttls: true, accounts: vec![("mamoru".into(), "s3cret".into())] };
+        let offers = Offers { starttls: true, accounts: vec![("mamoru".into(), "s3cret".into())], require_tls: false };
         let mut s = Session::with_offers("sink.test", offers);
         let steps = run(&mut s, &mut p, &["EHLO x", "AUTH PLAIN AG1hbW9ydQBzM2NyZXQ=", "MAIL FROM:<a@b>", "STARTTLS"]);
         assert!(reply(&steps[0]).contains("STARTTLS") && !reply(&steps[0]).contains("AUTH"), "{steps:?}");

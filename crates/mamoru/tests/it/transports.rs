@@ -15,6 +15,11 @@
 //!   "opportunistic"` and `mx` reconnect in plain text and deliver each
 //!   message once; `"required"` sends nothing and defers. A handshake that
 //!   stalls counts as failed after the relay's limit (10 s).
+//! - STARTTLS offered, the handshake failing, and MAIL refused without TLS
+//!   (`530 5.7.0 Must issue a STARTTLS command first`): `"opportunistic"`
+//!   and `mx` defer every message with the reason (none failed, nothing
+//!   received), and once the server is fixed (restarted on the same port
+//!   with a working TLS) deliver each over TLS, without a relay restart.
 //! - `mx` with a domain whose DNS answers SERVFAIL (a real one: dnsmasq
 //!   forwards that domain to a UDP socket answering SERVFAIL): that message
 //!   is deferred, the pool's other domains are delivered meanwhile (one of
@@ -45,8 +50,14 @@ struct Emulator {
 
 impl Emulator {
     fn start(sink: Sink) -> Emulator {
+        Self::start_on(sink, 0)
+    }
+
+    /// On `port` (0: a free one), e.g. the port of one just dropped: the
+    /// same server restarted with another configuration.
+    fn start_on(sink: Sink, port: u16) -> Emulator {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let sink = Arc::new(sink);
         let stop = CancellationToken::new();
@@ -633,4 +644,71 @@ fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_stalls() {
     assert_all_once_in_plain_text(&inst, &em, &rows, "stall");
     let text = relay_log(&inst, "stall");
     assert!(text.contains("no TLS handshake within"), "{text}");
+}
+
+/// The sink restarted on the same port: first demanding TLS (530 5.7.0 to
+/// MAIL in plain text) while its handshake fails as `fault` says, then with
+/// a working TLS. The relay (`inst`, started as `name`) must defer every row
+/// meanwhile, and deliver each once over TLS after the fix.
+fn tls_required_but_broken_defers_until_fixed(port: u16, inst: &Instance, rows: &[(i64, String)], name: &str, fault: HandshakeFault) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_, cert, key) = make_certs(work.path());
+    let broken = Emulator::start_on(Sink::new("tls.test", PolicyConfig::default()).with_handshake_fault(fault).with_required_tls(), port);
+    let _relay = start_relay(inst, name);
+    for (id, _) in rows {
+        wait_for_or(
+            "a deferral for the TLS the server requires",
+            T,
+            || Some(row(inst, *id)).filter(|r| r.1 >= 1 && r.2.contains("server requires TLS, and the STARTTLS handshake failed")),
+            || format!("{:?}\n{}", row(inst, *id), relay_log(inst, name)),
+        );
+    }
+    for (id, _) in rows {
+        let (state, _, reason) = row(inst, *id);
+        assert!(state == "queued" || state == "sending", "row {id}: {state} {reason}");
+        assert!(reason.contains("530 5.7.0") && reason.contains("(after MAIL FROM)"), "{reason}");
+    }
+    let stats = broken.sink.stats();
+    assert!(stats.tls_failures >= 1, "{stats:?}");
+    assert_eq!(stats.accepted, 0, "{stats:?}");
+    assert!(broken.sink.deliveries().is_empty());
+    drop(broken);
+
+    // The operator fixes TLS: the same relay delivers everything, encrypted.
+    let fixed =
+        Emulator::start_on(Sink::new("tls.test", PolicyConfig::default()).with_starttls(&cert, &key).expect("tls").with_required_tls(), port);
+    for (id, _) in rows {
+        let (_, attempts, _) = wait_state(inst, *id, "sent", name);
+        assert!(attempts >= 2, "row {id}: {attempts}");
+    }
+    let deliveries = fixed.sink.deliveries();
+    assert_eq!(deliveries.len(), rows.len(), "{deliveries:?}");
+    let seen = fixed.sink.message_ids();
+    for (_, mid) in rows {
+        assert_eq!(seen.get(mid), Some(&1), "{mid}");
+        let d = deliveries.iter().find(|d| d.message_id == *mid).unwrap_or_else(|| panic!("{mid} not received"));
+        assert!(d.tls, "{mid} came without TLS");
+    }
+    let text = relay_log(inst, name);
+    assert!(!text.contains("delivery failed permanently"), "{text}");
+    assert!(!text.contains("taro..yamada."), "an address in clear in the log");
+}
+
+#[test]
+fn smtp_opportunistic_tls_to_a_server_requiring_it_defers_until_its_tls_works() {
+    let port = free_port();
+    let inst = smarthost_instance(port, "opportunistic");
+    let rows = queue(&inst, &ADDRS);
+    tls_required_but_broken_defers_until_fixed(port, &inst, &rows, "tls530", HandshakeFault::Garbage);
+}
+
+#[test]
+fn mx_to_a_host_requiring_tls_defers_until_its_tls_works() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let dns_port = free_port();
+    let _dns = start_dnsmasq(work.path(), dns_port, &carrier_mx_records());
+    let inst = mx_instance(dns_port, port, &["docomo.ne.jp", "ezweb.ne.jp"]);
+    let rows = queue(&inst, &["taro..yamada.@docomo.ne.jp", "a1@ezweb.ne.jp", "a2@docomo.ne.jp"]);
+    tls_required_but_broken_defers_until_fixed(port, &inst, &rows, "mx-tls530", HandshakeFault::Close);
 }
