@@ -204,8 +204,8 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         (false, "/admin/alerts") => history(&web, me).await,
         (false, "/admin/admins") => admins(&web, me, None, StatusCode::OK).await,
         (true, "/admin/admins/add") => add_admin(&web, me, &body, now).await,
-        (true, "/admin/admins/disable") => disable_admin(&web, me, &body, now).await,
-        (true, "/admin/admins/enable") => enable_admin(&web, me, &body, now).await,
+        (true, "/admin/admins/disable") => set_admin_active(&web, me, &body, now, false).await,
+        (true, "/admin/admins/enable") => set_admin_active(&web, me, &body, now, true).await,
         (false, "/admin/password") => page(StatusCode::OK, password_page(&cfg, me, None)),
         (true, "/admin/password") => {
             let client = client_key(&web, headers, peer);
@@ -704,43 +704,35 @@ async fn add_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) ->
     }
 }
 
-/// `POST /admin/admins/disable`.
-async fn disable_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
+/// `POST /admin/admins/disable` and `/admin/admins/enable`.
+async fn set_admin_active(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64, enable: bool) -> Answer {
     let cfg = web.cfg.clone();
+    let verb = if enable { "再開" } else { "停止" };
     if !me.0.can_manage_admins() {
-        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の停止は全地区の管理者が行います。");
+        let why = format!("管理者の{verb}は全地区の管理者が行います。");
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", &why);
     }
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
-    if login == me.0.login {
+    if !enable && login == me.0.login {
         return admins(web, me, Some(Err("自分自身は停止できません。".into())), StatusCode::BAD_REQUEST).await;
     }
     let actor = format!("admin:{}", me.0.login);
     let l = login.clone();
-    match blocking(web, move |w| w.store.disable_admin(&l, &actor, now)).await {
+    let changed = blocking(web, move |w| if enable { w.store.enable_admin(&l, &actor, now) } else { w.store.disable_admin(&l, &actor, now) }).await;
+    match changed {
         Ok(true) => {
-            tracing::info!(admin = %login, by = %me.0.login, "admin disabled from the web panel");
-            admins(web, me, Some(Ok(format!("管理者 {login} を停止しました。ログイン中の画面も使えなくなります。"))), StatusCode::OK).await
+            tracing::info!(admin = %login, by = %me.0.login, enable, "admin enabled or disabled from the web panel");
+            let done = if enable {
+                format!("管理者 {login} を再開しました。")
+            } else {
+                format!("管理者 {login} を停止しました。ログイン中の画面も使えなくなります。")
+            };
+            admins(web, me, Some(Ok(done)), StatusCode::OK).await
         }
-        Ok(false) => admins(web, me, Some(Err("その管理者は見つかりません。".into())), StatusCode::NOT_FOUND).await,
-        Err(a) => a,
-    }
-}
-
-/// `POST /admin/admins/enable`.
-async fn enable_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> Answer {
-    let cfg = web.cfg.clone();
-    if !me.0.can_manage_admins() {
-        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の再開は全地区の管理者が行います。");
-    }
-    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
-    let actor = format!("admin:{}", me.0.login);
-    let l = login.clone();
-    match blocking(web, move |w| w.store.enable_admin(&l, &actor, now)).await {
-        Ok(true) => {
-            tracing::info!(admin = %login, by = %me.0.login, "admin enabled from the web panel");
-            admins(web, me, Some(Ok(format!("管理者 {login} を再開しました。"))), StatusCode::OK).await
+        Ok(false) => {
+            let missing = if enable { "停止中のその管理者は見つかりません。" } else { "その管理者は見つかりません。" };
+            admins(web, me, Some(Err(missing.into())), StatusCode::NOT_FOUND).await
         }
-        Ok(false) => admins(web, me, Some(Err("停止中のその管理者は見つかりません。".into())), StatusCode::NOT_FOUND).await,
         Err(a) => a,
     }
 }
