@@ -88,7 +88,7 @@ fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr) -> [u8; 32] {
     if web.cfg.web.behind_tls_proxy {
         // The proxy appends the address it saw last; anything left of it
         // came from the client and proves nothing.
-        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last();
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).next_back();
         if let Some(last) = forwarded.and_then(|v| v.rsplit(',').next()).and_then(|v| v.trim().parse::<IpAddr>().ok()) {
             ip = last;
         }
