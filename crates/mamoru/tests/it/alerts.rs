@@ -555,6 +555,29 @@ fn one_client_guessing_across_many_ids_is_locked_out() {
 }
 
 #[test]
+fn behind_a_proxy_failed_logins_count_per_forwarded_client() {
+    let inst = Instance::new(&[("web.behind_tls_proxy", "true")]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    let server = inst.serve();
+    let addr = server.http;
+    let login = |xff: &str, id: &str, pw: &str| {
+        let body = format!("login={id}&password={}", form_escape(pw));
+        http_h(addr, "POST", "/admin/login", &[("X-Forwarded-For", xff)], Some(&body)).status
+    };
+    // One client behind the proxy guesses across IDs; what it puts in front
+    // of the proxy's own entry does not change who it is.
+    for i in 0..20 {
+        let xff = if i % 2 == 0 { "203.0.113.5" } else { "198.51.100.1, 203.0.113.5" };
+        assert_eq!(login(xff, &format!("id{}", i % 4), "guess guess guess"), 401);
+    }
+    assert_eq!(login("203.0.113.5", "chuo", "a long enough password"), 429);
+    // Another client behind the same proxy is not locked out by it.
+    assert_eq!(login("203.0.113.6", "chuo", "a long enough password"), 303);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
 fn the_web_listener_speaks_https_with_the_configured_certificate() {
     let work = tempfile::tempdir().unwrap();
     let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
