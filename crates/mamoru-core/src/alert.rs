@@ -1,6 +1,6 @@
 //! Alerts: the post format admins write, and the alert mail parents get.
 //!
-//! The format (design §2.4), forgiving of what phones type:
+//! The format, forgiving of what phones type:
 //!
 //! ```text
 //! Subject: 不審な男性の声かけ

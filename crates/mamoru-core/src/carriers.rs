@@ -1,5 +1,5 @@
 //! Carrier pools: which recipient domains belong to which mobile carrier, and
-//! how fast the relay may send to each (design §7).
+//! how fast the relay may send to each.
 //!
 //! The carriers publish no numbers, so the built-in limits are conservative
 //! guesses; `[carriers.NAME]` tables override them key by key. A table for a
@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 /// The pool for every domain no other pool lists.
 pub const DEFAULT_POOL: &str = "default";
 
-/// RFC 5321 and design §7: never more than 100 RCPT per session.
+/// Never more than 100 RCPT per session.
 pub const MAX_MESSAGES_PER_CONNECTION: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +91,7 @@ impl CarrierConfig {
     }
 }
 
-/// The built-in pools (design §7).
+/// The built-in pools.
 pub fn default_carriers() -> BTreeMap<String, CarrierConfig> {
     let mut m = BTreeMap::new();
     m.insert("docomo".to_string(), CarrierConfig::carrier(&["docomo.ne.jp"]));

@@ -1,4 +1,4 @@
-//! Who really sent an alert post (design §5). A post counts only if its
+//! Who really sent an alert post. A post counts only if its
 //! From is an admin's address, the envelope sender is the same address, and
 //! the message is authenticated:
 //!

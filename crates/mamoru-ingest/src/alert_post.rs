@@ -1,4 +1,4 @@
-//! Alert posts by mail to `alert@DOMAIN` (design §2.4, §5).
+//! Alert posts by mail to `alert@DOMAIN`.
 //!
 //! The order of checks matters: who sent it (an active admin, authenticated)
 //! comes before anything is parsed or answered, so a forger gets no reply at

@@ -9,7 +9,7 @@
 //! wrappers and subjects in any charset), so they are never decoded; a 2 MB
 //! message costs one bounded scan for the end of the header section.
 //!
-//! The drop rules follow design §5: no reply to the null sender, to
+//! The drop rules are these: no reply to the null sender, to
 //! MAILER-DAEMON, to DSNs, to `Auto-Submitted` ≠ `no`, to
 //! `Precedence: bulk|list|junk`, to `List-Id`, nor to our own domain — a
 //! reply to any of those is either backscatter or the start of a mail loop.
@@ -142,8 +142,8 @@ fn classify_inner(rules: &Rules, env: &Envelope, raw: &[u8]) -> Result<EmailAddr
     // whose mail is slightly broken still belongs to a parent. The header
     // rules exist to stop auto-replies and bulk mail; real auto-responders
     // and list servers emit well-formed headers, and whatever slips through
-    // still meets the per-address cooldown and the daily and global caps
-    // (design §5), so it cannot turn us into a mail cannon.
+    // still meets the per-address cooldown and the daily and global caps,
+    // so it cannot turn us into a mail cannon.
     if let Ok((headers, _)) = mailparse::parse_headers(header_section) {
         if let Some(reason) = header_drop_reason(&headers) {
             return Err(reason);
@@ -465,7 +465,7 @@ mod tests {
     }
 
     /// A small deterministic fuzz: mutated messages and random bytes never
-    /// panic (design §5 asks that every parser be fuzzed; this is the cheap
+    /// panic (every parser is fuzzed; this is the cheap
     /// always-on part).
     #[test]
     fn never_panics_on_junk() {

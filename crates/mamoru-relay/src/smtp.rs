@@ -16,7 +16,7 @@
 //!   allows only ASCII host names as domains.
 //! - `send()`/`send_raw` abort the connection on any negative reply; here a
 //!   4xx/5xx to MAIL, RCPT or DATA is answered with RSET and the connection
-//!   serves the next message (design §6).
+//!   serves the next message.
 //!
 //! A 5xx fails the message, except a refusal of the session rather than of
 //! the message ([`session_refusal`]): a 530 at any step (RFC 3207's "Must
@@ -90,8 +90,8 @@ const STARTTLS_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Limit for the reply to the final dot, when the server does its work.
 const DATA_DONE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Transactions per connection at most (design §7: never more than 100 RCPT
-/// per session), whatever the pool's `messages_per_connection` says.
+/// Transactions per connection at most (carriers block senders that put more
+/// than 100 RCPT in one session), whatever the pool's `messages_per_connection` says.
 const MAX_PER_CONNECTION: usize = 100;
 
 /// How smarthost sessions are secured and authenticated (`[relay]

@@ -91,7 +91,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Subscriber row id.
 pub type SubscriberId = i64;
 
-/// Limits on 登録受付 mails (design §5).
+/// Limits on 登録受付 mails.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistrationLimits {
     pub cooldown_secs: i64,

@@ -1,4 +1,4 @@
-//! Fan-out benchmark (design §8): 100k active subscribers spread over 10
+//! Fan-out benchmark: 100k active subscribers spread over 10
 //! districts; an alert to 3 of them is published, and the time from the
 //! call to the commit of all its outbox rows is printed. Run through
 //! `scripts/bench-fanout` (release build). The rows hold no content: the

@@ -3,7 +3,7 @@
 //! preview → publish, alert history with delivery progress per carrier,
 //! admin accounts and the audit log.
 //!
-//! Security (design §5):
+//! Security:
 //! - The session cookie is `__Host-mamoru_admin`: `Secure`, `HttpOnly`,
 //!   `SameSite=Strict`, `Path=/`. It holds 32 random bytes; the store keeps
 //!   only their SHA-256. Sessions end after `[web] admin_idle_secs` idle.
@@ -313,8 +313,7 @@ async fn dashboard(web: &Arc<Web>, me: (&Admin, &str)) -> Answer {
     }
     out.push_str("</table>\n");
 
-    // Suspended subscribers get no mail until they confirm again (design
-    // §2.6); the dashboard shows how many and why, and which carriers
+    // Suspended subscribers get no mail until they confirm again; the dashboard shows how many and why, and which carriers
     // bounced or refused our mail lately ("blocked as spam" is about us,
     // not the subscriber).
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;

@@ -1,4 +1,4 @@
-//! The public archive (design §2.7): recent alerts as a page (`/alerts`,
+//! The public archive: recent alerts as a page (`/alerts`,
 //! `?d=ID` for one district) and as Atom feeds (`/alerts.atom`,
 //! `/alerts/{ID}.atom`) — a second channel when carriers delay mail.
 //!

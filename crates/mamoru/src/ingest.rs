@@ -1,6 +1,6 @@
 //! `mamoru ingest`, the Postfix `pipe(8)` entry point.
 //!
-//! Exit-code contract (design §4): 0 only after a durable commit or a
+//! Exit-code contract: 0 only after a durable commit or a
 //! deliberate, logged drop; 75 (EX_TEMPFAIL) for everything else, so Postfix
 //! keeps the message and retries. A panic is caught and becomes 75 too: exit
 //! code 101 would make Postfix bounce the mail to a sender that may be forged.

@@ -20,7 +20,7 @@ use crate::setup;
 /// How long shutdown waits for SMTP/LMTP transactions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Unconfirmed registrations are deleted after this long (design §5).
+/// Unconfirmed registrations are deleted after this long.
 const UNCONFIRMED_TTL: i64 = 72 * 3600;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

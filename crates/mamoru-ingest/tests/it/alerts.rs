@@ -1,5 +1,5 @@
 //! Alert posts to `alert@`: the format over the `fixtures/alerts/` corpus,
-//! and who may post (design §5) — with a real store, real DKIM signatures
+//! and who may post — with a real store, real DKIM signatures
 //! made with keys this test generates and pins in the configuration.
 
 use std::collections::BTreeMap;
