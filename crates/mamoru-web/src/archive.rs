@@ -3,7 +3,9 @@
 //! `/alerts/{ID}.atom`) — a second channel when carriers delay mail.
 //!
 //! No personal data: title, kind, districts, text and time only; not even
-//! which admin posted. テスト配信 never appears. Entries older than
+//! which admin posted. Every text goes through [`pages::escape`], which also
+//! leaves out the characters XML 1.0 forbids, so the feeds stay well-formed
+//! whatever an alert holds. テスト配信 never appears. Entries older than
 //! `[alerts] archive_days` drop out.
 
 use hyper::StatusCode;
@@ -116,7 +118,9 @@ fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -
         out.push_str("<entry><title>");
         let kind = if r.kind.is_empty() { String::new() } else { format!("[{}] ", r.kind) };
         escape(&mut out, &format!("{kind}{}（{}）", r.title, district_label(cfg, &r.districts)));
-        out.push_str(&format!("</title><id>tag:{},2026:alert-{}</id>", cfg.domain, r.id));
+        out.push_str("</title><id>");
+        escape(&mut out, &format!("tag:{},2026:alert-{}", cfg.domain, r.id));
+        out.push_str("</id>");
         out.push_str(&format!("<updated>{}</updated><published>{0}</published>", rfc3339(r.published_at)));
         out.push_str("<link rel=\"alternate\" href=\"");
         escape(&mut out, &format!("{base}/alerts"));
@@ -180,5 +184,89 @@ mod tests {
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(jst(1_795_000_000), "2026年11月18日 20:06");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    fn row(id: i64, title: &str, kind: &str, text: &str) -> AlertRow {
+        AlertRow {
+            id,
+            admin: 1,
+            admin_login: "admin".into(),
+            source: "panel".into(),
+            kind: kind.into(),
+            title: title.into(),
+            text: text.into(),
+            districts: vec![1],
+            is_test: false,
+            state: "published".into(),
+            created_at: 1_795_000_000,
+            published_at: 1_795_000_000,
+            recipients: 0,
+        }
+    }
+
+    /// Parses `xml` with Python's expat (an independent, strict XML 1.0
+    /// parser) and returns every entry's title and content as it reads
+    /// them.
+    fn parse_with_expat(xml: &str) -> Result<Vec<(String, String)>, String> {
+        use std::io::Write as _;
+        let script = r#"
+import sys
+import xml.etree.ElementTree as ET
+ns = {"a": "http://www.w3.org/2005/Atom"}
+try:
+    root = ET.fromstring(sys.stdin.buffer.read())
+except ET.ParseError as e:
+    print("not well-formed:", e, file=sys.stderr)
+    sys.exit(1)
+for e in root.findall("a:entry", ns):
+    for tag in ("a:title", "a:content"):
+        sys.stdout.buffer.write(((e.find(tag, ns).text or "") + "\0").encode())
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        child.stdin.take().expect("stdin").write_all(xml.as_bytes()).expect("write");
+        let out = child.wait_with_output().expect("python3 ends");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let fields: Vec<&str> = text.split_terminator('\0').collect();
+        Ok(fields.chunks(2).map(|p| (p[0].to_string(), p.get(1).copied().unwrap_or_default().to_string())).collect())
+    }
+
+    #[test]
+    fn feed_stays_well_formed_with_control_characters() {
+        let cfg = Config::default();
+        let text = "公園で\u{1}声かけ\u{8}\u{b}\u{c}\u{1b}[31m\u{7f}\u{85}\u{9f}\u{fffe}\u{ffff}\t終\r\nわり";
+        let rows = [row(7, "不審者\u{0}\u{1f}情報", "注意\u{2}", text)];
+        let xml = feed(&cfg, None, &rows, 1_795_000_000);
+        let entries = parse_with_expat(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        assert_eq!(entries.len(), 1);
+        let (title, content) = &entries[0];
+        assert!(title.starts_with("[注意] 不審者情報（"), "{title:?}");
+        // Line-like controls become line breaks, the others are dropped;
+        // tab and CR LF stay (XML reads CR LF as LF).
+        assert_eq!(content, "公園で声かけ\n\n[31m\n\t終\nわり");
+        // The HTML page drops the same characters.
+        let html = page(&cfg, None, &rows);
+        assert!(!html.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')), "{html:?}");
+        assert!(!html.contains(['\u{fffe}', '\u{ffff}']));
+    }
+
+    #[test]
+    fn feed_escapes_markup_and_cdata_ends() {
+        let cfg = Config::default();
+        let rows = [row(8, "]]> & <b>\"'", "A&B", "<script>alert(1)</script> ]]> &amp; 'q' \"d\"")];
+        let xml = feed(&cfg, Some(1), &rows, 1_795_000_000);
+        assert!(!xml.contains("]]>"), "{xml}");
+        let entries = parse_with_expat(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].0.starts_with("[A&B] ]]> & <b>\"'（"), "{:?}", entries[0].0);
+        assert_eq!(entries[0].1, "<script>alert(1)</script> ]]> &amp; 'q' \"d\"");
     }
 }

@@ -52,20 +52,28 @@ footer{margin-top:3rem;padding-top:1rem;border-top:1px solid #ddd;font-size:.9re
 
 /// Appends `s` with the five HTML-significant characters escaped, so it is
 /// safe both in text and inside a double- or single-quoted attribute.
+///
+/// It is also the one text rule of every page and feed: characters that XML
+/// 1.0 forbids even as references (C0 controls but tab, LF and CR; U+FFFE,
+/// U+FFFF) and the C1 controls and DEL (HTML parse errors, never meant in an
+/// alert) are not written; vertical tab, form feed and NEL, which pasted
+/// text uses as line breaks, become LF. So a stray byte in an alert cannot
+/// break the Atom feed for every reader.
 pub fn escape(out: &mut String, s: &str) {
-    let mut rest = s;
-    while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
-        out.push_str(&rest[..i]);
-        out.push_str(match rest.as_bytes()[i] {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            _ => "&#39;",
-        });
-        rest = &rest[i + 1..];
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            '\u{b}' | '\u{c}' | '\u{85}' => out.push('\n'),
+            '\u{fffe}' | '\u{ffff}' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
     }
-    out.push_str(rest);
 }
 
 /// Pages that only depend on the configuration, rendered once.
