@@ -11,9 +11,11 @@
 //! on text, not on messages. mailparse reads the message.
 //!
 //! A message that does not convert exactly (a character outside JIS X 0208,
-//! such as an emoji or 髙, or anything but a single text/plain part) is sent
-//! unchanged in UTF-8: a readable alert in the wrong charset for a few old
-//! phones beats a silently altered one.
+//! such as an emoji or 髙; one the encoder would replace by another, such as
+//! half-width ｶﾀｶﾅ or U+2212 −; or anything but a single text/plain part) is
+//! sent unchanged in UTF-8: a readable alert in the wrong charset for a few
+//! old phones beats a silently altered one. "Exactly" is checked, not
+//! assumed: each converted text is decoded again and compared (`encode`).
 
 use encoding_rs::ISO_2022_JP;
 use mailparse::{MailAddr, MailHeaderMap as _};
@@ -27,6 +29,10 @@ pub enum Unconvertible {
     NotPlainText,
     #[error("a character has no ISO-2022-JP form")]
     Unmappable,
+    /// The encoder would write another character than the one given (a
+    /// half-width katakana as full-width, U+2212 as U+FF0D).
+    #[error("a character would read back as another one")]
+    Altered,
     #[error("a line would exceed 998 bytes")]
     LongLine,
 }
@@ -35,12 +41,58 @@ pub enum Unconvertible {
 /// take 18 of the 75 characters, leaving 57 for base64, that is 42 bytes.
 const WORD_BYTES: usize = 42;
 
+/// `text` in ISO-2022-JP, only if it reads back exactly.
+///
+/// Every piece of text this module converts (each body line, the Subject,
+/// each display name) goes through here, and here only. The encoder alone
+/// is not enough: the WHATWG mapping encoding_rs implements writes
+/// half-width katakana as their full-width forms and U+2212 MINUS SIGN as
+/// U+FF0D without reporting an error, and it writes the IBM extension kanji
+/// (髙, 﨑) on rows 89–92, which are not JIS X 0208 and which the phones this
+/// conversion is for do not have. So the result is decoded again and
+/// compared with the input, and every two-byte character must lie on the
+/// JIS X 0208 rows 1–84 (row 13, NEC's ①–⑳ and Ⅰ–Ⅹ, is one of them and
+/// Japanese phones show it).
 fn encode(text: &str) -> Result<Vec<u8>, Unconvertible> {
     let (bytes, _, had_errors) = ISO_2022_JP.encode(text);
     if had_errors {
         return Err(Unconvertible::Unmappable);
     }
+    if !on_jis_x0208_rows(&bytes) {
+        return Err(Unconvertible::Unmappable);
+    }
+    let (back, had_errors) = ISO_2022_JP.decode_without_bom_handling(&bytes);
+    if had_errors || back != text {
+        return Err(Unconvertible::Altered);
+    }
     Ok(bytes.into_owned())
+}
+
+/// Whether every two-byte character of ISO-2022-JP `bytes` (after `ESC $ B`
+/// or `ESC $ @`) has its first byte on rows 1–84 (0x21–0x74).
+fn on_jis_x0208_rows(bytes: &[u8]) -> bool {
+    let mut two_byte = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i..] {
+            [0x1b, b'$', b'B' | b'@', ..] => {
+                two_byte = true;
+                i += 3;
+            }
+            [0x1b, b'(', _, ..] => {
+                two_byte = false;
+                i += 3;
+            }
+            [lead, ..] if two_byte => {
+                if !(0x21..=0x74).contains(&lead) {
+                    return false;
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 /// `text` as a header value: unchanged if it is printable ASCII, otherwise
@@ -180,6 +232,41 @@ mod tests {
         assert_eq!(to_iso2022jp(&sample("髙橋さんから連絡 🚨\n")), Err(Unconvertible::Unmappable));
         let multipart = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n";
         assert_eq!(to_iso2022jp(multipart), Err(Unconvertible::NotPlainText));
+    }
+
+    /// Converts `text` as the body and as the Subject; checks that what
+    /// converts reads back exactly (with mailparse's decoder) and that what
+    /// does not is refused.
+    fn body_and_subject(text: &str) -> Result<(), Unconvertible> {
+        let body = format!("{text}\n");
+        let msg = mail_builder::MessageBuilder::new()
+            .from(("守るネット", "ans@mamoru.example"))
+            .to("taro@docomo.ne.jp")
+            .subject(text)
+            .text_body(body.replace('\n', "\r\n"))
+            .write_to_vec()
+            .expect("render");
+        let out = to_iso2022jp(&msg)?;
+        let back = mailparse::parse_mail(&out).expect("parse");
+        assert_eq!(back.headers.get_first_value("Subject").as_deref(), Some(text), "subject of {text:?}");
+        assert_eq!(back.get_body().expect("body").replace("\r\n", "\n"), body, "body of {text:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn converts_exactly_or_not_at_all() {
+        // Read back as other characters by the WHATWG mapping.
+        assert_eq!(body_and_subject("ｶﾀｶﾅで連絡"), Err(Unconvertible::Altered));
+        assert_eq!(body_and_subject("気温 −3度"), Err(Unconvertible::Altered));
+        assert_eq!(header_text("ｶﾀｶﾅ"), Err(Unconvertible::Altered));
+        // No JIS X 0208 form, or only on the IBM extension rows.
+        assert_eq!(body_and_subject("15時〜16時"), Err(Unconvertible::Unmappable));
+        assert_eq!(body_and_subject("髙橋さん"), Err(Unconvertible::Unmappable));
+        assert_eq!(body_and_subject("﨑"), Err(Unconvertible::Unmappable));
+        assert_eq!(body_and_subject("至急 🚨"), Err(Unconvertible::Unmappable));
+        // These have exact forms and convert.
+        assert_eq!(body_and_subject("15時～16時 ①中央地区 Ⅱ 全角－ ＡＢＣ ¥100"), Ok(()));
+        assert_eq!(body_and_subject("カタカナ ＝ 高橋"), Ok(()));
     }
 
     #[test]

@@ -403,7 +403,7 @@ async fn worker(
         if pool.cfg.charset == Charset::Iso2022Jp {
             match charset::to_iso2022jp(&mail.content) {
                 Ok(converted) => mail.content = converted,
-                Err(e) => tracing::debug!(outbox = mail.id, reason = %e, "sending in UTF-8"),
+                Err(e) => tracing::info!(outbox = mail.id, reason = %e, "not re-encoded as ISO-2022-JP; sending in UTF-8"),
             }
         }
         if let Some(dkim) = &relay.dkim {
