@@ -50,15 +50,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SubscribersCommand {
-    /// Write confirmed subscribers as CSV: address,status,districts,
-    /// created_at,confirmed_at (districts as ids joined by ";"). The output
-    /// holds addresses in clear: handle it as personal data.
+    /// Write confirmed subscribers as CSV (UTF-8): address,status,districts,
+    /// created_at,confirmed_at (districts as ids joined by ";"). A cell that
+    /// starts with =, +, -, @ or ' gets a leading ' so that spreadsheets
+    /// show it as text; import removes it again. The output holds addresses
+    /// in clear: handle it as personal data.
     Export(ExportArgs),
     /// Read a CSV with an `address` column and an optional `districts`
-    /// column (ids or names joined by ";"; empty = every district).
-    /// Validates every row, skips duplicates and addresses already
-    /// registered, reports bad rows by line number, shows a progress bar.
-    /// Exits 1 if any row was bad (the good rows are imported).
+    /// column (ids or names joined by ";"; empty = every district); other
+    /// columns are ignored. UTF-8 (with or without BOM) or Shift_JIS, as
+    /// Excel saves "CSV UTF-8" and "CSV"; quoted fields may hold commas and
+    /// line breaks. Validates every row, skips duplicates and addresses
+    /// already registered, shows a progress bar. Bad rows are listed by the
+    /// line they start on and skipped; the good rows are imported and the
+    /// exit status is 1. A file in another encoding, empty or without an
+    /// `address` column imports nothing (exit 1).
     Import(ImportArgs),
 }
 

@@ -84,3 +84,72 @@ fn import_with_confirm_sends_a_registration_link_with_districts_preselected() {
     assert_eq!(http(server.http, "POST", &link_path(&m.body), Some("district=2&district=4")).status, 200);
     assert_eq!(inst.subscriber("parent@docomo.ne.jp").unwrap().status, "active");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/csv").join(name)
+}
+
+#[test]
+fn import_reads_excel_shift_jis_bom_utf8_and_multiline_fields() {
+    let inst = Instance::new(&[]);
+    for (name, summary) in [
+        ("excel-shift_jis.csv", "imported 3, invited 0, already registered 0, duplicates 0, bad rows 0"),
+        ("utf8-bom.csv", "imported 3, invited 0, already registered 0, duplicates 0, bad rows 0"),
+        ("multiline.csv", "imported 3, invited 0, already registered 0, duplicates 0, bad rows 0"),
+    ] {
+        let out = inst.cmd().args(["subscribers", "import"]).arg(fixture(name)).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{name}:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(summary), "{name}: {stdout}");
+    }
+    assert_eq!(inst.subscriber("taro..yamada.@docomo.ne.jp").unwrap().districts, vec![1, 3], "Shift_JIS district names");
+    assert_eq!(inst.subscriber("hanako@ezweb.ne.jp").unwrap().districts, vec![2]);
+    assert_eq!(inst.subscriber("-dash@ezweb.ne.jp").unwrap().districts, vec![3], "the export's ' guard removed");
+    assert_eq!(inst.subscriber("two@ezweb.ne.jp").unwrap().districts, vec![2]);
+    assert_eq!(inst.subscriber("three@au.com").unwrap().districts, vec![3]);
+
+    // Bad rows: physical line numbers, the good rows imported, exit 1.
+    let out = inst.cmd().args(["subscribers", "import"]).arg(fixture("bad-rows.csv")).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("imported 2, invited 0, already registered 0, duplicates 1, bad rows 3"), "{stdout}");
+    for l in ["line 4: not a valid address", "line 5: unknown district", "lines 8-9: not a valid address"] {
+        assert!(stderr.contains(l), "{l} in {stderr}");
+    }
+    assert!(!stderr.contains("line 2") && !stderr.contains("line 10"), "{stderr}");
+    assert!(inst.subscriber("ok3@au.com").is_some());
+
+    // Neither UTF-8 nor Shift_JIS: nothing imported, exit 1, the line named.
+    let latin = inst.dir.path().join("latin1.csv");
+    std::fs::write(&latin, b"address\nnew@au.com\nm\xfcller@au.com\n").unwrap();
+    let out = inst.cmd().args(["subscribers", "import"]).arg(&latin).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3: the file is neither UTF-8 nor Shift_JIS"), "{stderr}");
+    assert!(inst.subscriber("new@au.com").is_none(), "nothing imported");
+}
+
+#[test]
+fn export_cells_never_start_a_formula_and_import_back_unchanged() {
+    let inst = Instance::new(&[]);
+    let addrs = ["=1+1@docomo.ne.jp", "+plus@au.com", "-minus@ezweb.ne.jp", "'quote@au.com", "plain@i.softbank.jp"];
+    let csv = inst.dir.path().join("list.csv");
+    let list: String = addrs.iter().map(|a| format!("\"{a}\",1;3\n")).collect();
+    std::fs::write(&csv, format!("address,districts\n{list}").replace("\"'quote", "\"''quote")).unwrap();
+    let out = inst.cmd().args(["subscribers", "import"]).arg(&csv).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = inst.dir.path().join("export.csv");
+    let out = inst.cmd().args(["subscribers", "export", "-o"]).arg(&exported).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&exported).unwrap();
+    for line in text.lines() {
+        assert!(!line.starts_with(['=', '+', '-', '@', '\t', '\r']), "a spreadsheet runs {line:?}");
+    }
+    assert!(text.contains("'=1+1@docomo.ne.jp,active,1;3,"), "{text}");
+    let other = Instance::new(&[]);
+    let out = other.cmd().args(["subscribers", "import"]).arg(&exported).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for a in addrs {
+        assert_eq!(other.subscriber(a).map(|s| s.districts), Some(vec![1, 3]), "{a} after the round trip");
+    }
+}
