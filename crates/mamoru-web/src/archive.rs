@@ -96,7 +96,8 @@ fn page(cfg: &Config, district: Option<u32>, rows: &[AlertRow]) -> String {
     out
 }
 
-fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> String {
+/// The Atom feed of `rows` (newest first), of one district or all. Pure.
+pub fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> String {
     let base = cfg.base_url();
     let (title, path) = match district.and_then(|d| cfg.district(d)) {
         Some(d) => (format!("{}（{}）", cfg.service_name, d.name), format!("/alerts/{}.atom", d.id)),
