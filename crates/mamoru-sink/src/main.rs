@@ -1,6 +1,8 @@
 //! `mamoru-sink`: see the library documentation. Prints
-//! `sink listening on ADDR` once it accepts connections; stops on
-//! SIGINT/SIGTERM after writing the stats file.
+//! `sink listening on ADDR` once it accepts connections; on SIGINT/SIGTERM
+//! it stops accepting, waits for the open sessions to end (at most 30 s),
+//! writes the stats file a last time (`"stopped": true` if none was left
+//! open: the counts are final) and exits.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -34,7 +36,8 @@ struct Args {
     /// Append `MILLIS DOMAIN MESSAGE-ID` per received message to FILE.
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Rewrite FILE with JSON statistics every 200 ms and at exit.
+    /// Rewrite FILE with JSON statistics every 200 ms and at exit; only the
+    /// exit write, marked `"stopped": true`, is final.
     #[arg(long)]
     stats: Option<PathBuf>,
     /// Name in the greeting and EHLO reply.

@@ -88,6 +88,11 @@ pub struct DomainStats {
 pub struct Stats {
     pub domains: BTreeMap<String, DomainStats>,
     pub sessions: u64,
+    /// Sessions not yet ended (any domain, bound or not).
+    pub sessions_open: u64,
+    /// Set on the last write, after shutdown, once no session was open:
+    /// these counts are final.
+    pub stopped: bool,
     /// Accepted messages with a Message-ID seen more than once.
     pub duplicates: u64,
     pub accepted: u64,
@@ -143,6 +148,17 @@ impl Policy {
 
     pub fn session_opened(&mut self) {
         self.stats.sessions += 1;
+        self.stats.sessions_open += 1;
+    }
+
+    /// A session has ended, however it ended.
+    pub fn session_ended(&mut self) {
+        self.stats.sessions_open = self.stats.sessions_open.saturating_sub(1);
+    }
+
+    /// Marks the counts final (see [`Stats::stopped`]).
+    pub fn stop(&mut self) {
+        self.stats.stopped = self.stats.sessions_open == 0;
     }
 
     fn domain(&mut self, domain: &str) -> &mut DomainStats {

@@ -19,6 +19,8 @@ use crate::session::{Offers, Session, Step};
 /// allow a little more).
 const MAX_LINE: usize = 8192;
 const STATS_EVERY: Duration = Duration::from_millis(200);
+/// How long shutdown waits for open sessions before the last stats write.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How long a client may take for the TLS handshake after STARTTLS.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,7 +181,13 @@ impl Sink {
     }
 }
 
-/// Serves until `shutdown`, writing stats every 200 ms and at the end.
+/// Serves until `shutdown`, writing stats every 200 ms. Then it stops
+/// accepting, waits for the open sessions to end (at most [`DRAIN_LIMIT`];
+/// a message counts when its reply is decided, so a client that saw 250 is
+/// counted already, but a session may still be reading a message), and
+/// writes the stats a last time, with `stopped` set if none was left open:
+/// a reader that waits for the process to exit, or for `stopped`, reads
+/// final counts.
 pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationToken) -> Result<(), SinkError> {
     let mut tick = tokio::time::interval(STATS_EVERY);
     loop {
@@ -187,6 +195,9 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let _ = stream.set_nodelay(true);
+                    // Counted here, not in the task: a session accepted just
+                    // before shutdown is waited for too.
+                    sink.policy().session_opened();
                     tokio::spawn(connection(stream, Arc::clone(&sink)));
                 }
             }
@@ -194,10 +205,22 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
             _ = shutdown.cancelled() => break,
         }
     }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while sink.policy().stats().sessions_open > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sink.policy().stop();
     sink.write_stats()
 }
 
+/// One session, counted open until it ends, however it ends.
 async fn connection(stream: TcpStream, sink: Arc<Sink>) {
+    serve(stream, &sink).await;
+    sink.policy().session_ended();
+}
+
+async fn serve(stream: TcpStream, sink: &Arc<Sink>) {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
     let offers = Offers {
         starttls: sink.tls.is_some() || sink.handshake.is_some(),
@@ -205,7 +228,6 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
         require_tls: sink.require_tls,
     };
     let mut session = Session::with_offers(&sink.hostname, offers);
-    sink.policy().session_opened();
     let mut out = session.greeting().into_bytes();
     let mut line = Vec::with_capacity(256);
     'conn: loop {
@@ -264,7 +286,7 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
                     Ok(Ok(tls)) => io = BufReader::new(Box::new(tls)),
                     _ => {
                         sink.policy().tls_failed();
-                        return closed(&sink, &session);
+                        return closed(sink, &session);
                     }
                 }
                 session.tls_started();
@@ -272,7 +294,7 @@ async fn connection(stream: TcpStream, sink: Arc<Sink>) {
         }
     }
     let _ = io.shutdown().await;
-    closed(&sink, &session);
+    closed(sink, &session);
 }
 
 fn closed(sink: &Sink, session: &Session) {
@@ -365,6 +387,58 @@ mod tests {
         assert!(!(20..=24).contains(&GARBAGE[0]));
         assert_eq!(tls_failures(&sink).await, 1);
         stop.cancel();
+    }
+
+    async fn say(c: &mut BufReader<TcpStream>, line: &[u8]) -> String {
+        c.write_all(line).await.expect("write");
+        let mut reply = String::new();
+        loop {
+            let mut l = String::new();
+            c.read_line(&mut l).await.expect("reply");
+            reply.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_stats_write_waits_for_open_sessions_and_says_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stats.json");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut sink = Sink::new("sink.test", Default::default());
+        sink.stats_path = Some(path.clone());
+        let sink = Arc::new(sink);
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(run(listener, Arc::clone(&sink), stop.clone()));
+        let mut c = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        let mut greeting = String::new();
+        c.read_line(&mut greeting).await.expect("greeting");
+        say(&mut c, b"EHLO client.test\r\n").await;
+        assert!(say(&mut c, b"MAIL FROM:<a@relay.test>\r\n").await.starts_with("250"));
+        assert!(say(&mut c, b"RCPT TO:<b@example.com>\r\n").await.starts_with("250"));
+        assert!(say(&mut c, b"DATA\r\n").await.starts_with("354"));
+        let accepted = say(&mut c, b"Message-ID: <1@relay.test>\r\n\r\nhi\r\n.\r\n").await;
+        assert!(accepted.starts_with("250"), "{accepted}");
+
+        // Shutdown while the session is open: no final write yet.
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!server.is_finished(), "stopped with a session open");
+        // A message in the session is still counted.
+        assert!(say(&mut c, b"MAIL FROM:<a@relay.test>\r\n").await.starts_with("250"));
+        assert!(say(&mut c, b"RCPT TO:<c@example.com>\r\n").await.starts_with("250"));
+        assert!(say(&mut c, b"DATA\r\n").await.starts_with("354"));
+        assert!(say(&mut c, b"Message-ID: <2@relay.test>\r\n\r\nhi\r\n.\r\n").await.starts_with("250"));
+        say(&mut c, b"QUIT\r\n").await;
+        drop(c);
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("ends once the session closed").expect("join").expect("run");
+        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("stats file")).expect("json");
+        assert_eq!(stats["accepted"], 2, "{stats}");
+        assert_eq!(stats["sessions_open"], 0, "{stats}");
+        assert_eq!(stats["stopped"], true, "{stats}");
     }
 
     #[tokio::test]
