@@ -159,6 +159,11 @@ pub fn to_iso2022jp(raw: &[u8]) -> Result<Vec<u8>, Unconvertible> {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // A message without these headers is text/plain us-ascii by default
+    // (RFC 2045), which would leave the escape sequences undecoded.
+    if parsed.headers.get_first_header("Content-Type").is_none() {
+        out.extend_from_slice(b"Content-Type: text/plain; charset=ISO-2022-JP\r\n");
+    }
     if parsed.headers.get_first_header("Content-Transfer-Encoding").is_none() {
         out.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n");
     }
@@ -267,6 +272,18 @@ mod tests {
         // These have exact forms and convert.
         assert_eq!(body_and_subject("15時～16時 ①中央地区 Ⅱ 全角－ ＡＢＣ ¥100"), Ok(()));
         assert_eq!(body_and_subject("カタカナ ＝ 高橋"), Ok(()));
+    }
+
+    #[test]
+    fn a_message_without_content_type_gets_one() {
+        // No Content-Type: the body is read as the default charset, and
+        // its `§` has a JIS form.
+        let raw = b"From: a@mamoru.example\r\nSubject: hi\r\n\r\nSat\xa7\r\n";
+        let before = mailparse::parse_mail(raw).expect("parse").get_body().expect("body");
+        let out = to_iso2022jp(raw).expect("convertible");
+        let back = mailparse::parse_mail(&out).expect("parse");
+        assert_eq!(back.ctype.charset.to_ascii_lowercase(), "iso-2022-jp");
+        assert_eq!(back.get_body().expect("body").trim_end(), before.trim_end());
     }
 
     #[test]
