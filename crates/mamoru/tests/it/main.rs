@@ -6,6 +6,8 @@ mod alerts;
 mod browser;
 mod cli;
 mod crash;
+mod fuzz_checks;
+mod fuzz_smoke;
 mod pipe;
 mod postfix;
 mod serve;

@@ -1,0 +1,168 @@
+//! The properties every parser that sees outside input must keep, one
+//! function per fuzz target. The same functions run under libFuzzer
+//! (`fuzz/`, `scripts/fuzz`, coverage-guided, for hours) and in the normal
+//! test suite (`fuzz_smoke`, a bounded run on mutated seeds), so the two
+//! can never drift apart. A property breaks by panicking.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use mamoru_core::Config;
+use mamoru_core::token::{Claims, Purpose, TokenKey};
+use mamoru_ingest::Outcome;
+use mamoru_ingest::classify::{Envelope, Rules, classify as classify_mail};
+use mamoru_ingest::lmtp::proto::{Event, Limits, Session};
+use mamoru_web::form as web_form;
+
+/// Every target, by the name of its binary under `fuzz/fuzz_targets/`.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("lmtp", lmtp),
+    ("classify", classify),
+    ("dsn", dsn),
+    ("alert_format", alert_format),
+    ("html_to_text", html_to_text),
+    ("token", token),
+    ("form", form),
+    ("config", config),
+    ("iso2022jp", iso2022jp),
+];
+
+fn cfg() -> &'static Config {
+    static CFG: OnceLock<Config> = OnceLock::new();
+    CFG.get_or_init(|| Config::defaults(Path::new("/nonexistent")))
+}
+
+/// An LMTP conversation from arbitrary bytes, fed in chunks of the size the
+/// first byte says: the session never panics and never loops.
+pub fn lmtp(data: &[u8]) {
+    let Some((&chunk, input)) = data.split_first() else { return };
+    let chunk = usize::from(chunk % 64) + 1;
+    let mut session = Session::new("mx.fuzz", Limits { max_message_bytes: 4096, max_recipients: 4 });
+    let _ = session.greeting();
+    let mut accept = false;
+    for piece in input.chunks(chunk) {
+        session.push_input(piece);
+        // Every event consumes input or ends the session; a bound on the
+        // steps per chunk turns a livelock into a reported crash.
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps <= piece.len() + 16, "session made no progress");
+            match session.next_event() {
+                Event::Reply(_) => {}
+                Event::CheckRecipient(_) => {
+                    accept = !accept;
+                    let _ = session.recipient_checked(accept);
+                }
+                Event::Deliver(tx) => {
+                    let outcomes: Vec<Outcome> = tx.recipients.iter().map(|_| Outcome::Stored).collect();
+                    let _ = session.delivered(&outcomes);
+                }
+                Event::NeedInput => break,
+                Event::Close(_) => return,
+            }
+        }
+    }
+    let _ = session.shutdown();
+}
+
+/// Inbound classification of an arbitrary message, for a few envelopes.
+pub fn classify(data: &[u8]) {
+    let rules = Rules { domain: "mamoru.test", register_local: "ans", max_header_bytes: Rules::DEFAULT_MAX_HEADER_BYTES };
+    for (sender, recipient) in [
+        ("parent@docomo.ne.jp", "ans@mamoru.test"),
+        ("", "ans+chuo@mamoru.test"),
+        ("MAILER-DAEMON@x.jp", "bounce+1-abc@mamoru.test"),
+    ] {
+        let _ = classify_mail(&rules, &Envelope { sender, recipient }, data);
+    }
+}
+
+/// The bounce parser on an arbitrary returned message.
+pub fn dsn(data: &[u8]) {
+    let _ = mamoru_ingest::dsn::parse(data);
+}
+
+/// The alert post format: the first line is the subject, the rest the text.
+pub fn alert_format(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (subject, text) = text.split_once('\n').unwrap_or((text, ""));
+    if let Ok(draft) = mamoru_core::alert::parse_post(cfg(), subject, text) {
+        let _ = mamoru_core::alert::content(cfg(), &draft, false);
+    }
+    let _ = mamoru_core::alert::wrap(text, 36);
+}
+
+/// HTML-only posts become text, never longer than the input allows: no tag
+/// or entity makes text out of nothing.
+pub fn html_to_text(data: &[u8]) {
+    let Ok(html) = std::str::from_utf8(data) else { return };
+    let text = mamoru_ingest::alert_post::html_to_text(html);
+    assert!(text.len() <= html.len() * 4 + 16, "output grew beyond the input");
+}
+
+/// Verification accepts only what the key signed (re-signing the claims
+/// gives the same string: no second spelling of a token), and whatever it
+/// signs verifies back to the same claims.
+pub fn token(data: &[u8]) {
+    let key = TokenKey::new(&[7u8; 32]);
+    if let Ok(s) = std::str::from_utf8(data) {
+        for purpose in [Purpose::Register, Purpose::Manage, Purpose::Unsubscribe, Purpose::Publish] {
+            if let Ok(claims) = key.verify(s, purpose, 1_000) {
+                assert_eq!(key.sign(&claims), s, "accepted a token spelled differently from the one signed");
+            }
+        }
+    }
+    if data.len() >= 20 {
+        let word = |i: usize| data[i..i + 8].try_into().unwrap_or_default();
+        let expires_at = i64::from(u32::from_le_bytes(data[16..20].try_into().unwrap_or_default()));
+        let claims = Claims { purpose: Purpose::Manage, subject: u64::from_le_bytes(word(0)), nonce: word(8), expires_at };
+        let token = key.sign(&claims);
+        if expires_at > 1_000 {
+            assert_eq!(key.verify(&token, Purpose::Manage, 1_000).ok(), Some(claims));
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` bodies and the district choice.
+pub fn form(data: &[u8]) {
+    for (k, v) in web_form::pairs(data) {
+        assert!(k.len() <= data.len() * 3 && v.len() <= data.len() * 3, "decoded field longer than possible");
+    }
+    let _ = web_form::value(data, "email");
+    let _ = web_form::decode(data);
+    let _ = web_form::districts(data, cfg());
+}
+
+/// Configuration text: parsing and validation never panic.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(cfg) = Config::from_toml(text, Path::new("/nonexistent")) {
+        let _ = cfg.validate();
+        let _ = cfg.transport();
+        let _ = cfg.relay.smtp_tls();
+        let _ = cfg.alert_auth();
+        let _ = cfg.lmtp_listen();
+        let _ = cfg.web_listen();
+    }
+}
+
+fn subject_and_body(raw: &[u8]) -> Option<(String, String)> {
+    let m = mailparse::parse_mail(raw).ok()?;
+    let subject = m.headers.iter().find(|h| h.get_key_ref().eq_ignore_ascii_case("subject")).map(|h| h.get_value()).unwrap_or_default();
+    Some((subject, m.get_body().ok()?))
+}
+
+/// The per-pool ISO-2022-JP re-encoding: what it produces parses, and its
+/// subject and text decode back to exactly those of the input.
+pub fn iso2022jp(data: &[u8]) {
+    let Ok(out) = mamoru_relay::charset::to_iso2022jp(data) else { return };
+    let after = subject_and_body(&out);
+    assert!(after.is_some(), "converted mail does not parse");
+    if let (Some((s0, b0)), Some((s1, b1))) = (subject_and_body(data), after) {
+        assert_eq!(s0, s1, "subject changed");
+        // Line ends become CRLF on the way; nothing else may change.
+        let lines = |b: &str| b.replace("\r\n", "\n").trim_end_matches('\n').to_owned();
+        assert_eq!(lines(&b0), lines(&b1), "text changed");
+    }
+}
