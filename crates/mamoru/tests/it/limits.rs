@@ -148,9 +148,18 @@ fn behind_a_tls_proxy_the_proxy_address_is_held_only_to_the_total() {
         ("web.behind_tls_proxy", "true"),
         ("web.max_connections", "25"),
         ("web.max_connections_per_client", "5"),
+        ("web.header_timeout_secs", "2"),
     ]);
     let server = inst.serve();
     let web = server.http;
+    // A keep-alive connection left idle after its answer is closed by the
+    // header timeout too.
+    let mut ka = connect_from("127.0.0.1", web);
+    ka.write_all(format!("GET / HTTP/1.1\r\nHost: {web}\r\n\r\n").as_bytes()).expect("request");
+    let idle_from = Instant::now();
+    let (closed, said) = closed_within(&mut ka, Duration::from_secs(10));
+    assert!(closed && String::from_utf8_lossy(&said).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&said));
+    assert!(idle_from.elapsed() >= Duration::from_millis(1500), "kept alive until the timeout: {:?}", idle_from.elapsed());
     // The proxy (loopback) carries many clients: 20 connections stay open.
     let (kept, refused) = flood("127.0.0.1", web, 20);
     assert_eq!((kept.len(), refused.len()), (20, 0));
