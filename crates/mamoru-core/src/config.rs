@@ -99,6 +99,16 @@ pub struct IngestConfig {
     pub register_local: String,
     /// Largest inbound message accepted, in bytes (announced as LMTP SIZE).
     pub max_message_bytes: u64,
+    /// LMTP connections open at once; more get `421 4.7.0` (the file
+    /// descriptor budget of `mamoru serve` may lower it).
+    pub lmtp_max_connections: usize,
+    /// LMTP connections open at once from one client (IP address, IPv6 /64).
+    pub lmtp_max_connections_per_client: usize,
+    /// An LMTP connection silent this long is closed with 421.
+    pub lmtp_idle_secs: u64,
+    /// One LMTP transaction (MAIL to the replies after DATA) may take at
+    /// most this long, however steadily the client drips its bytes.
+    pub lmtp_transaction_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +143,19 @@ pub struct WebConfig {
     pub tls_key: String,
     /// Admin sessions end after this many seconds without a request.
     pub admin_idle_secs: i64,
+    /// HTTP connections open at once; more are closed unanswered (the file
+    /// descriptor budget of `mamoru serve` may lower it).
+    pub max_connections: usize,
+    /// HTTP connections open at once from one client (IP address, IPv6
+    /// /64). With `behind_tls_proxy`, loopback peers (the proxy) count only
+    /// towards `max_connections`.
+    pub max_connections_per_client: usize,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open.
+    pub header_timeout_secs: u64,
+    /// Admin password checks (argon2id, 19 MiB each) running at once; a
+    /// login beyond it is answered "busy" at once.
+    pub max_password_checks: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +322,15 @@ impl Default for Config {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { lmtp_listen: "127.0.0.1:2424".into(), register_local: "ans".into(), max_message_bytes: 10 * 1024 * 1024 }
+        Self {
+            lmtp_listen: "127.0.0.1:2424".into(),
+            register_local: "ans".into(),
+            max_message_bytes: 10 * 1024 * 1024,
+            lmtp_max_connections: 100,
+            lmtp_max_connections_per_client: 50,
+            lmtp_idle_secs: 300,
+            lmtp_transaction_secs: 600,
+        }
     }
 }
 
@@ -317,7 +348,17 @@ impl Default for TokensConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), behind_tls_proxy: false, tls_cert: String::new(), tls_key: String::new(), admin_idle_secs: 1800 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            behind_tls_proxy: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            admin_idle_secs: 1800,
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            header_timeout_secs: 30,
+            max_password_checks: 2,
+        }
     }
 }
 
@@ -411,6 +452,20 @@ impl Config {
             .ok_or_else(|| invalid("ingest.register_local", "must be a plain local part such as \"ans\""))?;
         if self.ingest.max_message_bytes < 1024 {
             return Err(invalid("ingest.max_message_bytes", "must be at least 1024"));
+        }
+        for (key, n) in [
+            ("ingest.lmtp_max_connections", self.ingest.lmtp_max_connections as u64),
+            ("ingest.lmtp_max_connections_per_client", self.ingest.lmtp_max_connections_per_client as u64),
+            ("ingest.lmtp_idle_secs", self.ingest.lmtp_idle_secs),
+            ("ingest.lmtp_transaction_secs", self.ingest.lmtp_transaction_secs),
+            ("web.max_connections", self.web.max_connections as u64),
+            ("web.max_connections_per_client", self.web.max_connections_per_client as u64),
+            ("web.header_timeout_secs", self.web.header_timeout_secs),
+            ("web.max_password_checks", self.web.max_password_checks as u64),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         positive("limits.register_cooldown_secs", self.limits.register_cooldown_secs, true)?;
         positive("limits.register_daily_cap", self.limits.register_daily_cap, false)?;

@@ -21,6 +21,7 @@ pub mod address;
 pub mod carriers;
 pub mod alert;
 pub mod config;
+pub mod conn_limit;
 pub mod keys;
 pub mod links;
 pub mod mail;

@@ -179,52 +179,73 @@ impl Store {
     }
 }
 
-/// At most this many failed logins per login ID per window.
+/// At most this many login attempts per login ID per window (a successful
+/// login clears the ID's count).
 pub const LOGIN_FAILURES_MAX: i64 = 5;
-/// At most this many failed logins per client (IP address, or IPv6 /64)
+/// At most this many login attempts per client (IP address, or IPv6 /64)
 /// per window, whatever the IDs tried: one client guessing across many IDs
-/// is stopped too.
+/// is stopped too. A successful login gives its attempt back.
 pub const LOGIN_FAILURES_PER_CLIENT_MAX: i64 = 20;
 /// The window of [`LOGIN_FAILURES_MAX`], in seconds.
 pub const LOGIN_WINDOW_SECS: i64 = 900;
 
+const LOGIN_SCOPE: &str = "admin-login";
+const LOGIN_CLIENT_SCOPE: &str = "admin-login-client";
+
 impl Store {
-    fn login_failures(conn: &rusqlite::Connection, scope: &str, key: &[u8], now: UnixTime) -> Result<i64> {
-        let n: Option<i64> = conn
-            .query_row(
-                "SELECT count FROM rate_limits WHERE scope = ?1 AND key = ?2 AND window_start = ?3",
-                params![scope, key, now.div_euclid(LOGIN_WINDOW_SECS)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(n.unwrap_or(0))
-    }
-
-    /// Is this login ID, or this client (a keyed hash of its address, see
-    /// `Sealer::keyed_index`), locked out by too many recent failures?
-    pub fn login_blocked(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
-        let conn = self.conn();
-        Ok(Self::login_failures(&conn, "admin-login", login.as_bytes(), now)? >= LOGIN_FAILURES_MAX
-            || Self::login_failures(&conn, "admin-login-client", client, now)? >= LOGIN_FAILURES_PER_CLIENT_MAX)
-    }
-
-    /// Counts a failed login against the ID (unknown IDs too, so probing
-    /// costs the same) and against the client.
-    pub fn record_login_failure(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
+    /// Reserves one login attempt for this login ID and this client (a keyed
+    /// hash of its address, see `Sealer::keyed_index`), before the password
+    /// is checked. `false`: either is locked out, nothing was counted, and
+    /// the password must not be checked.
+    ///
+    /// Each counter is one `INSERT … ON CONFLICT DO UPDATE … WHERE count <
+    /// max` statement and both are in one transaction: however many
+    /// attempts arrive at once, at most the limit of them get a slot, and a
+    /// refused attempt rolls back the counter it already took. Unknown IDs
+    /// count too, so probing costs the same.
+    pub fn take_login_attempt(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (scope, key) in [("admin-login", login.as_bytes()), ("admin-login-client", client)] {
-            tx.execute(
+        let window = now.div_euclid(LOGIN_WINDOW_SECS);
+        for (scope, key, max) in [(LOGIN_SCOPE, login.as_bytes(), LOGIN_FAILURES_MAX), (LOGIN_CLIENT_SCOPE, client, LOGIN_FAILURES_PER_CLIENT_MAX)] {
+            let taken = tx.execute(
                 "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
                  ON CONFLICT (scope, key) DO UPDATE SET
                      count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-                     window_start = excluded.window_start, last_at = excluded.last_at",
-                params![scope, key, now.div_euclid(LOGIN_WINDOW_SECS), now],
+                     window_start = excluded.window_start, last_at = excluded.last_at
+                 WHERE window_start <> excluded.window_start OR count < ?5",
+                params![scope, key, window, now, max],
             )?;
+            if taken == 0 {
+                // Dropping the transaction rolls back the other counter.
+                return Ok(false);
+            }
         }
-        let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
-        audit(&tx, now, "web", "admin-login-failed", &format!("login={shown}"))?;
         tx.commit()?;
+        Ok(true)
+    }
+
+    /// After a successful login (or password check) with an attempt from
+    /// [`Store::take_login_attempt`]: the ID's count is cleared and the
+    /// client's attempt given back.
+    pub fn login_attempt_succeeded(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
+        tx.execute(
+            "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND window_start = ?3 AND count > 0",
+            params![LOGIN_CLIENT_SCOPE, client, now.div_euclid(LOGIN_WINDOW_SECS)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a failed login to the audit log (the attempt was counted
+    /// when it was taken).
+    pub fn record_login_failure(&self, login: &str, now: UnixTime) -> Result<()> {
+        let conn = self.conn();
+        let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
+        audit(&conn, now, "web", "admin-login-failed", &format!("login={shown}"))?;
         Ok(())
     }
 
@@ -236,7 +257,6 @@ impl Store {
             "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![&id_hash[..], admin.id, csrf, now],
         )?;
-        tx.execute("DELETE FROM rate_limits WHERE scope = 'admin-login' AND key = ?1", [admin.login.as_bytes()])?;
         audit(&tx, now, &format!("admin:{}", admin.login), "admin-login", "")?;
         tx.commit()?;
         Ok(())

@@ -240,3 +240,67 @@ fn migrations_are_idempotent_and_refuse_the_future() {
     let err = Store::open(dir.path(), &keys, Duration::from_millis(100)).err().unwrap();
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }));
 }
+
+/// Concurrent attempts as the login handler makes them: take a slot, and
+/// only with a slot "verify" (here: count, then hold the slot a moment as a
+/// password check would) and fail.
+fn concurrent_login_attempts(store: &Store, logins: &[String], client: &[u8], now: UnixTime) -> usize {
+    let verified = std::sync::atomic::AtomicUsize::new(0);
+    let start = std::sync::Barrier::new(logins.len());
+    std::thread::scope(|s| {
+        for login in logins {
+            s.spawn(|| {
+                start.wait();
+                if store.take_login_attempt(login, client, now).unwrap() {
+                    verified.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    store.record_login_failure(login, now).unwrap();
+                }
+            });
+        }
+    });
+    verified.into_inner()
+}
+
+#[test]
+fn concurrent_wrong_logins_for_one_id_get_at_most_five_checks() {
+    let f = fixture();
+    let logins = vec!["chuo".to_string(); 30];
+    assert_eq!(concurrent_login_attempts(&f.store, &logins, b"client-a", T0), admins::LOGIN_FAILURES_MAX as usize);
+    // Locked for every client now; the refused attempts counted nothing
+    // against this client, so it may still try other IDs.
+    assert!(!f.store.take_login_attempt("chuo", b"client-b", T0).unwrap());
+    assert!(f.store.take_login_attempt("kita", b"client-a", T0).unwrap());
+    // The next window starts afresh.
+    assert!(f.store.take_login_attempt("chuo", b"client-a", T0 + admins::LOGIN_WINDOW_SECS).unwrap());
+}
+
+#[test]
+fn concurrent_logins_with_many_ids_from_one_client_get_at_most_twenty_checks() {
+    let f = fixture();
+    let logins: Vec<String> = (0..40).map(|i| format!("id{i}")).collect();
+    assert_eq!(concurrent_login_attempts(&f.store, &logins, b"client-a", T0), admins::LOGIN_FAILURES_PER_CLIENT_MAX as usize);
+    assert!(!f.store.take_login_attempt("fresh", b"client-a", T0).unwrap());
+    // The ID counter the refused attempt touched was rolled back: "fresh"
+    // still has all five attempts for another client.
+    for _ in 0..admins::LOGIN_FAILURES_MAX {
+        assert!(f.store.take_login_attempt("fresh", b"client-b", T0).unwrap());
+    }
+    assert!(!f.store.take_login_attempt("fresh", b"client-b", T0).unwrap());
+}
+
+#[test]
+fn a_successful_login_clears_the_id_and_gives_the_client_its_attempt_back() {
+    let f = fixture();
+    for _ in 0..4 {
+        assert!(f.store.take_login_attempt("chuo", b"client-a", T0).unwrap());
+    }
+    assert!(f.store.take_login_attempt("chuo", b"client-a", T0).unwrap());
+    f.store.login_attempt_succeeded("chuo", b"client-a", T0).unwrap();
+    for _ in 0..admins::LOGIN_FAILURES_MAX {
+        assert!(f.store.take_login_attempt("chuo", b"client-a", T0).unwrap());
+    }
+    // 5 + 5 taken, 1 given back: 9 of the client's 20.
+    let left = (0..20).filter(|i| f.store.take_login_attempt(&format!("x{i}"), b"client-a", T0).unwrap()).count();
+    assert_eq!(left, 11);
+}

@@ -8,12 +8,18 @@
 //!   `SameSite=Strict`, `Path=/`. It holds 32 random bytes; the store keeps
 //!   only their SHA-256. Sessions end after `[web] admin_idle_secs` idle.
 //! - Every POST but the login carries the session's CSRF token.
-//! - Failed logins are counted per login ID (unknown IDs too) and per
+//! - Login attempts are counted per login ID (unknown IDs too) and per
 //!   client address (an IPv6 client by its /64; behind a TLS proxy, the
 //!   address the proxy appended to `X-Forwarded-For`), and lock either for a
-//!   window; an unknown ID costs an argon2 verification like a wrong
+//!   window. An attempt takes its slot in one atomic store step *before*
+//!   the password is checked, so concurrent guesses cannot outrun the
+//!   limit; a success clears the ID's count and gives the client's slot
+//!   back. An unknown ID costs an argon2 verification like a wrong
 //!   password, so timing tells nothing. Counters hold a keyed hash of the
 //!   client address, never the address.
+//! - At most `[web] max_password_checks` argon2id runs (19 MiB each) at
+//!   once: login, password change and admin add; one more is answered 503
+//!   at once (and counts no attempt), never queued.
 //! - Only an admin not limited to some districts adds or disables admins,
 //!   and never disables itself.
 //! - Non-loopback clients are refused unless the listener speaks HTTPS
@@ -65,6 +71,21 @@ fn message(cfg: &Config, status: StatusCode, title: &str, line: &str) -> Answer 
 
 fn busy(cfg: &Config) -> Answer {
     message(cfg, StatusCode::SERVICE_UNAVAILABLE, "ただいま混み合っています", "しばらくしてからもう一度お試しください。")
+}
+
+/// A slot for one argon2id run (`[web] max_password_checks`), or `None`
+/// when all are taken: the caller answers [`checks_busy`] at once instead of
+/// queueing 19 MiB per waiting request.
+fn password_check(web: &Web) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    web.password_checks.clone().try_acquire_owned().ok()
+}
+
+/// Every password check slot is taken: try again in a moment. No login
+/// attempt was counted.
+fn checks_busy(cfg: &Config) -> Answer {
+    let mut a = busy(cfg);
+    a.headers.push((header::RETRY_AFTER, "5".into()));
+    a
 }
 
 fn session_id(headers: &HeaderMap) -> Option<[u8; 32]> {
@@ -239,18 +260,26 @@ async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answer {
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
     let pw = form::value(body, "password").unwrap_or_default().to_string();
     let now = mamoru_core::now();
+    let Some(permit) = password_check(web) else { return checks_busy(cfg) };
     let l = login.clone();
     let checked = blocking(web, move |w| {
-        if w.store.login_blocked(&l, &client, now)? {
+        let _permit = permit;
+        // The attempt is counted before the password is checked, in one
+        // atomic step: concurrent guesses cannot all pass a check that
+        // only later counts them.
+        if !w.store.take_login_attempt(&l, &client, now)? {
             return Ok(Err(true));
         }
         let creds = w.store.admin_credentials(&l)?;
         let hash = creds.as_ref().map_or(password::dummy_hash(), |(_, h)| h.as_str());
         let ok = password::verify(&pw, hash);
         match creds {
-            Some((admin, _)) if ok && admin.active => Ok(Ok(admin)),
+            Some((admin, _)) if ok && admin.active => {
+                w.store.login_attempt_succeeded(&l, &client, now)?;
+                Ok(Ok(admin))
+            }
             _ => {
-                w.store.record_login_failure(&l, &client, now)?;
+                w.store.record_login_failure(&l, now)?;
                 Ok(Err(false))
             }
         }
@@ -682,9 +711,11 @@ async fn add_admin(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) ->
         return refuse(&format!("パスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN)).await;
     }
     let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
     let actor = format!("admin:{}", me.0.login);
     let l = login.clone();
     let added = blocking(web, move |w| {
+        let _permit = permit;
         let mut s = [0u8; 16];
         s.copy_from_slice(&salt);
         // check_new passed, so hashing fails only if argon2 itself does.
@@ -774,17 +805,20 @@ async fn change_password(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], sid: [
         return page(StatusCode::BAD_REQUEST, password_page(&cfg, me, Some(Err(&e))));
     }
     let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
     let login = me.0.login.clone();
     let changed = blocking(web, move |w| {
-        // A guess at the current password counts like a failed login.
-        if w.store.login_blocked(&login, &client, now)? {
+        let _permit = permit;
+        // A guess at the current password counts like a login attempt.
+        if !w.store.take_login_attempt(&login, &client, now)? {
             return Ok(Some(false));
         }
         let Some((_, hash)) = w.store.admin_credentials(&login)? else { return Ok(None) };
         if !password::verify(&current, &hash) {
-            w.store.record_login_failure(&login, &client, now)?;
+            w.store.record_login_failure(&login, now)?;
             return Ok(Some(false));
         }
+        w.store.login_attempt_succeeded(&login, &client, now)?;
         let mut s = [0u8; 16];
         s.copy_from_slice(&salt);
         let Ok(new_hash) = password::hash(&new, &s) else { return Ok(None) };

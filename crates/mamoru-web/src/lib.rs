@@ -42,15 +42,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mamoru_core::Config;
+use mamoru_core::conn_limit::{ConnectionLimits, RefusalLog};
 use mamoru_core::token::TokenKey;
 use mamoru_store::Store;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// What the web pages need; built by the binary.
+/// What the web pages need; built by the binary with [`Web::new`].
 pub struct Web {
     pub cfg: Arc<Config>,
     pub store: Arc<Store>,
@@ -58,10 +59,18 @@ pub struct Web {
     /// Notified (`notify_one`) after anything is queued in the outbox, so the
     /// relay wakes up instead of waiting for its next poll.
     pub queued: Arc<Notify>,
+    /// Admin password checks in flight (`[web] max_password_checks`): each
+    /// argon2id run holds 19 MiB, so they are bounded and one beyond the
+    /// bound is refused at once, never queued.
+    pub password_checks: Arc<Semaphore>,
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+impl Web {
+    pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey, queued: Arc<Notify>) -> Self {
+        let password_checks = Arc::new(Semaphore::new(cfg.web.max_password_checks));
+        Self { cfg, store, tokens, queued, password_checks }
+    }
+}
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled; then stops
 /// accepting, lets requests in flight finish, closes idle connections and
@@ -100,11 +109,25 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> io::Result<A
     Ok(Arc::new(cfg))
 }
 
+/// Connection limits: every connection holds a slot of the listener's
+/// [`ConnectionLimits`] (`[web] max_connections`, and
+/// `max_connections_per_client` per IP address or IPv6 /64); one over either
+/// is closed at once, before any task or buffer is spent on it. Behind a TLS
+/// proxy (`[web] behind_tls_proxy`) every client arrives from the proxy's
+/// loopback address, so loopback peers count only towards the total there;
+/// the proxy limits its own clients. hyper's header-read timeout (`[web]
+/// header_timeout_secs`) runs whenever a request head is awaited, so it
+/// closes slow headers and idle keep-alive connections alike; a form body
+/// has its own time limit in the router, the TLS handshake its own here.
 async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, shutdown: CancellationToken) -> io::Result<()> {
+    let limits = ConnectionLimits::new(web.cfg.web.max_connections, web.cfg.web.max_connections_per_client);
+    let proxied = web.cfg.web.behind_tls_proxy;
+    let mut refusals = RefusalLog::new(Duration::from_secs(10));
+    let header_timeout = Duration::from_secs(web.cfg.web.header_timeout_secs);
     let app = Arc::new(routes::App::new(web));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -123,6 +146,16 @@ async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, s
                 }
             },
         };
+        let permit = match limits.try_acquire(peer.ip(), !(proxied && peer.ip().is_loopback())) {
+            Ok(p) => p,
+            Err(why) => {
+                drop(stream);
+                if let Some(refused) = refusals.note(std::time::Instant::now()) {
+                    tracing::warn!(%peer, ?why, refused, max = limits.max_total(), max_per_client = limits.max_per_client(), "http connections refused");
+                }
+                continue;
+            }
+        };
         // Small responses: send them at once instead of waiting for an ACK.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -133,6 +166,7 @@ async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, s
         let Some(acceptor) = tls.clone() else {
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "http connection ended with an error");
                 }
@@ -144,6 +178,7 @@ async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, s
         let watcher = graceful.watcher();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),

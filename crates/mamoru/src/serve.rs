@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mamoru_core::Config;
+use mamoru_core::conn_limit::ConnectionLimits;
 use mamoru_ingest::Registrar;
 use mamoru_ingest::lmtp::server::{self as lmtp, LmtpConfig};
 use mamoru_store::Store;
@@ -27,8 +28,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start async runtime")
 }
 
-pub fn serve(cfg: Config) -> anyhow::Result<()> {
+pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
     setup::init_logging("info");
+    apply_fd_budget(&mut cfg);
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
@@ -47,9 +49,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             hostname: cfg.domain.clone(),
             max_message_bytes: cfg.ingest.max_message_bytes,
             max_recipients: 100,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(cfg.ingest.lmtp_idle_secs),
+            transaction_timeout: Duration::from_secs(cfg.ingest.lmtp_transaction_secs),
+            connections: ConnectionLimits::new(cfg.ingest.lmtp_max_connections, cfg.ingest.lmtp_max_connections_per_client),
         };
-        let web = Arc::new(mamoru_web::Web { cfg: cfg.clone(), store: store.clone(), tokens: keys.token_key(), queued: wake.clone() });
+        let web = Arc::new(mamoru_web::Web::new(cfg.clone(), store.clone(), keys.token_key(), wake.clone()));
 
         let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
@@ -65,6 +69,73 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         ];
         run_until_signal(tasks, shutdown).await
     })
+}
+
+/// File descriptors kept out of the listeners' caps for everything else:
+/// stdio, SQLite (database, WAL and shared memory per connection), key and
+/// quarantine files, the resolver's sockets, the runtime's own. The relay's
+/// outgoing SMTP connections come on top (see [`fd_reserve`]).
+const FD_RESERVE_BASE: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, then makes the two
+/// listeners' total connection caps fit in what is left after the reserve
+/// for the relay and the store: a flood of one listener then ends at its own
+/// cap, and neither it nor the other listener nor the relay ever meets
+/// EMFILE.
+fn apply_fd_budget(cfg: &mut Config) {
+    let nofile = raise_nofile();
+    let reserve = fd_reserve(cfg);
+    let (web, lmtp) = (cfg.web.max_connections, cfg.ingest.lmtp_max_connections);
+    let (web2, lmtp2) = fd_budget(nofile, reserve, web, lmtp);
+    if (web2, lmtp2) != (web, lmtp) {
+        tracing::warn!(
+            nofile, reserve, web.max_connections = web2, ingest.lmtp_max_connections = lmtp2,
+            "the file-descriptor limit cannot hold the configured connection caps; lowered them (raise the hard limit, e.g. LimitNOFILE=)"
+        );
+    } else {
+        tracing::info!(nofile, reserve, web.max_connections = web, ingest.lmtp_max_connections = lmtp, "file-descriptor budget");
+    }
+    cfg.web.max_connections = web2;
+    cfg.ingest.lmtp_max_connections = lmtp2;
+}
+
+/// The soft `RLIMIT_NOFILE` after raising it as far as the hard limit allows.
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // None is "unlimited"; Linux never reports that for NOFILE, but take it
+    // at its word then.
+    let current = lim.current.unwrap_or(u64::MAX);
+    match lim.maximum {
+        Some(max) if max > current => match setrlimit(Resource::Nofile, Rlimit { current: Some(max), maximum: Some(max) }) {
+            Ok(()) => max,
+            Err(e) => {
+                tracing::warn!(error = %e, current, max, "could not raise the file-descriptor limit");
+                current
+            }
+        },
+        _ => current,
+    }
+}
+
+/// Descriptors kept for everything but the listeners: the base reserve and
+/// one per relay connection (every pool's `max_connections`).
+fn fd_reserve(cfg: &Config) -> u64 {
+    FD_RESERVE_BASE + cfg.carriers.values().map(|p| u64::from(p.max_connections)).sum::<u64>()
+}
+
+/// The listeners' total caps `(web, lmtp)` within `nofile - reserve`: as
+/// configured when they fit, otherwise scaled down in proportion (each at
+/// least 1).
+fn fd_budget(nofile: u64, reserve: u64, web: usize, lmtp: usize) -> (usize, usize) {
+    let available = nofile.saturating_sub(reserve).max(2);
+    let wanted = web as u64 + lmtp as u64;
+    if wanted <= available {
+        return (web, lmtp);
+    }
+    let lmtp2 = (lmtp as u64 * available / wanted).max(1);
+    let web2 = available.saturating_sub(lmtp2).max(1);
+    (web2.min(web as u64) as usize, lmtp2.min(lmtp as u64) as usize)
 }
 
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
@@ -256,5 +327,30 @@ async fn run_until_signal(tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_fit_the_descriptors_left_after_the_reserve() {
+        assert_eq!(fd_budget(1_048_576, 100, 1024, 100), (1024, 100));
+        // 1024 descriptors, 100 reserved: 924 shared in proportion.
+        let (web, lmtp) = fd_budget(1024, 100, 1024, 100);
+        assert!(web + lmtp <= 924, "{web} + {lmtp}");
+        assert_eq!(lmtp, 82);
+        assert_eq!(web, 842);
+        // Nothing left: each listener still gets one.
+        assert_eq!(fd_budget(50, 100, 1024, 100), (1, 1));
+    }
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_limit() {
+        let n = raise_nofile();
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(Some(n), lim.current);
+        assert_eq!(lim.current, lim.maximum);
     }
 }

@@ -2,6 +2,13 @@
 //! [`Session`]. Blocking [`Deliver`] calls run on tokio's blocking pool; a
 //! panic there becomes a 451 for that recipient, never a dropped connection.
 //!
+//! Limits: every connection holds a slot of the listener's
+//! [`ConnectionLimits`] (a total cap and a cap per client address); one over
+//! either is answered `421 4.7.0 too many connections` and closed without a
+//! task. A connection silent for `idle_timeout` is closed with 421, and so
+//! is a transaction that takes longer than `transaction_timeout` in all (a
+//! client dripping its DATA a byte at a time).
+//!
 //! Shutdown: on cancel the listener stops accepting; an idle connection gets
 //! `421 4.3.2` at once, a connection in the middle of a transaction finishes
 //! it (DATA included) and gets the 421 afterwards. [`run`] returns when every
@@ -13,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mamoru_core::EmailAddress;
+use mamoru_core::conn_limit::{ConnectionLimits, ConnectionPermit, Refused, RefusalLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -34,7 +42,16 @@ pub struct LmtpConfig {
     /// How long a connection may stay silent (or refuse to read our
     /// replies) before it is closed with 421.
     pub idle_timeout: Duration,
+    /// How long one transaction, from MAIL to the replies after DATA, may
+    /// take in all.
+    pub transaction_timeout: Duration,
+    /// The listener's connection caps (total and per client).
+    pub connections: Arc<ConnectionLimits>,
 }
+
+/// The answer to a connection over a cap, written without waiting (a
+/// client that does not read it just misses it).
+const TOO_MANY: &[u8] = b"421 4.7.0 too many connections\r\n";
 
 /// Serves LMTP on `listener` until `shutdown` is cancelled and every
 /// connection has finished.
@@ -46,17 +63,21 @@ pub async fn run(
 ) -> io::Result<()> {
     let cfg = Arc::new(cfg);
     let mut connections = JoinSet::new();
+    let mut refusals = RefusalLog::new(Duration::from_secs(10));
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             Some(joined) = connections.join_next() => log_join(joined),
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let span = info_span!("lmtp", %peer);
-                    let conn = connection(stream, peer, cfg.clone(), deliver.clone(), shutdown.clone());
-                    connections.spawn(conn.instrument(span));
-                }
+                Ok((stream, peer)) => match cfg.connections.try_acquire(peer.ip(), true) {
+                    Ok(permit) => {
+                        let span = info_span!("lmtp", %peer);
+                        let conn = connection(stream, peer, permit, cfg.clone(), deliver.clone(), shutdown.clone());
+                        connections.spawn(conn.instrument(span));
+                    }
+                    Err(why) => refuse(&stream, peer, why, &cfg.connections, &mut refusals),
+                },
                 Err(e) => {
                     // Usually EMFILE or a connection reset before accept;
                     // back off a little instead of spinning.
@@ -79,6 +100,19 @@ pub async fn run(
     Ok(())
 }
 
+/// Answers 421 without a task and closes (the stream drops here).
+fn refuse(stream: &TcpStream, peer: SocketAddr, why: Refused, limits: &ConnectionLimits, log: &mut RefusalLog) {
+    // A fresh socket's send buffer always takes these few bytes.
+    let _ = stream.try_write(TOO_MANY);
+    let Some(refused) = log.note(std::time::Instant::now()) else { return };
+    match why {
+        Refused::Total => warn!(%peer, max = limits.max_total(), refused, "lmtp connections refused: listener full"),
+        Refused::Client => {
+            warn!(%peer, max = limits.max_per_client(), refused, "lmtp connections refused: too many from one client")
+        }
+    }
+}
+
 fn log_join(joined: Result<(), tokio::task::JoinError>) {
     if let Err(e) = joined {
         error!(error = %e, "lmtp connection task failed");
@@ -88,6 +122,7 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    _permit: ConnectionPermit,
     cfg: Arc<LmtpConfig>,
     deliver: Arc<dyn Deliver>,
     shutdown: CancellationToken,
@@ -129,6 +164,8 @@ async fn serve(
     // whole batch of commands is answered in one write.
     let mut out = session.greeting().into_bytes();
     let mut buf = vec![0u8; 16 * 1024];
+    // When the transaction in progress must be over.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         match session.next_event() {
             Event::Reply(reply) => out.extend_from_slice(reply.as_bytes()),
@@ -162,20 +199,33 @@ async fn serve(
             }
             Event::NeedInput => {
                 flush(stream, &mut out, cfg.idle_timeout).await?;
+                deadline = match (session.in_transaction(), deadline) {
+                    (false, _) => None,
+                    (true, Some(d)) => Some(d),
+                    (true, None) => Some(tokio::time::Instant::now() + cfg.transaction_timeout),
+                };
+                let now = tokio::time::Instant::now();
+                let wait = deadline.map_or(cfg.idle_timeout, |d| cfg.idle_timeout.min(d.saturating_duration_since(now)));
+                if wait.is_zero() {
+                    return transaction_timed_out(stream, cfg).await;
+                }
                 let read = if shutdown.is_cancelled() {
                     if let Some(reply) = session.shutdown() {
                         out.extend_from_slice(reply.as_bytes());
                         continue;
                     }
                     // A transaction is in flight: let it finish.
-                    tokio::time::timeout(cfg.idle_timeout, stream.read(&mut buf)).await
+                    tokio::time::timeout(wait, stream.read(&mut buf)).await
                 } else {
                     tokio::select! {
                         () = shutdown.cancelled() => continue,
-                        read = tokio::time::timeout(cfg.idle_timeout, stream.read(&mut buf)) => read,
+                        read = tokio::time::timeout(wait, stream.read(&mut buf)) => read,
                     }
                 };
                 match read {
+                    Err(_elapsed) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => {
+                        return transaction_timed_out(stream, cfg).await;
+                    }
                     Err(_elapsed) => {
                         info!(in_transaction = session.in_transaction(), "lmtp idle timeout");
                         out.extend_from_slice(session.timeout_reply().as_bytes());
@@ -194,6 +244,16 @@ async fn serve(
             }
         }
     }
+}
+
+/// The transaction ran out of time: 421 and close. Nothing of it was
+/// delivered (delivery starts only after the whole message is in).
+async fn transaction_timed_out(stream: &mut TcpStream, cfg: &LmtpConfig) -> io::Result<()> {
+    info!(budget_secs = cfg.transaction_timeout.as_secs(), "lmtp transaction took too long");
+    let mut out = format!("421 4.4.2 {} transaction took too long, closing connection\r\n", cfg.hostname).into_bytes();
+    flush(stream, &mut out, cfg.idle_timeout).await?;
+    let _ = stream.shutdown().await;
+    Ok(())
 }
 
 /// Hands the message to the deliverer once per recipient, in order. Each

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mamoru_core::conn_limit::ConnectionLimits;
 use mamoru_ingest::lmtp::{LmtpConfig, run};
 use mamoru_ingest::{Deliver, Outcome};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -82,6 +83,8 @@ fn config() -> LmtpConfig {
         max_message_bytes: MAX_BYTES,
         max_recipients: 100,
         idle_timeout: WAIT,
+        transaction_timeout: WAIT,
+        connections: ConnectionLimits::new(100, 50),
     }
 }
 
@@ -505,5 +508,100 @@ async fn idle_connections_time_out() {
     c.command("LHLO client.test").await;
     assert_eq!(c.reply().await, "421 4.4.2 lmtp.mamoru.test idle timeout, closing connection");
     c.expect_eof().await;
+    server.stop().await;
+}
+
+/// A raw connection from a chosen loopback address (the whole 127/8 is
+/// loopback on Linux, so each address is a different client).
+async fn connect_from(server: &Server, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind source");
+    socket.connect(server.addr).await.expect("connect")
+}
+
+/// The first line the server sends, then whether it closed the connection.
+async fn first_line(stream: tokio::net::TcpStream) -> (String, bool) {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, r.read_line(&mut line)).await.expect("line in time").expect("read");
+    let mut rest = [0u8; 64];
+    let closed = matches!(tokio::time::timeout(Duration::from_millis(300), r.read(&mut rest)).await, Ok(Ok(0)));
+    (line.trim_end().to_owned(), closed)
+}
+
+#[tokio::test]
+async fn connections_over_the_per_client_cap_get_421_and_other_clients_are_served() {
+    let server = start(LmtpConfig { connections: ConnectionLimits::new(10, 2), ..config() }).await;
+    let mut held = vec![];
+    for _ in 0..2 {
+        let s = connect_from(&server, "127.0.0.1").await;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("greeting");
+        assert!(line.starts_with("220 "), "{line}");
+        held.push(r);
+    }
+    let (line, closed) = first_line(connect_from(&server, "127.0.0.1").await).await;
+    assert_eq!(line, "421 4.7.0 too many connections");
+    assert!(closed, "refused connection is closed");
+    // Another client is not affected.
+    let (line, closed) = first_line(connect_from(&server, "127.0.0.2").await).await;
+    assert!(line.starts_with("220 "), "{line}");
+    assert!(!closed);
+    // Closing one frees its slot.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (line, _) = first_line(connect_from(&server, "127.0.0.1").await).await;
+    assert!(line.starts_with("220 "), "{line}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_total_cap_get_421() {
+    let server = start(LmtpConfig { connections: ConnectionLimits::new(3, 50), ..config() }).await;
+    let mut held = vec![];
+    for i in 1..=3 {
+        let s = connect_from(&server, &format!("127.0.0.{i}")).await;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("greeting");
+        assert!(line.starts_with("220 "), "{line}");
+        held.push(r);
+    }
+    let (line, closed) = first_line(connect_from(&server, "127.0.0.9").await).await;
+    assert_eq!(line, "421 4.7.0 too many connections");
+    assert!(closed);
+    drop(held);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_dripping_transaction_runs_out_of_time_and_stores_nothing() {
+    let idle = Duration::from_millis(400);
+    let server = start(LmtpConfig { idle_timeout: idle, transaction_timeout: Duration::from_millis(1200), ..config() }).await;
+    let mut c = Client::connect(&server).await;
+    c.command("LHLO client.test").await;
+    c.command("MAIL FROM:<parent@example.org>").await;
+    assert!(c.command("RCPT TO:<stored@mamoru.test>").await.starts_with("250"));
+    assert!(c.command("DATA").await.starts_with("354"));
+    // One byte every 200 ms: never idle for 400 ms, so only the budget ends it.
+    let started = std::time::Instant::now();
+    let mut reply = String::new();
+    for b in b"Subject: slow\r\n\r\n".iter().cycle().take(60) {
+        if c.writer.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut line = String::new();
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), c.reader.read_line(&mut line)).await {
+            if n > 0 {
+                reply = line.trim_end().to_owned();
+            }
+            break;
+        }
+    }
+    assert_eq!(reply, "421 4.4.2 lmtp.mamoru.test transaction took too long, closing connection");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.expect_eof().await;
+    assert!(server.deliver.deliveries().is_empty(), "nothing of the message is delivered");
     server.stop().await;
 }

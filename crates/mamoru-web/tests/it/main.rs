@@ -49,7 +49,7 @@ async fn start() -> Server {
     let keys = keys::load_or_create(dir.path()).unwrap();
     let store = Store::open(dir.path(), &keys, Duration::from_secs(5)).unwrap();
     let cfg = Config::defaults(dir.path());
-    let web = Arc::new(Web { cfg: Arc::new(cfg), store: Arc::new(store), tokens: keys.token_key(), queued: Arc::new(Notify::new()) });
+    let web = Arc::new(Web::new(Arc::new(cfg), Arc::new(store), keys.token_key(), Arc::new(Notify::new())));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -563,7 +563,7 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
     assert_eq!(a.status, 200);
     let mut cfg = (*server.web.cfg).clone();
     cfg.web.behind_tls_proxy = true;
-    let proxied = Arc::new(Web { cfg: Arc::new(cfg), store: server.web.store.clone(), tokens: server.keys.token_key(), queued: Arc::new(Notify::new()) });
+    let proxied = Arc::new(Web::new(Arc::new(cfg), server.web.store.clone(), server.keys.token_key(), Arc::new(Notify::new())));
     let a = mamoru_web::admin::handle(proxied, &get, "/admin/login", &headers, body, remote).await;
     assert_eq!(a.status, 200);
     assert!(a.headers.iter().any(|(k, _)| k == hyper::header::STRICT_TRANSPORT_SECURITY));

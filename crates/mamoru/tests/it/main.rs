@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod fuzz_checks;
 mod fuzz_smoke;
+mod limits;
 mod pipe;
 mod postfix;
 mod serve;
