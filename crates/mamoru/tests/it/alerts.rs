@@ -313,7 +313,7 @@ fn alert_post_from_the_command_line_previews_or_publishes_with_yes() {
 }
 
 /// HTTP with extra request headers (a cookie), over a real socket.
-fn http_h(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> Response {
+pub fn http_h(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> Response {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
     let body = form.unwrap_or("");
@@ -330,7 +330,7 @@ fn http_h(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str
     Response { status, headers, body: body.to_string() }
 }
 
-fn form_escape(s: &str) -> String {
+pub fn form_escape(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
