@@ -74,6 +74,9 @@ pub enum RowError {
     Address,
     #[error("unknown district {0:?}")]
     District(String),
+    /// Not echoed: it looks like an address (columns mixed up).
+    #[error("an address in the districts column")]
+    AddressAsDistrict,
     #[error("not a CSV record: {0}")]
     Csv(String),
 }
@@ -173,6 +176,7 @@ pub fn parse_districts(cfg: &Config, field: &str) -> Result<Vec<u32>, RowError> 
         let found = part.parse::<u32>().ok().and_then(|id| cfg.district(id)).or_else(|| cfg.districts.iter().find(|d| d.name == part));
         match found {
             Some(d) => ids.push(d.id),
+            None if part.contains('@') => return Err(RowError::AddressAsDistrict),
             None => return Err(RowError::District(part.to_string())),
         }
     }
@@ -375,6 +379,7 @@ mod tests {
         assert_eq!(parse_districts(&cfg, "中央地区;昭和地区"), Ok(vec![1, 3]));
         assert_eq!(parse_districts(&cfg, "").map(|v| v.len()), Ok(10));
         assert_eq!(parse_districts(&cfg, "99"), Err(RowError::District("99".into())));
+        assert_eq!(parse_districts(&cfg, "1;hanako@ezweb.ne.jp"), Err(RowError::AddressAsDistrict), "never echoed");
     }
 
     #[test]
