@@ -7,7 +7,7 @@
 //! From of the post. A redelivered post (same Message-ID, or the same bytes
 //! when there is none) records nothing the second time.
 
-use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
+use mailparse::{DispositionType, MailHeader, MailHeaderMap as _, ParsedMail};
 use mamoru_core::alert::{self, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
@@ -17,7 +17,7 @@ use mamoru_store::alerts::{Drafted, NewAlert};
 use ring::digest;
 
 use crate::Outcome;
-use crate::alert_auth;
+use crate::{alert_auth, classify, mime};
 
 /// Is `recipient` the alert address (`alert@DOMAIN`, case-insensitive,
 /// no `+tag`: the privileged address has exactly one spelling)?
@@ -91,20 +91,38 @@ pub fn html_to_text(html: &str) -> String {
     decoded.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
-/// The replay key of a post: its Message-ID, or a digest of the bytes.
-fn source_key(parsed: &ParsedMail<'_>, raw: &[u8]) -> String {
-    match parsed.headers.get_first_value("Message-ID").map(|v| v.trim().to_string()) {
+/// The replay key of a post: the signature of a DKIM-verified post (signed
+/// content: unsigned headers added to a replay change nothing), else its
+/// Message-ID, else a digest of the bytes.
+fn source_key(headers: &[MailHeader<'_>], raw: &[u8], signature: Option<&[u8]>) -> String {
+    let hex = |d: digest::Digest| d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if let Some(b) = signature {
+        return format!("dkim:{}", hex(digest::digest(&digest::SHA256, b)));
+    }
+    match headers.get_first_value("Message-ID").map(|v| v.trim().to_string()) {
         Some(id) if !id.is_empty() => format!("mid:{}", id.chars().take(250).collect::<String>()),
-        _ => {
-            let d = digest::digest(&digest::SHA256, raw);
-            format!("sha256:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
-        }
+        _ => format!("sha256:{}", hex(digest::digest(&digest::SHA256, raw))),
     }
 }
 
+/// Header fields a post may carry at most once (RFC 5322 allows one of
+/// each). A second instance is how a captured signed post is re-titled or
+/// replayed (DKIM covers only the bottom-most instance, readers take the
+/// top one), so a post with one is refused before anything else is read.
+pub const SINGLE_HEADERS: [&str; 5] = ["from", "subject", "date", "message-id", "to"];
+
+/// The first of [`SINGLE_HEADERS`] that appears more than once. Names are
+/// compared as DKIM canonicalisation does: case-insensitive, white space
+/// before the colon ignored.
+pub fn duplicated_header(headers: &[MailHeader<'_>]) -> Option<&'static str> {
+    SINGLE_HEADERS.into_iter().find(|name| {
+        headers.iter().filter(|h| h.get_key_raw().trim_ascii().eq_ignore_ascii_case(name.as_bytes())).take(2).count() > 1
+    })
+}
+
 /// The single From address of a post.
-fn from_address(parsed: &ParsedMail<'_>) -> Option<EmailAddress> {
-    let from = parsed.headers.get_all_values("From");
+fn from_address(headers: &[MailHeader<'_>]) -> Option<EmailAddress> {
+    let from = headers.get_all_values("From");
     let [one] = from.as_slice() else { return None };
     let list = mailparse::addrparse(one).ok()?;
     let [mailparse::MailAddr::Single(info)] = list.as_slice() else { return None };
@@ -179,12 +197,46 @@ impl AlertPoster<'_> {
         Ok(mail::message_id(&random, self.cfg))
     }
 
+    /// Answers an authenticated admin's post that cannot become a draft,
+    /// once (the replay key is recorded with the rejection).
+    fn reject(&self, admin: &Admin, key: &str, subject: &str, e: FormatError) -> Outcome {
+        let now = (self.clock)();
+        let cfg = self.cfg;
+        let mid = match self.message_id() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let reply = alert::rejected(cfg, std::slice::from_ref(&e), subject, &admin.email, now, mid);
+        let reason = format!("{e:?}").split(['(', ' ']).next().unwrap_or("format").to_string();
+        let title: String = subject.chars().take(alert::MAX_TITLE_CHARS).collect();
+        match self.store.reject_post(admin.id, key, &title, &reason, &reply, now, now + cfg.relay.max_age_secs) {
+            Ok(true) => {
+                tracing::info!(admin = %admin.login, reason, "malformed alert post answered");
+                Outcome::Stored
+            }
+            Ok(false) => Outcome::Dropped("alert: duplicate".into()),
+            Err(e) => Outcome::Transient(e.to_string()),
+        }
+    }
+
     /// Handles one message to the alert address.
+    ///
+    /// Only the header section is read until the sender is known to be an
+    /// authenticated admin; the MIME structure is parsed (within
+    /// [`mime::Limits::DEFAULT`]) only then, and a post beyond those bounds is
+    /// answered as unreadable.
     pub fn deliver(&self, sender: &str, sasl_username: Option<&str>, raw: &[u8]) -> Outcome {
-        let Ok(parsed) = mailparse::parse_mail(raw) else { return self.refuse("unparsable", String::new()) };
-        let Some(from) = from_address(&parsed) else { return self.refuse("no-single-from", String::new()) };
-        let envelope = EmailAddress::parse(sender.trim_matches(['<', '>']));
+        let limits = mime::Limits::DEFAULT;
+        let Some(section) = classify::header_section(raw, limits.max_header_bytes) else {
+            return self.refuse("headers-too-large", String::new());
+        };
+        let Ok((headers, _)) = mailparse::parse_headers(section) else { return self.refuse("unparsable", String::new()) };
+        let Some(from) = from_address(&headers) else { return self.refuse("no-single-from", String::new()) };
         let masked = from.masked();
+        if let Some(name) = duplicated_header(&headers) {
+            return self.refuse("duplicate-header", format!("header={name} from={masked}"));
+        }
+        let envelope = EmailAddress::parse(sender.trim_matches(['<', '>']));
         if envelope.as_ref().map(|e| e.canonical()) != Ok(from.canonical()) {
             return self.refuse("envelope-from-mismatch", format!("from={masked}"));
         }
@@ -194,10 +246,18 @@ impl AlertPoster<'_> {
             Ok(None) => return self.refuse("not-an-admin", format!("from={masked}")),
             Err(e) => return Outcome::Transient(e.to_string()),
         };
-        let Some(how) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
+        let Some(auth) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
             return self.refuse("not-authenticated", format!("admin={}", admin.login));
         };
-        let key = source_key(&parsed, raw);
+        let key = source_key(&headers, raw, auth.signature.as_deref());
+        let parsed = match mime::parse(raw, &limits) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(admin = %admin.login, error = %e, "alert post not parsed");
+                let subject = headers.get_first_value("Subject").unwrap_or_default();
+                return self.reject(&admin, &key, &subject, FormatError::Unreadable);
+            }
+        };
         let post = extract(&parsed);
         let now = (self.clock)();
         let cfg = self.cfg;
@@ -207,29 +267,13 @@ impl AlertPoster<'_> {
         });
         let draft = match draft {
             Ok(d) => d,
-            Err(e) => {
-                let mid = match self.message_id() {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
-                let reply = alert::rejected(cfg, std::slice::from_ref(&e), &post.subject, &admin.email, now, mid);
-                let reason = format!("{e:?}").split(['(', ' ']).next().unwrap_or("format").to_string();
-                let title: String = post.subject.chars().take(alert::MAX_TITLE_CHARS).collect();
-                return match self.store.reject_post(admin.id, &key, &title, &reason, &reply, now, now + cfg.relay.max_age_secs) {
-                    Ok(true) => {
-                        tracing::info!(admin = %admin.login, reason, "malformed alert post answered");
-                        Outcome::Stored
-                    }
-                    Ok(false) => Outcome::Dropped("alert: duplicate".into()),
-                    Err(e) => Outcome::Transient(e.to_string()),
-                };
-            }
+            Err(e) => return self.reject(&admin, &key, &post.subject, e),
         };
         let Ok(random) = random12(self.store) else { return Outcome::Transient("random source failed".into()) };
         let result = queue_preview(cfg, self.store, self.tokens, &admin, &draft, "mail", &key, post.attachments, false, now, &random);
         match result {
             Ok(Drafted::Created { alert, .. }) => {
-                tracing::info!(alert, admin = %admin.login, auth = how.as_str(), "alert post accepted; preview queued");
+                tracing::info!(alert, admin = %admin.login, auth = auth.how.as_str(), "alert post accepted; preview queued");
                 Outcome::Stored
             }
             Ok(Drafted::Duplicate) => {
