@@ -64,31 +64,130 @@ fn walk(part: &ParsedMail<'_>, plain: &mut Option<String>, html: &mut Option<Str
 }
 
 /// Just enough HTML to text for phone mailers' HTML-only mail: line breaks
-/// for `<br>`, `</p>` and `</div>`, tags dropped, common entities decoded.
+/// for `<br>` and the ends of `p`, `div`, `tr` and `li`, tags and comments
+/// dropped (a `>` inside a quoted attribute value or a comment does not end
+/// them), the content of `style`, `script` and `head` dropped, character
+/// references decoded (the common named ones, decimal and hexadecimal).
+///
+/// A small state machine rather than an HTML5 parser crate: the only
+/// candidates (html2text and friends, built on html5ever) bring a large
+/// dependency tree for what is a text extraction of a short post. One pass
+/// over the input, so time and memory are linear whatever the markup.
 pub fn html_to_text(html: &str) -> String {
-    let mut out = String::new();
-    let mut rest = html;
-    while let Some(lt) = rest.find('<') {
-        out.push_str(&rest[..lt]);
-        let Some(gt) = rest[lt..].find('>') else { break };
-        let tag = rest[lt + 1..lt + gt].trim().to_ascii_lowercase();
-        let name = tag.trim_start_matches('/').split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("");
-        if matches!(name, "br" | "p" | "div" | "tr" | "li") && (name == "br" || tag.starts_with('/')) {
-            out.push('\n');
-        }
-        if !tag.starts_with('/') && matches!(name, "style" | "script" | "head") {
-            // Skip the element's content too.
-            let close = format!("</{name}");
-            let after = &rest[lt + gt + 1..];
-            rest = after.to_ascii_lowercase().find(&close).map_or("", |i| &after[i..]);
+    // ASCII lower-casing keeps every byte offset, so `lower` and `html` are
+    // indexed alike; all the markup bytes looked at are ASCII, so every
+    // index below is a character boundary.
+    let lower = html.to_ascii_lowercase();
+    let b = html.as_bytes();
+    let mut out = String::with_capacity(html.len());
+    let (mut i, mut text_start) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
             continue;
         }
-        rest = &rest[lt + gt + 1..];
+        push_decoded(&mut out, &html[text_start..i]);
+        if lower[i..].starts_with("<!--") {
+            i = lower[i + 4..].find("-->").map_or(b.len(), |p| i + 4 + p + 3);
+            text_start = i;
+            continue;
+        }
+        if !b.get(i + 1).is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'/' | b'!' | b'?')) {
+            // `a < b`: a plain less-than sign.
+            out.push('<');
+            i += 1;
+            text_start = i;
+            continue;
+        }
+        let Some(end) = tag_end(b, i + 1) else {
+            // An unterminated tag: the rest is inside it.
+            text_start = b.len();
+            break;
+        };
+        let tag = &lower[i + 1..end];
+        let closing = tag.starts_with('/');
+        let name = tag.trim_start_matches('/').split(|c: char| c.is_ascii_whitespace() || c == '/').next().unwrap_or("");
+        if matches!(name, "br" | "p" | "div" | "tr" | "li") && (name == "br" || closing) {
+            out.push('\n');
+        }
+        i = end + 1;
+        if !closing && matches!(name, "style" | "script" | "head") {
+            // Skip the element's content too.
+            i = lower[i..].find(&format!("</{name}")).map_or(b.len(), |p| i + p);
+        }
+        text_start = i;
+    }
+    push_decoded(&mut out, &html[text_start.min(b.len())..]);
+    let out = out.replace('\r', "");
+    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+/// The index of the `>` that ends the tag whose name starts at `from`: not
+/// one inside a quoted attribute value (`title="a>b"`).
+fn tag_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut after_eq = false;
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'>' => return Some(i),
+            b'=' => after_eq = true,
+            q @ (b'"' | b'\'') if after_eq => {
+                i += 1 + b[i + 1..].iter().position(|&c| c == q)?;
+                after_eq = false;
+            }
+            c if c.is_ascii_whitespace() => {}
+            _ => after_eq = false,
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Appends `text` with its character references decoded; one that is not
+/// understood stays as written.
+fn push_decoded(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        // The longest reference decoded is `&#x10FFFF;` or `&#1114111;`.
+        let decoded = rest.bytes().take(12).position(|c| c == b';').and_then(|semi| Some((reference(&rest[1..semi])?, semi)));
+        match decoded {
+            Some((c, semi)) => {
+                out.push(c);
+                rest = &rest[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
     }
     out.push_str(rest);
-    let out = out.replace(['\r'], "");
-    let decoded = out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&");
-    decoded.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+/// The character a reference (without `&` and `;`) stands for. A numeric
+/// one that is no character (0, a surrogate, past U+10FFFF) is U+FFFD, as
+/// HTML decodes it.
+fn reference(name: &str) -> Option<char> {
+    let c = match name {
+        "nbsp" => ' ',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "amp" => '&',
+        _ => {
+            let num = name.strip_prefix('#')?;
+            let n = match num.strip_prefix(['x', 'X']) {
+                Some(hex) if !hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) => u32::from_str_radix(hex, 16).ok()?,
+                None if !num.is_empty() && num.bytes().all(|c| c.is_ascii_digit()) => num.parse().ok()?,
+                _ => return None,
+            };
+            char::from_u32(n).filter(|&c| c != '\0').unwrap_or('\u{FFFD}')
+        }
+    };
+    Some(c)
 }
 
 /// The replay key of a post: the signature of a DKIM-verified post (signed
@@ -296,5 +395,47 @@ mod tests {
     fn html_only_posts_become_text() {
         let t = html_to_text("<html><head><style>p{}</style></head><body><div>地区: 中央</div><p>本文&amp;続き<br>次の行</p></body></html>");
         assert_eq!(t.trim(), "地区: 中央\n本文&続き\n次の行");
+    }
+
+    #[test]
+    fn comments_and_quoted_attributes_hide_their_text() {
+        assert_eq!(html_to_text("a<!-- x > hidden -->b"), "ab");
+        assert_eq!(html_to_text("a<!-- unterminated > hidden"), "a");
+        assert_eq!(html_to_text("<a title=\"x>hidden\" href='y>z'>link</a>"), "link");
+        assert_eq!(html_to_text("<a title = \"x>y\">t</a> <b>u</b>"), "t u");
+        assert_eq!(html_to_text("<p class=x>y</p>"), "y");
+        assert_eq!(html_to_text("before<a title=\"never closed>after"), "before");
+        assert_eq!(html_to_text("<STYLE>p>a{}</STYLE>x<Script>if(a<b){}</SCRIPT>y"), "xy");
+    }
+
+    #[test]
+    fn character_references_are_decoded() {
+        assert_eq!(html_to_text("&#12354;&#x3042;&#X3042;&lt;&gt;&amp;&quot;&apos;&#39;&nbsp;."), "あああ<>&\"'' .");
+        // Decoded once: `&amp;lt;` is the text `&lt;`.
+        assert_eq!(html_to_text("&amp;lt;"), "&lt;");
+        assert_eq!(html_to_text("&#0;&#xD800;&#x110000;"), "\u{FFFD}\u{FFFD}\u{FFFD}");
+        assert_eq!(html_to_text("&unknown; & &#; &#x; &#12a; &"), "&unknown; & &#; &#x; &#12a; &");
+        assert_eq!(html_to_text("a < b > c"), "a < b > c");
+    }
+
+    #[test]
+    fn html_to_text_is_linear() {
+        let mut state: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces = ["<", ">", "<!--", "-->", "\"", "'", "=", "&", ";", "#x", "<style>", "</style", "<p", "あ", " ", "a"];
+        for _ in 0..5000 {
+            let s: String = (0..(next() % 40)).map(|_| pieces[(next() as usize) % pieces.len()]).collect();
+            let _ = html_to_text(&s);
+        }
+        for evil in ["<style>".repeat(100_000), "<style></style>".repeat(20_000), "<!--".repeat(100_000), "<a title=\"".repeat(100_000), "&#".repeat(200_000)] {
+            let t = std::time::Instant::now();
+            let _ = html_to_text(&evil);
+            assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        }
     }
 }
