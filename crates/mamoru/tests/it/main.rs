@@ -6,6 +6,7 @@ mod alerts;
 mod browser;
 mod cli;
 mod crash;
+mod hostile;
 mod pipe;
 mod postfix;
 mod serve;
