@@ -175,11 +175,22 @@ impl ResolverCache<String, Txt> for Pinned {
 /// instance is the one that is read.
 pub const MUST_SIGN: [&str; 2] = ["from", "subject"];
 
+/// Most `DKIM-Signature` fields, and most bytes in one, that are verified.
+pub const MAX_SIGNATURES: usize = 8;
+pub const MAX_SIGNATURE_BYTES: usize = 4096;
+
 /// Verifies the DKIM signatures against the pinned keys. Returns the `b=`
 /// value of the first signature that passes, has no `l=`, is aligned with
 /// From and covers [`MUST_SIGN`]: signed content, so it is the post's
 /// replay key.
 pub fn dkim_verifies(keys: &std::collections::BTreeMap<String, String>, from_domain: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    // mail-auth compares each `h=` name with each header field and with the
+    // names seen before it: a real signature is well under a kilobyte with
+    // a handful of them; a huge one is not verified at all.
+    let signatures: Vec<usize> = header_fields(raw).iter().filter(|(n, _)| n == "dkim-signature").map(|(_, v)| v.len()).collect();
+    if signatures.len() > MAX_SIGNATURES || signatures.iter().any(|&len| len > MAX_SIGNATURE_BYTES) {
+        return None;
+    }
     let mut pinned = HashMap::new();
     for (name, record) in keys {
         if let Ok(k) = DomainKey::parse(record.as_bytes()) {

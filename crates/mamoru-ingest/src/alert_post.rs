@@ -219,6 +219,11 @@ pub fn duplicated_header(headers: &[MailHeader<'_>]) -> Option<&'static str> {
     })
 }
 
+/// Header fields a post may have. Real mail has a few dozen (a long
+/// `Received:` chain included); DKIM verification compares every signed
+/// name with every field, so the count is bounded before it runs.
+pub const MAX_HEADER_FIELDS: usize = 500;
+
 /// The single From address of a post.
 fn from_address(headers: &[MailHeader<'_>]) -> Option<EmailAddress> {
     let from = headers.get_all_values("From");
@@ -330,6 +335,9 @@ impl AlertPoster<'_> {
             return self.refuse("headers-too-large", String::new());
         };
         let Ok((headers, _)) = mailparse::parse_headers(section) else { return self.refuse("unparsable", String::new()) };
+        if headers.len() > MAX_HEADER_FIELDS {
+            return self.refuse("too-many-headers", format!("fields={}", headers.len()));
+        }
         let Some(from) = from_address(&headers) else { return self.refuse("no-single-from", String::new()) };
         let masked = from.masked();
         if let Some(name) = duplicated_header(&headers) {

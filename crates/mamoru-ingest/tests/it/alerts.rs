@@ -310,3 +310,23 @@ fn a_nested_post_is_answered_to_the_admin_and_dropped_for_a_forger() {
     let body = mailparse::parse_mail(&q[0].content).expect("parse").get_body().expect("body");
     assert!(body.contains("読み取れませんでした"), "{body}");
 }
+
+/// mail-auth matches every `h=` name against every header field (quadratic
+/// in both); a forged post may not make it do that at length.
+#[test]
+fn a_forged_signature_over_thousands_of_headers_is_cheap() {
+    let f = fixture(|_| {});
+    let names: Vec<String> = (0..4000).map(|i| format!("x-n{i}")).collect();
+    let mut hs: Vec<&str> = names.iter().map(String::as_str).collect();
+    hs.extend(["From", "Subject"]);
+    let pad: String = (0..1500).map(|i| format!("X-P{i}: v\r\n")).collect();
+    // Body intact (the body hash matches), a header changed: the headers
+    // would be hashed before the signature fails.
+    let signed = sign_headers(&f.key, &hs, &format!("{pad}{}", post(ADMIN, "cost@city.test", BODY))).replacen("Subject: ", "Subject: x", 1);
+    let few = sign_headers(&f.key, &hs, &post(ADMIN, "cost2@city.test", BODY)).replacen("Subject: ", "Subject: x", 1);
+    let t = std::time::Instant::now();
+    assert_eq!(f.deliver(ADMIN, None, &signed), Outcome::Dropped("alert: too-many-headers".into()));
+    assert_eq!(f.deliver(ADMIN, None, &few), Outcome::Dropped("alert: not-authenticated".into()));
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(f.queued().is_empty());
+}
