@@ -32,10 +32,16 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Characters of a multipart boundary (RFC 2046 allows 70).
     pub max_boundary_len: usize,
+    /// Byte comparisons mailparse's boundary search may make, over all
+    /// multipart parts (see [`prescan`]).
+    pub max_search_cost: usize,
 }
 
 impl Limits {
-    pub const DEFAULT: Limits = Limits { max_depth: 8, max_parts: 256, max_header_bytes: 64 * 1024, max_boundary_len: 70 };
+    /// 256 Mi comparisons is a fraction of a second; a 10 MB message with an
+    /// attachment two levels down costs about 20 Mi.
+    pub const DEFAULT: Limits =
+        Limits { max_depth: 8, max_parts: 256, max_header_bytes: 64 * 1024, max_boundary_len: 70, max_search_cost: 256 << 20 };
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ pub enum TooComplex {
     HeaderBytes(usize),
     #[error("a multipart boundary longer than {0} characters")]
     Boundary(usize),
+    #[error("a boundary search costlier than {0} comparisons")]
+    SearchCost(usize),
 }
 
 impl TooComplex {
@@ -65,6 +73,7 @@ impl TooComplex {
             Self::Parts(_) => "mime-too-many-parts",
             Self::HeaderBytes(_) => "mime-headers-too-large",
             Self::Boundary(_) => "mime-boundary-too-long",
+            Self::SearchCost(_) => "mime-search-too-costly",
         }
     }
 }
@@ -106,8 +115,16 @@ struct Pending {
 /// A part whose headers mailparse cannot parse makes `parse_mail` fail as a
 /// whole; here it counts as a leaf and the scan goes on, so the scan visits
 /// at least every part mailparse would.
+///
+/// mailparse finds boundaries with a naive substring search: over each
+/// multipart body once, one comparison per byte, and up to the delimiter's
+/// length at each `-` (the delimiter starts with `--`). Megabytes of dashes
+/// under a few levels of 70-character boundaries cost seconds, so that
+/// bound (bytes + dashes × delimiter length, summed over multipart parts)
+/// is checked too.
 pub fn prescan(raw: &[u8], limits: &Limits) -> Result<Shape, TooComplex> {
     let mut shape = Shape { depth: 0, parts: 0 };
+    let mut cost = 0usize;
     let mut work = vec![Pending { start: 0, end: raw.len(), depth: 1 }];
     while let Some(part) = work.pop() {
         shape.parts += 1;
@@ -135,6 +152,12 @@ pub fn prescan(raw: &[u8], limits: &Limits) -> Result<Shape, TooComplex> {
         }
         let key = format!("--{boundary}");
         let key = key.as_bytes();
+        let body = &data[ix_body..];
+        let dashes = body.iter().filter(|&&c| c == b'-').count();
+        cost = cost.saturating_add(body.len()).saturating_add(dashes.saturating_mul(key.len().saturating_sub(1)));
+        if cost > limits.max_search_cost {
+            return Err(TooComplex::SearchCost(limits.max_search_cost));
+        }
         // The split of mailparse's parse_mail_recursive, by index.
         let Some(first) = find_line_prefix(data, ix_body, key) else { continue };
         let mut boundary_end = first + key.len();
@@ -275,6 +298,22 @@ mod tests {
         let b = "b".repeat(71);
         let long = format!("Content-Type: multipart/mixed; boundary={b}\r\n\r\n--{b}\r\n\r\nx\r\n--{b}--");
         assert_eq!(prescan(long.as_bytes(), &Limits::DEFAULT), Err(TooComplex::Boundary(70)));
+        // Megabytes of dashes under long boundaries: seconds in mailparse.
+        let b = format!("{}x", "-".repeat(66));
+        let mut dashes = String::from("From: a@x.jp\r\n");
+        for level in 0..7 {
+            dashes.push_str(&format!("Content-Type: multipart/mixed; boundary=\"{b}{level}\"\r\n\r\n--{b}{level}\r\n"));
+        }
+        dashes.push_str(&format!("Content-Type: text/plain\r\n\r\n{}", "-".repeat(9_000_000)));
+        let t = std::time::Instant::now();
+        assert_eq!(prescan(dashes.as_bytes(), &Limits::DEFAULT), Err(TooComplex::SearchCost(256 << 20)));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        // The same size of base64 two levels down is fine.
+        let b64 = format!(
+            "Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\n{}\r\n--b--\r\n--a--\r\n",
+            "QUJD\r\n".repeat(1_500_000)
+        );
+        assert_eq!(prescan(b64.as_bytes(), &Limits::DEFAULT).map(|s| s.depth), Ok(3));
         // Headers without an end make a leaf, not an error.
         assert!(prescan(b"A: b\r\nC: d", &Limits::DEFAULT).is_ok());
         assert!(prescan(b"", &Limits::DEFAULT).is_ok());
