@@ -1,6 +1,7 @@
 //! `Authentication-Results` (RFC 8601) header values, parsed. Pure.
 //!
-//! Hand-written: mail-auth only *writes* this header, and no well-kept crate
+//! Hand-written: mail-auth only *writes* this header (its ARC parser reads
+//! nothing of `ARC-Authentication-Results` but `i=`), and no well-kept crate
 //! parses it. Splitting on `;` and spaces is wrong both ways: a comment
 //! (`(2048-bit key; unprotected)`, as OpenDKIM writes) or a quoted reason
 //! may hold `;` and `dkim=pass` text. So the value is tokenised first, with
