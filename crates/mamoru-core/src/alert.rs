@@ -54,6 +54,9 @@ pub enum FormatError {
     TextTooLong,
     /// The admin may only post to some districts.
     DistrictsNotAllowed(Vec<u32>),
+    /// The mail could not be read: nested too deep, too many parts, huge
+    /// headers or broken MIME. Nothing of it was parsed.
+    Unreadable,
 }
 
 impl FormatError {
@@ -67,6 +70,7 @@ impl FormatError {
             Self::UnknownKind(k) => format!("種別「{k}」は使えません。使える種別: {}", cfg.alerts.kinds.join("、")),
             Self::EmptyText => "本文がありません。".into(),
             Self::TextTooLong => format!("本文が長すぎます（{MAX_TEXT_CHARS}文字まで）。"),
+            Self::Unreadable => "メールの形式を読み取れませんでした（入れ子や添付が多すぎるか、形式が壊れています）。本文だけのテキストメールで送り直してください。".into(),
             Self::DistrictsNotAllowed(ids) => {
                 let names: Vec<&str> = ids.iter().filter_map(|id| cfg.district(*id)).map(|d| d.name.as_str()).collect();
                 format!("次の地区には配信できません（担当外）: {}", names.join("、"))

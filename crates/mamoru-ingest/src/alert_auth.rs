@@ -7,10 +7,12 @@
 //! - **DKIM**: a signature that verifies against a key pinned in the
 //!   configuration (never DNS), with `d=` aligned with the From domain and
 //!   no `l=` (a length limit lets anyone append text under a valid
-//!   signature). Or an `Authentication-Results` header with our own
-//!   authserv-id saying `dkim=pass` for an aligned domain — only when it sits
-//!   above the first `Received:` header, i.e. it was added by our own MTA
-//!   after receipt, not by the sender.
+//!   signature), and `h=` covering From and Subject. Or an
+//!   `Authentication-Results` header (RFC 8601, parsed by
+//!   [`crate::auth_results`]) with our own authserv-id saying `dkim=pass`
+//!   for an aligned domain — only when it sits above the first `Received:`
+//!   header, i.e. it was added by our own MTA after receipt, not by the
+//!   sender.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -49,8 +51,18 @@ fn aligned(d: &str, from_domain: &str) -> bool {
     !d.is_empty() && d.contains('.') && (f == d || f.ends_with(&format!(".{d}")))
 }
 
+/// An authenticated post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    pub how: Authenticated,
+    /// For a DKIM-verified post, the `b=` of the signature that verified:
+    /// a replay of the same signed post carries the same value whatever
+    /// unsigned headers were added.
+    pub signature: Option<Vec<u8>>,
+}
+
 /// Checks the post's authentication. `login` and `admin_email` are the
-/// matched admin's; `header_section` is the raw header of the message.
+/// matched admin's; `raw` is the whole message.
 pub fn authenticate(
     cfg: &Config,
     login: &str,
@@ -58,23 +70,25 @@ pub fn authenticate(
     from: &EmailAddress,
     sasl_username: Option<&str>,
     raw: &[u8],
-) -> Option<Authenticated> {
+) -> Option<Authentication> {
     let policy = cfg.alert_auth().unwrap_or(AlertAuth::SaslOrDkim);
     let sasl_ok = matches!(policy, AlertAuth::SaslOrDkim | AlertAuth::Sasl)
         && sasl_username.map(str::trim).is_some_and(|u| {
             !u.is_empty() && (u == login || EmailAddress::parse(u).is_ok_and(|a| a.canonical() == admin_email.canonical()))
         });
     if sasl_ok {
-        return Some(Authenticated::Sasl);
+        return Some(Authentication { how: Authenticated::Sasl, signature: None });
     }
     if !matches!(policy, AlertAuth::SaslOrDkim | AlertAuth::Dkim) {
         return None;
     }
-    if trusted_results_pass(&cfg.alerts.authserv_id, from.domain(), raw) {
-        return Some(Authenticated::AuthenticationResults);
+    if !cfg.alerts.dkim_keys.is_empty() {
+        if let Some(b) = dkim_verifies(&cfg.alerts.dkim_keys, from.domain(), raw) {
+            return Some(Authentication { how: Authenticated::DkimVerified, signature: Some(b) });
+        }
     }
-    if !cfg.alerts.dkim_keys.is_empty() && dkim_verifies(&cfg.alerts.dkim_keys, from.domain(), raw) {
-        return Some(Authenticated::DkimVerified);
+    if trusted_results_pass(&cfg.alerts.authserv_id, from.domain(), raw) {
+        return Some(Authentication { how: Authenticated::AuthenticationResults, signature: None });
     }
     None
 }
@@ -99,37 +113,37 @@ fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
 }
 
 /// `Authentication-Results` from our authserv-id, above the first
-/// `Received:`, with `dkim=pass` for a domain aligned with From.
+/// `Received:`, with `dkim=pass` for a domain aligned with From (`header.d`,
+/// or the domain of `header.i`). Each header is parsed by
+/// [`crate::auth_results::parse`], so text inside comments and quoted
+/// reasons is never a result. Several headers of ours are normal (one per
+/// milter: OpenDKIM, OpenDMARC); one of ours that does not parse, or any
+/// header above `Received:` that does not parse at all, makes the whole
+/// set untrusted: a result that cannot be read unambiguously is not a pass.
 pub fn trusted_results_pass(authserv_id: &str, from_domain: &str, raw: &[u8]) -> bool {
     if authserv_id.is_empty() {
         return false;
     }
+    let mut pass = false;
     for (name, value) in header_fields(raw) {
         if name == "received" {
-            return false;
+            break;
         }
         if name != "authentication-results" {
             continue;
         }
-        let mut parts = value.split(';');
-        let id = parts.next().and_then(|p| p.split_whitespace().next()).unwrap_or("");
-        if !id.eq_ignore_ascii_case(authserv_id) {
+        let Ok(results) = crate::auth_results::parse(&value) else { return false };
+        if !results.authserv_id.eq_ignore_ascii_case(authserv_id) {
             continue;
         }
-        for res in parts {
-            let mut words = res.split_whitespace();
-            if !words.next().is_some_and(|m| m.eq_ignore_ascii_case("dkim=pass")) {
-                continue;
-            }
-            for w in words {
-                let d = w.strip_prefix("header.d=").or_else(|| w.strip_prefix("header.i=").map(|i| i.rsplit('@').next().unwrap_or(i)));
-                if d.is_some_and(|d| aligned(d, from_domain)) {
-                    return true;
-                }
-            }
-        }
+        pass |= results.results.iter().any(|r| {
+            r.method == "dkim"
+                && r.result == "pass"
+                && (r.prop("header.d").is_some_and(|d| aligned(d, from_domain))
+                    || r.prop("header.i").is_some_and(|i| aligned(i.rsplit('@').next().unwrap_or(i), from_domain)))
+        });
     }
-    false
+    pass
 }
 
 /// A TXT cache that holds only the pinned keys.
@@ -155,8 +169,28 @@ impl ResolverCache<String, Txt> for Pinned {
     fn insert(&self, _: String, _: Txt, _: std::time::Instant) {}
 }
 
-/// Verifies the DKIM signatures against the pinned keys.
-pub fn dkim_verifies(keys: &std::collections::BTreeMap<String, String>, from_domain: &str, raw: &[u8]) -> bool {
+/// Header fields a DKIM signature must cover (`h=`) to authenticate a
+/// post: From (RFC 6376 requires it) and Subject (it becomes the title).
+/// The post has exactly one of each (see `alert_post`), so the covered
+/// instance is the one that is read.
+pub const MUST_SIGN: [&str; 2] = ["from", "subject"];
+
+/// Most `DKIM-Signature` fields, and most bytes in one, that are verified.
+pub const MAX_SIGNATURES: usize = 8;
+pub const MAX_SIGNATURE_BYTES: usize = 4096;
+
+/// Verifies the DKIM signatures against the pinned keys. Returns the `b=`
+/// value of the first signature that passes, has no `l=`, is aligned with
+/// From and covers [`MUST_SIGN`]: signed content, so it is the post's
+/// replay key.
+pub fn dkim_verifies(keys: &std::collections::BTreeMap<String, String>, from_domain: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    // mail-auth compares each `h=` name with each header field and with the
+    // names seen before it: a real signature is well under a kilobyte with
+    // a handful of them; a huge one is not verified at all.
+    let signatures: Vec<usize> = header_fields(raw).iter().filter(|(n, _)| n == "dkim-signature").map(|(_, v)| v.len()).collect();
+    if signatures.len() > MAX_SIGNATURES || signatures.iter().any(|&len| len > MAX_SIGNATURE_BYTES) {
+        return None;
+    }
     let mut pinned = HashMap::new();
     for (name, record) in keys {
         if let Ok(k) = DomainKey::parse(record.as_bytes()) {
@@ -165,17 +199,18 @@ pub fn dkim_verifies(keys: &std::collections::BTreeMap<String, String>, from_dom
             pinned.insert(fqdn, Txt::DomainKey(Arc::new(k)));
         }
     }
-    let Some(msg) = AuthenticatedMessage::parse(raw) else { return false };
+    let msg = AuthenticatedMessage::parse(raw)?;
     // Only signatures whose key is pinned are checked, so the resolver
     // (which has no name servers at all) is never asked anything.
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     rt.block_on(async {
         let resolver_cfg = ResolverConfig::from_parts(None, vec![], NameServerConfigGroup::with_capacity(0));
-        let Ok(auth) = MessageAuthenticator::new(resolver_cfg, ResolverOpts::default()) else { return false };
+        let auth = MessageAuthenticator::new(resolver_cfg, ResolverOpts::default()).ok()?;
         let cache = Pinned(pinned);
         let results = auth.verify_dkim(Parameters::new(&msg).with_txt_cache(&cache)).await;
-        results.iter().any(|r| {
-            *r.result() == DkimResult::Pass && r.signature().is_some_and(|s| s.l == 0 && aligned(&s.d, from_domain))
+        results.iter().filter(|r| *r.result() == DkimResult::Pass).filter_map(|r| r.signature()).find_map(|s| {
+            let covers = MUST_SIGN.iter().all(|m| s.h.iter().any(|h| h.trim().eq_ignore_ascii_case(m)));
+            (s.l == 0 && covers && aligned(&s.d, from_domain)).then(|| s.b.clone())
         })
     })
 }
@@ -205,5 +240,25 @@ mod tests {
         assert!(!trusted_results_pass("mx.mamoru.test", "city.test", other));
         let fail = b"Authentication-Results: mx.mamoru.test;\r\n  dkim=fail header.d=city.test\r\n\r\n";
         assert!(!trusted_results_pass("mx.mamoru.test", "city.test", fail));
+    }
+
+    #[test]
+    fn results_are_read_as_rfc_8601_not_as_text() {
+        let pass = |h: &str| trusted_results_pass("mx.mamoru.test", "city.test", format!("{h}\r\nReceived: from x\r\n\r\n").as_bytes());
+        // Quoted reasons and comments are not results.
+        assert!(!pass("Authentication-Results: mx.mamoru.test; dkim=fail reason=\"sig; dkim=pass header.d=city.test\" header.d=city.test"));
+        assert!(!pass("Authentication-Results: mx.mamoru.test; dkim=fail (dkim=pass header.d=city.test) header.d=city.test"));
+        assert!(!pass("Authentication-Results: mx.mamoru.test (dkim=pass header.d=city.test); none"));
+        // OpenDKIM's comment holds a `;`.
+        assert!(pass(
+            "Authentication-Results: mx.mamoru.test; dkim=pass (2048-bit key; unprotected) header.d=city.test header.i=@city.test header.b=abcd"
+        ));
+        assert!(pass("Authentication-Results: mx.mamoru.test;\r\n\tdkim=pass (1024-bit key; secure)\r\n\theader.i=@city.test"));
+        // One header per milter is fine; one that does not parse spoils them all.
+        assert!(pass("Authentication-Results: mx.mamoru.test; dmarc=pass header.from=city.test\r\nAuthentication-Results: mx.mamoru.test; dkim=pass header.d=city.test"));
+        assert!(!pass("Authentication-Results: mx.mamoru.test; dkim=pass (broken\r\nAuthentication-Results: mx.mamoru.test; dkim=pass header.d=city.test"));
+        // Another method's pass, or a pass without a domain, is not DKIM's.
+        assert!(!pass("Authentication-Results: mx.mamoru.test; spf=pass smtp.mailfrom=staff@city.test"));
+        assert!(!pass("Authentication-Results: mx.mamoru.test; dkim=pass"));
     }
 }

@@ -7,7 +7,7 @@
 //! From of the post. A redelivered post (same Message-ID, or the same bytes
 //! when there is none) records nothing the second time.
 
-use mailparse::{DispositionType, MailHeaderMap as _, ParsedMail};
+use mailparse::{DispositionType, MailHeader, MailHeaderMap as _, ParsedMail};
 use mamoru_core::alert::{self, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
@@ -17,7 +17,7 @@ use mamoru_store::alerts::{Drafted, NewAlert};
 use ring::digest;
 
 use crate::Outcome;
-use crate::alert_auth;
+use crate::{alert_auth, classify, mime};
 
 /// Is `recipient` the alert address (`alert@DOMAIN`, case-insensitive,
 /// no `+tag`: the privileged address has exactly one spelling)?
@@ -64,47 +64,169 @@ fn walk(part: &ParsedMail<'_>, plain: &mut Option<String>, html: &mut Option<Str
 }
 
 /// Just enough HTML to text for phone mailers' HTML-only mail: line breaks
-/// for `<br>`, `</p>` and `</div>`, tags dropped, common entities decoded.
+/// for `<br>` and the ends of `p`, `div`, `tr` and `li`, tags and comments
+/// dropped (a `>` inside a quoted attribute value or a comment does not end
+/// them), the content of `style`, `script` and `head` dropped, character
+/// references decoded (the common named ones, decimal and hexadecimal).
+///
+/// A small state machine rather than an HTML5 parser crate: the only
+/// candidates (html2text and friends, built on html5ever) bring a large
+/// dependency tree for what is a text extraction of a short post. One pass
+/// over the input, so time and memory are linear whatever the markup.
 pub fn html_to_text(html: &str) -> String {
-    let mut out = String::new();
-    let mut rest = html;
-    while let Some(lt) = rest.find('<') {
-        out.push_str(&rest[..lt]);
-        let Some(gt) = rest[lt..].find('>') else { break };
-        let tag = rest[lt + 1..lt + gt].trim().to_ascii_lowercase();
-        let name = tag.trim_start_matches('/').split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("");
-        if matches!(name, "br" | "p" | "div" | "tr" | "li") && (name == "br" || tag.starts_with('/')) {
-            out.push('\n');
-        }
-        if !tag.starts_with('/') && matches!(name, "style" | "script" | "head") {
-            // Skip the element's content too.
-            let close = format!("</{name}");
-            let after = &rest[lt + gt + 1..];
-            rest = after.to_ascii_lowercase().find(&close).map_or("", |i| &after[i..]);
+    // ASCII lower-casing keeps every byte offset, so `lower` and `html` are
+    // indexed alike; all the markup bytes looked at are ASCII, so every
+    // index below is a character boundary.
+    let lower = html.to_ascii_lowercase();
+    let b = html.as_bytes();
+    let mut out = String::with_capacity(html.len());
+    let (mut i, mut text_start) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
             continue;
         }
-        rest = &rest[lt + gt + 1..];
+        push_decoded(&mut out, &html[text_start..i]);
+        if lower[i..].starts_with("<!--") {
+            i = lower[i + 4..].find("-->").map_or(b.len(), |p| i + 4 + p + 3);
+            text_start = i;
+            continue;
+        }
+        if !b.get(i + 1).is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'/' | b'!' | b'?')) {
+            // `a < b`: a plain less-than sign.
+            out.push('<');
+            i += 1;
+            text_start = i;
+            continue;
+        }
+        let Some(end) = tag_end(b, i + 1) else {
+            // An unterminated tag: the rest is inside it.
+            text_start = b.len();
+            break;
+        };
+        let tag = &lower[i + 1..end];
+        let closing = tag.starts_with('/');
+        let name = tag.trim_start_matches('/').split(|c: char| c.is_ascii_whitespace() || c == '/').next().unwrap_or("");
+        if matches!(name, "br" | "p" | "div" | "tr" | "li") && (name == "br" || closing) {
+            out.push('\n');
+        }
+        i = end + 1;
+        if !closing && matches!(name, "style" | "script" | "head") {
+            // Skip the element's content too.
+            i = lower[i..].find(&format!("</{name}")).map_or(b.len(), |p| i + p);
+        }
+        text_start = i;
     }
-    out.push_str(rest);
-    let out = out.replace(['\r'], "");
-    let decoded = out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&");
-    decoded.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+    push_decoded(&mut out, &html[text_start.min(b.len())..]);
+    let out = out.replace('\r', "");
+    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
-/// The replay key of a post: its Message-ID, or a digest of the bytes.
-fn source_key(parsed: &ParsedMail<'_>, raw: &[u8]) -> String {
-    match parsed.headers.get_first_value("Message-ID").map(|v| v.trim().to_string()) {
-        Some(id) if !id.is_empty() => format!("mid:{}", id.chars().take(250).collect::<String>()),
-        _ => {
-            let d = digest::digest(&digest::SHA256, raw);
-            format!("sha256:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+/// The index of the `>` that ends the tag whose name starts at `from`: not
+/// one inside a quoted attribute value (`title="a>b"`).
+fn tag_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut after_eq = false;
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'>' => return Some(i),
+            b'=' => after_eq = true,
+            q @ (b'"' | b'\'') if after_eq => {
+                i += 1 + b[i + 1..].iter().position(|&c| c == q)?;
+                after_eq = false;
+            }
+            c if c.is_ascii_whitespace() => {}
+            _ => after_eq = false,
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Appends `text` with its character references decoded; one that is not
+/// understood stays as written.
+fn push_decoded(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        // The longest reference decoded is `&#x10FFFF;` or `&#1114111;`.
+        let decoded = rest.bytes().take(12).position(|c| c == b';').and_then(|semi| Some((reference(&rest[1..semi])?, semi)));
+        match decoded {
+            Some((c, semi)) => {
+                out.push(c);
+                rest = &rest[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
         }
     }
+    out.push_str(rest);
 }
 
+/// The character a reference (without `&` and `;`) stands for. A numeric
+/// one that is no character (0, a surrogate, past U+10FFFF) is U+FFFD, as
+/// HTML decodes it.
+fn reference(name: &str) -> Option<char> {
+    let c = match name {
+        "nbsp" => ' ',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "amp" => '&',
+        _ => {
+            let num = name.strip_prefix('#')?;
+            let n = match num.strip_prefix(['x', 'X']) {
+                Some(hex) if !hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) => u32::from_str_radix(hex, 16).ok()?,
+                None if !num.is_empty() && num.bytes().all(|c| c.is_ascii_digit()) => num.parse().ok()?,
+                _ => return None,
+            };
+            char::from_u32(n).filter(|&c| c != '\0').unwrap_or('\u{FFFD}')
+        }
+    };
+    Some(c)
+}
+
+/// The replay key of a post: the signature of a DKIM-verified post (signed
+/// content: unsigned headers added to a replay change nothing), else its
+/// Message-ID, else a digest of the bytes.
+fn source_key(headers: &[MailHeader<'_>], raw: &[u8], signature: Option<&[u8]>) -> String {
+    let hex = |d: digest::Digest| d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if let Some(b) = signature {
+        return format!("dkim:{}", hex(digest::digest(&digest::SHA256, b)));
+    }
+    match headers.get_first_value("Message-ID").map(|v| v.trim().to_string()) {
+        Some(id) if !id.is_empty() => format!("mid:{}", id.chars().take(250).collect::<String>()),
+        _ => format!("sha256:{}", hex(digest::digest(&digest::SHA256, raw))),
+    }
+}
+
+/// Header fields a post may carry at most once (RFC 5322 allows one of
+/// each). A second instance is how a captured signed post is re-titled or
+/// replayed (DKIM covers only the bottom-most instance, readers take the
+/// top one), so a post with one is refused before anything else is read.
+pub const SINGLE_HEADERS: [&str; 5] = ["from", "subject", "date", "message-id", "to"];
+
+/// The first of [`SINGLE_HEADERS`] that appears more than once. Names are
+/// compared as DKIM canonicalisation does: case-insensitive, white space
+/// before the colon ignored.
+pub fn duplicated_header(headers: &[MailHeader<'_>]) -> Option<&'static str> {
+    SINGLE_HEADERS.into_iter().find(|name| {
+        headers.iter().filter(|h| h.get_key_raw().trim_ascii().eq_ignore_ascii_case(name.as_bytes())).take(2).count() > 1
+    })
+}
+
+/// Header fields a post may have. Real mail has a few dozen (a long
+/// `Received:` chain included); DKIM verification compares every signed
+/// name with every field, so the count is bounded before it runs.
+pub const MAX_HEADER_FIELDS: usize = 500;
+
 /// The single From address of a post.
-fn from_address(parsed: &ParsedMail<'_>) -> Option<EmailAddress> {
-    let from = parsed.headers.get_all_values("From");
+fn from_address(headers: &[MailHeader<'_>]) -> Option<EmailAddress> {
+    let from = headers.get_all_values("From");
     let [one] = from.as_slice() else { return None };
     let list = mailparse::addrparse(one).ok()?;
     let [mailparse::MailAddr::Single(info)] = list.as_slice() else { return None };
@@ -179,12 +301,49 @@ impl AlertPoster<'_> {
         Ok(mail::message_id(&random, self.cfg))
     }
 
+    /// Answers an authenticated admin's post that cannot become a draft,
+    /// once (the replay key is recorded with the rejection).
+    fn reject(&self, admin: &Admin, key: &str, subject: &str, e: FormatError) -> Outcome {
+        let now = (self.clock)();
+        let cfg = self.cfg;
+        let mid = match self.message_id() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let reply = alert::rejected(cfg, std::slice::from_ref(&e), subject, &admin.email, now, mid);
+        let reason = format!("{e:?}").split(['(', ' ']).next().unwrap_or("format").to_string();
+        let title: String = subject.chars().take(alert::MAX_TITLE_CHARS).collect();
+        match self.store.reject_post(admin.id, key, &title, &reason, &reply, now, now + cfg.relay.max_age_secs) {
+            Ok(true) => {
+                tracing::info!(admin = %admin.login, reason, "malformed alert post answered");
+                Outcome::Stored
+            }
+            Ok(false) => Outcome::Dropped("alert: duplicate".into()),
+            Err(e) => Outcome::Transient(e.to_string()),
+        }
+    }
+
     /// Handles one message to the alert address.
+    ///
+    /// Only the header section is read until the sender is known to be an
+    /// authenticated admin; the MIME structure is parsed (within
+    /// [`mime::Limits::DEFAULT`]) only then, and a post beyond those bounds is
+    /// answered as unreadable.
     pub fn deliver(&self, sender: &str, sasl_username: Option<&str>, raw: &[u8]) -> Outcome {
-        let Ok(parsed) = mailparse::parse_mail(raw) else { return self.refuse("unparsable", String::new()) };
-        let Some(from) = from_address(&parsed) else { return self.refuse("no-single-from", String::new()) };
-        let envelope = EmailAddress::parse(sender.trim_matches(['<', '>']));
+        let limits = mime::Limits::DEFAULT;
+        let Some(section) = classify::header_section(raw, limits.max_header_bytes) else {
+            return self.refuse("headers-too-large", String::new());
+        };
+        let Ok((headers, _)) = mailparse::parse_headers(section) else { return self.refuse("unparsable", String::new()) };
+        if headers.len() > MAX_HEADER_FIELDS {
+            return self.refuse("too-many-headers", format!("fields={}", headers.len()));
+        }
+        let Some(from) = from_address(&headers) else { return self.refuse("no-single-from", String::new()) };
         let masked = from.masked();
+        if let Some(name) = duplicated_header(&headers) {
+            return self.refuse("duplicate-header", format!("header={name} from={masked}"));
+        }
+        let envelope = EmailAddress::parse(sender.trim_matches(['<', '>']));
         if envelope.as_ref().map(|e| e.canonical()) != Ok(from.canonical()) {
             return self.refuse("envelope-from-mismatch", format!("from={masked}"));
         }
@@ -194,10 +353,18 @@ impl AlertPoster<'_> {
             Ok(None) => return self.refuse("not-an-admin", format!("from={masked}")),
             Err(e) => return Outcome::Transient(e.to_string()),
         };
-        let Some(how) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
+        let Some(auth) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
             return self.refuse("not-authenticated", format!("admin={}", admin.login));
         };
-        let key = source_key(&parsed, raw);
+        let key = source_key(&headers, raw, auth.signature.as_deref());
+        let parsed = match mime::parse(raw, &limits) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(admin = %admin.login, error = %e, "alert post not parsed");
+                let subject = headers.get_first_value("Subject").unwrap_or_default();
+                return self.reject(&admin, &key, &subject, FormatError::Unreadable);
+            }
+        };
         let post = extract(&parsed);
         let now = (self.clock)();
         let cfg = self.cfg;
@@ -207,29 +374,13 @@ impl AlertPoster<'_> {
         });
         let draft = match draft {
             Ok(d) => d,
-            Err(e) => {
-                let mid = match self.message_id() {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
-                let reply = alert::rejected(cfg, std::slice::from_ref(&e), &post.subject, &admin.email, now, mid);
-                let reason = format!("{e:?}").split(['(', ' ']).next().unwrap_or("format").to_string();
-                let title: String = post.subject.chars().take(alert::MAX_TITLE_CHARS).collect();
-                return match self.store.reject_post(admin.id, &key, &title, &reason, &reply, now, now + cfg.relay.max_age_secs) {
-                    Ok(true) => {
-                        tracing::info!(admin = %admin.login, reason, "malformed alert post answered");
-                        Outcome::Stored
-                    }
-                    Ok(false) => Outcome::Dropped("alert: duplicate".into()),
-                    Err(e) => Outcome::Transient(e.to_string()),
-                };
-            }
+            Err(e) => return self.reject(&admin, &key, &post.subject, e),
         };
         let Ok(random) = random12(self.store) else { return Outcome::Transient("random source failed".into()) };
         let result = queue_preview(cfg, self.store, self.tokens, &admin, &draft, "mail", &key, post.attachments, false, now, &random);
         match result {
             Ok(Drafted::Created { alert, .. }) => {
-                tracing::info!(alert, admin = %admin.login, auth = how.as_str(), "alert post accepted; preview queued");
+                tracing::info!(alert, admin = %admin.login, auth = auth.how.as_str(), "alert post accepted; preview queued");
                 Outcome::Stored
             }
             Ok(Drafted::Duplicate) => {
@@ -252,5 +403,47 @@ mod tests {
     fn html_only_posts_become_text() {
         let t = html_to_text("<html><head><style>p{}</style></head><body><div>地区: 中央</div><p>本文&amp;続き<br>次の行</p></body></html>");
         assert_eq!(t.trim(), "地区: 中央\n本文&続き\n次の行");
+    }
+
+    #[test]
+    fn comments_and_quoted_attributes_hide_their_text() {
+        assert_eq!(html_to_text("a<!-- x > hidden -->b"), "ab");
+        assert_eq!(html_to_text("a<!-- unterminated > hidden"), "a");
+        assert_eq!(html_to_text("<a title=\"x>hidden\" href='y>z'>link</a>"), "link");
+        assert_eq!(html_to_text("<a title = \"x>y\">t</a> <b>u</b>"), "t u");
+        assert_eq!(html_to_text("<p class=x>y</p>"), "y");
+        assert_eq!(html_to_text("before<a title=\"never closed>after"), "before");
+        assert_eq!(html_to_text("<STYLE>p>a{}</STYLE>x<Script>if(a<b){}</SCRIPT>y"), "xy");
+    }
+
+    #[test]
+    fn character_references_are_decoded() {
+        assert_eq!(html_to_text("&#12354;&#x3042;&#X3042;&lt;&gt;&amp;&quot;&apos;&#39;&nbsp;."), "あああ<>&\"'' .");
+        // Decoded once: `&amp;lt;` is the text `&lt;`.
+        assert_eq!(html_to_text("&amp;lt;"), "&lt;");
+        assert_eq!(html_to_text("&#0;&#xD800;&#x110000;"), "\u{FFFD}\u{FFFD}\u{FFFD}");
+        assert_eq!(html_to_text("&unknown; & &#; &#x; &#12a; &"), "&unknown; & &#; &#x; &#12a; &");
+        assert_eq!(html_to_text("a < b > c"), "a < b > c");
+    }
+
+    #[test]
+    fn html_to_text_is_linear() {
+        let mut state: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces = ["<", ">", "<!--", "-->", "\"", "'", "=", "&", ";", "#x", "<style>", "</style", "<p", "あ", " ", "a"];
+        for _ in 0..5000 {
+            let s: String = (0..(next() % 40)).map(|_| pieces[(next() as usize) % pieces.len()]).collect();
+            let _ = html_to_text(&s);
+        }
+        for evil in ["<style>".repeat(100_000), "<style></style>".repeat(20_000), "<!--".repeat(100_000), "<a title=\"".repeat(100_000), "&#".repeat(200_000)] {
+            let t = std::time::Instant::now();
+            let _ = html_to_text(&evil);
+            assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        }
     }
 }

@@ -42,7 +42,11 @@ pub fn handle(ctx: &Context<'_>, recipient: &str, message: &[u8]) -> Outcome {
     };
     // The parser is pure but fed hostile bytes: a panic is a drop, not a retry.
     let report = match std::panic::catch_unwind(|| dsn::parse(message)) {
-        Ok(report) => report,
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            tracing::warn!(outbox_id, reason = e.as_str(), "bounce beyond the MIME bounds ({e}); dropped unparsed");
+            return Outcome::Dropped(format!("bounce: {}", e.as_str()));
+        }
         Err(_) => {
             tracing::error!(outbox_id, "bounce parser panicked; bounce dropped");
             return Outcome::Dropped("bounce-parser-panic".into());

@@ -74,6 +74,10 @@ pub enum DropReason {
     UnknownRecipient,
     /// The header section is larger than [`Rules::max_header_bytes`].
     HeadersTooLarge,
+    /// The MIME structure is beyond [`crate::mime::Limits::DEFAULT`]
+    /// (nesting, parts, part headers, boundary length): no phone sends that
+    /// for an empty mail.
+    MimeTooComplex,
 }
 
 impl DropReason {
@@ -89,6 +93,7 @@ impl DropReason {
             DropReason::InvalidSender => "invalid-sender",
             DropReason::UnknownRecipient => "unknown-recipient",
             DropReason::HeadersTooLarge => "headers-too-large",
+            DropReason::MimeTooComplex => "mime-too-complex",
         }
     }
 }
@@ -105,7 +110,7 @@ impl std::fmt::Display for DropReason {
 /// Envelope rules come first (they are cheap and need no parsing), then the
 /// header rules. When several rules match, the first in this order wins:
 /// unknown recipient, null sender, MAILER-DAEMON, invalid sender, own domain,
-/// headers too large, `Auto-Submitted` (and other auto-reply markers),
+/// headers too large, MIME structure too complex, `Auto-Submitted` (and other auto-reply markers),
 /// `Precedence`, `List-Id`, DSN content type.
 pub fn classify(rules: &Rules, env: &Envelope, raw: &[u8]) -> Classification {
     match classify_inner(rules, env, raw) {
@@ -135,6 +140,10 @@ fn classify_inner(rules: &Rules, env: &Envelope, raw: &[u8]) -> Result<EmailAddr
     }
 
     let header_section = header_section(raw, rules.max_header_bytes).ok_or(DropReason::HeadersTooLarge)?;
+    // The body is never parsed here, but a structure no parser could take is
+    // junk, not a parent: one linear, non-recursive scan decides.
+    let limits = crate::mime::Limits { max_header_bytes: rules.max_header_bytes, ..crate::mime::Limits::DEFAULT };
+    crate::mime::prescan(raw, &limits).map_err(|_| DropReason::MimeTooComplex)?;
     // Choice: when the header section cannot be parsed at all (mailparse
     // refuses a first line that starts with white space, or a line that
     // starts with a bare CR), we register from the envelope alone. A
@@ -212,7 +221,7 @@ fn is_daemon_local(local: &str) -> bool {
 /// The scan looks at no more than `max + 2` bytes, so the size of the body
 /// never matters. A blank line is `LF` or `CR LF` at the start of a line,
 /// exactly where `mailparse::parse_headers` stops.
-fn header_section(raw: &[u8], max: usize) -> Option<&[u8]> {
+pub(crate) fn header_section(raw: &[u8], max: usize) -> Option<&[u8]> {
     let window = &raw[..raw.len().min(max.saturating_add(2))];
     let mut line_start = 0;
     while line_start <= max && line_start < window.len() {
@@ -488,6 +497,16 @@ mod tests {
             let rules = Rules { max_header_bytes: (next() % 200) as usize, ..RULES };
             let _ = classify(&rules, &Envelope { sender: "x@au.com", recipient: "ans@mamoru.test" }, &raw);
         }
+    }
+
+    #[test]
+    fn nested_mime_is_junk() {
+        let env = Envelope { sender: "x@au.com", recipient: "ans@mamoru.test" };
+        let deep = crate::mime::nested_message(3_000, 0);
+        assert_eq!(classify(&RULES, &env, &deep), Classification::Drop(DropReason::MimeTooComplex));
+        let wide = crate::mime::nested_message(1, 1_000);
+        assert_eq!(classify(&RULES, &env, &wide), Classification::Drop(DropReason::MimeTooComplex));
+        assert!(matches!(classify(&RULES, &env, &crate::mime::nested_message(3, 3)), Classification::Register { .. }));
     }
 
     #[test]

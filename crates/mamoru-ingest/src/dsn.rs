@@ -23,6 +23,8 @@
 
 use mailparse::{MailHeaderMap, ParsedMail};
 
+use crate::mime;
+
 /// What a returned message says about the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -75,27 +77,37 @@ impl Report {
 /// message after them is of no interest.
 const MAX_TEXT: usize = 64 * 1024;
 
-/// Parses a returned message. Never panics, whatever `raw` holds.
-pub fn parse(raw: &[u8]) -> Report {
-    let Ok(mail) = mailparse::parse_mail(raw) else {
-        // Unparsable headers: read what text there is.
-        let text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_TEXT)]).into_owned();
-        return from_text(&text, "", true);
+/// Parses a returned message. Never panics, whatever `raw` holds; a
+/// message beyond the bounds of [`mime::Limits::DEFAULT`] is not parsed at
+/// all (`Err`).
+pub fn parse(raw: &[u8]) -> Result<Report, mime::TooComplex> {
+    let mail = match mime::parse(raw, &mime::Limits::DEFAULT) {
+        Ok(mail) => mail,
+        Err(mime::ParseError::TooComplex(e)) => return Err(e),
+        Err(mime::ParseError::Unparsable(_)) => {
+            // Unparsable headers: read what text there is.
+            let text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_TEXT)]).into_owned();
+            return Ok(from_text(&text, "", true));
+        }
     };
+    Ok(report_of(&mail))
+}
+
+fn report_of(mail: &ParsedMail<'_>) -> Report {
     let mut dsn_parts = Vec::new();
-    collect_dsn_parts(&mail, &mut dsn_parts, 0);
+    collect_dsn_parts(mail, &mut dsn_parts, 0);
     if let Some(report) = dsn_parts.iter().find_map(|body| from_delivery_status(body)) {
         return report;
     }
     let subject = mail.headers.get_first_value("Subject").unwrap_or_default();
     let from = mail.headers.get_first_value("From").unwrap_or_default().to_ascii_lowercase();
-    if is_auto_reply(&mail, &subject) {
+    if is_auto_reply(mail, &subject) {
         return Report::not_a_bounce();
     }
     let from_daemon = ["mailer-daemon", "postmaster", "mail delivery", "mail-daemon"].iter().any(|d| from.contains(d));
     let looks_like = from_daemon || bounce_subject(&subject);
     let mut text = String::new();
-    collect_text(&mail, &mut text, 0);
+    collect_text(mail, &mut text, 0);
     from_text(&text, &subject, looks_like)
 }
 
@@ -479,10 +491,16 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for raw in [&b""[..], b"\xff\xfe\x00", b"Content-Type: multipart/report; boundary=\"x\"\r\n\r\n--x\r\n", b"5.", b"550"] {
-            let _ = parse(raw);
+            assert!(parse(raw).is_ok());
         }
         let mut big = b"Subject: Undelivered Mail\r\n\r\n".to_vec();
         big.extend(std::iter::repeat_n(b"5.1.1 \xe5\xae", 100_000).flatten());
-        let _ = parse(&big);
+        assert!(parse(&big).is_ok());
+    }
+
+    #[test]
+    fn a_deeply_nested_report_is_not_parsed() {
+        assert_eq!(parse(&mime::nested_message(3_000, 0)), Err(mime::TooComplex::Depth(8)));
+        assert!(parse(&mime::nested_message(3, 2)).is_ok());
     }
 }

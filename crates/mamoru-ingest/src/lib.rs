@@ -16,6 +16,10 @@
 //!   the alert address is handed to [`alert_post`].
 //! - [`alert_post`]: admins' alert posts: sender checks, format, preview.
 //! - [`alert_auth`]: SASL / DKIM (pinned keys) / trusted Authentication-Results.
+//! - [`auth_results`]: pure RFC 8601 `Authentication-Results` parser.
+//! - [`mime`]: bounded MIME parsing; every MIME parse of inbound mail goes
+//!   through [`mime::parse`], which refuses deep or huge structures before
+//!   the recursive parser sees them.
 //!
 //! Invariant: a message is acknowledged (exit 0, LMTP 250) only after
 //! [`Deliver::deliver`] returned [`Outcome::Stored`] or [`Outcome::Dropped`],
@@ -24,9 +28,11 @@
 pub mod bounce;
 pub mod alert_auth;
 pub mod alert_post;
+pub mod auth_results;
 pub mod classify;
 pub mod dsn;
 pub mod lmtp;
+pub mod mime;
 pub mod registrar;
 
 pub use registrar::Registrar;

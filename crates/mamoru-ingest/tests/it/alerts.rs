@@ -225,3 +225,108 @@ fn a_malformed_post_is_answered_at_the_registered_address_once() {
     let body = mailparse::parse_mail(&q[0].content).expect("parse").get_body().expect("body");
     assert!(body.contains("東京") && body.contains("1 中央地区") && body.contains("10 音戸・倉橋地区"), "{body}");
 }
+
+fn sign_headers(der: &[u8], headers: &[&str], message: &str) -> String {
+    let key = Ed25519Key::from_pkcs8_der(der).expect("key");
+    let sig = DkimSigner::from_key(key).domain("city.test").selector("sel").headers(headers.iter().copied()).sign(message.as_bytes()).expect("sign");
+    format!("{}{message}", sig.to_header())
+}
+
+/// A captured, genuinely signed post, tampered with: none of it may become
+/// a draft, a preview or a reply.
+#[test]
+fn tampered_signed_posts_produce_nothing() {
+    let f = fixture(|c| c.alerts.authserv_id = "mx.mamoru.test".into());
+    let signed = |id: &str| sign(&f.key, "city.test", &post(ADMIN, id, BODY));
+    let on_top = |header: &str, m: String| format!("{header}\r\n{m}");
+    let cases: Vec<(&str, String)> = vec![
+        ("second Subject on top", on_top("Subject: =?UTF-8?B?5YWo5Zyw5Yy644Gr57eK5oCl77ya44GZ44GQ6YG/6Zuj?=", signed("t1@city.test"))),
+        ("second Subject at the bottom", signed("t2@city.test").replacen("MIME-Version", "Subject: x\r\nMIME-Version", 1)),
+        ("second Message-ID on top", on_top("Message-ID: <replay@evil.test>", signed("t3@city.test"))),
+        ("second From on top", on_top("From: staff@city.test", signed("t4@city.test"))),
+        ("second Date", on_top("Date: Mon, 1 Jan 2024 00:00:00 +0900\r\nDate: Tue, 2 Jan 2024 00:00:00 +0900", signed("t5@city.test"))),
+        ("second To, spaced name", on_top("To : all@mamoru.test", signed("t6@city.test"))),
+        ("h= without From", sign_headers(&f.key, &["To", "Subject", "Message-ID"], &post(ADMIN, "t7@city.test", BODY))),
+        ("h= without Subject", sign_headers(&f.key, &["From", "To", "Message-ID"], &post(ADMIN, "t8@city.test", BODY))),
+        (
+            "our A-R says fail, with pass inside a quoted reason",
+            on_top(
+                "Authentication-Results: mx.mamoru.test; dkim=fail reason=\"x dkim=pass header.d=city.test\" header.d=evil.test\r\nReceived: from evil.test",
+                post(ADMIN, "t9@city.test", BODY),
+            ),
+        ),
+        (
+            "our A-R says fail, with pass inside a comment",
+            on_top(
+                "Authentication-Results: mx.mamoru.test; dkim=fail (dkim=pass header.d=city.test) header.d=evil.test\r\nReceived: from evil.test",
+                post(ADMIN, "t10@city.test", BODY),
+            ),
+        ),
+        (
+            "pass inside the authserv-id's comment",
+            on_top("Authentication-Results: mx.mamoru.test (dkim=pass header.d=city.test); none\r\nReceived: from evil.test", post(ADMIN, "t11@city.test", BODY)),
+        ),
+    ];
+    for (what, message) in &cases {
+        match f.deliver(ADMIN, None, message) {
+            Outcome::Dropped(reason) => assert!(reason.starts_with("alert: "), "{what}: {reason}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert!(f.queued().is_empty(), "no preview, no reply, nothing queued");
+    assert!(f.store.recent_alerts(10).expect("alerts").is_empty(), "no draft");
+    // The untampered posts do authenticate.
+    assert_eq!(f.deliver(ADMIN, None, &signed("t1@city.test")), Outcome::Stored);
+    let opendkim = "Authentication-Results: mx.mamoru.test; dkim=pass (2048-bit key; unprotected) header.d=city.test header.i=@city.test header.b=abcd\r\nReceived: from city.test";
+    assert_eq!(f.deliver(ADMIN, None, &on_top(opendkim, post(ADMIN, "t12@city.test", BODY))), Outcome::Stored);
+    assert_eq!(f.queued().len(), 2);
+}
+
+#[test]
+fn a_replayed_signed_post_with_a_new_message_id_is_a_duplicate() {
+    let f = fixture(|_| {});
+    // Message-ID not signed: a replay may carry any other one.
+    let signed = sign_headers(&f.key, &["From", "To", "Subject"], &post(ADMIN, "orig@city.test", BODY));
+    assert_eq!(f.deliver(ADMIN, None, &signed), Outcome::Stored);
+    let replay = signed.replace("<orig@city.test>", "<new@evil.test>");
+    assert_eq!(f.deliver(ADMIN, None, &replay), Outcome::Dropped("alert: duplicate".into()));
+    assert_eq!(f.queued().len(), 1);
+    assert_eq!(f.store.recent_alerts(10).expect("alerts").len(), 1);
+}
+
+#[test]
+fn a_nested_post_is_answered_to_the_admin_and_dropped_for_a_forger() {
+    let f = fixture(|_| {});
+    let nested = String::from_utf8(mamoru_ingest::mime::nested_message(3_000, 0)).expect("ascii");
+    let nested = nested.replace("From: a@example.jp\r\nTo: x@example.jp", &format!("From: {ADMIN}\r\nTo: alert@mamoru.test"));
+    // A forger (no authentication): a logged drop, no reply.
+    assert!(matches!(f.deliver(ADMIN, None, &nested), Outcome::Dropped(_)));
+    assert!(f.queued().is_empty());
+    // The admin: one 受付不可 reply, at the registered address.
+    assert_eq!(f.deliver(ADMIN, Some("chuo"), &nested), Outcome::Stored);
+    assert_eq!(f.deliver(ADMIN, Some("chuo"), &nested), Outcome::Dropped("alert: duplicate".into()));
+    let q = f.queued();
+    assert_eq!((q.len(), q[0].kind.as_str(), q[0].recipient.as_str()), (1, "alert_rejected", ADMIN));
+    let body = mailparse::parse_mail(&q[0].content).expect("parse").get_body().expect("body");
+    assert!(body.contains("読み取れませんでした"), "{body}");
+}
+
+/// mail-auth matches every `h=` name against every header field (quadratic
+/// in both); a forged post may not make it do that at length.
+#[test]
+fn a_forged_signature_over_thousands_of_headers_is_cheap() {
+    let f = fixture(|_| {});
+    let names: Vec<String> = (0..4000).map(|i| format!("x-n{i}")).collect();
+    let mut hs: Vec<&str> = names.iter().map(String::as_str).collect();
+    hs.extend(["From", "Subject"]);
+    let pad: String = (0..1500).map(|i| format!("X-P{i}: v\r\n")).collect();
+    // Body intact (the body hash matches), a header changed: the headers
+    // would be hashed before the signature fails.
+    let signed = sign_headers(&f.key, &hs, &format!("{pad}{}", post(ADMIN, "cost@city.test", BODY))).replacen("Subject: ", "Subject: x", 1);
+    let few = sign_headers(&f.key, &hs, &post(ADMIN, "cost2@city.test", BODY)).replacen("Subject: ", "Subject: x", 1);
+    let t = std::time::Instant::now();
+    assert_eq!(f.deliver(ADMIN, None, &signed), Outcome::Dropped("alert: too-many-headers".into()));
+    assert_eq!(f.deliver(ADMIN, None, &few), Outcome::Dropped("alert: not-authenticated".into()));
+    assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(f.queued().is_empty());
+}

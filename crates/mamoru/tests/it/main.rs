@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod fuzz_checks;
 mod fuzz_smoke;
+mod hostile;
 mod hostile_load;
 mod limits;
 mod pipe;
