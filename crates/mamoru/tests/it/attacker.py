@@ -9,8 +9,9 @@ loopback addresses of its own (127.0.0.2 and up), with independent clients
   address and to ans@, and one with a huge header section;
 - waves of concurrent wrong admin logins, for one ID and for many.
 
-Prints "ready" once the floods are in place, then at the end one JSON line
-of what the server answered.
+Prints "ready" once the floods are in place and every other attack has
+gone round once (so the genuine traffic meets all of them at once), then at
+the end one JSON line of what the server answered.
 """
 import argparse
 import http.client
@@ -42,6 +43,7 @@ WEB, LMTP = hostport(args.web), hostport(args.lmtp)
 DEADLINE = time.monotonic() + args.seconds
 stats = {}
 lock = threading.Lock()
+rounds = {name: threading.Event() for name in ("slow_web", "slow_lmtp", "mime_bombs", "login_waves")}
 
 
 def count(key, n=1):
@@ -101,6 +103,7 @@ def slow_web():
             except OSError:
                 socks.remove(s)
                 count("slow_web_closed_by_server")
+        rounds["slow_web"].set()
         time.sleep(0.5)
     for s in socks:
         s.close()
@@ -122,6 +125,7 @@ def slow_lmtp():
                 s.sendall(b"a")
             except OSError:
                 socks.remove(s)
+        rounds["slow_lmtp"].set()
         time.sleep(0.5)
     for s in socks:
         s.close()
@@ -154,6 +158,7 @@ def mime_bombs():
         for rcpt in ("alert@" + args.domain, args.bounce, "ans@" + args.domain):
             lmtp_send(rcpt, bomb)
         lmtp_send("ans@" + args.domain, huge)
+        rounds["mime_bombs"].set()
 
 
 def login(loginid):
@@ -175,14 +180,18 @@ def login_waves():
             t.start()
         for t in ts:
             t.join()
+        rounds["login_waves"].set()
 
 
 web_idle = idle_flood("web_idle", WEB)
 lmtp_idle = idle_flood("lmtp_idle", LMTP)
-print("ready", flush=True)
 workers = [threading.Thread(target=f) for f in (slow_web, slow_lmtp, mime_bombs, login_waves)]
 for w in workers:
     w.start()
+for name, first_round in rounds.items():
+    if not first_round.wait(timeout=max(0, DEADLINE - time.monotonic())):
+        count("first_round_missing:" + name)
+print("ready", flush=True)
 for w in workers:
     w.join()
 still_open("web_idle", web_idle)
