@@ -40,7 +40,7 @@ def text_parts(raw, subtype):
 
 
 def seeds(target):
-    if target in ("classify", "iso2022jp", "mime"):
+    if target in ("classify", "iso2022jp", "mime", "dkim_headers"):
         for p in files("inbound/*.eml") + files("alerts/*.eml"):
             yield read(p)
     if target in ("dsn", "mime"):
@@ -88,6 +88,14 @@ def seeds(target):
             yield read(p)
         yield "email,districts\nparent@docomo.ne.jp,\"1,3\"\n".encode()
         yield "email,districts\r\nparent@docomo.ne.jp,中央\r\n".encode("cp932")
+    if target == "dkim_headers":
+        for p in files("alerts/*.eml")[:4]:
+            yield (b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=city.example; s=sel; "
+                   b"h=from:subject:date:message-id; bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=; b=AAAA\r\n") + read(p)
+    if target == "escape":
+        yield "本日15時ごろ <b>&amp; \"quoted\" 'single' ]]> \x01\x0b\x0c\u0085\ufffe".encode()
+        for p in files("alerts/*.eml")[:4]:
+            yield read(p)
     if target == "auth_results":
         yield b"mx.mamoru.test; dkim=pass (2048-bit key; unprotected) header.d=city.example header.i=@city.example header.b=abcd"
         yield b"mx.mamoru.test; dkim=fail reason=\"dkim=pass header.d=city.example\" header.d=evil.example"

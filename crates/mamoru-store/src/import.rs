@@ -166,13 +166,15 @@ pub fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
 }
 
 /// District ids from `1;3` or `中央地区;昭和地区` (`|` also separates);
-/// empty means every district.
+/// empty, or separators only, means every district (what an export of
+/// such a row reads back as, too).
 pub fn parse_districts(cfg: &Config, field: &str) -> Result<Vec<u32>, RowError> {
-    if field.trim().is_empty() {
+    let parts: Vec<&str> = field.split([';', '|']).map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
         return Ok(cfg.districts.iter().map(|d| d.id).collect());
     }
     let mut ids = Vec::new();
-    for part in field.split([';', '|']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in parts {
         let found = part.parse::<u32>().ok().and_then(|id| cfg.district(id)).or_else(|| cfg.districts.iter().find(|d| d.name == part));
         match found {
             Some(d) => ids.push(d.id),
@@ -378,6 +380,7 @@ mod tests {
         assert_eq!(parse_districts(&cfg, "3;1;3"), Ok(vec![1, 3]));
         assert_eq!(parse_districts(&cfg, "中央地区;昭和地区"), Ok(vec![1, 3]));
         assert_eq!(parse_districts(&cfg, "").map(|v| v.len()), Ok(10));
+        assert_eq!(parse_districts(&cfg, " ; |").map(|v| v.len()), Ok(10), "separators only: as empty");
         assert_eq!(parse_districts(&cfg, "99"), Err(RowError::District("99".into())));
         assert_eq!(parse_districts(&cfg, "1;hanako@ezweb.ne.jp"), Err(RowError::AddressAsDistrict), "never echoed");
     }

@@ -25,6 +25,11 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("form", form),
     ("config", config),
     ("iso2022jp", iso2022jp),
+    ("mime", mime),
+    ("auth_results", auth_results),
+    ("dkim_headers", dkim_headers),
+    ("csv_import", csv_import),
+    ("escape", escape),
 ];
 
 fn cfg() -> &'static Config {
@@ -164,5 +169,90 @@ pub fn iso2022jp(data: &[u8]) {
         // Line ends become CRLF on the way; nothing else may change.
         let lines = |b: &str| b.replace("\r\n", "\n").trim_end_matches('\n').to_owned();
         assert_eq!(lines(&b0), lines(&b1), "text changed");
+    }
+}
+
+/// The bounded MIME parse every posted or returned message goes through:
+/// within the bounds, the tree is walked for a post's text; beyond them,
+/// nothing recursive ever saw the bytes.
+pub fn mime(data: &[u8]) {
+    let limits = mamoru_ingest::mime::Limits::DEFAULT;
+    let shape = mamoru_ingest::mime::prescan(data, &limits);
+    if let Ok(parsed) = mamoru_ingest::mime::parse(data, &limits) {
+        assert!(shape.is_ok(), "parsed a message the prescan refused");
+        let _ = mamoru_ingest::alert_post::extract(&parsed);
+        let _ = mamoru_ingest::alert_post::duplicated_header(&parsed.headers);
+    }
+}
+
+/// RFC 8601 Authentication-Results: never panics, and a pass is only ever
+/// read from a result statement, never from a comment or a quoted reason.
+pub fn auth_results(data: &[u8]) {
+    let Ok(value) = std::str::from_utf8(data) else { return };
+    // One header field: a line break would start another one.
+    let value = value.replace(['\r', '\n'], " ");
+    let parsed = mamoru_ingest::auth_results::parse(&value);
+    let mut raw = format!("Authentication-Results: {value}\r\nReceived: from x\r\n\r\n").into_bytes();
+    if mamoru_ingest::alert_auth::trusted_results_pass("mx.mamoru.test", "city.example", &raw) {
+        let ar = parsed.expect("a pass from a header that does not parse");
+        assert!(ar.authserv_id.eq_ignore_ascii_case("mx.mamoru.test"), "a pass under someone else's authserv-id");
+        assert!(ar.results.iter().any(|r| r.method == "dkim" && r.result == "pass"), "a pass without a dkim=pass statement");
+    }
+    raw.clear();
+}
+
+/// No message verifies against a pinned key whose private half nobody has
+/// (generated once for this check and thrown away),
+/// whatever its headers (duplicates, huge or many signatures, odd `h=`).
+pub fn dkim_headers(data: &[u8]) {
+    let mut keys = std::collections::BTreeMap::new();
+    keys.insert(
+        "sel._domainkey.city.example".to_owned(),
+        "v=DKIM1; k=ed25519; p=XfOmnYovl5xnF3cAxCOdJfjfQ8HSC6G4ZbGazgkm4GM=".to_owned(),
+    );
+    assert!(mamoru_ingest::alert_auth::dkim_verifies(&keys, "city.example", data).is_none(), "a forged signature verified");
+}
+
+/// CSV rosters: never panics; every reported line exists; the rows read
+/// export and import back unchanged.
+pub fn csv_import(data: &[u8]) {
+    let Ok(roster) = mamoru_store::import::parse_roster(cfg(), data) else { return };
+    let lines = data.split(|&b| b == b'\n').count() as u64;
+    for bad in &roster.bad {
+        assert!(bad.line >= 1 && bad.line <= bad.last_line && bad.last_line <= lines, "line {bad} of {lines}");
+    }
+    let rows: Vec<mamoru_store::import::ExportRow> = roster
+        .rows
+        .iter()
+        .map(|r| mamoru_store::import::ExportRow {
+            address: r.address.clone(),
+            status: "active".to_owned(),
+            districts: r.districts.clone(),
+            created_at: 0,
+            confirmed_at: 0,
+        })
+        .collect();
+    let mut out = Vec::new();
+    mamoru_store::import::write_export(&rows, &mut out).expect("export");
+    let back = mamoru_store::import::parse_roster(cfg(), &out).expect("our own export reads back");
+    assert!(back.bad.is_empty(), "our own export has bad rows: {:?}", back.bad);
+    let got: Vec<_> = back.rows.iter().map(|r| (r.address.as_str().to_owned(), r.districts.clone())).collect();
+    let want: Vec<_> = roster.rows.iter().map(|r| (r.address.as_str().to_owned(), r.districts.clone())).collect();
+    assert_eq!(got, want, "export and import changed the rows");
+}
+
+/// The one text rule of pages and feeds: what it writes is XML character
+/// data (allowed characters only, markup escaped, every `&` an entity).
+pub fn escape(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut out = String::new();
+    mamoru_web::pages::escape(&mut out, text);
+    for c in out.chars() {
+        let allowed = matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+        assert!(allowed && c != '<' && c != '>', "{c:?} written");
+    }
+    for (i, _) in out.match_indices('&') {
+        let rest = &out[i..];
+        assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)), "a bare & at {i}");
     }
 }
