@@ -208,6 +208,26 @@ async fn an_unknown_user_is_final_suspended_and_the_connection_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_echoing_the_local_part_stores_no_form_of_it() {
+    // Every log line of this process, at debug level, into `logs`.
+    #[derive(Clone)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Capture(Arc::default());
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
     let mut env = Env::new();
     env.set_pools(pools(&[("au", pool(&["au.com"], 1, 0.0, 5))]));
     let em = Emulator::start(PolicyConfig::default()).await;
@@ -230,8 +250,11 @@ async fn a_reply_echoing_the_local_part_stores_no_form_of_it() {
     let wal = db.with_extension("db-wal");
     bytes.extend(std::fs::read(&wal).unwrap_or_default());
     let lower = bytes.to_ascii_lowercase();
+    let logged = logs.0.lock().unwrap_or_else(|p| p.into_inner()).to_ascii_lowercase();
+    assert!(String::from_utf8_lossy(&logged).contains("recipient unknown"), "the log was captured");
     for local in ["echo550.gone.privacy", "echo452.full.privacy"] {
         assert!(!lower.windows(local.len()).any(|w| w == local.as_bytes()), "{local} in {db:?} or its WAL");
+        assert!(!logged.windows(local.len()).any(|w| w == local.as_bytes()), "{local} in the log");
     }
 }
 
