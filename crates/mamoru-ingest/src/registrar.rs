@@ -74,7 +74,8 @@ impl Registrar {
         // An address already registered gets a manage link (登録内容の変更)
         // instead of a second registration.
         // The mail path spends its own global budget, apart from the PC form's.
-        let result = self.store.request_link(reply_to, &Channel::Mail, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
+        let channel = Channel::Mail;
+        let result = self.store.request_link(reply_to, &channel, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
             let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
             let token = self.tokens.sign(&claims);
             let id = mail::message_id(&random, cfg);
