@@ -99,7 +99,8 @@ pub const SCRUB_MIN_LOCAL: usize = 3;
 ///   (so `taro` is found in `user taro unknown`, `<taro>`, `'taro'`,
 ///   `"taro"@…`, `taro%40docomo.ne.jp` and `ユーザtaroは`, but not in
 ///   `taro_yamada`) — becomes its first character and `***`; local parts
-///   shorter than [`SCRUB_MIN_LOCAL`] only as part of the full address.
+///   shorter than [`SCRUB_MIN_LOCAL`] only as part of the full address;
+/// - the local part percent-encoded (`ta%2Bro`), the same way.
 ///
 /// The local part is ASCII (see [`EmailAddress::parse`]), so matching works
 /// on an ASCII-lower-cased copy whose byte offsets are those of `text`.
@@ -111,9 +112,30 @@ pub fn scrub(text: &str, addr: &EmailAddress) -> String {
     }
     let first = local.chars().next().unwrap_or('*');
     let hidden = format!("{first}***");
-    replace_ci(&full, &local.to_ascii_lowercase(), &hidden, |before, after| {
-        !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
-    })
+    let whole = |before: Option<u8>, after: Option<u8>| !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte);
+    let plain = replace_ci(&full, &local.to_ascii_lowercase(), &hidden, whole);
+    // The percent-encoded form (`a%2Bb` for `a+b`), as it appears in URLs
+    // and some DSN fields; a local part of only unreserved characters has
+    // the same form and was handled above.
+    let encoded = percent_encoded(local);
+    if encoded.len() == local.len() {
+        return plain;
+    }
+    replace_ci(&plain, &encoded, &hidden, whole)
+}
+
+/// `local` with every byte but letters, digits, `.`, `-` and `_` as `%xx`
+/// (lower-case hex: matching is case-insensitive).
+fn percent_encoded(local: &str) -> String {
+    let mut out = String::with_capacity(local.len() * 3);
+    for b in local.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            out.push(b.to_ascii_lowercase() as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Replaces the non-overlapping occurrences of the lower-case ASCII
@@ -232,6 +254,13 @@ mod tests {
         }
         let full = EmailAddress::parse("full.privacy@au.com").unwrap();
         assert_eq!(scrub("452 Mailbox of FULL.PRIVACY is over quota", &full), "452 Mailbox of f*** is over quota");
+    }
+
+    #[test]
+    fn scrub_hides_the_percent_encoded_local_part() {
+        let a = EmailAddress::parse("Ta+ro@docomo.ne.jp").unwrap();
+        assert_eq!(scrub("550 rcpt=ta%2Bro%40docomo.ne.jp; TA%2bRO", &a), "550 rcpt=T***%40docomo.ne.jp; T***");
+        assert_eq!(scrub("550 <ta+ro@docomo.ne.jp> ta+ro", &a), "550 <T***@docomo.ne.jp> T***");
     }
 
     #[test]

@@ -680,6 +680,8 @@ mod tests {
         assert!(err("[relay]\ntransport = \"mx:\"").contains("relay.transport"));
         assert!(err("[limits]\nregister_daily_cap = 0").contains("limits.register_daily_cap"));
         assert!(err("[limits]\nregister_daily_cap = \"5\"").contains("register_daily_cap"));
+        assert!(err("[limits]\nregister_web_client_hourly_cap = 0").contains("limits.register_web_client_hourly_cap"));
+        assert!(err("[limits]\nregister_web_global_hourly_cap = -1").contains("limits.register_web_global_hourly_cap"));
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
         assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
         assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));
