@@ -118,8 +118,14 @@ pub struct LimitsConfig {
     pub register_cooldown_secs: i64,
     /// At most this many 登録受付 mails per address per day (UTC+9 calendar day).
     pub register_daily_cap: i64,
-    /// At most this many 登録受付 mails in total per clock hour.
+    /// At most this many 登録受付 mails per clock hour in reply to empty mails.
     pub register_global_hourly_cap: i64,
+    /// At most this many 登録受付 mails per clock hour requested through the
+    /// PC form (a budget of its own, so a web flood cannot spend the phones').
+    pub register_web_global_hourly_cap: i64,
+    /// At most this many PC-form requests per clock hour from one client
+    /// address (IPv6 by /64).
+    pub register_web_client_hourly_cap: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -336,7 +342,13 @@ impl Default for IngestConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { register_cooldown_secs: 300, register_daily_cap: 5, register_global_hourly_cap: 2000 }
+        Self {
+            register_cooldown_secs: 300,
+            register_daily_cap: 5,
+            register_global_hourly_cap: 2000,
+            register_web_global_hourly_cap: 500,
+            register_web_client_hourly_cap: 20,
+        }
     }
 }
 
@@ -470,6 +482,8 @@ impl Config {
         positive("limits.register_cooldown_secs", self.limits.register_cooldown_secs, true)?;
         positive("limits.register_daily_cap", self.limits.register_daily_cap, false)?;
         positive("limits.register_global_hourly_cap", self.limits.register_global_hourly_cap, false)?;
+        positive("limits.register_web_global_hourly_cap", self.limits.register_web_global_hourly_cap, false)?;
+        positive("limits.register_web_client_hourly_cap", self.limits.register_web_client_hourly_cap, false)?;
         positive("tokens.register_ttl_secs", self.tokens.register_ttl_secs, false)?;
         positive("relay.retry_base_secs", self.relay.retry_base_secs, false)?;
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
@@ -721,6 +735,8 @@ mod tests {
         assert!(err("[relay]\ntransport = \"mx:\"").contains("relay.transport"));
         assert!(err("[limits]\nregister_daily_cap = 0").contains("limits.register_daily_cap"));
         assert!(err("[limits]\nregister_daily_cap = \"5\"").contains("register_daily_cap"));
+        assert!(err("[limits]\nregister_web_client_hourly_cap = 0").contains("limits.register_web_client_hourly_cap"));
+        assert!(err("[limits]\nregister_web_global_hourly_cap = -1").contains("limits.register_web_global_hourly_cap"));
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\n[[districts]]\nid = 1\nname = \"b\"").contains("districts[1].id"));
         assert!(err("[[districts]]\nid = 1\nname = \"\"").contains("districts[0].name"));
         assert!(err("[ingest]\nregister_local = \"a+b\"").contains("ingest.register_local"));

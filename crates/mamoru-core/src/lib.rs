@@ -6,7 +6,10 @@
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`carriers`]: carrier pools, their domains and limits (pure).
 //! - [`rate`]: a token bucket that takes the time as a parameter.
-//! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts.
+//! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts,
+//!   and [`address::scrub`], which hides an address in text from a peer.
+//! - [`mailbox`]: the mailbox an address reaches (the key of per-address
+//!   limits) and the addresses that never get a reply.
 //! - [`token`]: HMAC-SHA256 tokens bound to a purpose, a subject and a nonce.
 //! - [`seal`]: AEAD encryption and blind index of addresses.
 //! - [`links`]: the personal manage/unsubscribe links of alert footers.
@@ -24,6 +27,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod keys;
 pub mod links;
+pub mod mailbox;
 pub mod mail;
 pub mod rate;
 pub mod password;

@@ -67,7 +67,9 @@ pub fn handle(ctx: &Context<'_>, recipient: &str, message: &[u8]) -> Outcome {
     match ctx.store.record_bounce(outbox_id, class, &report.status, ctx.now, policy) {
         Ok(effect) => {
             let class = class.as_str();
-            let status = report.status.as_str();
+            // The peer's text, reduced to a status code as the store keeps it.
+            let status = mamoru_store::bounces::status_code(&report.status);
+            let status = status.as_str();
             match &effect {
                 BounceEffect::Unknown => tracing::info!(outbox_id, class, status, "bounce for no current subscriber; ignored"),
                 BounceEffect::Duplicate => tracing::info!(outbox_id, class, "bounce already recorded"),

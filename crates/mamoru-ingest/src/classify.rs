@@ -10,12 +10,14 @@
 //! message costs one bounded scan for the end of the header section.
 //!
 //! The drop rules are these: no reply to the null sender, to
-//! MAILER-DAEMON, to DSNs, to `Auto-Submitted` ≠ `no`, to
-//! `Precedence: bulk|list|junk`, to `List-Id`, nor to our own domain — a
-//! reply to any of those is either backscatter or the start of a mail loop.
+//! MAILER-DAEMON, postmaster or no-reply, nor to our own domain (the rule
+//! the PC form shares, `mamoru_core::mailbox::no_reply`), to DSNs, to
+//! `Auto-Submitted` ≠ `no`, to `Precedence: bulk|list|junk`, to `List-Id` —
+//! a reply to any of those is either backscatter or the start of a mail loop.
 
 use mailparse::MailHeader;
 use mamoru_core::EmailAddress;
+use mamoru_core::mailbox::{self, NoReply};
 
 /// What [`classify`] checks against. Borrowed from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -131,12 +133,15 @@ fn classify_inner(rules: &Rules, env: &Envelope, raw: &[u8]) -> Result<EmailAddr
     // Checked on the raw string, before parsing, because MTAs also use a bare
     // `MAILER-DAEMON` without a domain, which would otherwise be "invalid".
     let sender_local = sender.rfind('@').map_or(sender, |at| &sender[..at]);
-    if is_daemon_local(sender_local) {
+    if mailbox::is_daemon_local(sender_local) {
         return Err(DropReason::MailerDaemon);
     }
     let reply_to = EmailAddress::parse(sender).map_err(|_| DropReason::InvalidSender)?;
-    if is_own_domain(rules.domain, reply_to.domain()) {
-        return Err(DropReason::OwnDomain);
+    // The same rule the PC form applies (`mamoru_core::mailbox`).
+    match mailbox::no_reply(&reply_to, rules.domain) {
+        Some(NoReply::Daemon) => return Err(DropReason::MailerDaemon),
+        Some(NoReply::OwnDomain) => return Err(DropReason::OwnDomain),
+        None => {}
     }
 
     let header_section = header_section(raw, rules.max_header_bytes).ok_or(DropReason::HeadersTooLarge)?;
@@ -186,32 +191,6 @@ fn strip_brackets(s: &str) -> &str {
 /// Domains compare case-insensitively and without a trailing root dot.
 fn same_domain(a: &str, b: &str) -> bool {
     a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
-}
-
-/// Our domain or any subdomain of it (`bounce.mamoru.test`).
-fn is_own_domain(ours: &str, theirs: &str) -> bool {
-    let ours = ours.trim_end_matches('.');
-    let theirs = theirs.trim_end_matches('.');
-    if ours.is_empty() {
-        return false;
-    }
-    if same_domain(ours, theirs) {
-        return true;
-    }
-    // `theirs` ends with `.ours`; compared as bytes so no slicing can land
-    // inside a multi-byte character.
-    let (t, o) = (theirs.as_bytes(), ours.as_bytes());
-    t.len() > o.len() && t[t.len() - o.len() - 1] == b'.' && t[t.len() - o.len()..].eq_ignore_ascii_case(o)
-}
-
-/// `MAILER-DAEMON`, `mailer_daemon`, `MailerDaemon`, `postmaster`, ...
-fn is_daemon_local(local: &str) -> bool {
-    let squashed: String = local
-        .chars()
-        .filter(|c| !matches!(c, '-' | '_' | '.'))
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    matches!(squashed.as_str(), "mailerdaemon" | "postmaster" | "doublebounce")
 }
 
 /// The header section of `raw`, without the blank line that ends it, or
@@ -354,6 +333,18 @@ mod tests {
             check(s, "ans@mamoru.test", PLAIN, Err(DropReason::MailerDaemon));
         }
         check("mailer@x.jp", "ans@mamoru.test", PLAIN, Ok("mailer@x.jp"));
+    }
+
+    #[test]
+    fn the_shared_no_reply_table() {
+        for (sender, want) in mailbox::NO_REPLY_EXAMPLES {
+            let want = match want {
+                Some(NoReply::Daemon) => Err(DropReason::MailerDaemon),
+                Some(NoReply::OwnDomain) => Err(DropReason::OwnDomain),
+                None => Ok(*sender),
+            };
+            check(sender, "ans@mamoru.test", PLAIN, want);
+        }
     }
 
     #[test]

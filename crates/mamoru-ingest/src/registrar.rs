@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mamoru_core::token::{Claims, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
 use mamoru_store::manage::{LinkMail, LinkRequest};
-use mamoru_store::{RegistrationLimits, Store};
+use mamoru_store::{Channel, RegistrationLimits, Store};
 
 use crate::bounce;
 use crate::classify::{self, Classification, Envelope, Rules};
@@ -73,7 +73,9 @@ impl Registrar {
         let preselect = cfg.district_of_recipient(recipient).map(|d| d.id);
         // An address already registered gets a manage link (登録内容の変更)
         // instead of a second registration.
-        let result = self.store.request_link(reply_to, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
+        // The mail path spends its own global budget, apart from the PC form's.
+        let channel = Channel::Mail;
+        let result = self.store.request_link(reply_to, &channel, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
             let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
             let token = self.tokens.sign(&claims);
             let id = mail::message_id(&random, cfg);

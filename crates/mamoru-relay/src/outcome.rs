@@ -31,26 +31,15 @@ pub fn is_unknown_user(reason: &str) -> bool {
 const MAX_REASON: usize = 300;
 
 /// Makes a reason safe to log and store: servers often echo the recipient
-/// (`550 5.1.1 <taro@docomo.ne.jp>: User unknown`), and the address must not
-/// reach the logs or sit in the database in clear, so it is replaced by its
-/// masked form. Control characters are dropped and the text is bounded.
+/// (`550 5.1.1 <taro@docomo.ne.jp>: User unknown`, or the local part alone,
+/// `452 Mailbox of TARO is over quota`), and the address must not reach the
+/// logs or sit in the database in clear, so every form of it is masked
+/// ([`mamoru_core::address::scrub`]). Control characters become spaces
+/// first (so a reply folded over lines still matches), and the text is
+/// bounded after masking (so a cut never leaves part of the address).
 pub fn scrub(reason: &str, recipient: &EmailAddress) -> String {
-    let needle = recipient.as_str().to_ascii_lowercase();
-    // ASCII lower-casing keeps byte offsets, so positions found in the
-    // lower-cased copy are valid in the original.
-    let haystack = reason.to_ascii_lowercase();
-    let mut out = String::with_capacity(reason.len());
-    let mut rest = 0;
-    for (at, _) in haystack.match_indices(&needle) {
-        if at < rest {
-            continue;
-        }
-        out.push_str(&reason[rest..at]);
-        out.push_str(&recipient.masked());
-        rest = at + needle.len();
-    }
-    out.push_str(&reason[rest..]);
-    let mut clean: String = out.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut clean = mamoru_core::address::scrub(&flat, recipient);
     if clean.len() > MAX_REASON {
         let mut end = MAX_REASON;
         while !clean.is_char_boundary(end) {
@@ -75,6 +64,13 @@ mod tests {
         let a = addr("taro..yamada.@docomo.ne.jp");
         let r = scrub("550 5.1.1 <TARO..YAMADA.@DOCOMO.NE.JP>: unknown; taro..yamada.@docomo.ne.jp again", &a);
         assert_eq!(r, "550 5.1.1 <t***@docomo.ne.jp>: unknown; t***@docomo.ne.jp again");
+    }
+
+    #[test]
+    fn masks_the_local_part_alone() {
+        let a = addr("gone.privacy@docomo.ne.jp");
+        assert_eq!(scrub("550 5.1.1 User unknown: GONE.PRIVACY", &a), "550 5.1.1 User unknown: g***");
+        assert_eq!(scrub("550-user\r\n550 gone.privacy\r\n", &a), "550-user  550 g***");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   by a stable hash of the address, and any local part starting with
 //!   `unknown` is too;
 //! - faults on demand by local part: `fail451…`/`fail452…` at RCPT,
+//!   `echo550…`/`echo452…` at RCPT with the local part alone, upper-cased,
+//!   in the reply (`550 5.1.1 User unknown: ECHO550.X`),
 //!   `fail552…` after the data, `reset…` drops the connection after the final
 //!   dot once per Message-ID (the message counts as received; the retry is
 //!   accepted); throttle windows answer 421 for a domain for a while;

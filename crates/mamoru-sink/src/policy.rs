@@ -56,8 +56,9 @@ pub enum RcptVerdict {
     /// 421 and close: over the connection cap or the rate, or a window.
     Throttle(&'static str),
     Unknown,
-    /// A fault asked for by the local part (`fail451…`, `fail452…`).
-    Fail(&'static str),
+    /// A fault asked for by the local part (`fail451…`, `fail452…`,
+    /// `echo550…`, `echo452…`).
+    Fail(String),
 }
 
 /// The answer to the final dot.
@@ -188,11 +189,22 @@ impl Policy {
         }
         if local_lower.starts_with("fail451") {
             self.domain(&domain).failed_on_demand += 1;
-            return (RcptVerdict::Fail("451 4.3.0 Temporary failure"), bound_now);
+            return (RcptVerdict::Fail("451 4.3.0 Temporary failure".into()), bound_now);
         }
         if local_lower.starts_with("fail452") {
             self.domain(&domain).failed_on_demand += 1;
-            return (RcptVerdict::Fail("452 4.2.2 Mailbox full"), bound_now);
+            return (RcptVerdict::Fail("452 4.2.2 Mailbox full".into()), bound_now);
+        }
+        // Carriers that echo the recipient's local part alone, in another
+        // case, as some do.
+        if local_lower.starts_with("echo550") {
+            self.domain(&domain).failed_on_demand += 1;
+            return (RcptVerdict::Fail(format!("550 5.1.1 User unknown: {}", local.to_ascii_uppercase())), bound_now);
+        }
+        if local_lower.starts_with("echo452") {
+            self.domain(&domain).failed_on_demand += 1;
+            let reply = format!("452 4.2.2 Mailbox of {} is over quota", local.to_ascii_uppercase());
+            return (RcptVerdict::Fail(reply), bound_now);
         }
         if local_lower.starts_with("unknown") || self.hash_unknown(&local_lower, &domain) {
             self.domain(&domain).unknown += 1;
@@ -312,6 +324,8 @@ mod tests {
         let mut p = policy();
         assert_eq!(p.rcpt("unknown.x", "au.com", false, 0.0).0, RcptVerdict::Unknown);
         assert!(matches!(p.rcpt("fail451", "au.com", true, 0.0).0, RcptVerdict::Fail(s) if s.starts_with("451")));
+        assert_eq!(p.rcpt("Echo550.x", "au.com", true, 0.0).0, RcptVerdict::Fail("550 5.1.1 User unknown: ECHO550.X".into()));
+        assert!(matches!(p.rcpt("echo452.y", "au.com", true, 0.0).0, RcptVerdict::Fail(s) if s.contains("ECHO452.Y")));
         assert_eq!(p.dot("reset1", "au.com", "m1", 0.0), DotVerdict::Reset);
         assert_eq!(p.dot("reset1", "au.com", "m1", 0.0), DotVerdict::Accept);
         assert_eq!(p.dot("fail552", "au.com", "m2", 0.0), DotVerdict::Fail552);

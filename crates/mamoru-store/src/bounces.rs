@@ -76,6 +76,13 @@ pub struct BounceStat {
     pub count: i64,
 }
 
+/// What of a bounce's status is kept and logged: only a status code's
+/// digits and dots, at most 12 — short, and never an address, whatever the
+/// peer wrote in its `Status:` field.
+pub fn status_code(status: &str) -> String {
+    status.chars().filter(|c| c.is_ascii_digit() || *c == '.').take(12).collect()
+}
+
 impl Store {
     /// Records the bounce of outbox row `outbox_id` and applies its effect
     /// (see the module comment), in one transaction.
@@ -93,8 +100,7 @@ impl Store {
             .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", [outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((subscriber, domain)) = row else { return Ok(BounceEffect::Unknown) };
-        // Only a status code goes in; it is short and never holds an address.
-        let status: String = status.chars().filter(|c| c.is_ascii_digit() || *c == '.').take(12).collect();
+        let status = status_code(status);
         let inserted = tx.execute(
             "INSERT INTO bounces (outbox_id, at, subscriber_id, domain, class, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (outbox_id) DO NOTHING",

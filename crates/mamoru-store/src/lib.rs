@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mamoru_core::mail::OutgoingMail;
-use mamoru_core::seal::{SealError, Sealer};
+use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -91,12 +91,23 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Subscriber row id.
 pub type SubscriberId = i64;
 
-/// Limits on 登録受付 mails.
+/// Limits on 登録受付 mails (and 登録内容の変更 mails, which count alike).
+///
+/// The per-address limits count per *mailbox*
+/// ([`mamoru_core::mailbox::mailbox_key`]), whatever the spelling and
+/// whichever way the request came. The global budget is one per channel, so
+/// a flood through the PC form cannot spend the budget of the phones'
+/// empty mails; the PC form is also limited per client address.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistrationLimits {
     pub cooldown_secs: i64,
     pub daily_cap: i64,
+    /// Per clock hour, for empty mails to `ans@`.
     pub global_hourly_cap: i64,
+    /// Per clock hour, for the PC form.
+    pub web_global_hourly_cap: i64,
+    /// Per clock hour and client address, for the PC form.
+    pub web_client_hourly_cap: i64,
 }
 
 impl From<&mamoru_core::config::LimitsConfig> for RegistrationLimits {
@@ -105,8 +116,20 @@ impl From<&mamoru_core::config::LimitsConfig> for RegistrationLimits {
             cooldown_secs: c.register_cooldown_secs,
             daily_cap: c.register_daily_cap,
             global_hourly_cap: c.register_global_hourly_cap,
+            web_global_hourly_cap: c.register_web_global_hourly_cap,
+            web_client_hourly_cap: c.register_web_client_hourly_cap,
         }
     }
+}
+
+/// Where a registration request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// An empty mail to `ans@` (pipe or LMTP).
+    Mail,
+    /// The PC form, from the client whose keyed hash this is (see
+    /// `mamoru_web`: IPv6 by /64, behind a TLS proxy the forwarded address).
+    Web { client: BlindIndex },
 }
 
 /// Which limit refused a 登録受付 mail.
@@ -114,7 +137,10 @@ impl From<&mamoru_core::config::LimitsConfig> for RegistrationLimits {
 pub enum Limited {
     Cooldown,
     DailyCap,
+    /// The global budget of the request's channel.
     GlobalHourlyCap,
+    /// The PC form's budget for one client address.
+    ClientHourlyCap,
 }
 
 impl Limited {
@@ -123,6 +149,7 @@ impl Limited {
             Limited::Cooldown => "cooldown",
             Limited::DailyCap => "daily-cap",
             Limited::GlobalHourlyCap => "global-hourly-cap",
+            Limited::ClientHourlyCap => "client-hourly-cap",
         }
     }
 }
@@ -231,6 +258,12 @@ impl Store {
         &self.sealer
     }
 
+    /// The key of `addr`'s per-address rate limits: a keyed hash of the
+    /// mailbox it reaches, so every spelling of one inbox shares them.
+    pub(crate) fn mailbox_index(&self, addr: &EmailAddress) -> BlindIndex {
+        self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes())
+    }
+
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back on drop), so a poisoned lock is still usable.
@@ -267,9 +300,10 @@ impl Store {
         render: impl FnOnce(SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<RegistrationRequest> {
         let index = self.sealer.index(addr);
+        let mailbox = self.mailbox_index(addr);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(limited) = take_registration_slot(&tx, &index, now, limits)? {
+        if let Some(limited) = take_registration_slot(&tx, &mailbox, &Channel::Mail, now, limits)? {
             // Dropping the transaction rolls back the counters it touched.
             return Ok(RegistrationRequest::Limited(limited));
         }
@@ -585,49 +619,74 @@ fn districts_of(conn: &Connection, subscriber: SubscriberId) -> Result<Vec<u32>>
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Scope (and keyed-hash context) of the per-mailbox limits. Rows of the
+/// scope `register-addr`, keyed by the address's blind index as typed, are
+/// from older versions: windows that simply run out (and go with a deleted
+/// registration).
+pub(crate) const MAILBOX_SCOPE: &str = "register-mailbox";
+
 /// Takes one slot from each registration limit, or says which limit is
 /// exhausted. Each limit is one upsert whose `WHERE` refuses the update when
 /// the limit applies, so check and increment are a single atomic statement.
 /// The caller's transaction rolls back every increment if any limit refuses.
+///
+/// Order: the PC form's client budget first (a flooding client spends
+/// nothing else), then the mailbox's cooldown and daily cap, then the
+/// channel's global budget (`register-global-mail` or `register-global-web`).
 fn take_registration_slot(
     tx: &rusqlite::Transaction<'_>,
-    index: &[u8; 32],
+    mailbox: &BlindIndex,
+    channel: &Channel,
     now: UnixTime,
     limits: &RegistrationLimits,
 ) -> Result<Option<Limited>> {
+    let hour = now.div_euclid(3600);
+    if let Channel::Web { client } = channel {
+        if !take_hourly(tx, "register-web-client", client, hour, now, limits.web_client_hourly_cap)? {
+            return Ok(Some(Limited::ClientHourlyCap));
+        }
+    }
     // Calendar days in Japan (UTC+9), where parents are.
     let day = (now + 9 * 3600).div_euclid(86_400);
-    let per_address = tx.execute(
-        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('register-addr', ?1, ?2, 1, ?3)
+    let per_mailbox = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
          ON CONFLICT (scope, key) DO UPDATE SET
              count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
              window_start = excluded.window_start,
              last_at = excluded.last_at
          WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
-        params![&index[..], day, now, limits.cooldown_secs, limits.daily_cap],
+        params![&mailbox[..], day, now, limits.cooldown_secs, limits.daily_cap, MAILBOX_SCOPE],
     )?;
-    if per_address == 0 {
+    if per_mailbox == 0 {
         let last_at: i64 = tx.query_row(
-            "SELECT last_at FROM rate_limits WHERE scope = 'register-addr' AND key = ?1",
-            [&index[..]],
+            "SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2",
+            params![MAILBOX_SCOPE, &mailbox[..]],
             |r| r.get(0),
         )?;
         return Ok(Some(if last_at > now - limits.cooldown_secs { Limited::Cooldown } else { Limited::DailyCap }));
     }
-    let hour = now.div_euclid(3600);
-    let global = tx.execute(
-        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES ('register-global', X'', ?1, 1, ?2)
+    let (scope, cap) = match channel {
+        Channel::Mail => ("register-global-mail", limits.global_hourly_cap),
+        Channel::Web { .. } => ("register-global-web", limits.web_global_hourly_cap),
+    };
+    if !take_hourly(tx, scope, &[], hour, now, cap)? {
+        return Ok(Some(Limited::GlobalHourlyCap));
+    }
+    Ok(None)
+}
+
+/// One slot of an hourly budget of `cap` under (`scope`, `key`), or `false`.
+fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
+    let taken = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
          ON CONFLICT (scope, key) DO UPDATE SET
              count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
              window_start = excluded.window_start,
              last_at = excluded.last_at
-         WHERE window_start <> excluded.window_start OR count < ?3",
-        params![hour, now, limits.global_hourly_cap],
+         WHERE window_start <> excluded.window_start OR count < ?5",
+        params![scope, key, hour, now, cap],
     )?;
-    if global == 0 {
-        return Ok(Some(Limited::GlobalHourlyCap));
-    }
-    Ok(None)
+    Ok(taken > 0)
 }
 
 #[cfg(test)]

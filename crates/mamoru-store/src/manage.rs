@@ -21,7 +21,10 @@ use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use crate::{Limited, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of, take_registration_slot};
+use crate::{
+    Channel, Limited, MAILBOX_SCOPE, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of,
+    take_registration_slot,
+};
 
 /// Which link an empty mail to `ans@` earns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +87,13 @@ impl Store {
     /// second registration. `render` builds the mail from its kind, the
     /// subscriber and the nonce of the recorded token. `preselect` (a
     /// district's own address, `ans+chuo@`) is added to a new registration's
-    /// districts, so the registration page shows it checked.
+    /// districts, so the registration page shows it checked. `channel` says
+    /// which global budget (and, for the PC form, which client's) it spends.
+    #[allow(clippy::too_many_arguments)]
     pub fn request_link(
         &self,
         addr: &EmailAddress,
+        channel: &Channel,
         now: UnixTime,
         limits: &RegistrationLimits,
         token_expires_at: UnixTime,
@@ -95,9 +101,10 @@ impl Store {
         render: impl FnOnce(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<LinkRequest> {
         let index = self.sealer.index(addr);
+        let mailbox = self.mailbox_index(addr);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(limited) = take_registration_slot(&tx, &index, now, limits)? {
+        if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
             return Ok(LinkRequest::Limited(limited));
         }
         let existing: Option<(i64, String)> = tx
@@ -207,6 +214,9 @@ impl Store {
             })?;
         let addr = self.sealer.open_address(&sealed)?;
         purge(&tx, subscriber, &index)?;
+        // The mailbox's rate-limit window goes with it (its key is a hash of
+        // the address, so it is personal data too).
+        tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]])?;
         let outbox = match render(&addr) {
             Some(mail) => Some(self.insert_outbox(&tx, &mail, 0, 10, now, mail_expires_at)?),
             None => None,
@@ -227,6 +237,7 @@ pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, in
         "UPDATE outbox SET recipient_sealed = X'', content_sealed = X'' WHERE subscriber_id = ?1",
         [subscriber],
     )?;
+    // A window of an older version, keyed by the address as typed.
     tx.execute("DELETE FROM rate_limits WHERE scope = 'register-addr' AND key = ?1", [index])?;
     tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
     tx.execute("DELETE FROM subscribers WHERE id = ?1", [subscriber])?;
@@ -274,7 +285,13 @@ mod tests {
     const P3: SoftBouncePolicy = SoftBouncePolicy { threshold: 3, window_secs: 1000 };
     use crate::{Completion, Keys, keys};
 
-    const LIMITS: RegistrationLimits = RegistrationLimits { cooldown_secs: 0, daily_cap: 100, global_hourly_cap: 1000 };
+    const LIMITS: RegistrationLimits = RegistrationLimits {
+        cooldown_secs: 0,
+        daily_cap: 100,
+        global_hourly_cap: 1000,
+        web_global_hourly_cap: 1000,
+        web_client_hourly_cap: 1000,
+    };
     const T0: UnixTime = 1_800_000_000;
 
     struct F {
@@ -302,7 +319,7 @@ mod tests {
             let mut claims = None;
             let r = self
                 .store
-                .request_link(&a, now, &LIMITS, now + 3600, None, |kind, sid, nonce| {
+                .request_link(&a, &Channel::Mail, now, &LIMITS, now + 3600, None, |kind, sid, nonce| {
                     let c = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
                     claims = Some(c.clone());
                     let t = self.tk().sign(&c);
@@ -396,7 +413,7 @@ mod tests {
         assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 0);
         assert_eq!(f.count("SELECT COUNT(*) FROM subscriber_districts"), 0);
         assert_eq!(f.count("SELECT COUNT(*) FROM tokens"), 0);
-        assert_eq!(f.count("SELECT COUNT(*) FROM rate_limits WHERE scope = 'register-addr'"), 0);
+        assert_eq!(f.count("SELECT COUNT(*) FROM rate_limits WHERE scope IN ('register-addr', 'register-mailbox')"), 0);
         assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sending')"), 0);
         assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE length(recipient_sealed) + length(content_sealed) > 0"), 0);
         assert_eq!(f.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'"), 1, "statistics stay");

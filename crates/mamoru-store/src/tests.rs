@@ -16,7 +16,13 @@ fn fixture() -> Fixture {
     Fixture { store, cfg: Config::default(), keys, _dir: dir }
 }
 
-const LIMITS: RegistrationLimits = RegistrationLimits { cooldown_secs: 300, daily_cap: 5, global_hourly_cap: 1000 };
+const LIMITS: RegistrationLimits = RegistrationLimits {
+    cooldown_secs: 300,
+    daily_cap: 5,
+    global_hourly_cap: 1000,
+    web_global_hourly_cap: 1000,
+    web_client_hourly_cap: 1000,
+};
 const T0: UnixTime = 1_800_000_000;
 
 fn addr(s: &str) -> EmailAddress {
@@ -303,4 +309,72 @@ fn a_successful_login_clears_the_id_and_gives_the_client_its_attempt_back() {
     // 5 + 5 taken, 1 given back: 9 of the client's 20.
     let left = (0..20).filter(|i| f.store.take_login_attempt(&format!("x{i}"), b"client-a", T0).unwrap()).count();
     assert_eq!(left, 11);
+}
+
+#[test]
+fn tag_and_dot_spellings_of_one_gmail_inbox_share_its_limits() {
+    let f = fixture();
+    let mut queued = 0;
+    for i in 0..44 {
+        // `victim.parent+i@gmail.com`, dots moved around, case changed, the
+        // googlemail.com alias: all one inbox.
+        let local = if i % 2 == 0 { format!("victim.parent+{i}") } else { format!("V.i.c.t.i.m.Parent+{i}") };
+        let domain = if i % 3 == 0 { "googlemail.com" } else { "gmail.com" };
+        if let RegistrationRequest::Queued { .. } = f.request(&addr(&format!("{local}@{domain}")), T0 + i * 400) {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, LIMITS.daily_cap, "one inbox got {queued} 登録受付 mails in a day");
+    // A carrier address keeps its dots: another person, its own limits.
+    assert!(matches!(f.request(&addr("taro.yamada@docomo.ne.jp"), T0), RegistrationRequest::Queued { .. }));
+    assert!(matches!(f.request(&addr("taroyamada@docomo.ne.jp"), T0), RegistrationRequest::Queued { .. }));
+}
+
+impl Fixture {
+    fn link(&self, a: &str, channel: &Channel, now: UnixTime, limits: &RegistrationLimits) -> manage::LinkRequest {
+        let a = addr(a);
+        self.store
+            .request_link(&a, channel, now, limits, now + 3600, None, |kind, sid, nonce| {
+                let claims = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
+                let t = self.keys.token_key().sign(&claims);
+                mail::registration_received(&self.cfg, &a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
+            })
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_web_flood_spends_neither_the_phones_budget_nor_more_than_its_client_cap() {
+    use manage::LinkRequest;
+    let f = fixture();
+    let limits = RegistrationLimits { web_client_hourly_cap: 10, web_global_hourly_cap: 30, global_hourly_cap: 30, ..LIMITS };
+    let hour = (T0 / 3600 + 1) * 3600;
+    let flooder = Channel::Web { client: [7; 32] };
+    let mut queued = 0;
+    for i in 0..60 {
+        match f.link(&format!("victim{i}@au.com"), &flooder, hour + i, &limits) {
+            LinkRequest::Queued { .. } => queued += 1,
+            LinkRequest::Limited(l) => assert_eq!(l, Limited::ClientHourlyCap),
+        }
+    }
+    assert_eq!(queued, 10, "one client queued {queued} mails");
+    // Many clients exhaust the web budget, not the mail budget.
+    for i in 0..40 {
+        let client = Channel::Web { client: [i as u8 + 10; 32] };
+        f.link(&format!("other{i}@au.com"), &client, hour + 100 + i, &limits);
+    }
+    let web = Channel::Web { client: [200; 32] };
+    assert_eq!(f.link("late@au.com", &web, hour + 200, &limits), LinkRequest::Limited(Limited::GlobalHourlyCap));
+    assert!(matches!(f.link("parent@docomo.ne.jp", &Channel::Mail, hour + 201, &limits), LinkRequest::Queued { .. }));
+    // The next hour, the client may ask again.
+    assert!(matches!(f.link("victim0x@au.com", &flooder, hour + 3600, &limits), LinkRequest::Queued { .. }));
+}
+
+#[test]
+fn the_mail_path_and_the_form_share_one_mailbox_window() {
+    use manage::LinkRequest;
+    let f = fixture();
+    let web = Channel::Web { client: [1; 32] };
+    assert!(matches!(f.link("Taro.Yamada+a@gmail.com", &Channel::Mail, T0, &LIMITS), LinkRequest::Queued { .. }));
+    assert_eq!(f.link("taroyamada@googlemail.com", &web, T0 + 10, &LIMITS), LinkRequest::Limited(Limited::Cooldown));
 }

@@ -102,9 +102,13 @@ fn session_id(headers: &HeaderMap) -> Option<[u8; 32]> {
     None
 }
 
-/// The client a login attempt is counted against: its IP address (IPv6 by
-/// /64, which one host usually holds whole), as a keyed hash.
-fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr) -> [u8; 32] {
+/// Context of the keyed hash of a login client.
+const LOGIN_CLIENT: &str = "admin-login-client";
+
+/// The client a login attempt (or a PC-form registration) is counted
+/// against: its IP address (IPv6 by /64, which one host usually holds
+/// whole), as a hash keyed for `context`.
+pub(crate) fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr, context: &str) -> [u8; 32] {
     let mut ip = peer.ip();
     if web.cfg.web.behind_tls_proxy {
         // The proxy appends the address it saw last; anything left of it
@@ -121,7 +125,7 @@ fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr) -> [u8; 32] {
             None => v6.octets()[..8].to_vec(),
         },
     };
-    web.store.sealer().keyed_index("admin-login-client", &bytes)
+    web.store.sealer().keyed_index(context, &bytes)
 }
 
 fn random(web: &Web, n: usize) -> Option<Vec<u8>> {
@@ -196,7 +200,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
     let post = method == Method::POST;
     if path == "/admin/login" {
         return if post {
-            let client = client_key(&web, headers, peer);
+            let client = client_key(&web, headers, peer, LOGIN_CLIENT);
             login(&web, &body, client).await
         } else {
             page(StatusCode::OK, login_page(&cfg, None))
@@ -229,7 +233,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         (true, "/admin/admins/enable") => set_admin_active(&web, me, &body, now, true).await,
         (false, "/admin/password") => page(StatusCode::OK, password_page(&cfg, me, None)),
         (true, "/admin/password") => {
-            let client = client_key(&web, headers, peer);
+            let client = client_key(&web, headers, peer, LOGIN_CLIENT);
             change_password(&web, me, &body, sid, client, now).await
         }
         (false, "/admin/audit") => audit(&web, me).await,

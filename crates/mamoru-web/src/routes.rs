@@ -13,7 +13,7 @@ use mamoru_core::mail;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::manage::{LinkMail, LinkRequest};
-use mamoru_store::{Completion, RegistrationLimits};
+use mamoru_store::{Channel, Completion, RegistrationLimits};
 
 mod districts;
 mod manage;
@@ -78,7 +78,7 @@ impl App {
             "/" if read => cacheable(respond(StatusCode::OK, HTML, self.pages.index.clone()), "public, max-age=300"),
             "/style.css" if read => cacheable(respond(StatusCode::OK, CSS, self.pages.style.clone()), "public, max-age=86400"),
             "/" | "/style.css" => self.not_allowed("GET, HEAD"),
-            "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body).await),
+            "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body, peer).await),
             "/register" => self.not_allowed("POST"),
             _ if path == "/d" || path.starts_with("/d/") => match path.strip_prefix("/d/") {
                 Some(rest) if read => cacheable(self.districts(rest), "public, max-age=300"),
@@ -181,8 +181,12 @@ impl App {
     }
 
     /// `POST /register`: the PC form. Queues a 登録受付 mail exactly as an
-    /// empty mail to `ans@` does, and answers the same page whatever happened.
-    async fn register(&self, headers: &HeaderMap, body: Incoming) -> Resp {
+    /// empty mail to `ans@` does, and answers the same page whatever happened:
+    /// for a new or a known address, one a limit refuses, and one that never
+    /// gets a reply (`mamoru_core::mailbox::no_reply`: daemons, role
+    /// mailboxes, our own domain). It spends the form's own global budget and
+    /// the client's (keyed by its address as the admin login counts it).
+    async fn register(&self, headers: &HeaderMap, body: Incoming, peer: std::net::SocketAddr) -> Resp {
         let body = match self.read_body(headers, body).await {
             Ok(body) => body,
             Err(resp) => return resp,
@@ -193,15 +197,21 @@ impl App {
             let text = "メールアドレスの形式が正しくありません。確かめてもう一度入力してください。";
             return self.html(StatusCode::BAD_REQUEST, pages::index(&self.web.cfg, Some(text), &shown));
         };
-        let Some(random) = self.message_random() else { return self.busy() };
         let masked = addr.masked();
+        if let Some(why) = mamoru_core::mailbox::no_reply(&addr, &self.web.cfg.domain) {
+            tracing::debug!(addr = %masked, reason = ?why, "web: no registration mail to this address");
+            return self.page(StatusCode::OK, &self.pages.register_sent);
+        }
+        let Some(random) = self.message_random() else { return self.busy() };
+        let client = crate::admin::client_key(&self.web, headers, peer, "register-web-client");
         let web = self.web.clone();
         let result = tokio::task::spawn_blocking(move || {
             let now = mamoru_core::now();
             let cfg = &web.cfg;
             let limits = RegistrationLimits::from(&cfg.limits);
             let expires_at = now + cfg.tokens.register_ttl_secs;
-            web.store.request_link(&addr, now, &limits, expires_at, None, |kind, subscriber, nonce| {
+            let channel = Channel::Web { client };
+            web.store.request_link(&addr, &channel, now, &limits, expires_at, None, |kind, subscriber, nonce| {
                 let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
                 let token = web.tokens.sign(&claims);
                 let id = mail::message_id(&random, cfg);

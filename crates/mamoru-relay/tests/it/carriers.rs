@@ -207,6 +207,58 @@ async fn an_unknown_user_is_final_suspended_and_the_connection_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_echoing_the_local_part_stores_no_form_of_it() {
+    // Every log line of this process, at debug level, into `logs`.
+    #[derive(Clone)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Capture(Arc::default());
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let mut env = Env::new();
+    env.set_pools(pools(&[("au", pool(&["au.com"], 1, 0.0, 5))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    let gone = env.queue_tricky("echo550.gone.privacy@au.com");
+    let full = env.queue_tricky("Echo452.Full.Privacy@au.com");
+    let relay = env.relay(smtp(em.port), fast(30));
+    let failed = env.wait_state(gone.id, "failed", T).await;
+    let deferred = wait_for("the 452 to be deferred", T, || {
+        let r = env.row(full.id);
+        if r.state == "queued" && r.attempts >= 1 { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    assert_eq!(failed.last_error, "550 5.1.1 User unknown: e*** (after RCPT TO)", "{failed:?}");
+    assert_eq!(deferred.last_error, "452 4.2.2 Mailbox of E*** is over quota (after RCPT TO)", "{deferred:?}");
+    // Neither the database nor its WAL holds the local parts, in any case.
+    let db = env.store.path().to_path_buf();
+    let mut bytes = std::fs::read(&db).expect("db file");
+    let wal = db.with_extension("db-wal");
+    bytes.extend(std::fs::read(&wal).unwrap_or_default());
+    let lower = bytes.to_ascii_lowercase();
+    let logged = logs.0.lock().unwrap_or_else(|p| p.into_inner()).to_ascii_lowercase();
+    assert!(String::from_utf8_lossy(&logged).contains("recipient unknown"), "the log was captured");
+    for local in ["echo550.gone.privacy", "echo452.full.privacy"] {
+        assert!(!lower.windows(local.len()).any(|w| w == local.as_bytes()), "{local} in {db:?} or its WAL");
+        assert!(!logged.windows(local.len()).any(|w| w == local.as_bytes()), "{local} in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_after_the_dot_and_transient_replies() {
     let mut env = Env::new();
     env.set_pools(pools(&[("au", pool(&["au.com"], 1, 0.0, 5))]));

@@ -57,8 +57,13 @@ pub struct Row {
     pub done_at: UnixTime,
 }
 
-const NO_LIMITS: RegistrationLimits =
-    RegistrationLimits { cooldown_secs: 0, daily_cap: 1000, global_hourly_cap: 100_000 };
+const NO_LIMITS: RegistrationLimits = RegistrationLimits {
+    cooldown_secs: 0,
+    daily_cap: 1000,
+    global_hourly_cap: 100_000,
+    web_global_hourly_cap: 100_000,
+    web_client_hourly_cap: 100_000,
+};
 
 impl Env {
     pub fn new() -> Env {

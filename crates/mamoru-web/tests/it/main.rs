@@ -45,10 +45,15 @@ impl Resp {
 }
 
 async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys::load_or_create(dir.path()).unwrap();
     let store = Store::open(dir.path(), &keys, Duration::from_secs(5)).unwrap();
-    let cfg = Config::defaults(dir.path());
+    let mut cfg = Config::defaults(dir.path());
+    configure(&mut cfg);
     let web = Arc::new(Web::new(Arc::new(cfg), Arc::new(store), keys.token_key(), Arc::new(Notify::new())));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -77,11 +82,7 @@ impl Server {
     /// A 登録受付 through the store API, as ingest does it; returns the token.
     fn request_token(&self, a: &EmailAddress, at: UnixTime) -> String {
         let cfg = &self.web.cfg;
-        let limits = RegistrationLimits {
-            cooldown_secs: cfg.limits.register_cooldown_secs,
-            daily_cap: cfg.limits.register_daily_cap,
-            global_hourly_cap: cfg.limits.register_global_hourly_cap,
-        };
+        let limits = RegistrationLimits::from(&cfg.limits);
         let expires_at = at + cfg.tokens.register_ttl_secs;
         let mut token = None;
         let r = self
@@ -123,6 +124,16 @@ impl Server {
 
     async fn post(&self, path: &str, body: &str) -> Resp {
         self.call("POST", path, body).await
+    }
+
+    /// A form POST as a TLS proxy forwards it for client `ip`.
+    async fn post_from(&self, ip: &str, path: &str, body: &str) -> Resp {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: {ip}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(raw.as_bytes()).await
     }
 
     async fn stop(self) {
@@ -392,6 +403,60 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let body = mailparse::parse_mail(text.as_bytes()).unwrap().get_body().unwrap();
     let link = body.lines().find_map(|l| l.trim().strip_prefix("http://127.0.0.1:8080")).expect("link in mail").to_string();
     assert_eq!(srv.get(&link).await.status, 200, "{link}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn one_client_flooding_the_form_cannot_lock_out_the_phones() {
+    let srv = start_with(|c| {
+        c.web.behind_tls_proxy = true;
+        c.limits.register_web_client_hourly_cap = 5;
+        c.limits.register_web_global_hourly_cap = 12;
+        c.limits.register_global_hourly_cap = 12;
+    })
+    .await;
+    let queued = || srv.store().outbox_counts().unwrap().queued;
+    let hour = now() / 3600;
+    let first = srv.post_from("203.0.113.7", "/register", "address=victim0%40au.com").await;
+    for i in 1..60 {
+        let r = srv.post_from("203.0.113.7", "/register", &format!("address=victim{i}%40au.com")).await;
+        assert_eq!((r.status, &r.body), (first.status, &first.body), "identical answers");
+    }
+    // Other hosts of the same IPv6 /64 are the same client.
+    for i in 0..5 {
+        let r = srv.post_from(&format!("2001:db8:1:2::{i:x}"), "/register", &format!("address=v6victim{i}%40au.com")).await;
+        assert_eq!(r.body, first.body);
+    }
+    let from_one_client = queued();
+    // Many clients use up the form's budget, and only the form's.
+    for i in 0..20 {
+        srv.post_from(&format!("198.51.100.{i}"), "/register", &format!("address=other{i}%40au.com")).await;
+    }
+    let from_the_web = queued();
+    if now() / 3600 == hour {
+        assert_eq!(from_one_client, 5 + 5, "one IPv4 client and one IPv6 /64: 5 each");
+        assert_eq!(from_the_web, 12);
+    }
+    // A parent's empty mail still gets its reply.
+    srv.request_token(&addr("parent@docomo.ne.jp"), now());
+    assert_eq!(queued(), from_the_web + 1);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn register_form_never_replies_to_daemons_role_mailboxes_or_itself() {
+    let srv = start_with(|c| c.domain = "mamoru.test".into()).await;
+    let reference = srv.post("/register", "address=someone%40docomo.ne.jp").await;
+    let mut queued = srv.store().outbox_counts().unwrap().queued;
+    assert_eq!(queued, 1);
+    for (sender, want) in mamoru_core::mailbox::NO_REPLY_EXAMPLES {
+        let r = srv.post("/register", &format!("address={}", sender.replace('@', "%40").replace('+', "%2B"))).await;
+        assert_eq!((r.status, &r.body), (reference.status, &reference.body), "{sender}: same page");
+        if want.is_none() {
+            queued += 1;
+        }
+        assert_eq!(srv.store().outbox_counts().unwrap().queued, queued, "{sender}");
+    }
     srv.stop().await;
 }
 
