@@ -428,13 +428,7 @@ mod tests {
 
     #[test]
     fn html_to_text_is_linear() {
-        let mut state: u64 = 0x1234_5678_9abc_def1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng::xorshift(0x1234_5678_9abc_def1);
         let pieces = ["<", ">", "<!--", "-->", "\"", "'", "=", "&", ";", "#x", "<style>", "</style", "<p", "あ", " ", "a"];
         for _ in 0..5000 {
             let s: String = (0..(next() % 40)).map(|_| pieces[(next() as usize) % pieces.len()]).collect();

@@ -271,13 +271,7 @@ mod tests {
     #[test]
     fn random_input_never_panics_and_stays_linear() {
         let alphabet: Vec<char> = "();=\"\\ \t\r\n.@/abcdkimpass1ー".chars().collect();
-        let mut state: u64 = 0xdead_beef_cafe_f00d;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng::xorshift(0xdead_beef_cafe_f00d);
         for _ in 0..20_000 {
             let len = (next() % 60) as usize;
             let s: String = (0..len).map(|_| alphabet[(next() as usize) % alphabet.len()]).collect();

@@ -35,6 +35,9 @@ pub mod lmtp;
 pub mod mime;
 pub mod registrar;
 
+#[cfg(test)]
+mod test_rng;
+
 pub use registrar::Registrar;
 
 /// What happened to one message for one recipient.

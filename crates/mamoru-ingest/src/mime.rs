@@ -322,13 +322,7 @@ mod tests {
     #[test]
     fn mutated_messages_never_panic() {
         let base = nested_message(4, 2);
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let interesting = [b'\r', b'\n', b'-', b'"', b';', b':', b' ', 0xff];
         for _ in 0..3000 {
             let mut raw = base.clone();
