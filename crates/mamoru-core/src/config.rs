@@ -56,7 +56,7 @@ pub struct Config {
     pub carriers: BTreeMap<String, CarrierConfig>,
 }
 
-/// Alerts posted by admins (issue 4).
+/// Alerts posted by admins.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {

@@ -1,4 +1,4 @@
-//! Store operations of the carrier-aware relay (issue 3).
+//! Store operations of the carrier-aware relay.
 //!
 //! - Claims are per carrier pool, that is per set of recipient domains, so a
 //!   throttled pool's backlog never stands in the way of another pool's rows.
