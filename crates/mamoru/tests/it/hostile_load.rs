@@ -1,4 +1,4 @@
-//! The binary under a stranger's attack for a bounded time (`attacker.py`,
+//! The shipped (release) binary under a stranger's attack for a bounded time (`attacker.py`,
 //! from loopback addresses of its own: idle and slow connections on both
 //! listeners, nested-MIME and huge-header mail, waves of wrong admin
 //! logins), while a genuine parent registers over LMTP and the web page and
@@ -40,7 +40,9 @@ fn a_parent_registers_and_an_admin_publishes_while_a_stranger_attacks() {
     assert!(run_with_stdin(add, format!("{PASSWORD}\n").as_bytes()).status.success());
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
     let bounce = mamoru_core::verp::encode(&keys.token_key(), 1, DOMAIN);
-    let mut server = inst.serve();
+    let bin = shipped_bin();
+    eprintln!("attacking {bin}");
+    let mut server = Server::start(inst.cmd_of(&bin).arg("serve"));
     let http = server.http;
 
     // The admin logs in before the attack; the session carries the publish.

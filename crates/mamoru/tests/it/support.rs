@@ -12,6 +12,13 @@ use mamoru_core::EmailAddress;
 use mamoru_store::{Store, Subscriber};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamoru");
+
+/// The binary as it ships: `scripts/test` builds it once in release mode and
+/// names it in `MAMORU_RELEASE_BIN`; without that (a plain `cargo nextest
+/// run`), the test build's own binary.
+pub fn shipped_bin() -> String {
+    std::env::var("MAMORU_RELEASE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 pub const DOMAIN: &str = "mamoru.test";
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -103,7 +110,12 @@ impl Instance {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
+        self.cmd_of(BIN)
+    }
+
+    /// The same command line for another build of the binary.
+    pub fn cmd_of(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
         c.arg("-c").arg(&self.config).env("RUST_LOG", "debug");
         c
     }
