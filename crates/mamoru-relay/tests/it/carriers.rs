@@ -418,3 +418,29 @@ async fn a_carrier_taking_one_session_and_half_the_pace_is_learned_421() {
 async fn a_carrier_taking_one_session_and_half_the_pace_is_learned_451() {
     learns_a_tighter_carrier(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_full_defers_its_message_and_leaves_the_pace_alone() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("au", pool(&["au.com"], 1, 20.0, 2))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    // 452 4.2.2 and 451 4.3.0: about the recipient or the server, not the pace.
+    let full = env.queue_tricky("fail452.full@au.com");
+    let trouble = env.queue_tricky("fail451.trouble@au.com");
+    let rows = queue_bulk(&env, &addrs("a", "au.com", 10));
+    let relay = env.relay(smtp(em.port), fast(30));
+    wait_all_done(&env, &rows, T).await;
+    for q in [&full, &trouble] {
+        wait_for("the 4xx to be deferred", T, || {
+            let r = env.row(q.id);
+            if r.state == "queued" && r.attempts >= 1 { Ok(r) } else { Err(format!("{r:?}")) }
+        })
+        .await;
+    }
+    let states = env.store.pool_states().expect("pool states");
+    relay.stop(Duration::from_secs(10)).await;
+    assert_all_received(&em, &rows);
+    let au = states.iter().find(|s| s.name == "au").expect("au state");
+    assert_eq!(au.throttles, 0, "{states:?}");
+    assert_eq!(au.paused_until_ms, 0, "{states:?}");
+}
