@@ -368,7 +368,7 @@ async fn a_pool_with_charset_iso_2022_jp_sends_jis_and_the_others_utf8() {
 /// learn both without losing or doubling a message, with few provoked
 /// push-backs and a makespan near what the carrier's pace allows.
 async fn learns_a_tighter_carrier(pace_451: bool) {
-    const N: usize = 300;
+    const N: usize = 400;
     const CARRIER_RATE: f64 = 10.0;
     let mut env = Env::new();
     env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 2, 2.0 * CARRIER_RATE, 2))]));
