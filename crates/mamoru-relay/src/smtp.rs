@@ -741,6 +741,39 @@ mod tests {
         assert!(r.ends_with(": no end to AUTH within 1s"), "{r}");
     }
 
+    async fn opening(port: u16) -> Result<(), Opened> {
+        let hello = ClientId::Domain("client.test".into());
+        session("127.0.0.1", "127.0.0.1", port, &hello, &TlsPolicy::None, None, Duration::from_secs(2)).await.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_is_told_from_other_opening_failures() {
+        // One session too many: a 4xx greeting, a refused connection, a
+        // server hanging up right after accepting.
+        let r = opening(mute_server("421 4.7.0 Too many connections\r\n").await).await;
+        assert!(matches!(r, Err(Opened::Refused(ref m)) if m.contains("421 4.7.0")));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        assert!(matches!(opening(closed).await, Err(Opened::Refused(_))));
+        let hangs_up = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = listener.accept().await {
+                    drop(s);
+                }
+            });
+            port
+        };
+        assert!(matches!(opening(hangs_up).await, Err(Opened::Refused(_))));
+        // A 5xx greeting is no "too many": it is about this client.
+        assert!(matches!(opening(mute_server("554 5.7.1 Go away\r\n").await).await, Err(Opened::Other(_))));
+        // Silence is a timeout, not a refusal.
+        assert!(matches!(opening(mute_server("").await).await, Err(Opened::Other(_))));
+    }
+
     #[test]
     fn null_and_bad_senders() {
         assert_eq!(envelope_sender("").ok(), Some(None));
