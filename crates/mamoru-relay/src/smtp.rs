@@ -40,6 +40,15 @@
 //! fails (an error, or no handshake within 10 s), as Postfix's `may` level
 //! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
+//!
+//! A refusal of one more session ([`DeliveryOutcome::SessionRefused`]) is
+//! told by codes, never by words: a 4xx to the greeting, EHLO, a required
+//! STARTTLS or AUTH, a refused or reset connection, a hang-up before the
+//! greeting, and a 421 (or a broken session at MAIL) on a session opened
+//! for this message. On a session that already carried a message a 421 or
+//! a pace 4xx ([`Reply::is_pace_push_back`]) is "too fast"
+//! ([`DeliveryOutcome::Throttled`]); a 4xx with another enhanced code
+//! (4.2.2 mailbox full, 4.3.0) defers only its message.
 //! Opening has one limit (30 s) for all of it; when it runs out, the reason
 //! names the step that was waiting (connection, greeting, EHLO, STARTTLS,
 //! AUTH), since a server that greets and then stalls is another fault than
@@ -50,8 +59,9 @@
 //! host ([`crate::mx`] picks and orders the hosts). DNS saying the domain
 //! takes no mail (null MX, NXDOMAIN) fails the message; a DNS failure or no
 //! reachable MX host defers only that message (a dead domain must not pause
-//! a pool of many domains); a 4xx from a connected host throttles the pool
-//! as with a smarthost.
+//! a pool of many domains); a 4xx from a connected host is read as with a
+//! smarthost, and every MX host refusing one more session is a refused
+//! session.
 //!
 //! lettre's `message()` dot-stuffs the content and then writes `CRLF.CRLF`
 //! itself. Queued content already ends with CRLF, so that CRLF is taken off
