@@ -195,6 +195,12 @@ pub struct RelayConfig {
     pub resolver: String,
     /// Port of the `mx` transport's connections (25; other values for tests).
     pub mx_port: u16,
+    /// Seconds without a push-back before a pool's learned pace or
+    /// connection cap probes one step back up towards its ceiling.
+    pub learn_probe_secs: i64,
+    /// Seconds after which a pool forgets a limit it learned firmly (two
+    /// push-backs near the same level) and probes up to the ceiling again.
+    pub learn_drift_secs: i64,
 }
 
 /// STARTTLS on `smtp://` hops (`[relay] smtp_tls`).
@@ -390,6 +396,8 @@ impl Default for RelayConfig {
             smtp_password_file: String::new(),
             resolver: String::new(),
             mx_port: 25,
+            learn_probe_secs: 60,
+            learn_drift_secs: 86_400,
         }
     }
 }
@@ -489,6 +497,8 @@ impl Config {
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
         positive("relay.lease_secs", self.relay.lease_secs, false)?;
+        positive("relay.learn_probe_secs", self.relay.learn_probe_secs, false)?;
+        positive("relay.learn_drift_secs", self.relay.learn_drift_secs, false)?;
         positive("bounces.soft_threshold", self.bounces.soft_threshold, false)?;
         positive("bounces.soft_window_secs", self.bounces.soft_window_secs, false)?;
         if self.relay.poll_interval_ms == 0 {

@@ -5,10 +5,13 @@
 //!   when that much room is free (so claims stay few and large), and hands
 //!   them to the workers through a bounded queue of about two seconds of
 //!   the pool's configured rate: a paused pool holds few leased rows.
-//! - Each worker owns at most one connection; it waits for the shaper's
+//! - Each worker owns at most one connection and holds one of the pool's
+//!   sessions ([`SessionCap`], the learned connection cap) from before it
+//!   takes a message until its connection closes; it waits for the shaper's
 //!   admission before each message, so connections and rate are both capped
 //!   by construction. A long pause closes the connection instead of holding
-//!   it idle.
+//!   it idle. A worker over a lowered cap closes its connection between
+//!   messages; a refused session lowers the cap and the others go on.
 //! - The committer writes outcomes in groups, one transaction each.
 //! - The supervisor ([`run_pools`]) fans wake-ups out to the feeders, writes
 //!   the pools' live state and expires stale rows every second, and renews
@@ -31,7 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::shaper::Shaper;
+use crate::shaper::{Learning, SessionCap, Shaper};
 use crate::splice::Splicer;
 use crate::{DeliveryOutcome, Hops, NextHop, Relay, backoff, blocking, charset, outcome};
 
@@ -45,6 +48,9 @@ const PAUSE_CLOSES: f64 = 2.0;
 const STORE_PAUSE: Duration = Duration::from_millis(200);
 /// Outcomes per committed group at most.
 const GROUP_MAX: usize = 1024;
+/// A worker waiting for a session looks again this often (a freed session
+/// wakes it at once).
+const SESSION_POLL: Duration = Duration::from_millis(250);
 /// Queue length bounds per pool.
 const QUEUE_MIN: usize = 4;
 const QUEUE_MAX: usize = 512;
@@ -69,6 +75,9 @@ struct Pool {
     /// carriers, not for the local disk).
     rate: f64,
     shaper: Mutex<Shaper>,
+    /// The learned connection cap and the sessions granted under it.
+    sessions: Mutex<SessionCap>,
+    session_freed: Notify,
     connections: AtomicI64,
     sent: AtomicI64,
     wake: Notify,
@@ -82,6 +91,37 @@ impl Pool {
     fn shaper(&self) -> std::sync::MutexGuard<'_, Shaper> {
         // The shaper is plain data; a panic elsewhere cannot leave it torn.
         self.shaper.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, SessionCap> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one of the pool's sessions, waiting while the learned cap has
+    /// none free; false on shutdown.
+    async fn take_session(&self, shutdown: &CancellationToken, clock: Clock) -> bool {
+        loop {
+            {
+                let mut s = self.sessions();
+                let taken = s.take(clock.now());
+                if let Some(cap) = s.cap_changed() {
+                    tracing::info!(learned_connections = cap, ceiling = s.ceiling(), "learned connection cap raised");
+                }
+                if taken {
+                    return true;
+                }
+            }
+            tokio::select! {
+                _ = self.session_freed.notified() => {}
+                _ = tokio::time::sleep(SESSION_POLL) => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    fn give_back_session(&self) {
+        self.sessions().release();
+        self.session_freed.notify_one();
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
@@ -144,13 +184,19 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             }
         };
         let rate = if transport == Transport::File { 0.0 } else { cfg.rate_per_second };
+        let learning = Learning {
+            probe_secs: relay.settings.learn_probe_secs.max(1) as f64,
+            drift_secs: relay.settings.learn_drift_secs.max(1) as f64,
+        };
         pools.push(Arc::new(Pool {
             name: name.clone(),
             cfg: cfg.clone(),
             transport,
             filter,
             rate,
-            shaper: Mutex::new(Shaper::new(rate, cfg.burst, clock.now())),
+            shaper: Mutex::new(Shaper::learning(rate, cfg.burst, learning, clock.now())),
+            sessions: Mutex::new(SessionCap::new(cfg.max_connections, learning, clock.now())),
+            session_freed: Notify::new(),
             connections: AtomicI64::new(0),
             sent: AtomicI64::new(0),
             wake: Notify::new(),
@@ -358,7 +404,27 @@ async fn worker(
         }
     };
     let mut conn = Connected(false);
+    let mut session = false;
     loop {
+        // Over a lowered cap: this worker's session goes, between messages.
+        if session && {
+            let mut s = pool.sessions();
+            let over = s.over();
+            if over {
+                s.release();
+            }
+            over
+        } {
+            session = false;
+            hop.close().await;
+            conn.sync(&hop, &pool);
+        }
+        if !session {
+            if !pool.take_session(&shutdown, clock).await {
+                break;
+            }
+            session = true;
+        }
         let next = {
             let mut rx = rx.lock().await;
             // Shutdown first: a message already queued is returned, not started.
@@ -374,15 +440,24 @@ async fn worker(
             Next::Idle => {
                 hop.close().await;
                 conn.sync(&hop, &pool);
+                session = false;
+                pool.give_back_session();
                 continue;
             }
             Next::Stop => break,
         };
         // Wait for the shaper. Shutdown while waiting returns the row.
         let admitted = loop {
-            let wait = match pool.shaper().admit(clock.now()) {
-                Ok(()) => break true,
-                Err(wait) => wait,
+            let wait = {
+                let mut s = pool.shaper();
+                let admitted = s.admit(clock.now());
+                if let Some(pace) = s.pace_changed() {
+                    tracing::info!(learned_pace = pace, ceiling = s.ceiling(), "learned pace raised");
+                }
+                match admitted {
+                    Ok(()) => break true,
+                    Err(wait) => wait,
+                }
             };
             if wait > PAUSE_CLOSES && hop.is_connected() {
                 hop.close().await;
@@ -414,8 +489,12 @@ async fn worker(
                 Err(e) => tracing::warn!(outbox = mail.id, error = %e, "cannot DKIM-sign; sending unsigned"),
             }
         }
-        let record = deliver(&mut hop, &pool, &relay, &mail, clock).await;
+        let (record, refused) = deliver(&mut hop, &pool, &relay, &mail, clock).await;
         conn.sync(&hop, &pool);
+        if refused && !hop.is_connected() {
+            session = false;
+            pool.give_back_session();
+        }
         pool.held().remove(&mail.id);
         if commits.send((mail.id, record)).is_err() {
             tracing::error!(outbox = mail.id, "the committer is gone; the row comes back after its lease");
@@ -423,6 +502,9 @@ async fn worker(
     }
     hop.close().await;
     conn.sync(&hop, &pool);
+    if session {
+        pool.give_back_session();
+    }
 }
 
 /// Whether this worker's connection is counted in the pool's gauge.
@@ -438,7 +520,8 @@ impl Connected {
     }
 }
 
-async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMail, clock: Clock) -> OutcomeRecord {
+/// Delivers one message; also says whether the carrier refused the session.
+async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMail, clock: Clock) -> (OutcomeRecord, bool) {
     let span = tracing::info_span!(
         "deliver",
         outbox = mail.id,
@@ -447,11 +530,38 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
         message_id = %mail.message_id,
     );
     async move {
-        let outcome = hop.deliver(mail).await;
+        let mut outcome = hop.deliver(mail).await;
         let now: UnixTime = mamoru_core::now();
-        match outcome {
+        let mut refused = false;
+        if let DeliveryOutcome::SessionRefused { reason } = outcome {
+            refused = true;
+            let reason = outcome::scrub(&reason, &mail.recipient);
+            let lowered = {
+                let mut s = pool.sessions();
+                let lowered = s.on_refusal(clock.now());
+                if let Some(cap) = s.cap_changed() {
+                    tracing::info!(learned_connections = cap, ceiling = s.ceiling(), "learned connection cap lowered");
+                }
+                lowered
+            };
+            if lowered {
+                // One session too many: the message goes on another session
+                // at once, the pool's pace is untouched.
+                tracing::warn!(%reason, "carrier refused one more session");
+                return (OutcomeRecord::Retry { at: now, reason }, true);
+            }
+            // Refused with no other session open: the carrier refuses the
+            // pool as such (or is down), which is a push-back on the pool
+            // (a smarthost) or on this domain only (mx).
+            outcome = if pool.transport == Transport::Mx {
+                DeliveryOutcome::Retry { reason }
+            } else {
+                DeliveryOutcome::Throttled { reason }
+            };
+        }
+        let record = match outcome {
             DeliveryOutcome::Sent => {
-                pool.shaper().on_success();
+                pool.shaper().on_success(clock.now());
                 pool.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("delivered");
                 OutcomeRecord::Sent
@@ -462,13 +572,16 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                     let mut s = pool.shaper();
                     let t = clock.now();
                     let pause = s.on_throttle(t, backoff::random_jitter());
+                    if let Some(pace) = s.pace_changed() {
+                        tracing::info!(learned_pace = pace, ceiling = s.ceiling(), "learned pace lowered");
+                    }
                     (pause, s.rate_now(t + pause))
                 };
                 tracing::warn!(%reason, pause_ms = (pause * 1000.0) as u64, rate_now, "carrier pushed back; pool paused");
                 // The row is due again when the pool resumes.
                 OutcomeRecord::Retry { at: now.saturating_add(pause.ceil() as i64), reason }
             }
-            DeliveryOutcome::Retry { reason } => {
+            DeliveryOutcome::Retry { reason } | DeliveryOutcome::SessionRefused { reason } => {
                 let reason = outcome::scrub(&reason, &mail.recipient);
                 let s = &relay.settings;
                 let delay =
@@ -486,7 +599,8 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                     OutcomeRecord::Failed { reason }
                 }
             }
-        }
+        };
+        (record, refused)
     }
     .instrument(span)
     .await

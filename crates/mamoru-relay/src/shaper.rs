@@ -1,15 +1,36 @@
 //! Adaptive shaping of one carrier pool, pure: every method takes the time
 //! (seconds on the caller's clock), so tests drive it with a fake clock.
 //!
-//! - A token bucket at the pool's current rate admits each message.
-//! - A throttle signal (421 or other 4xx, a refused or reset connection)
-//!   halves the current rate (never below [`MIN_RATE_FRACTION`] of the
-//!   configured one), empties the bucket, and pauses the pool for a delay that
-//!   doubles with each consecutive throttle, with ±20 % jitter so pools and
-//!   relays do not come back in step.
-//! - After the pause the rate climbs back linearly, by [`RECOVERY_PER_SEC`]
-//!   of the configured rate per second, to the configured rate.
-//! - A pool without a configured rate (0 = no limit) only pauses.
+//! The configured values of a pool (`rate_per_second`, `max_connections`)
+//! are ceilings; the carrier's real limits are lower, unknown and change, so
+//! the pool learns them from two signals, told apart by [`crate::outcome`]:
+//!
+//! - "too fast" (a pace push-back, [`Shaper::on_throttle`]): a token bucket
+//!   at the pool's current rate admits each message. A push-back halves the
+//!   current rate (never below [`MIN_RATE_FRACTION`] of the ceiling),
+//!   empties the bucket and pauses the pool for a delay that doubles with
+//!   each consecutive push-back, with ±20 % jitter. It also marks the level
+//!   where it came: the lower of the current rate and the rate the pool
+//!   actually delivered over the last seconds. After the pause the rate
+//!   climbs back linearly, by [`RECOVERY_PER_SEC`] of the ceiling per
+//!   second, but only to [`KNEE`] of the mark: just under the level that
+//!   pushed back, not to the ceiling.
+//! - "too many sessions" ([`SessionCap::on_refusal`]): the learned
+//!   connection cap drops (by one at least, to the sessions that were open
+//!   at most, never below 1); the pool does not pause and its working
+//!   sessions go on.
+//!
+//! Both learned limits probe upward only after a clean period
+//! ([`Learning::probe_secs`] without a push-back), one step at a time
+//! ([`PROBE_STEP`] of the pace, one session). A second push-back near the
+//! same mark (within [`NEAR`] for the pace, the same count for sessions)
+//! makes it firm: the pool then stays below it, without probing, until the
+//! mark is [`Learning::drift_secs`] old; after that it probes again, step by
+//! step, up to the ceilings. Nothing ever goes above the ceilings.
+//!
+//! A pool without a configured rate (0 = no limit) only pauses.
+
+use std::collections::VecDeque;
 
 use mamoru_core::rate::TokenBucket;
 
@@ -21,27 +42,98 @@ pub const PAUSE_MAX_SECS: f64 = 60.0;
 pub const MIN_RATE_FRACTION: f64 = 0.1;
 /// Share of the configured rate regained per second after a pause.
 pub const RECOVERY_PER_SEC: f64 = 0.1;
+/// After a push-back the pace climbs back to this share of its mark.
+pub const KNEE: f64 = 0.9;
+/// Each upward probe of the pace raises it by this share.
+pub const PROBE_STEP: f64 = 0.05;
+/// Two pace push-backs within this share of each other are "near the same level".
+pub const NEAR: f64 = 0.15;
+/// The delivered rate is measured over this many seconds.
+const WINDOW_SECS: f64 = 3.0;
+/// Shorter measurements than this are not trusted.
+const WINDOW_MIN_SECS: f64 = 0.5;
+/// Success times kept at most (a bound for unlimited pools).
+const WINDOW_MAX: usize = 4096;
 /// Jitter spread of pauses.
 const JITTER: f64 = 0.2;
+
+/// How the learned limits move (`[relay] learn_probe_secs`,
+/// `learn_drift_secs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Learning {
+    /// Seconds without a push-back before a limit probes one step upward.
+    pub probe_secs: f64,
+    /// Seconds after which a firm mark is forgotten.
+    pub drift_secs: f64,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Self { probe_secs: 60.0, drift_secs: 86_400.0 }
+    }
+}
+
+/// Where a carrier pushed back: the level, how often near it, and when last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mark {
+    pub level: f64,
+    pub hits: u32,
+    pub at: f64,
+}
+
+impl Mark {
+    /// Pushed back twice near this level, and not yet drifted away.
+    fn firm(&self, now: f64, learning: &Learning) -> bool {
+        self.hits >= 2 && now - self.at < learning.drift_secs
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Shaper {
     configured: f64,
+    learning: Learning,
     bucket: TokenBucket,
+    /// The learned pace: the rate the pool climbs back to (≤ configured).
+    target: f64,
     /// Rate right after the last throttle; recovery starts from here.
     cut_to: f64,
     paused_until: f64,
+    /// The last push-back or upward probe: the clean period counts from here.
+    last_change: f64,
+    mark: Option<Mark>,
+    /// Times of recent accepted messages, for the delivered rate.
+    recent: VecDeque<f64>,
     streak: u32,
     throttles: u64,
     /// Empty the bucket at the first admission after a pause, so nothing
     /// goes out in a burst when the pool resumes.
     drain_on_resume: bool,
+    /// The learned pace last reported by [`Shaper::pace_changed`].
+    reported: f64,
 }
 
 impl Shaper {
     /// `rate` of 0 means no limit.
     pub fn new(rate: f64, burst: u32, now: f64) -> Self {
-        Self { configured: rate, bucket: TokenBucket::new(rate, burst, now), cut_to: rate, paused_until: now, streak: 0, throttles: 0, drain_on_resume: false }
+        Self::learning(rate, burst, Learning::default(), now)
+    }
+
+    pub fn learning(rate: f64, burst: u32, learning: Learning, now: f64) -> Self {
+        Self {
+            configured: rate,
+            learning,
+            bucket: TokenBucket::new(rate, burst, now),
+            target: rate,
+            cut_to: rate,
+            paused_until: now,
+            last_change: now,
+            mark: None,
+            recent: VecDeque::new(),
+            streak: 0,
+            throttles: 0,
+            drain_on_resume: false,
+            reported: rate,
+        }
     }
 
     /// The rate the pool may send at `now` (0 = no limit).
@@ -50,7 +142,22 @@ impl Shaper {
             return 0.0;
         }
         let since = (now - self.paused_until).max(0.0);
-        (self.cut_to + self.configured * RECOVERY_PER_SEC * since).min(self.configured)
+        (self.cut_to + self.configured * RECOVERY_PER_SEC * since).min(self.target)
+    }
+
+    /// The learned pace (the configured rate until a push-back; 0 = no limit).
+    pub fn learned_pace(&self) -> f64 {
+        self.target
+    }
+
+    /// The configured rate: the ceiling of the learned pace.
+    pub fn ceiling(&self) -> f64 {
+        self.configured
+    }
+
+    /// The last push-back's mark, if any.
+    pub fn mark(&self) -> Option<Mark> {
+        self.mark
     }
 
     /// Until when the pool is paused (may be in the past).
@@ -63,11 +170,20 @@ impl Shaper {
         self.throttles
     }
 
+    /// The learned pace, once each time it changed since the last call.
+    pub fn pace_changed(&mut self) -> Option<f64> {
+        (self.target != self.reported).then(|| {
+            self.reported = self.target;
+            self.target
+        })
+    }
+
     /// May one message go now? Otherwise, how many seconds to wait.
     pub fn admit(&mut self, now: f64) -> Result<(), f64> {
         if now < self.paused_until {
             return Err(self.paused_until - now);
         }
+        self.probe(now);
         let rate = self.rate_now(now);
         if rate != self.bucket.rate() {
             self.bucket.set_rate(rate, now);
@@ -79,13 +195,53 @@ impl Shaper {
         self.bucket.take(now)
     }
 
-    /// A message was accepted: the throttle streak is over.
-    pub fn on_success(&mut self) {
-        self.streak = 0;
+    /// After a clean period at the learned pace, one step up, unless a firm
+    /// mark holds it below.
+    fn probe(&mut self, now: f64) {
+        if self.configured <= 0.0 || self.target >= self.configured || now - self.last_change < self.learning.probe_secs {
+            return;
+        }
+        if self.rate_now(now) < self.target {
+            // Still climbing back: not a clean period at the pace yet.
+            return;
+        }
+        let limit = match self.mark {
+            Some(m) if m.firm(now, &self.learning) => m.level * KNEE,
+            _ => self.configured,
+        };
+        if self.target < limit {
+            self.target = (self.target * (1.0 + PROBE_STEP)).min(limit).min(self.configured);
+        }
+        self.last_change = now;
     }
 
-    /// The carrier pushed back. Returns the pause in seconds. `jitter` is in
-    /// [-1, 1].
+    /// A message was accepted: the throttle streak is over.
+    pub fn on_success(&mut self, now: f64) {
+        self.streak = 0;
+        self.recent.push_back(now);
+        while self.recent.len() > WINDOW_MAX || self.recent.front().is_some_and(|&t| t <= now - WINDOW_SECS) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The rate delivered over the last seconds since the last pause, if
+    /// measured long enough to mean something.
+    fn delivered_rate(&self, now: f64) -> Option<f64> {
+        let from = (now - WINDOW_SECS).max(self.paused_until);
+        let mut times = self.recent.iter().filter(|&&t| t > from && t <= now);
+        let first = *times.next()?;
+        let n = 1 + times.count();
+        // Measured from the first message in the window: an idle stretch
+        // before it says nothing about the carrier.
+        let span = now - first;
+        if n < 4 || span < WINDOW_MIN_SECS {
+            return None;
+        }
+        Some((n - 1) as f64 / span)
+    }
+
+    /// The carrier pushed back on the pace. Returns the pause in seconds.
+    /// `jitter` is in [-1, 1].
     pub fn on_throttle(&mut self, now: f64, jitter: f64) -> f64 {
         self.throttles += 1;
         // Several connections of one pool often see the same push-back at
@@ -94,7 +250,19 @@ impl Shaper {
             return self.paused_until - now;
         }
         let current = self.rate_now(now);
-        self.cut_to = (current * 0.5).max(self.configured * MIN_RATE_FRACTION);
+        if self.configured > 0.0 {
+            let floor = self.configured * MIN_RATE_FRACTION;
+            let level = self.delivered_rate(now).map_or(current, |d| d.min(current)).max(floor);
+            self.mark = Some(match self.mark {
+                Some(m) if (level - m.level).abs() <= NEAR * m.level => {
+                    Mark { level: level.min(m.level), hits: m.hits.saturating_add(1), at: now }
+                }
+                _ => Mark { level, hits: 1, at: now },
+            });
+            self.target = (level * KNEE).max(floor).min(self.configured);
+            self.cut_to = (current * 0.5).max(floor).min(self.target);
+        }
+        self.last_change = now;
         let doublings = self.streak.min(16);
         self.streak = self.streak.saturating_add(1);
         let base = (PAUSE_MIN_SECS * f64::from(1u32 << doublings)).min(PAUSE_MAX_SECS);
@@ -103,6 +271,125 @@ impl Shaper {
         self.paused_until = now + pause;
         self.drain_on_resume = true;
         pause
+    }
+}
+
+/// The learned connection cap of one pool and the sessions it grants.
+/// Pure: time is a parameter.
+#[derive(Debug, Clone)]
+pub struct SessionCap {
+    ceiling: u32,
+    learning: Learning,
+    cap: u32,
+    /// Sessions granted (a worker holds one from taking a message until it
+    /// closes its connection).
+    held: u32,
+    last_change: f64,
+    /// The session count that was refused.
+    mark: Option<Mark>,
+    refusals: u64,
+    reported: u32,
+}
+
+impl SessionCap {
+    pub fn new(ceiling: u32, learning: Learning, now: f64) -> Self {
+        let ceiling = ceiling.max(1);
+        Self { ceiling, learning, cap: ceiling, held: 0, last_change: now, mark: None, refusals: 0, reported: ceiling }
+    }
+
+    /// The learned cap.
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    /// The configured `max_connections`.
+    pub fn ceiling(&self) -> u32 {
+        self.ceiling
+    }
+
+    /// Sessions granted now.
+    pub fn held(&self) -> u32 {
+        self.held
+    }
+
+    /// Refusals seen so far.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
+    /// The last refusal's mark, if any (its level is the session count
+    /// that was refused).
+    pub fn mark(&self) -> Option<Mark> {
+        self.mark
+    }
+
+    /// The learned cap, once each time it changed since the last call.
+    pub fn cap_changed(&mut self) -> Option<u32> {
+        (self.cap != self.reported).then(|| {
+            self.reported = self.cap;
+            self.cap
+        })
+    }
+
+    /// One more session, if the learned cap allows it.
+    pub fn take(&mut self, now: f64) -> bool {
+        self.probe(now);
+        if self.held < self.cap {
+            self.held += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A session given back (its connection is closed).
+    pub fn release(&mut self) {
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// More sessions are held than the learned cap allows: one holder
+    /// should give its session back.
+    pub fn over(&self) -> bool {
+        self.held > self.cap
+    }
+
+    /// After a clean period, one session more, unless a firm mark holds
+    /// the cap below it.
+    fn probe(&mut self, now: f64) {
+        if self.cap >= self.ceiling || now - self.last_change < self.learning.probe_secs {
+            return;
+        }
+        let limit = match self.mark {
+            Some(m) if m.firm(now, &self.learning) => (m.level as u32).saturating_sub(1).max(1),
+            _ => self.ceiling,
+        };
+        if self.cap < limit {
+            self.cap += 1;
+        }
+        self.last_change = now;
+    }
+
+    /// The carrier refused a session while the caller held one of the
+    /// granted sessions. Lowers the cap and returns true when other
+    /// sessions were open (one session too many); returns false when the
+    /// refused one was alone or the cap is 1 already: then the carrier
+    /// refuses the pool as such, and the caller pauses it instead.
+    pub fn on_refusal(&mut self, now: f64) -> bool {
+        self.refusals += 1;
+        let others = self.held.saturating_sub(1);
+        if others == 0 || self.cap <= 1 {
+            return false;
+        }
+        let level = f64::from(others + 1);
+        self.mark = Some(match self.mark {
+            Some(m) if m.level == level => {
+                Mark { level, hits: m.hits.saturating_add(1), at: now }
+            }
+            _ => Mark { level, hits: 1, at: now },
+        });
+        self.cap = (self.cap - 1).min(others).max(1);
+        self.last_change = now;
+        true
     }
 }
 
@@ -117,7 +404,7 @@ mod tests {
             match s.admit(now) {
                 Ok(()) => {
                     n += 1;
-                    s.on_success();
+                    s.on_success(now);
                 }
                 Err(wait) => now += wait,
             }
@@ -142,9 +429,20 @@ mod tests {
         // Right after the pause the rate is half, then climbs 2/s per second.
         assert!((s.rate_now(2.0) - 10.0).abs() < 1e-9);
         assert!((s.rate_now(4.5) - 15.0).abs() < 1e-9);
-        assert!((s.rate_now(100.0) - 20.0).abs() < 1e-9);
+        // It climbs to just under the level that pushed back, not above.
+        assert!((s.rate_now(100.0) - 18.0).abs() < 1e-9);
         // No burst right after the pause: the bucket was emptied.
         assert!(s.admit(2.0).is_err());
+        assert_eq!(s.pace_changed(), Some(18.0));
+        assert_eq!(s.pace_changed(), None);
+        // After a clean period it probes one step up (the mark is not firm),
+        // and again after the next, never over the ceiling.
+        drain(&mut s, 2.0, 60.9);
+        assert!((s.learned_pace() - 18.0).abs() < 1e-9);
+        drain(&mut s, 60.9, 61.2);
+        assert!((s.learned_pace() - 18.9).abs() < 1e-9, "{}", s.learned_pace());
+        drain(&mut s, 61.2, 200.0);
+        assert_eq!(s.learned_pace(), 20.0);
     }
 
     #[test]
@@ -160,7 +458,7 @@ mod tests {
         assert_eq!(pauses, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
         // The rate floor holds.
         assert!((s.rate_now(now) - 1.0).abs() < 1e-9);
-        s.on_success();
+        s.on_success(now);
         assert_eq!(s.on_throttle(now, 0.0), 1.0);
         // Jitter moves pauses by at most a fifth, and only within the ceiling.
         assert_eq!(Shaper::new(1.0, 1, 0.0).on_throttle(0.0, 1.0), 1.2);
@@ -174,6 +472,161 @@ mod tests {
         assert_eq!(s.on_throttle(0.5, 0.0), 0.5);
         assert_eq!(s.on_throttle(1.0, 0.0), 2.0);
         assert_eq!(s.throttles(), 3);
+    }
+
+    /// A carrier whose pace follows `table` (from this time on, this many
+    /// messages per second; bucket of `burst`), and a pool sending to it as
+    /// fast as its shaper admits until `until`. Returns the push-back times
+    /// and the delivery times.
+    fn against(s: &mut Shaper, table: &[(f64, f64)], burst: u32, until: f64) -> (Vec<f64>, Vec<f64>) {
+        let limit_at = |t: f64| table.iter().rev().find(|(from, _)| *from <= t).map_or(table[0].1, |&(_, r)| r);
+        let mut carrier = TokenBucket::new(limit_at(0.0), burst, 0.0);
+        let (mut now, mut pushed, mut delivered) = (0.0, Vec::new(), Vec::new());
+        while now < until {
+            if carrier.rate() != limit_at(now) {
+                carrier.set_rate(limit_at(now), now);
+            }
+            match s.admit(now) {
+                Ok(()) if carrier.take(now).is_ok() => {
+                    s.on_success(now);
+                    delivered.push(now);
+                }
+                Ok(()) => {
+                    pushed.push(now);
+                    s.on_throttle(now, 0.0);
+                }
+                Err(wait) => now += wait.max(1e-6),
+            }
+            assert!(s.rate_now(now) <= s.ceiling() + 1e-9, "over the ceiling at {now}");
+        }
+        (pushed, delivered)
+    }
+
+    fn count_in(times: &[f64], from: f64, to: f64) -> usize {
+        times.iter().filter(|&&t| t >= from && t < to).count()
+    }
+
+    #[test]
+    fn a_carrier_at_half_the_ceiling_is_learned_and_held_just_under() {
+        let learning = Learning { probe_secs: 10.0, drift_secs: 86_400.0 };
+        let mut s = Shaper::learning(20.0, 2, learning, 0.0);
+        let (pushed, delivered) = against(&mut s, &[(0.0, 10.0)], 5, 300.0);
+        // A few push-backs while it learns, then none: it settled instead
+        // of climbing back into the limit again and again.
+        assert!(pushed.len() <= 4, "{pushed:?}");
+        assert_eq!(count_in(&pushed, 60.0, 300.0), 0, "{pushed:?}");
+        let pace = s.learned_pace();
+        assert!((8.5..=10.0).contains(&pace), "{pace}");
+        assert!(s.mark().is_some_and(|m| m.hits >= 2), "{:?}", s.mark());
+        // Just under the carrier's pace, for the whole rest of the run.
+        let late = count_in(&delivered, 100.0, 300.0) as f64 / 200.0;
+        assert!((8.5..=10.0).contains(&late), "{late}");
+    }
+
+    #[test]
+    fn a_carrier_that_tightens_and_loosens_is_followed_within_the_drift() {
+        let learning = Learning { probe_secs: 5.0, drift_secs: 60.0 };
+        let mut s = Shaper::learning(20.0, 2, learning, 0.0);
+        let table = [(0.0, 16.0), (100.0, 8.0), (250.0, 16.0)];
+        let (pushed, delivered) = against(&mut s, &table, 5, 600.0);
+        // Settled under 16, then under 8 after it tightened.
+        let before = count_in(&delivered, 50.0, 100.0) as f64 / 50.0;
+        assert!((13.0..=16.0).contains(&before), "{before}");
+        let tight = count_in(&delivered, 150.0, 250.0) as f64 / 100.0;
+        assert!((6.5..=8.0).contains(&tight), "{tight}");
+        // While the mark is firm (its drift period not passed since the
+        // last push-back) no probe goes over it.
+        let firm_since = pushed.iter().copied().rfind(|&t| t < 150.0).unwrap_or(0.0);
+        assert!(firm_since > 100.0, "{pushed:?}");
+        assert_eq!(count_in(&pushed, firm_since + 0.001, firm_since + 60.0), 0, "{pushed:?}");
+        // Once it loosened and the mark drifted away, probing step by step
+        // brings the pool back near 16; then one push-back per drift period
+        // (near the old level, so at once firm again).
+        let end = count_in(&delivered, 550.0, 600.0) as f64 / 50.0;
+        assert!((12.0..=16.0).contains(&end), "{end} {pushed:?}");
+        assert!(count_in(&pushed, 400.0, 600.0) <= 3, "{pushed:?}");
+    }
+
+    /// A carrier accepting at most `table`'s sessions at a time, and a pool
+    /// of `ceiling` workers, each trying for a session every second and
+    /// keeping it once open. Returns the refusals' times and the sessions
+    /// open at each second.
+    fn sessions_against(cap: &mut SessionCap, table: &[(f64, u32)], until: u32) -> (Vec<f64>, Vec<u32>) {
+        let limit_at = |t: f64| table.iter().rev().find(|(from, _)| *from <= t).map_or(table[0].1, |&(_, n)| n);
+        let (mut open, mut refused, mut seen) = (0u32, Vec::new(), Vec::new());
+        for sec in 0..until {
+            let now = f64::from(sec);
+            // A lowered cap: holders over it give their session back.
+            while cap.over() {
+                cap.release();
+                open -= 1;
+            }
+            // The carrier closes sessions over its limit (they end between
+            // messages, as real ones do).
+            while open > limit_at(now) {
+                cap.release();
+                open -= 1;
+            }
+            for _ in 0..cap.ceiling() {
+                if cap.held() >= cap.ceiling() || !cap.take(now) {
+                    break;
+                }
+                if open < limit_at(now) {
+                    open += 1;
+                } else {
+                    refused.push(now);
+                    cap.on_refusal(now);
+                    cap.release();
+                }
+            }
+            assert!(cap.cap() <= cap.ceiling() && cap.held() <= cap.ceiling());
+            seen.push(open);
+        }
+        (refused, seen)
+    }
+
+    #[test]
+    fn a_carrier_taking_one_session_of_two_costs_two_refusals() {
+        let mut cap = SessionCap::new(2, Learning { probe_secs: 60.0, drift_secs: 86_400.0 }, 0.0);
+        let (refused, seen) = sessions_against(&mut cap, &[(0.0, 1)], 3600);
+        // Refused at once, probed once after a clean minute, then firm.
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(cap.cap(), 1);
+        assert!(cap.mark().is_some_and(|m| m.hits == 2 && m.level == 2.0), "{:?}", cap.mark());
+        // The working session was never lost.
+        assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+    }
+
+    #[test]
+    fn a_learned_cap_comes_back_after_the_drift_but_never_over_the_ceiling() {
+        let mut cap = SessionCap::new(4, Learning { probe_secs: 10.0, drift_secs: 300.0 }, 0.0);
+        let (refused, seen) = sessions_against(&mut cap, &[(0.0, 2), (200.0, 6)], 1000);
+        // Learned 2 quickly; firm, so no refusal between the second and the drift.
+        assert!(refused.len() <= 3, "{refused:?}");
+        assert_eq!(seen[100], 2);
+        // Later the carrier takes 6: after the drift the pool probes up,
+        // but only to its ceiling of 4.
+        assert_eq!(seen[999], 4);
+        assert_eq!(cap.cap(), 4);
+    }
+
+    #[test]
+    fn a_refusal_of_a_lone_session_is_not_a_cap() {
+        let mut cap = SessionCap::new(3, Learning::default(), 0.0);
+        assert!(cap.take(0.0));
+        assert!(!cap.on_refusal(0.0), "alone: the carrier refuses the pool, not one session more");
+        assert_eq!(cap.cap(), 3);
+        assert!(cap.take(0.0) && cap.take(0.0));
+        // Two others open: the cap goes to what was open, not below 1.
+        assert!(cap.on_refusal(1.0));
+        assert_eq!((cap.cap(), cap.cap_changed(), cap.cap_changed()), (2, Some(2), None));
+        assert!(cap.over(), "until the refused one gives its session back");
+        cap.release();
+        assert!(!cap.over());
+        assert!(cap.on_refusal(2.0));
+        assert_eq!(cap.cap(), 1);
+        assert!(!cap.on_refusal(3.0), "never below 1");
+        assert_eq!(cap.cap(), 1);
     }
 
     #[test]

@@ -40,6 +40,15 @@
 //! fails (an error, or no handshake within 10 s), as Postfix's `may` level
 //! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
+//!
+//! A refusal of one more session ([`DeliveryOutcome::SessionRefused`]) is
+//! told by codes, never by words: a 4xx to the greeting, EHLO, a required
+//! STARTTLS or AUTH, a refused or reset connection, a hang-up before the
+//! greeting, and a 421 (or a broken session at MAIL) on a session opened
+//! for this message. On a session that already carried a message a 421 or
+//! a pace 4xx ([`Reply::is_pace_push_back`]) is "too fast"
+//! ([`DeliveryOutcome::Throttled`]); a 4xx with another enhanced code
+//! (4.2.2 mailbox full, 4.3.0) defers only its message.
 //! Opening has one limit (30 s) for all of it; when it runs out, the reason
 //! names the step that was waiting (connection, greeting, EHLO, STARTTLS,
 //! AUTH), since a server that greets and then stalls is another fault than
@@ -50,8 +59,9 @@
 //! host ([`crate::mx`] picks and orders the hosts). DNS saying the domain
 //! takes no mail (null MX, NXDOMAIN) fails the message; a DNS failure or no
 //! reachable MX host defers only that message (a dead domain must not pause
-//! a pool of many domains); a 4xx from a connected host throttles the pool
-//! as with a smarthost.
+//! a pool of many domains); a 4xx from a connected host is read as with a
+//! smarthost, and every MX host refusing one more session is a refused
+//! session.
 //!
 //! lettre's `message()` dot-stuffs the content and then writes `CRLF.CRLF`
 //! itself. Queued content already ends with CRLF, so that CRLF is taken off
@@ -77,6 +87,7 @@ use mamoru_core::config::SmtpTls;
 use mamoru_store::QueuedMail;
 
 use crate::DeliveryOutcome;
+use crate::outcome::Reply;
 use crate::mx::{self, DnsResolver, NoRoute};
 
 /// Limit for opening a session: connecting, greeting, EHLO, STARTTLS, AUTH.
@@ -203,17 +214,22 @@ enum Failure {
     /// A negative reply; client and server still agree on the session state,
     /// so RSET makes the connection usable again.
     Reply { stage: Stage, error: SmtpError },
-    /// The session is gone or out of step: network error, timeout, a 421
-    /// (the server is closing), a garbled reply.
+    /// The session is gone or out of step: network error, timeout, a
+    /// garbled reply.
     Broken { stage: Stage, reason: String },
+    /// A 421: the server closes the session.
+    Closed { stage: Stage, reason: String },
     /// We refuse to send this message to this server; nothing was sent.
     Unsendable(String),
 }
 
 /// Why no session could be opened; decides what becomes of the message.
 enum OpenError {
-    /// Slow the pool down and try later (refused, 421, failed TLS or AUTH).
+    /// Slow the pool down and try later (failed TLS or AUTH, a timeout).
     Throttle(String),
+    /// The server refused one more session (a 4xx while it opened, a
+    /// refused or reset connection).
+    Refused(String),
     /// Try this message later (DNS trouble, no MX host reachable).
     Retry(String),
     /// The destination takes no mail (null MX, NXDOMAIN).
@@ -284,6 +300,7 @@ impl SmtpHop {
                         (Open { domain: domain.clone(), conn, fell_back }, false)
                     }
                     Err(OpenError::Throttle(reason)) => return DeliveryOutcome::Throttled { reason },
+                    Err(OpenError::Refused(reason)) => return DeliveryOutcome::SessionRefused { reason },
                     Err(OpenError::Retry(reason)) => return DeliveryOutcome::Retry { reason },
                     Err(OpenError::Fail(reason)) => return DeliveryOutcome::Failed { reason },
                 },
@@ -301,12 +318,17 @@ impl SmtpHop {
                 // A kept connection may have been closed by the server while
                 // idle; nothing of this message was sent, so open a fresh one
                 // instead of deferring the message.
-                Err(Failure::Broken { stage: Stage::Mail, .. }) if reused => continue,
+                Err(Failure::Broken { stage: Stage::Mail, .. } | Failure::Closed { stage: Stage::Mail, .. }) if reused => continue,
+                // Refused before this session carried anything: one session
+                // too many, not a message too many.
+                Err(Failure::Closed { stage, reason } | Failure::Broken { stage: stage @ Stage::Mail, reason }) if !reused => {
+                    return DeliveryOutcome::SessionRefused { reason: format!("{reason} (after {})", stage.as_str()) };
+                }
                 Err(Failure::Unsendable(reason)) => {
                     self.conn = Some(Open { domain, conn, fell_back });
                     return DeliveryOutcome::Failed { reason };
                 }
-                Err(Failure::Broken { stage, reason }) => {
+                Err(Failure::Broken { stage, reason } | Failure::Closed { stage, reason }) => {
                     // Dropping the connection closes the socket; a QUIT would
                     // only wait on a peer that is already gone.
                     return DeliveryOutcome::Throttled { reason: format!("{reason} (after {})", stage.as_str()) };
@@ -332,12 +354,14 @@ impl SmtpHop {
                     if step(COMMAND_TIMEOUT, Stage::Mail, conn.command(Rset)).await.is_ok() {
                         self.conn = Some(Open { domain, conn, fell_back });
                     }
-                    // Carriers answer 4xx when a sender goes too fast, so
-                    // every transient reply slows the pool down.
+                    // Carriers answer 4xx when a sender goes too fast; the
+                    // codes tell that from a recipient's trouble.
                     return if error.is_permanent() {
                         DeliveryOutcome::Failed { reason }
-                    } else {
+                    } else if Reply::parse(&reply).is_none_or(|r| r.is_pace_push_back()) {
                         DeliveryOutcome::Throttled { reason }
+                    } else {
+                        DeliveryOutcome::Retry { reason }
                     };
                 }
             }
@@ -356,7 +380,10 @@ impl SmtpHop {
         match &self.route {
             Route::Smarthost { host, port, tls, credentials, loopback } => {
                 let auth = credentials.as_ref().map(|c| (c, *loopback));
-                open(host, host, *port, &self.hello, tls, auth).await.map_err(OpenError::Throttle)
+                open(host, host, *port, &self.hello, tls, auth).await.map_err(|e| match e {
+                    Opened::Refused(r) => OpenError::Refused(r),
+                    Opened::TlsFailed(r) | Opened::Other(r) => OpenError::Throttle(r),
+                })
             }
             Route::Mx { resolver, port } => {
                 // A random rotation of equal-preference MX hosts per
@@ -368,17 +395,27 @@ impl SmtpHop {
                     Err(NoRoute::Temporary(reason)) => return Err(OpenError::Retry(reason)),
                 };
                 let mut reasons = Vec::new();
+                let mut all_refused = true;
                 for d in &destinations {
                     let tls = TlsPolicy::Opportunistic(unverified(&d.host).map_err(OpenError::Retry)?);
                     match open(&d.host, &d.ip.to_string(), *port, &self.hello, &tls, None).await {
                         Ok(open) => return Ok(open),
-                        Err(reason) => {
+                        Err(e) => {
+                            let reason = match e {
+                                Opened::Refused(r) => r,
+                                Opened::TlsFailed(r) | Opened::Other(r) => {
+                                    all_refused = false;
+                                    r
+                                }
+                            };
                             tracing::debug!(mx = %d.host, %reason, "MX host unreachable; trying the next");
                             reasons.push(reason);
                         }
                     }
                 }
-                Err(OpenError::Retry(format!("no MX host of {domain} reachable: {}", reasons.join("; "))))
+                let reason = format!("no MX host of {domain} reachable: {}", reasons.join("; "));
+                // Every host refused one more session: the pool has too many.
+                Err(if all_refused && !destinations.is_empty() { OpenError::Refused(reason) } else { OpenError::Retry(reason) })
             }
         }
     }
@@ -397,8 +434,8 @@ async fn open(
     hello: &ClientId,
     tls: &TlsPolicy,
     auth: Option<(&Credentials, bool)>,
-) -> Result<(AsyncSmtpConnection, Option<String>), String> {
-    let opened = match session(name, addr, port, hello, tls, auth, CONNECT_TIMEOUT).await {
+) -> Result<(AsyncSmtpConnection, Option<String>), Opened> {
+    match session(name, addr, port, hello, tls, auth, CONNECT_TIMEOUT).await {
         Ok(conn) => Ok((conn, None)),
         Err(Opened::TlsFailed(reason)) if matches!(tls, TlsPolicy::Opportunistic(_)) => {
             // Opportunistic: a failed handshake costs the encryption, not the mail.
@@ -406,10 +443,7 @@ async fn open(
             session(name, addr, port, hello, &TlsPolicy::None, auth, CONNECT_TIMEOUT).await.map(|conn| (conn, Some(reason)))
         }
         Err(e) => Err(e),
-    };
-    opened.map_err(|e| match e {
-        Opened::TlsFailed(r) | Opened::Other(r) => r,
-    })
+    }
 }
 
 /// Is a negative reply to `stage` a refusal of the session (how the client
@@ -446,7 +480,36 @@ fn session_refusal(stage: Stage, reply: &str, fell_back: bool) -> Option<&'stati
 enum Opened {
     /// The STARTTLS handshake failed (the session is gone).
     TlsFailed(String),
+    /// The server refused one more session: the connection refused or
+    /// reset, or a 4xx to the greeting, EHLO, a required STARTTLS or AUTH.
+    Refused(String),
     Other(String),
+}
+
+/// Is this error, while a session opens, a refusal of one more session? A
+/// 4xx reply, or the peer refusing or dropping the connection.
+fn refuses_session(e: &SmtpError) -> bool {
+    match e.status() {
+        Some(_) => Reply::parse(&reply_text(e)).is_some_and(|r| r.is_session_refusal()),
+        None => !e.is_timeout() && !e.is_tls() && (e.is_response() || is_reset(e)),
+    }
+}
+
+/// A connection reset or refused somewhere in the error's chain.
+fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return is_reset_kind(io.kind());
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn is_reset_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(kind, ConnectionRefused | ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe)
 }
 
 /// Opens one session within `limit` (the whole of it: connection, greeting,
@@ -470,7 +533,10 @@ async fn session(
     let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((addr, port)))
         .await
         .map_err(|_| late("no connection"))?
-        .map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
+        .map_err(|e| {
+            let reason = format!("{where_}: {e}");
+            if is_reset_kind(e.kind()) { Opened::Refused(reason) } else { Opened::Other(reason) }
+        })?;
     stream.set_nodelay(true).map_err(|e| Opened::Other(format!("{where_}: {e}")))?;
     // lettre reads the greeting and sends EHLO in one call; waiting here for
     // the greeting's first byte (left in the socket for lettre) tells the
@@ -480,7 +546,10 @@ async fn session(
     let mut conn = tokio::time::timeout_at(deadline, AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello))
         .await
         .map_err(|_| late("no reply to EHLO"))?
-        .map_err(|e| Opened::Other(format!("{where_}: {}", reply_text(&e))))?;
+        .map_err(|e| {
+            let reason = format!("{where_}: {}", reply_text(&e));
+            if refuses_session(&e) { Opened::Refused(reason) } else { Opened::Other(reason) }
+        })?;
     match tls {
         TlsPolicy::None => {}
         TlsPolicy::Opportunistic(_) if !conn.can_starttls() => {}
@@ -495,6 +564,11 @@ async fn session(
             let handshake_deadline = tokio::time::Instant::now() + STARTTLS_TIMEOUT;
             match tokio::time::timeout_at(handshake_deadline.min(deadline), conn.starttls(params.clone(), hello)).await {
                 Ok(Ok(())) => {}
+                // A required STARTTLS answered 4xx: the server takes no
+                // more sessions now (opportunistic TLS goes on in plain text).
+                Ok(Err(e)) if matches!(tls, TlsPolicy::Required(_)) && e.status().is_some() && refuses_session(&e) => {
+                    return Err(Opened::Refused(format!("{where_}: STARTTLS failed: {}", reply_text(&e))));
+                }
                 Ok(Err(e)) => return Err(Opened::TlsFailed(format!("{where_}: STARTTLS failed: {}", reply_text(&e)))),
                 Err(_) if deadline < handshake_deadline => return Err(late("no end to STARTTLS")),
                 Err(_) => {
@@ -515,7 +589,10 @@ async fn session(
         tokio::time::timeout_at(deadline, conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials))
             .await
             .map_err(|_| late("no end to AUTH"))?
-            .map_err(|e| Opened::Other(format!("{where_}: AUTH failed: {}", reply_text(&e))))?;
+            .map_err(|e| {
+                let reason = format!("{where_}: AUTH failed: {}", reply_text(&e));
+                if e.status().is_some() && refuses_session(&e) { Opened::Refused(reason) } else { Opened::Other(reason) }
+            })?;
     }
     tracing::debug!(host = %name, tls = conn.is_encrypted(), auth = auth.is_some(), "SMTP session open");
     Ok(conn)
@@ -547,7 +624,7 @@ async fn step<T>(limit: Duration, stage: Stage, fut: impl Future<Output = Result
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(error)) => match error.status() {
-            Some(code) if code.to_string() == "421" => Err(Failure::Broken { stage, reason: reply_text(&error) }),
+            Some(code) if code.to_string() == "421" => Err(Failure::Closed { stage, reason: reply_text(&error) }),
             Some(_) => Err(Failure::Reply { stage, error }),
             None => Err(Failure::Broken { stage, reason: reply_text(&error) }),
         },
@@ -660,7 +737,7 @@ mod tests {
         let hello = ClientId::Domain("client.test".into());
         match session("127.0.0.1", "127.0.0.1", port, &hello, &TlsPolicy::None, auth, Duration::from_secs(1)).await {
             Ok(_) => panic!("a session opened"),
-            Err(Opened::TlsFailed(r) | Opened::Other(r)) => r,
+            Err(Opened::TlsFailed(r) | Opened::Refused(r) | Opened::Other(r)) => r,
         }
     }
 
@@ -672,6 +749,39 @@ mod tests {
         let creds = Credentials::new("u".into(), "p".into());
         let r = opening_error("220 mute.test ESMTP\r\n250-mute.test\r\n250 AUTH PLAIN\r\n", Some((&creds, true))).await;
         assert!(r.ends_with(": no end to AUTH within 1s"), "{r}");
+    }
+
+    async fn opening(port: u16) -> Result<(), Opened> {
+        let hello = ClientId::Domain("client.test".into());
+        session("127.0.0.1", "127.0.0.1", port, &hello, &TlsPolicy::None, None, Duration::from_secs(2)).await.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_is_told_from_other_opening_failures() {
+        // One session too many: a 4xx greeting, a refused connection, a
+        // server hanging up right after accepting.
+        let r = opening(mute_server("421 4.7.0 Too many connections\r\n").await).await;
+        assert!(matches!(r, Err(Opened::Refused(ref m)) if m.contains("421 4.7.0")));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        assert!(matches!(opening(closed).await, Err(Opened::Refused(_))));
+        let hangs_up = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = listener.accept().await {
+                    drop(s);
+                }
+            });
+            port
+        };
+        assert!(matches!(opening(hangs_up).await, Err(Opened::Refused(_))));
+        // A 5xx greeting is no "too many": it is about this client.
+        assert!(matches!(opening(mute_server("554 5.7.1 Go away\r\n").await).await, Err(Opened::Other(_))));
+        // Silence is a timeout, not a refusal.
+        assert!(matches!(opening(mute_server("").await).await, Err(Opened::Other(_))));
     }
 
     #[test]

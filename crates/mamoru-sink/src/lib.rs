@@ -3,6 +3,10 @@
 //!
 //! - per-domain connection caps and token-bucket rates, answering
 //!   `421 4.7.0` and closing above them, as the carriers do;
+//! - tighter carriers on demand: a cap of sessions open at once answered
+//!   `421 4.7.0` at the greeting, a pace answered with `451 4.7.1` (the
+//!   session goes on) instead of `421` and a close, and limits that change
+//!   on a timer ([`policy::LimitChange`]);
 //! - a configurable fraction of recipients are unknown (`550 5.1.1`), chosen
 //!   by a stable hash of the address, and any local part starting with
 //!   `unknown` is too;

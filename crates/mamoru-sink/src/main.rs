@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Parser;
-use mamoru_sink::policy::{DomainLimit, Policy, PolicyConfig, ThrottleWindow};
+use mamoru_sink::policy::{DomainLimit, LimitChange, Policy, PolicyConfig, ThrottleWindow};
 use mamoru_sink::server::{self, HandshakeFault, Sink};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,16 @@ struct Args {
     /// Limits of one domain: DOMAIN=CONNS/RATE[/BURST] (RATE 0 = no limit).
     #[arg(long = "domain", value_name = "DOMAIN=CONNS/RATE[/BURST]")]
     domains: Vec<String>,
+    /// Sessions open at once at most; one more gets 421 at the greeting.
+    #[arg(long)]
+    greeting_cap: Option<u32>,
+    /// Answer this domain's messages over its rate with 451 4.7.1 (the
+    /// session goes on) instead of 421 and a close.
+    #[arg(long = "pace-451", value_name = "DOMAIN")]
+    pace_451: Vec<String>,
+    /// From SECS on, DOMAIN has these limits.
+    #[arg(long = "change", value_name = "DOMAIN@SECS=CONNS/RATE[/BURST]")]
+    changes: Vec<String>,
     /// Share of recipients that are unknown users (550 5.1.1), 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     unknown_fraction: f64,
@@ -96,7 +106,18 @@ fn config(args: &Args) -> Result<PolicyConfig, String> {
     if !(0.0..=1.0).contains(&args.unknown_fraction) {
         return Err("--unknown-fraction must be from 0 to 1".into());
     }
-    Ok(PolicyConfig { limits, unknown_fraction: args.unknown_fraction, throttle_windows })
+    let mut changes = Vec::new();
+    for c in &args.changes {
+        changes.push(LimitChange::parse(c).ok_or(format!("--change {c}: want DOMAIN@SECS=CONNS/RATE[/BURST]"))?);
+    }
+    Ok(PolicyConfig {
+        limits,
+        unknown_fraction: args.unknown_fraction,
+        throttle_windows,
+        greeting_cap: args.greeting_cap,
+        pace_451: args.pace_451.clone(),
+        changes,
+    })
 }
 
 fn run(args: Args) -> Result<(), String> {

@@ -40,6 +40,28 @@ pub struct ThrottleWindow {
     pub to: f64,
 }
 
+/// From `at` seconds on, `domain` has `limit` (a carrier that tightens or
+/// loosens its connection cap and pace during the day).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitChange {
+    pub at: f64,
+    pub domain: String,
+    pub limit: DomainLimit,
+}
+
+impl LimitChange {
+    /// `DOMAIN@SECS=CONNS/RATE[/BURST]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (head, spec) = s.split_once('=')?;
+        let (domain, at) = head.split_once('@')?;
+        let at: f64 = at.trim().parse().ok()?;
+        if !at.is_finite() || at < 0.0 || domain.is_empty() {
+            return None;
+        }
+        Some(Self { at, domain: domain.to_ascii_lowercase(), limit: DomainLimit::parse(spec)? })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     pub limits: BTreeMap<String, DomainLimit>,
@@ -47,6 +69,14 @@ pub struct PolicyConfig {
     /// always gets the same answer) that are unknown users.
     pub unknown_fraction: f64,
     pub throttle_windows: Vec<ThrottleWindow>,
+    /// Sessions open at once at most, over every domain; one more is
+    /// answered `421 4.7.0` at the greeting and closed.
+    pub greeting_cap: Option<u32>,
+    /// Domains that answer a message over their rate with `451 4.7.1`
+    /// (the session goes on) instead of `421 4.7.0` and a close.
+    pub pace_451: Vec<String>,
+    /// Limit changes on a timer, applied in time order.
+    pub changes: Vec<LimitChange>,
 }
 
 /// The answer to a RCPT.
@@ -88,6 +118,8 @@ pub struct DomainStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     pub domains: BTreeMap<String, DomainStats>,
+    /// Sessions refused at the greeting ([`PolicyConfig::greeting_cap`]).
+    pub throttled_greeting: u64,
     pub sessions: u64,
     /// Sessions not yet ended (any domain, bound or not).
     pub sessions_open: u64,
@@ -115,6 +147,10 @@ pub struct Delivery {
 
 pub struct Policy {
     cfg: PolicyConfig,
+    /// Sessions admitted at the greeting and not yet ended.
+    greeted: u32,
+    /// Changes of `cfg.changes` already applied.
+    applied: usize,
     buckets: HashMap<String, TokenBucket>,
     stats: Stats,
     /// Message-IDs accepted, with counts.
@@ -128,10 +164,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(cfg: PolicyConfig) -> Self {
+    pub fn new(mut cfg: PolicyConfig) -> Self {
         let buckets =
             cfg.limits.iter().map(|(d, l)| (d.clone(), TokenBucket::new(l.rate, l.burst, 0.0))).collect();
-        Self { cfg, buckets, stats: Stats::default(), seen: HashMap::new(), reset_once: HashMap::new(), log: Vec::new(), deliveries: Vec::new() }
+        cfg.changes.sort_by(|a, b| a.at.total_cmp(&b.at));
+        cfg.pace_451.iter_mut().for_each(|d| *d = d.to_ascii_lowercase());
+        Self { cfg, greeted: 0, applied: 0, buckets, stats: Stats::default(), seen: HashMap::new(), reset_once: HashMap::new(), log: Vec::new(), deliveries: Vec::new() }
     }
 
     pub fn stats(&self) -> &Stats {
@@ -166,9 +204,41 @@ impl Policy {
         self.stats.domains.entry(domain.to_string()).or_default()
     }
 
+    /// Applies the limit changes due by `now`.
+    fn apply_changes(&mut self, now: f64) {
+        while let Some(c) = self.cfg.changes.get(self.applied).filter(|c| c.at <= now).cloned() {
+            self.applied += 1;
+            match self.buckets.get_mut(&c.domain) {
+                Some(b) => b.set_rate(c.limit.rate, now),
+                None => {
+                    self.buckets.insert(c.domain.clone(), TokenBucket::new(c.limit.rate, c.limit.burst, now));
+                }
+            }
+            self.cfg.limits.insert(c.domain, c.limit);
+        }
+    }
+
+    /// A session is greeted: `None` admits it (call [`Policy::ungreet`]
+    /// when it ends), `Some(reply)` refuses it over the greeting cap.
+    pub fn greet(&mut self, now: f64) -> Option<&'static str> {
+        self.apply_changes(now);
+        if self.cfg.greeting_cap.is_some_and(|cap| self.greeted >= cap) {
+            self.stats.throttled_greeting += 1;
+            return Some("421 4.7.0 Too many connections, try again later\r\n");
+        }
+        self.greeted += 1;
+        None
+    }
+
+    /// An admitted session ended.
+    pub fn ungreet(&mut self) {
+        self.greeted = self.greeted.saturating_sub(1);
+    }
+
     /// The first RCPT of a connection binds it to `domain` for the cap.
     /// `bound` says whether this connection is already counted.
     pub fn rcpt(&mut self, local: &str, domain: &str, bound: bool, now: f64) -> (RcptVerdict, bool) {
+        self.apply_changes(now);
         let domain = domain.to_ascii_lowercase();
         let local_lower = local.to_ascii_lowercase();
         let cap = self.cfg.limits.get(&domain).map(|l| l.max_connections);
@@ -213,6 +283,9 @@ impl Policy {
         if let Some(b) = self.buckets.get_mut(&domain) {
             if b.take(now).is_err() {
                 self.domain(&domain).throttled_rate += 1;
+                if self.cfg.pace_451.contains(&domain) {
+                    return (RcptVerdict::Fail("451 4.7.1 Too many messages, slow down".into()), bound_now);
+                }
                 return (RcptVerdict::Throttle("421 4.7.0 Too many messages, slow down"), bound_now);
             }
         }
@@ -299,7 +372,7 @@ mod tests {
     fn policy() -> Policy {
         let mut limits = BTreeMap::new();
         limits.insert("docomo.ne.jp".to_string(), DomainLimit { max_connections: 1, rate: 2.0, burst: 1 });
-        Policy::new(PolicyConfig { limits, unknown_fraction: 0.0, throttle_windows: vec![ThrottleWindow { domain: "au.com".into(), from: 5.0, to: 6.0 }] })
+        Policy::new(PolicyConfig { limits, unknown_fraction: 0.0, throttle_windows: vec![ThrottleWindow { domain: "au.com".into(), from: 5.0, to: 6.0 }], ..PolicyConfig::default() })
     }
 
     #[test]
@@ -317,6 +390,34 @@ mod tests {
         assert_eq!(p.rcpt("a", "au.com", true, 6.0).0, RcptVerdict::Accept);
         let d = &p.stats().domains["docomo.ne.jp"];
         assert_eq!((d.throttled_connections, d.throttled_rate, d.max_connections_seen), (1, 1, 1));
+    }
+
+    #[test]
+    fn greeting_cap_pace_451_and_changes_on_a_timer() {
+        let mut limits = BTreeMap::new();
+        limits.insert("au.com".to_string(), DomainLimit { max_connections: 4, rate: 1.0, burst: 1 });
+        let mut p = Policy::new(PolicyConfig {
+            limits,
+            greeting_cap: Some(1),
+            pace_451: vec!["AU.com".into()],
+            changes: vec![LimitChange::parse("au.com@10=1/100/1").expect("change")],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(p.greet(0.0), None);
+        assert!(p.greet(0.0).is_some_and(|r| r.starts_with("421 4.7.0")));
+        p.ungreet();
+        assert_eq!(p.greet(0.0), None);
+        assert_eq!(p.stats().throttled_greeting, 1);
+        // Over the pace: 451 4.7.1, and the session goes on.
+        assert_eq!(p.rcpt("a", "au.com", false, 0.0).0, RcptVerdict::Accept);
+        assert_eq!(p.rcpt("a", "au.com", true, 0.1).0, RcptVerdict::Fail("451 4.7.1 Too many messages, slow down".into()));
+        // From 10 s on: 100/s, and one connection only.
+        assert!(matches!(p.rcpt("a", "au.com", false, 10.0).0, RcptVerdict::Throttle(r) if r.contains("connections")));
+        for i in 0..20 {
+            assert_eq!(p.rcpt("a", "au.com", true, 10.0 + f64::from(i) * 0.02).0, RcptVerdict::Accept);
+        }
+        assert_eq!(LimitChange::parse("x@-1=1/1"), None);
+        assert_eq!(LimitChange::parse("x=1/1"), None);
     }
 
     #[test]

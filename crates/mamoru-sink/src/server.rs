@@ -215,8 +215,18 @@ pub async fn run(listener: TcpListener, sink: Arc<Sink>, shutdown: CancellationT
 }
 
 /// One session, counted open until it ends, however it ends.
-async fn connection(stream: TcpStream, sink: Arc<Sink>) {
-    serve(stream, &sink).await;
+async fn connection(mut stream: TcpStream, sink: Arc<Sink>) {
+    let refusal = sink.policy().greet(sink.now());
+    match refusal {
+        Some(reply) => {
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        None => {
+            serve(stream, &sink).await;
+            sink.policy().ungreet();
+        }
+    }
     sink.policy().session_ended();
 }
 

@@ -361,3 +361,86 @@ async fn a_pool_with_charset_iso_2022_jp_sends_jis_and_the_others_utf8() {
     assert_eq!(file(&utf8), utf8.content, "other pools are untouched");
     assert_eq!(file(&emoji), emoji.content, "what has no JIS form goes unchanged");
 }
+
+/// A carrier tighter than the pool on both counts: it takes one session
+/// where the pool opens two (the second refused at the greeting), and half
+/// the pool's configured pace, answered with `pace` over it. The pool must
+/// learn both without losing or doubling a message, with few provoked
+/// push-backs and a makespan near what the carrier's pace allows.
+async fn learns_a_tighter_carrier(pace_451: bool) {
+    const N: usize = 400;
+    const CARRIER_RATE: f64 = 10.0;
+    let mut env = Env::new();
+    env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 2, 2.0 * CARRIER_RATE, 2))]));
+    let mut limits = BTreeMap::new();
+    limits.insert("docomo.ne.jp".to_string(), limit(2, CARRIER_RATE, 5));
+    let em = Emulator::start(PolicyConfig {
+        limits,
+        greeting_cap: Some(1),
+        pace_451: if pace_451 { vec!["docomo.ne.jp".into()] } else { Vec::new() },
+        ..PolicyConfig::default()
+    })
+    .await;
+    let rows = queue_bulk(&env, &addrs("d", "docomo.ne.jp", N));
+    let relay = env.relay(smtp(em.port), RelayConfig { learn_probe_secs: 10, ..fast(1) });
+    let took = wait_all_done(&env, &rows, Duration::from_secs(120)).await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    for q in &rows {
+        assert_eq!(env.row(q.id).state, "sent", "{q:?}");
+    }
+    // Everything delivered, once.
+    let ids = em.sink.message_ids();
+    for q in &rows {
+        assert_eq!(ids.get(&q.message_id), Some(&1), "{}", q.message_id);
+    }
+    let stats = em.stats();
+    assert_eq!(stats.duplicates, 0);
+    let d = &stats.domains["docomo.ne.jp"];
+    let provoked = stats.throttled_greeting + d.throttled_connections + d.throttled_rate + d.throttled_window;
+    // The second session was refused at least once, and learned: not again
+    // and again.
+    assert!(stats.throttled_greeting >= 1, "{stats:?}");
+    assert!(provoked as f64 <= 0.02 * N as f64, "{provoked} provoked push-backs of {N}: {stats:?}");
+    // T* = N / the carrier's pace; generous, the machine is noisy.
+    let optimum = N as f64 / CARRIER_RATE;
+    let secs = took.as_secs_f64();
+    eprintln!("makespan {secs:.1} s, T* {optimum:.1} s, provoked {provoked} ({:.2} %)", 100.0 * provoked as f64 / N as f64);
+    assert!(secs <= 1.4 * optimum + 5.0, "makespan {secs:.1} s against T* = {optimum:.1} s: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_taking_one_session_and_half_the_pace_is_learned_421() {
+    learns_a_tighter_carrier(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_taking_one_session_and_half_the_pace_is_learned_451() {
+    learns_a_tighter_carrier(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_full_defers_its_message_and_leaves_the_pace_alone() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("au", pool(&["au.com"], 1, 20.0, 2))]));
+    let em = Emulator::start(PolicyConfig::default()).await;
+    // 452 4.2.2 and 451 4.3.0: about the recipient or the server, not the pace.
+    let full = env.queue_tricky("fail452.full@au.com");
+    let trouble = env.queue_tricky("fail451.trouble@au.com");
+    let rows = queue_bulk(&env, &addrs("a", "au.com", 10));
+    let relay = env.relay(smtp(em.port), fast(30));
+    wait_all_done(&env, &rows, T).await;
+    for q in [&full, &trouble] {
+        wait_for("the 4xx to be deferred", T, || {
+            let r = env.row(q.id);
+            if r.state == "queued" && r.attempts >= 1 { Ok(r) } else { Err(format!("{r:?}")) }
+        })
+        .await;
+    }
+    let states = env.store.pool_states().expect("pool states");
+    relay.stop(Duration::from_secs(10)).await;
+    assert_all_received(&em, &rows);
+    let au = states.iter().find(|s| s.name == "au").expect("au state");
+    assert_eq!(au.throttles, 0, "{states:?}");
+    assert_eq!(au.paused_until_ms, 0, "{states:?}");
+}
