@@ -100,6 +100,11 @@ def seeds(target):
         yield "本日15時ごろ <b>&amp; \"quoted\" 'single' ]]> \x01\x0b\x0c\u0085\ufffe".encode()
         for p in files("alerts/*.eml")[:4]:
             yield read(p)
+    if target == "smtp_reply":
+        for line in ("421 4.7.0 Too many connections", "451 4.7.1 Please slow down", "452 4.5.3 Too many recipients",
+                     "550 5.1.1 <gone@docomo.ne.jp>: User unknown", "250-2.0.0 Ok", "421-mx.example busy\r\n421 again",
+                     "450 4.2.2 Mailbox full", "554 Transaction failed"):
+            yield line.encode()
     if target == "auth_results":
         yield b"mx.mamoru.test; dkim=pass (2048-bit key; unprotected) header.d=city.example header.i=@city.example header.b=abcd"
         yield b"mx.mamoru.test; dkim=fail reason=\"dkim=pass header.d=city.example\" header.d=evil.example"

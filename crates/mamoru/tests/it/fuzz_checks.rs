@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("dkim_headers", dkim_headers),
     ("csv_import", csv_import),
     ("escape", escape),
+    ("smtp_reply", smtp_reply),
 ];
 
 fn cfg() -> &'static Config {
@@ -254,5 +255,21 @@ pub fn escape(data: &[u8]) {
     for (i, _) in out.match_indices('&') {
         let rest = &out[i..];
         assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)), "a bare & at {i}");
+    }
+}
+
+/// A peer's SMTP reply as the relay reads it: the code is the first three
+/// digits, an enhanced code only ever agrees with the code's class, and
+/// only a temporary (4xx) reply is ever a throttle signal.
+pub fn smtp_reply(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Some(reply) = mamoru_relay::outcome::Reply::parse(text) else { return };
+    assert!((200..600).contains(&reply.code), "code {}", reply.code);
+    assert_eq!(text.get(..3).and_then(|c| c.parse().ok()), Some(reply.code), "code not from the first three digits");
+    if let Some(e) = reply.enhanced {
+        assert_eq!(u16::from(e.class), reply.code / 100, "enhanced class disagrees with the code");
+    }
+    if reply.is_pace_push_back() || reply.is_session_refusal() {
+        assert!((400..500).contains(&reply.code), "a throttle signal from {text:?}");
     }
 }
