@@ -183,8 +183,12 @@ def login_waves():
         rounds["login_waves"].set()
 
 
-web_idle = idle_flood("web_idle", WEB)
-lmtp_idle = idle_flood("lmtp_idle", LMTP)
+# 1,100 per listener, or what this process's descriptor limit leaves after
+# a few hundred for the other attacks.
+FLOOD = min(1100, max(100, (hard - 400) // 2))
+stats["flood_per_listener"] = FLOOD
+web_idle = idle_flood("web_idle", WEB, FLOOD)
+lmtp_idle = idle_flood("lmtp_idle", LMTP, FLOOD)
 workers = [threading.Thread(target=f) for f in (slow_web, slow_lmtp, mime_bombs, login_waves)]
 for w in workers:
     w.start()
