@@ -166,7 +166,9 @@ pub fn iso2022jp(data: &[u8]) {
     let after = subject_and_body(&out);
     assert!(after.is_some(), "converted mail does not parse");
     if let (Some((s0, b0)), Some((s1, b1))) = (subject_and_body(data), after) {
-        assert_eq!(s0, s1, "subject changed");
+        // Leading and trailing white space of an unstructured field is
+        // not part of its text (a fold right after the colon leaves some).
+        assert_eq!(s0.trim(), s1.trim(), "subject changed");
         // Line ends become CRLF on the way; nothing else may change.
         let lines = |b: &str| b.replace("\r\n", "\n").trim_end_matches('\n').to_owned();
         assert_eq!(lines(&b0), lines(&b1), "text changed");
