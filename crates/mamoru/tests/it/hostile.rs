@@ -3,7 +3,6 @@
 //! (exit 0 or 75, never a signal) and over LMTP to `mamoru serve` (which
 //! stays up and keeps answering).
 
-use std::process::Command;
 
 use mamoru_core::EmailAddress;
 use mamoru_ingest::mime::nested_message;
@@ -78,12 +77,9 @@ c.docmd("QUIT")
 "#;
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), message).expect("write message");
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).arg(server.lmtp.ip().to_string()).arg(server.lmtp.port().to_string());
-    cmd.arg(sender).arg(file.path()).args(rcpts);
-    let out = cmd.output().expect("python3");
-    assert!(out.status.success(), "python LMTP client failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let mut args: Vec<&std::ffi::OsStr> = vec![sender.as_ref(), file.path().as_os_str()];
+    args.extend(rcpts.iter().map(|r| std::ffi::OsStr::new(*r)));
+    run_lmtp_script(script, server, &args)
 }
 
 #[test]

@@ -49,12 +49,10 @@ for _ in range(copies):
         print("REPLY", code, text.decode())
 c.docmd("QUIT")
 "#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).arg(server.lmtp.ip().to_string()).arg(server.lmtp.port().to_string());
-    cmd.arg(sender).arg(copies.to_string()).args(rcpts);
-    let out = cmd.output().expect("python3");
-    assert!(out.status.success(), "python LMTP client failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let copies = copies.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![sender.as_ref(), copies.as_ref()];
+    args.extend(rcpts.iter().map(|r| std::ffi::OsStr::new(*r)));
+    run_lmtp_script(script, server, &args)
 }
 
 #[test]

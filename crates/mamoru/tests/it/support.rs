@@ -175,6 +175,17 @@ pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
     out
 }
 
+/// Runs a Python `smtplib.LMTP` client script against `server`'s LMTP
+/// listener (`sys.argv[1:3]` are its host and port, then `args`) and
+/// returns the lines it printed.
+pub fn run_lmtp_script(script: &str, server: &Server, args: &[&std::ffi::OsStr]) -> Vec<String> {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(server.lmtp.ip().to_string()).arg(server.lmtp.port().to_string()).args(args);
+    let out = cmd.output().expect("python3");
+    assert!(out.status.success(), "python LMTP client failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
 /// `mamoru serve`, with the addresses it printed.
 pub struct Server {
     pub child: Child,
