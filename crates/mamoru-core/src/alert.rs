@@ -91,19 +91,15 @@ pub fn normalize_width(s: &str) -> String {
         .collect()
 }
 
-/// Parses a post's decoded subject and text.
+/// Parses a post's decoded subject and text: the `地区:` and `種別:` lines
+/// at the top, then the text; checked as [`draft`] checks a post.
 pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft, FormatError> {
-    let title = one_line(subject);
-    if title.is_empty() {
-        return Err(FormatError::EmptyTitle);
-    }
-    if title.chars().count() > MAX_TITLE_CHARS {
-        return Err(FormatError::TitleTooLong);
-    }
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut lines = text.lines().peekable();
     let mut districts: Option<Vec<u32>> = None;
     let mut kind = String::new();
+    // The title is checked first: an empty subject is the first thing to say.
+    check_title(subject)?;
     // Header lines come first, in any order; blank lines before them are
     // skipped (some phones start the body with one).
     while let Some(line) = lines.peek() {
@@ -116,8 +112,7 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
         if let Some(v) = field(norm, "地区") {
             districts = Some(parse_districts(cfg, v)?);
         } else if let Some(v) = field(norm, "種別") {
-            let v = v.trim();
-            kind = cfg.alerts.kinds.iter().find(|k| normalize_width(k) == v).cloned().ok_or_else(|| FormatError::UnknownKind(v.to_string()))?;
+            kind = kind_named(cfg, v)?;
         } else {
             break;
         }
@@ -125,7 +120,27 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
     }
     let districts = districts.ok_or(FormatError::MissingDistricts)?;
     let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
-    let body = rest.join("\n").trim_matches('\n').to_string();
+    draft(cfg, subject, &kind, districts, &rest.join("\n"))
+}
+
+/// A post given as its parts (the admin panel's form, `mamoru alert post`):
+/// the same checks as a mailed post. `kind` is empty for none; `districts`
+/// are ids.
+pub fn draft(cfg: &Config, title: &str, kind: &str, mut districts: Vec<u32>, text: &str) -> Result<AlertDraft, FormatError> {
+    let title = check_title(title)?;
+    let kind = if kind.trim().is_empty() { String::new() } else { kind_named(cfg, kind)? };
+    let unknown: Vec<String> = districts.iter().filter(|id| cfg.district(**id).is_none()).map(u32::to_string).collect();
+    if !unknown.is_empty() {
+        return Err(FormatError::UnknownDistricts(unknown));
+    }
+    if districts.is_empty() {
+        return Err(FormatError::MissingDistricts);
+    }
+    districts.sort_unstable();
+    districts.dedup();
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let body = lines.join("\n").trim_matches('\n').to_string();
     if body.trim().is_empty() {
         return Err(FormatError::EmptyText);
     }
@@ -133,6 +148,24 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
         return Err(FormatError::TextTooLong);
     }
     Ok(AlertDraft { title, kind, districts, text: body })
+}
+
+fn check_title(subject: &str) -> Result<String, FormatError> {
+    let title = one_line(subject);
+    if title.is_empty() {
+        return Err(FormatError::EmptyTitle);
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(FormatError::TitleTooLong);
+    }
+    Ok(title)
+}
+
+/// The configured kind a `種別:` value names (full-width forms accepted).
+fn kind_named(cfg: &Config, value: &str) -> Result<String, FormatError> {
+    let v = normalize_width(value);
+    let v = v.trim();
+    cfg.alerts.kinds.iter().find(|k| normalize_width(k) == v).cloned().ok_or_else(|| FormatError::UnknownKind(v.to_string()))
 }
 
 /// `NAME: value` with optional spaces around the (already normalised) colon.

@@ -8,12 +8,11 @@
 //! when there is none) records nothing the second time.
 
 use mailparse::{DispositionType, MailHeader, MailHeaderMap as _, ParsedMail};
-use mamoru_core::alert::{self, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
-use mamoru_core::token::{Claims, Purpose, TokenKey};
-use mamoru_core::{Config, EmailAddress, UnixTime, mail};
-use mamoru_store::Store;
+use mamoru_app::App;
+use mamoru_app::alerts::{DraftOutcome, Source};
+use mamoru_core::alert::{self, FormatError};
+use mamoru_core::{Config, EmailAddress, UnixTime};
 use mamoru_store::admins::Admin;
-use mamoru_store::alerts::{Drafted, NewAlert};
 use ring::digest;
 
 use crate::Outcome;
@@ -233,54 +232,8 @@ fn from_address(headers: &[MailHeader<'_>]) -> Option<EmailAddress> {
     EmailAddress::parse(&info.addr).ok()
 }
 
-pub fn random12(store: &Store) -> Result<[u8; 12], mamoru_core::seal::SealError> {
-    let mut random = [0u8; 12];
-    store.sealer().random(&mut random)?;
-    Ok(random)
-}
-
-/// Records a draft and queues its preview (with the one-time publish link)
-/// to the admin's registered address. Shared by mailed posts and
-/// `mamoru alert post`.
-#[allow(clippy::too_many_arguments)]
-pub fn queue_preview(
-    cfg: &Config,
-    store: &Store,
-    tokens: &TokenKey,
-    admin: &Admin,
-    draft: &AlertDraft,
-    source: &str,
-    source_key: &str,
-    dropped_attachments: usize,
-    is_test: bool,
-    now: UnixTime,
-    random: &[u8; 12],
-) -> mamoru_store::Result<Drafted> {
-    let expires_at = now + cfg.alerts.publish_ttl_secs;
-    let content = alert::content(cfg, draft, is_test);
-    let new = NewAlert {
-        admin: admin.id,
-        source,
-        source_key,
-        kind: &draft.kind,
-        title: &draft.title,
-        text: &draft.text,
-        districts: &draft.districts,
-        is_test,
-    };
-    store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
-        let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
-        let url = format!("{}/p/{}", cfg.base_url(), tokens.sign(&claims));
-        let counts = CarrierCounts::from_domains(domains);
-        let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
-        alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(random, cfg))
-    })
-}
-
 pub struct AlertPoster<'a> {
-    pub cfg: &'a Config,
-    pub store: &'a Store,
-    pub tokens: &'a TokenKey,
+    pub app: &'a App,
     pub clock: fn() -> UnixTime,
 }
 
@@ -288,38 +241,19 @@ impl AlertPoster<'_> {
     fn refuse(&self, reason: &str, detail: String) -> Outcome {
         let now = (self.clock)();
         tracing::warn!(reason, detail = %detail, "alert post refused");
-        if let Err(e) = self.store.audit(now, "ingest", "alert-post-refused", &format!("reason={reason} {detail}")) {
-            tracing::warn!(error = %e, "store unavailable; asking the MTA to retry");
-            return Outcome::Transient(e.to_string());
+        if let Err(e) = self.app.store.audit(now, "ingest", "alert-post-refused", &format!("reason={reason} {detail}")) {
+            return crate::transient(&e.into());
         }
         Outcome::Dropped(format!("alert: {reason}"))
-    }
-
-    fn message_id(&self) -> Result<String, Outcome> {
-        let mut random = [0u8; 12];
-        self.store.sealer().random(&mut random).map_err(|e| Outcome::Transient(e.to_string()))?;
-        Ok(mail::message_id(&random, self.cfg))
     }
 
     /// Answers an authenticated admin's post that cannot become a draft,
     /// once (the replay key is recorded with the rejection).
     fn reject(&self, admin: &Admin, key: &str, subject: &str, e: FormatError) -> Outcome {
-        let now = (self.clock)();
-        let cfg = self.cfg;
-        let mid = match self.message_id() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        let reply = alert::rejected(cfg, std::slice::from_ref(&e), subject, &admin.email, now, mid);
-        let reason = format!("{e:?}").split(['(', ' ']).next().unwrap_or("format").to_string();
-        let title: String = subject.chars().take(alert::MAX_TITLE_CHARS).collect();
-        match self.store.reject_post(admin.id, key, &title, &reason, &reply, now, now + cfg.relay.max_age_secs) {
-            Ok(true) => {
-                tracing::info!(admin = %admin.login, reason, "malformed alert post answered");
-                Outcome::Stored
-            }
+        match self.app.reject(admin, key, subject, &e, (self.clock)()) {
+            Ok(true) => Outcome::Stored,
             Ok(false) => Outcome::Dropped("alert: duplicate".into()),
-            Err(e) => Outcome::Transient(e.to_string()),
+            Err(e) => crate::transient(&e),
         }
     }
 
@@ -347,13 +281,13 @@ impl AlertPoster<'_> {
         if envelope.as_ref().map(|e| e.canonical()) != Ok(from.canonical()) {
             return self.refuse("envelope-from-mismatch", format!("from={masked}"));
         }
-        let admin = match self.store.find_admin_by_email(&from) {
+        let admin = match self.app.store.find_admin_by_email(&from) {
             Ok(Some(a)) if a.active => a,
             Ok(Some(_)) => return self.refuse("admin-disabled", format!("from={masked}")),
             Ok(None) => return self.refuse("not-an-admin", format!("from={masked}")),
-            Err(e) => return Outcome::Transient(e.to_string()),
+            Err(e) => return crate::transient(&e.into()),
         };
-        let Some(auth) = alert_auth::authenticate(self.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
+        let Some(auth) = alert_auth::authenticate(&self.app.cfg, &admin.login, &admin.email, &from, sasl_username, raw) else {
             return self.refuse("not-authenticated", format!("admin={}", admin.login));
         };
         let key = source_key(&headers, raw, auth.signature.as_deref());
@@ -366,31 +300,19 @@ impl AlertPoster<'_> {
             }
         };
         let post = extract(&parsed);
-        let now = (self.clock)();
-        let cfg = self.cfg;
-        let draft = alert::parse_post(cfg, &post.subject, &post.text).and_then(|d| {
-            let forbidden = admin.forbidden(&d.districts);
-            if forbidden.is_empty() { Ok(d) } else { Err(FormatError::DistrictsNotAllowed(forbidden)) }
-        });
-        let draft = match draft {
+        let draft = match alert::parse_post(&self.app.cfg, &post.subject, &post.text) {
             Ok(d) => d,
             Err(e) => return self.reject(&admin, &key, &post.subject, e),
         };
-        let Ok(random) = random12(self.store) else { return Outcome::Transient("random source failed".into()) };
-        let result = queue_preview(cfg, self.store, self.tokens, &admin, &draft, "mail", &key, post.attachments, false, now, &random);
-        match result {
-            Ok(Drafted::Created { alert, .. }) => {
-                tracing::info!(alert, admin = %admin.login, auth = auth.how.as_str(), "alert post accepted; preview queued");
+        let source = Source::Mail { key: &key, attachments: post.attachments };
+        match self.app.draft(&admin, &draft, source, false, (self.clock)()) {
+            Ok(DraftOutcome::Created { .. }) => {
+                tracing::info!(admin = %admin.login, auth = auth.how.as_str(), "alert post accepted");
                 Outcome::Stored
             }
-            Ok(Drafted::Duplicate) => {
-                tracing::info!(admin = %admin.login, "alert post redelivered; ignored");
-                Outcome::Dropped("alert: duplicate".into())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "store unavailable; asking the MTA to retry");
-                Outcome::Transient(e.to_string())
-            }
+            Ok(DraftOutcome::Duplicate) => Outcome::Dropped("alert: duplicate".into()),
+            Ok(DraftOutcome::Refused(e)) => self.reject(&admin, &key, &post.subject, e),
+            Err(e) => crate::transient(&e),
         }
     }
 }

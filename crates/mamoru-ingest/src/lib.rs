@@ -53,6 +53,20 @@ pub enum Outcome {
     Transient(String),
 }
 
+/// The one mapping of a use case's failure to an inbound mail's outcome:
+/// whatever may go away by itself is retried by the MTA (LMTP 451, pipe
+/// exit 75); a failure that will not (a schema from a newer build, sealed
+/// data that does not open) is also retried, loudly, because dropping the
+/// message would lose it.
+pub fn transient(e: &mamoru_app::Error) -> Outcome {
+    if e.is_transient() {
+        tracing::warn!(error = %e, "store unavailable; asking the MTA to retry");
+    } else {
+        tracing::error!(error = %e, "store cannot handle mail; asking the MTA to retry");
+    }
+    Outcome::Transient(e.to_string())
+}
+
 /// Where the LMTP server (and the pipe command) hand messages. Implementations
 /// are blocking (they touch SQLite); the server calls them on a blocking thread.
 pub trait Deliver: Send + Sync + 'static {

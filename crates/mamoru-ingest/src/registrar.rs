@@ -9,10 +9,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mamoru_core::token::{Claims, TokenKey};
-use mamoru_core::{Config, EmailAddress, UnixTime, mail};
-use mamoru_store::manage::{LinkMail, LinkRequest};
-use mamoru_store::{Channel, RegistrationLimits, Store};
+use mamoru_app::App;
+use mamoru_app::registration::LinkOutcome;
+use mamoru_core::{EmailAddress, UnixTime};
+use mamoru_store::Channel;
 
 use crate::bounce;
 use crate::classify::{self, Classification, Envelope, Rules};
@@ -22,26 +22,19 @@ use crate::{Deliver, Outcome};
 const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
 
 pub struct Registrar {
-    cfg: Arc<Config>,
-    store: Arc<Store>,
-    tokens: TokenKey,
+    app: Arc<App>,
     clock: fn() -> UnixTime,
     classifier: Classifier,
-    on_queued: Box<dyn Fn() + Send + Sync>,
 }
 
 /// The classification function; a parameter so tests can make it fail.
 pub type Classifier = fn(&Rules<'_>, &Envelope<'_>, &[u8]) -> Classification;
 
 impl Registrar {
-    pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey) -> Self {
-        Self { cfg, store, tokens, clock: mamoru_core::now, classifier: classify::classify, on_queued: Box::new(|| {}) }
-    }
-
-    /// Called after a mail was queued (the relay in the same process wakes up).
-    pub fn on_queued(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_queued = Box::new(f);
-        self
+    /// The use cases mail leads to; a queued mail wakes the relay through
+    /// [`App::wake`].
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app, clock: mamoru_core::now, classifier: classify::classify }
     }
 
     /// Replaces the clock, for tests.
@@ -57,58 +50,26 @@ impl Registrar {
     }
 
     fn rules(&self) -> Rules<'_> {
-        Rules { domain: &self.cfg.domain, register_local: &self.cfg.ingest.register_local, max_header_bytes: MAX_HEADER_BYTES }
+        let cfg = &self.app.cfg;
+        Rules { domain: &cfg.domain, register_local: &cfg.ingest.register_local, max_header_bytes: MAX_HEADER_BYTES }
     }
 
     fn register(&self, reply_to: &EmailAddress, recipient: &str) -> Outcome {
-        let now = (self.clock)();
-        let cfg = &self.cfg;
-        let limits = RegistrationLimits::from(&cfg.limits);
-        let expires_at = now + cfg.tokens.register_ttl_secs;
-        let mut random = [0u8; 12];
-        if let Err(e) = self.store.sealer().random(&mut random) {
-            return Outcome::Transient(e.to_string());
-        }
-        // `ans+chuo@` pre-selects that district on the registration page.
-        let preselect = cfg.district_of_recipient(recipient).map(|d| d.id);
-        // An address already registered gets a manage link (登録内容の変更)
-        // instead of a second registration.
-        // The mail path spends its own global budget, apart from the PC form's.
-        let channel = Channel::Mail;
-        let result = self.store.request_link(reply_to, &channel, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
-            let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
-            let token = self.tokens.sign(&claims);
-            let id = mail::message_id(&random, cfg);
-            match kind {
-                LinkMail::Register => mail::registration_received(cfg, reply_to, &token, now, id),
-                LinkMail::Manage => mail::manage_link(cfg, reply_to, &token, now, id),
-            }
-        });
-        match result {
-            Ok(LinkRequest::Queued { kind, subscriber, outbox }) => {
-                let what = if kind == LinkMail::Manage { "manage link requested; 登録内容の変更 queued" } else { "registration requested; 登録受付 queued" };
-                tracing::info!(subscriber, outbox, to = %reply_to.masked(), "{what}");
-                (self.on_queued)();
-                Outcome::Stored
-            }
-            Ok(LinkRequest::Limited(limit)) => {
-                tracing::info!(limit = limit.as_str(), to = %reply_to.masked(), "registration request dropped by rate limit");
-                Outcome::Dropped(format!("rate limit: {}", limit.as_str()))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "store unavailable; asking the MTA to retry");
-                Outcome::Transient(e.to_string())
-            }
+        match self.app.request_link(reply_to, Channel::Mail, Some(recipient), (self.clock)()) {
+            Ok(LinkOutcome::Queued { .. }) => Outcome::Stored,
+            Ok(LinkOutcome::Limited(limit)) => Outcome::Dropped(format!("rate limit: {}", limit.as_str())),
+            Ok(LinkOutcome::NoReply(why)) => Outcome::Dropped(format!("no reply: {why:?}")),
+            Err(e) => crate::transient(&e),
         }
     }
 
     /// Keeps a message that crashed the classifier for a human to look at,
     /// so the MTA does not retry it forever. Returns where it was written.
     fn quarantine(&self, message: &[u8]) -> std::io::Result<PathBuf> {
-        let dir = self.cfg.data_dir.join("quarantine");
+        let dir = self.app.cfg.data_dir.join("quarantine");
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         let mut rand = [0u8; 6];
-        self.store.sealer().random(&mut rand).map_err(std::io::Error::other)?;
+        self.app.store.sealer().random(&mut rand).map_err(std::io::Error::other)?;
         let name: String = rand.iter().map(|b| format!("{b:02x}")).collect();
         let path = dir.join(format!("{}-{name}.eml", (self.clock)()));
         let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
@@ -124,15 +85,16 @@ impl Registrar {
     /// Mail to the alert address goes to [`crate::alert_post`].
     pub fn deliver_authenticated(&self, sender: &str, recipient: &str, sasl_username: Option<&str>, message: &[u8]) -> Outcome {
         // Bounces to the VERP address go to their own handler (crate::bounce).
-        if bounce::is_bounce_recipient(&self.cfg.domain, recipient) {
-            let ctx = bounce::Context { cfg: &self.cfg, store: &self.store, tokens: &self.tokens, now: (self.clock)() };
+        let app = &*self.app;
+        if bounce::is_bounce_recipient(&app.cfg.domain, recipient) {
+            let ctx = bounce::Context { cfg: &app.cfg, store: &app.store, tokens: &app.tokens, now: (self.clock)() };
             return bounce::handle(&ctx, recipient, message);
         }
-        if !crate::alert_post::is_alert_recipient(&self.cfg, recipient) {
+        if !crate::alert_post::is_alert_recipient(&app.cfg, recipient) {
             return self.deliver_registration(sender, recipient, message);
         }
-        let poster = crate::alert_post::AlertPoster { cfg: &self.cfg, store: &self.store, tokens: &self.tokens, clock: self.clock };
-        let outcome = match catch_unwind(AssertUnwindSafe(|| poster.deliver(sender, sasl_username, message))) {
+        let poster = crate::alert_post::AlertPoster { app, clock: self.clock };
+        match catch_unwind(AssertUnwindSafe(|| poster.deliver(sender, sasl_username, message))) {
             Ok(o) => o,
             Err(_) => match self.quarantine(message) {
                 Ok(path) => {
@@ -141,19 +103,15 @@ impl Registrar {
                 }
                 Err(e) => Outcome::Transient(format!("quarantine failed: {e}")),
             },
-        };
-        if outcome == Outcome::Stored {
-            (self.on_queued)();
         }
-        outcome
     }
 }
 
 impl Deliver for Registrar {
     fn accepts_recipient(&self, recipient: &str) -> bool {
         classify::is_register_recipient(&self.rules(), recipient)
-            || bounce::is_bounce_recipient(&self.cfg.domain, recipient)
-            || crate::alert_post::is_alert_recipient(&self.cfg, recipient)
+            || bounce::is_bounce_recipient(&self.app.cfg.domain, recipient)
+            || crate::alert_post::is_alert_recipient(&self.app.cfg, recipient)
     }
 
     /// LMTP carries no SASL login: an alert post by LMTP must be DKIM-authenticated.
@@ -195,12 +153,18 @@ mod tests {
     use super::*;
 
     fn registrar(dir: &std::path::Path) -> Registrar {
-        let mut cfg = Config::default();
+        let mut cfg = mamoru_core::Config::default();
         cfg.domain = "mamoru.test".into();
         cfg.data_dir = dir.to_path_buf();
         let keys = mamoru_store::keys::load_or_create(dir).unwrap();
-        let store = Store::open(dir, &keys, Duration::from_millis(100)).unwrap();
-        Registrar::new(Arc::new(cfg), Arc::new(store), keys.token_key())
+        let store = mamoru_store::Store::open(dir, &keys, Duration::from_millis(100)).unwrap();
+        Registrar::new(Arc::new(App::new(Arc::new(cfg), Arc::new(store), keys.token_key())))
+    }
+
+    /// Whether the relay was woken since the last look.
+    fn woken(r: &Registrar) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(5), r.app.wake().notified()).await.is_ok() })
     }
 
     const MAIL: &[u8] = b"From: p@docomo.ne.jp\r\nSubject: \r\n\r\n";
@@ -208,17 +172,15 @@ mod tests {
     #[test]
     fn registers_drops_and_notifies() {
         let dir = tempfile::tempdir().unwrap();
-        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let h = hits.clone();
-        let r = registrar(dir.path()).on_queued(move || {
-            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
+        let r = registrar(dir.path());
         assert!(r.accepts_recipient("ans@mamoru.test") && r.accepts_recipient("<ANS+chuo@Mamoru.Test>"));
         assert!(!r.accepts_recipient("info@mamoru.test") && !r.accepts_recipient("ans@other.test"));
+        assert!(!woken(&r));
         assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Stored);
+        assert!(woken(&r), "a queued mail wakes the relay");
         assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped("rate limit: cooldown".into()));
         assert_eq!(r.deliver("", "ans@mamoru.test", MAIL), Outcome::Dropped("null-sender".into()));
-        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!woken(&r), "nothing queued, nobody woken");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //!   connection API (STARTTLS, AUTH).
 //! - [`mx`]: MX lookups and the order of hosts to try (hickory).
 //! - [`splice`]: alert rows are queued without content; each subscriber's
-//!   copy is rendered right after the claim ([`RenderAlert`]).
+//!   copy is rendered right after the claim, by `mamoru_app::App::alert_copy`.
 //!
 //! Invariants:
 //! - One pool never waits for another: each claims only its own domains and
@@ -61,7 +61,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use outcome::DeliveryOutcome;
-pub use splice::RenderAlert;
 
 use crate::file::FileHop;
 use crate::smtp::{SmtpHop, SmtpSecurity};
@@ -83,9 +82,9 @@ pub struct Relay {
     pub verp_key: Option<TokenKey>,
     /// With keys, every message is DKIM-signed right before delivery.
     pub dkim: Option<dkim::Dkim>,
-    /// Renders a subscriber's copy of an alert (alert rows are queued
-    /// without content). Without it, alert rows fail.
-    pub render_alert: Option<RenderAlert>,
+    /// Renders each subscriber's copy of an alert (alert rows are queued
+    /// without content) as it is sent.
+    pub alerts: Arc<mamoru_app::App>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -204,7 +204,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             hops: Arc::clone(&hops),
         }));
     }
-    let splicer = Arc::new(Splicer::new(relay.render_alert.clone()));
+    let splicer = Arc::new(Splicer::new(Arc::clone(&relay.alerts)));
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let committer = tokio::spawn(committer(Arc::clone(&relay.store), commit_rx));
     let mut tasks = JoinSet::new();
@@ -341,7 +341,7 @@ async fn feeder(
         let filter = pool.filter.clone();
         let splicer = Arc::clone(splicer);
         // Alert rows are rendered here, on the blocking pool with the claim.
-        let claimed = blocking(&relay.store, move |s| Ok(splicer.splice(s, s.claim_due_in(now, lease, chunk, &filter)?, now)));
+        let claimed = blocking(&relay.store, move |s| Ok(splicer.splice(s.claim_due_in(now, lease, chunk, &filter)?, now)));
         let (batch, dropped) = match claimed.await {
             Ok(b) => b,
             Err(e) => {

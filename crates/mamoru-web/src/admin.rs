@@ -34,11 +34,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, StatusCode};
-use mamoru_core::alert::{self, CarrierCounts, PreviewInfo, carrier_of, district_label};
-use mamoru_core::token::{Claims, Purpose};
-use mamoru_core::{Config, mail, password};
+use mamoru_app::alerts::{DraftOutcome, Publisher, content_of};
+use mamoru_core::alert::{self, CarrierCounts, carrier_of, district_label};
+use mamoru_core::{Config, password};
 use mamoru_store::admins::{Admin, AdminAdded, valid_login};
-use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
+use mamoru_store::alerts::Published;
 use ring::digest;
 
 use crate::Web;
@@ -451,60 +451,25 @@ async fn compose(web: &Arc<Web>, me: (&Admin, &str), body: &[u8], now: i64) -> A
     let text = form::value(body, "text").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
-    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
-    let mut post = String::new();
-    if !kind.is_empty() {
-        post.push_str(&format!("種別: {kind}\n"));
-    }
-    post.push_str(&format!("地区: {}\n{text}", list.join(",")));
-    // The mail parser, so web and mail posts follow the same rules.
-    let draft = alert::parse_post(&cfg, &title, &post).and_then(|d| {
-        let forbidden = me.0.forbidden(&d.districts);
-        if forbidden.is_empty() { Ok(d) } else { Err(alert::FormatError::DistrictsNotAllowed(forbidden)) }
-    });
-    let draft = match draft {
-        Ok(d) => d,
-        Err(e) => {
-            let err = e.explain(&cfg);
-            return page(StatusCode::BAD_REQUEST, compose_page(&cfg, me, Some(&err), &title, &kind, &text, &ids));
-        }
+    let refused = |e: alert::FormatError| {
+        let err = e.explain(&cfg);
+        page(StatusCode::BAD_REQUEST, compose_page(&cfg, me, Some(&err), &title, &kind, &text, &ids))
     };
-    let Some(random) = random(web, 12) else { return busy(&cfg) };
+    // The same checks as a mailed post, on the form's typed fields.
+    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
+        Ok(d) => d,
+        Err(e) => return refused(e),
+    };
     let admin = me.0.clone();
-    let result = blocking(web, move |w| {
-        let cfg = &w.cfg;
-        let expires_at = now + cfg.alerts.publish_ttl_secs;
-        let content = alert::content(cfg, &draft, is_test);
-        let new = NewAlert {
-            admin: admin.id,
-            source: "web",
-            source_key: "",
-            kind: &draft.kind,
-            title: &draft.title,
-            text: &draft.text,
-            districts: &draft.districts,
-            is_test,
-        };
-        let mut r = [0u8; 12];
-        r.copy_from_slice(&random);
-        // The preview mail goes out too: the admin's phone gets the same
-        // one-time link as for a mailed post.
-        w.store.draft_alert(&new, now, expires_at, |id, nonce, domains| {
-            let claims = Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at };
-            let url = format!("{}/p/{}", cfg.base_url(), w.tokens.sign(&claims));
-            let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments: 0, is_test };
-            alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(&r, cfg))
-        })
-    })
-    .await;
+    let result = web.app.run(move |app| app.draft(&admin, &draft, mamoru_app::alerts::Source::Web, is_test, now)).await;
     match result {
-        Ok(Drafted::Created { alert, .. }) => {
-            web.queued.notify_one();
-            redirect(&format!("/admin/alerts/{alert}"))
+        Ok(DraftOutcome::Created { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
+        Ok(DraftOutcome::Refused(e)) => refused(e),
+        Ok(DraftOutcome::Duplicate) => busy(&cfg),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: cannot record a draft");
+            busy(&cfg)
         }
-        Ok(Drafted::Duplicate) => busy(&cfg),
-        Err(a) => a,
     }
 }
 
@@ -525,7 +490,7 @@ async fn show_alert(web: &Arc<Web>, me: (&Admin, &str), id: i64) -> Answer {
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
-    let content = alert::content(cfg, &crate::publish::draft_of(&row), row.is_test);
+    let content = content_of(&web.app, &row);
     let mut out = String::new();
     head(&mut out, cfg, if row.state == "draft" { "配信の確認" } else { "配信の詳細" }, Some(me));
     out.push_str("<h2>件名</h2><p>");
@@ -574,24 +539,14 @@ fn progress_table(out: &mut String, progress: &[(String, String, i64)]) {
 async fn publish_alert(web: &Arc<Web>, me: (&Admin, &str), id: i64, now: i64) -> Answer {
     let cfg = &web.cfg;
     let admin = me.0.clone();
-    let result = blocking(web, move |w| {
-        // Only the author publishes a draft from the panel.
-        match w.store.alert(id)? {
-            Some(r) if r.admin == admin.id => {}
-            _ => return Ok(Published::Unusable),
-        }
-        let actor = format!("admin:{}", admin.login);
-        crate::publish::publish(&w.cfg, &w.store, PublishAuth::Direct(id), &actor, now)
-    })
-    .await;
+    let result = web.app.run(move |app| app.publish(Publisher::Author { admin: &admin, alert: id }, now)).await;
     match result {
-        Ok(Published::Published { alert, recipients }) => {
-            tracing::info!(alert, recipients, "alert published from the admin panel");
-            web.queued.notify_one();
-            redirect(&format!("/admin/alerts/{alert}"))
-        }
+        Ok(Published::Published { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
         Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
-        Err(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: cannot publish");
+            busy(cfg)
+        }
     }
 }
 

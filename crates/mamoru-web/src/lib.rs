@@ -41,9 +41,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use mamoru_app::App;
 use mamoru_core::Config;
 use mamoru_core::conn_limit::{ConnectionLimits, RefusalLog};
-use mamoru_core::token::TokenKey;
 use mamoru_store::Store;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -53,9 +53,10 @@ use tokio_util::sync::CancellationToken;
 
 /// What the web pages need; built by the binary with [`Web::new`].
 pub struct Web {
+    /// The use cases the pages call.
+    pub app: Arc<App>,
     pub cfg: Arc<Config>,
     pub store: Arc<Store>,
-    pub tokens: TokenKey,
     /// Notified (`notify_one`) after anything is queued in the outbox, so the
     /// relay wakes up instead of waiting for its next poll.
     pub queued: Arc<Notify>,
@@ -66,9 +67,10 @@ pub struct Web {
 }
 
 impl Web {
-    pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey, queued: Arc<Notify>) -> Self {
-        let password_checks = Arc::new(Semaphore::new(cfg.web.max_password_checks));
-        Self { cfg, store, tokens, queued, password_checks }
+    pub fn new(app: Arc<App>) -> Self {
+        let password_checks = Arc::new(Semaphore::new(app.cfg.web.max_password_checks));
+        let (cfg, store, queued) = (app.cfg.clone(), app.store.clone(), app.wake().clone());
+        Self { app, cfg, store, queued, password_checks }
     }
 }
 

@@ -1,64 +1,23 @@
-//! The publish link of a preview mail (`/p/TOKEN`), the fan-out shared
-//! with the admin panel and `mamoru alert post --yes`, and the renderer of
-//! each subscriber's copy that the relay runs at send time.
+//! The publish link of a preview mail (`/p/TOKEN`); publishing itself is
+//! `mamoru_app::alerts`.
 //!
 //! GET shows the alert as parents will see it and a button; only the POST
 //! publishes, consuming the one-time token in the same transaction that
 //! queues every subscriber's mail (mail scanners fetch every link).
 
-use std::sync::{Arc, Mutex};
-
 use hyper::StatusCode;
-use mamoru_core::alert::{self, AlertDraft};
-use mamoru_core::token::{Nonce, Purpose, TokenError, TokenKey};
-use mamoru_core::{Config, EmailAddress, UnixTime};
-use mamoru_store::Store;
-use mamoru_store::alerts::{AlertRow, PublishAuth, Published};
+use mamoru_app::alerts::{Publisher, content_of};
+use mamoru_core::Config;
+use mamoru_core::UnixTime;
+use mamoru_core::token::{Purpose, TokenError};
+use mamoru_store::alerts::{AlertRow, Published};
 
 use crate::Web;
 use crate::pages::{self, escape};
 
-/// The alert text of a stored row, as `mamoru_core::alert` renders it.
-pub fn draft_of(row: &AlertRow) -> AlertDraft {
-    AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
-}
-
-/// Publishes an alert: one outbox row per subscriber, without content;
-/// the relay renders each copy when it sends it
-/// (`mamoru_core::alert::render_for_subscriber`). Blocking (SQLite); the
-/// caller picks the thread.
-pub fn publish(cfg: &Config, store: &Store, auth: PublishAuth<'_>, actor: &str, now: UnixTime) -> mamoru_store::Result<Published> {
-    let expires_at = now + cfg.alerts.max_age_secs;
-    store.publish_alert(auth, actor, now, expires_at, &cfg.register_address(), &cfg.domain)
-}
-
-/// One subscriber's copy of a published alert, as the relay sends it: the
-/// render hook (`mamoru_relay::RenderAlert`) the binary gives the relay.
-/// Keeps the rendered text of the last few alerts, which every copy shares.
-pub fn alert_renderer(cfg: Arc<Config>, tokens: TokenKey) -> impl Fn(&AlertRow, i64, &EmailAddress, Nonce) -> Vec<u8> + Send + Sync {
-    let contents: Mutex<Vec<(i64, Arc<alert::AlertContent>)>> = Mutex::new(Vec::new());
-    move |row, subscriber, to, link_nonce| {
-        let content = {
-            let mut cache = contents.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.iter().find(|(id, _)| *id == row.id) {
-                Some((_, c)) => Arc::clone(c),
-                None => {
-                    let c = Arc::new(alert::content(&cfg, &draft_of(row), row.is_test));
-                    if cache.len() >= 8 {
-                        cache.remove(0);
-                    }
-                    cache.push((row.id, Arc::clone(&c)));
-                    c
-                }
-            }
-        };
-        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce };
-        alert::render_for_subscriber(&cfg, &tokens, row.id, &content, row.published_at, &recipient).bytes
-    }
-}
-
-fn preview_page(cfg: &Config, token: &str, row: &AlertRow) -> String {
-    let content = alert::content(cfg, &draft_of(row), row.is_test);
+fn preview_page(web: &Web, token: &str, row: &AlertRow) -> String {
+    let cfg = &web.cfg;
+    let content = content_of(&web.app, row);
     let mut out = String::with_capacity(4096);
     pages::head(&mut out, cfg, "配信の確認");
     pages::h1(&mut out, if row.is_test { "テスト配信の確認" } else { "配信の確認" });
@@ -75,7 +34,7 @@ fn preview_page(cfg: &Config, token: &str, row: &AlertRow) -> String {
 }
 
 fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
-    match web.tokens.verify(token, Purpose::Publish, now) {
+    match web.app.verify(token, Purpose::Publish, now) {
         Ok(c) => Ok(c),
         Err(TokenError::Expired) => Err(gone(&web.cfg)),
         Err(_) => Err((StatusCode::BAD_REQUEST, pages::message(&web.cfg, "リンクが正しくありません", &["メールのリンクをそのまま開いてください。"]))),
@@ -97,16 +56,11 @@ pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    let w = web.clone();
-    match tokio::task::spawn_blocking(move || w.store.publish_view(&claims, now)).await {
-        Ok(Ok(Some(row))) => (StatusCode::OK, preview_page(&web.cfg, &token, &row)),
-        Ok(Ok(None)) => gone(&web.cfg),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "web: cannot read an alert draft");
-            busy(&web.cfg)
-        }
+    match web.app.run(move |app| app.publish_view(&claims, now)).await {
+        Ok(Some(row)) => (StatusCode::OK, preview_page(&web, &token, &row)),
+        Ok(None) => gone(&web.cfg),
         Err(e) => {
-            tracing::error!(error = %e, "web: publish view task failed");
+            tracing::warn!(error = %e, "web: cannot read an alert draft");
             busy(&web.cfg)
         }
     }
@@ -119,26 +73,14 @@ pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    let w = web.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let actor = format!("publish-link:alert={}", claims.subject);
-        publish(&w.cfg, &w.store, PublishAuth::Token(&claims), &actor, now)
-    })
-    .await;
-    match result {
-        Ok(Ok(Published::Published { alert, recipients })) => {
-            tracing::info!(alert, recipients, "alert published");
-            web.queued.notify_one();
+    match web.app.run(move |app| app.publish(Publisher::Link(&claims), now)).await {
+        Ok(Published::Published { recipients, .. }) => {
             let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
             (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
         }
-        Ok(Ok(Published::Unusable)) => gone(&web.cfg),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "web: cannot publish an alert");
-            busy(&web.cfg)
-        }
+        Ok(Published::Unusable) => gone(&web.cfg),
         Err(e) => {
-            tracing::error!(error = %e, "web: publish task failed");
+            tracing::warn!(error = %e, "web: cannot publish an alert");
             busy(&web.cfg)
         }
     }

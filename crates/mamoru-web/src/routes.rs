@@ -9,11 +9,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use mamoru_core::mail;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
-use mamoru_store::manage::{LinkMail, LinkRequest};
-use mamoru_store::{Channel, Completion, RegistrationLimits};
+use mamoru_store::{Channel, Completion};
 
 mod districts;
 mod manage;
@@ -144,7 +142,7 @@ impl App {
     /// Verifies a registration token's signature and expiry; the error is the
     /// page to answer with.
     fn verify(&self, token: &str, now: UnixTime) -> Result<Claims, Resp> {
-        match self.web.tokens.verify(token, Purpose::Register, now) {
+        match self.web.app.verify(token, Purpose::Register, now) {
             Ok(claims) => Ok(claims),
             Err(TokenError::Expired) => Err(self.link_gone()),
             Err(TokenError::Malformed | TokenError::BadSignature | TokenError::WrongPurpose) => {
@@ -173,11 +171,17 @@ impl App {
         closing(self.page(StatusCode::PAYLOAD_TOO_LARGE, &self.pages.too_large))
     }
 
-    /// Twelve random bytes for a Message-ID.
-    fn message_random(&self) -> Option<[u8; 12]> {
-        let mut random = [0u8; 12];
-        self.web.store.sealer().random(&mut random).ok()?;
-        Some(random)
+    /// Runs a use case on a blocking thread; a failure is the busy page,
+    /// logged once with what was being done.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        doing: &'static str,
+        f: impl FnOnce(&mamoru_app::App) -> Result<T, mamoru_app::Error> + Send + 'static,
+    ) -> Result<T, Resp> {
+        self.web.app.run(f).await.map_err(|e| {
+            tracing::warn!(error = %e, "web: cannot {doing}");
+            self.busy()
+        })
     }
 
     /// `POST /register`: the PC form. Queues a 登録受付 mail exactly as an
@@ -197,49 +201,15 @@ impl App {
             let text = "メールアドレスの形式が正しくありません。確かめてもう一度入力してください。";
             return self.html(StatusCode::BAD_REQUEST, pages::index(&self.web.cfg, Some(text), &shown));
         };
-        let masked = addr.masked();
-        if let Some(why) = mamoru_core::mailbox::no_reply(&addr, &self.web.cfg.domain) {
-            tracing::debug!(addr = %masked, reason = ?why, "web: no registration mail to this address");
-            return self.page(StatusCode::OK, &self.pages.register_sent);
-        }
-        let Some(random) = self.message_random() else { return self.busy() };
         let client = crate::admin::client_key(&self.web, headers, peer, "register-web-client");
-        let web = self.web.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let now = mamoru_core::now();
-            let cfg = &web.cfg;
-            let limits = RegistrationLimits::from(&cfg.limits);
-            let expires_at = now + cfg.tokens.register_ttl_secs;
-            let channel = Channel::Web { client };
-            web.store.request_link(&addr, &channel, now, &limits, expires_at, None, |kind, subscriber, nonce| {
-                let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
-                let token = web.tokens.sign(&claims);
-                let id = mail::message_id(&random, cfg);
-                match kind {
-                    LinkMail::Register => mail::registration_received(cfg, &addr, &token, now, id),
-                    LinkMail::Manage => mail::manage_link(cfg, &addr, &token, now, id),
-                }
-            })
-        })
-        .await;
-        match result {
-            Ok(Ok(LinkRequest::Queued { subscriber, .. })) => {
-                tracing::debug!(addr = %masked, subscriber, "web: registration mail queued");
-                self.web.queued.notify_one();
-            }
-            Ok(Ok(LinkRequest::Limited(limit))) => {
-                tracing::debug!(addr = %masked, limit = limit.as_str(), "web: registration mail refused by a limit");
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(addr = %masked, error = %e, "web: cannot record a registration request");
-                return self.busy();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration request task failed");
-                return self.busy();
-            }
+        let now = mamoru_core::now();
+        // Every outcome (queued, refused by a limit, an address that never
+        // gets a reply) answers the same page: the form tells nobody
+        // whether an address is registered.
+        match self.run("record a registration request", move |app| app.request_link(&addr, Channel::Web { client }, None, now)).await {
+            Ok(_) => self.page(StatusCode::OK, &self.pages.register_sent),
+            Err(resp) => resp,
         }
-        self.page(StatusCode::OK, &self.pages.register_sent)
     }
 
     /// `GET /r/{token}`: the district form. Changes nothing.
@@ -249,18 +219,10 @@ impl App {
             Ok(claims) => claims,
             Err(resp) => return resp,
         };
-        let web = self.web.clone();
-        match tokio::task::spawn_blocking(move || web.store.registration_view(&claims, now)).await {
-            Ok(Ok(Some(view))) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
-            Ok(Ok(None)) => self.link_gone(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot read a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration view task failed");
-                self.busy()
-            }
+        match self.run("read a registration", move |app| app.registration_view(&claims, now)).await {
+            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
+            Ok(None) => self.link_gone(),
+            Err(resp) => resp,
         }
     }
 
@@ -288,34 +250,11 @@ impl App {
                 return self.html(StatusCode::BAD_REQUEST, page);
             }
         };
-        let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
         let chosen = ids.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let cfg = &web.cfg;
-            let mail_expires_at = now + cfg.relay.max_age_secs;
-            web.store.complete_registration(&claims, &chosen, now, mail_expires_at, |addr| {
-                let districts: Vec<_> = cfg.districts.iter().filter(|d| chosen.contains(&d.id)).collect();
-                mail::registration_completed(cfg, addr, &districts, now, mail::message_id(&random, cfg))
-            })
-        })
-        .await;
-        match result {
-            Ok(Ok(Completion::Completed { subscriber, .. })) => {
-                tracing::debug!(subscriber, districts = ?ids, "web: registration completed");
-                self.web.queued.notify_one();
-                let districts: Vec<_> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).collect();
-                self.html(StatusCode::OK, pages::completed(cfg, &districts))
-            }
-            Ok(Ok(Completion::TokenUnusable)) => self.link_gone(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot complete a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration completion task failed");
-                self.busy()
-            }
+        match self.run("complete a registration", move |app| app.complete_registration(&claims, &chosen, now)).await {
+            Ok(Completion::Completed { .. }) => self.html(StatusCode::OK, pages::completed(cfg, &self.web.app.districts(&ids))),
+            Ok(Completion::TokenUnusable) => self.link_gone(),
+            Err(resp) => resp,
         }
     }
 }

@@ -4,11 +4,13 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, bail};
+use std::sync::Arc;
+
+use mamoru_app::App;
+use mamoru_app::alerts::{DraftOutcome, Publisher, Source};
 use mamoru_core::{Config, EmailAddress, alert, password};
-use mamoru_ingest::alert_post::{queue_preview, random12};
 use mamoru_store::admins::{AdminAdded, valid_login};
-use mamoru_store::alerts::{Drafted, PublishAuth, Published};
-use mamoru_web::publish;
+use mamoru_store::alerts::Published;
 
 use crate::cli::{AdminCommand, AlertCommand};
 use crate::setup;
@@ -102,31 +104,23 @@ pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
     }
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).context("read the alert text from stdin")?;
-    // The same parser as mailed posts, so the rules cannot drift apart.
-    let mut post = String::new();
-    if let Some(k) = &args.kind {
-        post.push_str(&format!("種別: {k}\n"));
-    }
-    post.push_str(&format!("地区: {}\n{text}", args.districts));
-    let draft = alert::parse_post(&cfg, &args.title, &post)
-        .and_then(|d| {
-            let forbidden = admin.forbidden(&d.districts);
-            if forbidden.is_empty() { Ok(d) } else { Err(alert::FormatError::DistrictsNotAllowed(forbidden)) }
-        })
-        .map_err(|e| anyhow::anyhow!("{}", e.explain(&cfg)))?;
-    let random = random12(&store)?;
-    let Drafted::Created { alert: id, .. } =
-        queue_preview(&cfg, &store, &tokens, &admin, &draft, "cli", "", 0, args.test, now, &random)?
-    else {
-        bail!("the alert was not recorded");
+    // The same checks as mailed posts, so the rules cannot drift apart;
+    // `--districts` is read as a `地区:` line is.
+    let explain = |e: alert::FormatError| anyhow::anyhow!("{}", e.explain(&cfg));
+    let districts = alert::parse_districts(&cfg, &args.districts).map_err(explain)?;
+    let draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    let app = App::new(Arc::new(cfg.clone()), store, tokens);
+    let id = match app.draft(&admin, &draft, Source::Cli, args.test, now)? {
+        DraftOutcome::Created { alert, .. } => alert,
+        DraftOutcome::Refused(e) => return Err(explain(e)),
+        DraftOutcome::Duplicate => bail!("the alert was not recorded"),
     };
     let mut out = std::io::stdout().lock();
     if !args.yes {
         writeln!(out, "alert {id}: preview queued for {} (publish from the link in it)", admin.email.masked())?;
         return Ok(());
     }
-    let actor = format!("cli:admin={}", admin.login);
-    match publish::publish(&cfg, &store, PublishAuth::Direct(id), &actor, now)? {
+    match app.publish(Publisher::Operator { admin: &admin, alert: id }, now)? {
         Published::Published { recipients, .. } => writeln!(out, "alert {id}: published to {recipients} subscribers")?,
         Published::Unusable => bail!("alert {id} could not be published"),
     }

@@ -51,7 +51,7 @@ fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
     }
 
     let (store, keys) = setup::open_store(&cfg)?;
-    let registrar = Registrar::new(cfg, store, keys.token_key());
+    let registrar = Registrar::new(std::sync::Arc::new(mamoru_app::App::new(cfg, store, keys.token_key())));
     match registrar.deliver_authenticated(&args.sender, &args.recipient, args.sasl_username.as_deref(), &message) {
         Outcome::Stored | Outcome::Dropped(_) => Ok(()),
         Outcome::Transient(reason) => Err(anyhow::anyhow!("temporary failure: {reason}")),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mamoru_core::Config;
 use mamoru_core::conn_limit::ConnectionLimits;
+use mamoru_app::App;
 use mamoru_ingest::Registrar;
 use mamoru_ingest::lmtp::server::{self as lmtp, LmtpConfig};
 use mamoru_store::Store;
@@ -41,10 +42,9 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
 
         let shutdown = CancellationToken::new();
         let wake = Arc::new(Notify::new());
-        let registrar = {
-            let wake = wake.clone();
-            Registrar::new(cfg.clone(), store.clone(), keys.token_key()).on_queued(move || wake.notify_one())
-        };
+        // One set of use cases for every adapter; what they queue wakes the relay.
+        let app = Arc::new(App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()));
+        let registrar = Registrar::new(app.clone());
         let lmtp_cfg = LmtpConfig {
             hostname: cfg.domain.clone(),
             max_message_bytes: cfg.ingest.max_message_bytes,
@@ -53,7 +53,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
             transaction_timeout: Duration::from_secs(cfg.ingest.lmtp_transaction_secs),
             connections: ConnectionLimits::new(cfg.ingest.lmtp_max_connections, cfg.ingest.lmtp_max_connections_per_client),
         };
-        let web = Arc::new(mamoru_web::Web::new(cfg.clone(), store.clone(), keys.token_key(), wake.clone()));
+        let web = Arc::new(mamoru_web::Web::new(app.clone()));
 
         let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
@@ -64,7 +64,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
             } else {
                 spawn(mamoru_web::run(web_listener, web, shutdown.clone()))
             }),
-            ("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, wake, shutdown.clone()))),
+            ("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
         run_until_signal(tasks, shutdown).await
@@ -142,8 +142,9 @@ pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
     setup::init_logging("info");
     runtime()?.block_on(async move {
         let (store, keys) = setup::open_store(&cfg)?;
+        let app = Arc::new(App::new(Arc::new(cfg), store, keys.token_key()));
         let shutdown = CancellationToken::new();
-        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&cfg, &store, &keys)?, Arc::new(Notify::new()), shutdown.clone())))];
+        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, app.wake().clone(), shutdown.clone())))];
         run_until_signal(tasks, shutdown).await
     })
 }
@@ -224,9 +225,10 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
+fn relay(app: &Arc<App>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
+    let cfg = &*app.cfg;
     Ok(Arc::new(mamoru_relay::Relay {
-        store: store.clone(),
+        store: app.store.clone(),
         transport: cfg.transport()?,
         data_dir: cfg.data_dir.clone(),
         settings: cfg.relay.clone(),
@@ -234,7 +236,7 @@ fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow:
         pools: cfg.carriers.clone(),
         verp_key: Some(keys.token_key()),
         dkim: dkim(cfg)?,
-        render_alert: Some(Arc::new(mamoru_web::publish::alert_renderer(Arc::new(cfg.clone()), keys.token_key()))),
+        alerts: app.clone(),
     }))
 }
 

@@ -115,7 +115,7 @@ fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
     store.disable_admin("gone", "test", 1).expect("disable");
     let subs = vec![(EmailAddress::parse("p@docomo.ne.jp").expect("addr"), vec![1])];
     store.import_active_subscribers(&subs, "test", 1).expect("import");
-    let registrar = Registrar::new(Arc::new(cfg), store.clone(), keys.token_key());
+    let registrar = Registrar::new(Arc::new(mamoru_app::App::new(Arc::new(cfg), store.clone(), keys.token_key())));
     Fixture { _dir: dir, store, registrar, key, evil_key }
 }
 

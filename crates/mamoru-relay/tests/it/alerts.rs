@@ -4,26 +4,13 @@
 
 use std::fs;
 
-use mamoru_core::alert::{self, AlertDraft, AlertRecipient};
 use mamoru_core::links::subscriber_links;
-use mamoru_core::token::TokenKey;
-use mamoru_relay::RenderAlert;
 use mamoru_store::admins::AdminAdded;
-use mamoru_store::alerts::{AlertRow, Drafted, NewAlert, PublishAuth, Published};
+use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
 
 use super::*;
 
 const T: Duration = Duration::from_secs(20);
-
-/// The hook the binary gives the relay, built from mamoru-core alone.
-fn renderer(cfg: Config, key: TokenKey) -> RenderAlert {
-    Arc::new(move |row: &AlertRow, subscriber, to: &EmailAddress, link_nonce| {
-        let draft = AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() };
-        let content = alert::content(&cfg, &draft, row.is_test);
-        let r = AlertRecipient { subscriber, address: to, link_nonce };
-        alert::render_for_subscriber(&cfg, &key, row.id, &content, row.published_at, &r).bytes
-    })
-}
 
 /// `(outbox id, subscriber id)` of an alert's rows.
 fn rows_of(env: &Env, alert: i64) -> Vec<(i64, i64)> {
@@ -77,8 +64,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
     let rows = rows_of(&env, id);
     assert_eq!(rows.len(), 2);
 
-    let render = renderer(env.cfg.clone(), mamoru_store::keys::load_or_create(env.dir.path()).expect("keys").token_key());
-    let relay = env.relay_with(Transport::File, RelayConfig { poll_interval_ms: 60_000, ..fast(1) }, Some(render));
+    let relay = env.relay(Transport::File, RelayConfig { poll_interval_ms: 60_000, ..fast(1) });
     for (outbox, _) in &rows {
         env.wait_state(*outbox, "sent", T).await;
     }
@@ -120,7 +106,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_renderer_alert_rows_fail_and_other_mail_flows() {
+async fn an_alert_row_whose_alert_is_gone_fails_and_other_mail_flows() {
     let env = Env::new();
     let now = mamoru_core::now();
     let a = EmailAddress::parse("taro@docomo.ne.jp").expect("address");
@@ -138,9 +124,13 @@ async fn without_a_renderer_alert_rows_fail_and_other_mail_flows() {
         panic!("duplicate")
     };
     env.store.publish_alert(PublishAuth::Direct(id), "test", now, now + 3600, SENDER, DOMAIN).expect("publish");
+    // The alert vanishes under its queued copies (a hand-edited database).
+    let conn = rusqlite::Connection::open(env.store.path()).expect("open");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.execute("DELETE FROM alerts WHERE id = ?1", [id]).expect("delete");
     let relay = env.relay(Transport::File, fast(1));
     let (row, _) = rows_of(&env, id)[0];
-    assert_eq!(env.wait_state(row, "failed", T).await.last_error, "no alert renderer configured");
+    assert_eq!(env.wait_state(row, "failed", T).await.last_error, format!("alert {id} not found"));
     env.wait_state(preview_row, "sent", T).await;
     relay.stop(Duration::from_secs(5)).await;
 }

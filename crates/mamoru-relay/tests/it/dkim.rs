@@ -68,7 +68,7 @@ async fn signatures_verify_with_dkimpy_for_rsa_and_ed25519() {
         pools: mamoru_core::carriers::default_carriers(),
         verp_key: None,
         dkim: Some(dkim),
-        render_alert: None,
+        alerts: env.app(),
     });
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(mamoru_relay::run(relay, Arc::new(Notify::new()), shutdown.clone()));

@@ -84,7 +84,7 @@ async fn an_unusable_data_dir_is_reported() {
         pools: mamoru_core::carriers::default_carriers(),
         verp_key: None,
             dkim: None,
-            render_alert: None,
+            alerts: env.app(),
     });
     let result = tokio::time::timeout(
         Duration::from_secs(5),

@@ -157,12 +157,13 @@ impl Env {
         .await
     }
 
-    pub fn relay(&self, transport: Transport, settings: RelayConfig) -> Running {
-        self.relay_with(transport, settings, None)
+    /// The use cases over this store (the relay renders alert copies with them).
+    pub fn app(&self) -> Arc<mamoru_app::App> {
+        let key = mamoru_store::keys::load_or_create(self.dir.path()).expect("keys").token_key();
+        Arc::new(mamoru_app::App::new(Arc::new(self.cfg.clone()), Arc::clone(&self.store), key))
     }
 
-    /// Like [`Env::relay`], with a renderer of alert rows.
-    pub fn relay_with(&self, transport: Transport, settings: RelayConfig, render_alert: Option<mamoru_relay::RenderAlert>) -> Running {
+    pub fn relay(&self, transport: Transport, settings: RelayConfig) -> Running {
         let relay = Arc::new(Relay {
             store: Arc::clone(&self.store),
             transport,
@@ -172,7 +173,7 @@ impl Env {
             pools: self.cfg.carriers.clone(),
             verp_key: None,
             dkim: None,
-            render_alert,
+            alerts: self.app(),
         });
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();

@@ -6,7 +6,6 @@
 use hyper::HeaderMap;
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use mamoru_core::mail;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::UnixTime;
 use mamoru_store::manage::{Grant, ManageOutcome};
@@ -19,7 +18,7 @@ use crate::pages::manage::Suspension;
 impl App {
     /// Verifies a manage/unsubscribe token's signature and expiry.
     fn verify_for(&self, token: &str, purpose: Purpose, now: UnixTime) -> Result<Claims, Resp> {
-        match self.web.tokens.verify(token, purpose, now) {
+        match self.web.app.verify(token, purpose, now) {
             Ok(claims) => Ok(claims),
             Err(TokenError::Expired) => Err(self.page(StatusCode::GONE, &self.pages.manage_gone)),
             Err(TokenError::Malformed | TokenError::BadSignature | TokenError::WrongPurpose) => {
@@ -35,9 +34,8 @@ impl App {
             Ok(claims) => claims,
             Err(resp) => return resp,
         };
-        let web = self.web.clone();
-        match tokio::task::spawn_blocking(move || web.store.manage_view(&claims, now)).await {
-            Ok(Ok(Some(view))) => {
+        match self.run("read a registration to manage", move |app| app.manage_view(&claims, now)).await {
+            Ok(Some(view)) => {
                 let cfg = &self.web.cfg;
                 let page = match purpose {
                     Purpose::Unsubscribe => pages::manage::unsubscribe_confirm(cfg, token),
@@ -52,15 +50,8 @@ impl App {
                 };
                 self.html(StatusCode::OK, page)
             }
-            Ok(Ok(None)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot read a registration to manage");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: manage view task failed");
-                self.busy()
-            }
+            Ok(None) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(resp) => resp,
         }
     }
 
@@ -111,66 +102,21 @@ impl App {
     }
 
     async fn change(&self, claims: Claims, ids: Vec<u32>, now: UnixTime) -> Resp {
-        let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
         let chosen = ids.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let cfg = &web.cfg;
-            web.store.change_districts(&claims, &chosen, now, now + cfg.relay.max_age_secs, |addr| {
-                let districts: Vec<_> = cfg.districts.iter().filter(|d| chosen.contains(&d.id)).collect();
-                mail::districts_changed(cfg, addr, &districts, now, mail::message_id(&random, cfg))
-            })
-        })
-        .await;
-        match result {
-            Ok(Ok(ManageOutcome::Done { subscriber, .. })) => {
-                tracing::debug!(subscriber, districts = ?ids, "web: districts changed");
-                self.web.queued.notify_one();
-                let cfg = &self.web.cfg;
-                let districts: Vec<_> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).collect();
-                self.html(StatusCode::OK, pages::manage::changed(cfg, &districts))
-            }
-            Ok(Ok(ManageOutcome::TokenUnusable)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot change districts");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: change districts task failed");
-                self.busy()
-            }
+        match self.run("change districts", move |app| app.change_districts(&claims, &chosen, now)).await {
+            Ok(ManageOutcome::Done { .. }) => self.html(StatusCode::OK, pages::manage::changed(&self.web.cfg, &self.web.app.districts(&ids))),
+            Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(resp) => resp,
         }
     }
 
     /// Deletes the registration; `goodbye` queues the 登録削除 mail (the
     /// manage page), which one-click unsubscribe does not send.
     async fn delete(&self, claims: Claims, now: UnixTime, goodbye: bool) -> Resp {
-        let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let cfg = &web.cfg;
-            web.store.delete_registration(&claims, now, now + cfg.relay.max_age_secs, |addr| {
-                goodbye.then(|| mail::registration_deleted(cfg, addr, now, mail::message_id(&random, cfg)))
-            })
-        })
-        .await;
-        match result {
-            Ok(Ok(ManageOutcome::Done { subscriber, outbox })) => {
-                tracing::info!(subscriber, "web: registration deleted");
-                if outbox.is_some() {
-                    self.web.queued.notify_one();
-                }
-                self.page(StatusCode::OK, &self.pages.deleted)
-            }
-            Ok(Ok(ManageOutcome::TokenUnusable)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot delete a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: delete task failed");
-                self.busy()
-            }
+        match self.run("delete a registration", move |app| app.delete_registration(&claims, goodbye, now)).await {
+            Ok(ManageOutcome::Done { .. }) => self.page(StatusCode::OK, &self.pages.deleted),
+            Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(resp) => resp,
         }
     }
 }

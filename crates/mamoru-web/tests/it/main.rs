@@ -9,6 +9,7 @@ use std::time::Duration;
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
 use mamoru_store::{Completion, Keys, RegistrationLimits, RegistrationRequest, Store, keys};
+use mamoru_app::App;
 use mamoru_web::{Web, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,7 +55,7 @@ async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
     let store = Store::open(dir.path(), &keys, Duration::from_secs(5)).unwrap();
     let mut cfg = Config::defaults(dir.path());
     configure(&mut cfg);
-    let web = Arc::new(Web::new(Arc::new(cfg), Arc::new(store), keys.token_key(), Arc::new(Notify::new())));
+    let web = Arc::new(Web::new(Arc::new(App::new(Arc::new(cfg), Arc::new(store), keys.token_key()))));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -628,7 +629,7 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
     assert_eq!(a.status, 200);
     let mut cfg = (*server.web.cfg).clone();
     cfg.web.behind_tls_proxy = true;
-    let proxied = Arc::new(Web::new(Arc::new(cfg), server.web.store.clone(), server.keys.token_key(), Arc::new(Notify::new())));
+    let proxied = Arc::new(Web::new(Arc::new(App::new(Arc::new(cfg), server.web.store.clone(), server.keys.token_key()))));
     let a = mamoru_web::admin::handle(proxied, &get, "/admin/login", &headers, body, remote).await;
     assert_eq!(a.status, 200);
     assert!(a.headers.iter().any(|(k, _)| k == hyper::header::STRICT_TRANSPORT_SECURITY));

@@ -7,17 +7,21 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use mamoru_app::App;
+use mamoru_app::alerts::Publisher;
 use mamoru_core::alert::AlertDraft;
 use mamoru_core::{Config, EmailAddress};
 use mamoru_store::Store;
 use mamoru_store::admins::AdminAdded;
-use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
+use mamoru_store::alerts::{Drafted, NewAlert, Published};
 
 fn main() {
     let subscribers: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = mamoru_store::keys::load_or_create(dir.path()).expect("keys");
-    let store = Store::open(dir.path(), &keys, Duration::from_secs(5)).expect("store");
+    let store = Arc::new(Store::open(dir.path(), &keys, Duration::from_secs(5)).expect("store"));
     let mut cfg = Config::default();
     cfg.domain = "mamoru.test".into();
     let domains = ["docomo.ne.jp", "ezweb.ne.jp", "i.softbank.jp", "au.com", "gmail.com"];
@@ -50,20 +54,20 @@ fn main() {
     else {
         panic!("duplicate")
     };
+    let app = App::new(Arc::new(cfg.clone()), Arc::clone(&store), keys.token_key());
     if std::env::var_os("BENCH_SPLIT").is_some() {
         // What the relay now does per copy at send time, outside the
         // publishing transaction: render with the footer links.
-        let render = mamoru_web::publish::alert_renderer(std::sync::Arc::new(cfg.clone()), keys.token_key());
-        let row = store.alert(alert).expect("alert").expect("the draft");
         let t = Instant::now();
         let mut bytes = 0;
         for (i, (addr, _)) in items.iter().take(40_000).enumerate() {
-            bytes += render(&row, i as i64, addr, [1; 8]).len();
+            bytes += app.alert_copy(alert, i as i64, addr, [1; 8]).expect("store").expect("the alert").len();
         }
         eprintln!("relay-side render of 40000 copies: {:.3} s, {bytes} bytes", t.elapsed().as_secs_f64());
     }
     let t = Instant::now();
-    let r = mamoru_web::publish::publish(&cfg, &store, PublishAuth::Direct(alert), "bench", now).expect("publish");
+    let admin = store.admin_credentials("bench").expect("store").expect("the admin").0;
+    let r = app.publish(Publisher::Operator { admin: &admin, alert }, now).expect("publish");
     let secs = t.elapsed().as_secs_f64();
     let Published::Published { recipients, .. } = r else { panic!("not published") };
     let db = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0)

@@ -1,0 +1,157 @@
+//! The flows end to end against a real SQLite store in a temp dir.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mamoru_core::alert::{self, FormatError};
+use mamoru_core::token::Purpose;
+use mamoru_core::{Config, EmailAddress, UnixTime};
+use mamoru_store::admins::{Admin, AdminAdded};
+use mamoru_store::alerts::Published;
+use mamoru_store::manage::{LinkMail, ManageOutcome};
+use mamoru_store::{Channel, Completion, QueuedMail, Store, keys};
+
+use crate::alerts::{DraftOutcome, Publisher, Source};
+use crate::registration::LinkOutcome;
+use crate::App;
+
+const T0: UnixTime = 1_800_000_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: App,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+    let cfg = Config { domain: "mamoru.test".into(), ..Config::default() };
+    let app = App::new(Arc::new(cfg), Arc::new(store), keys.token_key());
+    Fixture { app, _dir: dir }
+}
+
+fn addr(s: &str) -> EmailAddress {
+    EmailAddress::parse(s).unwrap()
+}
+
+impl Fixture {
+    /// Every queued mail, taken from the outbox.
+    fn take(&self, now: UnixTime) -> Vec<QueuedMail> {
+        self.app.store.claim_due(now, 1_000_000, 1000).unwrap()
+    }
+
+    /// The token of the one link in the one mail queued.
+    fn token(&self, now: UnixTime, path: &str) -> String {
+        let mails = self.take(now);
+        assert_eq!(mails.len(), 1);
+        let text = mailparse::parse_mail(&mails[0].content).unwrap().get_body().unwrap();
+        let at = text.find(path).expect("a link");
+        text[at + path.len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
+    }
+
+    fn admin(&self, login: &str, districts: &[u32]) -> Admin {
+        let email = addr(&format!("{login}@city.example.jp"));
+        let AdminAdded::Added(_) = self.app.store.add_admin(login, &email, "x", districts, "test", T0).unwrap() else { panic!() };
+        self.app.store.admin_credentials(login).unwrap().unwrap().0
+    }
+}
+
+#[test]
+fn a_new_address_registers_and_a_known_one_gets_a_manage_link() {
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    let LinkOutcome::Queued { kind: LinkMail::Register, .. } = f.app.request_link(&a, Channel::Mail, Some("ans+chuo@mamoru.test"), T0).unwrap()
+    else {
+        panic!("not queued")
+    };
+    let token = f.token(T0, "/r/");
+    let claims = f.app.verify(&token, Purpose::Register, T0).unwrap();
+    // The district of `ans+chuo@` is pre-selected.
+    let view = f.app.registration_view(&claims, T0).unwrap().unwrap();
+    assert!(!view.districts.is_empty());
+    assert!(matches!(f.app.complete_registration(&claims, &[1, 3], T0 + 1).unwrap(), Completion::Completed { .. }));
+    assert_eq!(f.take(T0 + 1).len(), 1, "登録完了");
+    // The same link cannot complete twice.
+    assert_eq!(f.app.complete_registration(&claims, &[2], T0 + 2).unwrap(), Completion::TokenUnusable);
+
+    // Later, by the form: a manage link, and the district change it allows.
+    let LinkOutcome::Queued { kind: LinkMail::Manage, .. } = f.app.request_link(&a, Channel::Web { client: [7; 32] }, None, T0 + 400).unwrap()
+    else {
+        panic!("not queued")
+    };
+    let token = f.token(T0 + 400, "/m/");
+    let claims = f.app.verify(&token, Purpose::Manage, T0 + 400).unwrap();
+    assert_eq!(f.app.manage_view(&claims, T0 + 400).unwrap().unwrap().districts, vec![1, 3]);
+    assert!(matches!(f.app.change_districts(&claims, &[2], T0 + 401).unwrap(), ManageOutcome::Done { .. }));
+    assert_eq!(f.take(T0 + 401).len(), 1, "変更完了");
+}
+
+#[test]
+fn daemons_and_our_own_domain_never_get_a_link_and_nothing_is_recorded() {
+    let f = fixture();
+    for a in ["MAILER-DAEMON@docomo.ne.jp", "no-reply@example.com", "someone@mamoru.test"] {
+        let out = f.app.request_link(&addr(a), Channel::Web { client: [1; 32] }, None, T0).unwrap();
+        assert!(matches!(out, LinkOutcome::NoReply(_)), "{a}: {out:?}");
+    }
+    assert!(f.take(T0).is_empty());
+}
+
+#[test]
+fn a_second_request_within_the_cooldown_is_limited() {
+    let f = fixture();
+    let a = addr("parent@au.com");
+    assert!(matches!(f.app.request_link(&a, Channel::Mail, None, T0).unwrap(), LinkOutcome::Queued { .. }));
+    assert!(matches!(f.app.request_link(&a, Channel::Mail, None, T0 + 10).unwrap(), LinkOutcome::Limited(_)));
+}
+
+#[test]
+fn an_admin_cannot_draft_for_districts_outside_their_own() {
+    let f = fixture();
+    let admin = f.admin("chuo", &[1]);
+    let draft = alert::draft(&f.app.cfg, "不審者", "", vec![1, 2], "本文").unwrap();
+    let out = f.app.draft(&admin, &draft, Source::Web, false, T0).unwrap();
+    assert_eq!(out, DraftOutcome::Refused(FormatError::DistrictsNotAllowed(vec![2])));
+    assert!(f.take(T0).is_empty(), "no preview for a refused post");
+}
+
+#[test]
+fn a_mailed_post_is_drafted_once() {
+    let f = fixture();
+    let admin = f.admin("chuo", &[]);
+    let draft = alert::parse_post(&f.app.cfg, "不審者", "地区: 中央\n本文").unwrap();
+    let src = Source::Mail { key: "mid:<a@b>", attachments: 0 };
+    assert!(matches!(f.app.draft(&admin, &draft, src, false, T0).unwrap(), DraftOutcome::Created { .. }));
+    assert_eq!(f.app.draft(&admin, &draft, src, false, T0 + 1).unwrap(), DraftOutcome::Duplicate);
+}
+
+#[test]
+fn only_the_author_publishes_from_the_panel_and_every_copy_renders_alike() {
+    let f = fixture();
+    // A subscriber of 中央.
+    let a = addr("parent@docomo.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0).unwrap();
+    f.take(T0);
+
+    let author = f.admin("chuo", &[]);
+    let other = f.admin("showa", &[]);
+    let draft = alert::draft(&f.app.cfg, "不審者", "", vec![1], "本文").unwrap();
+    let DraftOutcome::Created { alert, .. } = f.app.draft(&author, &draft, Source::Web, false, T0).unwrap() else { panic!() };
+    // The preview carries the publish link.
+    let token = f.token(T0, "/p/");
+    assert!(f.app.verify(&token, Purpose::Publish, T0).is_ok());
+
+    assert_eq!(f.app.publish(Publisher::Author { admin: &other, alert }, T0).unwrap(), Published::Unusable);
+    let Published::Published { recipients: 1, .. } = f.app.publish(Publisher::Author { admin: &author, alert }, T0 + 5).unwrap() else {
+        panic!()
+    };
+    let copy = &f.take(T0 + 5)[0];
+    let r = copy.alert.expect("an alert row");
+    let first = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
+    let again = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
+    assert_eq!(first, again);
+    assert!(String::from_utf8_lossy(&first).contains("Date:"));
+    assert_eq!(f.app.alert_copy(r.alert_id + 100, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
+}
