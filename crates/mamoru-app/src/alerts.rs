@@ -20,6 +20,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mamoru_core::alert::{self, AlertContent, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
+use mamoru_core::links::Route;
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime, mail};
 use mamoru_store::admins::Admin;
@@ -109,7 +110,7 @@ impl App {
         };
         let drafted = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
             let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
-            let url = format!("{}/p/{}", cfg.base_url(), self.tokens.sign(&claims));
+            let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
             let counts = CarrierCounts::from_domains(domains);
             let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
             alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(&random, cfg))

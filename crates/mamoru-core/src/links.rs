@@ -1,5 +1,7 @@
-//! The long-lived personal links at the foot of every alert: manage (change
-//! districts or delete) and one-click unsubscribe (RFC 8058).
+//! The token links mamoru hands out ([`Route`]: built and parsed here and
+//! nowhere else), and the long-lived personal links at the foot of every
+//! alert: manage (change districts or delete) and one-click unsubscribe
+//! (RFC 8058).
 //!
 //! They are tokens like any other, but their nonce is the subscriber's
 //! `link_nonce` (stored with the subscriber) rather than a one-time nonce:
@@ -9,6 +11,77 @@
 use crate::UnixTime;
 use crate::config::Config;
 use crate::token::{Claims, Nonce, Purpose, TokenKey};
+
+/// A page reached by a signed token: `/r/` registration, `/m/` manage,
+/// `/u/` one-click unsubscribe, `/p/` publish an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    Register(&'a str),
+    Manage(&'a str),
+    Unsubscribe(&'a str),
+    Publish(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The route of a token for `purpose`.
+    pub fn of(purpose: Purpose, token: &'a str) -> Self {
+        match purpose {
+            Purpose::Register => Route::Register(token),
+            Purpose::Manage => Route::Manage(token),
+            Purpose::Unsubscribe => Route::Unsubscribe(token),
+            Purpose::Publish => Route::Publish(token),
+        }
+    }
+
+    /// Which tokens the route takes: a token of another purpose never
+    /// verifies on it.
+    pub fn purpose(&self) -> Purpose {
+        match self {
+            Route::Register(_) => Purpose::Register,
+            Route::Manage(_) => Purpose::Manage,
+            Route::Unsubscribe(_) => Purpose::Unsubscribe,
+            Route::Publish(_) => Purpose::Publish,
+        }
+    }
+
+    pub fn token(&self) -> &'a str {
+        match *self {
+            Route::Register(t) | Route::Manage(t) | Route::Unsubscribe(t) | Route::Publish(t) => t,
+        }
+    }
+
+    fn prefix(&self) -> &'static str {
+        match self {
+            Route::Register(_) => "/r/",
+            Route::Manage(_) => "/m/",
+            Route::Unsubscribe(_) => "/u/",
+            Route::Publish(_) => "/p/",
+        }
+    }
+
+    /// The path, `/r/TOKEN`: a form's action.
+    pub fn path(&self) -> String {
+        format!("{}{}", self.prefix(), self.token())
+    }
+
+    /// The full link for a mail.
+    pub fn url(&self, cfg: &Config) -> String {
+        format!("{}{}", cfg.base_url(), self.path())
+    }
+
+    /// The route of a request path, if it is one (the token is not checked).
+    pub fn parse(path: &'a str) -> Option<Self> {
+        let (prefix, token) = path.split_at_checked(3)?;
+        let route = match prefix {
+            "/r/" => Route::Register(token),
+            "/m/" => Route::Manage(token),
+            "/u/" => Route::Unsubscribe(token),
+            "/p/" => Route::Publish(token),
+            _ => return None,
+        };
+        Some(route)
+    }
+}
 
 /// Lifetime of footer links: long enough for an alert kept in a mailbox.
 pub const LINK_TTL_SECS: i64 = 400 * 24 * 3600;
@@ -26,14 +99,28 @@ pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: u64, link_nonc
     let expires_at = now + LINK_TTL_SECS;
     let sign = |purpose| key.sign(&Claims { purpose, subject: subscriber, nonce: link_nonce, expires_at });
     SubscriberLinks {
-        manage: format!("{}/m/{}", cfg.base_url(), sign(Purpose::Manage)),
-        unsubscribe: format!("{}/u/{}", cfg.base_url(), sign(Purpose::Unsubscribe)),
+        manage: Route::Manage(&sign(Purpose::Manage)).url(cfg),
+        unsubscribe: Route::Unsubscribe(&sign(Purpose::Unsubscribe)).url(cfg),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_parse_what_they_build() {
+        for purpose in [Purpose::Register, Purpose::Manage, Purpose::Unsubscribe, Purpose::Publish] {
+            let r = Route::of(purpose, "TOKEN");
+            assert_eq!(Route::parse(&r.path()), Some(r));
+            assert_eq!(r.purpose(), purpose);
+        }
+        assert_eq!(Route::parse("/m/"), Some(Route::Manage("")));
+        for other in ["/", "/r", "/x/T", "/alerts", "", "/ü/x"] {
+            assert_eq!(Route::parse(other), None, "{other}");
+        }
+        assert_eq!(Route::Publish("a b").url(&Config::default()), "http://127.0.0.1:8080/p/a b");
+    }
 
     #[test]
     fn links_verify_for_their_purpose_only() {

@@ -11,6 +11,7 @@ use mail_builder::headers::raw::Raw;
 use crate::UnixTime;
 use crate::address::EmailAddress;
 use crate::config::{Config, District};
+use crate::links::Route;
 
 /// What kind of mail a queued message is; stored with the outbox row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +92,7 @@ pub fn registration_received(cfg: &Config, to: &EmailAddress, token: &str, now: 
          下のリンクを開いて、情報を受け取りたい\n\
          地区を選び「登録する」を押してください。\n\
          \n\
-         {url}/r/{token}\n\
+         {url}\n\
          \n\
          このリンクは{hours}時間有効で、一度だけ\n\
          使えます。期限が切れたときは、もう一度\n\
@@ -101,7 +102,7 @@ pub fn registration_received(cfg: &Config, to: &EmailAddress, token: &str, now: 
          お心当たりのない場合は、このメールを\n\
          破棄してください。登録はされません。\n\
          {footer}",
-        url = cfg.base_url(),
+        url = Route::Register(token).url(cfg),
         ans = cfg.register_address(),
         footer = footer(cfg),
     );
@@ -139,7 +140,7 @@ pub fn manage_link(cfg: &Config, to: &EmailAddress, token: &str, now: UnixTime, 
          受け取る地区の変更や、登録の削除は\n\
          下のリンクからできます。\n\
          \n\
-         {url}/m/{token}\n\
+         {url}\n\
          \n\
          このリンクは{hours}時間有効で、一度だけ\n\
          使えます。\n\
@@ -147,7 +148,7 @@ pub fn manage_link(cfg: &Config, to: &EmailAddress, token: &str, now: UnixTime, 
          お心当たりのない場合は、このメールを\n\
          破棄してください。登録は変わりません。\n\
          {footer}",
-        url = cfg.base_url(),
+        url = Route::Manage(token).url(cfg),
         footer = footer(cfg),
     );
     render(cfg, MailKind::ManageLink, to, &format!("【{name}】登録内容の変更"), &body, "auto-replied", now, message_id)

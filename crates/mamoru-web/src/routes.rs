@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use mamoru_core::links::Route;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::{Channel, Completion};
@@ -83,31 +84,27 @@ impl App {
                 _ if read => self.districts("missing"),
                 _ => self.not_allowed("GET, HEAD"),
             },
-            _ if path.starts_with("/m/") || path.starts_with("/u/") => {
-                let (purpose, token) = match path.strip_prefix("/m/") {
-                    Some(token) => (Purpose::Manage, token),
-                    None => (Purpose::Unsubscribe, &path[3..]),
-                };
-                no_store(match parts.method {
-                    Method::GET | Method::HEAD => self.self_service_show(token, purpose).await,
-                    Method::POST if purpose == Purpose::Manage => self.manage_post(token, &parts.headers, body).await,
-                    Method::POST => self.unsubscribe_post(token, &parts.headers, body).await,
-                    _ => self.not_allowed("GET, HEAD, POST"),
-                })
-            }
-            _ => match path.strip_prefix("/r/") {
-                Some(token) if read => no_store(self.show(token).await),
-                Some(token) if parts.method == Method::POST => no_store(self.complete(token, &parts.headers, body).await),
-                Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
-                None => match path.strip_prefix("/p/") {
-                    Some(token) if read => no_store(self.answer(crate::publish::show(self.web.clone(), token.to_string()).await)),
-                    Some(token) if parts.method == Method::POST => {
-                        no_store(self.answer(crate::publish::post(self.web.clone(), token.to_string()).await))
-                    }
-                    Some(_) => no_store(self.not_allowed("GET, HEAD, POST")),
-                    None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
-                },
+            _ => match Route::parse(path) {
+                Some(route) => no_store(self.token_page(route, &parts.method, &parts.headers, body).await),
+                None => self.page(StatusCode::NOT_FOUND, &self.pages.not_found),
             },
+        }
+    }
+
+    /// The pages a signed link opens: GET and HEAD show and change
+    /// nothing (mail scanners fetch every link); POST acts.
+    async fn token_page(&self, route: Route<'_>, method: &Method, headers: &HeaderMap, body: Incoming) -> Resp {
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        let token = route.token();
+        match route {
+            Route::Register(_) if read => self.show(token).await,
+            Route::Register(_) if *method == Method::POST => self.complete(token, headers, body).await,
+            Route::Manage(_) | Route::Unsubscribe(_) if read => self.self_service_show(token, route.purpose()).await,
+            Route::Manage(_) if *method == Method::POST => self.manage_post(token, headers, body).await,
+            Route::Unsubscribe(_) if *method == Method::POST => self.unsubscribe_post(token, headers, body).await,
+            Route::Publish(_) if read => self.answer(crate::publish::show(self.web.clone(), token.to_string()).await),
+            Route::Publish(_) if *method == Method::POST => self.answer(crate::publish::post(self.web.clone(), token.to_string()).await),
+            _ => self.not_allowed("GET, HEAD, POST"),
         }
     }
 
@@ -139,14 +136,16 @@ impl App {
         self.page(StatusCode::GONE, &self.pages.link_gone)
     }
 
-    /// Verifies a registration token's signature and expiry; the error is the
-    /// page to answer with.
-    fn verify(&self, token: &str, now: UnixTime) -> Result<Claims, Resp> {
-        match self.web.app.verify(token, Purpose::Register, now) {
+    /// Verifies a link's signature, purpose and expiry; the error is the
+    /// page to answer with (an expired registration link and an expired
+    /// manage link say different things).
+    fn verify(&self, token: &str, purpose: Purpose, now: UnixTime) -> Result<Claims, Box<Resp>> {
+        match self.web.app.verify(token, purpose, now) {
             Ok(claims) => Ok(claims),
-            Err(TokenError::Expired) => Err(self.link_gone()),
+            Err(TokenError::Expired) if purpose == Purpose::Register => Err(Box::new(self.link_gone())),
+            Err(TokenError::Expired) => Err(Box::new(self.page(StatusCode::GONE, &self.pages.manage_gone))),
             Err(TokenError::Malformed | TokenError::BadSignature | TokenError::WrongPurpose) => {
-                Err(self.page(StatusCode::BAD_REQUEST, &self.pages.link_invalid))
+                Err(Box::new(self.page(StatusCode::BAD_REQUEST, &self.pages.link_invalid)))
             }
         }
     }
@@ -215,9 +214,9 @@ impl App {
     /// `GET /r/{token}`: the district form. Changes nothing.
     async fn show(&self, token: &str) -> Resp {
         let now = mamoru_core::now();
-        let claims = match self.verify(token, now) {
+        let claims = match self.verify(token, Purpose::Register, now) {
             Ok(claims) => claims,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         match self.run("read a registration", move |app| app.registration_view(&claims, now)).await {
             Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
@@ -230,9 +229,9 @@ impl App {
     /// the 登録完了 mail, in one store transaction.
     async fn complete(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
         let now = mamoru_core::now();
-        let claims = match self.verify(token, now) {
+        let claims = match self.verify(token, Purpose::Register, now) {
             Ok(claims) => claims,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let body = match self.read_body(headers, body).await {
             Ok(body) => body,

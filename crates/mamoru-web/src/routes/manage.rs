@@ -6,7 +6,7 @@
 use hyper::HeaderMap;
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use mamoru_core::token::{Claims, Purpose, TokenError};
+use mamoru_core::token::{Claims, Purpose};
 use mamoru_core::UnixTime;
 use mamoru_store::manage::{Grant, ManageOutcome};
 
@@ -16,23 +16,12 @@ use crate::pages;
 use crate::pages::manage::Suspension;
 
 impl App {
-    /// Verifies a manage/unsubscribe token's signature and expiry.
-    fn verify_for(&self, token: &str, purpose: Purpose, now: UnixTime) -> Result<Claims, Resp> {
-        match self.web.app.verify(token, purpose, now) {
-            Ok(claims) => Ok(claims),
-            Err(TokenError::Expired) => Err(self.page(StatusCode::GONE, &self.pages.manage_gone)),
-            Err(TokenError::Malformed | TokenError::BadSignature | TokenError::WrongPurpose) => {
-                Err(self.page(StatusCode::BAD_REQUEST, &self.pages.link_invalid))
-            }
-        }
-    }
-
     /// `GET /m/{token}`: the manage page. `GET /u/{token}`: the confirm page.
     pub(super) async fn self_service_show(&self, token: &str, purpose: Purpose) -> Resp {
         let now = mamoru_core::now();
-        let claims = match self.verify_for(token, purpose, now) {
+        let claims = match self.verify(token, purpose, now) {
             Ok(claims) => claims,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         match self.run("read a registration to manage", move |app| app.manage_view(&claims, now)).await {
             Ok(Some(view)) => {
@@ -59,9 +48,9 @@ impl App {
     /// `action=delete`.
     pub(super) async fn manage_post(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
         let now = mamoru_core::now();
-        let claims = match self.verify_for(token, Purpose::Manage, now) {
+        let claims = match self.verify(token, Purpose::Manage, now) {
             Ok(claims) => claims,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let body = match self.read_body(headers, body).await {
             Ok(body) => body,
@@ -91,9 +80,9 @@ impl App {
     /// delivery at once: the registration and its queued mail are deleted.
     pub(super) async fn unsubscribe_post(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
         let now = mamoru_core::now();
-        let claims = match self.verify_for(token, Purpose::Unsubscribe, now) {
+        let claims = match self.verify(token, Purpose::Unsubscribe, now) {
             Ok(claims) => claims,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         if let Err(resp) = self.read_body(headers, body).await {
             return resp;
