@@ -7,11 +7,13 @@
 //!   requests in flight finish.
 //! - `routes`: one small handler per route; the store is called on the
 //!   blocking pool (rusqlite is blocking).
-//! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
+//! - [`pages`]: the public pages as maud templates, the document every page
+//!   ends in, and the stylesheet.
+//! - [`text`]: the one character rule of every page and feed.
 //! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
 //!   fan-out shared with the CLI.
-//! - [`admin`]: the admin panel under `/admin` (sessions, CSRF, login
-//!   rate limit, audit).
+//! - [`admin`]: the admin panel under `/admin`: routing, `session` (login,
+//!   sessions, CSRF, login rate limit), `handlers`, `pages` (its templates).
 //! - [`archive`]: the public archive of published alerts, page and Atom.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
@@ -22,6 +24,11 @@
 //!   known or rate limited.
 //! - No token and no clear address is ever logged; store errors become a 503
 //!   page without details.
+//! - No page or feed text is written without escaping: HTML only through
+//!   maud templates, the feed only through quick-xml's writer, and both
+//!   under the character rule of [`text`]. No page holds raw markup.
+//! - Every store call runs on the blocking pool through [`blocking`], which
+//!   turns a store error or a failed task into the busy page (503).
 //! - Every response carries the security headers (CSP without scripts,
 //!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
 
@@ -31,6 +38,7 @@ pub mod form;
 pub mod pages;
 pub mod publish;
 mod routes;
+pub mod text;
 
 use std::convert::Infallible;
 use std::io;
@@ -69,6 +77,33 @@ impl Web {
     pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey, queued: Arc<Notify>) -> Self {
         let password_checks = Arc::new(Semaphore::new(cfg.web.max_password_checks));
         Self { cfg, store, tokens, queued, password_checks }
+    }
+}
+
+/// A store call failed or its blocking task died; it has been logged, and
+/// the answer is the busy page (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Busy;
+
+/// Runs a store call on the blocking pool (rusqlite is blocking). A store
+/// error or a task that panicked is logged once, with `what` was being
+/// done, and becomes [`Busy`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    web: &Arc<Web>,
+    what: &'static str,
+    f: impl FnOnce(&Web) -> mamoru_store::Result<T> + Send + 'static,
+) -> Result<T, Busy> {
+    let w = web.clone();
+    match tokio::task::spawn_blocking(move || f(&w)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(what, error = %e, "web: store error");
+            Err(Busy)
+        }
+        Err(e) => {
+            tracing::error!(what, error = %e, "web: blocking task failed");
+            Err(Busy)
+        }
     }
 }
 

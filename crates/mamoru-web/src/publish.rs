@@ -15,8 +15,9 @@ use mamoru_core::{Config, EmailAddress, UnixTime};
 use mamoru_store::Store;
 use mamoru_store::alerts::{AlertRow, PublishAuth, Published};
 
-use crate::Web;
-use crate::pages::{self, escape};
+use maud::html;
+
+use crate::{Web, pages};
 
 /// The alert text of a stored row, as `mamoru_core::alert` renders it.
 pub fn draft_of(row: &AlertRow) -> AlertDraft {
@@ -59,19 +60,17 @@ pub fn alert_renderer(cfg: Arc<Config>, tokens: TokenKey) -> impl Fn(&AlertRow, 
 
 fn preview_page(cfg: &Config, token: &str, row: &AlertRow) -> String {
     let content = alert::content(cfg, &draft_of(row), row.is_test);
-    let mut out = String::with_capacity(4096);
-    pages::head(&mut out, cfg, "配信の確認");
-    pages::h1(&mut out, if row.is_test { "テスト配信の確認" } else { "配信の確認" });
-    pages::p(&mut out, "まだ配信されていません。内容を確かめて「配信する」を押してください。");
-    out.push_str("<h2>件名</h2><p>");
-    escape(&mut out, &content.subject);
-    out.push_str("</p><h2>本文</h2><pre class=\"alert\">");
-    escape(&mut out, &content.body);
-    out.push_str("</pre><form method=\"post\" action=\"/p/");
-    escape(&mut out, token);
-    out.push_str("\"><button type=\"submit\">配信する</button></form>\n");
-    pages::foot(&mut out, cfg);
-    out
+    pages::document(cfg, "配信の確認", html! {
+        h1 { @if row.is_test { "テスト配信の確認" } @else { "配信の確認" } }
+        p { "まだ配信されていません。内容を確かめて「配信する」を押してください。" }
+        h2 { "件名" }
+        p { (content.subject) }
+        h2 { "本文" }
+        pre class="alert" { (content.body) }
+        form method="post" action={ "/p/" (token) } {
+            button type="submit" { "配信する" }
+        }
+    })
 }
 
 fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
@@ -87,7 +86,7 @@ fn gone(cfg: &Config) -> (StatusCode, String) {
 }
 
 fn busy(cfg: &Config) -> (StatusCode, String) {
-    (StatusCode::SERVICE_UNAVAILABLE, pages::message(cfg, "ただいま混み合っています", &["しばらくしてからもう一度お試しください。"]))
+    (StatusCode::SERVICE_UNAVAILABLE, pages::busy(cfg))
 }
 
 /// `GET /p/TOKEN`. Changes nothing.
@@ -97,18 +96,10 @@ pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    let w = web.clone();
-    match tokio::task::spawn_blocking(move || w.store.publish_view(&claims, now)).await {
-        Ok(Ok(Some(row))) => (StatusCode::OK, preview_page(&web.cfg, &token, &row)),
-        Ok(Ok(None)) => gone(&web.cfg),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "web: cannot read an alert draft");
-            busy(&web.cfg)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "web: publish view task failed");
-            busy(&web.cfg)
-        }
+    match crate::blocking(&web, "read an alert draft", move |w| w.store.publish_view(&claims, now)).await {
+        Ok(Some(row)) => (StatusCode::OK, preview_page(&web.cfg, &token, &row)),
+        Ok(None) => gone(&web.cfg),
+        Err(crate::Busy) => busy(&web.cfg),
     }
 }
 
@@ -119,27 +110,19 @@ pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    let w = web.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = crate::blocking(&web, "publish an alert", move |w| {
         let actor = format!("publish-link:alert={}", claims.subject);
         publish(&w.cfg, &w.store, PublishAuth::Token(&claims), &actor, now)
     })
     .await;
     match result {
-        Ok(Ok(Published::Published { alert, recipients })) => {
+        Ok(Published::Published { alert, recipients }) => {
             tracing::info!(alert, recipients, "alert published");
             web.queued.notify_one();
             let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
             (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
         }
-        Ok(Ok(Published::Unusable)) => gone(&web.cfg),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "web: cannot publish an alert");
-            busy(&web.cfg)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "web: publish task failed");
-            busy(&web.cfg)
-        }
+        Ok(Published::Unusable) => gone(&web.cfg),
+        Err(crate::Busy) => busy(&web.cfg),
     }
 }

@@ -204,8 +204,7 @@ impl App {
         }
         let Some(random) = self.message_random() else { return self.busy() };
         let client = crate::admin::client_key(&self.web, headers, peer, "register-web-client");
-        let web = self.web.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::blocking(&self.web, "record a registration request", move |web| {
             let now = mamoru_core::now();
             let cfg = &web.cfg;
             let limits = RegistrationLimits::from(&cfg.limits);
@@ -223,21 +222,14 @@ impl App {
         })
         .await;
         match result {
-            Ok(Ok(LinkRequest::Queued { subscriber, .. })) => {
+            Ok(LinkRequest::Queued { subscriber, .. }) => {
                 tracing::debug!(addr = %masked, subscriber, "web: registration mail queued");
                 self.web.queued.notify_one();
             }
-            Ok(Ok(LinkRequest::Limited(limit))) => {
+            Ok(LinkRequest::Limited(limit)) => {
                 tracing::debug!(addr = %masked, limit = limit.as_str(), "web: registration mail refused by a limit");
             }
-            Ok(Err(e)) => {
-                tracing::warn!(addr = %masked, error = %e, "web: cannot record a registration request");
-                return self.busy();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration request task failed");
-                return self.busy();
-            }
+            Err(crate::Busy) => return self.busy(),
         }
         self.page(StatusCode::OK, &self.pages.register_sent)
     }
@@ -249,18 +241,10 @@ impl App {
             Ok(claims) => claims,
             Err(resp) => return resp,
         };
-        let web = self.web.clone();
-        match tokio::task::spawn_blocking(move || web.store.registration_view(&claims, now)).await {
-            Ok(Ok(Some(view))) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
-            Ok(Ok(None)) => self.link_gone(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot read a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration view task failed");
-                self.busy()
-            }
+        match crate::blocking(&self.web, "read a registration", move |w| w.store.registration_view(&claims, now)).await {
+            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
+            Ok(None) => self.link_gone(),
+            Err(crate::Busy) => self.busy(),
         }
     }
 
@@ -289,9 +273,8 @@ impl App {
             }
         };
         let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
         let chosen = ids.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::blocking(&self.web, "complete a registration", move |web| {
             let cfg = &web.cfg;
             let mail_expires_at = now + cfg.relay.max_age_secs;
             web.store.complete_registration(&claims, &chosen, now, mail_expires_at, |addr| {
@@ -301,21 +284,14 @@ impl App {
         })
         .await;
         match result {
-            Ok(Ok(Completion::Completed { subscriber, .. })) => {
+            Ok(Completion::Completed { subscriber, .. }) => {
                 tracing::debug!(subscriber, districts = ?ids, "web: registration completed");
                 self.web.queued.notify_one();
                 let districts: Vec<_> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).collect();
                 self.html(StatusCode::OK, pages::completed(cfg, &districts))
             }
-            Ok(Ok(Completion::TokenUnusable)) => self.link_gone(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot complete a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: registration completion task failed");
-                self.busy()
-            }
+            Ok(Completion::TokenUnusable) => self.link_gone(),
+            Err(crate::Busy) => self.busy(),
         }
     }
 }

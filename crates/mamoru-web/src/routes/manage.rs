@@ -35,9 +35,8 @@ impl App {
             Ok(claims) => claims,
             Err(resp) => return resp,
         };
-        let web = self.web.clone();
-        match tokio::task::spawn_blocking(move || web.store.manage_view(&claims, now)).await {
-            Ok(Ok(Some(view))) => {
+        match crate::blocking(&self.web, "read a registration to manage", move |w| w.store.manage_view(&claims, now)).await {
+            Ok(Some(view)) => {
                 let cfg = &self.web.cfg;
                 let page = match purpose {
                     Purpose::Unsubscribe => pages::manage::unsubscribe_confirm(cfg, token),
@@ -52,15 +51,8 @@ impl App {
                 };
                 self.html(StatusCode::OK, page)
             }
-            Ok(Ok(None)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot read a registration to manage");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: manage view task failed");
-                self.busy()
-            }
+            Ok(None) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(crate::Busy) => self.busy(),
         }
     }
 
@@ -112,9 +104,8 @@ impl App {
 
     async fn change(&self, claims: Claims, ids: Vec<u32>, now: UnixTime) -> Resp {
         let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
         let chosen = ids.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::blocking(&self.web, "change districts", move |web| {
             let cfg = &web.cfg;
             web.store.change_districts(&claims, &chosen, now, now + cfg.relay.max_age_secs, |addr| {
                 let districts: Vec<_> = cfg.districts.iter().filter(|d| chosen.contains(&d.id)).collect();
@@ -123,22 +114,15 @@ impl App {
         })
         .await;
         match result {
-            Ok(Ok(ManageOutcome::Done { subscriber, .. })) => {
+            Ok(ManageOutcome::Done { subscriber, .. }) => {
                 tracing::debug!(subscriber, districts = ?ids, "web: districts changed");
                 self.web.queued.notify_one();
                 let cfg = &self.web.cfg;
                 let districts: Vec<_> = cfg.districts.iter().filter(|d| ids.contains(&d.id)).collect();
                 self.html(StatusCode::OK, pages::manage::changed(cfg, &districts))
             }
-            Ok(Ok(ManageOutcome::TokenUnusable)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot change districts");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: change districts task failed");
-                self.busy()
-            }
+            Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(crate::Busy) => self.busy(),
         }
     }
 
@@ -146,8 +130,7 @@ impl App {
     /// manage page), which one-click unsubscribe does not send.
     async fn delete(&self, claims: Claims, now: UnixTime, goodbye: bool) -> Resp {
         let Some(random) = self.message_random() else { return self.busy() };
-        let web = self.web.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::blocking(&self.web, "delete a registration", move |web| {
             let cfg = &web.cfg;
             web.store.delete_registration(&claims, now, now + cfg.relay.max_age_secs, |addr| {
                 goodbye.then(|| mail::registration_deleted(cfg, addr, now, mail::message_id(&random, cfg)))
@@ -155,22 +138,15 @@ impl App {
         })
         .await;
         match result {
-            Ok(Ok(ManageOutcome::Done { subscriber, outbox })) => {
+            Ok(ManageOutcome::Done { subscriber, outbox }) => {
                 tracing::info!(subscriber, "web: registration deleted");
                 if outbox.is_some() {
                     self.web.queued.notify_one();
                 }
                 self.page(StatusCode::OK, &self.pages.deleted)
             }
-            Ok(Ok(ManageOutcome::TokenUnusable)) => self.page(StatusCode::GONE, &self.pages.manage_gone),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "web: cannot delete a registration");
-                self.busy()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web: delete task failed");
-                self.busy()
-            }
+            Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
+            Err(crate::Busy) => self.busy(),
         }
     }
 }
