@@ -92,5 +92,22 @@ mod tests {
         let size = code.width() + 2 * QUIET;
         assert!(svg.contains(&format!("viewBox=\"0 0 {size} {size}\"")), "{svg}");
         assert!(svg.contains("aria-label=\"&lt;label&gt;\""), "{svg}");
+        // The same modules, at the same places, as the qrcode crate's own
+        // renderer draws with its quiet zone.
+        let drawn: Vec<(usize, usize)> = svg
+            .split('M')
+            .skip(1)
+            .map(|m| {
+                let (x, rest) = m.split_once(' ').expect("x y");
+                (x.parse().expect("x"), rest.split('h').next().expect("y").parse().expect("y"))
+            })
+            .collect();
+        let reference: String = code.render::<char>().quiet_zone(true).module_dimensions(1, 1).dark_color('#').light_color('.').build();
+        let expected: Vec<(usize, usize)> = reference
+            .lines()
+            .enumerate()
+            .flat_map(|(y, row)| row.chars().enumerate().filter(|(_, c)| *c == '#').map(move |(x, _)| (x, y)))
+            .collect();
+        assert_eq!(drawn, expected);
     }
 }
