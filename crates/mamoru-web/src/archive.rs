@@ -3,18 +3,23 @@
 //! `/alerts/{ID}.atom`) — a second channel when carriers delay mail.
 //!
 //! No personal data: title, kind, districts, text and time only; not even
-//! which admin posted. Every text goes through [`pages::escape`], which also
-//! leaves out the characters XML 1.0 forbids, so the feeds stay well-formed
-//! whatever an alert holds. テスト配信 never appears. Entries older than
+//! which admin posted. The page is a maud template; the feed is written by
+//! quick-xml's writer, which escapes markup, and every text in it first goes
+//! through [`text::clean`], which leaves out the characters XML 1.0 forbids,
+//! so the feeds stay well-formed whatever an alert holds. テスト配信 never appears. Entries older than
 //! `[alerts] archive_days` drop out.
+
+use std::io;
 
 use hyper::StatusCode;
 use mamoru_core::alert::district_label;
 use mamoru_core::{Config, UnixTime};
 use mamoru_store::alerts::AlertRow;
+use maud::html;
+use quick_xml::Writer;
+use quick_xml::events::{BytesDecl, BytesText, Event};
 
-use crate::Web;
-use crate::pages::{self, escape};
+use crate::{Web, pages, text};
 
 /// Most entries shown or fed.
 const LIMIT: usize = 50;
@@ -59,78 +64,84 @@ fn district_param(cfg: &Config, query: Option<&str>) -> Result<Option<u32>, ()> 
 }
 
 fn page(cfg: &Config, district: Option<u32>, rows: &[AlertRow]) -> String {
-    let mut out = String::with_capacity(4096 + rows.len() * 1024);
-    pages::head(&mut out, cfg, "最近のお知らせ");
-    pages::h1(&mut out, "最近のお知らせ");
-    let days = cfg.alerts.archive_days.to_string();
-    pages::p(&mut out, &format!("過去{days}日間に配信したお知らせです。メールが遅れるときもこのページで確かめられます。"));
-    out.push_str("<p class=\"filter\">地区: <a href=\"/alerts\">すべて</a>");
-    for d in &cfg.districts {
-        out.push_str(&format!(" <a href=\"/alerts?d={}\">", d.id));
-        escape(&mut out, &d.name);
-        out.push_str("</a>");
-    }
-    out.push_str("</p>\n");
     let feed = district.map_or("/alerts.atom".to_string(), |d| format!("/alerts/{d}.atom"));
-    out.push_str(&format!("<p><a href=\"{feed}\">Atomフィード</a></p>\n"));
-    if rows.is_empty() {
-        pages::p(&mut out, "お知らせはありません。");
-    }
-    for r in rows {
-        out.push_str("<article class=\"alert\"><h2>");
-        if !r.kind.is_empty() {
-            out.push('[');
-            escape(&mut out, &r.kind);
-            out.push_str("] ");
+    pages::document(cfg, "最近のお知らせ", html! {
+        h1 { "最近のお知らせ" }
+        p { "過去" (cfg.alerts.archive_days) "日間に配信したお知らせです。メールが遅れるときもこのページで確かめられます。" }
+        p class="filter" {
+            "地区: " a href="/alerts" { "すべて" }
+            @for d in &cfg.districts { " " a href={ "/alerts?d=" (d.id) } { (d.name) } }
         }
-        escape(&mut out, &r.title);
-        out.push_str("</h2><p class=\"meta\">");
-        escape(&mut out, &jst(r.published_at));
-        out.push_str(" ／ ");
-        escape(&mut out, &district_label(cfg, &r.districts));
-        out.push_str("</p><pre class=\"alert\">");
-        escape(&mut out, &r.text);
-        out.push_str("</pre></article>\n");
-    }
-    pages::foot(&mut out, cfg);
-    out
+        p { a href=(feed) { "Atomフィード" } }
+        @if rows.is_empty() { p { "お知らせはありません。" } }
+        @for r in rows {
+            article class="alert" {
+                h2 { @if !r.kind.is_empty() { "[" (r.kind) "] " } (r.title) }
+                p class="meta" { (jst(r.published_at)) " ／ " (district_label(cfg, &r.districts)) }
+                pre class="alert" { (r.text) }
+            }
+        }
+    })
+}
+
+/// One element holding text: `<name>text</name>`, the text under the
+/// character rule and escaped by the writer.
+fn text_element(w: &mut Writer<Vec<u8>>, name: &str, value: &str) -> io::Result<()> {
+    w.create_element(name).write_text_content(BytesText::new(&text::clean(value)))?;
+    Ok(())
+}
+
+/// `<link rel="REL" href="HREF"/>`.
+fn link(w: &mut Writer<Vec<u8>>, rel: &str, href: &str) -> io::Result<()> {
+    w.create_element("link").with_attribute(("rel", rel)).with_attribute(("href", &*text::clean(href))).write_empty()?;
+    Ok(())
 }
 
 /// The Atom feed of `rows` (newest first), of one district or all. Pure.
 pub fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> String {
+    let mut w = Writer::new(Vec::with_capacity(2048 + rows.len() * 1024));
+    // Writing into a Vec cannot fail.
+    if write_feed(&mut w, cfg, district, rows, now).is_err() {
+        return String::new();
+    }
+    // Every piece written is a &str, so the bytes are UTF-8.
+    String::from_utf8(w.into_inner()).unwrap_or_default()
+}
+
+fn write_feed(w: &mut Writer<Vec<u8>>, cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> io::Result<()> {
     let base = cfg.base_url();
     let (title, path) = match district.and_then(|d| cfg.district(d)) {
         Some(d) => (format!("{}（{}）", cfg.service_name, d.name), format!("/alerts/{}.atom", d.id)),
         None => (cfg.service_name.clone(), "/alerts.atom".into()),
     };
     let updated = rows.first().map_or(now, |r| r.published_at);
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n<title>");
-    escape(&mut out, &title);
-    out.push_str("</title>\n<id>");
-    escape(&mut out, &format!("{base}{path}"));
-    out.push_str("</id>\n<link rel=\"self\" href=\"");
-    escape(&mut out, &format!("{base}{path}"));
-    out.push_str("\"/>\n<link rel=\"alternate\" href=\"");
-    escape(&mut out, &format!("{base}/alerts{}", district.map_or(String::new(), |d| format!("?d={d}"))));
-    out.push_str(&format!("\"/>\n<updated>{}</updated>\n<author><name>", rfc3339(updated)));
-    escape(&mut out, &cfg.service_name);
-    out.push_str("</name></author>\n");
-    for r in rows {
-        out.push_str("<entry><title>");
-        let kind = if r.kind.is_empty() { String::new() } else { format!("[{}] ", r.kind) };
-        escape(&mut out, &format!("{kind}{}（{}）", r.title, district_label(cfg, &r.districts)));
-        out.push_str("</title><id>");
-        escape(&mut out, &format!("tag:{},2026:alert-{}", cfg.domain, r.id));
-        out.push_str("</id>");
-        out.push_str(&format!("<updated>{}</updated><published>{0}</published>", rfc3339(r.published_at)));
-        out.push_str("<link rel=\"alternate\" href=\"");
-        escape(&mut out, &format!("{base}/alerts"));
-        out.push_str("\"/><content type=\"text\">");
-        escape(&mut out, &r.text);
-        out.push_str("</content></entry>\n");
-    }
-    out.push_str("</feed>\n");
-    out
+    w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))?;
+    w.write_event(Event::Text(BytesText::new("\n")))?;
+    w.create_element("feed").with_attribute(("xmlns", "http://www.w3.org/2005/Atom")).write_inner_content(|w| {
+        text_element(w, "title", &title)?;
+        text_element(w, "id", &format!("{base}{path}"))?;
+        link(w, "self", &format!("{base}{path}"))?;
+        link(w, "alternate", &format!("{base}/alerts{}", district.map_or(String::new(), |d| format!("?d={d}"))))?;
+        text_element(w, "updated", &rfc3339(updated))?;
+        w.create_element("author").write_inner_content(|w| text_element(w, "name", &cfg.service_name))?;
+        for r in rows {
+            w.create_element("entry").write_inner_content(|w| {
+                let kind = if r.kind.is_empty() { String::new() } else { format!("[{}] ", r.kind) };
+                text_element(w, "title", &format!("{kind}{}（{}）", r.title, district_label(cfg, &r.districts)))?;
+                text_element(w, "id", &format!("tag:{},2026:alert-{}", cfg.domain, r.id))?;
+                text_element(w, "updated", &rfc3339(r.published_at))?;
+                text_element(w, "published", &rfc3339(r.published_at))?;
+                link(w, "alternate", &format!("{base}/alerts"))?;
+                w.create_element("content")
+                    .with_attribute(("type", "text"))
+                    .write_text_content(BytesText::new(&text::clean(&r.text)))?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    w.write_event(Event::Text(BytesText::new("\n")))?;
+    Ok(())
 }
 
 /// What the archive answers: status, content type, body.
@@ -153,17 +164,8 @@ pub async fn handle(web: std::sync::Arc<Web>, path: &str, query: Option<&str>) -
     };
     let now = mamoru_core::now();
     let since = now - cfg.alerts.archive_days * 86_400;
-    let w = web.clone();
-    let rows = match tokio::task::spawn_blocking(move || w.store.archive(district, since, LIMIT)).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "web: cannot read the archive");
-            return Some((StatusCode::SERVICE_UNAVAILABLE, HTML, pages::message(cfg, "ただいま混み合っています", &["しばらくしてからもう一度お試しください。"])));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "web: archive task failed");
-            return Some((StatusCode::SERVICE_UNAVAILABLE, HTML, pages::message(cfg, "ただいま混み合っています", &["しばらくしてからもう一度お試しください。"])));
-        }
+    let Ok(rows) = crate::blocking(&web, "read the archive", move |w| w.store.archive(district, since, LIMIT)).await else {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, HTML, pages::busy(cfg)));
     };
     Some(if atom {
         (StatusCode::OK, ATOM, feed(cfg, district, &rows, now))

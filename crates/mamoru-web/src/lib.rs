@@ -7,11 +7,13 @@
 //!   requests in flight finish.
 //! - `routes`: one small handler per route; the store is called on the
 //!   blocking pool (rusqlite is blocking).
-//! - [`pages`]: all HTML and the stylesheet, and the one [`pages::escape`].
+//! - [`pages`]: the public pages as maud templates, the document every page
+//!   ends in, and the stylesheet.
+//! - [`text`]: the one character rule of every page and feed.
 //! - [`publish`]: the publish link of an alert preview (`/p/TOKEN`) and the
 //!   fan-out shared with the CLI.
-//! - [`admin`]: the admin panel under `/admin` (sessions, CSRF, login
-//!   rate limit, audit).
+//! - [`admin`]: the admin panel under `/admin`: routing, `session` (login,
+//!   sessions, CSRF, login rate limit), `handlers`, `pages` (its templates).
 //! - [`archive`]: the public archive of published alerts, page and Atom.
 //! - [`form`]: a tiny `application/x-www-form-urlencoded` decoder.
 //!
@@ -22,6 +24,11 @@
 //!   known or rate limited.
 //! - No token and no clear address is ever logged; store errors become a 503
 //!   page without details.
+//! - No page or feed text is written without escaping: HTML only through
+//!   maud templates, the feed only through quick-xml's writer, and both
+//!   under the character rule of [`text`]. No page holds raw markup.
+//! - Every store call runs on the blocking pool through [`blocking`], which
+//!   turns a store error or a failed task into the busy page (503).
 //! - Every response carries the security headers (CSP without scripts,
 //!   `Referrer-Policy: no-referrer`, `nosniff`, `X-Frame-Options: DENY`).
 
@@ -31,6 +38,7 @@ pub mod form;
 pub mod pages;
 pub mod publish;
 mod routes;
+pub mod text;
 
 use std::convert::Infallible;
 use std::io;
@@ -72,6 +80,26 @@ impl Web {
         let (cfg, store, queued) = (app.cfg.clone(), app.store.clone(), app.wake().clone());
         Self { app, cfg, store, queued, password_checks }
     }
+}
+
+/// A store call failed or its blocking task died; it has been logged, and
+/// the answer is the busy page (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Busy;
+
+/// Runs a use case or a store read on the blocking pool, through the
+/// use-case layer's one boundary ([`App::run`]). A failure is logged once,
+/// with `what` was being done, and becomes [`Busy`].
+pub(crate) async fn blocking<T: Send + 'static, E: Into<mamoru_app::Error>>(
+    web: &Arc<Web>,
+    what: &'static str,
+    f: impl FnOnce(&Web) -> Result<T, E> + Send + 'static,
+) -> Result<T, Busy> {
+    let w = web.clone();
+    web.app.run(move |_| f(&w).map_err(Into::into)).await.map_err(|e| {
+        tracing::warn!(what, error = %e, "web: cannot do it now");
+        Busy
+    })
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled; then stops

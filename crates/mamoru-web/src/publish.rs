@@ -9,28 +9,28 @@ use hyper::StatusCode;
 use mamoru_app::alerts::{Publisher, content_of};
 use mamoru_core::Config;
 use mamoru_core::UnixTime;
+use mamoru_core::links::Route;
 use mamoru_core::token::{Purpose, TokenError};
 use mamoru_store::alerts::{AlertRow, Published};
 
-use crate::Web;
-use crate::pages::{self, escape};
+use maud::html;
+
+use crate::{Web, pages};
 
 fn preview_page(web: &Web, token: &str, row: &AlertRow) -> String {
     let cfg = &web.cfg;
     let content = content_of(&web.app, row);
-    let mut out = String::with_capacity(4096);
-    pages::head(&mut out, cfg, "配信の確認");
-    pages::h1(&mut out, if row.is_test { "テスト配信の確認" } else { "配信の確認" });
-    pages::p(&mut out, "まだ配信されていません。内容を確かめて「配信する」を押してください。");
-    out.push_str("<h2>件名</h2><p>");
-    escape(&mut out, &content.subject);
-    out.push_str("</p><h2>本文</h2><pre class=\"alert\">");
-    escape(&mut out, &content.body);
-    out.push_str("</pre><form method=\"post\" action=\"/p/");
-    escape(&mut out, token);
-    out.push_str("\"><button type=\"submit\">配信する</button></form>\n");
-    pages::foot(&mut out, cfg);
-    out
+    pages::document(cfg, "配信の確認", html! {
+        h1 { @if row.is_test { "テスト配信の確認" } @else { "配信の確認" } }
+        p { "まだ配信されていません。内容を確かめて「配信する」を押してください。" }
+        h2 { "件名" }
+        p { (content.subject) }
+        h2 { "本文" }
+        pre class="alert" { (content.body) }
+        form method="post" action=(Route::Publish(token).path()) {
+            button type="submit" { "配信する" }
+        }
+    })
 }
 
 fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
@@ -46,7 +46,7 @@ fn gone(cfg: &Config) -> (StatusCode, String) {
 }
 
 fn busy(cfg: &Config) -> (StatusCode, String) {
-    (StatusCode::SERVICE_UNAVAILABLE, pages::message(cfg, "ただいま混み合っています", &["しばらくしてからもう一度お試しください。"]))
+    (StatusCode::SERVICE_UNAVAILABLE, pages::busy(cfg))
 }
 
 /// `GET /p/TOKEN`. Changes nothing.
@@ -56,13 +56,10 @@ pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    match web.app.run(move |app| app.publish_view(&claims, now)).await {
+    match crate::blocking(&web, "read an alert draft", move |w| w.app.publish_view(&claims, now)).await {
         Ok(Some(row)) => (StatusCode::OK, preview_page(&web, &token, &row)),
         Ok(None) => gone(&web.cfg),
-        Err(e) => {
-            tracing::warn!(error = %e, "web: cannot read an alert draft");
-            busy(&web.cfg)
-        }
+        Err(crate::Busy) => busy(&web.cfg),
     }
 }
 
@@ -73,15 +70,12 @@ pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
         Ok(c) => c,
         Err(e) => return e,
     };
-    match web.app.run(move |app| app.publish(Publisher::Link(&claims), now)).await {
+    match crate::blocking(&web, "publish an alert", move |w| w.app.publish(Publisher::Link(&claims), now)).await {
         Ok(Published::Published { recipients, .. }) => {
             let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
             (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
         }
         Ok(Published::Unusable) => gone(&web.cfg),
-        Err(e) => {
-            tracing::warn!(error = %e, "web: cannot publish an alert");
-            busy(&web.cfg)
-        }
+        Err(crate::Busy) => busy(&web.cfg),
     }
 }

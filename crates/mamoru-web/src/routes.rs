@@ -177,10 +177,7 @@ impl App {
         doing: &'static str,
         f: impl FnOnce(&mamoru_app::App) -> Result<T, mamoru_app::Error> + Send + 'static,
     ) -> Result<T, Resp> {
-        self.web.app.run(f).await.map_err(|e| {
-            tracing::warn!(error = %e, "web: cannot {doing}");
-            self.busy()
-        })
+        crate::blocking(&self.web, doing, move |w| f(&w.app)).await.map_err(|crate::Busy| self.busy())
     }
 
     /// `POST /register`: the PC form. Queues a 登録受付 mail exactly as an

@@ -1,76 +1,68 @@
 //! Printable per-district handouts for schools: the district's own
 //! registration address (`ans+chuo@`, which pre-selects the district) as
 //! text, as a `mailto:` link and as a QR code. The QR code is inline SVG
-//! (no image request, no script), so the strict CSP stays as it is.
+//! (no image request, no script), so the strict CSP stays as it is; it is
+//! drawn by the template from the code's modules, so no raw markup is
+//! inserted.
 
+use maud::{Markup, html};
 use mamoru_core::Config;
 use mamoru_core::config::District;
-use qrcode::QrCode;
-use qrcode::render::svg;
+use qrcode::{Color, QrCode};
 
-use super::{escape, foot, h1, head, p, push_u32};
+use super::document;
 
 /// `/d/`: every district with a link to its handout.
 pub fn list(cfg: &Config) -> String {
-    let mut out = String::with_capacity(2048 + 200 * cfg.districts.len());
-    head(&mut out, cfg, "地区別の登録案内");
-    h1(&mut out, "地区別の登録案内(印刷用)");
-    p(&mut out, "地区ごとの登録用アドレスとQRコードを印刷して、学校や地域で配ることができます。このアドレスから登録すると、その地区が最初から選ばれています。");
-    out.push_str("<ul>");
-    for d in &cfg.districts {
-        out.push_str("<li><a href=\"/d/");
-        push_u32(&mut out, d.id);
-        out.push_str("\">");
-        escape(&mut out, &d.name);
-        out.push_str("</a></li>");
-    }
-    out.push_str("</ul>\n");
-    foot(&mut out, cfg);
-    out
+    document(cfg, "地区別の登録案内", html! {
+        h1 { "地区別の登録案内(印刷用)" }
+        p { "地区ごとの登録用アドレスとQRコードを印刷して、学校や地域で配ることができます。このアドレスから登録すると、その地区が最初から選ばれています。" }
+        ul { @for d in &cfg.districts { li { a href={ "/d/" (d.id) } { (d.name) } } } }
+    })
 }
 
 /// `/d/{id}`: one district's handout.
 pub fn handout(cfg: &Config, d: &District) -> String {
     let addr = cfg.district_address(d);
     let mailto = format!("mailto:{addr}");
-    let mut out = String::with_capacity(16 * 1024);
-    head(&mut out, cfg, &format!("{}の登録案内", d.name));
-    h1(&mut out, &format!("{}「{}」のお知らせメール", cfg.service_name, d.name));
-    p(&mut out, "不審者情報など、子どもの安全に関わるお知らせをメールでお届けします。登録は無料です。");
-    out.push_str("<ol><li>");
-    escape(&mut out, "QRコードを読み取るか、次のアドレスへ空メール(件名も本文もなし)を送ってください。");
-    out.push_str("</li><li>");
-    escape(&mut out, "届いた「登録受付」メールのリンクを開き、「登録する」を押してください。");
-    out.push_str("</li></ol>\n<div class=\"qr\">");
-    out.push_str(&qr_svg(&mailto, &format!("{addr} へのメール")));
-    out.push_str("</div>\n<p><a class=\"mail\" href=\"");
-    escape(&mut out, &mailto);
-    out.push_str("\">");
-    escape(&mut out, &addr);
-    out.push_str("</a></p>\n");
-    p(
-        &mut out,
-        &format!("迷惑メール対策をしている場合は、「{}」からのメールを受け取れるように設定してください。", cfg.domain),
-    );
-    foot(&mut out, cfg);
-    out
+    document(cfg, &format!("{}の登録案内", d.name), html! {
+        h1 { (cfg.service_name) "「" (d.name) "」のお知らせメール" }
+        p { "不審者情報など、子どもの安全に関わるお知らせをメールでお届けします。登録は無料です。" }
+        ol {
+            li { "QRコードを読み取るか、次のアドレスへ空メール(件名も本文もなし)を送ってください。" }
+            li { "届いた「登録受付」メールのリンクを開き、「登録する」を押してください。" }
+        }
+        div class="qr" { @if let Some(svg) = qr_svg(&mailto, &format!("{addr} へのメール")) { (svg) } }
+        p { a class="mail" href=(mailto) { (addr) } }
+        p { "迷惑メール対策をしている場合は、「" (cfg.domain) "」からのメールを受け取れるように設定してください。" }
+    })
 }
 
+/// Modules of white border around the code (the QR specification's quiet
+/// zone).
+const QUIET: usize = 4;
+
 /// The QR code of `data` as an inline `<svg>` element with an accessible
-/// label; empty if `data` is too long for a QR code.
-pub fn qr_svg(data: &str, label: &str) -> String {
-    let Ok(code) = QrCode::new(data.as_bytes()) else { return String::new() };
-    let doc = code
-        .render::<svg::Color<'_>>()
-        .min_dimensions(240, 240)
-        .dark_color(svg::Color("#000000"))
-        .light_color(svg::Color("#ffffff"))
-        .build();
-    // Inline in HTML: drop the XML declaration, keep the <svg> element.
-    let Some(start) = doc.find("<svg") else { return String::new() };
-    let mut label_attr = String::new();
-    escape(&mut label_attr, label);
-    doc[start..].replacen("<svg", &format!("<svg role=\"img\" aria-label=\"{label_attr}\""), 1)
+/// label: one black square per dark module on white. `None` if `data` is
+/// too long for a QR code.
+pub fn qr_svg(data: &str, label: &str) -> Option<Markup> {
+    let code = QrCode::new(data.as_bytes()).ok()?;
+    let width = code.width();
+    let size = width + 2 * QUIET;
+    let mut path = String::with_capacity(width * width * 6);
+    for (i, color) in code.to_colors().iter().enumerate() {
+        if *color == Color::Dark {
+            // Numbers only: the path data is not text from anyone.
+            path.push_str(&format!("M{} {}h1v1h-1z", i % width + QUIET, i / width + QUIET));
+        }
+    }
+    Some(html! {
+        svg role="img" aria-label=(label) xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (size) " " (size) }
+            width="240" height="240" shape-rendering="crispEdges" {
+            rect width=(size) height=(size) fill="#ffffff" {}
+            path fill="#000000" d=(path) {}
+        }
+    })
 }
 
 #[cfg(test)]
@@ -87,6 +79,35 @@ mod tests {
         assert!(!page.contains("<?xml") && !page.contains("<script") && !page.contains("style=\""));
         assert!(page.contains("中央地区"));
         assert_eq!(list(&cfg).matches("<li><a href=\"/d/").count(), 10);
-        assert_eq!(qr_svg(&"x".repeat(5000), "too long"), "");
+        assert!(qr_svg(&"x".repeat(5000), "too long").is_none());
+    }
+
+    #[test]
+    fn the_qr_svg_draws_every_dark_module() {
+        let data = "mailto:ans+chuo@mamoru.test";
+        let code = QrCode::new(data.as_bytes()).expect("short data fits");
+        let dark = code.to_colors().iter().filter(|c| **c == Color::Dark).count();
+        let svg = qr_svg(data, "<label>").expect("short data fits").into_string();
+        assert_eq!(svg.matches("h1v1h-1z").count(), dark);
+        let size = code.width() + 2 * QUIET;
+        assert!(svg.contains(&format!("viewBox=\"0 0 {size} {size}\"")), "{svg}");
+        assert!(svg.contains("aria-label=\"&lt;label&gt;\""), "{svg}");
+        // The same modules, at the same places, as the qrcode crate's own
+        // renderer draws with its quiet zone.
+        let drawn: Vec<(usize, usize)> = svg
+            .split('M')
+            .skip(1)
+            .map(|m| {
+                let (x, rest) = m.split_once(' ').expect("x y");
+                (x.parse().expect("x"), rest.split('h').next().expect("y").parse().expect("y"))
+            })
+            .collect();
+        let reference: String = code.render::<char>().quiet_zone(true).module_dimensions(1, 1).dark_color('#').light_color('.').build();
+        let expected: Vec<(usize, usize)> = reference
+            .lines()
+            .enumerate()
+            .flat_map(|(y, row)| row.chars().enumerate().filter(|(_, c)| *c == '#').map(move |(x, _)| (x, y)))
+            .collect();
+        assert_eq!(drawn, expected);
     }
 }

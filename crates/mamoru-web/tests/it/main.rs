@@ -634,3 +634,107 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
     assert_eq!(a.status, 200);
     assert!(a.headers.iter().any(|(k, _)| k == hyper::header::STRICT_TRANSPORT_SECURITY));
 }
+
+/// Stores and publishes an alert as the panel does and returns its id.
+fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
+    use mamoru_store::admins::AdminAdded;
+    use mamoru_store::alerts::{Drafted, NewAlert, Published};
+    let store = srv.store();
+    let cfg = &srv.web.cfg;
+    let staff = addr("staff@mamoru.test");
+    let admin = match store.add_admin("chuo", &staff, "$argon2id$unused", &[], "test", now()).unwrap() {
+        AdminAdded::Added(a) => a,
+        AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
+    };
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false };
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into() };
+    let content = mamoru_core::alert::content(cfg, &draft, false);
+    let at = now();
+    let Drafted::Created { alert, .. } = store
+        .draft_alert(&new, at, at + 3600, |_, _, domains| {
+            let counts = mamoru_core::alert::CarrierCounts::from_domains(domains);
+            let info = mamoru_core::alert::PreviewInfo { counts: &counts, publish_url: "https://x/p/t", dropped_attachments: 0, is_test: false };
+            mamoru_core::alert::preview(cfg, &content, &staff, &info, at, mail::message_id(&[7; 12], cfg))
+        })
+        .unwrap()
+    else {
+        panic!("duplicate draft")
+    };
+    let me = store.admin_credentials("chuo").unwrap().unwrap().0;
+    let by = mamoru_app::alerts::Publisher::Operator { admin: &me, alert };
+    let published = srv.web.app.publish(by, at).unwrap();
+    assert!(matches!(published, Published::Published { .. }), "{published:?}");
+    alert
+}
+
+/// Reads an Atom document with quick-xml's reader to the end (an error
+/// is an ill-formed document) and returns every `<content>` text.
+fn atom_contents(xml: &str) -> Result<Vec<String>, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    reader.config_mut().check_end_names = true;
+    let (mut contents, mut inside, mut depth) = (Vec::new(), false, 0usize);
+    loop {
+        match reader.read_event().map_err(|e| format!("at {}: {e}", reader.error_position()))? {
+            Event::Start(e) => {
+                depth += 1;
+                if e.name().as_ref() == b"content" {
+                    inside = true;
+                    contents.push(String::new());
+                }
+            }
+            Event::End(e) => {
+                depth = depth.checked_sub(1).ok_or("unbalanced end tag")?;
+                if e.name().as_ref() == b"content" {
+                    inside = false;
+                }
+            }
+            Event::Text(t) => {
+                let raw = std::str::from_utf8(&t).map_err(|e| e.to_string())?;
+                // XML 1.0 §2.2: these characters are not allowed anywhere, not
+                // even as references; quick-xml's reader does not check it.
+                if let Some(c) = raw.chars().find(|&c| !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)) {
+                    return Err(format!("character {c:?} is not allowed in XML"));
+                }
+                if inside {
+                    let text = quick_xml::escape::unescape(raw).map_err(|e| e.to_string())?;
+                    contents.last_mut().ok_or("text outside content")?.push_str(&text);
+                }
+            }
+            Event::GeneralRef(r) => {
+                let name = std::str::from_utf8(&r).map_err(|e| e.to_string())?;
+                let c = quick_xml::escape::resolve_predefined_entity(name).ok_or(format!("unknown entity &{name};"))?;
+                if inside {
+                    contents.last_mut().ok_or("reference outside content")?.push_str(c);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unclosed element".into());
+    }
+    Ok(contents)
+}
+
+/// One stray control character in one alert must not make the feed
+/// unreadable for everyone: the served feed parses, and the text reads as
+/// the alert's without the characters XML cannot carry.
+#[tokio::test]
+async fn the_served_feed_stays_well_formed_with_a_control_character_in_an_alert() {
+    let srv = start().await;
+    publish_alert(&srv, "不審者情報", "公園で\u{1}声かけ <b>&</b>\u{ffff}");
+    for path in ["/alerts.atom", "/alerts/1.atom"] {
+        let r = srv.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/atom+xml; charset=utf-8"));
+        let contents = atom_contents(r.text()).unwrap_or_else(|e| panic!("{path}: {e}\n{}", r.text()));
+        assert_eq!(contents, ["公園で声かけ <b>&</b>"], "{path}");
+    }
+    let page = srv.get("/alerts").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("公園で声かけ &lt;b&gt;&amp;&lt;/b&gt;"), "{}", page.text());
+    assert!(!page.text().contains(['\u{1}', '\u{ffff}']));
+    srv.stop().await;
+}

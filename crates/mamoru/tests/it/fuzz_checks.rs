@@ -244,19 +244,42 @@ pub fn csv_import(data: &[u8]) {
     assert_eq!(got, want, "export and import changed the rows");
 }
 
-/// The one text rule of pages and feeds: what it writes is XML character
-/// data (allowed characters only, markup escaped, every `&` an entity).
+/// The one text rule of pages and feeds: what a page writes for a text
+/// (`pages::escape`, the same two steps as every page) and every byte of an
+/// Atom feed holding it (`archive::feed`, quick-xml's writer) are XML
+/// character data: allowed characters only, and in the page's text markup
+/// escaped and every `&` an entity.
 pub fn escape(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
     let mut out = String::new();
     mamoru_web::pages::escape(&mut out, text);
     for c in out.chars() {
-        let allowed = matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
-        assert!(allowed && c != '<' && c != '>', "{c:?} written");
+        assert!(allowed(c) && c != '<' && c != '>', "{c:?} written");
     }
     for (i, _) in out.match_indices('&') {
         let rest = &out[i..];
         assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)), "a bare & at {i}");
+    }
+    let row = mamoru_store::alerts::AlertRow {
+        id: 1,
+        admin: 1,
+        admin_login: String::new(),
+        source: "web".into(),
+        kind: text.into(),
+        title: text.into(),
+        text: text.into(),
+        districts: vec![1],
+        is_test: false,
+        state: "published".into(),
+        created_at: 0,
+        published_at: 0,
+        recipients: 0,
+    };
+    let feed = mamoru_web::archive::feed(cfg(), None, &[row], 0);
+    assert!(feed.ends_with("</feed>\n"), "feed not written: {feed:?}");
+    if let Some(c) = feed.chars().find(|&c| !allowed(c)) {
+        panic!("{c:?} in the feed");
     }
 }
 

@@ -1,0 +1,260 @@
+//! The panel's handlers: read the form, apply the rules, call the store,
+//! and answer with a page of [`super::pages`].
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use mamoru_app::alerts::{DraftOutcome, Publisher, Source, content_of};
+use mamoru_core::alert;
+use mamoru_core::password;
+use mamoru_store::admins::{AdminAdded, valid_login};
+use mamoru_store::StoreError;
+use mamoru_store::alerts::Published;
+
+use super::pages::{self, AlertView, Compose, Dashboard};
+use super::{Answer, Me, blocking, busy, checks_busy, message, page, password_check, random, redirect};
+use crate::{Web, form};
+
+/// How far back the dashboard's bounce table looks.
+const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
+
+pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
+    let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
+    let read = blocking(web, "read the dashboard", move |w| {
+        Ok::<_, StoreError>((w.store.subscriber_counts()?, w.store.suspended_counts()?, w.store.bounce_stats(since)?))
+    });
+    let (counts, suspended, bounces) = match read.await {
+        Ok(v) => v,
+        Err(a) => return a,
+    };
+    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces };
+    page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
+}
+
+/// `GET /admin/compose`.
+pub(super) fn compose_form(web: &Web, me: Me<'_>) -> Answer {
+    let empty = Compose { title: "", kind: "", text: "", checked: &[] };
+    page(StatusCode::OK, pages::compose(&web.cfg, me, None, &empty))
+}
+
+/// `POST /admin/compose`: a draft and its preview mail.
+pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let title = form::value(body, "title").unwrap_or_default().to_string();
+    let kind = form::value(body, "kind").unwrap_or_default().to_string();
+    let text = form::value(body, "text").unwrap_or_default().to_string();
+    let is_test = form::value(body, "test").is_some();
+    let ids = form::districts(body, &cfg).unwrap_or_default();
+    let refused = |e: alert::FormatError| {
+        let err = e.explain(&cfg);
+        let sent = Compose { title: &title, kind: &kind, text: &text, checked: &ids };
+        page(StatusCode::BAD_REQUEST, pages::compose(&cfg, me, Some(&err), &sent))
+    };
+    // The same checks as a mailed post, on the form's typed fields.
+    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
+        Ok(d) => d,
+        Err(e) => return refused(e),
+    };
+    let admin = me.0.clone();
+    // The preview mail goes out too: the admin's phone gets the same
+    // one-time link as for a mailed post.
+    match blocking(web, "draft an alert", move |w| w.app.draft(&admin, &draft, Source::Web, is_test, now)).await {
+        Ok(DraftOutcome::Created { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
+        Ok(DraftOutcome::Refused(e)) => refused(e),
+        Ok(DraftOutcome::Duplicate) => busy(&cfg),
+        Err(a) => a,
+    }
+}
+
+/// `GET /admin/alerts/{id}`.
+pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
+    let cfg = &web.cfg;
+    let read = blocking(web, "read an alert", move |w| {
+        let row = w.store.alert(id)?;
+        let progress = w.store.alert_progress(id)?;
+        let counts = match &row {
+            Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
+            _ => vec![],
+        };
+        Ok::<_, StoreError>((row, progress, counts))
+    });
+    let (row, progress, counts) = match read.await {
+        Ok(v) => v,
+        Err(a) => return a,
+    };
+    let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
+    let content = content_of(&web.app, &row);
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts };
+    page(StatusCode::OK, pages::alert(cfg, me, &view))
+}
+
+/// `POST /admin/alerts/{id}/publish`.
+pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, now: i64) -> Answer {
+    let cfg = &web.cfg;
+    let admin = me.0.clone();
+    // Only the author publishes a draft from the panel.
+    match blocking(web, "publish an alert", move |w| w.app.publish(Publisher::Author { admin: &admin, alert: id }, now)).await {
+        Ok(Published::Published { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
+        Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
+        Err(a) => a,
+    }
+}
+
+/// `GET /admin/alerts`.
+pub(super) async fn history(web: &Arc<Web>, me: Me<'_>) -> Answer {
+    match blocking(web, "read the alert history", |w| w.store.recent_alerts(100)).await {
+        Ok(rows) => page(StatusCode::OK, pages::history(&web.cfg, me, &rows)),
+        Err(a) => a,
+    }
+}
+
+/// `GET /admin/admins`, and the answer to its forms with `notice`.
+pub(super) async fn admins(web: &Arc<Web>, me: Me<'_>, notice: Option<Result<String, String>>, status: StatusCode) -> Answer {
+    match blocking(web, "list the admins", |w| w.store.list_admins()).await {
+        Ok(list) => {
+            let notice = notice.as_ref().map(|n| n.as_deref().map_err(String::as_str));
+            page(status, pages::admins(&web.cfg, me, &list, notice))
+        }
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/admins/add`.
+pub(super) async fn add_admin(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    if !me.0.can_manage_admins() {
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の追加は全地区の管理者が行います。");
+    }
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    let email = form::value(body, "email").unwrap_or_default().trim().to_string();
+    let pw = form::value(body, "password").unwrap_or_default().to_string();
+    let refuse = |e: &str| admins(web, me, Some(Err(e.to_string())), StatusCode::BAD_REQUEST);
+    if !valid_login(&login) {
+        return refuse("IDは64文字までの英数字と . _ - で入力してください。").await;
+    }
+    let Ok(email) = mamoru_core::EmailAddress::parse(&email) else {
+        return refuse("登録アドレスが正しくありません。").await;
+    };
+    let Ok(districts) = form::districts(body, &cfg) else {
+        return refuse("地区の選び方が正しくありません。").await;
+    };
+    if password::check_new(&pw).is_err() {
+        return refuse(&format!("パスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN)).await;
+    }
+    let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
+    let actor = format!("admin:{}", me.0.login);
+    let l = login.clone();
+    let added = blocking(web, "add an admin", move |w| {
+        let _permit = permit;
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&salt);
+        // check_new passed, so hashing fails only if argon2 itself does.
+        let Ok(hash) = password::hash(&pw, &s) else { return Ok(None) };
+        w.store.add_admin(&l, &email, &hash, &districts, &actor, now).map(Some)
+    })
+    .await;
+    match added {
+        Ok(Some(AdminAdded::Added(_))) => {
+            tracing::info!(admin = %login, by = %me.0.login, "admin added from the web panel");
+            admins(web, me, Some(Ok(format!("管理者 {login} を追加しました。"))), StatusCode::OK).await
+        }
+        Ok(Some(AdminAdded::LoginTaken)) => refuse("そのIDはすでに使われています。").await,
+        Ok(None) => busy(&cfg),
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/admins/disable` and `/admin/admins/enable`.
+pub(super) async fn set_admin_active(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64, enable: bool) -> Answer {
+    let cfg = web.cfg.clone();
+    let verb = if enable { "再開" } else { "停止" };
+    if !me.0.can_manage_admins() {
+        let why = format!("管理者の{verb}は全地区の管理者が行います。");
+        return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", &why);
+    }
+    let login = form::value(body, "login").unwrap_or_default().trim().to_string();
+    if !enable && login == me.0.login {
+        return admins(web, me, Some(Err("自分自身は停止できません。".into())), StatusCode::BAD_REQUEST).await;
+    }
+    let actor = format!("admin:{}", me.0.login);
+    let l = login.clone();
+    let changed = blocking(web, "enable or disable an admin", move |w| {
+        if enable { w.store.enable_admin(&l, &actor, now) } else { w.store.disable_admin(&l, &actor, now) }
+    })
+    .await;
+    match changed {
+        Ok(true) => {
+            tracing::info!(admin = %login, by = %me.0.login, enable, "admin enabled or disabled from the web panel");
+            let done = if enable {
+                format!("管理者 {login} を再開しました。")
+            } else {
+                format!("管理者 {login} を停止しました。ログイン中の画面も使えなくなります。")
+            };
+            admins(web, me, Some(Ok(done)), StatusCode::OK).await
+        }
+        Ok(false) => {
+            let missing = if enable { "停止中のその管理者は見つかりません。" } else { "その管理者は見つかりません。" };
+            admins(web, me, Some(Err(missing.into())), StatusCode::NOT_FOUND).await
+        }
+        Err(a) => a,
+    }
+}
+
+/// `GET /admin/password`.
+pub(super) fn password_form(web: &Web, me: Me<'_>) -> Answer {
+    page(StatusCode::OK, pages::password(&web.cfg, me, None))
+}
+
+/// `POST /admin/password`: the admin's own password; the current one is
+/// asked again, so a session left open on a shared PC cannot take the
+/// account over. Other sessions of this admin end; this one stays.
+pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid: [u8; 32], client: [u8; 32], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let current = form::value(body, "current").unwrap_or_default().to_string();
+    let new = form::value(body, "new").unwrap_or_default().to_string();
+    let again = form::value(body, "again").unwrap_or_default().to_string();
+    if new != again {
+        return page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err("新しいパスワードが確認欄と一致しません。"))));
+    }
+    if password::check_new(&new).is_err() {
+        let e = format!("新しいパスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN);
+        return page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err(&e))));
+    }
+    let Some(salt) = random(web, 16) else { return busy(&cfg) };
+    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
+    let login = me.0.login.clone();
+    let changed = blocking(web, "change an admin password", move |w| {
+        let _permit = permit;
+        // A guess at the current password counts like a login attempt.
+        if !w.store.take_login_attempt(&login, &client, now)? {
+            return Ok::<_, StoreError>(Some(false));
+        }
+        let Some((_, hash)) = w.store.admin_credentials(&login)? else { return Ok(None) };
+        if !password::verify(&current, &hash) {
+            w.store.record_login_failure(&login, now)?;
+            return Ok::<_, StoreError>(Some(false));
+        }
+        w.store.login_attempt_succeeded(&login, &client, now)?;
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&salt);
+        let Ok(new_hash) = password::hash(&new, &s) else { return Ok(None) };
+        let actor = format!("admin:{login}");
+        Ok(Some(w.store.set_admin_password(&login, &new_hash, Some(&sid), &actor, now)?))
+    })
+    .await;
+    match changed {
+        Ok(Some(true)) => page(StatusCode::OK, pages::password(&cfg, me, Some(Ok("パスワードを変更しました。")))),
+        Ok(Some(false)) => page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err("今のパスワードが違います。")))),
+        Ok(None) => busy(&cfg),
+        Err(a) => a,
+    }
+}
+
+/// `GET /admin/audit`.
+pub(super) async fn audit(web: &Arc<Web>, me: Me<'_>) -> Answer {
+    match blocking(web, "read the audit log", |w| w.store.audit_log(200)).await {
+        Ok(log) => page(StatusCode::OK, pages::audit(&web.cfg, me, &log)),
+        Err(a) => a,
+    }
+}
