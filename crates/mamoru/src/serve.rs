@@ -34,8 +34,8 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
-        let lmtp_listener = bind(cfg.lmtp_listen()?, "LMTP").await?;
-        let web_listener = bind(cfg.web_listen()?, "HTTP").await?;
+        let lmtp_listener = bind(cfg.ingest.lmtp_listen, "LMTP").await?;
+        let web_listener = bind(cfg.web.listen, "HTTP").await?;
         announce("lmtp", &lmtp_listener)?;
         announce("http", &web_listener)?;
 
@@ -227,7 +227,7 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
 fn relay(cfg: &Config, store: &Arc<Store>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {
     Ok(Arc::new(mamoru_relay::Relay {
         store: store.clone(),
-        transport: cfg.transport()?,
+        transport: cfg.relay.transport.clone(),
         data_dir: cfg.data_dir.clone(),
         settings: cfg.relay.clone(),
         hostname: cfg.domain.clone(),
