@@ -8,10 +8,10 @@
 //! deserialized, into a typed field ([`Transport`], [`SmtpTls`],
 //! [`AlertAuth`], `SocketAddr`): no consumer parses a configuration string
 //! again, and none has a fallback for a value that could not be parsed.
-//! [`Config::validate`] then checks what involves several keys. Either error
-//! names the dotted key and the shape it needs, never the value (which may be
-//! a host or an address). `docs/configuration.md` documents each key;
-//! `mamoru init` writes [`TEMPLATE`].
+//! [`Config::validate`] then checks what involves several keys. Errors name
+//! the dotted key; those of the typed values give the shape they need and
+//! never the value (a host, an address). `docs/configuration.md` documents
+//! each key; `mamoru init` writes [`TEMPLATE`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -378,7 +378,7 @@ impl fmt::Display for Transport {
 /// `[carriers.NAME] route`: a [`Transport`], or empty for the relay's.
 pub(crate) fn route<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Transport>, D::Error> {
     keyword(d, &format!("{TRANSPORT_SHAPE} (empty = the relay's transport)"), |s| {
-        if s.trim().is_empty() { Some(None) } else { Transport::parse(s).map(Some) }
+        if s.is_empty() { Some(None) } else { Transport::parse(s).map(Some) }
     })
 }
 
@@ -895,6 +895,19 @@ mod tests {
             assert!(!e.contains(value), "{text}: the error repeats the value: {e}");
         }
         assert!(err("[alerts]\nrequire = \"\"").contains("alerts.require"));
+        // Only an empty route means the relay's transport.
+        assert!(err("[carriers.au]\nroute = \" \"").contains("carriers.au.route"));
+        assert_eq!(parse("[carriers.au]\nroute = \"\"").unwrap().carriers["au"].route, None);
+        assert!(err("[carriers.au]\nroute = \"smtp://[::1:25\"").contains("carriers.au.route"));
+    }
+
+    #[test]
+    fn transports_write_back_in_their_own_syntax() {
+        for t in ["file", "mx", "smtp://relay.example:587", "smtp://127.0.0.1:25", "smtp://[::1]:2525"] {
+            let c = parse(&format!("[relay]\ntransport = \"{t}\"\n[carriers.au]\nroute = \"{t}\"")).unwrap();
+            assert_eq!(c.relay.transport.to_string(), t);
+            assert_eq!(c.carriers["au"].route.as_ref().map(ToString::to_string).as_deref(), Some(t));
+        }
     }
 
     #[test]
