@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::Transport;
+
 /// The pool for every domain no other pool lists.
 pub const DEFAULT_POOL: &str = "default";
 
@@ -29,9 +31,9 @@ pub struct CarrierConfig {
     pub rate_per_second: f64,
     /// Messages that may go at once after an idle period (bucket size).
     pub burst: u32,
-    /// Where this pool's mail goes, `smtp://HOST:PORT`; empty = the relay's
-    /// `transport`.
-    pub route: String,
+    /// Where this pool's mail goes; `None` (an empty string in the file) =
+    /// the relay's `transport`.
+    pub route: Option<Transport>,
     /// The charset of this pool's mail as it leaves: UTF-8, or ISO-2022-JP
     /// for carriers whose older handsets show nothing else.
     pub charset: Charset,
@@ -57,7 +59,8 @@ struct CarrierPatch {
     messages_per_connection: Option<u32>,
     rate_per_second: Option<f64>,
     burst: Option<u32>,
-    route: Option<String>,
+    #[serde(default, deserialize_with = "some_route")]
+    route: Option<Option<Transport>>,
     charset: Option<Charset>,
 }
 
@@ -70,7 +73,7 @@ impl CarrierConfig {
             messages_per_connection: 50,
             rate_per_second: 5.0,
             burst: 5,
-            route: String::new(),
+            route: None,
             charset: Charset::Utf8,
         }
     }
@@ -85,7 +88,7 @@ impl CarrierConfig {
             messages_per_connection: 50,
             rate_per_second: 10.0,
             burst: 5,
-            route: String::new(),
+            route: None,
             charset: Charset::Utf8,
         }
     }
@@ -106,11 +109,16 @@ pub fn default_carriers() -> BTreeMap<String, CarrierConfig> {
             messages_per_connection: MAX_MESSAGES_PER_CONNECTION,
             rate_per_second: 0.0,
             burst: 10,
-            route: String::new(),
+            route: None,
             charset: Charset::Utf8,
         },
     );
     m
+}
+
+/// A `route` key that is present: `Some` of the route it names.
+fn some_route<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Transport>>, D::Error> {
+    crate::config::route(d).map(Some)
 }
 
 /// Deserializes `[carriers.*]` as overrides of [`default_carriers`].

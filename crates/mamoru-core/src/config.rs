@@ -2,14 +2,23 @@
 //!
 //! Every key has a built-in default, so `mamoru serve` runs with no file at
 //! all. Unknown keys are errors (a typo must not silently fall back to a
-//! default), and [`Config::validate`] turns strings into typed values, naming
-//! the offending key when one is wrong. `docs/configuration.md` documents each
-//! key; `mamoru init` writes [`TEMPLATE`].
+//! default). Every value with a syntax of its own — listen addresses, the
+//! relay's transport and each carrier route, the STARTTLS policy, the alert
+//! authentication policy, the DNS resolver — is parsed once, as the file is
+//! deserialized, into a typed field ([`Transport`], [`SmtpTls`],
+//! [`AlertAuth`], `SocketAddr`): no consumer parses a configuration string
+//! again, and none has a fallback for a value that could not be parsed.
+//! [`Config::validate`] then checks what involves several keys. Errors name
+//! the dotted key; those of the typed values give the shape they need and
+//! never the value (a host, an address). `docs/configuration.md` documents
+//! each key; `mamoru init` writes [`TEMPLATE`].
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use crate::carriers::{self, CarrierConfig};
 use std::collections::BTreeMap;
@@ -18,6 +27,7 @@ use crate::address::EmailAddress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not TOML at all (no key to name).
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
     #[error("config key `{key}`: {reason}")]
@@ -64,7 +74,7 @@ pub struct AlertsConfig {
     pub alert_local: String,
     /// How a mailed post must be authenticated besides coming from an
     /// admin's address: `"sasl-or-dkim"` (default), `"sasl"` or `"dkim"`.
-    pub require: String,
+    pub require: AlertAuth,
     /// The authserv-id our own MTA writes in Authentication-Results. Empty:
     /// no Authentication-Results header is trusted at all.
     pub authserv_id: String,
@@ -83,18 +93,55 @@ pub struct AlertsConfig {
     pub archive_days: i64,
 }
 
-/// What authenticates a mailed alert post.
+/// What authenticates a mailed alert post (`[alerts] require`). A security
+/// policy: a value that is not one of the three is a configuration error,
+/// never a default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertAuth {
+    /// `"sasl-or-dkim"`: either.
     SaslOrDkim,
+    /// `"sasl"`: the login of an authenticated submission only.
     Sasl,
+    /// `"dkim"`: an aligned DKIM pass only.
     Dkim,
+}
+
+impl<'de> Deserialize<'de> for AlertAuth {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"sasl-or-dkim\", \"sasl\" or \"dkim\"", |s| match s {
+            "sasl-or-dkim" => Some(Self::SaslOrDkim),
+            "sasl" => Some(Self::Sasl),
+            "dkim" => Some(Self::Dkim),
+            _ => None,
+        })
+    }
+}
+
+/// Reads a string and turns it into a `T` with `parse`; a string `parse`
+/// refuses is the error "must be SHAPE" (serde adds the key), without the
+/// value.
+fn keyword<'de, D: Deserializer<'de>, T>(d: D, shape: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    parse(&s).ok_or_else(|| D::Error::custom(format!("must be {shape}")))
+}
+
+/// A listener's `IP:PORT` (IPv6 in brackets).
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    keyword(d, "IP:PORT, e.g. 127.0.0.1:2424 (IPv6 in brackets, [::1]:2424)", |s| s.parse().ok())
+}
+
+/// `[relay] resolver`: `IP:PORT`, or empty for the system's.
+fn resolver_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    keyword(d, "IP:PORT, e.g. 127.0.0.1:53 (empty = /etc/resolv.conf)", |s| {
+        if s.is_empty() { Some(None) } else { s.parse().ok().map(Some) }
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    pub lmtp_listen: String,
+    #[serde(deserialize_with = "listen_addr")]
+    pub lmtp_listen: SocketAddr,
     /// Local part of the registration address.
     pub register_local: String,
     /// Largest inbound message accepted, in bytes (announced as LMTP SIZE).
@@ -138,7 +185,8 @@ pub struct TokensConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    pub listen: String,
+    #[serde(deserialize_with = "listen_addr")]
+    pub listen: SocketAddr,
     /// The admin panel is served to non-loopback clients only when a TLS
     /// proxy in front terminates HTTPS (cookies are `Secure` and HSTS is sent
     /// either way).
@@ -168,7 +216,7 @@ pub struct WebConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// `"file"`, `"smtp://HOST:PORT"` or `"mx"`.
-    pub transport: String,
+    pub transport: Transport,
     /// First retry delay after a 4xx or a connection failure; doubles each time.
     pub retry_base_secs: i64,
     /// Ceiling of the retry delay.
@@ -183,7 +231,7 @@ pub struct RelayConfig {
     /// `SELECTOR-ed25519._domainkey.DOMAIN` for ed25519); empty = no DKIM.
     pub dkim_selector: String,
     /// STARTTLS on `smtp://` hops: `"opportunistic"`, `"required"` or `"none"`.
-    pub smtp_tls: String,
+    pub smtp_tls: SmtpTls,
     /// PEM CA certificates that verify the smarthost with `smtp_tls =
     /// "required"`; empty = the system's roots. Relative to the config file.
     pub smtp_tls_ca_file: String,
@@ -191,8 +239,10 @@ pub struct RelayConfig {
     pub smtp_username: String,
     /// File holding the AUTH password (never inline). Relative to the config file.
     pub smtp_password_file: String,
-    /// DNS server of the `mx` transport, `IP:PORT`; empty = /etc/resolv.conf.
-    pub resolver: String,
+    /// DNS server of the `mx` transport, `IP:PORT`; `None` (an empty
+    /// string in the file) = /etc/resolv.conf.
+    #[serde(deserialize_with = "resolver_addr")]
+    pub resolver: Option<SocketAddr>,
     /// Port of the `mx` transport's connections (25; other values for tests).
     pub mx_port: u16,
     /// Seconds without a push-back before a pool's learned pace or
@@ -215,22 +265,14 @@ pub enum SmtpTls {
     Required,
 }
 
-impl RelayConfig {
-    pub fn smtp_tls(&self) -> Result<SmtpTls, ConfigError> {
-        match self.smtp_tls.as_str() {
-            "none" => Ok(SmtpTls::None),
-            "opportunistic" => Ok(SmtpTls::Opportunistic),
-            "required" => Ok(SmtpTls::Required),
-            other => Err(invalid("relay.smtp_tls", format!("{other:?} is not \"opportunistic\", \"required\" or \"none\""))),
-        }
-    }
-
-    /// The DNS server of the `mx` transport; `None` = the system's.
-    pub fn resolver(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.resolver.is_empty() {
-            return Ok(None);
-        }
-        self.resolver.parse().map(Some).map_err(|_| invalid("relay.resolver", "must be IP:PORT, e.g. 127.0.0.1:53 (empty = /etc/resolv.conf)"))
+impl<'de> Deserialize<'de> for SmtpTls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"opportunistic\", \"required\" or \"none\"", |s| match s {
+            "none" => Some(Self::None),
+            "opportunistic" => Some(Self::Opportunistic),
+            "required" => Some(Self::Required),
+            _ => None,
+        })
     }
 }
 
@@ -265,7 +307,9 @@ pub struct District {
     pub tag: String,
 }
 
-/// Where the relay hands mail over.
+/// Where the relay hands mail over (`[relay] transport`, `[carriers.NAME]
+/// route`): `"file"`, `"mx"` or `"smtp://HOST:PORT"`; the smarthost's
+/// STARTTLS and AUTH are `[relay]` keys of their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// `.eml` files under `DATA_DIR/mail/`.
@@ -276,17 +320,66 @@ pub enum Transport {
     Mx,
 }
 
+/// What a transport value must look like, for errors.
+const TRANSPORT_SHAPE: &str = "\"file\", \"mx\" or \"smtp://HOST:PORT\"";
+
 impl Transport {
+    /// `"file"`, `"mx"` or `"smtp://HOST:PORT"` (surrounding white space and
+    /// a trailing `/` ignored; an IPv6 host in brackets); `None` otherwise.
+    fn parse(value: &str) -> Option<Self> {
+        let t = value.trim();
+        match t {
+            "file" => return Some(Transport::File),
+            "mx" => return Some(Transport::Mx),
+            _ => {}
+        }
+        let rest = t.strip_prefix("smtp://")?.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port: u16 = port.parse().ok()?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+        if host.is_empty() || !host.chars().all(plain) || port == 0 {
+            return None;
+        }
+        Some(Transport::Smtp { host: host.to_string(), port })
+    }
+
     /// Is this a smarthost on the loopback interface (where AUTH without TLS
     /// exposes the password to no one)?
     pub fn is_loopback(&self) -> bool {
         match self {
             Transport::Smtp { host, .. } => {
-                host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
             }
             _ => false,
         }
     }
+}
+
+impl<'de> Deserialize<'de> for Transport {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, TRANSPORT_SHAPE, Transport::parse)
+    }
+}
+
+/// The syntax [`Transport`] is read from: `Transport::parse(t.to_string())`
+/// is `t` again.
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::File => f.write_str("file"),
+            Transport::Mx => f.write_str("mx"),
+            Transport::Smtp { host, port } if host.contains(':') => write!(f, "smtp://[{host}]:{port}"),
+            Transport::Smtp { host, port } => write!(f, "smtp://{host}:{port}"),
+        }
+    }
+}
+
+/// `[carriers.NAME] route`: a [`Transport`], or empty for the relay's.
+pub(crate) fn route<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Transport>, D::Error> {
+    keyword(d, &format!("{TRANSPORT_SHAPE} (empty = the relay's transport)"), |s| {
+        if s.is_empty() { Some(None) } else { Transport::parse(s).map(Some) }
+    })
 }
 
 /// Tags of the Kure districts (`ans+chuo@`), in the order of [`KURE_DISTRICTS`].
@@ -335,7 +428,7 @@ impl Default for Config {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
-            lmtp_listen: "127.0.0.1:2424".into(),
+            lmtp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 2424)),
             register_local: "ans".into(),
             max_message_bytes: 10 * 1024 * 1024,
             lmtp_max_connections: 100,
@@ -367,7 +460,7 @@ impl Default for TokensConfig {
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             behind_tls_proxy: false,
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -383,18 +476,18 @@ impl Default for WebConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            transport: "file".into(),
+            transport: Transport::File,
             retry_base_secs: 30,
             retry_max_secs: 3600,
             max_age_secs: 3 * 24 * 3600,
             lease_secs: 300,
             poll_interval_ms: 100,
             dkim_selector: "mamoru".into(),
-            smtp_tls: "opportunistic".into(),
+            smtp_tls: SmtpTls::Opportunistic,
             smtp_tls_ca_file: String::new(),
             smtp_username: String::new(),
             smtp_password_file: String::new(),
-            resolver: String::new(),
+            resolver: None,
             mx_port: 25,
             learn_probe_secs: 60,
             learn_drift_secs: 86_400,
@@ -406,7 +499,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             alert_local: "alert".into(),
-            require: "sasl-or-dkim".into(),
+            require: AlertAuth::SaslOrDkim,
             authserv_id: String::new(),
             kinds: vec!["不審者情報".into(), "不審電話情報".into(), "その他".into()],
             publish_ttl_secs: 3600,
@@ -434,7 +527,20 @@ impl Config {
     /// relative paths (`data_dir`, the TLS and password files) are resolved
     /// against: the config file's own.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text)?;
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Deserializer::parse(text)?).map_err(|e| {
+            let key = e.path().to_string();
+            let e = e.into_inner();
+            if key.is_empty() || key == "." {
+                return ConfigError::Parse(e);
+            }
+            // The message and the line, not toml's excerpt of it: the value
+            // may be a host or an address.
+            let line = e.span().map(|s| 1 + text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count());
+            invalid(key, match line {
+                Some(line) => format!("{} (line {line})", e.message()),
+                None => e.message().to_string(),
+            })
+        })?;
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
@@ -464,8 +570,6 @@ impl Config {
         if self.service_name.trim().is_empty() || self.service_name.contains(['\r', '\n', '\0']) {
             return Err(invalid("service_name", "must be one non-empty line"));
         }
-        self.lmtp_listen()?;
-        self.web_listen()?;
         EmailAddress::parse(&format!("{}@{}", self.ingest.register_local, self.domain))
             .ok()
             .filter(|_| !self.ingest.register_local.contains('+'))
@@ -504,7 +608,6 @@ impl Config {
         if self.relay.poll_interval_ms == 0 {
             return Err(invalid("relay.poll_interval_ms", "must be positive"));
         }
-        self.transport()?;
         let sel = &self.relay.dkim_selector;
         if sel.len() > 50 || !sel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || sel.starts_with('-') {
             return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
@@ -544,17 +647,11 @@ impl Config {
     /// The STARTTLS, AUTH and DNS keys of `[relay]`, and the routes.
     fn validate_smtp(&self) -> Result<(), ConfigError> {
         let r = &self.relay;
-        let tls = r.smtp_tls()?;
-        r.resolver()?;
+        let tls = r.smtp_tls;
         if r.mx_port == 0 {
             return Err(invalid("relay.mx_port", "must be a port, 1-65535"));
         }
-        let mut hops = vec![self.transport()?];
-        for (name, pool) in &self.carriers {
-            if !pool.route.is_empty() {
-                hops.push(parse_transport(&format!("carriers.{name}.route"), &pool.route)?);
-            }
-        }
+        let hops: Vec<&Transport> = std::iter::once(&r.transport).chain(self.carriers.values().filter_map(|p| p.route.as_ref())).collect();
         if r.smtp_username.contains(|c: char| c.is_control()) {
             return Err(invalid("relay.smtp_username", "must not contain control characters"));
         }
@@ -584,7 +681,6 @@ impl Config {
             .ok()
             .filter(|_| !a.alert_local.contains('+') && !a.alert_local.eq_ignore_ascii_case(&self.ingest.register_local))
             .ok_or_else(|| invalid("alerts.alert_local", "must be a plain local part other than ingest.register_local"))?;
-        self.alert_auth()?;
         if a.authserv_id.contains(|c: char| c.is_whitespace() || c == ';' || c.is_control()) {
             return Err(invalid("alerts.authserv_id", "must be one token without spaces or semicolons"));
         }
@@ -603,30 +699,9 @@ impl Config {
         Ok(())
     }
 
-    pub fn alert_auth(&self) -> Result<AlertAuth, ConfigError> {
-        match self.alerts.require.as_str() {
-            "sasl-or-dkim" => Ok(AlertAuth::SaslOrDkim),
-            "sasl" => Ok(AlertAuth::Sasl),
-            "dkim" => Ok(AlertAuth::Dkim),
-            other => Err(invalid("alerts.require", format!("{other:?} is not \"sasl-or-dkim\", \"sasl\" or \"dkim\""))),
-        }
-    }
-
     /// `alert@DOMAIN`.
     pub fn alert_address(&self) -> String {
         format!("{}@{}", self.alerts.alert_local, self.domain)
-    }
-
-    pub fn lmtp_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.ingest.lmtp_listen.parse().map_err(|_| invalid("ingest.lmtp_listen", "must be IP:PORT, e.g. 127.0.0.1:2424"))
-    }
-
-    pub fn web_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.web.listen.parse().map_err(|_| invalid("web.listen", "must be IP:PORT, e.g. 127.0.0.1:8080"))
-    }
-
-    pub fn transport(&self) -> Result<Transport, ConfigError> {
-        parse_transport("relay.transport", &self.relay.transport)
     }
 
     /// `ans@DOMAIN`.
@@ -675,26 +750,6 @@ impl Config {
     }
 }
 
-/// `"file"`, `"smtp://HOST:PORT"` or `"mx"`, named by `key` in errors.
-pub fn parse_transport(key: &str, value: &str) -> Result<Transport, ConfigError> {
-    let t = value.trim();
-    if t == "file" {
-        return Ok(Transport::File);
-    }
-    if t == "mx" {
-        return Ok(Transport::Mx);
-    }
-    let bad = || invalid(key, format!("{t:?} is not \"file\", \"mx\" or \"smtp://HOST:PORT\""));
-    let rest = t.strip_prefix("smtp://").ok_or_else(bad)?.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok(Transport::Smtp { host: host.to_string(), port })
-}
-
 fn positive(key: &str, v: i64, zero_ok: bool) -> Result<(), ConfigError> {
     if v < 0 || (v == 0 && !zero_ok) {
         return Err(invalid(key, if zero_ok { "must not be negative" } else { "must be positive" }));
@@ -723,7 +778,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.data_dir, Path::new("/srv/mamoru/data"));
         assert_eq!(c.districts.len(), 10);
-        assert_eq!(c.transport().unwrap(), Transport::File);
+        assert_eq!(c.relay.transport, Transport::File);
         assert_eq!(c.register_address(), "ans@localhost");
     }
 
@@ -769,18 +824,19 @@ mod tests {
     #[test]
     fn smtp_transport_parses() {
         let c = parse("[relay]\ntransport = \"smtp://127.0.0.1:2525\"").unwrap();
-        assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
+        assert_eq!(c.relay.transport, Transport::Smtp { host: "127.0.0.1".into(), port: 2525 });
         let c = parse("[relay]\ntransport = \"smtp://[::1]:25\"").unwrap();
-        assert_eq!(c.transport().unwrap(), Transport::Smtp { host: "::1".into(), port: 25 });
+        assert_eq!(c.relay.transport, Transport::Smtp { host: "::1".into(), port: 25 });
     }
 
     #[test]
     fn mx_transport_and_dns_keys_parse() {
         let c = parse("[relay]\ntransport = \"mx\"\nresolver = \"127.0.0.1:5353\"\nmx_port = 2525\n[carriers.au]\nroute = \"mx\"").unwrap();
-        assert_eq!(c.transport().unwrap(), Transport::Mx);
-        assert_eq!(c.relay.resolver().unwrap(), Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.relay.transport, Transport::Mx);
+        assert_eq!(c.carriers["au"].route, Some(Transport::Mx));
+        assert_eq!(c.relay.resolver, Some("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(c.relay.mx_port, 2525);
-        assert_eq!(parse("").unwrap().relay.resolver().unwrap(), None);
+        assert_eq!(parse("").unwrap().relay.resolver, None);
     }
 
     #[test]
@@ -796,13 +852,13 @@ mod tests {
             parse(&format!("[relay]\ntransport = \"{t}\"\nsmtp_tls = \"none\"\n{auth}")).unwrap();
         }
         let c = parse(&format!("[relay]\ntransport = \"smtp://relay.example:587\"\nsmtp_tls = \"required\"\nsmtp_tls_ca_file = \"ca.pem\"\n{auth}")).unwrap();
-        assert_eq!(c.relay.smtp_tls().unwrap(), SmtpTls::Required);
+        assert_eq!(c.relay.smtp_tls, SmtpTls::Required);
         // Files are relative to the config file's directory.
         assert_eq!(c.relay.smtp_password_file, "/srv/mamoru/smtp.pass");
         assert_eq!(c.relay.smtp_tls_ca_file, "/srv/mamoru/ca.pem");
         let w = parse("[web]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"/etc/ssl/key.pem\"").unwrap();
         assert_eq!((w.web.tls_cert.as_str(), w.web.tls_key.as_str()), ("/srv/mamoru/tls/cert.pem", "/etc/ssl/key.pem"));
-        assert_eq!(parse("").unwrap().relay.smtp_tls().unwrap(), SmtpTls::Opportunistic);
+        assert_eq!(parse("").unwrap().relay.smtp_tls, SmtpTls::Opportunistic);
     }
 
     #[test]
@@ -815,6 +871,43 @@ mod tests {
         assert_eq!(c.district_of_recipient("ans+nowhere@mamoru.test"), None);
         assert_eq!(c.district_address(&c.districts[0]), "ans+chuo@mamoru.test");
         assert!(err("[[districts]]\nid = 1\nname = \"a\"\ntag = \"Bad Tag\"").contains("districts[0].tag"));
+    }
+
+    /// A value with a syntax of its own that does not parse is an error
+    /// naming the key, the shape it needs and the line; never the value
+    /// (a host, an address) and never a fallback: a route is not replaced
+    /// by the relay's transport, a security policy not by a default.
+    #[test]
+    fn a_bad_route_or_alert_policy_names_key_and_shape_never_the_value() {
+        let route_shape = "\"file\", \"mx\" or \"smtp://HOST:PORT\"";
+        let require_shape = "\"sasl-or-dkim\", \"sasl\" or \"dkim\"";
+        for (text, key, shape, value) in [
+            ("[carriers.au]\nroute = \"smtp://relay.example\"", "carriers.au.route", route_shape, "relay.example"),
+            ("[carriers.au]\nroute = \"relay.example:25\"", "carriers.au.route", route_shape, "relay.example"),
+            ("[carriers.docomo]\nroute = \"smtp://a b:25\"", "carriers.docomo.route", route_shape, "a b"),
+            ("[alerts]\nrequire = \"SASL\"", "alerts.require", require_shape, "SASL"),
+            ("[alerts]\nrequire = \"sasl-and-dkim\"", "alerts.require", require_shape, "sasl-and-dkim"),
+            ("[relay]\ntransport = \"smtp://relay.example\"", "relay.transport", route_shape, "relay.example"),
+            ("[relay]\nsmtp_tls = \"may\"", "relay.smtp_tls", "\"opportunistic\", \"required\" or \"none\"", "may"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(&format!("config key `{key}`")) && e.contains(shape), "{text}: {e}");
+            assert!(!e.contains(value), "{text}: the error repeats the value: {e}");
+        }
+        assert!(err("[alerts]\nrequire = \"\"").contains("alerts.require"));
+        // Only an empty route means the relay's transport.
+        assert!(err("[carriers.au]\nroute = \" \"").contains("carriers.au.route"));
+        assert_eq!(parse("[carriers.au]\nroute = \"\"").unwrap().carriers["au"].route, None);
+        assert!(err("[carriers.au]\nroute = \"smtp://[::1:25\"").contains("carriers.au.route"));
+    }
+
+    #[test]
+    fn transports_write_back_in_their_own_syntax() {
+        for t in ["file", "mx", "smtp://relay.example:587", "smtp://127.0.0.1:25", "smtp://[::1]:2525"] {
+            let c = parse(&format!("[relay]\ntransport = \"{t}\"\n[carriers.au]\nroute = \"{t}\"")).unwrap();
+            assert_eq!(c.relay.transport.to_string(), t);
+            assert_eq!(c.carriers["au"].route.as_ref().map(ToString::to_string).as_deref(), Some(t));
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn authenticate(
     sasl_username: Option<&str>,
     raw: &[u8],
 ) -> Option<Authentication> {
-    let policy = cfg.alert_auth().unwrap_or(AlertAuth::SaslOrDkim);
+    let policy = cfg.alerts.require;
     let sasl_ok = matches!(policy, AlertAuth::SaslOrDkim | AlertAuth::Sasl)
         && sasl_username.map(str::trim).is_some_and(|u| {
             !u.is_empty() && (u == login || EmailAddress::parse(u).is_ok_and(|a| a.canonical() == admin_email.canonical()))

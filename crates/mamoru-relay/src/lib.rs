@@ -114,7 +114,7 @@ impl Hops {
     pub fn load(relay: &Relay) -> Result<Self, RelayError> {
         let s = &relay.settings;
         let setup = |key, reason: String| RelayError::Setup { key, reason };
-        let tls = s.smtp_tls().map_err(|e| setup("smtp_tls", e.to_string()))?;
+        let tls = s.smtp_tls;
         let ca = if s.smtp_tls_ca_file.is_empty() || tls != SmtpTls::Required {
             None
         } else {
@@ -136,10 +136,9 @@ impl Hops {
             }
             Some(lettre::transport::smtp::authentication::Credentials::new(s.smtp_username.clone(), password.to_string()))
         };
-        let uses_mx = relay.transport == Transport::Mx || relay.pools.values().any(|p| p.route.trim() == "mx");
+        let uses_mx = relay.transport == Transport::Mx || relay.pools.values().any(|p| p.route == Some(Transport::Mx));
         let resolver = if uses_mx {
-            let server = s.resolver().map_err(|e| setup("resolver", e.to_string()))?;
-            Some(Arc::new(mx::DnsResolver::new(server).map_err(|e| setup("resolver", e))?))
+            Some(Arc::new(mx::DnsResolver::new(s.resolver).map_err(|e| setup("resolver", e))?))
         } else {
             None
         };
@@ -170,7 +169,7 @@ impl NextHop {
                     .map_err(|source| RelayError::MailDir { path: hops.data_dir.join(file::MAIL_DIR), source })?,
             ),
             Transport::Smtp { host, port } => NextHop::Smtp(Box::new(
-                SmtpHop::smarthost(host, *port, &hops.hostname, &hops.smtp)
+                SmtpHop::smarthost(host, *port, transport.is_loopback(), &hops.hostname, &hops.smtp)
                     .map_err(|reason| RelayError::Setup { key: "smtp_tls", reason })?
                     .with_messages_per_connection(per_connection),
             )),
@@ -214,18 +213,10 @@ pub async fn run(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: CancellationTok
     // Fail early on a setup error rather than in every worker.
     let hops = Arc::new(Hops::load(&relay)?);
     NextHop::new(&relay.transport, &hops, 1)?;
-    tracing::info!(transport = %describe(&relay.transport), pools = relay.pools.len(), "relay started");
+    tracing::info!(transport = %relay.transport, pools = relay.pools.len(), "relay started");
     pool::run_pools(relay, hops, wake, shutdown).await;
     tracing::info!("relay stopped");
     Ok(())
-}
-
-fn describe(transport: &Transport) -> String {
-    match transport {
-        Transport::File => "file".into(),
-        Transport::Smtp { host, port } => format!("smtp://{host}:{port}"),
-        Transport::Mx => "mx".into(),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

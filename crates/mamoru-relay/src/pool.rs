@@ -171,18 +171,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
         } else {
             DomainFilter::Only(cfg.domains.clone())
         };
-        let transport = if cfg.route.is_empty() {
-            relay.transport.clone()
-        } else {
-            match mamoru_core::config::parse_transport(&format!("carriers.{name}.route"), &cfg.route) {
-                Ok(t) => t,
-                // `Config::validate` refuses this; a hand-built Relay may not.
-                Err(e) => {
-                    tracing::error!(pool = %name, error = %e, "unusable route; using the relay's transport");
-                    relay.transport.clone()
-                }
-            }
-        };
+        let transport = cfg.route.clone().unwrap_or_else(|| relay.transport.clone());
         let rate = if transport == Transport::File { 0.0 } else { cfg.rate_per_second };
         let learning = Learning {
             probe_secs: relay.settings.learn_probe_secs.max(1) as f64,

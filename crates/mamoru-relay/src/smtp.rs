@@ -72,7 +72,6 @@
 //! lines, which hold the password).
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,12 +239,15 @@ impl SmtpHop {
     /// A plain smarthost session, no AUTH. `hostname` is the EHLO name (the
     /// mail domain).
     pub fn new(host: &str, port: u16, hostname: &str) -> Self {
-        Self::smarthost(host, port, hostname, &SmtpSecurity::plain()).unwrap_or_else(|_| unreachable!("no TLS to set up"))
+        // Without AUTH, whether the host is on loopback is never consulted.
+        Self::smarthost(host, port, false, hostname, &SmtpSecurity::plain()).unwrap_or_else(|_| unreachable!("no TLS to set up"))
     }
 
-    /// A smarthost with STARTTLS and AUTH as `security` says.
-    pub fn smarthost(host: &str, port: u16, hostname: &str, security: &SmtpSecurity) -> Result<Self, String> {
-        let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    /// A smarthost with STARTTLS and AUTH as `security` says. `loopback`:
+    /// the host is on this machine (`Transport::is_loopback`, decided with
+    /// the configuration), where AUTH without TLS exposes the password to no
+    /// one.
+    pub fn smarthost(host: &str, port: u16, loopback: bool, hostname: &str, security: &SmtpSecurity) -> Result<Self, String> {
         let route = Route::Smarthost {
             host: host.to_string(),
             port,

@@ -35,8 +35,8 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
-        let lmtp_listener = bind(cfg.lmtp_listen()?, "LMTP").await?;
-        let web_listener = bind(cfg.web_listen()?, "HTTP").await?;
+        let lmtp_listener = bind(cfg.ingest.lmtp_listen, "LMTP").await?;
+        let web_listener = bind(cfg.web.listen, "HTTP").await?;
         announce("lmtp", &lmtp_listener)?;
         announce("http", &web_listener)?;
 
@@ -229,7 +229,7 @@ fn relay(app: &Arc<App>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru
     let cfg = &*app.cfg;
     Ok(Arc::new(mamoru_relay::Relay {
         store: app.store.clone(),
-        transport: cfg.transport()?,
+        transport: cfg.relay.transport.clone(),
         data_dir: cfg.data_dir.clone(),
         settings: cfg.relay.clone(),
         hostname: cfg.domain.clone(),

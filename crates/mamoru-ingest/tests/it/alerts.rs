@@ -208,7 +208,7 @@ fn aligned_dkim_or_our_authentication_results_authenticate() {
     assert_eq!(f.deliver(ADMIN, None, &ar), Outcome::Stored);
     assert_eq!(f.queued().len(), 2);
     // With require = "sasl", DKIM alone is not enough.
-    let strict = fixture(|c| c.alerts.require = "sasl".into());
+    let strict = fixture(|c| c.alerts.require = mamoru_core::config::AlertAuth::Sasl);
     let signed = sign(&strict.key, "city.test", &post(ADMIN, "d3@city.test", BODY));
     assert!(matches!(strict.deliver(ADMIN, None, &signed), Outcome::Dropped(_)));
 }

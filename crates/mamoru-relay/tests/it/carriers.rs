@@ -52,7 +52,7 @@ fn pool(domains: &[&str], conns: u32, rate: f64, burst: u32) -> CarrierConfig {
         messages_per_connection: 50,
         rate_per_second: rate,
         burst,
-        route: String::new(),
+        route: None,
         charset: Default::default(),
     }
 }
@@ -296,7 +296,7 @@ async fn a_pool_with_a_route_delivers_there() {
     let mut env = Env::new();
     let elsewhere = Emulator::start(PolicyConfig::default()).await;
     let mut au = pool(&["au.com"], 1, 0.0, 5);
-    au.route = format!("smtp://127.0.0.1:{}", elsewhere.port);
+    au.route = Some(smtp(elsewhere.port));
     env.set_pools(pools(&[("au", au)]));
     let main = Emulator::start(PolicyConfig::default()).await;
     let to_au = queue_bulk(&env, &addrs("a", "au.com", 5));

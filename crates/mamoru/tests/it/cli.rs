@@ -53,6 +53,30 @@ fn a_bad_config_fails_at_start_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mamoru.toml"));
 }
 
+/// A carrier route or an alert authentication policy that does not parse
+/// stops the program like any bad value (exit 1; the pipe command 75): the
+/// route never becomes the relay's transport, the policy never a default.
+/// The message names the key and the shape, not the value.
+#[test]
+fn a_bad_route_or_alert_policy_stops_the_program_without_repeating_the_value() {
+    for (text, key, shape, value) in [
+        ("[carriers.au]\nroute = \"smtp://relay.example\"\n", "carriers.au.route", "smtp://HOST:PORT", "relay.example"),
+        ("[alerts]\nrequire = \"SASL\"\n", "alerts.require", "\"sasl-or-dkim\", \"sasl\" or \"dkim\"", "SASL"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mamoru.toml");
+        std::fs::write(&config, text).unwrap();
+        for (args, code) in [(&["serve"][..], 1), (&["relay"], 1), (&["ingest", "--sender", "a@b.test", "--recipient", "ans@localhost"], 75)] {
+            let out = Command::new(BIN).arg("-c").arg(&config).args(args).stdin(std::process::Stdio::null()).output().unwrap();
+            assert_eq!(out.status.code(), Some(code), "{text} {args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&format!("config key `{key}`")) && err.contains(shape), "{text} {args:?}: {err}");
+            assert!(!err.contains(value), "{text} {args:?}: {err}");
+        }
+        assert!(!dir.path().join("data").exists(), "nothing created before the config is valid");
+    }
+}
+
 #[test]
 fn every_command_has_help() {
     for args in [&["--help"][..], &["init", "--help"], &["serve", "--help"], &["ingest", "--help"], &["relay", "--help"], &["queue", "--help"]] {

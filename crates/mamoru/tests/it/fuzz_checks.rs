@@ -140,16 +140,24 @@ pub fn form(data: &[u8]) {
     let _ = web_form::districts(data, cfg());
 }
 
-/// Configuration text: parsing and validation never panic.
+/// Configuration text: parsing and validation never panic; a config that
+/// parses is valid as it stands, and its typed values (transports, listen
+/// addresses, the resolver), written back in the file's syntax, read as
+/// themselves.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(cfg) = Config::from_toml(text, Path::new("/nonexistent")) {
-        let _ = cfg.validate();
-        let _ = cfg.transport();
-        let _ = cfg.relay.smtp_tls();
-        let _ = cfg.alert_auth();
-        let _ = cfg.lmtp_listen();
-        let _ = cfg.web_listen();
+    let base = Path::new("/nonexistent");
+    let Ok(cfg) = Config::from_toml(text, base) else { return };
+    assert!(cfg.validate().is_ok(), "a parsed config fails its own validation");
+    let reread = |toml: String| Config::from_toml(&toml, base).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    for t in std::iter::once(&cfg.relay.transport).chain(cfg.carriers.values().filter_map(|p| p.route.as_ref())) {
+        assert_eq!(&reread(format!("[relay]\ntransport = \"{t}\"\n")).relay.transport, t);
+        assert_eq!(reread(format!("[carriers.x]\nroute = \"{t}\"\n")).carriers["x"].route.as_ref(), Some(t));
+    }
+    assert_eq!(reread(format!("[ingest]\nlmtp_listen = \"{}\"\n", cfg.ingest.lmtp_listen)).ingest.lmtp_listen, cfg.ingest.lmtp_listen);
+    assert_eq!(reread(format!("[web]\nlisten = \"{}\"\n", cfg.web.listen)).web.listen, cfg.web.listen);
+    if let Some(r) = cfg.relay.resolver {
+        assert_eq!(reread(format!("[relay]\nresolver = \"{r}\"\n")).relay.resolver, Some(r));
     }
 }
 
