@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_selfservice.sql"),
     include_str!("migrations/0005_alerts.sql"),
     include_str!("migrations/0006_fanout.sql"),
+    include_str!("migrations/0007_autoincrement.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -66,14 +67,19 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("database schema version {found} is newer than this build ({known})")]
     TooNew { found: i64, known: i64 },
+    /// A migration left a row whose foreign key points nowhere; nothing of
+    /// it was committed.
+    #[error("database migration would break a foreign key of table {table}")]
+    BrokenForeignKey { table: String },
 }
 
 impl StoreError {
-    /// Everything but a schema from the future may go away by itself (a
+    /// Everything but a schema from the future (or one a migration could
+    /// not carry over) may go away by itself (a
     /// lock released, disk space freed, a permission fixed): the MTA should
     /// retry.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, StoreError::TooNew { .. } | StoreError::Seal(_))
+        !matches!(self, StoreError::TooNew { .. } | StoreError::BrokenForeignKey { .. } | StoreError::Seal(_))
     }
 }
 
@@ -270,8 +276,22 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies the migrations this database lacks, in one transaction.
+    ///
+    /// Foreign key enforcement is off meanwhile, as SQLite's procedure for
+    /// rebuilding a table asks (`PRAGMA foreign_keys` cannot change inside a
+    /// transaction, and dropping a parent table with it on runs its `ON
+    /// DELETE` actions); `PRAGMA foreign_key_check` must find nothing before
+    /// the commit.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let applied = Self::apply_migrations(&mut conn);
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        applied
+    }
+
+    fn apply_migrations(conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
@@ -282,6 +302,10 @@ impl Store {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tracing::info!(version = i + 1, "applied database migration");
+        }
+        let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::BrokenForeignKey { table });
         }
         tx.commit()?;
         Ok(())
