@@ -543,18 +543,9 @@ impl Store {
 
     /// The row was accepted by the next hop.
     pub fn mark_sent(&self, id: i64, now: UnixTime) -> Result<()> {
-        self.finish(id, "sent", now, "")
-    }
-
-    /// The next hop refused the row for good.
-    pub fn mark_failed(&self, id: i64, now: UnixTime, reason: &str) -> Result<()> {
-        self.finish(id, "failed", now, reason)
-    }
-
-    fn finish(&self, id: i64, state: &str, now: UnixTime, reason: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE outbox SET state = ?1, done_at = ?2, last_error = ?3, lease_until = 0 WHERE id = ?4",
-            params![state, now, reason, id],
+            "UPDATE outbox SET state = 'sent', done_at = ?1, last_error = '', lease_until = 0 WHERE id = ?2",
+            params![now, id],
         )?;
         Ok(())
     }
@@ -566,17 +557,6 @@ impl Store {
             params![next_attempt_at, reason, id],
         )?;
         Ok(())
-    }
-
-    /// The earliest time a queued row becomes due, if any.
-    pub fn next_due(&self) -> Result<Option<UnixTime>> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT MIN(CASE state WHEN 'queued' THEN next_attempt_at ELSE lease_until END)
-             FROM outbox WHERE state IN ('queued', 'sending')",
-            [],
-            |r| r.get(0),
-        )?)
     }
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts> {
