@@ -26,6 +26,7 @@ pub mod alerts;
 pub mod keys;
 pub mod manage;
 pub mod relay;
+pub mod states;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,6 +37,7 @@ use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use states::SubscriberStatus;
 
 pub use keys::Keys;
 
@@ -477,14 +479,14 @@ impl Store {
     pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
         let index = self.sealer.index(addr);
         let conn = self.conn();
-        let row: Option<(i64, Vec<u8>, String)> = conn
+        let row: Option<(i64, Vec<u8>, SubscriberStatus)> = conn
             .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
         let Some((id, sealed, status)) = row else { return Ok(None) };
         let districts = districts_of(&conn, id)?;
-        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
+        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status: status.as_str().to_owned(), districts }))
     }
 
     /// The nonce of the subscriber's footer links (`mamoru_core::links`);
