@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - [`classify`]: pure; envelope + raw bytes in, [`classify::Classification`] out.
-//! - [`lmtp`]: RFC 2033. `lmtp::proto` is the sans-I/O command parser;
-//!   `lmtp::server` runs it on a tokio listener and hands each message to a
+//! - [`lmtp`]: RFC 2033. `lmtp::command`, `lmtp::data` and `lmtp::session`
+//!   are the sans-I/O command parser, DATA reader and state machine;
+//!   `lmtp::server` runs them on a tokio listener and hands each message to a
 //!   [`Deliver`] implementation.
 //! - [`registrar`]: the [`Deliver`] implementation both entry points use:
 //!   classification, then the registration request in the store.

@@ -5,6 +5,7 @@
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use crate::states::AdminStatus;
 use crate::{Result, Store, audit};
 
 /// Admin row id.
@@ -92,12 +93,12 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, login, email_sealed, districts, status FROM admins ORDER BY login")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, AdminStatus>(4)?))
         })?;
         let mut out = vec![];
         for row in rows {
             let (id, login, sealed, districts, status) = row?;
-            out.push(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" });
+            out.push(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == AdminStatus::Active });
         }
         Ok(out)
     }
@@ -152,7 +153,7 @@ impl Store {
     pub fn find_admin_by_email(&self, email: &EmailAddress) -> Result<Option<Admin>> {
         let index = self.sealer.index(email);
         let conn = self.conn();
-        let row: Option<(i64, String, Vec<u8>, String, String)> = conn
+        let row: Option<(i64, String, Vec<u8>, String, AdminStatus)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status FROM admins WHERE email_index = ?1 ORDER BY status = 'active' DESC, id LIMIT 1",
                 [&index[..]],
@@ -160,13 +161,13 @@ impl Store {
             )
             .optional()?;
         let Some((id, login, sealed, districts, status)) = row else { return Ok(None) };
-        Ok(Some(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" }))
+        Ok(Some(Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == AdminStatus::Active }))
     }
 
     /// The admin with this login and its password hash, for a login check.
     pub fn admin_credentials(&self, login: &str) -> Result<Option<(Admin, String)>> {
         let conn = self.conn();
-        let row: Option<(i64, String, Vec<u8>, String, String, String)> = conn
+        let row: Option<(i64, String, Vec<u8>, String, AdminStatus, String)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status, password_hash FROM admins WHERE login = ?1",
                 [login],
@@ -174,7 +175,7 @@ impl Store {
             )
             .optional()?;
         let Some((id, login, sealed, districts, status, hash)) = row else { return Ok(None) };
-        let admin = Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == "active" };
+        let admin = Admin { id, login, email: self.sealer.open_address(&sealed)?, districts: split_ids(&districts), active: status == AdminStatus::Active };
         Ok(Some((admin, hash)))
     }
 }

@@ -15,6 +15,7 @@
 use mamoru_core::UnixTime;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use crate::states::SubscriberStatus;
 use crate::{Result, Store, SubscriberId, audit};
 
 /// How soft bounces add up to a suspension.
@@ -112,14 +113,14 @@ impl Store {
         let effect = if class == BounceClass::BlockedAsSpam {
             BounceEffect::CarrierBlock { domain }
         } else {
-            let current: Option<(String, i64)> = tx
+            let current: Option<(SubscriberStatus, i64)> = tx
                 .query_row("SELECT status, bounce_score FROM subscribers WHERE id = ?1", [subscriber], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
             match current {
                 None => BounceEffect::Unknown,
-                Some((status, _)) if status == "suspended" => BounceEffect::Suspended { subscriber, reason: "already" },
+                Some((SubscriberStatus::Suspended, _)) => BounceEffect::Suspended { subscriber, reason: "already" },
                 Some((_, old_score)) => {
                     let score = if class == BounceClass::UnknownUser {
                         old_score

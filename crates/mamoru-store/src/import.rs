@@ -29,6 +29,7 @@ use mamoru_core::token::{Nonce, Purpose};
 use mamoru_core::{Config, EmailAddress, UnixTime};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use crate::states::SubscriberStatus;
 use crate::{Result, Store, SubscriberId, audit, districts_of};
 
 /// What importing one address did.
@@ -298,8 +299,8 @@ impl Store {
             return Ok(Imported::AlreadyRegistered);
         }
         let (status, confirmed_at) = match mode {
-            ImportMode::Silent => ("active", now),
-            ImportMode::Invite { .. } => ("pending", 0),
+            ImportMode::Silent => (SubscriberStatus::Active, now),
+            ImportMode::Invite { .. } => (SubscriberStatus::Pending, 0),
         };
         tx.execute(
             "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, confirmed_at, updated_at)
@@ -327,7 +328,7 @@ impl Store {
                 Imported::Invited(subscriber)
             }
         };
-        audit(&tx, now, "cli", "subscriber-imported", &format!("subscriber={subscriber} addr={} status={status}", addr.masked()))?;
+        audit(&tx, now, "cli", "subscriber-imported", &format!("subscriber={subscriber} addr={} status={}", addr.masked(), status.as_str()))?;
         tx.commit()?;
         Ok(imported)
     }

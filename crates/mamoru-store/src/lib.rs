@@ -26,6 +26,7 @@ pub mod alerts;
 pub mod keys;
 pub mod manage;
 pub mod relay;
+pub mod states;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,6 +37,7 @@ use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use states::SubscriberStatus;
 
 pub use keys::Keys;
 
@@ -47,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_selfservice.sql"),
     include_str!("migrations/0005_alerts.sql"),
     include_str!("migrations/0006_fanout.sql"),
+    include_str!("migrations/0007_autoincrement.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -66,14 +69,19 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("database schema version {found} is newer than this build ({known})")]
     TooNew { found: i64, known: i64 },
+    /// A migration left a row whose foreign key points nowhere; nothing of
+    /// it was committed.
+    #[error("database migration would break a foreign key of table {table}")]
+    BrokenForeignKey { table: String },
 }
 
 impl StoreError {
-    /// Everything but a schema from the future may go away by itself (a
+    /// Everything but a schema from the future (or one a migration could
+    /// not carry over) may go away by itself (a
     /// lock released, disk space freed, a permission fixed): the MTA should
     /// retry.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, StoreError::TooNew { .. } | StoreError::Seal(_))
+        !matches!(self, StoreError::TooNew { .. } | StoreError::BrokenForeignKey { .. } | StoreError::Seal(_))
     }
 }
 
@@ -270,8 +278,22 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies the migrations this database lacks, in one transaction.
+    ///
+    /// Foreign key enforcement is off meanwhile, as SQLite's procedure for
+    /// rebuilding a table asks (`PRAGMA foreign_keys` cannot change inside a
+    /// transaction, and dropping a parent table with it on runs its `ON
+    /// DELETE` actions); `PRAGMA foreign_key_check` must find nothing before
+    /// the commit.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let applied = Self::apply_migrations(&mut conn);
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        applied
+    }
+
+    fn apply_migrations(conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
@@ -282,6 +304,10 @@ impl Store {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tracing::info!(version = i + 1, "applied database migration");
+        }
+        let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::BrokenForeignKey { table });
         }
         tx.commit()?;
         Ok(())
@@ -453,14 +479,14 @@ impl Store {
     pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
         let index = self.sealer.index(addr);
         let conn = self.conn();
-        let row: Option<(i64, Vec<u8>, String)> = conn
+        let row: Option<(i64, Vec<u8>, SubscriberStatus)> = conn
             .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
         let Some((id, sealed, status)) = row else { return Ok(None) };
         let districts = districts_of(&conn, id)?;
-        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
+        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status: status.as_str().to_owned(), districts }))
     }
 
     /// The nonce of the subscriber's footer links (`mamoru_core::links`);
@@ -519,18 +545,9 @@ impl Store {
 
     /// The row was accepted by the next hop.
     pub fn mark_sent(&self, id: i64, now: UnixTime) -> Result<()> {
-        self.finish(id, "sent", now, "")
-    }
-
-    /// The next hop refused the row for good.
-    pub fn mark_failed(&self, id: i64, now: UnixTime, reason: &str) -> Result<()> {
-        self.finish(id, "failed", now, reason)
-    }
-
-    fn finish(&self, id: i64, state: &str, now: UnixTime, reason: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE outbox SET state = ?1, done_at = ?2, last_error = ?3, lease_until = 0 WHERE id = ?4",
-            params![state, now, reason, id],
+            "UPDATE outbox SET state = 'sent', done_at = ?1, last_error = '', lease_until = 0 WHERE id = ?2",
+            params![now, id],
         )?;
         Ok(())
     }
@@ -542,17 +559,6 @@ impl Store {
             params![next_attempt_at, reason, id],
         )?;
         Ok(())
-    }
-
-    /// The earliest time a queued row becomes due, if any.
-    pub fn next_due(&self) -> Result<Option<UnixTime>> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT MIN(CASE state WHEN 'queued' THEN next_attempt_at ELSE lease_until END)
-             FROM outbox WHERE state IN ('queued', 'sending')",
-            [],
-            |r| r.get(0),
-        )?)
     }
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts> {

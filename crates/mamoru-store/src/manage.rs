@@ -21,6 +21,7 @@ use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use crate::states::SubscriberStatus;
 use crate::{
     Channel, Limited, MAILBOX_SCOPE, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of,
     take_registration_slot,
@@ -107,11 +108,11 @@ impl Store {
         if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
             return Ok(LinkRequest::Limited(limited));
         }
-        let existing: Option<(i64, String)> = tx
+        let existing: Option<(i64, SubscriberStatus)> = tx
             .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (subscriber, kind) = match existing {
-            Some((id, status)) if status == "pending" => (id, LinkMail::Register),
+            Some((id, SubscriberStatus::Pending)) => (id, LinkMail::Register),
             Some((id, _)) => (id, LinkMail::Manage),
             None => {
                 tx.execute(
@@ -145,9 +146,9 @@ impl Store {
     pub fn manage_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<ManageView>> {
         let conn = self.conn();
         let Some((subscriber, grant)) = grant(&conn, claims, now)? else { return Ok(None) };
-        let status: String = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let status: SubscriberStatus = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         let districts = districts_of(&conn, subscriber)?;
-        Ok(Some(ManageView { subscriber, districts, suspended: status == "suspended", grant }))
+        Ok(Some(ManageView { subscriber, districts, suspended: status == SubscriberStatus::Suspended, grant }))
     }
 
     /// The manage page's POST: replaces the districts and queues the
@@ -248,11 +249,11 @@ pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, in
 /// confirmed registrations (active or suspended) can be managed.
 fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
     let Ok(subscriber) = i64::try_from(claims.subject) else { return Ok(None) };
-    let row: Option<(String, Vec<u8>)> = conn
+    let row: Option<(SubscriberStatus, Vec<u8>)> = conn
         .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((status, link_nonce)) = row else { return Ok(None) };
-    if status == "pending" {
+    if status == SubscriberStatus::Pending {
         return Ok(None);
     }
     // A never-set link nonce is all zeros and must not match a forged token

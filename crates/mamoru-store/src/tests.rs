@@ -378,3 +378,88 @@ fn the_mail_path_and_the_form_share_one_mailbox_window() {
     assert!(matches!(f.link("Taro.Yamada+a@gmail.com", &Channel::Mail, T0, &LIMITS), LinkRequest::Queued { .. }));
     assert_eq!(f.link("taroyamada@googlemail.com", &web, T0 + 10, &LIMITS), LinkRequest::Limited(Limited::Cooldown));
 }
+
+/// One row of each table whose id leaves the database; returns its id.
+fn insert_row(c: &Connection, table: &str) -> i64 {
+    let sql = match table {
+        "subscribers" => {
+            "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+             VALUES (randomblob(32), X'', 'x.example', 'pending', 0, 0)"
+        }
+        "outbox" => {
+            "INSERT INTO outbox (kind, domain, sender, recipient_sealed, message_id, content_sealed,
+                                 next_attempt_at, created_at, expires_at)
+             VALUES ('test', 'x.example', 's', X'', hex(randomblob(16)), X'', 0, 0, 0)"
+        }
+        "alerts" => {
+            "INSERT INTO alerts (admin_id, source, title, text, districts, created_at)
+             VALUES ((SELECT id FROM admins), 'cli', 't', 't', '1', 0)"
+        }
+        other => panic!("no row recipe for {other}"),
+    };
+    c.execute(sql, []).unwrap();
+    c.last_insert_rowid()
+}
+
+#[test]
+fn ids_that_leave_the_database_are_never_reused() {
+    let f = fixture();
+    let c = f.store.conn();
+    c.execute(
+        "INSERT INTO admins (login, email_index, email_sealed, password_hash, created_at, updated_at)
+         VALUES ('root', X'', X'', '', 0, 0)",
+        [],
+    )
+    .unwrap();
+    for table in ["subscribers", "outbox", "alerts"] {
+        insert_row(&c, table);
+        let newest = insert_row(&c, table);
+        assert_eq!(c.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [newest]).unwrap(), 1);
+        let next = insert_row(&c, table);
+        assert!(next > newest, "{table}: id {newest} was deleted and handed out again as {next}");
+    }
+}
+
+#[test]
+fn the_autoincrement_rebuild_keeps_rows_ids_and_their_districts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    {
+        // A database as the version before the rebuild left it.
+        let mut c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tx = c.transaction().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 6).unwrap();
+        tx.commit().unwrap();
+        c.execute("INSERT INTO admins (login, email_index, email_sealed, password_hash, created_at, updated_at) VALUES ('root', X'', X'', '', 0, 0)", []).unwrap();
+        for table in ["subscribers", "subscribers", "outbox", "alerts"] {
+            insert_row(&c, table);
+        }
+        c.execute("DELETE FROM subscribers WHERE id = 1", []).unwrap();
+        c.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (2, 3), (2, 5)", []).unwrap();
+    }
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+    let c = store.conn();
+    let districts: Vec<(i64, i64)> = c
+        .prepare("SELECT subscriber_id, district_id FROM subscriber_districts ORDER BY 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(districts, [(2, 3), (2, 5)], "the rebuild must not cascade into subscriber_districts");
+    let ids: Vec<i64> = ["subscribers", "outbox", "alerts"]
+        .iter()
+        .map(|t| c.query_row(&format!("SELECT group_concat(id) FROM {t}"), [], |r| r.get::<_, String>(0)).unwrap())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(ids, [2, 1, 1]);
+    assert!(c.pragma_query_value(None, "foreign_keys", |r| r.get::<_, bool>(0)).unwrap(), "enforcement is back on");
+    // The cascade still works on the rebuilt table.
+    c.execute("DELETE FROM subscribers WHERE id = 2", []).unwrap();
+    assert_eq!(c.query_row("SELECT count(*) FROM subscriber_districts", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+    // The sequence starts after the ids that were copied.
+    assert_eq!(insert_row(&c, "subscribers"), 3);
+}

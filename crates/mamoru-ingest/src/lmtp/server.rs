@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::proto::{Event, Limits, Session, Transaction};
+use super::session::{Event, Limits, Session, Transaction};
 use crate::{Deliver, Outcome};
 
 /// Settings for [`run`].

@@ -11,7 +11,7 @@ use mamoru_core::Config;
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_ingest::Outcome;
 use mamoru_ingest::classify::{Envelope, Rules, classify as classify_mail};
-use mamoru_ingest::lmtp::proto::{Event, Limits, Session};
+use mamoru_ingest::lmtp::{Event, Limits, Session};
 use mamoru_web::form as web_form;
 
 /// Every target, by the name of its binary under `fuzz/fuzz_targets/`.
