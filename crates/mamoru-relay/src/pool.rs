@@ -77,7 +77,7 @@ impl Clock {
         (self.epoch + at).round() as UnixTime
     }
 
-    fn from_unix(self, at: UnixTime) -> f64 {
+    fn clock_at(self, at: UnixTime) -> f64 {
         at as f64 - self.epoch
     }
 }
@@ -181,7 +181,7 @@ impl Pool {
     /// Starts from what an earlier relay learned, drifted to now.
     fn restore(&self, stored: &LearnedLimits, learning: &Learning, clock: Clock) {
         let now = clock.now();
-        let mark = |m: Option<LearnedMark>| m.map(|m| Mark { level: m.level, hits: m.hits, at: clock.from_unix(m.at) });
+        let mark = |m: Option<LearnedMark>| m.map(|m| Mark { level: m.level, hits: m.hits, at: clock.clock_at(m.at) });
         // A limit that was at its old ceiling learned nothing: a raised
         // ceiling applies at once.
         let saved = Saved {
@@ -189,7 +189,7 @@ impl Pool {
             pace: if stored.pace >= stored.pace_ceiling { self.rate } else { stored.pace },
             sessions_mark: mark(stored.sessions_mark),
             pace_mark: mark(stored.pace_mark),
-            at: clock.from_unix(stored.updated_at),
+            at: clock.clock_at(stored.updated_at),
         };
         let d = drift(saved, self.cfg.max_connections, self.rate, learning, now);
         let (cap, pace) = {
