@@ -46,6 +46,12 @@ pub struct Enhanced {
     pub detail: u16,
 }
 
+impl std::fmt::Display for Enhanced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
 impl Enhanced {
     /// `4.7.1`; each part bounded by RFC 3463 (class one digit, subject and
     /// detail at most three).
@@ -81,6 +87,12 @@ impl Reply {
         let enhanced = Enhanced::parse(first).filter(|e| u16::from(e.class) == code / 100);
         let text = if enhanced.is_some() { after.trim_start() } else { rest };
         Some(Self { code, enhanced, text: text.to_string() })
+    }
+
+    /// The reply a stored reason quotes: at its start, or after a `": "`
+    /// (as in `connecting to HOST:PORT: 421 4.7.0 …`).
+    pub fn find(reason: &str) -> Option<Self> {
+        std::iter::once(reason).chain(reason.match_indices(": ").map(|(i, _)| &reason[i + 2..])).find_map(Self::parse)
     }
 
     /// A transient (4xx) reply.
@@ -184,6 +196,11 @@ mod tests {
         assert_eq!(Enhanced::parse("4.7.1234"), None);
         assert_eq!(Enhanced::parse("4..1"), None);
         assert_eq!(Enhanced::parse("44.7.1"), None);
+        // Stored reasons quote the reply after what was being done.
+        let r = Reply::find("connecting to 127.0.0.1:2525: 421 4.7.0 Too many connections").expect("quoted");
+        assert_eq!((r.code, r.enhanced.map(|e| e.to_string())), (421, Some("4.7.0".into())));
+        assert_eq!(Reply::find("451 4.7.1 slow down (after RCPT TO)").map(|r| r.code), Some(451));
+        assert_eq!(Reply::find("connecting to h:25: Connection refused (os error 111)"), None);
     }
 
     #[test]

@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use mamoru_core::carriers::{CarrierConfig, Charset, DEFAULT_POOL};
 use mamoru_core::config::Transport;
 use mamoru_core::{UnixTime, verp};
-use mamoru_store::relay::{DomainFilter, OutcomeRecord, PoolState};
+use mamoru_store::relay::{DomainFilter, LearnedLimits, LearnedMark, OutcomeRecord, PoolState, PushBack, PushBackSignal};
 use mamoru_store::{QueuedMail, Store};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::shaper::{Learning, SessionCap, Shaper};
+use crate::shaper::{Learning, Mark, Saved, SessionCap, Shaper, drift};
 use crate::splice::Splicer;
 use crate::{DeliveryOutcome, Hops, NextHop, Relay, backoff, blocking, charset, outcome};
 
@@ -55,13 +55,30 @@ const SESSION_POLL: Duration = Duration::from_millis(250);
 const QUEUE_MIN: usize = 4;
 const QUEUE_MAX: usize = 512;
 
-/// Seconds since the relay started, monotonic: the shapers' clock.
+/// Seconds since the relay started, monotonic: the shapers' clock. `epoch`
+/// is the Unix time (seconds) of its zero, fixed at start, so learned
+/// marks convert to stored times and back without drifting.
 #[derive(Debug, Clone, Copy)]
-struct Clock(Instant);
+struct Clock {
+    start: Instant,
+    epoch: f64,
+}
 
 impl Clock {
+    fn start() -> Self {
+        Self { start: Instant::now(), epoch: unix_ms() as f64 / 1000.0 }
+    }
+
     fn now(self) -> f64 {
-        self.0.elapsed().as_secs_f64()
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn to_unix(self, at: f64) -> UnixTime {
+        (self.epoch + at).round() as UnixTime
+    }
+
+    fn clock_at(self, at: UnixTime) -> f64 {
+        at as f64 - self.epoch
     }
 }
 
@@ -78,6 +95,8 @@ struct Pool {
     /// The learned connection cap and the sessions granted under it.
     sessions: Mutex<SessionCap>,
     session_freed: Notify,
+    /// The last push-back, kept with the learned limits.
+    push_back: Mutex<Option<PushBack>>,
     connections: AtomicI64,
     sent: AtomicI64,
     wake: Notify,
@@ -116,6 +135,80 @@ impl Pool {
                 _ = tokio::time::sleep(SESSION_POLL) => {}
                 _ = shutdown.cancelled() => return false,
             }
+        }
+    }
+
+    fn push_back(&self) -> std::sync::MutexGuard<'_, Option<PushBack>> {
+        self.push_back.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a push-back: when, which signal, and the reply's codes (never
+    /// its text).
+    fn pushed_back(&self, signal: PushBackSignal, reason: &str) {
+        let reply = outcome::Reply::find(reason);
+        *self.push_back() = Some(PushBack {
+            at: mamoru_core::now(),
+            signal,
+            code: reply.as_ref().map_or(0, |r| r.code),
+            enhanced: reply.and_then(|r| r.enhanced).map(|e| e.to_string()).unwrap_or_default(),
+        });
+    }
+
+    /// What this pool learned, as it is stored (`updated_at` left 0).
+    fn learned(&self, clock: Clock) -> LearnedLimits {
+        let mark = |m: Option<Mark>| m.map(|m| LearnedMark { level: m.level, hits: m.hits, at: clock.to_unix(m.at) });
+        let (connections, connections_ceiling, sessions_mark) = {
+            let s = self.sessions();
+            (s.cap(), s.ceiling(), mark(s.mark()))
+        };
+        let (pace, pace_ceiling, pace_mark) = {
+            let s = self.shaper();
+            (s.learned_pace(), s.ceiling(), mark(s.mark()))
+        };
+        LearnedLimits {
+            pool: self.name.clone(),
+            connections,
+            connections_ceiling,
+            pace,
+            pace_ceiling,
+            sessions_mark,
+            pace_mark,
+            last_push_back: self.push_back().clone(),
+            updated_at: 0,
+        }
+    }
+
+    /// Starts from what an earlier relay learned, drifted to now.
+    fn restore(&self, stored: &LearnedLimits, learning: &Learning, clock: Clock) {
+        let now = clock.now();
+        let mark = |m: Option<LearnedMark>| m.map(|m| Mark { level: m.level, hits: m.hits, at: clock.clock_at(m.at) });
+        // A limit that was at its old ceiling learned nothing: a raised
+        // ceiling applies at once.
+        let saved = Saved {
+            cap: if stored.connections >= stored.connections_ceiling { self.cfg.max_connections } else { stored.connections },
+            pace: if stored.pace >= stored.pace_ceiling { self.rate } else { stored.pace },
+            sessions_mark: mark(stored.sessions_mark),
+            pace_mark: mark(stored.pace_mark),
+            at: clock.clock_at(stored.updated_at),
+        };
+        let d = drift(saved, self.cfg.max_connections, self.rate, learning, now);
+        let (cap, pace) = {
+            let mut sessions = self.sessions();
+            sessions.restore(d.cap, d.sessions_mark, now);
+            let mut shaper = self.shaper();
+            shaper.restore(d.pace, d.pace_mark, now);
+            (sessions.cap(), shaper.learned_pace())
+        };
+        *self.push_back() = stored.last_push_back.clone();
+        if cap < self.cfg.max_connections || pace < self.rate {
+            tracing::info!(
+                pool = %self.name,
+                learned_connections = cap,
+                connections_ceiling = self.cfg.max_connections,
+                learned_pace = pace,
+                ceiling = self.rate,
+                "starting from learned limits"
+            );
         }
     }
 
@@ -160,7 +253,14 @@ fn unix_ms() -> i64 {
 }
 
 pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let clock = Clock(Instant::now());
+    let clock = Clock::start();
+    let stored = match blocking(&relay.store, |s| s.learned_limits()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the learned limits; starting at the ceilings");
+            Vec::new()
+        }
+    };
     let listed: Vec<String> = relay.pools.values().flat_map(|p| p.domains.iter().cloned()).collect();
     let mut pools = Vec::new();
     for (name, cfg) in &relay.pools {
@@ -177,7 +277,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             probe_secs: relay.settings.learn_probe_secs.max(1) as f64,
             drift_secs: relay.settings.learn_drift_secs.max(1) as f64,
         };
-        pools.push(Arc::new(Pool {
+        let pool = Arc::new(Pool {
             name: name.clone(),
             cfg: cfg.clone(),
             transport,
@@ -186,13 +286,21 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             shaper: Mutex::new(Shaper::learning(rate, cfg.burst, learning, clock.now())),
             sessions: Mutex::new(SessionCap::new(cfg.max_connections, learning, clock.now())),
             session_freed: Notify::new(),
+            push_back: Mutex::new(None),
             connections: AtomicI64::new(0),
             sent: AtomicI64::new(0),
             wake: Notify::new(),
             held: Mutex::new(BTreeSet::new()),
             hops: Arc::clone(&hops),
-        }));
+        });
+        if let Some(l) = stored.iter().find(|l| l.pool == *name) {
+            pool.restore(l, &learning, clock);
+        }
+        pools.push(pool);
     }
+    // What each pool's stored learned row says, to write only changes.
+    let mut saved: Vec<Option<LearnedLimits>> =
+        pools.iter().map(|p| stored.iter().find(|l| l.pool == p.name).map(|l| LearnedLimits { updated_at: 0, ..l.clone() })).collect();
     let splicer = Arc::new(Splicer::new(Arc::clone(&relay.alerts)));
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let committer = tokio::spawn(committer(Arc::clone(&relay.store), commit_rx));
@@ -212,31 +320,48 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
     loop {
         tokio::select! {
             _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
-            _ = tick.tick() => report(&relay.store, &pools, clock).await,
+            _ = tick.tick() => report(&relay.store, &pools, clock, &mut saved).await,
             _ = renew.tick() => renew_leases(&relay.store, &pools, lease).await,
             _ = shutdown.cancelled() => break,
         }
     }
     while tasks.join_next().await.is_some() {}
-    report(&relay.store, &pools, clock).await;
+    report(&relay.store, &pools, clock, &mut saved).await;
     if committer.await.is_err() {
         tracing::error!("the committer task failed; uncommitted rows come back after their lease");
     }
 }
 
-/// Writes the pools' live state and expires stale rows.
-async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock) {
+/// Writes the pools' live state, their learned limits where they changed
+/// since the last write (`saved`), and expires stale rows.
+async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock, saved: &mut [Option<LearnedLimits>]) {
     let states: Vec<PoolState> = pools.iter().map(|p| p.state(clock)).collect();
     let now = mamoru_core::now();
+    let changed: Vec<(usize, LearnedLimits)> = pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.learned(clock)))
+        .filter(|(i, l)| saved.get(*i).is_some_and(|s| s.as_ref() != Some(l)))
+        .collect();
+    let learned: Vec<LearnedLimits> = changed.iter().map(|(_, l)| LearnedLimits { updated_at: now, ..l.clone() }).collect();
     match blocking(store, move |s| {
         s.save_pool_states(&states)?;
+        if !learned.is_empty() {
+            s.save_learned_limits(&learned)?;
+        }
         s.expire_due(now)
     })
     .await
     {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(rows = n, "expired undelivered mail"),
-        Err(e) => tracing::warn!(error = %e, "cannot write pool state or expire rows"),
+        Ok(n) => {
+            for (i, l) in changed {
+                saved[i] = Some(l);
+            }
+            if n > 0 {
+                tracing::warn!(rows = n, "expired undelivered mail");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot write pool state or learned limits, or expire rows"),
     }
 }
 
@@ -525,6 +650,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
         if let DeliveryOutcome::SessionRefused { reason } = outcome {
             refused = true;
             let reason = outcome::scrub(&reason, &mail.recipient);
+            pool.pushed_back(PushBackSignal::Sessions, &reason);
             let lowered = {
                 let mut s = pool.sessions();
                 let lowered = s.on_refusal(clock.now());
@@ -539,14 +665,18 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                 tracing::warn!(%reason, "carrier refused one more session");
                 return (OutcomeRecord::Retry { at: now, reason }, true);
             }
-            // Refused with no other session open: the carrier refuses the
-            // pool as such (or is down), which is a push-back on the pool
-            // (a smarthost) or on this domain only (mx).
-            outcome = if pool.transport == Transport::Mx {
-                DeliveryOutcome::Retry { reason }
+            // Refused with no other session open: the carrier counts more
+            // sessions than this pool's (another sender's, or ours it has
+            // not seen end yet), or is down. Still too many sessions, not
+            // too fast: the pool (a smarthost) pauses and keeps its pace;
+            // with mx only this domain's message waits.
+            if pool.transport == Transport::Mx {
+                outcome = DeliveryOutcome::Retry { reason };
             } else {
-                DeliveryOutcome::Throttled { reason }
-            };
+                let pause = pool.shaper().on_refused_alone(clock.now(), backoff::random_jitter());
+                tracing::warn!(%reason, pause_ms = (pause * 1000.0) as u64, "carrier refused the pool's only session; pool paused");
+                return (OutcomeRecord::Retry { at: now.saturating_add(pause.ceil() as i64), reason }, true);
+            }
         }
         let record = match outcome {
             DeliveryOutcome::Sent => {
@@ -557,6 +687,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
             }
             DeliveryOutcome::Throttled { reason } => {
                 let reason = outcome::scrub(&reason, &mail.recipient);
+                pool.pushed_back(PushBackSignal::Pace, &reason);
                 let (pause, rate_now) = {
                     let mut s = pool.shaper();
                     let t = clock.now();

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_alerts.sql"),
     include_str!("migrations/0006_fanout.sql"),
     include_str!("migrations/0007_autoincrement.sql"),
+    include_str!("migrations/0008_learned_limits.sql"),
 ];
 
 /// File name of the database inside the data dir.

@@ -53,6 +53,74 @@ pub struct PoolState {
     pub updated_at: UnixTime,
 }
 
+/// Which of the two push-back signals came ([`PushBack::signal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushBackSignal {
+    /// "Too many sessions": a session refused as it opened.
+    Sessions,
+    /// "Too fast": a pace push-back on a session that carried mail.
+    Pace,
+}
+
+impl PushBackSignal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushBackSignal::Sessions => "sessions",
+            PushBackSignal::Pace => "pace",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sessions" => Some(PushBackSignal::Sessions),
+            "pace" => Some(PushBackSignal::Pace),
+            _ => None,
+        }
+    }
+}
+
+/// The last push-back a pool met: when, which signal, and the carrier's
+/// reply code and enhanced status code (0 and empty when the push-back had
+/// no reply, e.g. a reset connection). Never the reply's text: it may echo
+/// an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushBack {
+    pub at: UnixTime,
+    pub signal: PushBackSignal,
+    pub code: u16,
+    /// `4.7.0`, or empty.
+    pub enhanced: String,
+}
+
+/// A level at which a carrier pushed back: a session count or a pace, how
+/// many push-backs came near it, and when the last one came.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnedMark {
+    pub level: f64,
+    pub hits: u32,
+    pub at: UnixTime,
+}
+
+/// What the relay learned about one pool's carrier, kept across restarts
+/// (`relay_learned`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedLimits {
+    pub pool: String,
+    /// The learned connection cap, and the pool's `max_connections` then.
+    pub connections: u32,
+    pub connections_ceiling: u32,
+    /// The learned pace (messages per second; 0 = no limit), and the pool's
+    /// `rate_per_second` then.
+    pub pace: f64,
+    pub pace_ceiling: f64,
+    /// Where sessions were refused (the session count).
+    pub sessions_mark: Option<LearnedMark>,
+    /// Where the pace was pushed back.
+    pub pace_mark: Option<LearnedMark>,
+    pub last_push_back: Option<PushBack>,
+    pub updated_at: UnixTime,
+}
+
 /// Upper bounds of the age buckets of [`Store::outbox_shape`], in minutes,
 /// as Postfix's qshape has them; a last bucket holds everything older.
 pub const AGE_BUCKETS_MIN: [i64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
@@ -300,6 +368,93 @@ impl Store {
                 throttles: r.get(6)?,
                 sent: r.get(7)?,
                 updated_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Replaces the stored learned limits of the given pools, in one
+    /// transaction.
+    pub fn save_learned_limits(&self, limits: &[LearnedLimits]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for l in limits {
+            let mark = |m: Option<LearnedMark>| m.map_or((0.0, 0, 0), |m| (m.level, i64::from(m.hits), m.at));
+            let (s_level, s_hits, s_at) = mark(l.sessions_mark);
+            let (p_level, p_hits, p_at) = mark(l.pace_mark);
+            let (pb_at, pb_signal, pb_code, pb_enhanced) = match &l.last_push_back {
+                Some(p) => (p.at, p.signal.as_str(), i64::from(p.code), p.enhanced.as_str()),
+                None => (0, "", 0, ""),
+            };
+            tx.prepare_cached(
+                "INSERT INTO relay_learned (pool, connections, connections_ceiling, pace, pace_ceiling,
+                     sessions_mark_level, sessions_mark_hits, sessions_mark_at, pace_mark_level, pace_mark_hits, pace_mark_at,
+                     push_back_at, push_back_signal, push_back_code, push_back_enhanced, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (pool) DO UPDATE SET connections = excluded.connections,
+                     connections_ceiling = excluded.connections_ceiling, pace = excluded.pace,
+                     pace_ceiling = excluded.pace_ceiling, sessions_mark_level = excluded.sessions_mark_level,
+                     sessions_mark_hits = excluded.sessions_mark_hits, sessions_mark_at = excluded.sessions_mark_at,
+                     pace_mark_level = excluded.pace_mark_level, pace_mark_hits = excluded.pace_mark_hits,
+                     pace_mark_at = excluded.pace_mark_at, push_back_at = excluded.push_back_at,
+                     push_back_signal = excluded.push_back_signal, push_back_code = excluded.push_back_code,
+                     push_back_enhanced = excluded.push_back_enhanced, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                l.pool,
+                i64::from(l.connections),
+                i64::from(l.connections_ceiling),
+                l.pace,
+                l.pace_ceiling,
+                s_level as i64,
+                s_hits,
+                s_at,
+                p_level,
+                p_hits,
+                p_at,
+                pb_at,
+                pb_signal,
+                pb_code,
+                pb_enhanced,
+                l.updated_at
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored learned limits of every pool, by name: what the relay
+    /// starts from, and what `mamoru queue` and the admin panel show.
+    pub fn learned_limits(&self) -> Result<Vec<LearnedLimits>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT pool, connections, connections_ceiling, pace, pace_ceiling,
+                    sessions_mark_level, sessions_mark_hits, sessions_mark_at, pace_mark_level, pace_mark_hits, pace_mark_at,
+                    push_back_at, push_back_signal, push_back_code, push_back_enhanced, updated_at
+             FROM relay_learned ORDER BY pool",
+        )?;
+        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        let mark = |level: f64, hits: i64, at: i64| (level > 0.0).then_some(LearnedMark { level, hits: count(hits), at });
+        let rows = stmt.query_map([], |r| {
+            let signal: String = r.get(12)?;
+            let last_push_back = PushBackSignal::parse(&signal).map(|signal| -> rusqlite::Result<PushBack> {
+                Ok(PushBack {
+                    at: r.get(11)?,
+                    signal,
+                    code: u16::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+                    enhanced: r.get(14)?,
+                })
+            });
+            Ok(LearnedLimits {
+                pool: r.get(0)?,
+                connections: count(r.get(1)?),
+                connections_ceiling: count(r.get(2)?),
+                pace: r.get(3)?,
+                pace_ceiling: r.get(4)?,
+                sessions_mark: mark(r.get::<_, i64>(5)? as f64, r.get(6)?, r.get(7)?),
+                pace_mark: mark(r.get(8)?, r.get(9)?, r.get(10)?),
+                last_push_back: last_push_back.transpose()?,
+                updated_at: r.get(15)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -158,6 +158,7 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let now = mamoru_core::now();
     let shape = store.outbox_shape(now).context("read the outbox")?;
     let pools = store.pool_states().context("read the pool state")?;
+    let learned = store.learned_limits().context("read the learned limits")?;
     // (pool, state) -> buckets, states in their life order.
     let order = |s: &str| ["queued", "sending", "sent", "failed", "expired"].iter().position(|x| *x == s).unwrap_or(9);
     let mut rows: std::collections::BTreeMap<(String, usize, String), Vec<i64>> = std::collections::BTreeMap::new();
@@ -188,7 +189,23 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools });
+        let mark = |m: Option<mamoru_store::relay::LearnedMark>| {
+            m.map(|m| serde_json::json!({ "level": m.level, "hits": m.hits, "at": m.at }))
+        };
+        let learned: Vec<serde_json::Value> = learned
+            .iter()
+            .map(|l| {
+                let push_back = l.last_push_back.as_ref().map(|p| {
+                    serde_json::json!({ "at": p.at, "signal": p.signal.as_str(), "code": p.code, "enhanced": p.enhanced })
+                });
+                serde_json::json!({
+                    "pool": l.pool, "connections": l.connections, "connections_ceiling": l.connections_ceiling,
+                    "pace": l.pace, "pace_ceiling": l.pace_ceiling, "sessions_mark": mark(l.sessions_mark),
+                    "pace_mark": mark(l.pace_mark), "last_push_back": push_back, "updated_at": l.updated_at,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned });
         writeln!(out, "{doc}")?;
         return Ok(());
     }
@@ -222,7 +239,33 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
             )?;
         }
     }
+    if !learned.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:>9} {:>13}  last push-back", "pool", "sessions", "pace/s")?;
+        for l in &learned {
+            let pace = if l.pace_ceiling > 0.0 { format!("{:.1}/{:.1}", l.pace, l.pace_ceiling) } else { "none".into() };
+            let last = match &l.last_push_back {
+                Some(p) => {
+                    let code = if p.code == 0 { "no reply".to_string() } else { format!("{} {}", p.code, p.enhanced).trim_end().to_string() };
+                    format!("{} ago, {}, {code}", ago(now - p.at), p.signal.as_str())
+                }
+                None => "-".into(),
+            };
+            writeln!(out, "{:<10} {:>9} {pace:>13}  {last}", l.pool, format!("{}/{}", l.connections, l.connections_ceiling))?;
+        }
+    }
     Ok(())
+}
+
+/// `42s`, `5m`, `3h`, `2d`: how long ago, roughly.
+fn ago(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }
 
 fn relay(app: &Arc<App>, keys: &mamoru_store::Keys) -> anyhow::Result<Arc<mamoru_relay::Relay>> {

@@ -444,3 +444,106 @@ async fn a_mailbox_full_defers_its_message_and_leaves_the_pace_alone() {
     assert_eq!(au.throttles, 0, "{states:?}");
     assert_eq!(au.paused_until_ms, 0, "{states:?}");
 }
+
+/// The learned limits of `pool` as the relay stored them.
+fn learned(env: &Env, pool: &str) -> mamoru_store::relay::LearnedLimits {
+    let all = env.store.learned_limits().expect("learned limits");
+    all.into_iter().find(|l| l.pool == pool).unwrap_or_else(|| panic!("no learned row for {pool}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_starts_from_the_learned_session_cap() {
+    let mut env = Env::new();
+    env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 2, 40.0, 2))]));
+    let mut limits = BTreeMap::new();
+    limits.insert("docomo.ne.jp".to_string(), limit(1, 100.0, 10));
+    let em = Emulator::start(PolicyConfig { limits, ..PolicyConfig::default() }).await;
+
+    let first = queue_bulk(&env, &addrs("a", "docomo.ne.jp", 40));
+    let relay = env.relay(smtp(em.port), fast(1));
+    wait_all_done(&env, &first, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+    let refused_first = em.stats().domains["docomo.ne.jp"].throttled_connections;
+    assert!(refused_first >= 1, "the second session was refused: {:?}", em.stats());
+    let l = learned(&env, "docomo");
+    assert_eq!((l.connections, l.connections_ceiling), (1, 2), "{l:?}");
+    let pb = l.last_push_back.clone().expect("a push-back");
+    assert_eq!((pb.signal, pb.code, pb.enhanced.as_str()), (mamoru_store::relay::PushBackSignal::Sessions, 421, "4.7.0"), "{l:?}");
+
+    // A new relay on the same store: it opens one session, as learned.
+    let second = queue_bulk(&env, &addrs("b", "docomo.ne.jp", 40));
+    let relay = env.relay(smtp(em.port), fast(1));
+    wait_all_done(&env, &second, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+    let stats = em.stats();
+    let d = &stats.domains["docomo.ne.jp"];
+    assert_eq!(d.throttled_connections, refused_first, "the restarted relay was refused again: {stats:?}");
+    assert_eq!(d.max_connections_seen, 1, "{stats:?}");
+    let ids = em.sink.message_ids();
+    for q in first.iter().chain(&second) {
+        assert_eq!(env.row(q.id).state, "sent", "{q:?}");
+        assert_eq!(ids.get(&q.message_id), Some(&1), "{}", q.message_id);
+    }
+    assert_eq!(learned(&env, "docomo").connections, 1);
+}
+
+/// Holds one session bound to `domain` at the sink (its first RCPT
+/// accepted) until `release` is cancelled, then QUITs.
+async fn hold_a_session(port: u16, domain: &str, release: CancellationToken) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    async fn reply(lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>) -> String {
+        loop {
+            let line = lines.next_line().await.expect("read").expect("a reply");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+    assert!(reply(&mut lines).await.starts_with("220"));
+    for cmd in ["EHLO holder.test".to_string(), "MAIL FROM:<x@holder.test>".into(), format!("RCPT TO:<holder@{domain}>")] {
+        write.write_all(format!("{cmd}\r\n").as_bytes()).await.expect("write");
+        let r = reply(&mut lines).await;
+        assert!(r.starts_with("250"), "{cmd}: {r}");
+    }
+    tokio::spawn(async move {
+        release.cancelled().await;
+        let _ = write.write_all(b"QUIT\r\n").await;
+        let _ = reply(&mut lines).await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_session_refused_at_the_first_rcpt_is_no_pace_signal() {
+    // The carrier takes one session and already has one (another sender's):
+    // the pool's only session is refused with 421 4.7.0 at its first RCPT,
+    // before it delivered anything. That says "too many sessions", not "too
+    // fast": the pool waits, but its pace stays at the ceiling.
+    let mut env = Env::new();
+    env.set_pools(pools(&[("docomo", pool(&["docomo.ne.jp"], 1, 20.0, 2))]));
+    let mut limits = BTreeMap::new();
+    limits.insert("docomo.ne.jp".to_string(), limit(1, 100.0, 10));
+    let em = Emulator::start(PolicyConfig { limits, ..PolicyConfig::default() }).await;
+    let release = CancellationToken::new();
+    let holder = hold_a_session(em.port, "docomo.ne.jp", release.clone()).await;
+    let rows = queue_bulk(&env, &addrs("d", "docomo.ne.jp", 30));
+    let relay = env.relay(smtp(em.port), fast(1));
+    wait_for("the pool's session to be refused", T, || {
+        let n = em.stats().domains.get("docomo.ne.jp").map_or(0, |d| d.throttled_connections);
+        if n >= 1 { Ok(()) } else { Err(format!("{:?}", em.stats())) }
+    })
+    .await;
+    release.cancel();
+    holder.await.expect("holder");
+    wait_all_done(&env, &rows, T).await;
+    relay.stop(Duration::from_secs(10)).await;
+
+    assert_all_received(&em, &rows);
+    assert_eq!(em.stats().duplicates, 0);
+    let l = learned(&env, "docomo");
+    assert_eq!((l.pace, l.pace_mark), (20.0, None), "a refused session lowered the pace: {l:?}");
+    let pb = l.last_push_back.expect("a push-back");
+    assert_eq!((pb.signal, pb.code), (mamoru_store::relay::PushBackSignal::Sessions, 421), "{pb:?}");
+}

@@ -95,3 +95,42 @@ fn pool_state_round_trips() {
     store.save_pool_states(&[PoolState { sent: 9, ..p.clone() }]).expect("save");
     assert_eq!(store.pool_states().expect("read"), [PoolState { sent: 9, ..p }]);
 }
+
+#[test]
+fn learned_limits_round_trip_and_keep_no_reply_text() {
+    let (_dir, store) = store();
+    assert_eq!(store.learned_limits().expect("read"), []);
+    let docomo = LearnedLimits {
+        pool: "docomo".into(),
+        connections: 1,
+        connections_ceiling: 2,
+        pace: 4.5,
+        pace_ceiling: 10.0,
+        sessions_mark: Some(LearnedMark { level: 2.0, hits: 2, at: T0 - 60 }),
+        pace_mark: Some(LearnedMark { level: 5.0, hits: 1, at: T0 - 30 }),
+        last_push_back: Some(PushBack { at: T0 - 30, signal: PushBackSignal::Pace, code: 421, enhanced: "4.7.0".into() }),
+        updated_at: T0,
+    };
+    let au = LearnedLimits {
+        pool: "au".into(),
+        connections: 4,
+        connections_ceiling: 4,
+        pace: 0.0,
+        pace_ceiling: 0.0,
+        sessions_mark: None,
+        pace_mark: None,
+        last_push_back: None,
+        updated_at: T0,
+    };
+    store.save_learned_limits(&[docomo.clone(), au.clone()]).expect("save");
+    assert_eq!(store.learned_limits().expect("read"), [au.clone(), docomo.clone()]);
+    // Rewritten in place, one row per pool.
+    let later = LearnedLimits { connections: 2, sessions_mark: None, updated_at: T0 + 5, ..docomo };
+    store.save_learned_limits(std::slice::from_ref(&later)).expect("save");
+    assert_eq!(store.learned_limits().expect("read"), [au, later]);
+    // Only codes are kept: the table has no column for a reply's text.
+    let conn = store.conn();
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('relay_learned')").expect("prepare");
+    let columns: Vec<String> = stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows");
+    assert!(columns.iter().all(|c| !c.contains("text") && !c.contains("reason")), "{columns:?}");
+}
