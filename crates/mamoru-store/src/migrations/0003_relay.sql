@@ -1,4 +1,4 @@
--- The carrier-aware relay (issue 3).
+-- The carrier-aware relay.
 --
 -- A recipient the carrier says does not exist (550 5.1.1, "unknown user") is
 -- suspended at once: docomo and SoftBank block senders that keep mailing dead

@@ -1,4 +1,4 @@
--- Self-service and bounces (issue 5).
+-- Self-service and bounces.
 -- `bounce_score` adds up soft bounces (mailbox full, temporary, other); at
 -- the configured threshold the subscriber is suspended. An unknown-user
 -- bounce suspends at once. `suspended_reason` says which ('unknown-user',

@@ -1,4 +1,4 @@
--- Alert fan-out without per-recipient content (issue 4).
+-- Alert fan-out without per-recipient content.
 --
 -- From this version on, an outbox row of a published alert (alert_id <> 0)
 -- is queued with an empty content_sealed (X''): the relay renders the
