@@ -124,6 +124,16 @@ fn header_text(text: &str) -> Result<String, Unconvertible> {
     Ok(encoded?.join("\r\n "))
 }
 
+/// `written` if a reader decodes it back to `text`. Encoded words next to
+/// text that itself looks like an encoded word (`=?UTF-8?Q?` left literal
+/// because it was malformed) can read back differently once re-encoded;
+/// then the message stays in UTF-8.
+fn same_when_read(text: &str, written: String) -> Result<String, Unconvertible> {
+    let line = format!("Subject: {written}\r\n");
+    let back = mailparse::parse_header(line.as_bytes()).map(|(h, _)| h.get_value()).map_err(|e| Unconvertible::Parse(e.to_string()))?;
+    if back.trim() == text.trim() { Ok(written) } else { Err(Unconvertible::Altered) }
+}
+
 /// Re-encodes a UTF-8 `text/plain` message as ISO-2022-JP.
 pub fn to_iso2022jp(raw: &[u8]) -> Result<Vec<u8>, Unconvertible> {
     let parsed = mailparse::parse_mail(raw).map_err(|e| Unconvertible::Parse(e.to_string()))?;
@@ -138,7 +148,7 @@ pub fn to_iso2022jp(raw: &[u8]) -> Result<Vec<u8>, Unconvertible> {
         let value = match key.to_ascii_lowercase().as_str() {
             "content-type" => "text/plain; charset=ISO-2022-JP".to_string(),
             "content-transfer-encoding" => "7bit".to_string(),
-            "subject" => header_text(&h.get_value())?,
+            "subject" => same_when_read(&h.get_value(), header_text(&h.get_value())?)?,
             "from" | "to" | "reply-to" if !h.get_value().is_ascii() => {
                 let list = mailparse::addrparse_header(h).map_err(|e| Unconvertible::Parse(e.to_string()))?;
                 let mut parts = Vec::new();
