@@ -56,18 +56,17 @@ use mamoru_store::Store;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// What the web pages need; built by the binary with [`Web::new`].
 pub struct Web {
-    /// The use cases the pages call.
+    /// The use cases the pages call; they wake the relay when they queue
+    /// mail.
     pub app: Arc<App>,
+    /// The same as `app.cfg` and `app.store`, for the pages' reads.
     pub cfg: Arc<Config>,
     pub store: Arc<Store>,
-    /// Notified (`notify_one`) after anything is queued in the outbox, so the
-    /// relay wakes up instead of waiting for its next poll.
-    pub queued: Arc<Notify>,
     /// Admin password checks in flight (`[web] max_password_checks`): each
     /// argon2id run holds 19 MiB, so they are bounded and one beyond the
     /// bound is refused at once, never queued.
@@ -77,8 +76,8 @@ pub struct Web {
 impl Web {
     pub fn new(app: Arc<App>) -> Self {
         let password_checks = Arc::new(Semaphore::new(app.cfg.web.max_password_checks));
-        let (cfg, store, queued) = (app.cfg.clone(), app.store.clone(), app.wake().clone());
-        Self { app, cfg, store, queued, password_checks }
+        let (cfg, store) = (app.cfg.clone(), app.store.clone());
+        Self { app, cfg, store, password_checks }
     }
 }
 

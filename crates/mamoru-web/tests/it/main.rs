@@ -235,7 +235,7 @@ async fn full_registration_flow() {
     assert!(html.contains("登録が完了しました"), "{html}");
     assert!(html.contains("<li>中央地区</li>") && html.contains("<li>昭和地区</li>"), "{html}");
     assert!(!html.contains("郷原地区"), "{html}");
-    notified(&srv.web.queued).await;
+    notified(srv.web.app.wake()).await;
 
     let s = srv.store().find_subscriber(&a).unwrap().unwrap();
     assert_eq!((s.status.as_str(), s.districts.as_slice()), ("active", &[1, 3][..]));
@@ -379,7 +379,7 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let new = srv.post("/register", "address=new.parent%40docomo.ne.jp").await;
     assert_eq!(new.status, 200, "{}", new.text());
     assert!(new.text().contains("登録受付メールを送りました"));
-    notified(&srv.web.queued).await;
+    notified(srv.web.app.wake()).await;
     queued(3);
     let pending = srv.store().find_subscriber(&addr("new.parent@docomo.ne.jp")).unwrap().unwrap();
     assert_eq!(pending.status, "pending");
