@@ -61,7 +61,7 @@ fn main() {
         let t = Instant::now();
         let mut bytes = 0;
         for (i, (addr, _)) in items.iter().take(40_000).enumerate() {
-            bytes += app.alert_copy(alert, i as i64, addr, [1; 8]).expect("store").expect("the alert").len();
+            bytes += app.alert_copy(alert, mamoru_core::SubscriberId::new(i as i64), addr, [1; 8]).expect("store").expect("the alert").len();
         }
         eprintln!("relay-side render of 40000 copies: {:.3} s, {bytes} bytes", t.elapsed().as_secs_f64());
     }

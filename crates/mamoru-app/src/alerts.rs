@@ -25,7 +25,8 @@ use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime, mail};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::{AlertId, AlertRow, Drafted, NewAlert, PublishAuth, Published};
-use mamoru_store::SubscriberId;
+use mamoru_store::states::AlertState;
+use mamoru_store::{OutboxId, SubscriberId};
 
 use crate::{App, Error};
 
@@ -55,7 +56,7 @@ impl Source<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DraftOutcome {
     /// The draft and its preview mail are queued.
-    Created { alert: AlertId, outbox: i64 },
+    Created { alert: AlertId, outbox: OutboxId },
     /// This mailed post was seen before: nothing was recorded.
     Duplicate,
     /// The admin may not post to some of its districts.
@@ -109,7 +110,7 @@ impl App {
             is_test,
         };
         let drafted = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
-            let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
+            let claims = Claims { purpose: Purpose::Publish, subject: alert_id.subject(), nonce, expires_at };
             let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
             let counts = CarrierCounts::from_domains(domains);
             let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
@@ -117,7 +118,7 @@ impl App {
         })?;
         Ok(match drafted {
             Drafted::Created { alert, outbox } => {
-                tracing::info!(alert, admin = %admin.login, source = source.as_str(), "alert drafted; preview queued");
+                tracing::info!(alert = alert.get(), admin = %admin.login, source = source.as_str(), "alert drafted; preview queued");
                 self.queued();
                 DraftOutcome::Created { alert, outbox }
             }
@@ -167,7 +168,7 @@ impl App {
         let expires_at = now + cfg.alerts.max_age_secs;
         let published = self.store.publish_alert(auth, &actor, now, expires_at, &cfg.register_address(), &cfg.domain)?;
         if let Published::Published { alert, recipients } = published {
-            tracing::info!(alert, recipients, actor, "alert published");
+            tracing::info!(alert = alert.get(), recipients, actor, "alert published");
             self.queued();
         }
         Ok(published)
@@ -201,7 +202,7 @@ impl Copies {
         // Read outside the lock; two feeders may both read, harmlessly.
         let Some(row) = app.store.alert(id)? else { return Ok(None) };
         let content = Arc::new(content_of(app, &row));
-        let final_row = row.state == "published";
+        let final_row = row.state == AlertState::Published;
         let cached = (Arc::new(row), content);
         // Only a published row is final (its `published_at` is set); a
         // draft is rendered but not kept.

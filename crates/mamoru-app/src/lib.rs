@@ -6,6 +6,9 @@
 //! - [`alerts`]: draft a post from any channel (a typed [`alerts::Post`]),
 //!   answer a malformed one, preview, publish, and render a subscriber's
 //!   copy at send time.
+//! - [`admins`]: add, disable, enable an admin; set or change a password.
+//! - [`bounces`]: check a VERP return path, record a bounce, apply its
+//!   effect.
 //!
 //! An adapter turns bytes, forms and commands into the typed requests here,
 //! and the outcomes back into its own replies: a page, an LMTP reply, an
@@ -18,7 +21,9 @@
 //! Everything here is blocking (SQLite). [`App::run`] is the one way async
 //! code calls it.
 
+pub mod admins;
 pub mod alerts;
+pub mod bounces;
 pub mod registration;
 
 use std::sync::Arc;

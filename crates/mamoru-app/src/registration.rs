@@ -20,7 +20,7 @@ use mamoru_core::mailbox::{self, NoReply};
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime, mail};
 use mamoru_store::manage::{LinkMail, LinkRequest, ManageOutcome, ManageView};
-use mamoru_store::{Channel, Completion, Limited, RegistrationLimits, RegistrationView, SubscriberId};
+use mamoru_store::{Channel, Completion, Limited, OutboxId, RegistrationLimits, RegistrationView, SubscriberId};
 
 use crate::{App, Error};
 
@@ -28,7 +28,7 @@ use crate::{App, Error};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkOutcome {
     /// The mail is queued.
-    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: i64 },
+    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: OutboxId },
     /// A limit refused it; nothing was queued.
     Limited(Limited),
     /// The address never gets a reply (a daemon, a role mailbox, our own
@@ -62,7 +62,7 @@ impl App {
         let random = self.random12()?;
         let preselect = recipient.and_then(|r| cfg.district_of_recipient(r)).map(|d| d.id);
         let result = self.store.request_link(addr, &channel, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
-            let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
+            let claims = Claims { purpose: kind.purpose(), subject: subscriber.subject(), nonce, expires_at };
             let token = self.tokens.sign(&claims);
             let id = mail::message_id(&random, cfg);
             match kind {
@@ -80,7 +80,7 @@ impl App {
                     LinkMail::Manage => "manage link requested; 登録内容の変更 queued",
                     LinkMail::Register => "registration requested; 登録受付 queued",
                 };
-                tracing::info!(subscriber, outbox, via, to = %addr.masked(), "{what}");
+                tracing::info!(subscriber = subscriber.get(), outbox = outbox.get(), via, to = %addr.masked(), "{what}");
                 self.queued();
                 LinkOutcome::Queued { kind, subscriber, outbox }
             }
@@ -106,7 +106,7 @@ impl App {
             mail::registration_completed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
         })?;
         if let Completion::Completed { subscriber, .. } = done {
-            tracing::info!(subscriber, districts = ?districts, "registration completed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "registration completed");
             self.queued();
         }
         Ok(done)
@@ -125,7 +125,7 @@ impl App {
             mail::districts_changed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
         })?;
         if let ManageOutcome::Done { subscriber, .. } = done {
-            tracing::info!(subscriber, districts = ?districts, "districts changed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "districts changed");
             self.queued();
         }
         Ok(done)
@@ -140,7 +140,7 @@ impl App {
             goodbye.then(|| mail::registration_deleted(cfg, addr, now, mail::message_id(&random, cfg)))
         })?;
         if let ManageOutcome::Done { subscriber, outbox } = done {
-            tracing::info!(subscriber, "registration deleted");
+            tracing::info!(subscriber = subscriber.get(), "registration deleted");
             if outbox.is_some() {
                 self.queued();
             }

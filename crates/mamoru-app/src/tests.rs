@@ -153,5 +153,5 @@ fn only_the_author_publishes_from_the_panel_and_every_copy_renders_alike() {
     let again = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
     assert_eq!(first, again);
     assert!(String::from_utf8_lossy(&first).contains("Date:"));
-    assert_eq!(f.app.alert_copy(r.alert_id + 100, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
+    assert_eq!(f.app.alert_copy(mamoru_core::AlertId::new(r.alert_id.get() + 100), r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
 }

@@ -17,7 +17,7 @@
 use mail_builder::MessageBuilder;
 use mail_builder::headers::raw::Raw;
 
-use crate::UnixTime;
+use crate::{AlertId, SubscriberId, UnixTime};
 use crate::address::EmailAddress;
 use crate::config::Config;
 use crate::links::{SubscriberLinks, subscriber_links};
@@ -346,14 +346,14 @@ pub fn render(
 /// The Message-ID of an alert's mail to one subscriber: stable per alert and
 /// subscriber, so a duplicate delivery is recognisably the same message. The
 /// store writes the same value in SQL when it queues the row.
-pub fn alert_message_id(domain: &str, alert: i64, subscriber: i64) -> String {
+pub fn alert_message_id(domain: &str, alert: AlertId, subscriber: SubscriberId) -> String {
     format!("alert.{alert}.{subscriber}@{domain}")
 }
 
 /// Who one copy of an alert is for.
 #[derive(Debug, Clone, Copy)]
 pub struct AlertRecipient<'a> {
-    pub subscriber: i64,
+    pub subscriber: SubscriberId,
     pub address: &'a EmailAddress,
     /// The subscriber's footer-link nonce (`mamoru_core::links`).
     pub link_nonce: Nonce,
@@ -367,12 +367,12 @@ pub struct AlertRecipient<'a> {
 pub fn render_for_subscriber(
     cfg: &Config,
     tokens: &TokenKey,
-    alert: i64,
+    alert: AlertId,
     content: &AlertContent,
     published_at: UnixTime,
     to: &AlertRecipient<'_>,
 ) -> OutgoingMail {
-    let links = subscriber_links(cfg, tokens, to.subscriber as u64, to.link_nonce, published_at);
+    let links = subscriber_links(cfg, tokens, to.subscriber, to.link_nonce, published_at);
     render(cfg, content, to.address, &links, published_at, alert_message_id(&cfg.domain, alert, to.subscriber))
 }
 
@@ -536,18 +536,18 @@ mod tests {
         let content = content(&c, &d, false);
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
-        let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
-        let m = render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r);
+        let r = AlertRecipient { subscriber: SubscriberId::new(42), address: &to, link_nonce: [7; 8] };
+        let m = render_for_subscriber(&c, &key, AlertId::new(9), &content, 1_800_000_000, &r);
         assert_eq!(m.message_id, "alert.9.42@mamoru.test");
-        assert_eq!(m.bytes, render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
-        let links = subscriber_links(&c, &key, 42, [7; 8], 1_800_000_000);
+        assert_eq!(m.bytes, render_for_subscriber(&c, &key, AlertId::new(9), &content, 1_800_000_000, &r).bytes, "same row, same bytes");
+        let links = subscriber_links(&c, &key, SubscriberId::new(42), [7; 8], 1_800_000_000);
         let msg = mailparse::parse_mail(&m.bytes).unwrap();
         let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
         assert_eq!(h("To"), "<a..b.@docomo.ne.jp>");
         assert_eq!(h("List-Unsubscribe"), format!("<{}>", links.unsubscribe));
         assert!(msg.get_body().unwrap().contains(&links.manage));
         let other = EmailAddress::parse("c@ezweb.ne.jp").unwrap();
-        let r2 = AlertRecipient { subscriber: 43, address: &other, link_nonce: [8; 8] };
-        assert_ne!(render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r2).bytes, m.bytes);
+        let r2 = AlertRecipient { subscriber: SubscriberId::new(43), address: &other, link_nonce: [8; 8] };
+        assert_ne!(render_for_subscriber(&c, &key, AlertId::new(9), &content, 1_800_000_000, &r2).bytes, m.bytes);
     }
 }

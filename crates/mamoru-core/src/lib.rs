@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`carriers`]: carrier pools, their domains and limits (pure).
+//! - [`ids`]: typed row ids (subscriber, alert, admin, outbox).
 //! - [`rate`]: a token bucket that takes the time as a parameter.
 //! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts,
 //!   and [`address::scrub`], which hides an address in text from a peer.
@@ -25,6 +26,7 @@ pub mod carriers;
 pub mod alert;
 pub mod config;
 pub mod conn_limit;
+pub mod ids;
 pub mod keys;
 pub mod links;
 pub mod mailbox;
@@ -37,6 +39,7 @@ pub mod verp;
 
 pub use address::EmailAddress;
 pub use config::Config;
+pub use ids::{AdminId, AlertId, OutboxId, SubscriberId};
 
 /// Seconds since the Unix epoch. Time is a parameter everywhere so tests
 /// control the clock.

@@ -8,7 +8,7 @@
 //! one value serves every alert, and rotating it (on deletion or
 //! re-registration) revokes every link sent so far.
 
-use crate::UnixTime;
+use crate::{SubscriberId, UnixTime};
 use crate::config::Config;
 use crate::token::{Claims, Nonce, Purpose, TokenKey};
 
@@ -95,9 +95,9 @@ pub struct SubscriberLinks {
     pub unsubscribe: String,
 }
 
-pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: u64, link_nonce: Nonce, now: UnixTime) -> SubscriberLinks {
+pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: SubscriberId, link_nonce: Nonce, now: UnixTime) -> SubscriberLinks {
     let expires_at = now + LINK_TTL_SECS;
-    let sign = |purpose| key.sign(&Claims { purpose, subject: subscriber, nonce: link_nonce, expires_at });
+    let sign = |purpose| key.sign(&Claims { purpose, subject: subscriber.subject(), nonce: link_nonce, expires_at });
     SubscriberLinks {
         manage: Route::Manage(&sign(Purpose::Manage)).url(cfg),
         unsubscribe: Route::Unsubscribe(&sign(Purpose::Unsubscribe)).url(cfg),
@@ -126,7 +126,7 @@ mod tests {
     fn links_verify_for_their_purpose_only() {
         let cfg = Config::default();
         let key = TokenKey::new(&[3; 32]);
-        let l = subscriber_links(&cfg, &key, 7, [9; 8], 1_800_000_000);
+        let l = subscriber_links(&cfg, &key, SubscriberId::new(7), [9; 8], 1_800_000_000);
         let m = l.manage.strip_prefix("http://127.0.0.1:8080/m/").unwrap();
         let u = l.unsubscribe.strip_prefix("http://127.0.0.1:8080/u/").unwrap();
         let c = key.verify(m, Purpose::Manage, 1_800_000_000).unwrap();

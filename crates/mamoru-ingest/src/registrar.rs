@@ -87,8 +87,7 @@ impl Registrar {
         // Bounces to the VERP address go to their own handler (crate::bounce).
         let app = &*self.app;
         if bounce::is_bounce_recipient(&app.cfg.domain, recipient) {
-            let ctx = bounce::Context { cfg: &app.cfg, store: &app.store, tokens: &app.tokens, now: (self.clock)() };
-            return bounce::handle(&ctx, recipient, message);
+            return bounce::handle(app, recipient, message, (self.clock)());
         }
         if !crate::alert_post::is_alert_recipient(&app.cfg, recipient) {
             return self.deliver_registration(sender, recipient, message);

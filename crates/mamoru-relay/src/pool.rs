@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use mamoru_core::carriers::{CarrierConfig, Charset, DEFAULT_POOL};
 use mamoru_core::config::Transport;
-use mamoru_core::{UnixTime, verp};
+use mamoru_core::{OutboxId, UnixTime, verp};
 use mamoru_store::relay::{DomainFilter, LearnedLimits, LearnedMark, OutcomeRecord, PoolState, PushBack, PushBackSignal};
 use mamoru_store::{QueuedMail, Store};
 use tokio::sync::{Notify, mpsc};
@@ -102,7 +102,7 @@ struct Pool {
     wake: Notify,
     /// Rows claimed by this pool whose outcome is not yet handed to the
     /// committer: their leases are renewed while they wait.
-    held: Mutex<BTreeSet<i64>>,
+    held: Mutex<BTreeSet<OutboxId>>,
     hops: Arc<Hops>,
 }
 
@@ -217,7 +217,7 @@ impl Pool {
         self.session_freed.notify_one();
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<OutboxId>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -367,7 +367,7 @@ async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock, saved: &m
 
 /// Extends the leases of every row a pool holds to a full lease from now.
 async fn renew_leases(store: &Arc<Store>, pools: &[Arc<Pool>], lease: i64) {
-    let ids: Vec<i64> = pools.iter().flat_map(|p| p.held().iter().copied().collect::<Vec<_>>()).collect();
+    let ids: Vec<OutboxId> = pools.iter().flat_map(|p| p.held().iter().copied().collect::<Vec<_>>()).collect();
     if ids.is_empty() {
         return;
     }
@@ -384,7 +384,7 @@ async fn run_pool(
     relay: Arc<Relay>,
     pool: Arc<Pool>,
     splicer: Arc<Splicer>,
-    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: CancellationToken,
     clock: Clock,
 ) {
@@ -413,7 +413,7 @@ async fn run_pool(
 
 /// Puts claimed but untried rows back, due at once, instead of letting them
 /// wait for their lease.
-fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, ids: Vec<i64>) {
+fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>, ids: Vec<OutboxId>) {
     if ids.is_empty() {
         return;
     }
@@ -437,7 +437,7 @@ async fn feeder(
     pool: &Pool,
     splicer: &Arc<Splicer>,
     tx: &mpsc::Sender<QueuedMail>,
-    commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: &CancellationToken,
 ) {
     let chunk = (pool.queue_len() / 2).max(1);
@@ -506,7 +506,7 @@ async fn worker(
     relay: Arc<Relay>,
     pool: Arc<Pool>,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<QueuedMail>>>,
-    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: CancellationToken,
     clock: Clock,
 ) {
@@ -592,7 +592,7 @@ async fn worker(
         if pool.cfg.charset == Charset::Iso2022Jp {
             match charset::to_iso2022jp(&mail.content) {
                 Ok(converted) => mail.content = converted,
-                Err(e) => tracing::info!(outbox = mail.id, reason = %e, "not re-encoded as ISO-2022-JP; sending in UTF-8"),
+                Err(e) => tracing::info!(outbox = mail.id.get(), reason = %e, "not re-encoded as ISO-2022-JP; sending in UTF-8"),
             }
         }
         if let Some(dkim) = &relay.dkim {
@@ -600,7 +600,7 @@ async fn worker(
                 Ok(signed) => mail.content = signed,
                 // Unsigned mail still beats no mail for a safety alert; the
                 // signer only fails on a message without headers.
-                Err(e) => tracing::warn!(outbox = mail.id, error = %e, "cannot DKIM-sign; sending unsigned"),
+                Err(e) => tracing::warn!(outbox = mail.id.get(), error = %e, "cannot DKIM-sign; sending unsigned"),
             }
         }
         let (record, refused) = deliver(&mut hop, &pool, &relay, &mail, clock).await;
@@ -611,7 +611,7 @@ async fn worker(
         }
         pool.held().remove(&mail.id);
         if commits.send((mail.id, record)).is_err() {
-            tracing::error!(outbox = mail.id, "the committer is gone; the row comes back after its lease");
+            tracing::error!(outbox = mail.id.get(), "the committer is gone; the row comes back after its lease");
         }
     }
     hop.close().await;
@@ -638,7 +638,7 @@ impl Connected {
 async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMail, clock: Clock) -> (OutcomeRecord, bool) {
     let span = tracing::info_span!(
         "deliver",
-        outbox = mail.id,
+        outbox = mail.id.get(),
         domain = mail.recipient.domain(),
         attempt = mail.attempts,
         message_id = %mail.message_id,
@@ -726,7 +726,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
     .await
 }
 
-async fn committer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(i64, OutcomeRecord)>) {
+async fn committer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(OutboxId, OutcomeRecord)>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {

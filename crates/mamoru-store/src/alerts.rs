@@ -8,10 +8,11 @@ use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::admins::{AdminId, split_ids};
-use crate::{Result, Store, audit};
+use crate::states::AlertState;
+use crate::{OutboxId, Result, Store, audit};
 
 /// Alert row id.
-pub type AlertId = i64;
+pub use mamoru_core::AlertId;
 
 /// Outbox priority of alerts and of the admin mail about them: ahead of
 /// registration mail (10), so a queue of sign-ups never delays an alert.
@@ -36,7 +37,7 @@ pub struct NewAlert<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drafted {
     /// The draft and its preview mail are queued.
-    Created { alert: AlertId, outbox: i64 },
+    Created { alert: AlertId, outbox: OutboxId },
     /// This source key was seen before: nothing was recorded.
     Duplicate,
 }
@@ -54,7 +55,7 @@ pub struct AlertRow {
     pub districts: Vec<u32>,
     pub is_test: bool,
     /// `draft`, `published` or `rejected`.
-    pub state: String,
+    pub state: AlertState,
     pub created_at: UnixTime,
     pub published_at: UnixTime,
     pub recipients: i64,
@@ -146,12 +147,12 @@ impl Store {
         if n == 0 {
             return Ok(Drafted::Duplicate);
         }
-        let alert = tx.last_insert_rowid();
-        let nonce = self.issue_token(&tx, Purpose::Publish, alert, publish_expires_at)?;
+        let alert = AlertId::new(tx.last_insert_rowid());
+        let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
         let counts = recipient_domains(&tx, a.districts)?;
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, 0, ALERT_PRIORITY, now, publish_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
         audit(
             &tx,
             now,
@@ -179,8 +180,8 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
-        let alert = tx.last_insert_rowid();
-        self.insert_outbox(&tx, &mail.clone(), 0, ALERT_PRIORITY, now, expires_at)?;
+        let alert = AlertId::new(tx.last_insert_rowid());
+        self.insert_outbox(&tx, &mail.clone(), None, ALERT_PRIORITY, now, expires_at)?;
         audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
         tx.commit()?;
         Ok(true)
@@ -238,7 +239,10 @@ impl Store {
                 if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
                     return Ok(Published::Unusable);
                 }
-                claims.subject as i64
+                match AlertId::from_subject(claims.subject) {
+                    Some(id) => id,
+                    None => return Ok(Published::Unusable),
+                }
             }
             PublishAuth::Direct(id) => id,
         };
@@ -390,7 +394,7 @@ mod tests {
         let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false };
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
-                claims = Some(Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at: T0 + 3600 });
+                claims = Some(Claims { purpose: Purpose::Publish, subject: id.subject(), nonce, expires_at: T0 + 3600 });
                 seen = counts.to_vec();
                 OutgoingMail { kind: MailKind::AlertPreview, ..mail(&addr("staff@city.test"), format!("preview.{id}@x")) }
             })
@@ -421,7 +425,7 @@ mod tests {
         let claims = claims.unwrap();
         assert!(store.publish_view(&claims, T0 + 1).unwrap().is_some());
         let r = store.publish_alert(PublishAuth::Token(&claims), "admin:chuo", T0 + 1, T0 + 7200, "ans@x", "x").unwrap();
-        let alert = claims.subject as i64;
+        let alert = AlertId::from_subject(claims.subject).unwrap();
         assert_eq!(r, Published::Published { alert, recipients: 3 });
         assert_eq!(store.alert(alert).unwrap().unwrap().recipients, 3);
         // The token is single use, and the alert is not a draft any more.
@@ -468,7 +472,7 @@ mod tests {
         let (_, claims, _) = draft(&store, admin, "k", &[1]);
         let claims = claims.unwrap();
         let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, "ans@x", "x").unwrap();
-        assert_eq!(r, Published::Published { alert: claims.subject as i64, recipients: 2 });
+        assert_eq!(r, Published::Published { alert: AlertId::from_subject(claims.subject).unwrap(), recipients: 2 });
         // A subscriber row vanishing under a queued row (deletion removes
         // both; this is the race with a claim).
         let gone = store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id;
@@ -508,6 +512,6 @@ mod tests {
         let m2 = mail(&addr("staff@city.test"), "rej2@x".into());
         assert!(!store.reject_post(admin, "k2", "t", "missing-districts", &m2, T0, T0 + 60).unwrap());
         assert_eq!(store.outbox_counts().unwrap().queued, 1);
-        assert_eq!(store.recent_alerts(10).unwrap()[0].state, "rejected");
+        assert_eq!(store.recent_alerts(10).unwrap()[0].state, AlertState::Rejected);
     }
 }

@@ -98,7 +98,7 @@ impl From<rusqlite::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Subscriber row id.
-pub type SubscriberId = i64;
+pub use mamoru_core::{AdminId, AlertId, OutboxId, SubscriberId};
 
 /// Limits on 登録受付 mails (and 登録内容の変更 mails, which count alike).
 ///
@@ -166,7 +166,7 @@ impl Limited {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationRequest {
     /// A 登録受付 mail is queued for this (pending or existing) subscriber.
-    Queued { subscriber: SubscriberId, outbox: i64 },
+    Queued { subscriber: SubscriberId, outbox: OutboxId },
     /// Nothing was queued: a limit applies.
     Limited(Limited),
 }
@@ -181,7 +181,7 @@ pub struct RegistrationView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
-    Completed { subscriber: SubscriberId, outbox: i64 },
+    Completed { subscriber: SubscriberId, outbox: OutboxId },
     /// The token was already used, revoked, or its subscriber is gone.
     TokenUnusable,
 }
@@ -191,14 +191,14 @@ pub enum Completion {
 pub struct Subscriber {
     pub id: SubscriberId,
     pub address: EmailAddress,
-    pub status: String,
+    pub status: SubscriberStatus,
     pub districts: Vec<u32>,
 }
 
 /// A claimed outbox row, decrypted for delivery.
 #[derive(Debug, Clone)]
 pub struct QueuedMail {
-    pub id: i64,
+    pub id: OutboxId,
     pub kind: String,
     pub sender: String,
     pub recipient: EmailAddress,
@@ -334,7 +334,7 @@ impl Store {
             // Dropping the transaction rolls back the counters it touched.
             return Ok(RegistrationRequest::Limited(limited));
         }
-        let existing: Option<i64> =
+        let existing: Option<SubscriberId> =
             tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
         let subscriber = match existing {
             Some(id) => id,
@@ -344,13 +344,13 @@ impl Store {
                      VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
                     params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
                 )?;
-                tx.last_insert_rowid()
+                SubscriberId::new(tx.last_insert_rowid())
             }
         };
-        let nonce = self.issue_token(&tx, Purpose::Register, subscriber, token_expires_at)?;
+        let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
         let mail = render(subscriber, nonce);
         // The mail is worthless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
         audit(&tx, now, "ingest", "registration-requested", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
         tx.commit()?;
         Ok(RegistrationRequest::Queued { subscriber, outbox })
@@ -360,7 +360,7 @@ impl Store {
     /// what is the subscriber's current choice? Changes nothing.
     pub fn registration_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<RegistrationView>> {
         let conn = self.conn();
-        let live: Option<i64> = conn
+        let live: Option<SubscriberId> = conn
             .query_row(
                 "SELECT t.subject_id FROM tokens t JOIN subscribers s ON s.id = t.subject_id
                  WHERE t.nonce = ?1 AND t.purpose = ?2 AND t.subject_id = ?3 AND t.used_at = 0 AND t.expires_at > ?4",
@@ -387,7 +387,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let consumed = consume_token(&tx, claims, claims.purpose, now)?;
-        let subscriber = claims.subject as i64;
+        let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
         let sealed: Option<Vec<u8>> = tx
             .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))
             .optional()?;
@@ -416,7 +416,7 @@ impl Store {
             }
         }
         let mail = render(&addr);
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();
         audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
         tx.commit()?;
@@ -445,11 +445,11 @@ impl Store {
         &self,
         tx: &rusqlite::Transaction<'_>,
         mail: &OutgoingMail,
-        subscriber: SubscriberId,
+        subscriber: Option<SubscriberId>,
         priority: i64,
         now: UnixTime,
         expires_at: UnixTime,
-    ) -> Result<i64> {
+    ) -> Result<OutboxId> {
         tx.execute(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at)
@@ -457,7 +457,7 @@ impl Store {
             params![
                 mail.kind.as_str(),
                 priority,
-                subscriber,
+                subscriber.map_or(0, SubscriberId::get),
                 mail.to.domain(),
                 mail.sender,
                 self.sealer.seal_address(&mail.to)?,
@@ -467,7 +467,7 @@ impl Store {
                 expires_at,
             ],
         )?;
-        Ok(tx.last_insert_rowid())
+        Ok(OutboxId::new(tx.last_insert_rowid()))
     }
 
     /// Records an event in the audit log.
@@ -480,14 +480,14 @@ impl Store {
     pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
         let index = self.sealer.index(addr);
         let conn = self.conn();
-        let row: Option<(i64, Vec<u8>, SubscriberStatus)> = conn
+        let row: Option<(SubscriberId, Vec<u8>, SubscriberStatus)> = conn
             .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
         let Some((id, sealed, status)) = row else { return Ok(None) };
         let districts = districts_of(&conn, id)?;
-        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status: status.as_str().to_owned(), districts }))
+        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
     }
 
     /// The nonce of the subscriber's footer links (`mamoru_core::links`);
@@ -545,7 +545,7 @@ impl Store {
     }
 
     /// The row was accepted by the next hop.
-    pub fn mark_sent(&self, id: i64, now: UnixTime) -> Result<()> {
+    pub fn mark_sent(&self, id: OutboxId, now: UnixTime) -> Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'sent', done_at = ?1, last_error = '', lease_until = 0 WHERE id = ?2",
             params![now, id],
@@ -554,7 +554,7 @@ impl Store {
     }
 
     /// Delivery failed transiently: try again at `next_attempt_at`.
-    pub fn mark_retry(&self, id: i64, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
+    pub fn mark_retry(&self, id: OutboxId, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0 WHERE id = ?3",
             params![next_attempt_at, reason, id],

@@ -39,7 +39,7 @@ impl Fixture {
         let r = self
             .store
             .request_registration(a, now, limits, now + 86_400, |sid, nonce| {
-                let claims = Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at: now + 86_400 };
+                let claims = Claims { purpose: Purpose::Register, subject: sid.subject(), nonce, expires_at: now + 86_400 };
                 let t = self.keys.token_key().sign(&claims);
                 token = Some(t.clone());
                 mail::registration_received(&self.cfg, a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
@@ -74,7 +74,7 @@ fn registration_round_trip() {
     let token = token.unwrap();
     let claims = f.claims(&token, T0 + 10);
     assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![] }));
-    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, "pending");
+    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, SubscriberStatus::Pending);
 
     assert_eq!(f.store.link_nonce(subscriber).unwrap(), None, "no footer links before confirmation");
     assert!(matches!(f.complete(&claims, &[3, 1], T0 + 20), Completion::Completed { .. }));
@@ -335,7 +335,7 @@ impl Fixture {
         let a = addr(a);
         self.store
             .request_link(&a, channel, now, limits, now + 3600, None, |kind, sid, nonce| {
-                let claims = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
+                let claims = Claims { purpose: kind.purpose(), subject: sid.subject(), nonce, expires_at: now + 3600 };
                 let t = self.keys.token_key().sign(&claims);
                 mail::registration_received(&self.cfg, &a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
             })

@@ -191,8 +191,8 @@ mod tests {
 
     fn row(id: i64, title: &str, kind: &str, text: &str) -> AlertRow {
         AlertRow {
-            id,
-            admin: 1,
+            id: mamoru_core::AlertId::new(id),
+            admin: mamoru_core::AdminId::new(1),
             admin_login: "admin".into(),
             source: "panel".into(),
             kind: kind.into(),
@@ -200,7 +200,7 @@ mod tests {
             text: text.into(),
             districts: vec![1],
             is_test: false,
-            state: "published".into(),
+            state: mamoru_store::states::AlertState::Published,
             created_at: 1_795_000_000,
             published_at: 1_795_000_000,
             recipients: 0,

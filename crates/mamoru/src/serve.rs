@@ -160,11 +160,10 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
     // (pool, state) -> buckets, states in their life order.
-    let order = |s: &str| ["queued", "sending", "sent", "failed", "expired"].iter().position(|x| *x == s).unwrap_or(9);
-    let mut rows: std::collections::BTreeMap<(String, usize, String), Vec<i64>> = std::collections::BTreeMap::new();
+    let mut rows: std::collections::BTreeMap<(String, mamoru_store::states::OutboxState), Vec<i64>> = std::collections::BTreeMap::new();
     for r in shape {
         let pool = cfg.pool_of(&r.domain).to_string();
-        let slot = rows.entry((pool, order(&r.state), r.state.clone())).or_insert_with(|| vec![0; AGE_BUCKETS_MIN.len() + 1]);
+        let slot = rows.entry((pool, r.state)).or_insert_with(|| vec![0; AGE_BUCKETS_MIN.len() + 1]);
         for (a, b) in slot.iter_mut().zip(&r.buckets) {
             *a += b;
         }
@@ -174,8 +173,8 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     if args.json {
         let outbox: Vec<serde_json::Value> = rows
             .iter()
-            .map(|((pool, _, state), b)| {
-                serde_json::json!({ "pool": pool, "state": state, "total": b.iter().sum::<i64>(), "age_buckets": b })
+            .map(|((pool, state), b)| {
+                serde_json::json!({ "pool": pool, "state": state.as_str(), "total": b.iter().sum::<i64>(), "age_buckets": b })
             })
             .collect();
         let pools: Vec<serde_json::Value> = pools
@@ -214,8 +213,8 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
         write!(out, " {:>6}", format!("{m}m"))?;
     }
     writeln!(out, " {:>6}", format!("{}m+", AGE_BUCKETS_MIN[AGE_BUCKETS_MIN.len() - 1]))?;
-    for ((pool, _, state), b) in &rows {
-        write!(out, "{pool:<10} {state:<8} {:>7}", b.iter().sum::<i64>())?;
+    for ((pool, state), b) in &rows {
+        write!(out, "{pool:<10} {:<8} {:>7}", state.as_str(), b.iter().sum::<i64>())?;
         for n in b {
             write!(out, " {n:>6}")?;
         }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, StatusCode};
-use mamoru_core::Config;
+use mamoru_core::{AlertId, Config};
 use mamoru_store::admins::Admin;
 
 use crate::{Web, form};
@@ -149,7 +149,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         _ => {
             let rest = path.strip_prefix("/admin/alerts/");
             let (id, publish) = match rest.map(|r| r.strip_suffix("/publish").map_or((r, false), |r| (r, true))) {
-                Some((id, p)) => (id.parse::<i64>().ok(), p),
+                Some((id, p)) => (id.parse::<AlertId>().ok(), p),
                 None => (None, false),
             };
             match (id, post, publish) {

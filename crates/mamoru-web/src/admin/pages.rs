@@ -7,6 +7,7 @@ use mamoru_core::{Config, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::AlertRow;
 use mamoru_store::bounces::BounceStat;
+use mamoru_store::states::AlertState;
 
 use super::Me;
 use crate::archive::jst;
@@ -182,13 +183,13 @@ pub(super) struct AlertView<'a> {
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
     let row = v.row;
-    let title = if row.state == "draft" { "配信の確認" } else { "配信の詳細" };
+    let title = if row.state == AlertState::Draft { "配信の確認" } else { "配信の詳細" };
     layout(cfg, title, Some(me), html! {
         h2 { "件名" }
         p { (v.content.subject) }
         h2 { "本文" }
         pre class="alert" { (v.content.body) }
-        @if row.state == "draft" {
+        @if row.state == AlertState::Draft {
             @let cc = CarrierCounts::from_domains(v.counts);
             @let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
             p { "配信先: " (cc.total()) "件（" (parts.join("、")) "）" }
@@ -221,13 +222,13 @@ pub(super) fn history(cfg: &Config, me: Me<'_>, rows: &[AlertRow]) -> String {
     layout(cfg, "配信履歴", Some(me), html! {
         table {
             tr { th { "日時" } th { "件名" } th { "地区" } th { "状態" } th { "件数" } }
-            @for r in rows.iter().filter(|r| r.state != "rejected") {
+            @for r in rows.iter().filter(|r| r.state != AlertState::Rejected) {
                 @let when = if r.published_at > 0 { r.published_at } else { r.created_at };
                 tr {
                     td { (jst(when)) }
                     td { a href={ "/admin/alerts/" (r.id) } { @if r.is_test { "【テスト】" } (r.title) } }
                     td { (district_label(cfg, &r.districts)) }
-                    td { @if r.state == "published" { "配信済" } @else { "未配信" } }
+                    td { @if r.state == AlertState::Published { "配信済" } @else { "未配信" } }
                     td { (r.recipients) }
                 }
             }

@@ -89,7 +89,7 @@ impl Server {
         let r = self
             .store()
             .request_registration(a, at, &limits, expires_at, |sid, nonce| {
-                let t = self.tokens().sign(&Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at });
+                let t = self.tokens().sign(&Claims { purpose: Purpose::Register, subject: sid.subject(), nonce, expires_at });
                 token = Some(t.clone());
                 let mut random = [0u8; 12];
                 self.store().sealer().random(&mut random).unwrap();
@@ -311,7 +311,7 @@ async fn expired_and_unknown_links_are_gone() {
             assert_eq!(r.header("cache-control"), Some("no-store"));
         }
     }
-    assert_eq!(srv.store().find_subscriber(&a).unwrap().unwrap().status, "pending");
+    assert_eq!(srv.store().find_subscriber(&a).unwrap().unwrap().status.as_str(), "pending");
     srv.stop().await;
 }
 
@@ -382,13 +382,13 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     notified(srv.web.app.wake()).await;
     queued(3);
     let pending = srv.store().find_subscriber(&addr("new.parent@docomo.ne.jp")).unwrap().unwrap();
-    assert_eq!(pending.status, "pending");
+    assert_eq!(pending.status.as_str(), "pending");
 
     let limited = srv.post("/register", "address=New.Parent%40DOCOMO.ne.jp").await;
     queued(3); // the cooldown refused a second mail
     let existing = srv.post("/register", "address=known%40docomo.ne.jp").await;
     queued(4);
-    assert_eq!(srv.store().find_subscriber(&known).unwrap().unwrap().status, "active");
+    assert_eq!(srv.store().find_subscriber(&known).unwrap().unwrap().status.as_str(), "active");
 
     for r in [&limited, &existing] {
         assert_eq!(r.status, new.status);
@@ -636,7 +636,7 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
 }
 
 /// Stores and publishes an alert as the panel does and returns its id.
-fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
+fn publish_alert(srv: &Server, title: &str, text: &str) -> mamoru_core::AlertId {
     use mamoru_store::admins::AdminAdded;
     use mamoru_store::alerts::{Drafted, NewAlert, Published};
     let store = srv.store();
