@@ -21,13 +21,14 @@ const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
 pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
     let read = blocking(web, "read the dashboard", move |w| {
-        Ok::<_, StoreError>((w.store.subscriber_counts()?, w.store.suspended_counts()?, w.store.bounce_stats(since)?))
+        let s = &w.store;
+        Ok::<_, StoreError>((s.subscriber_counts()?, s.suspended_counts()?, s.bounce_stats(since)?, s.learned_limits()?))
     });
-    let (counts, suspended, bounces) = match read.await {
+    let (counts, suspended, bounces, learned) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
-    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces };
+    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, learned: &learned };
     page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
 }
 

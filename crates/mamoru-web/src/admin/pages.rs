@@ -7,6 +7,7 @@ use mamoru_core::{Config, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::AlertRow;
 use mamoru_store::bounces::BounceStat;
+use mamoru_store::relay::{LearnedLimits, PushBackSignal};
 use mamoru_store::states::AlertState;
 
 use super::Me;
@@ -79,6 +80,8 @@ pub(super) struct Dashboard<'a> {
     /// (suspension reason, subscribers).
     pub suspended: &'a [(String, i64)],
     pub bounces: &'a [BounceStat],
+    /// What each carrier pool's relay learned about its carrier.
+    pub learned: &'a [LearnedLimits],
 }
 
 pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
@@ -114,7 +117,44 @@ pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
                 @for b in d.bounces { tr { td { (b.domain) } td { (bounce_label(&b.class)) } td { (b.count) } } }
             }
         }
+        // The carriers publish no limits; the relay learns each one's from
+        // its refusals. A learned value far below the configured one says
+        // that carrier is holding our mail back.
+        h2 { "キャリアごとの送信の調整" }
+        @if d.learned.is_empty() {
+            p { "まだ記録がありません（配信すると表示されます）。" }
+        } @else {
+            table {
+                tr { th { "キャリア" } th { "同時接続" } th { "送信ペース（通/秒）" } th { "最後の規制応答" } }
+                @for l in d.learned {
+                    tr {
+                        td { (l.pool) }
+                        td { (l.connections) " / " (l.connections_ceiling) }
+                        td { (pace(l.pace)) " / " (pace(l.pace_ceiling)) }
+                        td {
+                            @match &l.last_push_back {
+                                Some(p) => { (crate::archive::jst(p.at)) " " (push_back_label(p.signal)) " (" (p.code) @if !p.enhanced.is_empty() { " " (p.enhanced) } ")" }
+                                None => "なし",
+                            }
+                        }
+                    }
+                }
+            }
+            p { "左が学習した値、右が設定の上限です。" }
+        }
     })
+}
+
+/// A pace for the table: `0` is "no limit".
+fn pace(per_second: f64) -> String {
+    if per_second <= 0.0 { "制限なし".to_string() } else { format!("{per_second:.1}") }
+}
+
+fn push_back_label(signal: PushBackSignal) -> &'static str {
+    match signal {
+        PushBackSignal::Sessions => "接続数の超過",
+        PushBackSignal::Pace => "送信ペースの超過",
+    }
 }
 
 fn suspension_label(reason: &str) -> &str {

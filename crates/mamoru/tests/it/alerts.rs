@@ -342,6 +342,20 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     // One subscriber's carrier said "unknown user": the dashboard shows it.
     let gone = inst.subscriber("g@au.com").unwrap();
     inst.store().mark_undeliverable(gone.id, mamoru_core::now()).unwrap();
+    // What a relay learned about docomo: the dashboard shows it beside the ceilings.
+    use mamoru_store::relay::{LearnedLimits, PushBack, PushBackSignal};
+    let learned = LearnedLimits {
+        pool: "docomo".into(),
+        connections: 1,
+        connections_ceiling: 2,
+        pace: 5.0,
+        pace_ceiling: 10.0,
+        sessions_mark: None,
+        pace_mark: None,
+        last_push_back: Some(PushBack { at: 1_800_000_000, signal: PushBackSignal::Sessions, code: 421, enhanced: "4.7.0".into() }),
+        updated_at: 1_800_000_000,
+    };
+    inst.store().save_learned_limits(&[learned]).unwrap();
     let server = inst.serve();
     let addr = server.http;
 
@@ -372,6 +386,11 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     assert_eq!(dash.status, 200);
     assert!(dash.body.contains("<td>中央地区</td><td>2</td><td>1</td><td>0</td><td>0</td><td>0</td><td>3</td>"), "{}", dash.body);
     assert!(dash.body.contains("<tr><td>宛先不明（アドレスが存在しない）</td><td>1</td></tr>"), "{}", dash.body);
+    // The running relay re-saved the pools with this instance's ceilings
+    // (no pace limit configured); the learned connection cap and the
+    // push-back stay.
+    let docomo = "<tr><td>docomo</td><td>1 / 2</td><td>制限なし / 制限なし</td><td>2027年1月15日 17:00 接続数の超過 (421 4.7.0)</td></tr>";
+    assert!(dash.body.contains(docomo), "{}", dash.body);
     assert!(dash.header("Strict-Transport-Security").is_some() && dash.header("Content-Security-Policy").is_some());
     let marker = "name=\"csrf\" value=\"";
     let csrf = dash.body.split(marker).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
