@@ -362,3 +362,92 @@ fn json_logs_are_one_object_per_line_without_addresses() {
     assert!(status.success(), "{log}");
     assert!(log.lines().all(|l| !l.starts_with('{')) && log.contains("INFO"), "{log}");
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// There is no container engine here: what can be checked without one is.
+/// The compose file parses (python3-yaml) and every file it, the
+/// Dockerfiles and the Postfix image's entrypoint name exists; the
+/// entrypoint renders the tests' own Postfix templates into a configuration
+/// that Postfix's postconf and postmap read without a warning.
+#[test]
+fn the_container_files_parse_and_name_files_that_exist() {
+    let script = r#"
+import json, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+print(json.dumps(doc))
+"#;
+    let compose_path = repo().join("docker/compose.yaml");
+    let out = Command::new("python3").arg("-c").arg(script).arg(&compose_path).output().expect("python3");
+    assert!(out.status.success(), "compose.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let compose: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let services = compose["services"].as_object().expect("services");
+    assert_eq!(services.keys().collect::<Vec<_>>(), ["mamoru", "postfix"]);
+    let docker = repo().join("docker");
+    for (name, svc) in services {
+        let context = docker.join(svc["build"]["context"].as_str().expect("context"));
+        let dockerfile = context.join(svc["build"]["dockerfile"].as_str().expect("dockerfile"));
+        let text = std::fs::read_to_string(&dockerfile).unwrap_or_else(|e| panic!("{name}: {}: {e}", dockerfile.display()));
+        assert!(text.contains("\nUSER ") || name == "postfix", "{name}: runs as a user of its own");
+        // Every COPY source (not from another stage) exists in the context.
+        let mut copies = 0;
+        for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for src in &words[1..words.len() - 1] {
+                assert!(context.join(src).exists(), "{name}: {line}: {src} is missing");
+                copies += 1;
+            }
+        }
+        assert!(copies >= 2, "{name}: {text}");
+        for volume in svc["volumes"].as_array().into_iter().flatten() {
+            let source = volume.as_str().expect("volume").split(':').next().expect("source");
+            if source.starts_with('.') {
+                assert!(docker.join(source).exists(), "{name}: volume {source} is missing");
+            } else {
+                assert!(compose["volumes"].get(source).is_some(), "{name}: named volume {source}");
+            }
+        }
+    }
+    let mamoru = std::fs::read_to_string(docker.join("Dockerfile")).expect("Dockerfile");
+    assert!(mamoru.contains("VOLUME [\"/var/lib/mamoru\"]") && mamoru.contains("USER mamoru"), "{mamoru}");
+    assert!(mamoru.matches("\nFROM ").count() >= 2, "multi-stage");
+    // The container's configuration is valid for this build (its data dir
+    // moved to a temporary one: `queue` opens the store).
+    let work = tempfile::tempdir().expect("tempdir");
+    let toml = std::fs::read_to_string(docker.join("mamoru.toml")).expect("mamoru.toml");
+    assert!(toml.contains("data_dir = \"/var/lib/mamoru\""), "{toml}");
+    let moved = toml.replace("data_dir = \"/var/lib/mamoru\"", &format!("data_dir = \"{}\"", work.path().join("data").display()));
+    std::fs::write(work.path().join("mamoru.toml"), moved).expect("write");
+    let cfg = Command::new(BIN).arg("-c").arg(work.path().join("mamoru.toml")).args(["queue", "--json"]).output().expect("mamoru");
+    assert!(cfg.status.success(), "{}", String::from_utf8_lossy(&cfg.stderr));
+
+    // The Postfix image's entrypoint renders the templates the tests use.
+    let conf = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("sh")
+        .arg(docker.join("postfix/entrypoint.sh"))
+        .env("MAMORU_DOMAIN", "mamoru.example.jp")
+        .env("MAMORU_POSTFIX_TEMPLATES", docker.join("postfix"))
+        .env("POSTFIX_CONFIG_DIR", conf.path())
+        .env("MAMORU_POSTFIX_RENDER_ONLY", "1")
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["main.cf", "master.cf", "recipients", "transport"] {
+        let text = std::fs::read_to_string(conf.path().join(file)).expect("rendered");
+        let left: Vec<&str> = text.split('@').skip(1).step_by(2).filter(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !w.is_empty()).collect();
+        assert!(left.is_empty(), "{file}: placeholders left: {left:?}");
+    }
+    for args in [vec!["-n"], vec!["-M"]] {
+        let out = Command::new("postconf").arg("-c").arg(conf.path()).args(&args).output().expect("postconf");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !err.contains("warning"), "postconf {args:?}: {err}");
+    }
+    let q = |map: &str, key: &str| -> String {
+        let out = Command::new("postmap").arg("-c").arg(conf.path()).args(["-q", key]).arg(format!("texthash:{}", conf.path().join(map).display())).output().expect("postmap");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(q("transport", "mamoru.example.jp"), "lmtp:inet:mamoru:2424");
+    assert_eq!(q("recipients", "ans@mamoru.example.jp"), "OK");
+}
