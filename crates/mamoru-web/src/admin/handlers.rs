@@ -222,12 +222,16 @@ pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid
         return page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err(&e))));
     }
     let Some(salt) = random(web, 16) else { return busy(&cfg) };
-    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
+    let Some(permit) = password_check(web) else {
+        web.app.metrics().rate_limited("password-checks");
+        return checks_busy(&cfg);
+    };
     let login = me.0.login.clone();
     let changed = blocking(web, "change an admin password", move |w| {
         let _permit = permit;
         // A guess at the current password counts like a login attempt.
         if !w.store.take_login_attempt(&login, &client, now)? {
+            w.app.metrics().rate_limited("admin-login");
             return Ok::<_, StoreError>(Some(false));
         }
         let Some((_, hash)) = w.store.admin_credentials(&login)? else { return Ok(None) };
