@@ -148,6 +148,7 @@ impl App {
             return Ok(Err(Refusal::WeakPassword));
         }
         if !self.store.take_login_attempt(&me.login, client, now)? {
+            self.metrics.rate_limited("admin-login");
             return Ok(Err(Refusal::WrongPassword));
         }
         let Some((_, stored)) = self.store.admin_credentials(&me.login)? else { return Ok(Err(Refusal::NoSuchAdmin)) };

@@ -33,6 +33,9 @@ use mamoru_core::Config;
 use mamoru_store::{Store, StoreError};
 use tokio::sync::Notify;
 
+pub use mamoru_metrics as metrics;
+use mamoru_metrics::Metrics;
+
 /// The use cases of one mamoru installation: configuration, store and
 /// token key, shared by every adapter of a process.
 pub struct App {
@@ -41,11 +44,19 @@ pub struct App {
     pub tokens: TokenKey,
     wake: Arc<Notify>,
     copies: alerts::Copies,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
     pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey) -> Self {
-        Self { cfg, store, tokens, wake: Arc::new(Notify::new()), copies: alerts::Copies::default() }
+        Self {
+            cfg,
+            store,
+            tokens,
+            wake: Arc::new(Notify::new()),
+            copies: alerts::Copies::default(),
+            metrics: Arc::new(Metrics::new()),
+        }
     }
 
     /// Shares `wake` with the relay of the same process: it is notified
@@ -53,6 +64,17 @@ impl App {
     pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
         self.wake = wake;
         self
+    }
+
+    /// Shares the process's metrics with every adapter that records.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where the use cases and the adapters record what happened.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// What the relay waits on for new mail.
@@ -75,10 +97,14 @@ impl App {
     /// adapters and the store.
     pub async fn run<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&App) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
         let app = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || f(&app)).await {
+        let r = match tokio::task::spawn_blocking(move || f(&app)).await {
             Ok(r) => r,
             Err(e) => Err(Error::Stopped(e.to_string())),
+        };
+        if let Err(Error::Store(e)) = &r {
+            self.metrics.store_error("app", matches!(e, StoreError::Busy));
         }
+        r
     }
 }
 

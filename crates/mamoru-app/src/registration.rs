@@ -81,11 +81,17 @@ impl App {
                     LinkMail::Register => "registration requested; 登録受付 queued",
                 };
                 tracing::info!(subscriber = subscriber.get(), outbox = outbox.get(), via, to = %addr.masked(), "{what}");
+                let label = match kind {
+                    LinkMail::Manage => "manage",
+                    LinkMail::Register => "register",
+                };
+                self.metrics.registration_requested(via, label);
                 self.queued();
                 LinkOutcome::Queued { kind, subscriber, outbox }
             }
             LinkRequest::Limited(limit) => {
                 tracing::info!(limit = limit.as_str(), via, to = %addr.masked(), "link request refused by a rate limit");
+                self.metrics.rate_limited(limit.as_str());
                 LinkOutcome::Limited(limit)
             }
         })
@@ -107,6 +113,7 @@ impl App {
         })?;
         if let Completion::Completed { subscriber, .. } = done {
             tracing::info!(subscriber = subscriber.get(), districts = ?districts, "registration completed");
+            self.metrics.registration_completed();
             self.queued();
         }
         Ok(done)

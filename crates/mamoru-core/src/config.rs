@@ -57,6 +57,8 @@ pub struct Config {
     pub web: WebConfig,
     pub relay: RelayConfig,
     pub store: StoreConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     pub bounces: BouncesConfig,
     pub alerts: AlertsConfig,
     pub districts: Vec<District>,
@@ -128,6 +130,13 @@ fn keyword<'de, D: Deserializer<'de>, T>(d: D, shape: &str, parse: impl FnOnce(&
 /// A listener's `IP:PORT` (IPv6 in brackets).
 fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     keyword(d, "IP:PORT, e.g. 127.0.0.1:2424 (IPv6 in brackets, [::1]:2424)", |s| s.parse().ok())
+}
+
+/// `[metrics] listen`: `IP:PORT`, or empty for none.
+fn optional_listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    keyword(d, "IP:PORT, e.g. 127.0.0.1:9464 (empty = no listener)", |s| {
+        if s.is_empty() { Some(None) } else { s.parse().ok().map(Some) }
+    })
 }
 
 /// `[relay] resolver`: `IP:PORT`, or empty for the system's.
@@ -284,6 +293,51 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
 }
 
+/// The operator's listener of `mamoru serve`: `/metrics`, `/healthz`,
+/// `/readyz`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT`; `None` (an empty string in the file, the default) = no
+    /// metrics listener. Never the web listener's port.
+    #[serde(deserialize_with = "optional_listen_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// How log lines are written (stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (one human-readable line per event) or `"json"` (one JSON
+    /// object per line, for log shippers). `MAMORU_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"text\" or \"json\"", Self::parse)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BouncesConfig {
@@ -413,6 +467,8 @@ impl Default for Config {
             web: WebConfig::default(),
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             bounces: BouncesConfig::default(),
             districts: KURE_DISTRICTS
                 .iter()
@@ -612,6 +668,13 @@ impl Config {
         if sel.len() > 50 || !sel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || sel.starts_with('-') {
             return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
         }
+        if let Some(m) = self.metrics.listen {
+            for (key, other) in [("web.listen", self.web.listen), ("ingest.lmtp_listen", self.ingest.lmtp_listen)] {
+                if m.port() != 0 && m.port() == other.port() && (m.ip() == other.ip() || m.ip().is_unspecified() || other.ip().is_unspecified()) {
+                    return Err(invalid("metrics.listen", format!("must not be the port of `{key}` (the metrics are for the operator, not the public)")));
+                }
+            }
+        }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         self.validate_alerts()?;
         self.validate_smtp()?;
@@ -794,6 +857,15 @@ mod tests {
         assert!(err("[ingest]\nlmtp_lisen = \"x\"").contains("lmtp_lisen"));
         assert!(err("[ingest]\nlmtp_listen = \"nope\"").contains("ingest.lmtp_listen"));
         assert!(err("[web]\nlisten = \"1.2.3.4\"").contains("web.listen"));
+        assert!(err("[metrics]\nlisten = \"9464\"").contains("metrics.listen"));
+        assert!(err("[log]\nformat = \"xml\"").contains("log.format"));
+        // The metrics are never served on the public web port.
+        assert!(err("[metrics]\nlisten = \"127.0.0.1:8080\"").contains("metrics.listen"));
+        assert!(err("[web]\nlisten = \"0.0.0.0:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"").contains("metrics.listen"));
+        assert!(err("[metrics]\nlisten = \"127.0.0.1:2424\"").contains("metrics.listen"));
+        let ok = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n[log]\nformat = \"json\"").unwrap();
+        assert_eq!((ok.metrics.listen, ok.log.format), (Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9464))), LogFormat::Json));
+        assert_eq!(parse("[metrics]\nlisten = \"\"").unwrap().metrics.listen, None);
         assert!(err("domain = \"bad domain\"").contains("`domain`"));
         assert!(err("public_url = \"ftp://x\"").contains("public_url"));
         assert!(err("[relay]\ntransport = \"smtp://host\"").contains("relay.transport"));

@@ -60,6 +60,8 @@ pub const DB_FILE: &str = "mamoru.db";
 pub enum StoreError {
     #[error("database is locked by another process")]
     Busy,
+    #[error("database is read-only")]
+    ReadOnly,
     #[error("cannot open database {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("database error: {0}")]
@@ -271,6 +273,18 @@ impl Store {
     /// mailbox it reaches, so every spelling of one inbox shares them.
     pub(crate) fn mailbox_index(&self, addr: &EmailAddress) -> BlindIndex {
         self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes())
+    }
+
+    /// Whether the database takes writes now: opened read-write, and a
+    /// write lock is granted within the busy timeout (and given back at
+    /// once, nothing written). What `/readyz` and the watchdog ask.
+    pub fn check_writable(&self) -> Result<()> {
+        let mut conn = self.conn();
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly);
+        }
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)?.rollback()?;
+        Ok(())
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

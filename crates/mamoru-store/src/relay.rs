@@ -135,6 +135,18 @@ pub struct ShapeRow {
     pub buckets: Vec<i64>,
 }
 
+/// Outbox rows still to deliver (`queued` or `sending`) of one domain and
+/// state, counted per age bucket, with the oldest row's queue time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub domain: String,
+    pub state: String,
+    /// `AGE_BUCKETS_MIN.len() + 1` counts, youngest first.
+    pub buckets: Vec<i64>,
+    /// `created_at` of the oldest of these rows.
+    pub oldest: UnixTime,
+}
+
 /// A row as a claim's `RETURNING` gives it: id, kind, sender, sealed
 /// recipient, Message-ID, sealed content, attempts, alert id, subscriber id.
 pub(crate) type ClaimedRow = (OutboxId, String, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
@@ -460,6 +472,58 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Like [`Store::outbox_shape`] for the rows still to deliver only
+    /// (`queued`, `sending`), through the state index: bounded by the queue,
+    /// not by the history. The relay's snapshot reads it once a second.
+    pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
+        let conn = self.conn();
+        let mut bucket_sql = String::from("CASE");
+        for (i, m) in AGE_BUCKETS_MIN.iter().enumerate() {
+            bucket_sql.push_str(&format!(" WHEN ?1 - created_at < {} THEN {i}", m * 60));
+        }
+        bucket_sql.push_str(&format!(" ELSE {} END", AGE_BUCKETS_MIN.len()));
+        let sql = format!(
+            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*), MIN(created_at) FROM outbox
+             WHERE state IN ('queued', 'sending') GROUP BY domain, state, bucket ORDER BY domain, state"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+        })?;
+        let mut out: Vec<PendingRow> = Vec::new();
+        for row in rows {
+            let (domain, state, bucket, n, oldest) = row?;
+            let same = out.last().is_some_and(|l| l.domain == domain && l.state == state);
+            if !same {
+                out.push(PendingRow { domain, state, buckets: vec![0; AGE_BUCKETS_MIN.len() + 1], oldest });
+            }
+            if let Some(last) = out.last_mut() {
+                last.oldest = last.oldest.min(oldest);
+                if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| last.buckets.get_mut(b)) {
+                    *slot += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Of the published alerts `ids`, those with no copy left to deliver
+    /// (every row sent, failed or expired), with their publication time.
+    pub fn alerts_finished(&self, ids: &[AlertId]) -> Result<Vec<(AlertId, UnixTime)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT published_at FROM alerts WHERE id = ?1 AND state = 'published'
+             AND NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = ?1 AND state IN ('queued', 'sending'))",
+        )?;
+        let mut out = Vec::new();
+        for &id in ids {
+            if let Some(at) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                out.push((id, at));
+            }
+        }
+        Ok(out)
     }
 
     /// Outbox rows per domain × state × age (since queued), like qshape.

@@ -463,3 +463,16 @@ fn the_autoincrement_rebuild_keeps_rows_ids_and_their_districts() {
     // The sequence starts after the ids that were copied.
     assert_eq!(insert_row(&c, "subscribers"), 3);
 }
+
+#[test]
+fn the_store_is_writable_until_another_process_holds_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap();
+    store.check_writable().unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(matches!(store.check_writable(), Err(StoreError::Busy)));
+    other.execute_batch("ROLLBACK").unwrap();
+    store.check_writable().unwrap();
+}

@@ -91,7 +91,7 @@ fn read_password(id: &str) -> anyhow::Result<String> {
 /// post; `--yes` publishes at once (the operator on the machine is trusted).
 pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
     let AlertCommand::Post(args) = cmd;
-    setup::init_logging("warn");
+    setup::init_logging("warn", cfg.log.format);
     let (store, keys) = setup::open_store(&cfg)?;
     let tokens = keys.token_key();
     let now = mamoru_core::now();

@@ -37,8 +37,8 @@ pub fn main(config: Option<&Path>, args: IngestArgs) -> ExitCode {
 }
 
 fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
-    setup::init_logging("info");
     let cfg = Arc::new(setup::load(config)?);
+    setup::init_logging("info", cfg.log.format);
     fault_injection();
 
     // Read one byte past the limit to tell "exactly at the limit" from "over".
@@ -51,7 +51,8 @@ fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
     }
 
     let (store, keys) = setup::open_store(&cfg)?;
-    let registrar = Registrar::new(std::sync::Arc::new(mamoru_app::App::new(cfg, store, keys.token_key())));
+    let registrar = Registrar::new(std::sync::Arc::new(mamoru_app::App::new(cfg, store, keys.token_key())))
+        .with_entry(mamoru_app::metrics::Entry::Pipe);
     match registrar.deliver_authenticated(&args.sender, &args.recipient, args.sasl_username.as_deref(), &message) {
         Outcome::Stored | Outcome::Dropped(_) => Ok(()),
         Outcome::Transient(reason) => Err(anyhow::anyhow!("temporary failure: {reason}")),

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::QueueArgs;
-use crate::setup;
+use crate::{ops, setup};
 
 /// How long shutdown waits for SMTP/LMTP transactions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -30,20 +30,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    setup::init_logging("info");
+    setup::init_logging("info", cfg.log.format);
     apply_fd_budget(&mut cfg);
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
+        let health = Arc::new(ops::Health::new(store.clone()));
+        health.keys_loaded();
         let lmtp_listener = bind(cfg.ingest.lmtp_listen, "LMTP").await?;
         let web_listener = bind(cfg.web.listen, "HTTP").await?;
+        let metrics_listener = match cfg.metrics.listen {
+            Some(addr) => Some(bind(addr, "metrics").await?),
+            None => None,
+        };
         announce("lmtp", &lmtp_listener)?;
         announce("http", &web_listener)?;
+        if let Some(l) = &metrics_listener {
+            announce("metrics", l)?;
+        }
 
         let shutdown = CancellationToken::new();
         let wake = Arc::new(Notify::new());
-        // One set of use cases for every adapter; what they queue wakes the relay.
-        let app = Arc::new(App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()));
+        let metrics = Arc::new(mamoru_app::metrics::Metrics::new());
+        // One set of use cases for every adapter; what they queue wakes the
+        // relay, what they do is counted in the one registry.
+        let app = Arc::new(
+            App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()).with_metrics(metrics.clone()),
+        );
         let registrar = Registrar::new(app.clone());
         let lmtp_cfg = LmtpConfig {
             hostname: cfg.domain.clone(),
@@ -55,7 +68,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         };
         let web = Arc::new(mamoru_web::Web::new(app.clone()));
 
-        let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
+        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
             ("web", if cfg.web_tls() {
                 let tls = mamoru_web::tls_config(std::path::Path::new(&cfg.web.tls_cert), std::path::Path::new(&cfg.web.tls_key))
@@ -67,6 +80,12 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
             ("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
+        if let Some(l) = metrics_listener {
+            tasks.push(("metrics", spawn(ops::run(l, metrics, health.clone(), shutdown.clone()))));
+        }
+        health.listeners_bound();
+        ops::notify_ready();
+        tasks.push(("watchdog", tokio::spawn(ops::watchdog(health.clone(), shutdown.clone()))));
         run_until_signal(tasks, shutdown).await
     })
 }
@@ -121,7 +140,8 @@ fn raise_nofile() -> u64 {
 /// Descriptors kept for everything but the listeners: the base reserve and
 /// one per relay connection (every pool's `max_connections`).
 fn fd_reserve(cfg: &Config) -> u64 {
-    FD_RESERVE_BASE + cfg.carriers.values().map(|p| u64::from(p.max_connections)).sum::<u64>()
+    let metrics = if cfg.metrics.listen.is_some() { ops::MAX_CONNECTIONS as u64 } else { 0 };
+    FD_RESERVE_BASE + metrics + cfg.carriers.values().map(|p| u64::from(p.max_connections)).sum::<u64>()
 }
 
 /// The listeners' total caps `(web, lmtp)` within `nofile - reserve`: as
@@ -139,7 +159,7 @@ fn fd_budget(nofile: u64, reserve: u64, web: usize, lmtp: usize) -> (usize, usiz
 }
 
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
-    setup::init_logging("info");
+    setup::init_logging("info", cfg.log.format);
     runtime()?.block_on(async move {
         let (store, keys) = setup::open_store(&cfg)?;
         let app = Arc::new(App::new(Arc::new(cfg), store, keys.token_key()));
@@ -357,6 +377,7 @@ async fn run_until_signal(tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()
         }
     }
     shutdown.cancel();
+    crate::ops::notify_stopping();
     let drain = async {
         while let Some(joined) = set.join_next().await {
             if let Ok((name, r)) = joined {

@@ -175,10 +175,11 @@ impl Env {
             dkim: None,
             alerts: self.app(),
         });
+        let metrics = Arc::clone(relay.alerts.metrics());
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(mamoru_relay::run(relay, Arc::clone(&wake), shutdown.clone()));
-        Running { wake, shutdown, task }
+        Running { wake, shutdown, task, metrics }
     }
 }
 
@@ -221,6 +222,17 @@ pub struct Running {
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     task: JoinHandle<Result<(), RelayError>>,
+    /// What the relay recorded.
+    pub metrics: Arc<mamoru_app::metrics::Metrics>,
+}
+
+/// The value of one sample line of the metrics' text (`name{labels}`), 0
+/// when the series does not exist.
+pub fn sample(metrics: &mamoru_app::metrics::Metrics, series: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().expect("a number"))
 }
 
 impl Running {

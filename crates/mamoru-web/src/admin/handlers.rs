@@ -214,7 +214,10 @@ pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid
         let e = format!("新しいパスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN);
         return page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err(&e))));
     }
-    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
+    let Some(permit) = password_check(web) else {
+        web.app.metrics().rate_limited("password-checks");
+        return checks_busy(&cfg);
+    };
     let by = me.0.clone();
     let changed = blocking(web, "change an admin password", move |w| {
         let _permit = permit;

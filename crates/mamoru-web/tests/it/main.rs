@@ -539,6 +539,30 @@ async fn security_headers_on_every_route() {
 }
 
 #[tokio::test]
+async fn requests_are_counted_by_route_class_and_status_without_the_token() {
+    let srv = start().await;
+    let token = srv.request_token(&addr("taro@docomo.ne.jp"), now());
+    assert_eq!(srv.get(&format!("/r/{token}")).await.status, 200);
+    assert_eq!(srv.post(&format!("/r/{token}"), "district=1").await.status, 200);
+    assert_eq!(srv.get(&format!("/r/{token}")).await.status, 410);
+    assert_eq!(srv.get("/").await.status, 200);
+    assert_eq!(srv.get("/nope/taro@docomo.ne.jp").await.status, 404);
+    let text = srv.web.app.metrics().encode();
+    for line in [
+        "mamoru_http_requests_total{route=\"registration\",status=\"200\"} 2",
+        "mamoru_http_requests_total{route=\"registration\",status=\"410\"} 1",
+        "mamoru_http_requests_total{route=\"index\",status=\"200\"} 1",
+        "mamoru_http_requests_total{route=\"other\",status=\"404\"} 1",
+        "mamoru_http_request_duration_seconds_count{route=\"registration\"} 3",
+        "mamoru_registrations_completed_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    assert!(!text.contains(&token) && !text.contains('@'), "{text}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_path_is_404() {
     let srv = start().await;
     for path in ["/nope", "/r", "/registerx", "/style.css/x", "/..%2f"] {

@@ -548,7 +548,8 @@ fn an_admin_changes_its_password_and_its_other_sessions_end() {
 
 #[test]
 fn one_client_guessing_across_many_ids_is_locked_out() {
-    let inst = Instance::new(&[]);
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let inst = Instance::new(&[("metrics.listen", &format!("\"{metrics}\""))]);
     assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
     let server = inst.serve();
     let addr = server.http;
@@ -561,6 +562,10 @@ fn one_client_guessing_across_many_ids_is_locked_out() {
     }
     let locked = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
     assert_eq!(locked.status, 429, "{}", locked.body);
+    // Counted as a refusal by the login limit, without the ID.
+    let exposition = http(metrics, "GET", "/metrics", None).body;
+    assert!(exposition.lines().any(|l| l == "mamoru_rate_limit_refusals_total{limit=\"admin-login\"} 1"), "{exposition}");
+    assert!(!exposition.contains("chuo") && !exposition.contains("login=\"a\""), "{exposition}");
     // The counter row holds a keyed hash, not the client's address.
     let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
     let key: Vec<u8> = db.query_row("SELECT key FROM rate_limits WHERE scope = 'admin-login-client'", [], |r| r.get(0)).unwrap();

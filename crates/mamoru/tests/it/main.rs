@@ -11,6 +11,7 @@ mod fuzz_smoke;
 mod hostile;
 mod hostile_load;
 mod limits;
+mod operations;
 mod pipe;
 mod postfix;
 mod serve;
