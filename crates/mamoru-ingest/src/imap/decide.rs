@@ -141,9 +141,7 @@ mod tests {
     const HDR: usize = 64 * 1024;
 
     fn registrar(dir: &Path) -> Registrar {
-        let mut cfg = mamoru_core::Config::default();
-        cfg.domain = "mamoru.test".into();
-        cfg.data_dir = dir.to_path_buf();
+        let cfg = mamoru_core::Config { domain: "mamoru.test".into(), data_dir: dir.to_path_buf(), ..Default::default() };
         let keys = mamoru_store::keys::load_or_create(dir).unwrap();
         let store = mamoru_store::Store::open(dir, &keys, Duration::from_millis(100)).unwrap();
         Registrar::new(Arc::new(App::new(Arc::new(cfg), Arc::new(store), keys.token_key())))
