@@ -237,3 +237,50 @@ fn an_oversized_message_is_dropped_without_fetching_its_body() {
     let log = dovecot.log();
     assert!(log.lines().any(|l| l.contains("body_bytes=") && !l.contains("body_bytes=0")), "{log}");
 }
+
+#[test]
+fn sigkill_between_commit_and_move_loses_nothing_and_replies_once() {
+    const N: usize = 300;
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ANS]);
+    let pass = password_file(work.path(), PASSWORD);
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ANS, &pass, ""));
+    let inst = Instance::new(&[("ingest.imap", &boxes)]);
+    let mails = work.path().join("mails");
+    std::fs::create_dir_all(&mails).expect("mails");
+    let ops: Vec<Vec<String>> = (0..N)
+        .map(|i| {
+            let f = mails.join(format!("{i}.eml"));
+            std::fs::write(&f, empty_mail(&format!("parent{i}@docomo.ne.jp"), ANS)).expect("mail");
+            vec!["append".into(), "INBOX".into(), f.display().to_string()]
+        })
+        .collect();
+    dovecot.imap(ANS, &ops);
+
+    // SIGKILL after a varying time, again and again, while messages remain.
+    let mut kills = 0;
+    for round in 0..60u64 {
+        if dovecot.count(ANS, "INBOX") == 0 {
+            break;
+        }
+        let mut server = inst.serve();
+        std::thread::sleep(Duration::from_millis(150 + (round * 137) % 600));
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("wait");
+        kills += 1;
+    }
+    assert!(kills >= 3, "the run ended before enough kills ({kills}); make it longer");
+    let mut server = inst.serve();
+    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ANS, "INBOX") == 0);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+
+    let (processed, dropped) = (dovecot.count(ANS, "mamoru-processed"), dovecot.count(ANS, "mamoru-dropped"));
+    assert_eq!(processed + dropped, N as i64, "every message moved exactly once");
+    // Every parent got exactly one 登録受付: a message handled again after a
+    // kill before its move met the cooldown.
+    let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).expect("db");
+    let subscribers: i64 = db.query_row("SELECT COUNT(*) FROM subscribers", [], |r| r.get(0)).expect("count");
+    assert_eq!((subscribers, outbox_rows(&inst)), (N as i64, N as i64), "{kills} kills, {dropped} handled twice");
+    eprintln!("{kills} kills; {dropped} messages handled a second time and dropped by the cooldown");
+}
