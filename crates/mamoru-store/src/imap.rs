@@ -82,6 +82,8 @@ impl Store {
             .optional()?;
         let (last, changed) = match old {
             Some((v, last)) if v == uid_validity => (last, false),
+            // 0: never selected yet (a state row written before the login).
+            Some((0, _)) => (0, false),
             Some(_) => (0, true),
             None => (0, false),
         };
@@ -165,6 +167,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         assert_eq!(s.imap_cursor("ans").unwrap(), None);
+        // A state written before the first SELECT is no UIDVALIDITY change.
+        s.imap_set_state("ans", WatchState::Connecting, "", 0, 99).unwrap();
         assert_eq!(s.imap_selected("ans", 7, 100).unwrap(), (0, false));
         s.imap_moved("ans", 5, Moved::Processed, 101).unwrap();
         s.imap_moved("ans", 3, Moved::Dropped, 102).unwrap();

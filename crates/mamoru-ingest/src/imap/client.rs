@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_imap::extensions::idle::IdleResponse;
+use async_imap::types::UnsolicitedResponse;
 use async_imap::{Client, Session};
 use futures_util::TryStreamExt as _;
 use mamoru_core::config::{ImapMailbox, ImapTls};
@@ -287,10 +288,23 @@ impl<D: Deliver> Watcher<D> {
         progress.selected = true;
         tracing::info!(mailbox = self.label(), mv = caps.mv, idle = caps.idle, "IMAP mailbox selected");
 
+        // What the server announced outside a command's own answer: an
+        // EXISTS that came between a scan's FETCH and the start of IDLE
+        // would otherwise wait for the next full scan.
+        let announced = s.unsolicited_responses.clone();
         let mut next_full = Instant::now();
         loop {
             let full = Instant::now() >= next_full;
-            last = self.scan(&mut s, caps, if full { 1 } else { last + 1 }, last, shutdown).await?;
+            let mut from = if full { 1 } else { last + 1 };
+            loop {
+                while announced.try_recv().is_ok() {}
+                let (new_last, handled) = self.scan(&mut s, caps, from, last, shutdown).await?;
+                last = new_last;
+                if handled == 0 || shutdown.is_cancelled() {
+                    break;
+                }
+                from = last + 1;
+            }
             if full {
                 next_full = Instant::now() + Duration::from_secs(m.scan_secs);
             }
@@ -311,7 +325,9 @@ impl<D: Deliver> Watcher<D> {
             }
             let mut idle = s.idle();
             within(idle.init()).await?.map_err(|e| ImapError::command(ImapError::Refused, e))?;
-            {
+            let arrived = std::iter::from_fn(|| announced.try_recv().ok())
+                .fold(false, |a, r| a || matches!(r, UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)));
+            if !arrived {
                 // The library's own timeout is reset by every keep-alive
                 // ("* OK Still here"), so the renewal is timed here.
                 let (fut, stop) = idle.wait_with_timeout(wait + Duration::from_secs(60));
@@ -333,9 +349,16 @@ impl<D: Deliver> Watcher<D> {
     }
 
     /// Handles every message with a UID from `from` on; returns the highest
-    /// UID disposed of. A transient disposition ends the scan with an error
-    /// (the message stays).
-    async fn scan(&self, s: &mut Session<Stream>, caps: Caps, from: u32, mut last: u32, shutdown: &CancellationToken) -> Result<u32, ImapError> {
+    /// UID disposed of and how many messages were found. A transient
+    /// disposition ends the scan with an error (the message stays).
+    async fn scan(
+        &self,
+        s: &mut Session<Stream>,
+        caps: Caps,
+        from: u32,
+        mut last: u32,
+        shutdown: &CancellationToken,
+    ) -> Result<(u32, usize), ImapError> {
         let fetches = within(async { s.uid_fetch(format!("{from}:*"), "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await })
             .await?
             .map_err(|e| ImapError::command(ImapError::Refused, e))?;
@@ -343,6 +366,7 @@ impl<D: Deliver> Watcher<D> {
         let mut found: Vec<(u32, Option<u32>)> = fetches.iter().filter_map(|f| Some((f.uid?, f.size))).filter(|(u, _)| *u >= from).collect();
         found.sort_unstable();
         found.dedup_by_key(|(u, _)| *u);
+        let n = found.len();
         for (uid, size) in found {
             if shutdown.is_cancelled() {
                 break;
@@ -382,7 +406,7 @@ impl<D: Deliver> Watcher<D> {
             tracing::debug!(mailbox = self.label(), uid, folder = folder.as_str(), "IMAP message moved");
             last = last.max(uid);
         }
-        Ok(last)
+        Ok((last, n))
     }
 }
 

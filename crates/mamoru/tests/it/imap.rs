@@ -284,3 +284,28 @@ fn sigkill_between_commit_and_move_loses_nothing_and_replies_once() {
     assert_eq!((subscribers, outbox_rows(&inst)), (N as i64, N as i64), "{kills} kills, {dropped} handled twice");
     eprintln!("{kills} kills; {dropped} messages handled a second time and dropped by the cooldown");
 }
+
+#[test]
+fn idle_picks_up_a_burst_without_waiting_for_the_full_scan() {
+    const N: usize = 40;
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ANS]);
+    let pass = password_file(work.path(), PASSWORD);
+    // The full scan is far away: only IDLE can bring these in time.
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ANS, &pass, ", scan_secs = 3600"));
+    let inst = Instance::new(&[("ingest.imap", &boxes)]);
+    let mut server = inst.serve();
+    wait_until(&mut server, "the watcher to idle", |_| queue_text(&inst).lines().any(|l| l.starts_with("INBOX ") && l.contains("idle")));
+    let mails = work.path().join("mails");
+    std::fs::create_dir_all(&mails).expect("mails");
+    let ops: Vec<Vec<String>> = (0..N)
+        .map(|i| {
+            let f = mails.join(format!("{i}.eml"));
+            std::fs::write(&f, empty_mail(&format!("burst{i}@docomo.ne.jp"), ANS)).expect("mail");
+            vec!["append".into(), "INBOX".into(), f.display().to_string()]
+        })
+        .collect();
+    dovecot.imap(ANS, &ops);
+    wait_until(&mut server, "every message of the burst", |_| outbox_rows(&inst) == N as i64);
+    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ANS, "INBOX") == 0);
+}
