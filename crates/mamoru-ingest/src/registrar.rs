@@ -20,7 +20,12 @@ use crate::classify::{self, Classification, Envelope, Rules};
 use crate::{Deliver, Outcome};
 
 /// Largest header section the classifier looks at; anything bigger is junk.
-const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
+pub const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
+
+/// The [`Outcome::Dropped`] reason of a message whose handler panicked and
+/// that was kept in `DATA_DIR/quarantine/` (IMAP moves it to its quarantine
+/// folder).
+pub const QUARANTINED: &str = "quarantined";
 
 pub struct Registrar {
     app: Arc<App>,
@@ -119,7 +124,7 @@ impl Registrar {
             Err(_) => match self.quarantine(message) {
                 Ok(path) => {
                     tracing::error!(path = %path.display(), "alert post handling panicked; message quarantined");
-                    Outcome::Dropped("quarantined".into())
+                    Outcome::Dropped(QUARANTINED.into())
                 }
                 Err(e) => Outcome::Transient(format!("quarantine failed: {e}")),
             },
@@ -156,7 +161,7 @@ impl Registrar {
             Err(_) => self.counted("quarantined", match self.quarantine(message) {
                 Ok(path) => {
                     tracing::error!(path = %path.display(), "classifier panicked; message quarantined");
-                    Outcome::Dropped("quarantined".into())
+                    Outcome::Dropped(QUARANTINED.into())
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "classifier panicked and quarantine failed");
@@ -227,7 +232,7 @@ mod tests {
     fn a_classifier_panic_quarantines_the_message() {
         let dir = tempfile::tempdir().unwrap();
         let r = registrar(dir.path()).with_classifier(|_, _, _| panic!("parser bug"));
-        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped("quarantined".into()));
+        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped(QUARANTINED.into()));
         let files: Vec<_> = fs::read_dir(dir.path().join("quarantine")).unwrap().collect();
         assert_eq!(files.len(), 1);
         let path = files.into_iter().next().unwrap().unwrap().path();

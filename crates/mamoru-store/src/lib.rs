@@ -6,6 +6,7 @@
 //!   the flows need, each one transaction.
 //! - [`relay`]: what the carrier-aware relay needs: claims per pool, group
 //!   commits of outcomes, undeliverable addresses, pool state, queue shape.
+//! - [`imap`]: where ingest stands in each watched IMAP mailbox.
 //! - [`keys`]: reading and creating the key files in the data dir.
 //! - `migrations/`: numbered, append-only SQL, tracked in `PRAGMA user_version`.
 //!
@@ -20,6 +21,7 @@
 
 pub mod backup;
 pub mod bounces;
+pub mod imap;
 pub mod import;
 pub mod admins;
 pub mod alerts;
@@ -51,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_fanout.sql"),
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
+    include_str!("migrations/0009_imap.sql"),
 ];
 
 /// File name of the database inside the data dir.

@@ -168,11 +168,18 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// Envelope sender (Postfix ${sender}; empty for the null sender).
-    #[arg(long, value_name = "S", allow_hyphen_values = true)]
-    pub sender: String,
+    #[arg(long, value_name = "S", allow_hyphen_values = true, required_unless_present = "imap_once")]
+    pub sender: Option<String>,
     /// Envelope recipient (Postfix ${recipient}).
-    #[arg(long, value_name = "R")]
-    pub recipient: String,
+    #[arg(long, value_name = "R", required_unless_present = "imap_once")]
+    pub recipient: Option<String>,
+    /// Instead of reading stdin: handle what is in every `[[ingest.imap]]`
+    /// mailbox now, move it to its folder, log out and exit (for cron).
+    /// Exits 0 when every mailbox was handled, 75 when one was not (a
+    /// connection, login or store failure; the log says which): run it
+    /// again later.
+    #[arg(long, conflicts_with_all = ["sender", "recipient", "sasl_username"])]
+    pub imap_once: bool,
     /// SASL login of an authenticated submission (Postfix ${sasl_username}).
     #[arg(long, value_name = "U")]
     pub sasl_username: Option<String>,

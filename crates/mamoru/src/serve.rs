@@ -9,6 +9,7 @@ use mamoru_core::Config;
 use mamoru_core::conn_limit::ConnectionLimits;
 use mamoru_app::App;
 use mamoru_ingest::Registrar;
+use mamoru_ingest::imap::client::Watcher;
 use mamoru_ingest::lmtp::server::{self as lmtp, LmtpConfig};
 use mamoru_store::Store;
 use tokio::net::TcpListener;
@@ -57,7 +58,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         let app = Arc::new(
             App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()).with_metrics(metrics.clone()),
         );
-        let registrar = Registrar::new(app.clone());
+        let registrar = Arc::new(Registrar::new(app.clone()));
         let lmtp_cfg = LmtpConfig {
             hostname: cfg.domain.clone(),
             max_message_bytes: cfg.ingest.max_message_bytes,
@@ -68,8 +69,9 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         };
         let web = Arc::new(mamoru_web::Web::new(app.clone()));
 
+        let imap = cfg.ingest.imap.iter().map(|m| imap_watcher(&cfg, m, &registrar, &store)).collect::<anyhow::Result<Vec<_>>>()?;
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
-            ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
+            ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, registrar.clone(), shutdown.clone()))),
             ("web", if cfg.web_tls() {
                 let tls = mamoru_web::tls_config(std::path::Path::new(&cfg.web.tls_cert), std::path::Path::new(&cfg.web.tls_key))
                     .context("load [web] tls_cert / tls_key")?;
@@ -80,6 +82,18 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
             ("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
+        if !imap.is_empty() {
+            // Each watcher retries on its own and returns only at shutdown.
+            let token = shutdown.clone();
+            tasks.push(("imap", tokio::spawn(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for w in imap {
+                    set.spawn(w.watch(token.clone()));
+                }
+                while set.join_next().await.is_some() {}
+                Ok(())
+            })));
+        }
         if let Some(l) = metrics_listener {
             tasks.push(("metrics", spawn(ops::run(l, metrics, health.clone(), shutdown.clone()))));
         }
@@ -88,6 +102,25 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         tasks.push(("watchdog", tokio::spawn(ops::watchdog(health.clone(), shutdown.clone()))));
         run_until_signal(tasks, shutdown).await
     })
+}
+
+/// The watcher of one `[[ingest.imap]]` mailbox, handing its messages to
+/// the same registrar as LMTP.
+pub fn imap_watcher(
+    cfg: &Config,
+    m: &mamoru_core::config::ImapMailbox,
+    registrar: &Arc<Registrar>,
+    store: &Arc<Store>,
+) -> anyhow::Result<Arc<Watcher<Registrar>>> {
+    let tls = mamoru_ingest::imap::client::tls_config(m).with_context(|| format!("[[ingest.imap]] {}", m.label()))?;
+    Ok(Arc::new(Watcher {
+        mailbox: m.clone(),
+        deliver: registrar.clone(),
+        store: store.clone(),
+        max_message_bytes: cfg.ingest.max_message_bytes,
+        max_header_bytes: mamoru_ingest::registrar::MAX_HEADER_BYTES,
+        tls,
+    }))
 }
 
 /// File descriptors kept out of the listeners' caps for everything else:
@@ -179,6 +212,7 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let shape = store.outbox_shape(now).context("read the outbox")?;
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
+    let imap = store.imap_states().context("read the IMAP mailbox states")?;
     // (pool, state) -> buckets, states in their life order.
     let mut rows: std::collections::BTreeMap<(String, mamoru_store::states::OutboxState), Vec<i64>> = std::collections::BTreeMap::new();
     for r in shape {
@@ -224,7 +258,19 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned });
+        let imap: Vec<serde_json::Value> = imap
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name, "state": m.state.as_str(), "detail": m.detail, "retry_at": m.retry_at,
+                    "uid_validity": m.uid_validity, "last_uid": m.last_uid, "processed": m.processed,
+                    "dropped": m.dropped, "quarantined": m.quarantined, "updated_at": m.updated_at,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned, "imap": imap,
+        });
         writeln!(out, "{doc}")?;
         return Ok(());
     }
@@ -271,6 +317,27 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 None => "-".into(),
             };
             writeln!(out, "{:<10} {:>9} {pace:>13}  {last}", l.pool, format!("{}/{}", l.connections, l.connections_ceiling))?;
+        }
+    }
+    if !imap.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<16} {:<10} {:>9} {:>9} {:>8} {:>11} {:>6}  detail", "imap mailbox", "state", "processed", "dropped", "quarant.", "last uid", "age")?;
+        for m in &imap {
+            let detail = match m.state {
+                mamoru_store::imap::WatchState::Retrying if m.retry_at > now => format!("{} (retry in {})", m.detail, ago(m.retry_at - now)),
+                _ => m.detail.clone(),
+            };
+            writeln!(
+                out,
+                "{:<16} {:<10} {:>9} {:>9} {:>8} {:>11} {:>6}  {detail}",
+                m.name,
+                m.state.as_str(),
+                m.processed,
+                m.dropped,
+                m.quarantined,
+                m.last_uid,
+                ago(now - m.updated_at)
+            )?;
         }
     }
     Ok(())

@@ -97,7 +97,7 @@ fn relay_log(inst: &Instance, name: &str) -> String {
 
 /// A CA and a certificate for `localhost` / 127.0.0.1 signed by it (P-256),
 /// made with openssl in `dir`: (ca.pem, cert.pem, key.pem).
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
