@@ -287,7 +287,7 @@ fn sigkill_between_commit_and_move_loses_nothing_and_replies_once() {
 
 #[test]
 fn idle_picks_up_a_burst_without_waiting_for_the_full_scan() {
-    const N: usize = 40;
+    const N: usize = 150;
     let work = tempfile::tempdir().expect("tmp");
     let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ANS]);
     let pass = password_file(work.path(), PASSWORD);
