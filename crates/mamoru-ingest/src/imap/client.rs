@@ -325,8 +325,9 @@ impl<D: Deliver> Watcher<D> {
             }
             let mut idle = s.idle();
             within(idle.init()).await?.map_err(|e| ImapError::command(ImapError::Refused, e))?;
+            // (What is left in the channel is drained before the next scan.)
             let arrived = std::iter::from_fn(|| announced.try_recv().ok())
-                .fold(false, |a, r| a || matches!(r, UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)));
+                .any(|r| matches!(r, UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)));
             if !arrived {
                 // The library's own timeout is reset by every keep-alive
                 // ("* OK Still here"), so the renewal is timed here.

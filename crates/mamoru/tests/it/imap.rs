@@ -10,6 +10,7 @@
 //!   a reconnect.
 //! - A wrong password: a clear log line without the login, `mamoru queue`
 //!   shows the retry, serve stays up and goes on once the password is fixed.
+//!   A mailbox that does not exist: a clear error, exit 75, a retry state.
 //! - The mailbox deleted and recreated (UIDVALIDITY changed) with the same
 //!   message in it again: handled again, no second reply.
 //! - A message over `max_message_bytes`: moved to the dropped folder
@@ -287,7 +288,7 @@ fn sigkill_between_commit_and_move_loses_nothing_and_replies_once() {
 
 #[test]
 fn idle_picks_up_a_burst_without_waiting_for_the_full_scan() {
-    const N: usize = 40;
+    const N: usize = 150;
     let work = tempfile::tempdir().expect("tmp");
     let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ANS]);
     let pass = password_file(work.path(), PASSWORD);
@@ -308,4 +309,19 @@ fn idle_picks_up_a_burst_without_waiting_for_the_full_scan() {
     dovecot.imap(ANS, &ops);
     wait_until(&mut server, "every message of the burst", |_| outbox_rows(&inst) == N as i64);
     wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ANS, "INBOX") == 0);
+}
+
+#[test]
+fn a_missing_mailbox_is_a_clear_error() {
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ANS]);
+    let pass = password_file(work.path(), PASSWORD);
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ANS, &pass, ", mailbox = \"nosuch\""));
+    let inst = Instance::new(&[("ingest.imap", &boxes)]);
+    let out = inst.cmd().args(["ingest", "--imap-once"]).output().expect("ingest --imap-once");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    // Dovecot gives no response code for it; the phrase is ours.
+    assert!(stderr.contains("IMAP mailbox: the mailbox cannot be selected; not drained"), "{stderr}");
+    assert!(queue_text(&inst).lines().any(|l| l.starts_with("nosuch ") && l.contains("retrying")), "{}", queue_text(&inst));
 }
