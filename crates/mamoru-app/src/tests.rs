@@ -155,3 +155,43 @@ fn only_the_author_publishes_from_the_panel_and_every_copy_renders_alike() {
     assert!(String::from_utf8_lossy(&first).contains("Date:"));
     assert_eq!(f.app.alert_copy(r.alert_id + 100, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
 }
+
+#[test]
+fn a_parent_who_just_registered_can_fix_the_districts_at_once() {
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0 + 30).unwrap();
+    // 登録完了 carries a manage link of its own, which opens the manage page.
+    let token = f.token(T0 + 30, "/m/");
+    let manage = f.app.verify(&token, Purpose::Manage, T0 + 30).unwrap();
+    assert_eq!(f.app.manage_view(&manage, T0 + 30).unwrap().unwrap().districts, vec![1]);
+    // A second empty mail within the cooldown of the first still gets its
+    // manage link: the completed registration lifted the cooldown once.
+    let out = f.app.request_link(&a, Channel::Mail, None, T0 + 60).unwrap();
+    assert!(matches!(out, LinkOutcome::Queued { kind: LinkMail::Manage, .. }), "{out:?}");
+    assert_eq!(f.token(T0 + 60, "/m/").len(), 51);
+    // The one after it is within the cooldown again.
+    let out = f.app.request_link(&a, Channel::Mail, None, T0 + 90).unwrap();
+    assert_eq!(out, LinkOutcome::Limited(mamoru_store::Limited::Cooldown));
+}
+
+#[test]
+fn completing_a_registration_does_not_lift_the_daily_cap() {
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    let cap = f.app.cfg.limits.register_daily_cap;
+    let cooldown = f.app.cfg.limits.register_cooldown_secs;
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0 + 1).unwrap();
+    f.take(T0 + 1);
+    let mut queued = 1;
+    for i in 1..=cap + 2 {
+        if let LinkOutcome::Queued { .. } = f.app.request_link(&a, Channel::Mail, None, T0 + 1 + i * (cooldown + 1)).unwrap() {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, cap, "the daily cap counts every mail of the day");
+}

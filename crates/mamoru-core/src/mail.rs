@@ -109,8 +109,17 @@ pub fn registration_received(cfg: &Config, to: &EmailAddress, token: &str, now: 
     render(cfg, MailKind::RegistrationReceived, to, &format!("【{name}】登録受付"), &body, "auto-replied", now, message_id)
 }
 
-/// 登録完了: sent once districts are saved.
-pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&District], now: UnixTime, message_id: String) -> OutgoingMail {
+/// 登録完了: sent once districts are saved. `manage_url` is the
+/// subscriber's long-lived manage link (`links::subscriber_links`), so a
+/// parent who picked the wrong district fixes it from this mail at once.
+pub fn registration_completed(
+    cfg: &Config,
+    to: &EmailAddress,
+    districts: &[&District],
+    manage_url: &str,
+    now: UnixTime,
+    message_id: String,
+) -> OutgoingMail {
     let name = &cfg.service_name;
     let list: String = districts.iter().map(|d| format!("・{}\n", d.name)).collect();
     let body = format!(
@@ -119,7 +128,13 @@ pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&Dis
          受け取る地区:\n\
          {list}\
          \n\
-         地区を変えるときは、空メールを\n\
+         地区の変更や登録の削除は、\n\
+         下のリンクからできます。\n\
+         このメールは消さずに残してください。\n\
+         \n\
+         {manage_url}\n\
+         \n\
+         リンクがなくなったときは、空メールを\n\
          次のアドレスへ送ってください。\n\
          {ans}\n\
          {footer}",
@@ -296,9 +311,13 @@ mod tests {
         let cfg = Config::default();
         let to = EmailAddress::parse("a@ezweb.ne.jp").unwrap();
         let ds = [&cfg.districts[0], &cfg.districts[2]];
-        let m = registration_completed(&cfg, &to, &ds, 1_700_000_000, message_id(&[1; 12], &cfg));
+        let m = registration_completed(&cfg, &to, &ds, "http://127.0.0.1:8080/m/TOKEN", 1_700_000_000, message_id(&[1; 12], &cfg));
         let (h, body) = headers_and_body(&m.bytes);
         assert!(h.contains("Subject: 【守るネット】登録完了\n"), "{h}");
+        assert!(body.contains("http://127.0.0.1:8080/m/TOKEN"), "{body}");
+        for line in body.lines() {
+            assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+        }
         assert!(body.contains("・中央地区") && body.contains("・昭和地区") && !body.contains("郷原"), "{body}");
     }
 }

@@ -375,14 +375,15 @@ impl Store {
 
     /// For the POST of a registration link: consumes the token, activates the
     /// subscriber with exactly `districts`, and queues the 登録完了 mail
-    /// `render` builds — one transaction.
+    /// `render` builds from the address and the subscriber's footer-link
+    /// nonce (the mail carries the manage link) — one transaction.
     pub fn complete_registration(
         &self,
         claims: &Claims,
         districts: &[u32],
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+        render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -395,6 +396,19 @@ impl Store {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
+        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        if status == SubscriberStatus::Pending {
+            // A parent who has just chosen districts may notice a wrong one
+            // and send another empty mail at once. Completing the
+            // registration proved the mailbox is theirs, so it lifts the
+            // mailbox's cooldown once; the daily count (and so the daily
+            // cap) stays as it is, and the next request starts a cooldown
+            // again.
+            tx.execute(
+                "UPDATE rate_limits SET last_at = 0 WHERE scope = ?1 AND key = ?2",
+                params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]],
+            )?;
+        }
         let mut link_nonce: Nonce = [0; 8];
         self.sealer.random(&mut link_nonce)?;
         // The footer-link nonce is set once, at the first confirmation.
@@ -402,6 +416,7 @@ impl Store {
             "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = X'0000000000000000'",
             params![&link_nonce[..], subscriber],
         )?;
+        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         tx.execute(
             "UPDATE subscribers SET status = 'active', updated_at = ?1,
                     confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
@@ -415,7 +430,7 @@ impl Store {
                 ins.execute(params![subscriber, d])?;
             }
         }
-        let mail = render(&addr);
+        let mail = render(&addr, link_nonce);
         let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();
         audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;

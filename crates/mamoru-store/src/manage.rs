@@ -336,8 +336,8 @@ mod tests {
             assert_eq!(kind, LinkMail::Register);
             let done = self
                 .store
-                .complete_registration(&c, districts, T0, T0 + 60, |to| {
-                    mail::registration_completed(&self.cfg, to, &[], T0, format!("done-{}@x", c.subject))
+                .complete_registration(&c, districts, T0, T0 + 60, |to, _| {
+                    mail::registration_completed(&self.cfg, to, &[], "", T0, format!("done-{}@x", c.subject))
                 })
                 .unwrap();
             let Completion::Completed { subscriber, .. } = done else { panic!("not completed") };

@@ -369,8 +369,8 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let known = addr("known@docomo.ne.jp");
     let t = srv.request_token(&known, now() - 3600);
     let claims = srv.tokens().verify(&t, Purpose::Register, now()).unwrap();
-    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to| {
-        mail::registration_completed(&srv.web.cfg, to, &[], now(), mail::message_id(&[7; 12], &srv.web.cfg))
+    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to, _| {
+        mail::registration_completed(&srv.web.cfg, to, &[], "", now(), mail::message_id(&[7; 12], &srv.web.cfg))
     });
     assert!(matches!(done.unwrap(), Completion::Completed { .. }));
     let queued = |n| assert_eq!(srv.store().outbox_counts().unwrap().queued, n);
