@@ -6,6 +6,8 @@
 //! - [`alerts`]: draft a post from any channel (a typed [`alerts::Post`]),
 //!   answer a malformed one, preview, publish, and render a subscriber's
 //!   copy at send time.
+//! - [`reception`]: a parent's 受信テスト: a test mail with a 届きました
+//!   link, and the carrier's help when it does not come back.
 //!
 //! An adapter turns bytes, forms and commands into the typed requests here,
 //! and the outcomes back into its own replies: a page, an LMTP reply, an
@@ -19,6 +21,7 @@
 //! code calls it.
 
 pub mod alerts;
+pub mod reception;
 pub mod registration;
 
 use std::sync::Arc;

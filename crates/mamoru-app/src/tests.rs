@@ -195,3 +195,49 @@ fn completing_a_registration_does_not_lift_the_daily_cap() {
     }
     assert_eq!(queued, cap, "the daily cap counts every mail of the day");
 }
+
+#[test]
+fn a_reception_test_arrives_or_leads_to_the_carriers_help() {
+    use crate::reception::{Asker, TestOutcome, TestStatus};
+    use mamoru_core::help::Carrier;
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    let wait = f.app.cfg.tokens.reception_wait_secs;
+    let ask = |a: &EmailAddress, now| {
+        let TestOutcome::Queued { waiting } = f.app.request_test(Asker::Visitor { addr: a, client: [3; 32] }, now).unwrap() else {
+            panic!("not queued")
+        };
+        f.app.verify(&waiting, Purpose::Waiting, now).unwrap()
+    };
+    let waiting = ask(&a, T0);
+    assert_eq!(f.app.test_status(&waiting, T0 + 1).unwrap(), Some(TestStatus::Waiting));
+    assert_eq!(f.app.test_status(&waiting, T0 + wait).unwrap(), Some(TestStatus::Unconfirmed(Some(Carrier::Docomo))));
+    let arrived = f.app.verify(&f.token(T0, "/t/"), Purpose::Arrived, T0).unwrap();
+    assert_eq!(f.app.test_view(&arrived, T0 + 5).unwrap().unwrap().arrived_at, 0, "GET changes nothing");
+    assert!(f.app.mark_test_arrived(&arrived, T0 + wait + 5).unwrap().is_some());
+    assert_eq!(f.app.test_status(&waiting, T0 + wait + 6).unwrap(), Some(TestStatus::Arrived));
+
+    // An address of a domain no help names: every help is shown.
+    let other = ask(&addr("parent@example.jp"), T0);
+    assert_eq!(f.app.test_status(&other, T0 + wait).unwrap(), Some(TestStatus::Unconfirmed(None)));
+    // Daemons and our own domain get no test mail.
+    let out = f.app.request_test(Asker::Visitor { addr: &addr("postmaster@docomo.ne.jp"), client: [3; 32] }, T0).unwrap();
+    assert!(matches!(out, TestOutcome::NoReply(_)), "{out:?}");
+}
+
+#[test]
+fn a_subscriber_tests_the_registered_address_from_the_manage_link() {
+    use crate::reception::{Asker, TestOutcome};
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0).unwrap();
+    let manage = f.app.verify(&f.token(T0, "/m/"), Purpose::Manage, T0).unwrap();
+    let out = f.app.request_test(Asker::Subscriber { manage: &manage }, T0 + 1).unwrap();
+    assert!(matches!(out, TestOutcome::Queued { .. }), "{out:?}");
+    let mails = f.take(T0 + 1);
+    assert_eq!((mails.len(), mails[0].recipient.as_str()), (1, "parent@ezweb.ne.jp"));
+    let forged = mamoru_core::token::Claims { subject: manage.subject + 1, ..manage };
+    assert_eq!(f.app.request_test(Asker::Subscriber { manage: &forged }, T0 + 500).unwrap(), TestOutcome::LinkUnusable);
+}

@@ -173,6 +173,13 @@ pub struct LimitsConfig {
     /// At most this many PC-form requests per clock hour from one client
     /// address (IPv6 by /64).
     pub register_web_client_hourly_cap: i64,
+    /// At most one 受信テスト mail per mailbox within this many seconds.
+    pub reception_cooldown_secs: i64,
+    /// At most this many 受信テスト mails per mailbox per day (UTC+9).
+    pub reception_daily_cap: i64,
+    /// At most this many 受信テスト mails per clock hour in all (a client
+    /// may ask for at most `register_web_client_hourly_cap` of them).
+    pub reception_global_hourly_cap: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +187,11 @@ pub struct LimitsConfig {
 pub struct TokensConfig {
     /// Lifetime of the link in a 登録受付 mail.
     pub register_ttl_secs: i64,
+    /// Lifetime of a 受信テスト (its 届きました link and its waiting page).
+    pub reception_ttl_secs: i64,
+    /// How long the waiting page waits for 届きました before it shows the
+    /// carrier's help.
+    pub reception_wait_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -447,13 +459,16 @@ impl Default for LimitsConfig {
             register_global_hourly_cap: 2000,
             register_web_global_hourly_cap: 500,
             register_web_client_hourly_cap: 20,
+            reception_cooldown_secs: 120,
+            reception_daily_cap: 5,
+            reception_global_hourly_cap: 300,
         }
     }
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { register_ttl_secs: 24 * 3600 }
+        Self { register_ttl_secs: 24 * 3600, reception_ttl_secs: 24 * 3600, reception_wait_secs: 180 }
     }
 }
 
@@ -597,6 +612,14 @@ impl Config {
         positive("limits.register_web_global_hourly_cap", self.limits.register_web_global_hourly_cap, false)?;
         positive("limits.register_web_client_hourly_cap", self.limits.register_web_client_hourly_cap, false)?;
         positive("tokens.register_ttl_secs", self.tokens.register_ttl_secs, false)?;
+        positive("limits.reception_cooldown_secs", self.limits.reception_cooldown_secs, true)?;
+        positive("limits.reception_daily_cap", self.limits.reception_daily_cap, false)?;
+        positive("limits.reception_global_hourly_cap", self.limits.reception_global_hourly_cap, false)?;
+        positive("tokens.reception_ttl_secs", self.tokens.reception_ttl_secs, false)?;
+        positive("tokens.reception_wait_secs", self.tokens.reception_wait_secs, false)?;
+        if self.tokens.reception_wait_secs >= self.tokens.reception_ttl_secs {
+            return Err(invalid("tokens.reception_wait_secs", "must be less than tokens.reception_ttl_secs"));
+        }
         positive("relay.retry_base_secs", self.relay.retry_base_secs, false)?;
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;

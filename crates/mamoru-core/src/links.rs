@@ -13,13 +13,18 @@ use crate::config::Config;
 use crate::token::{Claims, Nonce, Purpose, TokenKey};
 
 /// A page reached by a signed token: `/r/` registration, `/m/` manage,
-/// `/u/` one-click unsubscribe, `/p/` publish an alert.
+/// `/u/` one-click unsubscribe, `/p/` publish an alert, `/t/` 届きました
+/// (a reception test arrived), `/w/` waiting for a reception test, `/k/`
+/// 確認しました (an alert was read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Register(&'a str),
     Manage(&'a str),
     Unsubscribe(&'a str),
     Publish(&'a str),
+    Arrived(&'a str),
+    Waiting(&'a str),
+    Confirm(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -30,6 +35,9 @@ impl<'a> Route<'a> {
             Purpose::Manage => Route::Manage(token),
             Purpose::Unsubscribe => Route::Unsubscribe(token),
             Purpose::Publish => Route::Publish(token),
+            Purpose::Arrived => Route::Arrived(token),
+            Purpose::Waiting => Route::Waiting(token),
+            Purpose::Confirm => Route::Confirm(token),
         }
     }
 
@@ -41,12 +49,21 @@ impl<'a> Route<'a> {
             Route::Manage(_) => Purpose::Manage,
             Route::Unsubscribe(_) => Purpose::Unsubscribe,
             Route::Publish(_) => Purpose::Publish,
+            Route::Arrived(_) => Purpose::Arrived,
+            Route::Waiting(_) => Purpose::Waiting,
+            Route::Confirm(_) => Purpose::Confirm,
         }
     }
 
     pub fn token(&self) -> &'a str {
         match *self {
-            Route::Register(t) | Route::Manage(t) | Route::Unsubscribe(t) | Route::Publish(t) => t,
+            Route::Register(t)
+            | Route::Manage(t)
+            | Route::Unsubscribe(t)
+            | Route::Publish(t)
+            | Route::Arrived(t)
+            | Route::Waiting(t)
+            | Route::Confirm(t) => t,
         }
     }
 
@@ -56,6 +73,9 @@ impl<'a> Route<'a> {
             Route::Manage(_) => "/m/",
             Route::Unsubscribe(_) => "/u/",
             Route::Publish(_) => "/p/",
+            Route::Arrived(_) => "/t/",
+            Route::Waiting(_) => "/w/",
+            Route::Confirm(_) => "/k/",
         }
     }
 
@@ -77,6 +97,9 @@ impl<'a> Route<'a> {
             "/m/" => Route::Manage(token),
             "/u/" => Route::Unsubscribe(token),
             "/p/" => Route::Publish(token),
+            "/t/" => Route::Arrived(token),
+            "/w/" => Route::Waiting(token),
+            "/k/" => Route::Confirm(token),
             _ => return None,
         };
         Some(route)
@@ -110,7 +133,15 @@ mod tests {
 
     #[test]
     fn routes_parse_what_they_build() {
-        for purpose in [Purpose::Register, Purpose::Manage, Purpose::Unsubscribe, Purpose::Publish] {
+        for purpose in [
+            Purpose::Register,
+            Purpose::Manage,
+            Purpose::Unsubscribe,
+            Purpose::Publish,
+            Purpose::Arrived,
+            Purpose::Waiting,
+            Purpose::Confirm,
+        ] {
             let r = Route::of(purpose, "TOKEN");
             assert_eq!(Route::parse(&r.path()), Some(r));
             assert_eq!(r.purpose(), purpose);

@@ -25,6 +25,7 @@ pub mod admins;
 pub mod alerts;
 pub mod keys;
 pub mod manage;
+pub mod reception;
 pub mod relay;
 pub mod states;
 
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_fanout.sql"),
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
+    include_str!("migrations/0011_reception.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -668,24 +670,8 @@ fn take_registration_slot(
             return Ok(Some(Limited::ClientHourlyCap));
         }
     }
-    // Calendar days in Japan (UTC+9), where parents are.
-    let day = (now + 9 * 3600).div_euclid(86_400);
-    let per_mailbox = tx.execute(
-        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
-         ON CONFLICT (scope, key) DO UPDATE SET
-             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-             window_start = excluded.window_start,
-             last_at = excluded.last_at
-         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
-        params![&mailbox[..], day, now, limits.cooldown_secs, limits.daily_cap, MAILBOX_SCOPE],
-    )?;
-    if per_mailbox == 0 {
-        let last_at: i64 = tx.query_row(
-            "SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2",
-            params![MAILBOX_SCOPE, &mailbox[..]],
-            |r| r.get(0),
-        )?;
-        return Ok(Some(if last_at > now - limits.cooldown_secs { Limited::Cooldown } else { Limited::DailyCap }));
+    if let Some(limited) = take_mailbox_slot(tx, MAILBOX_SCOPE, mailbox, now, limits.cooldown_secs, limits.daily_cap)? {
+        return Ok(Some(limited));
     }
     let (scope, cap) = match channel {
         Channel::Mail => ("register-global-mail", limits.global_hourly_cap),
@@ -697,8 +683,37 @@ fn take_registration_slot(
     Ok(None)
 }
 
+/// One slot of a mailbox's limits under (`scope`, `key`): at most one per
+/// `cooldown` seconds and `daily_cap` per calendar day in Japan (UTC+9),
+/// where parents are. One upsert: check and increment are one statement.
+pub(crate) fn take_mailbox_slot(
+    tx: &rusqlite::Transaction<'_>,
+    scope: &str,
+    mailbox: &BlindIndex,
+    now: UnixTime,
+    cooldown: i64,
+    daily_cap: i64,
+) -> Result<Option<Limited>> {
+    let day = (now + 9 * 3600).div_euclid(86_400);
+    let per_mailbox = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             window_start = excluded.window_start,
+             last_at = excluded.last_at
+         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
+        params![&mailbox[..], day, now, cooldown, daily_cap, scope],
+    )?;
+    if per_mailbox > 0 {
+        return Ok(None);
+    }
+    let last_at: i64 =
+        tx.query_row("SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2", params![scope, &mailbox[..]], |r| r.get(0))?;
+    Ok(Some(if last_at > now - cooldown { Limited::Cooldown } else { Limited::DailyCap }))
+}
+
 /// One slot of an hourly budget of `cap` under (`scope`, `key`), or `false`.
-fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
+pub(crate) fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
     let taken = tx.execute(
         "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
          ON CONFLICT (scope, key) DO UPDATE SET

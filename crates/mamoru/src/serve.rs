@@ -325,6 +325,12 @@ async fn housekeeping(store: Arc<Store>, shutdown: CancellationToken) -> anyhow:
             Ok(n) => tracing::info!(n, "purged unconfirmed registrations older than 72 h"),
             Err(e) => tracing::warn!(error = %e, "purging unconfirmed registrations failed; will retry"),
         }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_reception(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "purged expired reception tests"),
+            Err(e) => tracing::warn!(error = %e, "purging reception tests failed; will retry"),
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(Duration::from_secs(600)) => {}
