@@ -6,6 +6,8 @@
 //! - [`alerts`]: draft a post from any channel (a typed [`alerts::Post`]),
 //!   answer a malformed one, preview, publish, and render a subscriber's
 //!   copy at send time.
+//! - [`confirm`]: 確認しました, counted per alert, district and carrier,
+//!   never per reader.
 //! - [`reception`]: a parent's 受信テスト: a test mail with a 届きました
 //!   link, and the carrier's help when it does not come back.
 //!
@@ -21,6 +23,7 @@
 //! code calls it.
 
 pub mod alerts;
+pub mod confirm;
 pub mod reception;
 pub mod registration;
 

@@ -241,3 +241,33 @@ fn a_subscriber_tests_the_registered_address_from_the_manage_link() {
     let forged = mamoru_core::token::Claims { subject: manage.subject + 1, ..manage };
     assert_eq!(f.app.request_test(Asker::Subscriber { manage: &forged }, T0 + 500).unwrap(), TestOutcome::LinkUnusable);
 }
+
+#[test]
+fn a_confirmation_counts_once_per_copy_whoever_opens_it() {
+    use mamoru_store::confirm::Confirmed;
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[3], T0).unwrap();
+    f.take(T0);
+    let author = f.admin("chuo", &[]);
+    let mut draft = alert::draft(&f.app.cfg, "不審者", "", vec![1, 3], "本文").unwrap();
+    draft.ask_confirm = true;
+    let DraftOutcome::Created { alert, .. } = f.app.draft(&author, &draft, Source::Web, false, T0).unwrap() else { panic!() };
+    f.take(T0);
+    f.app.publish(Publisher::Author { admin: &author, alert }, T0 + 1).unwrap();
+    let copy = &f.take(T0 + 1)[0];
+    let r = copy.alert.unwrap();
+    let bytes = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
+    let body = mailparse::parse_mail(&bytes).unwrap().get_body().unwrap();
+    let at = body.find("/k/").expect("a 確認しました link");
+    let token: String = body[at + 3..].chars().take(51).collect();
+    let c = f.app.verify(&token, Purpose::Confirm, T0 + 2).unwrap();
+    assert_eq!(f.app.confirm_view(&c).unwrap().as_deref(), Some("不審者"));
+    assert_eq!(f.app.confirm(&c, T0 + 3).unwrap(), Confirmed::Counted);
+    assert_eq!(f.app.confirm(&c, T0 + 4).unwrap(), Confirmed::AlreadyCounted);
+    f.app.store.mark_sent(copy.id, T0 + 2).unwrap();
+    let table = f.app.confirm_table(alert).unwrap();
+    assert_eq!((table.len(), table[0].district, table[0].carrier, table[0].delivered, table[0].confirmed), (1, 3, "au", 1, 1));
+}

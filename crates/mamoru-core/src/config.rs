@@ -91,6 +91,10 @@ pub struct AlertsConfig {
     /// Published alerts stay in the public archive (`/alerts`, Atom) this
     /// many days.
     pub archive_days: i64,
+    /// The 確認しました link of an alert copy works this many seconds
+    /// after publication; then the record of which copies were counted is
+    /// deleted and only the counts stay.
+    pub confirm_ttl_secs: i64,
 }
 
 /// What authenticates a mailed alert post (`[alerts] require`). A security
@@ -521,6 +525,7 @@ impl Default for AlertsConfig {
             max_age_secs: 6 * 3600,
             dkim_keys: Default::default(),
             archive_days: 30,
+            confirm_ttl_secs: 3 * 86_400,
         }
     }
 }
@@ -715,6 +720,7 @@ impl Config {
         positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
+        positive("alerts.confirm_ttl_secs", a.confirm_ttl_secs, false)?;
         positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
         if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
             return Err(invalid("web.tls_cert", "tls_cert and tls_key go together"));

@@ -127,6 +127,29 @@ pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: u64, link_nonc
     }
 }
 
+/// The nonce of one alert copy's 確認しました link: a keyed hash of the
+/// alert, the subscriber and their footer-link nonce, so a copy sent twice
+/// carries the same link (and counts once) while the link itself names
+/// nobody to whoever lacks the token key.
+pub fn copy_nonce(key: &TokenKey, alert: i64, subscriber: i64, link_nonce: &Nonce) -> Nonce {
+    let mut data = Vec::with_capacity(40);
+    data.extend_from_slice(b"confirm-copy\0");
+    data.extend_from_slice(&alert.to_be_bytes());
+    data.extend_from_slice(&subscriber.to_be_bytes());
+    data.extend_from_slice(link_nonce);
+    let tag = key.mac(&data);
+    let mut nonce = [0u8; 8];
+    nonce.copy_from_slice(&tag.as_ref()[..8]);
+    nonce
+}
+
+/// `{public_url}/k/{token}`: an alert copy's 確認しました link. The token's
+/// subject is the counting key, its nonce the copy's.
+pub fn confirm_url(cfg: &Config, key: &TokenKey, counting: crate::alert::ConfirmKey, nonce: Nonce, expires_at: UnixTime) -> String {
+    let token = key.sign(&Claims { purpose: Purpose::Confirm, subject: counting.subject(), nonce, expires_at });
+    Route::Confirm(&token).url(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +174,23 @@ mod tests {
             assert_eq!(Route::parse(other), None, "{other}");
         }
         assert_eq!(Route::Publish("a b").url(&Config::default()), "http://127.0.0.1:8080/p/a b");
+    }
+
+    #[test]
+    fn a_copy_nonce_is_stable_per_copy_and_differs_between_copies() {
+        let key = TokenKey::new(&[3; 32]);
+        let a = copy_nonce(&key, 5, 7, &[1; 8]);
+        assert_eq!(a, copy_nonce(&key, 5, 7, &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, 5, 8, &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, 6, 7, &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, 5, 7, &[2; 8]));
+        assert_ne!(a, copy_nonce(&TokenKey::new(&[4; 32]), 5, 7, &[1; 8]));
+        let k = crate::alert::ConfirmKey { alert: 123_456, district: 10, carrier: 3 };
+        assert_eq!(crate::alert::ConfirmKey::from_subject(k.subject()), k);
+        let url = confirm_url(&Config::default(), &key, k, a, 1_800_000_000);
+        let t = url.strip_prefix("http://127.0.0.1:8080/k/").unwrap();
+        let c = key.verify(t, Purpose::Confirm, 1_700_000_000).unwrap();
+        assert_eq!((crate::alert::ConfirmKey::from_subject(c.subject), c.nonce), (k, a));
     }
 
     #[test]

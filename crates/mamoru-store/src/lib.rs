@@ -20,6 +20,7 @@
 
 pub mod backup;
 pub mod bounces;
+pub mod confirm;
 pub mod import;
 pub mod admins;
 pub mod alerts;

@@ -10,6 +10,7 @@
 //! [`StaticPages`] when the server starts; only the district form, the
 //! completion page and the form with an error are rendered per request.
 
+pub mod confirm;
 pub mod districts;
 pub mod manage;
 pub mod reception;

@@ -14,6 +14,7 @@ use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::{Channel, Completion};
 
+mod confirm;
 mod districts;
 mod manage;
 mod reception;
@@ -115,6 +116,8 @@ impl App {
             Route::Waiting(_) if read => self.waiting_show(token).await,
             Route::Arrived(_) if read => self.arrived_show(token).await,
             Route::Arrived(_) if *method == Method::POST => self.arrived_post(token, headers, body).await,
+            Route::Confirm(_) if read => self.confirm_show(token).await,
+            Route::Confirm(_) if *method == Method::POST => self.confirm_post(token, headers, body).await,
             _ => self.not_allowed("GET, HEAD, POST"),
         }
     }

@@ -331,6 +331,12 @@ async fn housekeeping(store: Arc<Store>, shutdown: CancellationToken) -> anyhow:
             Ok(n) => tracing::info!(n, "purged expired reception tests"),
             Err(e) => tracing::warn!(error = %e, "purging reception tests failed; will retry"),
         }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_confirmations(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "deleted the counted-copy records of closed confirmation windows"),
+            Err(e) => tracing::warn!(error = %e, "purging confirmation records failed; will retry"),
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(Duration::from_secs(600)) => {}

@@ -17,21 +17,20 @@ CREATE INDEX reception_tests_expiry ON reception_tests (expires_at);
 -- choice, per alert.
 ALTER TABLE alerts ADD COLUMN ask_confirm INTEGER NOT NULL DEFAULT 0;
 
--- Stable small numbers for carrier pool names, so a 確認しました token
--- (whose subject is alert | district | pool) names its pool in 16 bits
--- whatever the configuration does later.
-CREATE TABLE pool_codes (
-    code INTEGER PRIMARY KEY,
-    pool TEXT NOT NULL UNIQUE
-) STRICT;
+-- The district an alert copy's 確認しました link counts under (the lowest
+-- of the alert's districts the subscriber had at publication), so the copy
+-- renders the same every time and delivered copies can be counted per
+-- district. 0 for alerts that do not ask.
+ALTER TABLE outbox ADD COLUMN confirm_district INTEGER NOT NULL DEFAULT 0;
 
--- Confirmations counted per alert, district and pool: numbers, never who.
+-- Confirmations counted per alert, district and carrier (as the admin
+-- pages group domains): numbers, never who.
 CREATE TABLE confirm_counts (
     alert_id INTEGER NOT NULL,
     district_id INTEGER NOT NULL,
-    pool TEXT NOT NULL,
+    carrier TEXT NOT NULL,
     confirmed INTEGER NOT NULL,
-    PRIMARY KEY (alert_id, district_id, pool)
+    PRIMARY KEY (alert_id, district_id, carrier)
 ) STRICT, WITHOUT ROWID;
 
 -- The copies already counted, so each copy counts once (a double click, a

@@ -44,6 +44,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let kind = form::value(body, "kind").unwrap_or_default().to_string();
     let text = form::value(body, "text").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
+    let ask_confirm = form::value(body, "confirm").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
@@ -52,7 +53,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     };
     // The same checks as a mailed post, on the form's typed fields.
     let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
-        Ok(d) => d,
+        Ok(d) => alert::AlertDraft { ask_confirm, ..d },
         Err(e) => return refused(e),
     };
     let admin = me.0.clone();
@@ -76,15 +77,19 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
             Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts))
+        let confirms = match &row {
+            Some(r) if r.ask_confirm => w.store.confirm_table(id)?,
+            _ => vec![],
+        };
+        Ok::<_, StoreError>((row, progress, counts, confirms))
     });
-    let (row, progress, counts) = match read.await {
+    let (row, progress, counts, confirms) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, confirms: &confirms };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 

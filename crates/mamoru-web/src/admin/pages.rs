@@ -164,6 +164,7 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
             label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
+            label class="check" { input type="checkbox" name="confirm" value="1"; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
             button type="submit" { "確認へ進む" }
         }
     })
@@ -178,6 +179,8 @@ pub(super) struct AlertView<'a> {
     pub progress: &'a [(String, String, i64)],
     /// Recipients' address domains of a draft.
     pub counts: &'a [(String, i64)],
+    /// Confirmed / delivered per district and carrier (alerts that ask).
+    pub confirms: &'a [mamoru_store::confirm::ConfirmRow],
 }
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
@@ -200,8 +203,31 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             }
         } @else {
             (progress_table(v.progress))
+            @if row.ask_confirm { (confirm_table(cfg, v.confirms)) }
         }
     })
+}
+
+/// 確認しました per district and carrier: confirmed / delivered, and the
+/// share (a carrier far below the others is the sign of a filter).
+fn confirm_table(cfg: &Config, rows: &[mamoru_store::confirm::ConfirmRow]) -> Markup {
+    let district = |id: u32| cfg.district(id).map(|d| d.name.clone()).unwrap_or_else(|| "（地区変更・削除）".into());
+    html! {
+        h2 { "確認しました（地区・キャリア別）" }
+        p class="meta" { "数だけを記録しています。誰が押したかは記録していません。" }
+        table {
+            tr { th { "地区" } th { "キャリア" } th { "確認" } th { "送信済" } th { "割合" } }
+            @for r in rows {
+                tr {
+                    td { (district(r.district)) }
+                    td { (r.carrier) }
+                    td { (r.confirmed) }
+                    td { (r.delivered) }
+                    td { @if r.delivered > 0 { (r.confirmed * 100 / r.delivered) "%" } @else { "-" } }
+                }
+            }
+        }
+    }
 }
 
 /// Delivery progress per carrier: queued / sent / deferred / failed / expired.

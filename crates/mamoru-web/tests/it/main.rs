@@ -646,8 +646,8 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
         AdminAdded::Added(a) => a,
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
-    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false };
-    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into() };
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ask_confirm: false };
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), ask_confirm: false };
     let content = mamoru_core::alert::content(cfg, &draft, false);
     let at = now();
     let Drafted::Created { alert, .. } = store
