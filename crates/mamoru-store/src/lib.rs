@@ -26,6 +26,7 @@ pub mod admins;
 pub mod alerts;
 pub mod keys;
 pub mod manage;
+pub mod problems;
 pub mod reception;
 pub mod relay;
 pub mod states;

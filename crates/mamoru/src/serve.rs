@@ -159,6 +159,9 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let shape = store.outbox_shape(now).context("read the outbox")?;
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
+    let deferred = store.deferred().context("read the deferred rows")?;
+    let suspended = store.suspended_counts().context("read the suspended subscribers")?;
+    let unfinished = store.unfinished_registrations(now - 7 * 86_400).context("read the unfinished registrations")?;
     // (pool, state) -> buckets, states in their life order.
     let order = |s: &str| ["queued", "sending", "sent", "failed", "expired"].iter().position(|x| *x == s).unwrap_or(9);
     let mut rows: std::collections::BTreeMap<(String, usize, String), Vec<i64>> = std::collections::BTreeMap::new();
@@ -205,7 +208,20 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned });
+        let deferred: Vec<serde_json::Value> = deferred
+            .iter()
+            .map(|d| serde_json::json!({ "pool": cfg.pool_of(&d.domain), "domain": d.domain, "code": d.code, "count": d.count }))
+            .collect();
+        let suspended: Vec<serde_json::Value> =
+            suspended.iter().map(|(reason, n)| serde_json::json!({ "reason": reason, "count": n })).collect();
+        let unfinished: Vec<serde_json::Value> = unfinished
+            .iter()
+            .map(|u| serde_json::json!({ "pool": cfg.pool_of(&u.domain), "domain": u.domain, "pending": u.pending, "completed": u.completed }))
+            .collect();
+        let doc = serde_json::json!({
+            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned,
+            "deferred": deferred, "suspended": suspended, "unfinished_registrations_7d": unfinished,
+        });
         writeln!(out, "{doc}")?;
         return Ok(());
     }
@@ -252,6 +268,27 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 None => "-".into(),
             };
             writeln!(out, "{:<10} {:>9} {pace:>13}  {last}", l.pool, format!("{}/{}", l.connections, l.connections_ceiling))?;
+        }
+    }
+    if !deferred.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<20} {:<12} {:>7}", "pool", "deferred: domain", "reply", "rows")?;
+        for d in &deferred {
+            writeln!(out, "{:<10} {:<20} {:<12} {:>7}", cfg.pool_of(&d.domain), d.domain, d.code, d.count)?;
+        }
+    }
+    if !suspended.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<20} {:>7}", "suspended: reason", "subscribers")?;
+        for (reason, n) in &suspended {
+            writeln!(out, "{reason:<20} {n:>7}")?;
+        }
+    }
+    if !unfinished.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<28} {:>7} {:>9}", "pool", "unfinished (7d): domain", "pending", "completed")?;
+        for u in &unfinished {
+            writeln!(out, "{:<10} {:<28} {:>7} {:>9}", cfg.pool_of(&u.domain), u.domain, u.pending, u.completed)?;
         }
     }
     Ok(())

@@ -17,17 +17,21 @@ use crate::{Web, form};
 
 /// How far back the dashboard's bounce table looks.
 const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
+/// How far back the dashboard looks for registrations never completed.
+pub(crate) const UNFINISHED_WINDOW_SECS: i64 = 7 * 24 * 3600;
 
 pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
+    let week = mamoru_core::now() - UNFINISHED_WINDOW_SECS;
     let read = blocking(web, "read the dashboard", move |w| {
-        Ok::<_, StoreError>((w.store.subscriber_counts()?, w.store.suspended_counts()?, w.store.bounce_stats(since)?))
+        let problems = (w.store.deferred()?, w.store.unfinished_registrations(week)?);
+        Ok::<_, StoreError>((w.store.subscriber_counts()?, w.store.suspended_counts()?, w.store.bounce_stats(since)?, problems))
     });
-    let (counts, suspended, bounces) = match read.await {
+    let (counts, suspended, bounces, (deferred, unfinished)) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
-    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces };
+    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, deferred: &deferred, unfinished: &unfinished };
     page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
 }
 

@@ -78,6 +78,10 @@ pub(super) struct Dashboard<'a> {
     /// (suspension reason, subscribers).
     pub suspended: &'a [(String, i64)],
     pub bounces: &'a [BounceStat],
+    /// Deferred rows per domain and reply code.
+    pub deferred: &'a [mamoru_store::problems::Deferred],
+    /// Registrations of the last days never completed, per domain.
+    pub unfinished: &'a [mamoru_store::problems::Unfinished],
 }
 
 pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
@@ -102,6 +106,28 @@ pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
             table {
                 tr { th { "理由" } th { "人数" } }
                 @for (reason, n) in d.suspended { tr { td { (suspension_label(reason)) } td { (n) } } }
+            }
+        }
+        // What waits, and what the carriers answered: a carrier deferring
+        // everything with one code, or many registrations of one domain
+        // never completed, is the sign that it filters our mail.
+        h2 { "再送待ち（キャリア・応答コード別）" }
+        @if d.deferred.is_empty() {
+            p { "ありません。" }
+        } @else {
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "応答" } th { "件数" } }
+                @for x in d.deferred { tr { td { (carrier_of(&x.domain)) } td { (x.domain) } td { (x.code) } td { (x.count) } } }
+            }
+        }
+        h2 { "完了していない登録（直近7日、ドメイン別）" }
+        @if d.unfinished.is_empty() {
+            p { "ありません。" }
+        } @else {
+            p class="meta" { "登録受付メールが届いていない可能性があります。" }
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "未完了" } th { "完了" } }
+                @for u in d.unfinished { tr { td { (carrier_of(&u.domain)) } td { (u.domain) } td { (u.pending) } td { (u.completed) } } }
             }
         }
         h2 { "直近30日の不達（ドメイン別）" }
