@@ -12,6 +12,7 @@ mod hostile;
 mod hostile_load;
 mod limits;
 mod pipe;
+mod reception;
 mod postfix;
 mod serve;
 mod selfservice;
