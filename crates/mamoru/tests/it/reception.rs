@@ -200,3 +200,48 @@ fn a_confirmation_counts_once_and_only_counts_outlive_the_window() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn test_and_help_pages_in_a_real_chromium() {
+    use std::path::Path;
+    use std::process::Command;
+    let work = tempfile::tempdir().unwrap();
+    // The meta refresh reloads every 15 s; the help shows after 10.
+    let inst = Instance::new(&[("tokens.reception_wait_secs", "10")]);
+    let server = inst.serve();
+    let base = format!("http://{}", server.http);
+    // A test of another address, whose mailed link the browser opens.
+    ask_test(&server, "hanako@ezweb.ne.jp");
+    let mail = wait_for("the test mail", T, || {
+        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.contains("受信テスト"))
+    });
+    let arrived = path_of(&mail.body, "/t/");
+    let shots = work.path().join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/reception_browser.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args([&base, &arrived])
+        .arg(&shots)
+        .arg(work.path().join("profile"))
+        .output()
+        .expect("run reception_browser.py (scripts/install-test-deps installs chromium, chromium-driver, python3-selenium)");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("waiting: テストメールを送りました"), "{log}");
+    assert!(log.contains("受信リスト設定") && log.contains("「mamoru.test」と入力します"), "{log}");
+    assert!(log.contains("arrived: 受信できています"), "{log}");
+    assert!(log.contains("help-gmail: Gmailの受信設定"), "{log}");
+    let names = ["test-waiting", "test-help", "test-arrived-confirm", "test-arrived", "help-docomo", "help-au", "help-softbank", "help-ymobile", "help-iphone", "help-android", "help-gmail", "help-index"];
+    for name in names {
+        let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name}.png");
+        if std::env::var_os("MAMORU_UPDATE_SCREENSHOTS").is_some() {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+        }
+    }
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
