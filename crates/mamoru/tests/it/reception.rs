@@ -125,6 +125,11 @@ fn a_parent_fixes_a_district_right_after_registering() {
     let manage = path_of(&completed.body, "/m/");
     assert_eq!(http(server.http, "POST", &manage, Some("action=update&district=3")).status, 200);
     assert_eq!(inst.subscriber(addr).unwrap().districts, vec![3]);
+    // The manage page sends a 受信テスト to the registered address.
+    let asked = http(server.http, "POST", &manage, Some("action=test"));
+    assert!(asked.status == 303 && asked.header("Location").is_some_and(|l| l.starts_with("/w/")), "{}", asked.body);
+    let test = wait_for("the manage page's test mail", T, || mails("受信テスト").into_iter().next());
+    assert!(test.to.contains(addr), "{}", test.to);
     // And a second empty mail within the cooldown gets its answer.
     assert_eq!(inst.ingest(addr, "ans@mamoru.test", empty.as_bytes()).status.code(), Some(0));
     wait_for("登録内容の変更", T, || mails("登録内容の変更").into_iter().next());
