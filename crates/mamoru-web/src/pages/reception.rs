@@ -163,9 +163,7 @@ mod tests {
 
     #[test]
     fn pages_are_escaped_script_free_and_name_our_domain() {
-        let mut cfg = Config::default();
-        cfg.service_name = "見守り<ネット>".into();
-        cfg.domain = "mamoru.example.jp".into();
+        let cfg = Config { service_name: "見守り<ネット>".into(), domain: "mamoru.example.jp".into(), ..Config::default() };
         let mut pages: Vec<String> = vec![
             waiting(&cfg, "T\"K", TestStatus::Waiting),
             waiting(&cfg, "T\"K", TestStatus::Arrived),
