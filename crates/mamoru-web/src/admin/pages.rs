@@ -362,3 +362,45 @@ pub(super) fn audit(cfg: &Config, me: Me<'_>, log: &[(i64, String, String, Strin
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use mamoru_core::{Config, EmailAddress};
+    use mamoru_store::admins::Admin;
+    use mamoru_store::confirm::ConfirmRow;
+    use mamoru_store::problems::{Deferred, Unfinished};
+
+    use super::*;
+
+    fn admin() -> Admin {
+        Admin { id: 1, login: "chuo".into(), email: EmailAddress::parse("staff@city.test").unwrap(), districts: vec![], active: true }
+    }
+
+    #[test]
+    fn the_dashboard_shows_what_waits_why_and_the_registrations_never_completed() {
+        let cfg = Config::default();
+        let a = admin();
+        let deferred = [Deferred { domain: "ezweb.ne.jp".into(), code: "421 4.7.0".into(), count: 12 }];
+        let unfinished = [Unfinished { domain: "au.com".into(), pending: 7, completed: 1 }];
+        let suspended = [("unknown-user".to_string(), 2)];
+        let d = Dashboard { counts: &[], suspended: &suspended, bounces: &[], deferred: &deferred, unfinished: &unfinished };
+        let page = dashboard(&cfg, (&a, "csrf"), &d);
+        assert!(page.contains("<td>au</td><td>ezweb.ne.jp</td><td>421 4.7.0</td><td>12</td>"), "{page}");
+        assert!(page.contains("<td>au</td><td>au.com</td><td>7</td><td>1</td>"), "{page}");
+        assert!(page.contains("宛先不明") && page.contains("<td>2</td>"), "{page}");
+    }
+
+    #[test]
+    fn the_confirmation_table_shows_confirmed_over_delivered_per_district_and_carrier() {
+        let cfg = Config::default();
+        let rows = [
+            ConfirmRow { district: 3, carrier: "docomo", delivered: 10, confirmed: 4 },
+            ConfirmRow { district: 3, carrier: "au", delivered: 50, confirmed: 1 },
+            ConfirmRow { district: 0, carrier: "その他", delivered: 1, confirmed: 0 },
+        ];
+        let html = confirm_table(&cfg, &rows).into_string();
+        assert!(html.contains("<td>昭和地区</td><td>docomo</td><td>4</td><td>10</td><td>40%</td>"), "{html}");
+        assert!(html.contains("<td>昭和地区</td><td>au</td><td>1</td><td>50</td><td>2%</td>"), "{html}");
+        assert!(html.contains("（地区変更・削除）"), "{html}");
+    }
+}
