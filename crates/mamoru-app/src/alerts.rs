@@ -76,7 +76,13 @@ pub enum Publisher<'a> {
 
 /// The alert text of a stored row, as `mamoru_core::alert` renders it.
 pub fn draft_of(row: &AlertRow) -> AlertDraft {
-    AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
+    AlertDraft {
+        title: row.title.clone(),
+        kind: row.kind.clone(),
+        districts: row.districts.clone(),
+        text: row.text.clone(),
+        ask_confirm: row.ask_confirm,
+    }
 }
 
 /// The subject and text of a stored alert, as parents see it.
@@ -108,6 +114,7 @@ impl App {
             text: &draft.text,
             districts: &draft.districts,
             is_test,
+            ask_confirm: draft.ask_confirm,
         };
         let drafted = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
             let claims = Claims { purpose: Purpose::Publish, subject: alert_id.subject(), nonce, expires_at };
@@ -179,7 +186,11 @@ impl App {
     /// `None` when the alert does not exist (the row cannot be sent).
     pub fn alert_copy(&self, alert: AlertId, subscriber: SubscriberId, to: &EmailAddress, link_nonce: Nonce) -> Result<Option<Vec<u8>>, Error> {
         let Some((row, content)) = self.copies.get(self, alert)? else { return Ok(None) };
-        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce };
+        let confirm_district = match row.ask_confirm {
+            true => Some(self.store.confirm_district(alert, subscriber)?),
+            false => None,
+        };
+        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce, confirm_district };
         Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, &content, row.published_at, &recipient).bytes))
     }
 }

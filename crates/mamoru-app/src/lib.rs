@@ -9,6 +9,10 @@
 //! - [`admins`]: add, disable, enable an admin; set or change a password.
 //! - [`bounces`]: check a VERP return path, record a bounce, apply its
 //!   effect.
+//! - [`confirm`]: 確認しました, counted per alert, district and carrier,
+//!   never per reader.
+//! - [`reception`]: a parent's 受信テスト: a test mail with a 届きました
+//!   link, and the carrier's help when it does not come back.
 //!
 //! An adapter turns bytes, forms and commands into the typed requests here,
 //! and the outcomes back into its own replies: a page, an LMTP reply, an
@@ -24,6 +28,8 @@
 pub mod admins;
 pub mod alerts;
 pub mod bounces;
+pub mod confirm;
+pub mod reception;
 pub mod registration;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@
 use mamoru_core::config::District;
 use mamoru_core::mailbox::{self, NoReply};
 use mamoru_core::token::{Claims, Purpose, TokenError};
-use mamoru_core::{EmailAddress, UnixTime, mail};
+use mamoru_core::{EmailAddress, UnixTime, links, mail};
 use mamoru_store::manage::{LinkMail, LinkRequest, ManageOutcome, ManageView};
 use mamoru_store::{Channel, Completion, Limited, OutboxId, RegistrationLimits, RegistrationView, SubscriberId};
 
@@ -108,8 +108,10 @@ impl App {
     pub fn complete_registration(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Result<Completion, Error> {
         let cfg = &*self.cfg;
         let random = self.random12()?;
-        let done = self.store.complete_registration(claims, districts, now, now + cfg.relay.max_age_secs, |addr| {
-            mail::registration_completed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
+        let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
+        let done = self.store.complete_registration(claims, districts, now, now + cfg.relay.max_age_secs, |addr, link_nonce| {
+            let manage = links::subscriber_links(cfg, &self.tokens, subscriber, link_nonce, now).manage;
+            mail::registration_completed(cfg, addr, &self.districts(districts), &manage, now, mail::message_id(&random, cfg))
         })?;
         if let Completion::Completed { subscriber, .. } = done {
             tracing::info!(subscriber = subscriber.get(), districts = ?districts, "registration completed");

@@ -93,6 +93,10 @@ pub struct AlertsConfig {
     /// Published alerts stay in the public archive (`/alerts`, Atom) this
     /// many days.
     pub archive_days: i64,
+    /// The 確認しました link of an alert copy works this many seconds
+    /// after publication; then the record of which copies were counted is
+    /// deleted and only the counts stay.
+    pub confirm_ttl_secs: i64,
 }
 
 /// What authenticates a mailed alert post (`[alerts] require`). A security
@@ -301,6 +305,13 @@ pub struct LimitsConfig {
     /// At most this many PC-form requests per clock hour from one client
     /// address (IPv6 by /64).
     pub register_web_client_hourly_cap: i64,
+    /// At most one 受信テスト mail per mailbox within this many seconds.
+    pub reception_cooldown_secs: i64,
+    /// At most this many 受信テスト mails per mailbox per day (UTC+9).
+    pub reception_daily_cap: i64,
+    /// At most this many 受信テスト mails per clock hour in all (a client
+    /// may ask for at most `register_web_client_hourly_cap` of them).
+    pub reception_global_hourly_cap: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +319,11 @@ pub struct LimitsConfig {
 pub struct TokensConfig {
     /// Lifetime of the link in a 登録受付 mail.
     pub register_ttl_secs: i64,
+    /// Lifetime of a 受信テスト (its 届きました link and its waiting page).
+    pub reception_ttl_secs: i64,
+    /// How long the waiting page waits for 届きました before it shows the
+    /// carrier's help.
+    pub reception_wait_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -623,13 +639,16 @@ impl Default for LimitsConfig {
             register_global_hourly_cap: 2000,
             register_web_global_hourly_cap: 500,
             register_web_client_hourly_cap: 20,
+            reception_cooldown_secs: 120,
+            reception_daily_cap: 5,
+            reception_global_hourly_cap: 300,
         }
     }
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { register_ttl_secs: 24 * 3600 }
+        Self { register_ttl_secs: 24 * 3600, reception_ttl_secs: 24 * 3600, reception_wait_secs: 180 }
     }
 }
 
@@ -682,6 +701,7 @@ impl Default for AlertsConfig {
             max_age_secs: 6 * 3600,
             dkim_keys: Default::default(),
             archive_days: 30,
+            confirm_ttl_secs: 3 * 86_400,
         }
     }
 }
@@ -775,6 +795,14 @@ impl Config {
         positive("limits.register_web_global_hourly_cap", self.limits.register_web_global_hourly_cap, false)?;
         positive("limits.register_web_client_hourly_cap", self.limits.register_web_client_hourly_cap, false)?;
         positive("tokens.register_ttl_secs", self.tokens.register_ttl_secs, false)?;
+        positive("limits.reception_cooldown_secs", self.limits.reception_cooldown_secs, true)?;
+        positive("limits.reception_daily_cap", self.limits.reception_daily_cap, false)?;
+        positive("limits.reception_global_hourly_cap", self.limits.reception_global_hourly_cap, false)?;
+        positive("tokens.reception_ttl_secs", self.tokens.reception_ttl_secs, false)?;
+        positive("tokens.reception_wait_secs", self.tokens.reception_wait_secs, false)?;
+        if self.tokens.reception_wait_secs >= self.tokens.reception_ttl_secs {
+            return Err(invalid("tokens.reception_wait_secs", "must be less than tokens.reception_ttl_secs"));
+        }
         positive("relay.retry_base_secs", self.relay.retry_base_secs, false)?;
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
@@ -925,6 +953,7 @@ impl Config {
         positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
+        positive("alerts.confirm_ttl_secs", a.confirm_ttl_secs, false)?;
         positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
         if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
             return Err(invalid("web.tls_cert", "tls_cert and tls_key go together"));

@@ -85,6 +85,10 @@ row_id!(
     /// A row of `outbox`: one mail waiting for, or done with, delivery.
     OutboxId
 );
+row_id!(
+    /// A row of `reception_tests`: one parent's 受信テスト.
+    TestId
+);
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,8 @@ pub struct NewAlert<'a> {
     pub text: &'a str,
     pub districts: &'a [u32],
     pub is_test: bool,
+    /// Copies carry a 確認しました link.
+    pub ask_confirm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct AlertRow {
     pub created_at: UnixTime,
     pub published_at: UnixTime,
     pub recipients: i64,
+    /// Copies carry a 確認しました link.
+    pub ask_confirm: bool,
 }
 
 /// What authorises a publication.
@@ -79,7 +83,7 @@ pub enum Published {
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,
-     a.created_at, a.published_at, a.recipients";
+     a.created_at, a.published_at, a.recipients, a.ask_confirm";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok(AlertRow {
@@ -96,6 +100,7 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         created_at: r.get(10)?,
         published_at: r.get(11)?,
         recipients: r.get(12)?,
+        ask_confirm: r.get::<_, i64>(13)? != 0,
     })
 }
 
@@ -139,10 +144,21 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at, ask_confirm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
-            params![a.admin, a.source, a.source_key, a.kind, a.title, a.text, id_list(a.districts), a.is_test as i64, now],
+            params![
+                a.admin,
+                a.source,
+                a.source_key,
+                a.kind,
+                a.title,
+                a.text,
+                id_list(a.districts),
+                a.is_test as i64,
+                now,
+                a.ask_confirm as i64
+            ],
         )?;
         if n == 0 {
             return Ok(Drafted::Duplicate);
@@ -254,22 +270,33 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test): (String, i64) =
-            tx.query_row("SELECT districts, is_test FROM alerts WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (districts, is_test, ask_confirm): (String, i64, i64) = tx
+            .query_row("SELECT districts, is_test, ask_confirm FROM alerts WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        let ids = id_list(&split_ids(&districts));
+        // The district a copy's 確認しました link counts under, fixed now so
+        // the copy renders the same every time.
+        let confirm_district = if ask_confirm != 0 {
+            format!(
+                "(SELECT MIN(d.district_id) FROM subscriber_districts d WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
+            )
+        } else {
+            "0".to_string()
+        };
         // One statement: SQLite walks the subscribers and writes the rows
         // without a round trip through Rust per recipient. The address sealed
         // at registration is reused: it is the same value, and sealing costs
         // a nonce draw per row.
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
-                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id)
+                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
              SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
-                    X'', ?6, ?6, ?7, ?4
+                    X'', ?6, ?6, ?7, ?4, {confirm_district}
              FROM subscribers s
              WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                     WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
-             ORDER BY s.id",
-            id_list(&split_ids(&districts))
+                     WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))
+             ORDER BY s.id"
         );
         let count = tx.execute(
             &insert,
@@ -391,7 +418,7 @@ mod tests {
     fn draft(store: &Store, admin: AdminId, key: &str, districts: &[u32]) -> (Drafted, Option<Claims>, Vec<(String, i64)>) {
         let mut claims = None;
         let mut seen = vec![];
-        let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false };
+        let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false, ask_confirm: false };
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
                 claims = Some(Claims { purpose: Purpose::Publish, subject: id.subject(), nonce, expires_at: T0 + 3600 });

@@ -22,11 +22,14 @@
 pub mod backup;
 pub mod bounces;
 pub mod imap;
+pub mod confirm;
 pub mod import;
 pub mod admins;
 pub mod alerts;
 pub mod keys;
 pub mod manage;
+pub mod problems;
+pub mod reception;
 pub mod relay;
 pub mod states;
 
@@ -54,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
     include_str!("migrations/0009_imap.sql"),
+    include_str!("migrations/0011_reception.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -392,14 +396,15 @@ impl Store {
 
     /// For the POST of a registration link: consumes the token, activates the
     /// subscriber with exactly `districts`, and queues the 登録完了 mail
-    /// `render` builds — one transaction.
+    /// `render` builds from the address and the subscriber's footer-link
+    /// nonce (the mail carries the manage link) — one transaction.
     pub fn complete_registration(
         &self,
         claims: &Claims,
         districts: &[u32],
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+        render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -412,6 +417,19 @@ impl Store {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
+        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        if status == SubscriberStatus::Pending {
+            // A parent who has just chosen districts may notice a wrong one
+            // and send another empty mail at once. Completing the
+            // registration proved the mailbox is theirs, so it lifts the
+            // mailbox's cooldown once; the daily count (and so the daily
+            // cap) stays as it is, and the next request starts a cooldown
+            // again.
+            tx.execute(
+                "UPDATE rate_limits SET last_at = 0 WHERE scope = ?1 AND key = ?2",
+                params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]],
+            )?;
+        }
         let mut link_nonce: Nonce = [0; 8];
         self.sealer.random(&mut link_nonce)?;
         // The footer-link nonce is set once, at the first confirmation.
@@ -419,6 +437,7 @@ impl Store {
             "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = X'0000000000000000'",
             params![&link_nonce[..], subscriber],
         )?;
+        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         tx.execute(
             "UPDATE subscribers SET status = 'active', updated_at = ?1,
                     confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
@@ -432,7 +451,7 @@ impl Store {
                 ins.execute(params![subscriber, d])?;
             }
         }
-        let mail = render(&addr);
+        let mail = render(&addr, link_nonce);
         let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();
         audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
@@ -670,24 +689,8 @@ fn take_registration_slot(
             return Ok(Some(Limited::ClientHourlyCap));
         }
     }
-    // Calendar days in Japan (UTC+9), where parents are.
-    let day = (now + 9 * 3600).div_euclid(86_400);
-    let per_mailbox = tx.execute(
-        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
-         ON CONFLICT (scope, key) DO UPDATE SET
-             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-             window_start = excluded.window_start,
-             last_at = excluded.last_at
-         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
-        params![&mailbox[..], day, now, limits.cooldown_secs, limits.daily_cap, MAILBOX_SCOPE],
-    )?;
-    if per_mailbox == 0 {
-        let last_at: i64 = tx.query_row(
-            "SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2",
-            params![MAILBOX_SCOPE, &mailbox[..]],
-            |r| r.get(0),
-        )?;
-        return Ok(Some(if last_at > now - limits.cooldown_secs { Limited::Cooldown } else { Limited::DailyCap }));
+    if let Some(limited) = take_mailbox_slot(tx, MAILBOX_SCOPE, mailbox, now, limits.cooldown_secs, limits.daily_cap)? {
+        return Ok(Some(limited));
     }
     let (scope, cap) = match channel {
         Channel::Mail => ("register-global-mail", limits.global_hourly_cap),
@@ -699,8 +702,37 @@ fn take_registration_slot(
     Ok(None)
 }
 
+/// One slot of a mailbox's limits under (`scope`, `key`): at most one per
+/// `cooldown` seconds and `daily_cap` per calendar day in Japan (UTC+9),
+/// where parents are. One upsert: check and increment are one statement.
+pub(crate) fn take_mailbox_slot(
+    tx: &rusqlite::Transaction<'_>,
+    scope: &str,
+    mailbox: &BlindIndex,
+    now: UnixTime,
+    cooldown: i64,
+    daily_cap: i64,
+) -> Result<Option<Limited>> {
+    let day = (now + 9 * 3600).div_euclid(86_400);
+    let per_mailbox = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             window_start = excluded.window_start,
+             last_at = excluded.last_at
+         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
+        params![&mailbox[..], day, now, cooldown, daily_cap, scope],
+    )?;
+    if per_mailbox > 0 {
+        return Ok(None);
+    }
+    let last_at: i64 =
+        tx.query_row("SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2", params![scope, &mailbox[..]], |r| r.get(0))?;
+    Ok(Some(if last_at > now - cooldown { Limited::Cooldown } else { Limited::DailyCap }))
+}
+
 /// One slot of an hourly budget of `cap` under (`scope`, `key`), or `false`.
-fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
+pub(crate) fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
     let taken = tx.execute(
         "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
          ON CONFLICT (scope, key) DO UPDATE SET

@@ -247,7 +247,7 @@ pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, in
 
 /// Which registration a manage/unsubscribe token opens, if any. Only
 /// confirmed registrations (active or suspended) can be managed.
-fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
+pub(crate) fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
     let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(None) };
     let row: Option<(SubscriberStatus, Vec<u8>)> = conn
         .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -336,8 +336,8 @@ mod tests {
             assert_eq!(kind, LinkMail::Register);
             let done = self
                 .store
-                .complete_registration(&c, districts, T0, T0 + 60, |to| {
-                    mail::registration_completed(&self.cfg, to, &[], T0, format!("done-{}@x", c.subject))
+                .complete_registration(&c, districts, T0, T0 + 60, |to, _| {
+                    mail::registration_completed(&self.cfg, to, &[], "", T0, format!("done-{}@x", c.subject))
                 })
                 .unwrap();
             let Completion::Completed { subscriber, .. } = done else { panic!("not completed") };

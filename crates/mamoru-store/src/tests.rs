@@ -54,8 +54,8 @@ impl Fixture {
 
     fn complete(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Completion {
         self.store
-            .complete_registration(claims, districts, now, now + 3600, |a| {
-                mail::registration_completed(&self.cfg, a, &[], now, format!("done.{}@x", hex(&claims.nonce)))
+            .complete_registration(claims, districts, now, now + 3600, |a, _| {
+                mail::registration_completed(&self.cfg, a, &[], "", now, format!("done.{}@x", hex(&claims.nonce)))
             })
             .unwrap()
     }

@@ -204,6 +204,7 @@ mod tests {
             created_at: 1_795_000_000,
             published_at: 1_795_000_000,
             recipients: 0,
+            ask_confirm: false,
         }
     }
 

@@ -105,7 +105,8 @@ pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
     // `--districts` is read as a `地区:` line is.
     let explain = |e: alert::FormatError| anyhow::anyhow!("{}", e.explain(&cfg));
     let districts = alert::parse_districts(&cfg, &args.districts).map_err(explain)?;
-    let draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    let mut draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    draft.ask_confirm = args.confirm;
     let app = App::new(Arc::new(cfg.clone()), store, tokens);
     let id = match app.draft(&admin, &draft, Source::Cli, args.test, now)? {
         DraftOutcome::Created { alert, .. } => alert,

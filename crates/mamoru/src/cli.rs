@@ -117,6 +117,10 @@ pub struct AlertPostArgs {
     /// テスト配信: a marked test mail to the subscribers of the districts.
     #[arg(long)]
     pub test: bool,
+    /// Copies carry a 確認しました link; confirmations are counted per
+    /// district and carrier (never who) and shown in the admin panel.
+    #[arg(long)]
+    pub confirm: bool,
     /// Publish at once, without a preview. For an operator on the machine.
     #[arg(long)]
     pub yes: bool,

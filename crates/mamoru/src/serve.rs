@@ -213,6 +213,9 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
     let imap = store.imap_states().context("read the IMAP mailbox states")?;
+    let deferred = store.deferred().context("read the deferred rows")?;
+    let suspended = store.suspended_counts().context("read the suspended subscribers")?;
+    let unfinished = store.unfinished_registrations(now - 7 * 86_400).context("read the unfinished registrations")?;
     // (pool, state) -> buckets, states in their life order.
     let mut rows: std::collections::BTreeMap<(String, mamoru_store::states::OutboxState), Vec<i64>> = std::collections::BTreeMap::new();
     for r in shape {
@@ -268,8 +271,19 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
+        let deferred: Vec<serde_json::Value> = deferred
+            .iter()
+            .map(|d| serde_json::json!({ "pool": cfg.pool_of(&d.domain), "domain": d.domain, "code": d.code, "count": d.count }))
+            .collect();
+        let suspended: Vec<serde_json::Value> =
+            suspended.iter().map(|(reason, n)| serde_json::json!({ "reason": reason, "count": n })).collect();
+        let unfinished: Vec<serde_json::Value> = unfinished
+            .iter()
+            .map(|u| serde_json::json!({ "pool": cfg.pool_of(&u.domain), "domain": u.domain, "pending": u.pending, "completed": u.completed }))
+            .collect();
         let doc = serde_json::json!({
-            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned, "imap": imap,
+            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned,
+            "imap": imap, "deferred": deferred, "suspended": suspended, "unfinished_registrations_7d": unfinished,
         });
         writeln!(out, "{doc}")?;
         return Ok(());
@@ -338,6 +352,27 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 m.last_uid,
                 ago(now - m.updated_at)
             )?;
+        }
+    }
+    if !deferred.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<20} {:<12} {:>7}", "pool", "deferred: domain", "reply", "rows")?;
+        for d in &deferred {
+            writeln!(out, "{:<10} {:<20} {:<12} {:>7}", cfg.pool_of(&d.domain), d.domain, d.code, d.count)?;
+        }
+    }
+    if !suspended.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<20} {:>7}", "suspended: reason", "subscribers")?;
+        for (reason, n) in &suspended {
+            writeln!(out, "{reason:<20} {n:>7}")?;
+        }
+    }
+    if !unfinished.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<28} {:>7} {:>9}", "pool", "unfinished (7d): domain", "pending", "completed")?;
+        for u in &unfinished {
+            writeln!(out, "{:<10} {:<28} {:>7} {:>9}", cfg.pool_of(&u.domain), u.domain, u.pending, u.completed)?;
         }
     }
     Ok(())
@@ -410,6 +445,18 @@ async fn housekeeping(store: Arc<Store>, shutdown: CancellationToken) -> anyhow:
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "purged unconfirmed registrations older than 72 h"),
             Err(e) => tracing::warn!(error = %e, "purging unconfirmed registrations failed; will retry"),
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_reception(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "purged expired reception tests"),
+            Err(e) => tracing::warn!(error = %e, "purging reception tests failed; will retry"),
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_confirmations(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "deleted the counted-copy records of closed confirmation windows"),
+            Err(e) => tracing::warn!(error = %e, "purging confirmation records failed; will retry"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

@@ -17,18 +17,22 @@ use crate::{Web, form};
 
 /// How far back the dashboard's bounce table looks.
 const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
+/// How far back the dashboard looks for registrations never completed.
+pub(crate) const UNFINISHED_WINDOW_SECS: i64 = 7 * 24 * 3600;
 
 pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
+    let week = mamoru_core::now() - UNFINISHED_WINDOW_SECS;
     let read = blocking(web, "read the dashboard", move |w| {
         let s = &w.store;
-        Ok::<_, StoreError>((s.subscriber_counts()?, s.suspended_counts()?, s.bounce_stats(since)?, s.learned_limits()?))
+        let problems = (s.deferred()?, s.unfinished_registrations(week)?);
+        Ok::<_, StoreError>((s.subscriber_counts()?, s.suspended_counts()?, s.bounce_stats(since)?, s.learned_limits()?, problems))
     });
-    let (counts, suspended, bounces, learned) = match read.await {
+    let (counts, suspended, bounces, learned, (deferred, unfinished)) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
-    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, learned: &learned };
+    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, learned: &learned, deferred: &deferred, unfinished: &unfinished };
     page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
 }
 
@@ -45,6 +49,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let kind = form::value(body, "kind").unwrap_or_default().to_string();
     let text = form::value(body, "text").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
+    let ask_confirm = form::value(body, "confirm").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
@@ -53,7 +58,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     };
     // The same checks as a mailed post, on the form's typed fields.
     let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
-        Ok(d) => d,
+        Ok(d) => alert::AlertDraft { ask_confirm, ..d },
         Err(e) => return refused(e),
     };
     let admin = me.0.clone();
@@ -77,15 +82,19 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answe
             Some(r) if r.state == AlertState::Draft => w.store.recipient_domains(&r.districts)?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts))
+        let confirms = match &row {
+            Some(r) if r.ask_confirm => w.store.confirm_table(id)?,
+            _ => vec![],
+        };
+        Ok::<_, StoreError>((row, progress, counts, confirms))
     });
-    let (row, progress, counts) = match read.await {
+    let (row, progress, counts, confirms) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, confirms: &confirms };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 

@@ -82,6 +82,10 @@ pub(super) struct Dashboard<'a> {
     pub bounces: &'a [BounceStat],
     /// What each carrier pool's relay learned about its carrier.
     pub learned: &'a [LearnedLimits],
+    /// Deferred rows per domain and reply code.
+    pub deferred: &'a [mamoru_store::problems::Deferred],
+    /// Registrations of the last days never completed, per domain.
+    pub unfinished: &'a [mamoru_store::problems::Unfinished],
 }
 
 pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
@@ -106,6 +110,28 @@ pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
             table {
                 tr { th { "理由" } th { "人数" } }
                 @for (reason, n) in d.suspended { tr { td { (suspension_label(reason)) } td { (n) } } }
+            }
+        }
+        // What waits, and what the carriers answered: a carrier deferring
+        // everything with one code, or many registrations of one domain
+        // never completed, is the sign that it filters our mail.
+        h2 { "再送待ち（キャリア・応答コード別）" }
+        @if d.deferred.is_empty() {
+            p { "ありません。" }
+        } @else {
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "応答" } th { "件数" } }
+                @for x in d.deferred { tr { td { (carrier_of(&x.domain)) } td { (x.domain) } td { (x.code) } td { (x.count) } } }
+            }
+        }
+        h2 { "完了していない登録（直近7日、ドメイン別）" }
+        @if d.unfinished.is_empty() {
+            p { "ありません。" }
+        } @else {
+            p class="meta" { "登録受付メールが届いていない可能性があります。" }
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "未完了" } th { "完了" } }
+                @for u in d.unfinished { tr { td { (carrier_of(&u.domain)) } td { (u.domain) } td { (u.pending) } td { (u.completed) } } }
             }
         }
         h2 { "直近30日の不達（ドメイン別）" }
@@ -205,6 +231,7 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
             label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
+            label class="check" { input type="checkbox" name="confirm" value="1"; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
             button type="submit" { "確認へ進む" }
         }
     })
@@ -219,6 +246,8 @@ pub(super) struct AlertView<'a> {
     pub progress: &'a [(String, String, i64)],
     /// Recipients' address domains of a draft.
     pub counts: &'a [(String, i64)],
+    /// Confirmed / delivered per district and carrier (alerts that ask).
+    pub confirms: &'a [mamoru_store::confirm::ConfirmRow],
 }
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
@@ -241,8 +270,31 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             }
         } @else {
             (progress_table(v.progress))
+            @if row.ask_confirm { (confirm_table(cfg, v.confirms)) }
         }
     })
+}
+
+/// 確認しました per district and carrier: confirmed / delivered, and the
+/// share (a carrier far below the others is the sign of a filter).
+fn confirm_table(cfg: &Config, rows: &[mamoru_store::confirm::ConfirmRow]) -> Markup {
+    let district = |id: u32| cfg.district(id).map(|d| d.name.clone()).unwrap_or_else(|| "（地区変更・削除）".into());
+    html! {
+        h2 { "確認しました（地区・キャリア別）" }
+        p class="meta" { "数だけを記録しています。誰が押したかは記録していません。" }
+        table {
+            tr { th { "地区" } th { "キャリア" } th { "確認" } th { "送信済" } th { "割合" } }
+            @for r in rows {
+                tr {
+                    td { (district(r.district)) }
+                    td { (r.carrier) }
+                    td { (r.confirmed) }
+                    td { (r.delivered) }
+                    td { @if r.delivered > 0 { (r.confirmed * 100 / r.delivered) "%" } @else { "-" } }
+                }
+            }
+        }
+    }
 }
 
 /// Delivery progress per carrier: queued / sent / deferred / failed / expired.
@@ -350,4 +402,46 @@ pub(super) fn audit(cfg: &Config, me: Me<'_>, log: &[(i64, String, String, Strin
             @for (at, actor, action, detail) in log { tr { td { (jst(*at)) } td { (actor) } td { (action) } td { (detail) } } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mamoru_core::{Config, EmailAddress};
+    use mamoru_store::admins::Admin;
+    use mamoru_store::confirm::ConfirmRow;
+    use mamoru_store::problems::{Deferred, Unfinished};
+
+    use super::*;
+
+    fn admin() -> Admin {
+        Admin { id: mamoru_core::AdminId::new(1), login: "chuo".into(), email: EmailAddress::parse("staff@city.test").unwrap(), districts: vec![], active: true }
+    }
+
+    #[test]
+    fn the_dashboard_shows_what_waits_why_and_the_registrations_never_completed() {
+        let cfg = Config::default();
+        let a = admin();
+        let deferred = [Deferred { domain: "ezweb.ne.jp".into(), code: "421 4.7.0".into(), count: 12 }];
+        let unfinished = [Unfinished { domain: "au.com".into(), pending: 7, completed: 1 }];
+        let suspended = [("unknown-user".to_string(), 2)];
+        let d = Dashboard { counts: &[], suspended: &suspended, bounces: &[], learned: &[], deferred: &deferred, unfinished: &unfinished };
+        let page = dashboard(&cfg, (&a, "csrf"), &d);
+        assert!(page.contains("<td>au</td><td>ezweb.ne.jp</td><td>421 4.7.0</td><td>12</td>"), "{page}");
+        assert!(page.contains("<td>au</td><td>au.com</td><td>7</td><td>1</td>"), "{page}");
+        assert!(page.contains("宛先不明") && page.contains("<td>2</td>"), "{page}");
+    }
+
+    #[test]
+    fn the_confirmation_table_shows_confirmed_over_delivered_per_district_and_carrier() {
+        let cfg = Config::default();
+        let rows = [
+            ConfirmRow { district: 3, carrier: "docomo", delivered: 10, confirmed: 4 },
+            ConfirmRow { district: 3, carrier: "au", delivered: 50, confirmed: 1 },
+            ConfirmRow { district: 0, carrier: "その他", delivered: 1, confirmed: 0 },
+        ];
+        let html = confirm_table(&cfg, &rows).into_string();
+        assert!(html.contains("<td>昭和地区</td><td>docomo</td><td>4</td><td>10</td><td>40%</td>"), "{html}");
+        assert!(html.contains("<td>昭和地区</td><td>au</td><td>1</td><td>50</td><td>2%</td>"), "{html}");
+        assert!(html.contains("（地区変更・削除）"), "{html}");
+    }
 }

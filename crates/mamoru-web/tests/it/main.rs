@@ -369,8 +369,8 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let known = addr("known@docomo.ne.jp");
     let t = srv.request_token(&known, now() - 3600);
     let claims = srv.tokens().verify(&t, Purpose::Register, now()).unwrap();
-    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to| {
-        mail::registration_completed(&srv.web.cfg, to, &[], now(), mail::message_id(&[7; 12], &srv.web.cfg))
+    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to, _| {
+        mail::registration_completed(&srv.web.cfg, to, &[], "", now(), mail::message_id(&[7; 12], &srv.web.cfg))
     });
     assert!(matches!(done.unwrap(), Completion::Completed { .. }));
     let queued = |n| assert_eq!(srv.store().outbox_counts().unwrap().queued, n);
@@ -670,8 +670,8 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> mamoru_core::AlertId 
         AdminAdded::Added(a) => a,
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
-    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false };
-    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into() };
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ask_confirm: false };
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), ask_confirm: false };
     let content = mamoru_core::alert::content(cfg, &draft, false);
     let at = now();
     let Drafted::Created { alert, .. } = store

@@ -283,6 +283,7 @@ pub fn escape(data: &[u8]) {
         created_at: 0,
         published_at: 0,
         recipients: 0,
+        ask_confirm: false,
     };
     let feed = mamoru_web::archive::feed(cfg(), None, &[row], 0);
     assert!(feed.ends_with("</feed>\n"), "feed not written: {feed:?}");

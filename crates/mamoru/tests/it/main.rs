@@ -15,6 +15,7 @@ mod imap;
 mod limits;
 mod operations;
 mod pipe;
+mod reception;
 mod postfix;
 mod serve;
 mod selfservice;
