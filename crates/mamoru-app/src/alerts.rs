@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mamoru_core::alert::{self, AlertContent, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
+use mamoru_core::alert::{self, AlertContent, AlertDraft, CarrierCounts, FollowupKind, FormatError, PreviewInfo};
 use mamoru_core::links::Route;
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime, mail};
@@ -42,6 +42,14 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// The replay key of a mailed post; empty for the others.
+    fn key(&self) -> &str {
+        match self {
+            Source::Mail { key, .. } => key,
+            Source::Web | Source::Cli => "",
+        }
+    }
+
     fn as_str(&self) -> &'static str {
         match self {
             Source::Mail { .. } => "mail",
@@ -78,9 +86,18 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
     AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
 }
 
+/// A follow-up's kind and report, if the row is one.
+pub fn followup_of(row: &AlertRow) -> Option<alert::Followup> {
+    let kind = FollowupKind::parse(&row.followup_kind)?;
+    (row.followup_of != 0).then_some(alert::Followup { kind, original_published_at: row.report_published_at })
+}
+
 /// The subject and text of a stored alert, as parents see it.
 pub fn content_of(app: &App, row: &AlertRow) -> AlertContent {
-    alert::content(&app.cfg, &draft_of(row), row.is_test)
+    match followup_of(row) {
+        Some(f) => alert::followup_content(&app.cfg, &draft_of(row), row.is_test, &f),
+        None => alert::content(&app.cfg, &draft_of(row), row.is_test),
+    }
 }
 
 impl App {
@@ -90,34 +107,95 @@ impl App {
         if !forbidden.is_empty() {
             return Ok(DraftOutcome::Refused(FormatError::DistrictsNotAllowed(forbidden)));
         }
-        let cfg = &*self.cfg;
-        let random = self.random12()?;
-        let expires_at = now + cfg.alerts.publish_ttl_secs;
-        let content = alert::content(cfg, draft, is_test);
-        let (key, dropped_attachments) = match source {
-            Source::Mail { key, attachments } => (key, attachments),
-            Source::Web | Source::Cli => ("", 0),
-        };
+        let content = alert::content(&self.cfg, draft, is_test);
         let new = NewAlert {
             admin: admin.id,
             source: source.as_str(),
-            source_key: key,
+            source_key: source.key(),
             kind: &draft.kind,
             title: &draft.title,
             text: &draft.text,
             districts: &draft.districts,
             is_test,
+            ..Default::default()
         };
-        let drafted = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
+        self.record_draft(admin, &new, &content, source, now)
+    }
+
+    /// Records a follow-up (続報, 解決 or 取消) of the published first report
+    /// `report` as a draft and queues its preview, like a first report. It
+    /// keeps the report's title, kind, districts and test flag, and goes to
+    /// the report's recipients (see [`mamoru_store::Store::publish_alert`]).
+    /// The admin must be allowed the report's districts; a follow-up of a
+    /// follow-up continues the same report.
+    pub fn draft_followup(
+        &self,
+        admin: &Admin,
+        report: AlertId,
+        kind: FollowupKind,
+        text: &str,
+        source: Source<'_>,
+        now: UnixTime,
+    ) -> Result<DraftOutcome, Error> {
+        let text = match alert::followup_text(text) {
+            Ok(t) => t,
+            Err(e) => return Ok(DraftOutcome::Refused(e)),
+        };
+        let no_such = || DraftOutcome::Refused(FormatError::NoSuchAlert(report.to_string()));
+        let Some(mut row) = self.store.alert(report)? else { return Ok(no_such()) };
+        if row.followup_of != 0 {
+            let Some(r) = self.store.alert(row.followup_of)? else { return Ok(no_such()) };
+            row = r;
+        }
+        if row.state != "published" {
+            return Ok(no_such());
+        }
+        if row.incident_state == "retracted" {
+            return Ok(DraftOutcome::Refused(FormatError::Retracted(row.id)));
+        }
+        let forbidden = admin.forbidden(&row.districts);
+        if !forbidden.is_empty() {
+            return Ok(DraftOutcome::Refused(FormatError::DistrictsNotAllowed(forbidden)));
+        }
+        let mut follow = row.clone();
+        follow.text = text;
+        let f = alert::Followup { kind, original_published_at: row.published_at };
+        let content = alert::followup_content(&self.cfg, &draft_of(&follow), row.is_test, &f);
+        let new = NewAlert {
+            admin: admin.id,
+            source: source.as_str(),
+            source_key: source.key(),
+            kind: &row.kind,
+            title: &row.title,
+            text: &follow.text,
+            districts: &row.districts,
+            is_test: row.is_test,
+            followup_of: row.id,
+            followup_kind: kind.as_str(),
+            ..Default::default()
+        };
+        self.record_draft(admin, &new, &content, source, now)
+    }
+
+    fn record_draft(&self, admin: &Admin, new: &NewAlert<'_>, content: &AlertContent, source: Source<'_>, now: UnixTime) -> Result<DraftOutcome, Error> {
+        let cfg = &*self.cfg;
+        let random = self.random12()?;
+        let expires_at = now + cfg.alerts.publish_ttl_secs;
+        let dropped_attachments = match source {
+            Source::Mail { attachments, .. } => attachments,
+            Source::Web | Source::Cli => 0,
+        };
+        let is_test = new.is_test;
+        let drafted = self.store.draft_alert(new, now, expires_at, |alert_id, nonce, domains| {
             let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
             let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
             let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
-            alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(&random, cfg))
+            let info = PreviewInfo { number: alert_id, counts: &counts, publish_url: &url, dropped_attachments, is_test };
+            alert::preview(cfg, content, &admin.email, &info, now, mail::message_id(&random, cfg))
         })?;
         Ok(match drafted {
             Drafted::Created { alert, outbox } => {
-                tracing::info!(alert, admin = %admin.login, source = source.as_str(), "alert drafted; preview queued");
+                tracing::info!(alert, admin = %admin.login, source = source.as_str(), followup_of = new.followup_of, "alert drafted; preview queued");
                 self.queued();
                 DraftOutcome::Created { alert, outbox }
             }
@@ -178,7 +256,8 @@ impl App {
     pub fn alert_copy(&self, alert: AlertId, subscriber: SubscriberId, to: &EmailAddress, link_nonce: Nonce) -> Result<Option<Vec<u8>>, Error> {
         let Some((row, content)) = self.copies.get(self, alert)? else { return Ok(None) };
         let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce };
-        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, &content, row.published_at, &recipient).bytes))
+        let report = (row.followup_of != 0).then_some(row.followup_of);
+        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, report, &content, row.published_at, &recipient).bytes))
     }
 }
 

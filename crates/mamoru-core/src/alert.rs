@@ -57,6 +57,11 @@ pub enum FormatError {
     /// The mail could not be read: nested too deep, too many parts, huge
     /// headers or broken MIME. Nothing of it was parsed.
     Unreadable,
+    /// A follow-up names an alert number that is not a published first
+    /// report (or is not a number).
+    NoSuchAlert(String),
+    /// A follow-up of a report that was retracted: 取消 is final.
+    Retracted(i64),
 }
 
 impl FormatError {
@@ -71,6 +76,8 @@ impl FormatError {
             Self::EmptyText => "本文がありません。".into(),
             Self::TextTooLong => format!("本文が長すぎます（{MAX_TEXT_CHARS}文字まで）。"),
             Self::Unreadable => "メールの形式を読み取れませんでした（入れ子や添付が多すぎるか、形式が壊れています）。本文だけのテキストメールで送り直してください。".into(),
+            Self::NoSuchAlert(n) => format!("お知らせ番号「{n}」の配信済みのお知らせが見つかりません。配信履歴の番号を書いてください。"),
+            Self::Retracted(n) => format!("お知らせ{n}番は取り消し済みです。続報は送れません。"),
             Self::DistrictsNotAllowed(ids) => {
                 let names: Vec<&str> = ids.iter().filter_map(|id| cfg.district(*id)).map(|d| d.name.as_str()).collect();
                 format!("次の地区には配信できません（担当外）: {}", names.join("、"))
@@ -121,6 +128,91 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
     let districts = districts.ok_or(FormatError::MissingDistricts)?;
     let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
     draft(cfg, subject, &kind, districts, &rest.join("\n"))
+}
+
+/// What a follow-up says about its first report: 続報 (more news), 解決
+/// (resolved: the person was identified, it was a misunderstanding) or 取消
+/// (retracted: sent in error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowupKind {
+    Update,
+    Resolved,
+    Retracted,
+}
+
+impl FollowupKind {
+    pub const ALL: [Self; 3] = [Self::Update, Self::Resolved, Self::Retracted];
+
+    /// The stored and command-line name: `update`, `resolved`, `retracted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Update => "update",
+            Self::Resolved => "resolved",
+            Self::Retracted => "retracted",
+        }
+    }
+
+    /// The inverse of [`FollowupKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// `続報`, `解決`, `取消`: the word of the post line and of the subject.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Update => "続報",
+            Self::Resolved => "解決",
+            Self::Retracted => "取消",
+        }
+    }
+
+    /// The subject prefix: `【続報】`.
+    pub fn mark(self) -> String {
+        format!("【{}】", self.label())
+    }
+}
+
+/// A mailed follow-up: the first report it names and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowupPost {
+    pub kind: FollowupKind,
+    /// The number of the first report, as written (the alert id in the
+    /// panel's history, `mamoru alert show`, and the preview's subject).
+    pub of: i64,
+    pub text: String,
+}
+
+/// A mailed post whose first non-blank line is `続報: 12`, `解決: 12` or
+/// `取消: 12` (full-width forms accepted) is a follow-up of alert 12; the
+/// rest is its text and the subject is not used (the follow-up keeps the
+/// report's title, kind and districts). `None`: not a follow-up, read it
+/// with [`parse_post`].
+pub fn parse_followup(text: &str) -> Option<Result<FollowupPost, FormatError>> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines = text.lines().skip_while(|l| normalize_width(l).trim().is_empty());
+    let first = normalize_width(lines.next()?);
+    let first = first.trim();
+    let (kind, value) = FollowupKind::ALL.into_iter().find_map(|k| field(first, k.label()).map(|v| (k, v.trim())))?;
+    let value = value.trim_start_matches('#').trim_start_matches('番').trim();
+    let Ok(of) = value.trim_end_matches('番').trim().parse::<i64>() else {
+        return Some(Err(FormatError::NoSuchAlert(value.chars().take(20).collect())));
+    };
+    let rest: Vec<&str> = lines.map(str::trim_end).collect();
+    Some(followup_text(&rest.join("\n")).map(|text| FollowupPost { kind, of, text }))
+}
+
+/// A follow-up's text, checked as a report's text is.
+pub fn followup_text(text: &str) -> Result<String, FormatError> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let body = lines.join("\n").trim_matches('\n').to_string();
+    if body.trim().is_empty() {
+        return Err(FormatError::EmptyText);
+    }
+    if body.chars().count() > MAX_TEXT_CHARS {
+        return Err(FormatError::TextTooLong);
+    }
+    Ok(body)
 }
 
 /// A post given as its parts (the admin panel's form, `mamoru alert post`):
@@ -247,6 +339,8 @@ pub struct AlertContent {
     pub body: String,
 }
 
+const TEST_LINE: &str = "これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n";
+
 /// Subject `【守るネット】[KIND] TITLE（DISTRICTS）` and the wrapped text.
 pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent {
     let name = &cfg.service_name;
@@ -255,7 +349,7 @@ pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent 
     let subject = format!("【{name}】{test}{kind}{}（{}）", draft.title, district_label(cfg, &draft.districts));
     let mut body = String::new();
     if is_test {
-        body.push_str("これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n");
+        body.push_str(TEST_LINE);
     }
     if !draft.kind.is_empty() {
         body.push_str(&format!("■{}\n", draft.kind));
@@ -264,6 +358,34 @@ pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent 
     body.push_str(&wrap(&draft.text, WRAP_CHARS));
     body.push('\n');
     AlertContent { subject, body }
+}
+
+/// The report a follow-up continues, for its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Followup {
+    pub kind: FollowupKind,
+    /// When the first report was published.
+    pub original_published_at: UnixTime,
+}
+
+/// A follow-up as parents see it: the report's subject behind `【続報】`
+/// (`【解決】`, `【取消】`), so phones file it with the report, and a first
+/// line naming the report it continues.
+pub fn followup_content(cfg: &Config, draft: &AlertDraft, is_test: bool, f: &Followup) -> AlertContent {
+    let report = content(cfg, draft, is_test);
+    let about = match f.kind {
+        FollowupKind::Update => "の続報です。",
+        FollowupKind::Resolved => "は解決しました。",
+        FollowupKind::Retracted => "を取り消します。",
+    };
+    let head = format!("{}\n{}配信のお知らせ{about}\n\n", f.kind.mark(), crate::jst::month_day_time(f.original_published_at));
+    // The report's body starts with the test line, if any; the follow-up's
+    // line goes after it.
+    let body = match report.body.strip_prefix(TEST_LINE) {
+        Some(rest) => format!("{TEST_LINE}{head}{rest}"),
+        None => format!("{head}{}", report.body),
+    };
+    AlertContent { subject: format!("{}{}", f.kind.mark(), report.subject), body }
 }
 
 /// Wraps each line at `width` characters. URLs and other unbroken ASCII runs
@@ -317,6 +439,8 @@ pub fn footer(cfg: &Config, links: &SubscriberLinks) -> String {
 
 /// One subscriber's alert mail. `List-Unsubscribe` is the personal
 /// one-click link (RFC 8058).
+/// `in_reply_to`: the Message-ID of the copy a follow-up continues (then
+/// also its `References`), so phones thread it under the report.
 pub fn render(
     cfg: &Config,
     content: &AlertContent,
@@ -324,10 +448,15 @@ pub fn render(
     links: &SubscriberLinks,
     now: UnixTime,
     message_id: String,
+    in_reply_to: Option<&str>,
 ) -> OutgoingMail {
     let from = cfg.register_address();
     let body = format!("{}{}", content.body, footer(cfg, links));
-    let bytes = MessageBuilder::new()
+    let mut builder = MessageBuilder::new();
+    if let Some(parent) = in_reply_to {
+        builder = builder.in_reply_to(parent).references(parent);
+    }
+    let bytes = builder
         .from((cfg.service_name.as_str(), from.as_str()))
         .to(to.as_str())
         .subject(content.subject.as_str())
@@ -364,16 +493,20 @@ pub struct AlertRecipient<'a> {
 /// Everything that varies is an input, and `published_at` is both the Date
 /// and the issue time of the links, so rendering the same row twice (a
 /// retry, or a resend after a crash) gives the same bytes.
+/// `followup_of`: the report a follow-up continues; the copy answers the
+/// subscriber's copy of it (`In-Reply-To` / `References`).
 pub fn render_for_subscriber(
     cfg: &Config,
     tokens: &TokenKey,
     alert: i64,
+    followup_of: Option<i64>,
     content: &AlertContent,
     published_at: UnixTime,
     to: &AlertRecipient<'_>,
 ) -> OutgoingMail {
     let links = subscriber_links(cfg, tokens, to.subscriber as u64, to.link_nonce, published_at);
-    render(cfg, content, to.address, &links, published_at, alert_message_id(&cfg.domain, alert, to.subscriber))
+    let parent = followup_of.map(|of| alert_message_id(&cfg.domain, of, to.subscriber));
+    render(cfg, content, to.address, &links, published_at, alert_message_id(&cfg.domain, alert, to.subscriber), parent.as_deref())
 }
 
 /// Recipient counts of a preview, per carrier.
@@ -412,6 +545,8 @@ impl CarrierCounts {
 
 /// What the preview mail shows besides the alert itself.
 pub struct PreviewInfo<'a> {
+    /// The alert's number, which a follow-up post names.
+    pub number: i64,
     pub counts: &'a CarrierCounts,
     pub publish_url: &'a str,
     /// Attachments dropped from the post.
@@ -436,6 +571,10 @@ pub fn preview(cfg: &Config, content: &AlertContent, to: &EmailAddress, info: &P
         info.publish_url
     ));
     body.push_str("\n心当たりのない場合は何もしないでください。配信されません。\n");
+    body.push_str(&format!(
+        "\nお知らせ番号: {n}\n配信後に続報・解決・取消を送るときは、本文の1行目に「続報: {n}」「解決: {n}」「取消: {n}」と書いて投稿してください。\n",
+        n = info.number
+    ));
     body.push_str("\n===== 配信される内容 =====\n");
     body.push_str(&format!("件名: {}\n\n", content.subject));
     body.push_str(&content.body);
@@ -516,7 +655,7 @@ mod tests {
         assert_eq!(content.subject, "【守るネット】声かけ（中央地区、昭和地区）");
         let links = SubscriberLinks { manage: "http://x/m/M".into(), unsubscribe: "http://x/u/U".into() };
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
-        let m = render(&c, &content, &to, &links, 1_800_000_000, "id@localhost".into());
+        let m = render(&c, &content, &to, &links, 1_800_000_000, "id@localhost".into(), None);
         assert!(m.bytes.is_ascii());
         let msg = mailparse::parse_mail(&m.bytes).unwrap();
         let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
@@ -537,9 +676,9 @@ mod tests {
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
         let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
-        let m = render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r);
+        let m = render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r);
         assert_eq!(m.message_id, "alert.9.42@mamoru.test");
-        assert_eq!(m.bytes, render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
+        assert_eq!(m.bytes, render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
         let links = subscriber_links(&c, &key, 42, [7; 8], 1_800_000_000);
         let msg = mailparse::parse_mail(&m.bytes).unwrap();
         let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
@@ -548,6 +687,44 @@ mod tests {
         assert!(msg.get_body().unwrap().contains(&links.manage));
         let other = EmailAddress::parse("c@ezweb.ne.jp").unwrap();
         let r2 = AlertRecipient { subscriber: 43, address: &other, link_nonce: [8; 8] };
-        assert_ne!(render_for_subscriber(&c, &key, 9, &content, 1_800_000_000, &r2).bytes, m.bytes);
+        assert_ne!(render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r2).bytes, m.bytes);
+    }
+
+    #[test]
+    fn a_followup_line_names_the_report() {
+        let f = |t| parse_followup(t);
+        assert_eq!(f("地区: 1\n本文"), None, "a first report");
+        assert_eq!(
+            f("\n続報：１２\n男は立ち去りました。\n"),
+            Some(Ok(FollowupPost { kind: FollowupKind::Update, of: 12, text: "男は立ち去りました。".into() }))
+        );
+        assert_eq!(f("解決: 3番\n保護者の方でした。").unwrap().unwrap().kind, FollowupKind::Resolved);
+        assert_eq!(f("取消: #3\n誤って配信しました。").unwrap().unwrap().of, 3);
+        assert_eq!(f("続報: 中央\nx"), Some(Err(FormatError::NoSuchAlert("中央".into()))));
+        assert_eq!(f("続報: 3\n \n"), Some(Err(FormatError::EmptyText)));
+    }
+
+    #[test]
+    fn a_followup_threads_under_the_subscribers_copy_of_the_report() {
+        let c = Config { domain: "mamoru.test".into(), ..cfg() };
+        let d = parse_post(&c, "声かけ", "地区: 1\n男は立ち去りました。").unwrap();
+        let published = crate::jst::unix(2026, 12, 1, 14, 2).unwrap();
+        let content = followup_content(&c, &d, false, &Followup { kind: FollowupKind::Resolved, original_published_at: published });
+        assert_eq!(content.subject, "【解決】【守るネット】声かけ（中央地区）");
+        assert!(content.body.starts_with("【解決】\n12月1日 14:02配信のお知らせは解決しました。\n\n■地区: 中央地区"), "{}", content.body);
+        let test = followup_content(&c, &d, true, &Followup { kind: FollowupKind::Update, original_published_at: published });
+        assert!(test.body.starts_with("これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n【続報】"), "{}", test.body);
+        let key = TokenKey::new(&[5; 32]);
+        let to = EmailAddress::parse("a@docomo.ne.jp").unwrap();
+        let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
+        let m = render_for_subscriber(&c, &key, 10, Some(9), &content, published + 600, &r);
+        let msg = mailparse::parse_mail(&m.bytes).unwrap();
+        let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value());
+        assert_eq!(h("Message-ID").as_deref(), Some("<alert.10.42@mamoru.test>"));
+        assert_eq!(h("In-Reply-To").as_deref(), Some("<alert.9.42@mamoru.test>"));
+        assert_eq!(h("References").as_deref(), Some("<alert.9.42@mamoru.test>"));
+        let first = render_for_subscriber(&c, &key, 9, None, &content, published, &r);
+        let first = mailparse::parse_mail(&first.bytes).unwrap();
+        assert!(!first.headers.iter().any(|x| x.get_key().eq_ignore_ascii_case("In-Reply-To")));
     }
 }

@@ -18,7 +18,7 @@ pub type AlertId = i64;
 pub const ALERT_PRIORITY: i64 = 100;
 
 /// A post to record as a draft.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAlert<'a> {
     pub admin: AdminId,
     /// `mail`, `web` or `cli`.
@@ -31,6 +31,17 @@ pub struct NewAlert<'a> {
     pub text: &'a str,
     pub districts: &'a [u32],
     pub is_test: bool,
+    /// The first report a follow-up continues (0: a first report). Its
+    /// recipients are the report's, not the districts' subscribers.
+    pub followup_of: AlertId,
+    /// `update`, `resolved` or `retracted` for a follow-up; empty otherwise.
+    pub followup_kind: &'a str,
+    /// When the incident happened (0: unknown).
+    pub occurred_at: UnixTime,
+    /// 1 = approximate (ごろ), 2 = the day only.
+    pub occurred_flags: i64,
+    /// 緊急: delivered inside quiet hours too.
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +53,7 @@ pub enum Drafted {
 }
 
 /// An alert as the pages and the fan-out see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlertRow {
     pub id: AlertId,
     pub admin: AdminId,
@@ -58,6 +69,21 @@ pub struct AlertRow {
     pub created_at: UnixTime,
     pub published_at: UnixTime,
     pub recipients: i64,
+    /// The first report this follow-up continues (0: a first report).
+    pub followup_of: AlertId,
+    /// A follow-up's kind (`update`, `resolved`, `retracted`), or empty.
+    pub followup_kind: String,
+    /// A first report's state: empty while open, else the kind of its latest
+    /// published follow-up.
+    pub incident_state: String,
+    /// When that follow-up was published (0: none yet).
+    pub updated_at: UnixTime,
+    /// When the incident happened (0: unknown).
+    pub occurred_at: UnixTime,
+    pub occurred_flags: i64,
+    pub urgent: bool,
+    /// A follow-up's report's publication time (0 for a first report).
+    pub report_published_at: UnixTime,
 }
 
 /// What authorises a publication.
@@ -73,12 +99,15 @@ pub enum PublishAuth<'a> {
 pub enum Published {
     Published { alert: AlertId, recipients: usize },
     /// The token was used or revoked, the alert is not a draft any more, or
-    /// its admin was disabled.
+    /// its admin was disabled; or a follow-up's report was retracted
+    /// meanwhile.
     Unusable,
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,
-     a.created_at, a.published_at, a.recipients";
+     a.created_at, a.published_at, a.recipients, a.followup_of, a.followup_kind, a.incident_state, a.updated_at,
+     a.occurred_at, a.occurred_flags, a.urgent,
+     COALESCE((SELECT r.published_at FROM alerts r WHERE r.id = a.followup_of AND a.followup_of <> 0), 0)";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok(AlertRow {
@@ -95,6 +124,14 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         created_at: r.get(10)?,
         published_at: r.get(11)?,
         recipients: r.get(12)?,
+        followup_of: r.get(13)?,
+        followup_kind: r.get(14)?,
+        incident_state: r.get(15)?,
+        updated_at: r.get(16)?,
+        occurred_at: r.get(17)?,
+        occurred_flags: r.get(18)?,
+        urgent: r.get::<_, i64>(19)? != 0,
+        report_published_at: r.get(20)?,
     })
 }
 
@@ -118,7 +155,35 @@ fn recipient_domains(conn: &Connection, districts: &[u32]) -> Result<Vec<(String
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The outbox rows of a report that a retraction ended before they were
+/// sent: `expired` (a final state the relay never claims) with this reason.
+pub const RETRACTED_REASON: &str = "retracted before delivery";
+
+/// The subscribers a follow-up of `report` goes to: those with a copy of the
+/// report that was not stopped by its retraction, still active — whatever
+/// districts they chose since. A subscriber who deleted the registration
+/// has no subscriber row any more.
+const FOLLOWUP_RECIPIENTS: &str = "s.status = 'active' AND EXISTS (SELECT 1 FROM outbox o
+         WHERE o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))";
+
+fn followup_where(report: AlertId) -> String {
+    FOLLOWUP_RECIPIENTS.replace("?R", &report.to_string()).replace("?X", &format!("'{RETRACTED_REASON}'"))
+}
+
+/// Distinct recipients of a follow-up of `report`, per domain.
+fn followup_domains(conn: &Connection, report: AlertId) -> Result<Vec<(String, i64)>> {
+    let sql = format!("SELECT s.domain, COUNT(*) FROM subscribers s WHERE {} GROUP BY s.domain ORDER BY s.domain", followup_where(report));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 impl Store {
+    /// Recipients a follow-up of `report` would have now, per domain.
+    pub fn followup_domains(&self, report: AlertId) -> Result<Vec<(String, i64)>> {
+        followup_domains(&self.conn(), report)
+    }
+
     /// Recipients an alert to `districts` would have now, per domain.
     pub fn recipient_domains(&self, districts: &[u32]) -> Result<Vec<(String, i64)>> {
         recipient_domains(&self.conn(), districts)
@@ -138,17 +203,33 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
+                                 followup_of, followup_kind, occurred_at, occurred_flags, urgent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
-            params![a.admin, a.source, a.source_key, a.kind, a.title, a.text, id_list(a.districts), a.is_test as i64, now],
+            params![
+                a.admin,
+                a.source,
+                a.source_key,
+                a.kind,
+                a.title,
+                a.text,
+                id_list(a.districts),
+                a.is_test as i64,
+                now,
+                a.followup_of,
+                a.followup_kind,
+                a.occurred_at,
+                a.occurred_flags,
+                a.urgent as i64
+            ],
         )?;
         if n == 0 {
             return Ok(Drafted::Duplicate);
         }
         let alert = tx.last_insert_rowid();
         let nonce = self.issue_token(&tx, Purpose::Publish, alert, publish_expires_at)?;
-        let counts = recipient_domains(&tx, a.districts)?;
+        let counts = if a.followup_of != 0 { followup_domains(&tx, a.followup_of)? } else { recipient_domains(&tx, a.districts)? };
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.
         let outbox = self.insert_outbox(&tx, &mail, 0, ALERT_PRIORITY, now, publish_expires_at)?;
@@ -250,8 +331,40 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test): (String, i64) =
-            tx.query_row("SELECT districts, is_test FROM alerts WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (districts, is_test, report, followup_kind): (String, i64, AlertId, String) = tx.query_row(
+            "SELECT districts, is_test, followup_of, followup_kind FROM alerts WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let recipients = if report != 0 {
+            // A follow-up: the report must still stand (a retraction is final).
+            let open = tx.execute(
+                "UPDATE alerts SET incident_state = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'published' AND followup_of = 0 AND incident_state <> 'retracted'",
+                params![followup_kind, now, report],
+            )?;
+            if open != 1 {
+                return Ok(Published::Unusable);
+            }
+            if followup_kind == "retracted" {
+                // Stop what was not sent yet first (of the report and of its
+                // earlier follow-ups): those copies are never delivered, and
+                // their subscribers get no retraction either.
+                let stopped = tx.execute(
+                    "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
+                     WHERE state = 'queued' AND alert_id IN (SELECT ?3 UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
+                    params![now, RETRACTED_REASON, report],
+                )?;
+                audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
+            }
+            followup_where(report)
+        } else {
+            format!(
+                "s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                     WHERE d.subscriber_id = s.id AND d.district_id IN ({}))",
+                id_list(&split_ids(&districts))
+            )
+        };
         // One statement: SQLite walks the subscribers and writes the rows
         // without a round trip through Rust per recipient. The address sealed
         // at registration is reused: it is the same value, and sealing costs
@@ -262,10 +375,8 @@ impl Store {
              SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
                     X'', ?6, ?6, ?7, ?4
              FROM subscribers s
-             WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                     WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
-             ORDER BY s.id",
-            id_list(&split_ids(&districts))
+             WHERE {recipients}
+             ORDER BY s.id"
         );
         let count = tx.execute(
             &insert,
@@ -286,13 +397,30 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The public archive: published alerts (never テスト配信) since `since`,
-    /// newest first, optionally only those for `district`.
+    /// The published follow-ups of `reports`, oldest first.
+    pub fn followups_of(&self, reports: &[AlertId]) -> Result<Vec<AlertRow>> {
+        if reports.is_empty() {
+            return Ok(vec![]);
+        }
+        let conn = self.conn();
+        let ids = reports.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
+             WHERE a.followup_of IN ({ids}) AND a.state = 'published' ORDER BY a.published_at, a.id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], alert_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The public archive: published first reports (never テスト配信) since
+    /// `since`, newest first, optionally only those for `district`; each
+    /// incident once, its follow-ups in [`Store::followups_of`].
     pub fn archive(&self, district: Option<u32>, since: UnixTime, limit: usize) -> Result<Vec<AlertRow>> {
         let conn = self.conn();
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
-             WHERE a.state = 'published' AND a.is_test = 0 AND a.published_at >= ?1
+             WHERE a.state = 'published' AND a.is_test = 0 AND a.followup_of = 0 AND a.published_at >= ?1
                AND (?2 = 0 OR ',' || a.districts || ',' LIKE '%,' || ?2 || ',%')
              ORDER BY a.published_at DESC, a.id DESC LIMIT ?3"
         );
@@ -301,12 +429,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Delivery progress of an alert: `(domain, state, count)`.
+    /// Delivery progress of an alert: `(domain, state, count)`; rows a
+    /// retraction stopped count as `cancelled`.
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT domain, state, COUNT(*) FROM outbox WHERE alert_id = ?1 GROUP BY domain, state ORDER BY domain, state")?;
-        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut stmt = conn.prepare(
+            "SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st, COUNT(*)
+             FROM outbox WHERE alert_id = ?1 GROUP BY domain, st ORDER BY domain, st",
+        )?;
+        let rows = stmt.query_map(params![id, RETRACTED_REASON], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
@@ -387,7 +518,7 @@ mod tests {
     fn draft(store: &Store, admin: AdminId, key: &str, districts: &[u32]) -> (Drafted, Option<Claims>, Vec<(String, i64)>) {
         let mut claims = None;
         let mut seen = vec![];
-        let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false };
+        let a = NewAlert { admin, source: "mail", source_key: key, title: "t", text: "x", districts, ..Default::default() };
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
                 claims = Some(Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at: T0 + 3600 });
@@ -509,5 +640,62 @@ mod tests {
         assert!(!store.reject_post(admin, "k2", "t", "missing-districts", &m2, T0, T0 + 60).unwrap());
         assert_eq!(store.outbox_counts().unwrap().queued, 1);
         assert_eq!(store.recent_alerts(10).unwrap()[0].state, "rejected");
+    }
+
+    fn publish(store: &Store, id: AlertId, at: UnixTime) -> Published {
+        store.publish_alert(PublishAuth::Direct(id), "test", at, at + 7200, "ans@x", "x").unwrap()
+    }
+
+    fn followup(store: &Store, admin: AdminId, report: AlertId, kind: &str) -> AlertId {
+        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: report, followup_kind: kind, ..Default::default() };
+        match store.draft_alert(&a, T0, T0 + 3600, |id, _, _| mail(&addr("staff@city.test"), format!("preview.{id}@x"))).unwrap() {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        }
+    }
+
+    fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<i64> {
+        let conn = store.conn();
+        let mut stmt = conn.prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' ORDER BY 1").unwrap();
+        stmt.query_map([alert], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn a_followup_goes_to_the_reports_recipients_and_a_retraction_stops_the_rest() {
+        let (_d, store, admin) = setup();
+        let (_, claims, _) = draft(&store, admin, "k", &[1]);
+        let report = claims.unwrap().subject as i64;
+        assert_eq!(publish(&store, report, T0), Published::Published { alert: report, recipients: 2 });
+        let (a, b) = (store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id, store.find_subscriber(&addr("b@ezweb.ne.jp")).unwrap().unwrap().id);
+        // One copy goes out; then b changes districts (a follow-up still
+        // reaches b) and c joins district 1 (it does not reach c).
+        let first = a;
+        store.conn().execute("UPDATE outbox SET state = 'sent', done_at = ?1 WHERE alert_id = ?2 AND subscriber_id = ?3", params![T0, report, a]).unwrap();
+        let c = store.find_subscriber(&addr("c@docomo.ne.jp")).unwrap().unwrap().id;
+        store.conn().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [b]).unwrap();
+        store.conn().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", [c]).unwrap();
+        let update = followup(&store, admin, report, "update");
+        assert_eq!(store.followup_domains(report).unwrap().iter().map(|d| d.1).sum::<i64>(), 2);
+        assert_eq!(publish(&store, update, T0 + 10), Published::Published { alert: update, recipients: 2 });
+        assert_eq!(queued_subscribers(&store, update), vec![a, b]);
+        let r = store.alert(report).unwrap().unwrap();
+        assert_eq!((r.incident_state.as_str(), r.updated_at), ("update", T0 + 10));
+        // The retraction stops the report's and the update's unsent copies,
+        // and goes only to whoever may have seen the report.
+        let retract = followup(&store, admin, report, "retracted");
+        assert_eq!(publish(&store, retract, T0 + 20), Published::Published { alert: retract, recipients: 1 });
+        assert_eq!(queued_subscribers(&store, retract), vec![first]);
+        assert!(queued_subscribers(&store, report).is_empty() && queued_subscribers(&store, update).is_empty());
+        let progress = store.alert_progress(report).unwrap();
+        assert_eq!(progress.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(), ["sent", "cancelled"], "{progress:?}");
+        assert_eq!(store.alert(report).unwrap().unwrap().incident_state, "retracted");
+        // 取消 is final.
+        let late = followup(&store, admin, report, "resolved");
+        assert_eq!(publish(&store, late, T0 + 30), Published::Unusable);
+        // One entry per incident in the archive.
+        let archive = store.archive(None, 0, 10).unwrap();
+        assert_eq!(archive.iter().map(|r| r.id).collect::<Vec<_>>(), [report]);
+        let f: Vec<(AlertId, String)> = store.followups_of(&[report]).unwrap().into_iter().map(|r| (r.id, r.followup_kind)).collect();
+        assert_eq!(f, [(update, "update".to_string()), (retract, "retracted".to_string())]);
     }
 }

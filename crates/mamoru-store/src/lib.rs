@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_fanout.sql"),
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
+    include_str!("migrations/0010_followups_preferences.sql"),
 ];
 
 /// File name of the database inside the data dir.

@@ -98,6 +98,40 @@ pub enum AlertCommand {
     /// input. Without --yes the preview with its publish link goes to the
     /// admin's registered address, exactly as for a mailed post.
     Post(AlertPostArgs),
+    /// Post a follow-up of a published alert in an admin's name: 続報
+    /// (update), 解決 (resolved) or 取消 (retracted). The text is read from
+    /// standard input. It goes to the subscribers who got the alert (not to
+    /// those who chose its districts since, nor to anyone who left), as a
+    /// reply to their copy; a retraction first stops the copies not sent yet.
+    /// Without --yes the preview goes to the admin's registered address.
+    Followup(AlertFollowupArgs),
+    /// Show one alert: its text, state, follow-ups and delivery per carrier.
+    Show {
+        /// The alert's number (the panel's history, the preview mail).
+        id: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AlertFollowupArgs {
+    /// The number of the alert it follows.
+    pub id: i64,
+    /// The admin's login ID (`mamoru admin list`).
+    #[arg(long, value_name = "ID")]
+    pub admin: String,
+    /// What it says: update (続報), resolved (解決) or retracted (取消).
+    #[arg(long, value_enum)]
+    pub kind: FollowupKindArg,
+    /// Publish at once, without a preview. For an operator on the machine.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FollowupKindArg {
+    Update,
+    Resolved,
+    Retracted,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hyper::StatusCode;
 use mamoru_app::alerts::{DraftOutcome, Publisher, Source, content_of};
-use mamoru_core::alert;
+use mamoru_core::alert::{self, FollowupKind};
 use mamoru_core::password;
 use mamoru_store::admins::{AdminAdded, valid_login};
 use mamoru_store::StoreError;
@@ -73,18 +73,23 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
         let row = w.store.alert(id)?;
         let progress = w.store.alert_progress(id)?;
         let counts = match &row {
+            Some(r) if r.state == "draft" && r.followup_of != 0 => w.store.followup_domains(r.followup_of)?,
             Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts))
+        let followups = match &row {
+            Some(r) if r.followup_of == 0 => w.store.followups_of(&[r.id])?,
+            _ => vec![],
+        };
+        Ok::<_, StoreError>((row, progress, counts, followups))
     });
-    let (row, progress, counts) = match read.await {
+    let (row, progress, counts, followups) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 
@@ -96,6 +101,23 @@ pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, now: i64)
     match blocking(web, "publish an alert", move |w| w.app.publish(Publisher::Author { admin: &admin, alert: id }, now)).await {
         Ok(Published::Published { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
         Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/alerts/{id}/followup`: a 続報, 解決 or 取消 of a published
+/// report, drafted and previewed like a first report.
+pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: i64, body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let Some(kind) = form::value(body, "kind").and_then(|k| FollowupKind::parse(&k)) else {
+        return message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", "種類（続報・解決・取消）を選んでください。");
+    };
+    let text = form::value(body, "text").unwrap_or_default().to_string();
+    let admin = me.0.clone();
+    match blocking(web, "draft a follow-up", move |w| w.app.draft_followup(&admin, id, kind, &text, Source::Web, now)).await {
+        Ok(DraftOutcome::Created { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
+        Ok(DraftOutcome::Refused(e)) => message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", &e.explain(&cfg)),
+        Ok(DraftOutcome::Duplicate) => busy(&cfg),
         Err(a) => a,
     }
 }

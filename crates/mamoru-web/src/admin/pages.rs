@@ -2,7 +2,7 @@
 //! these only show.
 
 use maud::{Markup, html};
-use mamoru_core::alert::{AlertContent, CarrierCounts, carrier_of, district_label};
+use mamoru_core::alert::{AlertContent, CarrierCounts, FollowupKind, carrier_of, district_label};
 use mamoru_core::{Config, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::AlertRow;
@@ -178,6 +178,20 @@ pub(super) struct AlertView<'a> {
     pub progress: &'a [(String, String, i64)],
     /// Recipients' address domains of a draft.
     pub counts: &'a [(String, i64)],
+    /// A published report's follow-ups, oldest first.
+    pub followups: &'a [AlertRow],
+}
+
+/// What the history and an alert's page say about its state.
+fn state_label(r: &AlertRow) -> String {
+    let kind = FollowupKind::parse(&r.followup_kind);
+    match (r.state.as_str(), kind, FollowupKind::parse(&r.incident_state)) {
+        ("published", Some(k), _) => format!("{}配信済", k.mark()),
+        ("published", None, Some(k)) => format!("配信済・{}", k.label()),
+        ("published", None, None) => "配信済".into(),
+        (_, Some(k), _) => format!("{}未配信", k.mark()),
+        _ => "未配信".into(),
+    }
 }
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
@@ -188,10 +202,15 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
         p { (v.content.subject) }
         h2 { "本文" }
         pre class="alert" { (v.content.body) }
+        p { "番号: " (row.id) " ／ 状態: " (state_label(row)) }
+        @if row.followup_of != 0 {
+            p { a href={ "/admin/alerts/" (row.followup_of) } { "元のお知らせ（" (row.followup_of) "番）" } }
+        }
         @if row.state == "draft" {
             @let cc = CarrierCounts::from_domains(v.counts);
             @let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
             p { "配信先: " (cc.total()) "件（" (parts.join("、")) "）" }
+            @if row.followup_of != 0 { p { "元のお知らせを受け取った方のうち、登録を続けている方に届きます。" } }
             @if row.admin == me.0.id {
                 form method="post" action={ "/admin/alerts/" (row.id) "/publish" } {
                     (csrf_field(me.1))
@@ -201,12 +220,38 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
         } @else {
             (progress_table(v.progress))
         }
+        @if !v.followups.is_empty() {
+            h2 { "続報" }
+            ul {
+                @for f in v.followups {
+                    li {
+                        a href={ "/admin/alerts/" (f.id) } { (FollowupKind::parse(&f.followup_kind).map(FollowupKind::mark).unwrap_or_default()) }
+                        " " (jst(f.published_at)) " ／ " (f.recipients) "件"
+                    }
+                }
+            }
+        }
+        @if row.state == "published" && row.followup_of == 0 && row.incident_state != "retracted" {
+            h2 { "続報・解決・取消を送る" }
+            p { "このお知らせを受け取った方に、返信の形で届きます。取消は、まだ送っていない分を止めてから送ります。" }
+            form method="post" action={ "/admin/alerts/" (row.id) "/followup" } {
+                (csrf_field(me.1))
+                label for="kind" { "種類" }
+                select id="kind" name="kind" {
+                    @for k in FollowupKind::ALL { option value=(k.as_str()) { (k.label()) } }
+                }
+                label for="text" { "本文" }
+                textarea id="text" name="text" rows="6" required maxlength="4000" {}
+                button type="submit" { "確認へ進む" }
+            }
+        }
     })
 }
 
 /// Delivery progress per carrier: queued / sent / deferred / failed / expired.
 fn progress_table(progress: &[(String, String, i64)]) -> Markup {
-    let states = [("queued", "待ち"), ("sending", "送信中"), ("sent", "送信済"), ("failed", "失敗"), ("expired", "期限切れ")];
+    let states =
+        [("queued", "待ち"), ("sending", "送信中"), ("sent", "送信済"), ("failed", "失敗"), ("expired", "期限切れ"), ("cancelled", "取消で停止")];
     let count = |c: &str, state: &str| -> i64 { progress.iter().filter(|(d, s, _)| carrier_of(d) == c && s == state).map(|(_, _, n)| n).sum() };
     html! {
         h2 { "配信状況" }
@@ -227,7 +272,7 @@ pub(super) fn history(cfg: &Config, me: Me<'_>, rows: &[AlertRow]) -> String {
                     td { (jst(when)) }
                     td { a href={ "/admin/alerts/" (r.id) } { @if r.is_test { "【テスト】" } (r.title) } }
                     td { (district_label(cfg, &r.districts)) }
-                    td { @if r.state == "published" { "配信済" } @else { "未配信" } }
+                    td { (state_label(r)) }
                     td { (r.recipients) }
                 }
             }

@@ -646,14 +646,14 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
         AdminAdded::Added(a) => a,
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
-    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false };
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ..Default::default() };
     let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into() };
     let content = mamoru_core::alert::content(cfg, &draft, false);
     let at = now();
     let Drafted::Created { alert, .. } = store
         .draft_alert(&new, at, at + 3600, |_, _, domains| {
             let counts = mamoru_core::alert::CarrierCounts::from_domains(domains);
-            let info = mamoru_core::alert::PreviewInfo { counts: &counts, publish_url: "https://x/p/t", dropped_attachments: 0, is_test: false };
+            let info = mamoru_core::alert::PreviewInfo { number: 0, counts: &counts, publish_url: "https://x/p/t", dropped_attachments: 0, is_test: false };
             mamoru_core::alert::preview(cfg, &content, &staff, &info, at, mail::message_id(&[7; 12], cfg))
         })
         .unwrap()

@@ -615,3 +615,126 @@ fn the_web_listener_speaks_https_with_the_configured_certificate() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+/// `mamoru alert ARGS…` with `text` on stdin; the alert number it printed.
+fn alert_cli(inst: &Instance, args: &[&str], text: &str) -> (i64, String) {
+    let mut cmd = inst.cmd();
+    cmd.arg("alert").args(args);
+    let out = run_with_stdin(cmd, text.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = stdout.strip_prefix("alert ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok()).expect("an alert number");
+    (id, stdout)
+}
+
+/// Every delivered message whose subject starts with `prefix`, with its
+/// raw bytes, once there are `n`.
+fn delivered(inst: &Instance, prefix: &str, n: usize) -> Vec<(Mail, Vec<(String, String)>)> {
+    wait_for(&format!("{n} mails starting {prefix}"), T, || {
+        let v: Vec<_> = inst
+            .mail_files()
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|raw| parse_mail(raw).subject.starts_with(prefix))
+            .map(|raw| {
+                let headers = mailparse::parse_mail(&raw).unwrap().headers.iter().map(|h| (h.get_key(), h.get_value())).collect();
+                (parse_mail(&raw), headers)
+            })
+            .collect();
+        (v.len() >= n).then_some(v)
+    })
+}
+
+#[test]
+fn followups_thread_under_the_report_reach_its_recipients_only_and_a_retraction_stops_the_rest() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let report_args = ["post", "--admin", "chuo", "--title", "不審者", "--kind", "不審者情報", "--districts", "中央, 3", "--yes"];
+    let (report, _) = alert_cli(&inst, &report_args, "本日15時ごろ、公園で児童に声をかける男性がいました。");
+    let server = inst.serve();
+    let firsts = delivered(&inst, "【守るネット】[不審者情報]", 4);
+    let original_id = |to: &str| firsts.iter().find(|(m, _)| m.to.contains(to)).map(|(m, _)| m.message_id.clone()).unwrap();
+    // c@ezweb.ne.jp leaves with the one-click link of its copy; f@docomo.ne.jp
+    // (district 2) chooses district 1 too: neither gets the follow-up.
+    let c = &firsts.iter().find(|(m, _)| m.to.contains("c@ezweb.ne.jp")).unwrap().1;
+    let unsubscribe = c.iter().find(|(k, _)| k == "List-Unsubscribe").unwrap().1.trim_matches(['<', '>']).to_string();
+    let path = &unsubscribe[unsubscribe.find("/u/").unwrap()..];
+    assert_eq!(http(server.http, "POST", path, Some("List-Unsubscribe=One-Click")).status, 200);
+    let f = inst.subscriber("f@docomo.ne.jp").unwrap().id;
+    let db = rusqlite::Connection::open(inst.data_dir().join(mamoru_store::DB_FILE)).unwrap();
+    db.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, 1)", [f]).unwrap();
+
+    let followup = |id: i64, kind: &str, text: &str| {
+        let id = id.to_string();
+        alert_cli(&inst, &["followup", id.as_str(), "--admin", "chuo", "--kind", kind, "--yes"], text)
+    };
+    let (update, out) = followup(report, "update", "男は北の方へ立ち去りました。");
+    assert!(out.contains("published to 3 subscribers"), "{out}");
+    let updates = delivered(&inst, "【続報】【守るネット】[不審者情報] 不審者（中央地区、昭和地区）", 3);
+    let mut to: Vec<String> = updates.iter().map(|(m, _)| m.to.trim_matches(['<', '>']).to_string()).collect();
+    to.sort();
+    assert_eq!(to, ["a..b.@docomo.ne.jp", "d@i.softbank.jp", "e@docomo.ne.jp"]);
+    for (m, h) in &updates {
+        let get = |k: &str| h.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone()).unwrap_or_default();
+        let parent = original_id(m.to.trim_matches(['<', '>']));
+        assert_eq!(get("In-Reply-To"), parent, "threads under the subscriber's copy");
+        assert_eq!(get("References"), parent);
+        assert!(m.message_id.starts_with(&format!("<alert.{update}.")), "{}", m.message_id);
+        assert!(m.body.contains("配信のお知らせの続報です。") && m.body.contains("北の方へ立ち去りました"), "{}", m.body);
+    }
+    let atom = http(server.http, "GET", "/alerts.atom", None).body;
+    assert_eq!(atom.matches("<entry>").count(), 1, "one entry per incident: {atom}");
+    assert!(atom.contains("<title>【続報】[不審者情報] 不審者（中央地区、昭和地区）</title>") && atom.contains("北の方へ"), "{atom}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+
+    // A second report goes out to 中央 while one copy is sent and the other
+    // still waits (as a relay leaves it between two claims); its 取消 stops
+    // the waiting one and reaches only the subscriber who got the report.
+    let args = ["post", "--admin", "chuo", "--title", "声かけ", "--districts", "中央", "--yes"];
+    let (second, out) = alert_cli(&inst, &args, "駅前で声かけがありました。");
+    assert!(out.contains("published to 3 subscribers"), "a, e and f (now in 中央): {out}");
+    let store = inst.store();
+    let claimed = store.claim_due(mamoru_core::now(), 60, 100).unwrap();
+    let mut copies: Vec<_> = claimed.iter().filter(|m| m.alert.is_some_and(|a| a.alert_id == second)).collect();
+    copies.sort_by_key(|m| m.id);
+    let got_it = copies[0].recipient.as_str().to_string();
+    store.mark_sent(copies[0].id, mamoru_core::now()).unwrap();
+    for m in claimed.iter().filter(|m| m.id != copies[0].id) {
+        store.mark_retry(m.id, 0, "").unwrap();
+    }
+    let (_, out) = followup(second, "retracted", "誤って配信しました。");
+    assert!(out.contains("published to 1 subscribers"), "{out}");
+    let server = inst.serve();
+    let retractions = delivered(&inst, "【取消】【守るネット】声かけ（中央地区）", 1);
+    assert_eq!(retractions[0].0.to.trim_matches(['<', '>']), got_it);
+    let states = |id: i64| -> Vec<(String, i64)> {
+        let p = inst.store().alert_progress(id).unwrap();
+        let mut by: Vec<(String, i64)> = vec![];
+        for (_, s, n) in p {
+            match by.iter_mut().find(|(k, _)| *k == s) {
+                Some(e) => e.1 += n,
+                None => by.push((s, n)),
+            }
+        }
+        by.sort();
+        by
+    };
+    assert_eq!(states(second), [("cancelled".to_string(), 2), ("sent".to_string(), 1)]);
+    let atom = http(server.http, "GET", "/alerts.atom", None).body;
+    assert_eq!(atom.matches("<entry>").count(), 2, "{atom}");
+    assert!(atom.contains("<title>【取消】声かけ（中央地区）</title>"), "{atom}");
+    // 取消 is final: the CLI says why and exits 1.
+    let mut cmd = inst.cmd();
+    cmd.args(["alert", "followup", &second.to_string(), "--admin", "chuo", "--kind", "update", "--yes"]);
+    let late = run_with_stdin(cmd, "まだ何か".as_bytes());
+    assert_eq!(late.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&late.stderr).contains("取り消し済み"));
+    let show = inst.cmd().args(["alert", "show", &report.to_string()]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.contains("published, update") && show.contains(&format!("follow-up {update}: update")), "{show}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(inst.mail_files().iter().all(|p| !parse_mail(&std::fs::read(p).unwrap()).subject.starts_with("【守るネット】声かけ")), "no stopped copy went out");
+}

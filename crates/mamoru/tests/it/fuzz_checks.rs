@@ -283,8 +283,10 @@ pub fn escape(data: &[u8]) {
         created_at: 0,
         published_at: 0,
         recipients: 0,
+        ..Default::default()
     };
-    let feed = mamoru_web::archive::feed(cfg(), None, &[row], 0);
+    let rows = [row];
+    let feed = mamoru_web::archive::feed(cfg(), None, &mamoru_web::archive::Incident::group(&rows, &[]), 0);
     assert!(feed.ends_with("</feed>\n"), "feed not written: {feed:?}");
     if let Some(c) = feed.chars().find(|&c| !allowed(c)) {
         panic!("{c:?} in the feed");
