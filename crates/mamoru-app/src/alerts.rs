@@ -83,7 +83,13 @@ pub enum Publisher<'a> {
 
 /// The alert text of a stored row, as `mamoru_core::alert` renders it.
 pub fn draft_of(row: &AlertRow) -> AlertDraft {
-    AlertDraft { title: row.title.clone(), kind: row.kind.clone(), districts: row.districts.clone(), text: row.text.clone() }
+    AlertDraft {
+        title: row.title.clone(),
+        kind: row.kind.clone(),
+        districts: row.districts.clone(),
+        text: row.text.clone(),
+        occurred: alert::Occurred { at: row.occurred_at, flags: row.occurred_flags },
+    }
 }
 
 /// A follow-up's kind and report, if the row is one.
@@ -92,11 +98,13 @@ pub fn followup_of(row: &AlertRow) -> Option<alert::Followup> {
     (row.followup_of != 0).then_some(alert::Followup { kind, original_published_at: row.report_published_at })
 }
 
-/// The subject and text of a stored alert, as parents see it.
+/// The subject and text of a stored alert, as parents see it: with its
+/// publication time, or its drafting time while a draft.
 pub fn content_of(app: &App, row: &AlertRow) -> AlertContent {
+    let at = if row.published_at > 0 { row.published_at } else { row.created_at };
     match followup_of(row) {
-        Some(f) => alert::followup_content(&app.cfg, &draft_of(row), row.is_test, &f),
-        None => alert::content(&app.cfg, &draft_of(row), row.is_test),
+        Some(f) => alert::followup_content(&app.cfg, &draft_of(row), row.is_test, &f, at),
+        None => alert::content(&app.cfg, &draft_of(row), row.is_test, at),
     }
 }
 
@@ -107,7 +115,7 @@ impl App {
         if !forbidden.is_empty() {
             return Ok(DraftOutcome::Refused(FormatError::DistrictsNotAllowed(forbidden)));
         }
-        let content = alert::content(&self.cfg, draft, is_test);
+        let content = alert::content(&self.cfg, draft, is_test, now);
         let new = NewAlert {
             admin: admin.id,
             source: source.as_str(),
@@ -117,6 +125,8 @@ impl App {
             text: &draft.text,
             districts: &draft.districts,
             is_test,
+            occurred_at: draft.occurred.at,
+            occurred_flags: draft.occurred.flags,
             ..Default::default()
         };
         self.record_draft(admin, &new, &content, source, now)
@@ -160,7 +170,8 @@ impl App {
         let mut follow = row.clone();
         follow.text = text;
         let f = alert::Followup { kind, original_published_at: row.published_at };
-        let content = alert::followup_content(&self.cfg, &draft_of(&follow), row.is_test, &f);
+        // A follow-up tells of the same incident: its time is the report's.
+        let content = alert::followup_content(&self.cfg, &draft_of(&follow), row.is_test, &f, now);
         let new = NewAlert {
             admin: admin.id,
             source: source.as_str(),
@@ -172,6 +183,8 @@ impl App {
             is_test: row.is_test,
             followup_of: row.id,
             followup_kind: kind.as_str(),
+            occurred_at: row.occurred_at,
+            occurred_flags: row.occurred_flags,
             ..Default::default()
         };
         self.record_draft(admin, &new, &content, source, now)

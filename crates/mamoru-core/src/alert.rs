@@ -40,6 +40,117 @@ pub struct AlertDraft {
     /// Sorted, distinct district ids.
     pub districts: Vec<u32>,
     pub text: String,
+    /// When it happened, as the `発生:` line said; unknown by default.
+    pub occurred: Occurred,
+}
+
+/// When an incident happened. Unknown unless the post says so: never
+/// silently the post time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occurred {
+    /// Unix time; 0 for unknown.
+    pub at: UnixTime,
+    /// [`Occurred::APPROX`] and [`Occurred::DAY_ONLY`].
+    pub flags: i64,
+}
+
+impl Occurred {
+    /// `ごろ`: the time is approximate.
+    pub const APPROX: i64 = 1;
+    /// Only the day was given.
+    pub const DAY_ONLY: i64 = 2;
+
+    pub fn is_known(&self) -> bool {
+        self.at != 0
+    }
+
+    /// `12月1日 13:25ごろ`, `12月1日ごろ`, or `不明`.
+    pub fn label(&self) -> String {
+        if !self.is_known() {
+            return "不明".into();
+        }
+        let c = crate::jst::civil(self.at);
+        let approx = if self.flags & Self::APPROX != 0 { "ごろ" } else { "" };
+        if self.flags & Self::DAY_ONLY != 0 {
+            format!("{}月{}日{approx}", c.month, c.day)
+        } else {
+            format!("{}月{}日 {:02}:{:02}{approx}", c.month, c.day, c.hour, c.minute)
+        }
+    }
+}
+
+/// The line a copy shows: 「12月1日 13:25ごろ発生・14:02配信」 (the day of
+/// publication only when it is not the incident's), or 「発生日時不明・14:02配信」.
+pub fn timing_line(occurred: &Occurred, published_at: UnixTime) -> String {
+    let p = crate::jst::civil(published_at);
+    if !occurred.is_known() {
+        return format!("発生日時不明・{}配信", crate::jst::month_day_time(published_at));
+    }
+    let o = crate::jst::civil(occurred.at);
+    let published = if (o.year, o.month, o.day) == (p.year, p.month, p.day) {
+        crate::jst::time_of_day(published_at)
+    } else {
+        crate::jst::month_day_time(published_at)
+    };
+    format!("{}発生・{published}配信", occurred.label())
+}
+
+/// The value of a `発生:` line (or the panel's field, `--occurred`):
+/// `12/1 13:25ごろ`, `12月1日 13時25分`, `2026/12/1 9:05`, `12/1`, `不明`;
+/// full-width digits accepted. Without a year, the latest such date not
+/// after a day past `now`. A date that does not exist, or one more than a
+/// day in the future, is refused.
+pub fn parse_occurred(value: &str, now: UnixTime) -> Result<Occurred, FormatError> {
+    let v = normalize_width(value);
+    let v = v.trim();
+    let bad = || FormatError::BadOccurred(v.chars().take(30).collect());
+    if v.is_empty() || v == "不明" {
+        return Ok(Occurred::default());
+    }
+    let (v, approx) = match v.strip_suffix("ごろ").or_else(|| v.strip_suffix("頃")) {
+        Some(rest) => (rest.trim(), true),
+        None => (v, false),
+    };
+    // Numbers in order; the separators say nothing we need.
+    let mut nums: Vec<u32> = vec![];
+    let mut cur = String::new();
+    for c in v.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            cur.push(c);
+        } else {
+            if !cur.is_empty() {
+                nums.push(cur.parse().map_err(|_| bad())?);
+                cur.clear();
+            }
+            if !matches!(c, '/' | '-' | ':' | ' ' | '月' | '日' | '時' | '分' | '年' | '.') {
+                return Err(bad());
+            }
+        }
+    }
+    let (year, rest) = match nums.first() {
+        Some(y) if *y >= 1000 => (Some(i64::from(*y)), &nums[1..]),
+        _ => (None, &nums[..]),
+    };
+    let (month, day, hour, minute, day_only) = match rest {
+        [m, d] => (*m, *d, 0, 0, true),
+        [m, d, h] => (*m, *d, *h, 0, false),
+        [m, d, h, mi] => (*m, *d, *h, *mi, false),
+        _ => return Err(bad()),
+    };
+    let flags = i64::from(approx) * Occurred::APPROX + i64::from(day_only) * Occurred::DAY_ONLY;
+    let this_year = crate::jst::civil(now).year;
+    let at = match year {
+        Some(y) => crate::jst::unix(y, month, day, hour, minute).ok_or_else(bad)?,
+        None => match crate::jst::unix(this_year, month, day, hour, minute) {
+            Some(t) if t <= now + 86_400 => t,
+            // 12/31 written on 1/1: last year's.
+            _ => crate::jst::unix(this_year - 1, month, day, hour, minute).ok_or_else(bad)?,
+        },
+    };
+    if at > now + 86_400 {
+        return Err(bad());
+    }
+    Ok(Occurred { at, flags })
 }
 
 /// What is wrong with a post; each names the problem for the reply mail.
@@ -62,6 +173,8 @@ pub enum FormatError {
     NoSuchAlert(String),
     /// A follow-up of a report that was retracted: 取消 is final.
     Retracted(i64),
+    /// A `発生:` value that is not a date (and time) we read.
+    BadOccurred(String),
 }
 
 impl FormatError {
@@ -77,6 +190,7 @@ impl FormatError {
             Self::TextTooLong => format!("本文が長すぎます（{MAX_TEXT_CHARS}文字まで）。"),
             Self::Unreadable => "メールの形式を読み取れませんでした（入れ子や添付が多すぎるか、形式が壊れています）。本文だけのテキストメールで送り直してください。".into(),
             Self::NoSuchAlert(n) => format!("お知らせ番号「{n}」の配信済みのお知らせが見つかりません。配信履歴の番号を書いてください。"),
+            Self::BadOccurred(v) => format!("「発生: {v}」を読み取れません。「発生: 12/1 13:25ごろ」「発生: 不明」のように書いてください。"),
             Self::Retracted(n) => format!("お知らせ{n}番は取り消し済みです。続報は送れません。"),
             Self::DistrictsNotAllowed(ids) => {
                 let names: Vec<&str> = ids.iter().filter_map(|id| cfg.district(*id)).map(|d| d.name.as_str()).collect();
@@ -100,11 +214,14 @@ pub fn normalize_width(s: &str) -> String {
 
 /// Parses a post's decoded subject and text: the `地区:` and `種別:` lines
 /// at the top, then the text; checked as [`draft`] checks a post.
-pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft, FormatError> {
+/// A `発生:` line gives the incident's time (read as [`parse_occurred`]
+/// reads it, relative to `now`).
+pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Result<AlertDraft, FormatError> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut lines = text.lines().peekable();
     let mut districts: Option<Vec<u32>> = None;
     let mut kind = String::new();
+    let mut occurred = Occurred::default();
     // The title is checked first: an empty subject is the first thing to say.
     check_title(subject)?;
     // Header lines come first, in any order; blank lines before them are
@@ -112,7 +229,7 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
     while let Some(line) = lines.peek() {
         let norm = normalize_width(line);
         let norm = norm.trim();
-        if norm.is_empty() && districts.is_none() && kind.is_empty() {
+        if norm.is_empty() && districts.is_none() && kind.is_empty() && !occurred.is_known() {
             lines.next();
             continue;
         }
@@ -120,6 +237,8 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
             districts = Some(parse_districts(cfg, v)?);
         } else if let Some(v) = field(norm, "種別") {
             kind = kind_named(cfg, v)?;
+        } else if let Some(v) = field(norm, "発生") {
+            occurred = parse_occurred(v, now)?;
         } else {
             break;
         }
@@ -127,7 +246,7 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str) -> Result<AlertDraft,
     }
     let districts = districts.ok_or(FormatError::MissingDistricts)?;
     let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
-    draft(cfg, subject, &kind, districts, &rest.join("\n"))
+    Ok(AlertDraft { occurred, ..draft(cfg, subject, &kind, districts, &rest.join("\n"))? })
 }
 
 /// What a follow-up says about its first report: 続報 (more news), 解決
@@ -239,7 +358,7 @@ pub fn draft(cfg: &Config, title: &str, kind: &str, mut districts: Vec<u32>, tex
     if body.chars().count() > MAX_TEXT_CHARS {
         return Err(FormatError::TextTooLong);
     }
-    Ok(AlertDraft { title, kind, districts, text: body })
+    Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default() })
 }
 
 fn check_title(subject: &str) -> Result<String, FormatError> {
@@ -341,8 +460,10 @@ pub struct AlertContent {
 
 const TEST_LINE: &str = "これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n";
 
-/// Subject `【守るネット】[KIND] TITLE（DISTRICTS）` and the wrapped text.
-pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent {
+/// Subject `【守るネット】[KIND] TITLE（DISTRICTS）` and the wrapped text,
+/// under the line of when it happened and when it was published
+/// (`published_at`; a preview shows its own time).
+pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool, published_at: UnixTime) -> AlertContent {
     let name = &cfg.service_name;
     let test = if is_test { "【テスト配信】" } else { "" };
     let kind = if draft.kind.is_empty() { String::new() } else { format!("[{}] ", draft.kind) };
@@ -354,7 +475,8 @@ pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool) -> AlertContent 
     if !draft.kind.is_empty() {
         body.push_str(&format!("■{}\n", draft.kind));
     }
-    body.push_str(&format!("■地区: {}\n\n", district_label(cfg, &draft.districts)));
+    body.push_str(&format!("■地区: {}\n", district_label(cfg, &draft.districts)));
+    body.push_str(&format!("■{}\n\n", timing_line(&draft.occurred, published_at)));
     body.push_str(&wrap(&draft.text, WRAP_CHARS));
     body.push('\n');
     AlertContent { subject, body }
@@ -371,8 +493,8 @@ pub struct Followup {
 /// A follow-up as parents see it: the report's subject behind `【続報】`
 /// (`【解決】`, `【取消】`), so phones file it with the report, and a first
 /// line naming the report it continues.
-pub fn followup_content(cfg: &Config, draft: &AlertDraft, is_test: bool, f: &Followup) -> AlertContent {
-    let report = content(cfg, draft, is_test);
+pub fn followup_content(cfg: &Config, draft: &AlertDraft, is_test: bool, f: &Followup, published_at: UnixTime) -> AlertContent {
+    let report = content(cfg, draft, is_test, published_at);
     let about = match f.kind {
         FollowupKind::Update => "の続報です。",
         FollowupKind::Resolved => "は解決しました。",
@@ -607,6 +729,8 @@ fn admin_mail(cfg: &Config, kind: MailKind, to: &EmailAddress, subject: &str, bo
 mod tests {
     use super::*;
 
+    const NOW: UnixTime = 1_800_000_000;
+
     fn cfg() -> Config {
         Config::default()
     }
@@ -630,12 +754,12 @@ mod tests {
     #[test]
     fn full_width_colon_kind_and_text() {
         let c = cfg();
-        let d = parse_post(&c, "不審な男性", "\n種別：不審者情報\n地区：中央　昭和\n本日15時ごろ\n\n以上\n\n").unwrap();
-        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into() });
-        assert_eq!(parse_post(&c, "", "地区: 1\nx"), Err(FormatError::EmptyTitle));
-        assert_eq!(parse_post(&c, "t", "本文だけ"), Err(FormatError::MissingDistricts));
-        assert_eq!(parse_post(&c, "t", "地区: 1\n"), Err(FormatError::EmptyText));
-        assert_eq!(parse_post(&c, "t", "種別: 宣伝\n地区: 1\nx"), Err(FormatError::UnknownKind("宣伝".into())));
+        let d = parse_post(&c, "不審な男性", "\n種別：不審者情報\n地区：中央　昭和\n本日15時ごろ\n\n以上\n\n", NOW).unwrap();
+        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into(), occurred: Occurred::default() });
+        assert_eq!(parse_post(&c, "", "地区: 1\nx", NOW), Err(FormatError::EmptyTitle));
+        assert_eq!(parse_post(&c, "t", "本文だけ", NOW), Err(FormatError::MissingDistricts));
+        assert_eq!(parse_post(&c, "t", "地区: 1\n", NOW), Err(FormatError::EmptyText));
+        assert_eq!(parse_post(&c, "t", "種別: 宣伝\n地区: 1\nx", NOW), Err(FormatError::UnknownKind("宣伝".into())));
     }
 
     #[test]
@@ -650,8 +774,8 @@ mod tests {
     #[test]
     fn alert_mail_has_list_headers_and_footer() {
         let c = cfg();
-        let d = parse_post(&c, "声かけ", "地区: 1, 3\n本文").unwrap();
-        let content = content(&c, &d, false);
+        let d = parse_post(&c, "声かけ", "地区: 1, 3\n本文", NOW).unwrap();
+        let content = content(&c, &d, false, NOW);
         assert_eq!(content.subject, "【守るネット】声かけ（中央地区、昭和地区）");
         let links = SubscriberLinks { manage: "http://x/m/M".into(), unsubscribe: "http://x/u/U".into() };
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
@@ -671,8 +795,8 @@ mod tests {
     #[test]
     fn a_subscriber_copy_is_stable_and_personal() {
         let c = Config { domain: "mamoru.test".into(), ..cfg() };
-        let d = parse_post(&c, "声かけ", "地区: 1\n本文").unwrap();
-        let content = content(&c, &d, false);
+        let d = parse_post(&c, "声かけ", "地区: 1\n本文", NOW).unwrap();
+        let content = content(&c, &d, false, NOW);
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
         let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
@@ -707,12 +831,12 @@ mod tests {
     #[test]
     fn a_followup_threads_under_the_subscribers_copy_of_the_report() {
         let c = Config { domain: "mamoru.test".into(), ..cfg() };
-        let d = parse_post(&c, "声かけ", "地区: 1\n男は立ち去りました。").unwrap();
+        let d = parse_post(&c, "声かけ", "地区: 1\n男は立ち去りました。", NOW).unwrap();
         let published = crate::jst::unix(2026, 12, 1, 14, 2).unwrap();
-        let content = followup_content(&c, &d, false, &Followup { kind: FollowupKind::Resolved, original_published_at: published });
+        let content = followup_content(&c, &d, false, &Followup { kind: FollowupKind::Resolved, original_published_at: published }, published + 600);
         assert_eq!(content.subject, "【解決】【守るネット】声かけ（中央地区）");
         assert!(content.body.starts_with("【解決】\n12月1日 14:02配信のお知らせは解決しました。\n\n■地区: 中央地区"), "{}", content.body);
-        let test = followup_content(&c, &d, true, &Followup { kind: FollowupKind::Update, original_published_at: published });
+        let test = followup_content(&c, &d, true, &Followup { kind: FollowupKind::Update, original_published_at: published }, published + 600);
         assert!(test.body.starts_with("これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n【続報】"), "{}", test.body);
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a@docomo.ne.jp").unwrap();
@@ -726,5 +850,29 @@ mod tests {
         let first = render_for_subscriber(&c, &key, 9, None, &content, published, &r);
         let first = mailparse::parse_mail(&first.bytes).unwrap();
         assert!(!first.headers.iter().any(|x| x.get_key().eq_ignore_ascii_case("In-Reply-To")));
+    }
+
+    #[test]
+    fn the_incident_time_is_read_or_unknown_never_the_post_time() {
+        let now = crate::jst::unix(2026, 12, 1, 14, 2).unwrap();
+        let at = |y, m, d, h, mi| crate::jst::unix(y, m, d, h, mi).unwrap();
+        let p = |v| parse_occurred(v, now);
+        assert_eq!(p("12/1 13:25ごろ"), Ok(Occurred { at: at(2026, 12, 1, 13, 25), flags: Occurred::APPROX }));
+        assert_eq!(p("１２月１日　１３時２５分"), Ok(Occurred { at: at(2026, 12, 1, 13, 25), flags: 0 }));
+        assert_eq!(p("2025/12/31 9:05"), Ok(Occurred { at: at(2025, 12, 31, 9, 5), flags: 0 }));
+        assert_eq!(p("12/31"), Ok(Occurred { at: at(2025, 12, 31, 0, 0), flags: Occurred::DAY_ONLY }), "last year's");
+        assert_eq!(p("不明"), Ok(Occurred::default()));
+        assert_eq!(p("2/30"), Err(FormatError::BadOccurred("2/30".into())));
+        assert_eq!(p("2027/1/1"), Err(FormatError::BadOccurred("2027/1/1".into())), "the future");
+        assert_eq!(p("きのう"), Err(FormatError::BadOccurred("きのう".into())));
+        let d = parse_post(&cfg(), "声かけ", "発生: 12/1 13:25ごろ\n地区: 1\n本文", now).unwrap();
+        assert_eq!(d.occurred.at, at(2026, 12, 1, 13, 25));
+        let body = content(&cfg(), &d, false, now).body;
+        assert!(body.contains("■12月1日 13:25ごろ発生・14:02配信\n"), "{body}");
+        let unknown = parse_post(&cfg(), "声かけ", "地区: 1\n本文", now).unwrap();
+        assert!(!unknown.occurred.is_known());
+        assert!(content(&cfg(), &unknown, false, now).body.contains("■発生日時不明・12月1日 14:02配信\n"));
+        let earlier = Occurred { at: at(2026, 11, 30, 18, 0), flags: 0 };
+        assert_eq!(timing_line(&earlier, now), "11月30日 18:00発生・12月1日 14:02配信");
     }
 }

@@ -306,7 +306,7 @@ impl AlertPoster<'_> {
         let drafted = match alert::parse_followup(&post.text) {
             Some(Ok(f)) => self.app.draft_followup(&admin, f.of, f.kind, &f.text, source, (self.clock)()),
             Some(Err(e)) => return self.reject(&admin, &key, &post.subject, e),
-            None => match alert::parse_post(&self.app.cfg, &post.subject, &post.text) {
+            None => match alert::parse_post(&self.app.cfg, &post.subject, &post.text, (self.clock)()) {
                 Ok(draft) => self.app.draft(&admin, &draft, source, false, (self.clock)()),
                 Err(e) => return self.reject(&admin, &key, &post.subject, e),
             },

@@ -443,6 +443,19 @@ impl Store {
 }
 
 impl Store {
+    /// When the copies of an alert were delivered, per address domain:
+    /// `(domain, copies sent, when the last one was)`.
+    pub fn delivery_times(&self, id: AlertId) -> Result<Vec<(String, i64, UnixTime)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT domain, COUNT(*), MAX(done_at) FROM outbox WHERE alert_id = ?1 AND state = 'sent' GROUP BY domain ORDER BY domain",
+        )?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Store {
     /// Adds confirmed subscribers in one transaction, skipping addresses
     /// already known; for imports, tests and the fan-out benchmark. Returns
     /// how many were added.

@@ -128,7 +128,8 @@ fn alert_post(cfg: Config, args: AlertPostArgs) -> anyhow::Result<()> {
     // `--districts` is read as a `地区:` line is.
     let explain = |e: alert::FormatError| anyhow::anyhow!("{}", e.explain(&cfg));
     let districts = alert::parse_districts(&cfg, &args.districts).map_err(explain)?;
-    let draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    let mut draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    draft.occurred = alert::parse_occurred(args.occurred.as_deref().unwrap_or(""), now).map_err(explain)?;
     let outcome = app.draft(&admin, &draft, Source::Cli, args.test, now)?;
     publish_or_preview(&cfg, &app, &admin, outcome, args.yes, now)
 }
@@ -172,6 +173,7 @@ fn alert_show(cfg: Config, id: i64) -> anyhow::Result<()> {
     let Some(row) = store.alert(id)? else { bail!("no alert {id}") };
     let followups = if row.followup_of == 0 { store.followups_of(&[id])? } else { vec![] };
     let progress = store.alert_progress(id)?;
+    let delivered = store.delivery_times(id)?;
     let mut out = std::io::stdout().lock();
     let state = match (row.state.as_str(), row.incident_state.as_str()) {
         ("published", "") => "published".to_string(),
@@ -189,8 +191,22 @@ fn alert_show(cfg: Config, id: i64) -> anyhow::Result<()> {
     writeln!(out, "districts: {}", alert::district_label(&cfg, &row.districts))?;
     writeln!(out, "admin: {}", row.admin_login)?;
     let when = |t: i64| if t == 0 { "-".to_string() } else { format!("{} JST", mamoru_core::jst::month_day_time(t)) };
+    let occurred = alert::Occurred { at: row.occurred_at, flags: row.occurred_flags };
+    writeln!(out, "occurred: {}", if occurred.is_known() { format!("{} JST", occurred.label()) } else { "unknown".into() })?;
     writeln!(out, "drafted: {}", when(row.created_at))?;
     writeln!(out, "published: {}", when(row.published_at))?;
+    // Incident → publication → last copy delivered, per carrier.
+    let carriers = alert::CarrierCounts::from_domains(&[]).0;
+    for (carrier, _) in carriers {
+        let mine: Vec<&(String, i64, i64)> = delivered.iter().filter(|(d, _, _)| alert::carrier_of(d) == carrier).collect();
+        let Some(last) = mine.iter().map(|(_, _, t)| *t).max() else { continue };
+        let sent: i64 = mine.iter().map(|(_, n, _)| n).sum();
+        let lag = |from: i64| if from > 0 { format!(" (+{} min)", (last - from).max(0) / 60) } else { String::new() };
+        writeln!(out, "last delivered {carrier}: {}, {sent} copies{}", when(last), lag(row.published_at))?;
+    }
+    if occurred.is_known() && row.published_at > 0 {
+        writeln!(out, "incident to publication: {} min", (row.published_at - occurred.at).max(0) / 60)?;
+    }
     writeln!(out, "recipients: {}", row.recipients)?;
     for f in &followups {
         let kind = FollowupKind::parse(&f.followup_kind).map_or("?", FollowupKind::as_str);

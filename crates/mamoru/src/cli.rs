@@ -148,6 +148,10 @@ pub struct AlertPostArgs {
     /// One of `[alerts] kinds` (the `種別:` line).
     #[arg(long)]
     pub kind: Option<String>,
+    /// When it happened, as in a `発生:` line: `12/1 13:25ごろ`, `12/1`,
+    /// `2026/12/1 9:05`, Japan time. Default: unknown (never the post time).
+    #[arg(long, value_name = "WHEN")]
+    pub occurred: Option<String>,
     /// テスト配信: a marked test mail to the subscribers of the districts.
     #[arg(long)]
     pub test: bool,

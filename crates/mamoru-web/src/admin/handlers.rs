@@ -33,7 +33,7 @@ pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
 
 /// `GET /admin/compose`.
 pub(super) fn compose_form(web: &Web, me: Me<'_>) -> Answer {
-    let empty = Compose { title: "", kind: "", text: "", checked: &[] };
+    let empty = Compose { title: "", kind: "", text: "", occurred: "", checked: &[] };
     page(StatusCode::OK, pages::compose(&web.cfg, me, None, &empty))
 }
 
@@ -43,15 +43,18 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let title = form::value(body, "title").unwrap_or_default().to_string();
     let kind = form::value(body, "kind").unwrap_or_default().to_string();
     let text = form::value(body, "text").unwrap_or_default().to_string();
+    let occurred = form::value(body, "occurred").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
-        let sent = Compose { title: &title, kind: &kind, text: &text, checked: &ids };
+        let sent = Compose { title: &title, kind: &kind, text: &text, occurred: &occurred, checked: &ids };
         page(StatusCode::BAD_REQUEST, pages::compose(&cfg, me, Some(&err), &sent))
     };
     // The same checks as a mailed post, on the form's typed fields.
-    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
+    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text)
+        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ..d }))
+    {
         Ok(d) => d,
         Err(e) => return refused(e),
     };
@@ -72,6 +75,7 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
     let read = blocking(web, "read an alert", move |w| {
         let row = w.store.alert(id)?;
         let progress = w.store.alert_progress(id)?;
+        let delivered = w.store.delivery_times(id)?;
         let counts = match &row {
             Some(r) if r.state == "draft" && r.followup_of != 0 => w.store.followup_domains(r.followup_of)?,
             Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
@@ -81,15 +85,15 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
             Some(r) if r.followup_of == 0 => w.store.followups_of(&[r.id])?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts, followups))
+        Ok::<_, StoreError>((row, progress, counts, followups, delivered))
     });
-    let (row, progress, counts, followups) = match read.await {
+    let (row, progress, counts, followups, delivered) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 

@@ -141,6 +141,8 @@ pub(super) struct Compose<'a> {
     pub title: &'a str,
     pub kind: &'a str,
     pub text: &'a str,
+    /// The `発生` field as typed.
+    pub occurred: &'a str,
     pub checked: &'a [u32],
 }
 
@@ -161,6 +163,8 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
                 legend { "地区" }
                 (crate::pages::district_boxes(allowed, c.checked))
             }
+            label for="occurred" { "発生日時（例: 12/1 13:25ごろ。空欄は「不明」）" }
+            input type="text" id="occurred" name="occurred" maxlength="40" value=(c.occurred);
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
             label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
@@ -180,6 +184,26 @@ pub(super) struct AlertView<'a> {
     pub counts: &'a [(String, i64)],
     /// A published report's follow-ups, oldest first.
     pub followups: &'a [AlertRow],
+    /// (domain, copies sent, last delivery).
+    pub delivered: &'a [(String, i64, i64)],
+}
+
+/// Incident → publication → last copy delivered, per carrier.
+fn timeline(row: &AlertRow, delivered: &[(String, i64, i64)]) -> Markup {
+    let occurred = mamoru_core::alert::Occurred { at: row.occurred_at, flags: row.occurred_flags };
+    let last = |c: &str| delivered.iter().filter(|(d, _, _)| carrier_of(d) == c).map(|(_, _, t)| *t).max();
+    html! {
+        h2 { "経過" }
+        table {
+            tr { th { "発生" } td { (occurred.label()) } }
+            tr { th { "配信" } td { @if row.published_at > 0 { (jst(row.published_at)) } @else { "未配信" } } }
+            @for c in CARRIERS {
+                @if let Some(t) = last(c) {
+                    tr { th { (c) "に最後に届けた時刻" } td { (jst(t)) " （配信から" ((t - row.published_at).max(0) / 60) "分）" } }
+                }
+            }
+        }
+    }
 }
 
 /// What the history and an alert's page say about its state.
@@ -220,6 +244,7 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
         } @else {
             (progress_table(v.progress))
         }
+        (timeline(row, v.delivered))
         @if !v.followups.is_empty() {
             h2 { "続報" }
             ul {

@@ -647,8 +647,8 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
     let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ..Default::default() };
-    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into() };
-    let content = mamoru_core::alert::content(cfg, &draft, false);
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), occurred: Default::default() };
+    let content = mamoru_core::alert::content(cfg, &draft, false, now());
     let at = now();
     let Drafted::Created { alert, .. } = store
         .draft_alert(&new, at, at + 3600, |_, _, domains| {

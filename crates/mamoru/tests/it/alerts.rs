@@ -738,3 +738,41 @@ fn followups_thread_under_the_report_reach_its_recipients_only_and_a_retraction_
     assert!(status.success(), "{log}");
     assert!(inst.mail_files().iter().all(|p| !parse_mail(&std::fs::read(p).unwrap()).subject.starts_with("【守るネット】声かけ")), "no stopped copy went out");
 }
+
+#[test]
+fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_and_delivery() {
+    use mamoru_core::jst;
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let occurred = mamoru_core::now() - 40 * 60;
+    let c = jst::civil(occurred);
+    let when = format!("{}/{} {}:{:02}ごろ", c.month, c.day, c.hour, c.minute);
+    let args = ["post", "--admin", "chuo", "--title", "不審者", "--districts", "3", "--occurred", when.as_str(), "--yes"];
+    let (id, _) = alert_cli(&inst, &args, "公園で声かけがありました。");
+    let (unknown, _) = alert_cli(&inst, &["post", "--admin", "chuo", "--title", "声かけ", "--districts", "2", "--yes"], "駅前で。");
+    let server = inst.serve();
+    let mails = delivered(&inst, "【守るネット】不審者", 2);
+    let published = inst.store().alert(id).unwrap().unwrap().published_at;
+    let expected = mamoru_core::alert::timing_line(&mamoru_core::alert::Occurred { at: occurred - occurred % 60, flags: 1 }, published);
+    assert!(expected.contains("ごろ発生・"), "{expected}");
+    for (m, _) in &mails {
+        assert!(m.body.contains(&format!("■{expected}")), "{}", m.body);
+    }
+    let other = delivered(&inst, "【守るネット】声かけ", 1);
+    assert!(other[0].0.body.contains("■発生日時不明・"), "never the post time: {}", other[0].0.body);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    let show = inst.cmd().args(["alert", "show", &id.to_string()]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.contains(&format!("occurred: {} JST", mamoru_core::alert::Occurred { at: occurred - occurred % 60, flags: 1 }.label())), "{show}");
+    assert!(show.contains("last delivered docomo:") && show.contains("last delivered SoftBank:"), "{show}");
+    assert!(show.contains("incident to publication: 40 min") || show.contains("incident to publication: 39 min"), "{show}");
+    let show = inst.cmd().args(["alert", "show", &unknown.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("occurred: unknown"));
+    let mut bad = inst.cmd();
+    bad.args(["alert", "post", "--admin", "chuo", "--title", "t", "--districts", "1", "--occurred", "きのう", "--yes"]);
+    let bad = run_with_stdin(bad, b"x");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("発生: きのう"));
+}

@@ -93,9 +93,11 @@ pub fn dsn(data: &[u8]) {
 pub fn alert_format(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (subject, text) = text.split_once('\n').unwrap_or((text, ""));
-    if let Ok(draft) = mamoru_core::alert::parse_post(cfg(), subject, text) {
-        let _ = mamoru_core::alert::content(cfg(), &draft, false);
+    if let Ok(draft) = mamoru_core::alert::parse_post(cfg(), subject, text, 1_800_000_000) {
+        let _ = mamoru_core::alert::content(cfg(), &draft, false, 1_800_000_000);
     }
+    let _ = mamoru_core::alert::parse_followup(text);
+    let _ = mamoru_core::alert::parse_occurred(subject, 1_800_000_000);
     let _ = mamoru_core::alert::wrap(text, 36);
 }
 
