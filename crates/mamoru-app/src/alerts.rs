@@ -243,7 +243,21 @@ impl App {
     /// Publishes a draft: one outbox row per active subscriber of its
     /// districts, without content (see [`App::alert_copy`]).
     pub fn publish(&self, by: Publisher<'_>, now: UnixTime) -> Result<Published, Error> {
+        self.publish_confirmed(by, false, now)
+    }
+
+    /// [`App::publish`], with `stale_confirmed`: the publisher confirmed an
+    /// incident older than `[alerts] stale_incident_secs`. Without it such
+    /// an alert is not published ([`Published::StaleIncident`]).
+    pub fn publish_confirmed(&self, by: Publisher<'_>, stale_confirmed: bool, now: UnixTime) -> Result<Published, Error> {
         let cfg = &*self.cfg;
+        let id = match by {
+            Publisher::Link(claims) => claims.subject as AlertId,
+            Publisher::Author { alert, .. } | Publisher::Operator { alert, .. } => alert,
+        };
+        if !stale_confirmed && self.store.alert(id)?.is_some_and(|r| self.is_stale(&r, now)) {
+            return Ok(Published::StaleIncident);
+        }
         let (auth, actor) = match by {
             Publisher::Link(claims) => (PublishAuth::Token(claims), format!("publish-link:alert={}", claims.subject)),
             Publisher::Author { admin, alert } => {
@@ -262,6 +276,13 @@ impl App {
             self.queued();
         }
         Ok(published)
+    }
+
+    /// Is the incident of `row` older than `[alerts] stale_incident_secs`?
+    /// An unknown incident time is never stale, nor is a follow-up (news of
+    /// now about an incident already published).
+    pub fn is_stale(&self, row: &AlertRow, now: UnixTime) -> bool {
+        row.followup_of == 0 && row.occurred_at != 0 && now - row.occurred_at > self.cfg.alerts.stale_incident_secs
     }
 
     /// One subscriber's copy of a published alert, as the relay sends it.

@@ -102,6 +102,9 @@ pub enum Published {
     /// its admin was disabled; or a follow-up's report was retracted
     /// meanwhile.
     Unusable,
+    /// The incident is older than `[alerts] stale_incident_secs` and the
+    /// publisher did not confirm it: nothing changed (the link still works).
+    StaleIncident,
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,

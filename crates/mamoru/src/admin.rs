@@ -131,7 +131,7 @@ fn alert_post(cfg: Config, args: AlertPostArgs) -> anyhow::Result<()> {
     let mut draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
     draft.occurred = alert::parse_occurred(args.occurred.as_deref().unwrap_or(""), now).map_err(explain)?;
     let outcome = app.draft(&admin, &draft, Source::Cli, args.test, now)?;
-    publish_or_preview(&cfg, &app, &admin, outcome, args.yes, now)
+    publish_or_preview(&cfg, &app, &admin, outcome, args.yes, args.confirm_stale, now)
 }
 
 /// `mamoru alert followup`: a 続報, 解決 or 取消 of a published alert, with
@@ -146,10 +146,10 @@ fn alert_followup(cfg: Config, args: AlertFollowupArgs) -> anyhow::Result<()> {
         FollowupKindArg::Retracted => FollowupKind::Retracted,
     };
     let outcome = app.draft_followup(&admin, args.id, kind, &text, Source::Cli, now)?;
-    publish_or_preview(&cfg, &app, &admin, outcome, args.yes, now)
+    publish_or_preview(&cfg, &app, &admin, outcome, args.yes, false, now)
 }
 
-fn publish_or_preview(cfg: &Config, app: &App, admin: &Admin, outcome: DraftOutcome, yes: bool, now: i64) -> anyhow::Result<()> {
+fn publish_or_preview(cfg: &Config, app: &App, admin: &Admin, outcome: DraftOutcome, yes: bool, stale_ok: bool, now: i64) -> anyhow::Result<()> {
     let id = match outcome {
         DraftOutcome::Created { alert, .. } => alert,
         DraftOutcome::Refused(e) => bail!("{}", e.explain(cfg)),
@@ -160,9 +160,12 @@ fn publish_or_preview(cfg: &Config, app: &App, admin: &Admin, outcome: DraftOutc
         writeln!(out, "alert {id}: preview queued for {} (publish from the link in it)", admin.email.masked())?;
         return Ok(());
     }
-    match app.publish(Publisher::Operator { admin, alert: id }, now)? {
+    match app.publish_confirmed(Publisher::Operator { admin, alert: id }, stale_ok, now)? {
         Published::Published { recipients, .. } => writeln!(out, "alert {id}: published to {recipients} subscribers")?,
         Published::Unusable => bail!("alert {id} could not be published"),
+        Published::StaleIncident => {
+            bail!("alert {id}: the incident is older than alerts.stale_incident_secs; not published (add --confirm-stale, or publish from the preview)")
+        }
     }
     Ok(())
 }

@@ -158,6 +158,10 @@ pub struct AlertPostArgs {
     /// Publish at once, without a preview. For an operator on the machine.
     #[arg(long)]
     pub yes: bool,
+    /// With --yes: publish even though the incident (--occurred) is older
+    /// than `[alerts] stale_incident_secs`.
+    #[arg(long)]
+    pub confirm_stale: bool,
 }
 
 #[derive(Debug, Subcommand)]

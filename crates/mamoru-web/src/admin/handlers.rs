@@ -93,18 +93,23 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered, stale: web.app.is_stale(&row, mamoru_core::now()) };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 
 /// `POST /admin/alerts/{id}/publish`.
-pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, now: i64) -> Answer {
+pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, body: &[u8], now: i64) -> Answer {
     let cfg = &web.cfg;
     let admin = me.0.clone();
+    let confirmed = form::value(body, "stale").is_some();
     // Only the author publishes a draft from the panel.
-    match blocking(web, "publish an alert", move |w| w.app.publish(Publisher::Author { admin: &admin, alert: id }, now)).await {
+    let publish = move |w: &Web| w.app.publish_confirmed(Publisher::Author { admin: &admin, alert: id }, confirmed, now);
+    match blocking(web, "publish an alert", publish).await {
         Ok(Published::Published { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
         Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
+        Ok(Published::StaleIncident) => {
+            message(cfg, StatusCode::BAD_REQUEST, "まだ配信していません", "発生から時間がたっています。確認の欄に印を付けてから配信してください。")
+        }
         Err(a) => a,
     }
 }

@@ -151,7 +151,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
             let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
             match (id.parse::<i64>().ok(), post, action) {
                 (Some(id), false, "") => handlers::show_alert(&web, me, id).await,
-                (Some(id), true, "publish") => handlers::publish_alert(&web, me, id, now).await,
+                (Some(id), true, "publish") => handlers::publish_alert(&web, me, id, &body, now).await,
                 (Some(id), true, "followup") => handlers::followup(&web, me, id, &body, now).await,
                 _ => message(&cfg, StatusCode::NOT_FOUND, "ページが見つかりません", "メニューから選んでください。"),
             }

@@ -186,6 +186,8 @@ pub(super) struct AlertView<'a> {
     pub followups: &'a [AlertRow],
     /// (domain, copies sent, last delivery).
     pub delivered: &'a [(String, i64, i64)],
+    /// A draft whose incident is older than `[alerts] stale_incident_secs`.
+    pub stale: bool,
 }
 
 /// Incident → publication → last copy delivered, per carrier.
@@ -238,6 +240,10 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             @if row.admin == me.0.id {
                 form method="post" action={ "/admin/alerts/" (row.id) "/publish" } {
                     (csrf_field(me.1))
+                    @if v.stale {
+                        p class="error" { "発生から時間がたっています。今配信してよいか確かめてください。" }
+                        label class="check" { input type="checkbox" name="stale" value="1" required; "発生から時間がたっていることを確認しました" }
+                    }
                     button type="submit" { "配信する" }
                 }
             }

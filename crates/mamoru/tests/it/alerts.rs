@@ -761,6 +761,30 @@ fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_
     }
     let other = delivered(&inst, "【守るネット】声かけ", 1);
     assert!(other[0].0.body.contains("■発生日時不明・"), "never the post time: {}", other[0].0.body);
+    // An incident two days old needs a confirmation: --confirm-stale with
+    // --yes, the checkbox on the publish page.
+    let old = jst::civil(mamoru_core::now() - 2 * 86_400);
+    let old = format!("{}/{}/{} 8:00", old.year, old.month, old.day);
+    let post_old = |extra: &[&str]| {
+        let mut cmd = inst.cmd();
+        cmd.args(["alert", "post", "--admin", "chuo", "--title", "古い件", "--districts", "10", "--occurred", old.as_str()]).args(extra);
+        run_with_stdin(cmd, "おととい".as_bytes())
+    };
+    let refused = post_old(&["--yes"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm-stale"));
+    let ok = post_old(&["--yes", "--confirm-stale"]);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("published to 1 subscribers"), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(post_old(&[]).status.success());
+    let preview = wait_for("the preview of the old incident", T, || {
+        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).filter(|m| m.subject.contains("配信の確認") && m.subject.contains("古い件")).last()
+    });
+    let path = publish_path(&preview.body);
+    let page = http(server.http, "GET", &path, None);
+    assert!(page.body.contains("name=\"stale\"") && page.body.contains("時間がたっています"), "{}", page.body);
+    assert_eq!(http(server.http, "POST", &path, Some("")).status, 400, "not without the confirmation");
+    let done = http(server.http, "POST", &path, Some("stale=1"));
+    assert_eq!(done.status, 200, "{}", done.body);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
     let show = inst.cmd().args(["alert", "show", &id.to_string()]).output().unwrap();
