@@ -334,10 +334,10 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test, report, followup_kind): (String, i64, AlertId, String) = tx.query_row(
-            "SELECT districts, is_test, followup_of, followup_kind FROM alerts WHERE id = ?1",
+        let (districts, is_test, report, followup_kind, kind, urgent): (String, i64, AlertId, String, String, i64) = tx.query_row(
+            "SELECT districts, is_test, followup_of, followup_kind, kind, urgent FROM alerts WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
         let recipients = if report != 0 {
             // A follow-up: the report must still stand (a retraction is final).
@@ -372,18 +372,45 @@ impl Store {
         // without a round trip through Rust per recipient. The address sealed
         // at registration is reused: it is the same value, and sealing costs
         // a nonce draw per row.
+        //
+        // Preferences are part of the same statement. Kinds: a first report
+        // skips subscribers who turned its kind off (a follow-up goes to the
+        // report's recipients whatever they chose since). Quiet hours: unless
+        // the alert is 緊急, a row of a subscriber inside their quiet window
+        // (?8 is the minute of the day in Japan time, ?9 the seconds into it)
+        // waits until the window ends (`next_attempt_at`), and its expiry
+        // counts from then.
+        let delay = "CASE WHEN ?10 = 0 AND s.quiet_start >= 0 AND s.quiet_start <> s.quiet_end
+                 AND ((s.quiet_start < s.quiet_end AND ?8 >= s.quiet_start AND ?8 < s.quiet_end)
+                   OR (s.quiet_start > s.quiet_end AND (?8 >= s.quiet_start OR ?8 < s.quiet_end)))
+             THEN ((s.quiet_end - ?8 + 1440) % 1440) * 60 - ?9 ELSE 0 END";
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id)
              SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
-                    X'', ?6, ?6, ?7, ?4
+                    X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4
              FROM subscribers s
              WHERE {recipients}
+               AND (?12 <> 0 OR NOT EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = ?11))
              ORDER BY s.id"
         );
+        let local = now + mamoru_core::jst::OFFSET;
         let count = tx.execute(
             &insert,
-            params![MailKind::Alert.as_str(), ALERT_PRIORITY, sender, id, mail_domain, now, expires_at],
+            params![
+                MailKind::Alert.as_str(),
+                ALERT_PRIORITY,
+                sender,
+                id,
+                mail_domain,
+                now,
+                expires_at,
+                local.rem_euclid(86_400) / 60,
+                local.rem_euclid(60),
+                urgent,
+                kind,
+                i64::from(report != 0)
+            ],
         )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
         audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
@@ -446,6 +473,25 @@ impl Store {
 }
 
 impl Store {
+    /// A subscriber's delivery preferences: the configured kinds they turned
+    /// off, and quiet hours as minutes of the day in Japan time `[start,
+    /// end)` (wrapping past midnight when start > end), `None` for none.
+    pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (start, end) = quiet.filter(|(a, b)| a != b && (0..1440).contains(a) && (0..1440).contains(b)).unwrap_or((-1, -1));
+        tx.execute(
+            "UPDATE subscribers SET quiet_start = ?1, quiet_end = ?2, updated_at = ?3 WHERE id = ?4",
+            params![start, end, now, subscriber],
+        )?;
+        tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", [subscriber])?;
+        for k in kinds_off {
+            tx.execute("INSERT OR IGNORE INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2)", params![subscriber, k])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// When the copies of an alert were delivered, per address domain:
     /// `(domain, copies sent, when the last one was)`.
     pub fn delivery_times(&self, id: AlertId) -> Result<Vec<(String, i64, UnixTime)>> {
@@ -713,5 +759,34 @@ mod tests {
         assert_eq!(archive.iter().map(|r| r.id).collect::<Vec<_>>(), [report]);
         let f: Vec<(AlertId, String)> = store.followups_of(&[report]).unwrap().into_iter().map(|r| (r.id, r.followup_kind)).collect();
         assert_eq!(f, [(update, "update".to_string()), (retract, "retracted".to_string())]);
+    }
+
+    #[test]
+    fn kinds_and_quiet_hours_apply_in_the_fan_out_and_urgent_ignores_quiet_hours() {
+        let (_d, store, admin) = setup();
+        let (a, b) = (store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id, store.find_subscriber(&addr("b@ezweb.ne.jp")).unwrap().unwrap().id);
+        // T0 is 17:00 in Japan: a is quiet 16:40–17:10, b turned 不審者情報 off.
+        let m = mamoru_core::jst::minute_of_day(T0);
+        assert_eq!(m, 17 * 60);
+        store.set_preferences(a, &[], Some((1000, 1030)), T0).unwrap();
+        store.set_preferences(b, &["不審者情報".to_string()], None, T0).unwrap();
+        let post = |kind: &str, urgent: bool| {
+            let n = NewAlert { admin, source: "cli", title: "t", text: "x", districts: &[1], kind, urgent, ..Default::default() };
+            let Drafted::Created { alert, .. } = store.draft_alert(&n, T0, T0 + 60, |id, _, _| mail(&addr("staff@city.test"), format!("p.{id}@x"))).unwrap() else {
+                panic!()
+            };
+            assert!(matches!(publish(&store, alert, T0), Published::Published { .. }));
+            let conn = store.conn();
+            let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
+            stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(i64, i64, i64)>>>().unwrap()
+        };
+        let end = T0 + 10 * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
+        assert_eq!(post("不審者情報", false), [(a, end, end + 7200)], "a waits until 17:10, b gets none");
+        assert_eq!(post("その他", false), [(a, end, end + 7200), (b, T0, T0 + 7200)]);
+        assert_eq!(post("不審者情報", true), [(a, T0, T0 + 7200)], "緊急 goes now");
+        // A window past midnight, 16:00–01:00, holds 17:00 too.
+        store.set_preferences(a, &[], Some((16 * 60, 60)), T0).unwrap();
+        let wait = (60 + 1440 - m) * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
+        assert_eq!(post("", false)[0], (a, T0 + wait, T0 + wait + 7200));
     }
 }
