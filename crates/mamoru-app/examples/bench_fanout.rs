@@ -45,9 +45,9 @@ fn main() {
     else {
         panic!("admin exists")
     };
-    let draft = AlertDraft { title: "不審な男性の声かけ".into(), kind: "不審者情報".into(), districts: vec![1, 4, 7], text: "本日15時ごろ、公園の近くで下校中の児童に声をかける男性がいました。\n年齢は40歳くらい、黒い服装です。\n見かけたら110番してください。".repeat(3), occurred: Default::default() };
+    let draft = AlertDraft { title: "不審な男性の声かけ".into(), kind: "不審者情報".into(), districts: vec![1, 4, 7], text: "本日15時ごろ、公園の近くで下校中の児童に声をかける男性がいました。\n年齢は40歳くらい、黒い服装です。\n見かけたら110番してください。".repeat(3), occurred: Default::default(), ask_confirm: false };
     let now = mamoru_core::now();
-    let new = NewAlert { admin, source: "cli", source_key: "", kind: &draft.kind, title: &draft.title, text: &draft.text, districts: &draft.districts, is_test: false, ..Default::default() };
+    let new = NewAlert { admin, source: "cli", source_key: "", kind: &draft.kind, title: &draft.title, text: &draft.text, districts: &draft.districts, is_test: false, ..NewAlert::new(admin, "cli") };
     let Drafted::Created { alert, .. } = store
         .draft_alert(&new, now, now + 3600, |_, _, _| mamoru_core::alert::preview(&cfg, &mamoru_core::alert::content(&cfg, &draft, false, now), &EmailAddress::parse("staff@city.test").expect("addr"), &mamoru_core::alert::PreviewInfo { number: 0, counts: &Default::default(), publish_url: "x", dropped_attachments: 0, is_test: false }, now, "preview@mamoru.test".into()))
         .expect("draft")
@@ -61,7 +61,7 @@ fn main() {
         let t = Instant::now();
         let mut bytes = 0;
         for (i, (addr, _)) in items.iter().take(40_000).enumerate() {
-            bytes += app.alert_copy(alert, i as i64, addr, [1; 8]).expect("store").expect("the alert").len();
+            bytes += app.alert_copy(alert, mamoru_core::SubscriberId::new(i as i64), addr, [1; 8]).expect("store").expect("the alert").len();
         }
         eprintln!("relay-side render of 40000 copies: {:.3} s, {bytes} bytes", t.elapsed().as_secs_f64());
     }

@@ -25,7 +25,8 @@ use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime, mail};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::{AlertId, AlertRow, Drafted, NewAlert, PublishAuth, Published};
-use mamoru_store::SubscriberId;
+use mamoru_store::states::AlertState;
+use mamoru_store::{OutboxId, SubscriberId};
 
 use crate::{App, Error};
 
@@ -63,7 +64,7 @@ impl Source<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DraftOutcome {
     /// The draft and its preview mail are queued.
-    Created { alert: AlertId, outbox: i64 },
+    Created { alert: AlertId, outbox: OutboxId },
     /// This mailed post was seen before: nothing was recorded.
     Duplicate,
     /// The admin may not post to some of its districts.
@@ -89,13 +90,14 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
         districts: row.districts.clone(),
         text: row.text.clone(),
         occurred: alert::Occurred { at: row.occurred_at, flags: row.occurred_flags },
+        ask_confirm: row.ask_confirm,
     }
 }
 
 /// A follow-up's kind and report, if the row is one.
 pub fn followup_of(row: &AlertRow) -> Option<alert::Followup> {
     let kind = FollowupKind::parse(&row.followup_kind)?;
-    (row.followup_of != 0).then_some(alert::Followup { kind, original_published_at: row.report_published_at })
+    row.followup_of.map(|_| alert::Followup { kind, original_published_at: row.report_published_at })
 }
 
 /// The subject and text of a stored alert, as parents see it: with its
@@ -127,7 +129,8 @@ impl App {
             is_test,
             occurred_at: draft.occurred.at,
             occurred_flags: draft.occurred.flags,
-            ..Default::default()
+            ask_confirm: draft.ask_confirm,
+            ..NewAlert::new(admin.id, source.as_str())
         };
         self.record_draft(admin, &new, &content, source, now)
     }
@@ -153,15 +156,15 @@ impl App {
         };
         let no_such = || DraftOutcome::Refused(FormatError::NoSuchAlert(report.to_string()));
         let Some(mut row) = self.store.alert(report)? else { return Ok(no_such()) };
-        if row.followup_of != 0 {
-            let Some(r) = self.store.alert(row.followup_of)? else { return Ok(no_such()) };
+        if let Some(first) = row.followup_of {
+            let Some(r) = self.store.alert(first)? else { return Ok(no_such()) };
             row = r;
         }
-        if row.state != "published" {
+        if row.state != AlertState::Published {
             return Ok(no_such());
         }
         if row.incident_state == "retracted" {
-            return Ok(DraftOutcome::Refused(FormatError::Retracted(row.id)));
+            return Ok(DraftOutcome::Refused(FormatError::Retracted(row.id.get())));
         }
         let forbidden = admin.forbidden(&row.districts);
         if !forbidden.is_empty() {
@@ -181,11 +184,11 @@ impl App {
             text: &follow.text,
             districts: &row.districts,
             is_test: row.is_test,
-            followup_of: row.id,
+            followup_of: Some(row.id),
             followup_kind: kind.as_str(),
             occurred_at: row.occurred_at,
             occurred_flags: row.occurred_flags,
-            ..Default::default()
+            ..NewAlert::new(admin.id, source.as_str())
         };
         self.record_draft(admin, &new, &content, source, now)
     }
@@ -200,15 +203,15 @@ impl App {
         };
         let is_test = new.is_test;
         let drafted = self.store.draft_alert(new, now, expires_at, |alert_id, nonce, domains| {
-            let claims = Claims { purpose: Purpose::Publish, subject: alert_id as u64, nonce, expires_at };
+            let claims = Claims { purpose: Purpose::Publish, subject: alert_id.subject(), nonce, expires_at };
             let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
             let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { number: alert_id, counts: &counts, publish_url: &url, dropped_attachments, is_test };
+            let info = PreviewInfo { number: alert_id.get(), counts: &counts, publish_url: &url, dropped_attachments, is_test };
             alert::preview(cfg, content, &admin.email, &info, now, mail::message_id(&random, cfg))
         })?;
         Ok(match drafted {
             Drafted::Created { alert, outbox } => {
-                tracing::info!(alert, admin = %admin.login, source = source.as_str(), followup_of = new.followup_of, "alert drafted; preview queued");
+                tracing::info!(alert = alert.get(), admin = %admin.login, source = source.as_str(), followup_of = new.followup_of.map(AlertId::get), "alert drafted; preview queued");
                 self.queued();
                 DraftOutcome::Created { alert, outbox }
             }
@@ -252,7 +255,10 @@ impl App {
     pub fn publish_confirmed(&self, by: Publisher<'_>, stale_confirmed: bool, now: UnixTime) -> Result<Published, Error> {
         let cfg = &*self.cfg;
         let id = match by {
-            Publisher::Link(claims) => claims.subject as AlertId,
+            Publisher::Link(claims) => match AlertId::from_subject(claims.subject) {
+                Some(id) => id,
+                None => return Ok(Published::Unusable),
+            },
             Publisher::Author { alert, .. } | Publisher::Operator { alert, .. } => alert,
         };
         if !stale_confirmed && self.store.alert(id)?.is_some_and(|r| self.is_stale(&r, now)) {
@@ -272,7 +278,8 @@ impl App {
         let expires_at = now + cfg.alerts.max_age_secs;
         let published = self.store.publish_alert(auth, &actor, now, expires_at, &cfg.register_address(), &cfg.domain)?;
         if let Published::Published { alert, recipients } = published {
-            tracing::info!(alert, recipients, actor, "alert published");
+            tracing::info!(alert = alert.get(), recipients, actor, "alert published");
+            self.metrics.alert_published();
             self.queued();
         }
         Ok(published)
@@ -282,16 +289,19 @@ impl App {
     /// An unknown incident time is never stale, nor is a follow-up (news of
     /// now about an incident already published).
     pub fn is_stale(&self, row: &AlertRow, now: UnixTime) -> bool {
-        row.followup_of == 0 && row.occurred_at != 0 && now - row.occurred_at > self.cfg.alerts.stale_incident_secs
+        row.followup_of.is_none() && row.occurred_at != 0 && now - row.occurred_at > self.cfg.alerts.stale_incident_secs
     }
 
     /// One subscriber's copy of a published alert, as the relay sends it.
     /// `None` when the alert does not exist (the row cannot be sent).
     pub fn alert_copy(&self, alert: AlertId, subscriber: SubscriberId, to: &EmailAddress, link_nonce: Nonce) -> Result<Option<Vec<u8>>, Error> {
         let Some((row, content)) = self.copies.get(self, alert)? else { return Ok(None) };
-        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce };
-        let report = (row.followup_of != 0).then_some(row.followup_of);
-        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, report, &content, row.published_at, &recipient).bytes))
+        let confirm_district = match row.ask_confirm {
+            true => Some(self.store.confirm_district(alert, subscriber)?),
+            false => None,
+        };
+        let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce, confirm_district };
+        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, row.followup_of, &content, row.published_at, &recipient).bytes))
     }
 }
 
@@ -314,7 +324,7 @@ impl Copies {
         // Read outside the lock; two feeders may both read, harmlessly.
         let Some(row) = app.store.alert(id)? else { return Ok(None) };
         let content = Arc::new(content_of(app, &row));
-        let final_row = row.state == "published";
+        let final_row = row.state == AlertState::Published;
         let cached = (Arc::new(row), content);
         // Only a published row is final (its `published_at` is set); a
         // draft is rendered but not kept.

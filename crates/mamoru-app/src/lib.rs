@@ -6,6 +6,13 @@
 //! - [`alerts`]: draft a post from any channel (a typed [`alerts::Post`]),
 //!   answer a malformed one, preview, publish, and render a subscriber's
 //!   copy at send time.
+//! - [`admins`]: add, disable, enable an admin; set or change a password.
+//! - [`bounces`]: check a VERP return path, record a bounce, apply its
+//!   effect.
+//! - [`confirm`]: 確認しました, counted per alert, district and carrier,
+//!   never per reader.
+//! - [`reception`]: a parent's 受信テスト: a test mail with a 届きました
+//!   link, and the carrier's help when it does not come back.
 //!
 //! An adapter turns bytes, forms and commands into the typed requests here,
 //! and the outcomes back into its own replies: a page, an LMTP reply, an
@@ -18,7 +25,11 @@
 //! Everything here is blocking (SQLite). [`App::run`] is the one way async
 //! code calls it.
 
+pub mod admins;
 pub mod alerts;
+pub mod bounces;
+pub mod confirm;
+pub mod reception;
 pub mod registration;
 
 use std::sync::Arc;
@@ -28,6 +39,9 @@ use mamoru_core::Config;
 use mamoru_store::{Store, StoreError};
 use tokio::sync::Notify;
 
+pub use mamoru_metrics as metrics;
+use mamoru_metrics::Metrics;
+
 /// The use cases of one mamoru installation: configuration, store and
 /// token key, shared by every adapter of a process.
 pub struct App {
@@ -36,11 +50,19 @@ pub struct App {
     pub tokens: TokenKey,
     wake: Arc<Notify>,
     copies: alerts::Copies,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
     pub fn new(cfg: Arc<Config>, store: Arc<Store>, tokens: TokenKey) -> Self {
-        Self { cfg, store, tokens, wake: Arc::new(Notify::new()), copies: alerts::Copies::default() }
+        Self {
+            cfg,
+            store,
+            tokens,
+            wake: Arc::new(Notify::new()),
+            copies: alerts::Copies::default(),
+            metrics: Arc::new(Metrics::new()),
+        }
     }
 
     /// Shares `wake` with the relay of the same process: it is notified
@@ -48,6 +70,17 @@ impl App {
     pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
         self.wake = wake;
         self
+    }
+
+    /// Shares the process's metrics with every adapter that records.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where the use cases and the adapters record what happened.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// What the relay waits on for new mail.
@@ -70,10 +103,14 @@ impl App {
     /// adapters and the store.
     pub async fn run<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&App) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
         let app = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || f(&app)).await {
+        let r = match tokio::task::spawn_blocking(move || f(&app)).await {
             Ok(r) => r,
             Err(e) => Err(Error::Stopped(e.to_string())),
+        };
+        if let Err(Error::Store(e)) = &r {
+            self.metrics.store_error("app", matches!(e, StoreError::Busy));
         }
+        r
     }
 }
 

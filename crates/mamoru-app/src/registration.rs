@@ -18,9 +18,9 @@
 use mamoru_core::config::District;
 use mamoru_core::mailbox::{self, NoReply};
 use mamoru_core::token::{Claims, Purpose, TokenError};
-use mamoru_core::{EmailAddress, UnixTime, mail};
+use mamoru_core::{EmailAddress, UnixTime, links, mail};
 use mamoru_store::manage::{LinkMail, LinkRequest, ManageOutcome, ManageView};
-use mamoru_store::{Channel, Completion, Limited, RegistrationLimits, RegistrationView, SubscriberId};
+use mamoru_store::{Channel, Completion, Limited, OutboxId, RegistrationLimits, RegistrationView, SubscriberId};
 
 use crate::{App, Error};
 
@@ -28,7 +28,7 @@ use crate::{App, Error};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkOutcome {
     /// The mail is queued.
-    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: i64 },
+    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: OutboxId },
     /// A limit refused it; nothing was queued.
     Limited(Limited),
     /// The address never gets a reply (a daemon, a role mailbox, our own
@@ -62,7 +62,7 @@ impl App {
         let random = self.random12()?;
         let preselect = recipient.and_then(|r| cfg.district_of_recipient(r)).map(|d| d.id);
         let result = self.store.request_link(addr, &channel, now, &limits, expires_at, preselect, |kind, subscriber, nonce| {
-            let claims = Claims { purpose: kind.purpose(), subject: subscriber as u64, nonce, expires_at };
+            let claims = Claims { purpose: kind.purpose(), subject: subscriber.subject(), nonce, expires_at };
             let token = self.tokens.sign(&claims);
             let id = mail::message_id(&random, cfg);
             match kind {
@@ -80,12 +80,18 @@ impl App {
                     LinkMail::Manage => "manage link requested; 登録内容の変更 queued",
                     LinkMail::Register => "registration requested; 登録受付 queued",
                 };
-                tracing::info!(subscriber, outbox, via, to = %addr.masked(), "{what}");
+                tracing::info!(subscriber = subscriber.get(), outbox = outbox.get(), via, to = %addr.masked(), "{what}");
+                let label = match kind {
+                    LinkMail::Manage => "manage",
+                    LinkMail::Register => "register",
+                };
+                self.metrics.registration_requested(via, label);
                 self.queued();
                 LinkOutcome::Queued { kind, subscriber, outbox }
             }
             LinkRequest::Limited(limit) => {
                 tracing::info!(limit = limit.as_str(), via, to = %addr.masked(), "link request refused by a rate limit");
+                self.metrics.rate_limited(limit.as_str());
                 LinkOutcome::Limited(limit)
             }
         })
@@ -102,11 +108,14 @@ impl App {
     pub fn complete_registration(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Result<Completion, Error> {
         let cfg = &*self.cfg;
         let random = self.random12()?;
-        let done = self.store.complete_registration(claims, districts, now, now + cfg.relay.max_age_secs, |addr| {
-            mail::registration_completed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
+        let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
+        let done = self.store.complete_registration(claims, districts, now, now + cfg.relay.max_age_secs, |addr, link_nonce| {
+            let manage = links::subscriber_links(cfg, &self.tokens, subscriber, link_nonce, now).manage;
+            mail::registration_completed(cfg, addr, &self.districts(districts), &manage, now, mail::message_id(&random, cfg))
         })?;
         if let Completion::Completed { subscriber, .. } = done {
-            tracing::info!(subscriber, districts = ?districts, "registration completed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "registration completed");
+            self.metrics.registration_completed();
             self.queued();
         }
         Ok(done)
@@ -125,7 +134,7 @@ impl App {
             mail::districts_changed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
         })?;
         if let ManageOutcome::Done { subscriber, .. } = done {
-            tracing::info!(subscriber, districts = ?districts, "districts changed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "districts changed");
             self.queued();
         }
         Ok(done)
@@ -140,7 +149,7 @@ impl App {
             goodbye.then(|| mail::registration_deleted(cfg, addr, now, mail::message_id(&random, cfg)))
         })?;
         if let ManageOutcome::Done { subscriber, outbox } = done {
-            tracing::info!(subscriber, "registration deleted");
+            tracing::info!(subscriber = subscriber.get(), "registration deleted");
             if outbox.is_some() {
                 self.queued();
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mamoru_core::alert::{self, FollowupKind, FormatError};
 use mamoru_core::token::Purpose;
-use mamoru_core::{Config, EmailAddress, UnixTime};
+use mamoru_core::{AlertId, Config, EmailAddress, UnixTime};
 use mamoru_store::admins::{Admin, AdminAdded};
 use mamoru_store::alerts::Published;
 use mamoru_store::manage::{LinkMail, ManageOutcome};
@@ -153,7 +153,123 @@ fn only_the_author_publishes_from_the_panel_and_every_copy_renders_alike() {
     let again = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
     assert_eq!(first, again);
     assert!(String::from_utf8_lossy(&first).contains("Date:"));
-    assert_eq!(f.app.alert_copy(r.alert_id + 100, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
+    assert_eq!(f.app.alert_copy(mamoru_core::AlertId::new(r.alert_id.get() + 100), r.subscriber_id, &copy.recipient, r.link_nonce).unwrap(), None);
+}
+
+#[test]
+fn a_parent_who_just_registered_can_fix_the_districts_at_once() {
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0 + 30).unwrap();
+    // 登録完了 carries a manage link of its own, which opens the manage page.
+    let token = f.token(T0 + 30, "/m/");
+    let manage = f.app.verify(&token, Purpose::Manage, T0 + 30).unwrap();
+    assert_eq!(f.app.manage_view(&manage, T0 + 30).unwrap().unwrap().districts, vec![1]);
+    // A second empty mail within the cooldown of the first still gets its
+    // manage link: the completed registration lifted the cooldown once.
+    let out = f.app.request_link(&a, Channel::Mail, None, T0 + 60).unwrap();
+    assert!(matches!(out, LinkOutcome::Queued { kind: LinkMail::Manage, .. }), "{out:?}");
+    assert_eq!(f.token(T0 + 60, "/m/").len(), 51);
+    // The one after it is within the cooldown again.
+    let out = f.app.request_link(&a, Channel::Mail, None, T0 + 90).unwrap();
+    assert_eq!(out, LinkOutcome::Limited(mamoru_store::Limited::Cooldown));
+}
+
+#[test]
+fn completing_a_registration_does_not_lift_the_daily_cap() {
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    let cap = f.app.cfg.limits.register_daily_cap;
+    let cooldown = f.app.cfg.limits.register_cooldown_secs;
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0 + 1).unwrap();
+    f.take(T0 + 1);
+    let mut queued = 1;
+    for i in 1..=cap + 2 {
+        if let LinkOutcome::Queued { .. } = f.app.request_link(&a, Channel::Mail, None, T0 + 1 + i * (cooldown + 1)).unwrap() {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, cap, "the daily cap counts every mail of the day");
+}
+
+#[test]
+fn a_reception_test_arrives_or_leads_to_the_carriers_help() {
+    use crate::reception::{Asker, TestOutcome, TestStatus};
+    use mamoru_core::help::Carrier;
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    let wait = f.app.cfg.tokens.reception_wait_secs;
+    let ask = |a: &EmailAddress, now| {
+        let TestOutcome::Queued { waiting } = f.app.request_test(Asker::Visitor { addr: a, client: [3; 32] }, now).unwrap() else {
+            panic!("not queued")
+        };
+        f.app.verify(&waiting, Purpose::Waiting, now).unwrap()
+    };
+    let waiting = ask(&a, T0);
+    assert_eq!(f.app.test_status(&waiting, T0 + 1).unwrap(), Some(TestStatus::Waiting));
+    assert_eq!(f.app.test_status(&waiting, T0 + wait).unwrap(), Some(TestStatus::Unconfirmed(Some(Carrier::Docomo))));
+    let arrived = f.app.verify(&f.token(T0, "/t/"), Purpose::Arrived, T0).unwrap();
+    assert_eq!(f.app.test_view(&arrived, T0 + 5).unwrap().unwrap().arrived_at, 0, "GET changes nothing");
+    assert!(f.app.mark_test_arrived(&arrived, T0 + wait + 5).unwrap().is_some());
+    assert_eq!(f.app.test_status(&waiting, T0 + wait + 6).unwrap(), Some(TestStatus::Arrived));
+
+    // An address of a domain no help names: every help is shown.
+    let other = ask(&addr("parent@example.jp"), T0);
+    assert_eq!(f.app.test_status(&other, T0 + wait).unwrap(), Some(TestStatus::Unconfirmed(None)));
+    // Daemons and our own domain get no test mail.
+    let out = f.app.request_test(Asker::Visitor { addr: &addr("postmaster@docomo.ne.jp"), client: [3; 32] }, T0).unwrap();
+    assert!(matches!(out, TestOutcome::NoReply(_)), "{out:?}");
+}
+
+#[test]
+fn a_subscriber_tests_the_registered_address_from_the_manage_link() {
+    use crate::reception::{Asker, TestOutcome};
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[1], T0).unwrap();
+    let manage = f.app.verify(&f.token(T0, "/m/"), Purpose::Manage, T0).unwrap();
+    let out = f.app.request_test(Asker::Subscriber { manage: &manage }, T0 + 1).unwrap();
+    assert!(matches!(out, TestOutcome::Queued { .. }), "{out:?}");
+    let mails = f.take(T0 + 1);
+    assert_eq!((mails.len(), mails[0].recipient.as_str()), (1, "parent@ezweb.ne.jp"));
+    let forged = mamoru_core::token::Claims { subject: manage.subject + 1, ..manage };
+    assert_eq!(f.app.request_test(Asker::Subscriber { manage: &forged }, T0 + 500).unwrap(), TestOutcome::LinkUnusable);
+}
+
+#[test]
+fn a_confirmation_counts_once_per_copy_whoever_opens_it() {
+    use mamoru_store::confirm::Confirmed;
+    let f = fixture();
+    let a = addr("parent@ezweb.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    f.app.complete_registration(&claims, &[3], T0).unwrap();
+    f.take(T0);
+    let author = f.admin("chuo", &[]);
+    let mut draft = alert::draft(&f.app.cfg, "不審者", "", vec![1, 3], "本文").unwrap();
+    draft.ask_confirm = true;
+    let DraftOutcome::Created { alert, .. } = f.app.draft(&author, &draft, Source::Web, false, T0).unwrap() else { panic!() };
+    f.take(T0);
+    f.app.publish(Publisher::Author { admin: &author, alert }, T0 + 1).unwrap();
+    let copy = &f.take(T0 + 1)[0];
+    let r = copy.alert.unwrap();
+    let bytes = f.app.alert_copy(r.alert_id, r.subscriber_id, &copy.recipient, r.link_nonce).unwrap().unwrap();
+    let body = mailparse::parse_mail(&bytes).unwrap().get_body().unwrap();
+    let at = body.find("/k/").expect("a 確認しました link");
+    let token: String = body[at + 3..].chars().take(51).collect();
+    let c = f.app.verify(&token, Purpose::Confirm, T0 + 2).unwrap();
+    assert_eq!(f.app.confirm_view(&c).unwrap().as_deref(), Some("不審者"));
+    assert_eq!(f.app.confirm(&c, T0 + 3).unwrap(), Confirmed::Counted);
+    assert_eq!(f.app.confirm(&c, T0 + 4).unwrap(), Confirmed::AlreadyCounted);
+    f.app.store.mark_sent(copy.id, T0 + 2).unwrap();
+    let table = f.app.confirm_table(alert).unwrap();
+    assert_eq!((table.len(), table[0].district, table[0].carrier, table[0].delivered, table[0].confirmed), (1, 3, "au", 1, 1));
 }
 
 #[test]
@@ -164,17 +280,17 @@ fn a_followup_needs_a_standing_published_report_in_the_admins_districts() {
     let draft = alert::draft(&f.app.cfg, "不審者", "", vec![1], "本文").unwrap();
     let DraftOutcome::Created { alert: report, .. } = f.app.draft(&author, &draft, Source::Web, false, T0).unwrap() else { panic!() };
     let follow = |admin, id, kind, text: &str| f.app.draft_followup(admin, id, kind, text, Source::Cli, T0 + 10).unwrap();
-    let no_such = |id: i64| DraftOutcome::Refused(FormatError::NoSuchAlert(id.to_string()));
+    let no_such = |id: AlertId| DraftOutcome::Refused(FormatError::NoSuchAlert(id.to_string()));
     assert_eq!(follow(&author, report, FollowupKind::Update, "続報"), no_such(report), "a draft has no follow-ups");
-    assert_eq!(follow(&author, 999, FollowupKind::Update, "続報"), no_such(999));
+    assert_eq!(follow(&author, AlertId::new(999), FollowupKind::Update, "続報"), no_such(AlertId::new(999)));
     f.app.publish(Publisher::Author { admin: &author, alert: report }, T0 + 5).unwrap();
     assert_eq!(follow(&author, report, FollowupKind::Update, " \n"), DraftOutcome::Refused(FormatError::EmptyText));
     assert_eq!(follow(&showa, report, FollowupKind::Update, "続報"), DraftOutcome::Refused(FormatError::DistrictsNotAllowed(vec![1])));
     let DraftOutcome::Created { alert: retraction, .. } = follow(&author, report, FollowupKind::Retracted, "誤りでした") else { panic!() };
     // A follow-up of the follow-up continues the same report.
     let DraftOutcome::Created { alert: second, .. } = follow(&author, retraction, FollowupKind::Update, "x") else { panic!() };
-    assert_eq!(f.app.store.alert(second).unwrap().unwrap().followup_of, report);
+    assert_eq!(f.app.store.alert(second).unwrap().unwrap().followup_of, Some(report));
     f.app.publish(Publisher::Author { admin: &author, alert: retraction }, T0 + 20).unwrap();
-    assert_eq!(follow(&author, report, FollowupKind::Resolved, "x"), DraftOutcome::Refused(FormatError::Retracted(report)));
+    assert_eq!(follow(&author, report, FollowupKind::Resolved, "x"), DraftOutcome::Refused(FormatError::Retracted(report.get())));
     assert_eq!(f.app.publish(Publisher::Author { admin: &author, alert: second }, T0 + 30).unwrap(), Published::Unusable, "取消 is final");
 }

@@ -17,7 +17,7 @@
 use mail_builder::MessageBuilder;
 use mail_builder::headers::raw::Raw;
 
-use crate::UnixTime;
+use crate::{AlertId, SubscriberId, UnixTime};
 use crate::address::EmailAddress;
 use crate::config::Config;
 use crate::links::{SubscriberLinks, subscriber_links};
@@ -40,6 +40,10 @@ pub struct AlertDraft {
     /// Sorted, distinct district ids.
     pub districts: Vec<u32>,
     pub text: String,
+    /// The copies carry a 確認しました link (a `確認: する` line, the
+    /// panel's checkbox, `mamoru alert post --confirm`): confirmations are
+    /// counted per district and carrier, never per reader.
+    pub ask_confirm: bool,
     /// When it happened, as the `発生:` line said; unknown by default.
     pub occurred: Occurred,
 }
@@ -222,6 +226,7 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
     let mut districts: Option<Vec<u32>> = None;
     let mut kind = String::new();
     let mut occurred = Occurred::default();
+    let mut ask_confirm = false;
     // The title is checked first: an empty subject is the first thing to say.
     check_title(subject)?;
     // Header lines come first, in any order; blank lines before them are
@@ -239,6 +244,8 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
             kind = kind_named(cfg, v)?;
         } else if let Some(v) = field(norm, "発生") {
             occurred = parse_occurred(v, now)?;
+        } else if let Some(v) = field(norm, "確認") {
+            ask_confirm = matches!(v.trim(), "する" | "あり" | "要" | "はい");
         } else {
             break;
         }
@@ -246,7 +253,9 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
     }
     let districts = districts.ok_or(FormatError::MissingDistricts)?;
     let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
-    Ok(AlertDraft { occurred, ..draft(cfg, subject, &kind, districts, &rest.join("\n"))? })
+    let mut d = draft(cfg, subject, &kind, districts, &rest.join("\n"))?;
+    d.ask_confirm = ask_confirm;
+    Ok(AlertDraft { occurred, ..d })
 }
 
 /// What a follow-up says about its first report: 続報 (more news), 解決
@@ -358,7 +367,7 @@ pub fn draft(cfg: &Config, title: &str, kind: &str, mut districts: Vec<u32>, tex
     if body.chars().count() > MAX_TEXT_CHARS {
         return Err(FormatError::TextTooLong);
     }
-    Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default() })
+    Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default(), ask_confirm: false })
 }
 
 fn check_title(subject: &str) -> Result<String, FormatError> {
@@ -597,17 +606,21 @@ pub fn render(
 /// The Message-ID of an alert's mail to one subscriber: stable per alert and
 /// subscriber, so a duplicate delivery is recognisably the same message. The
 /// store writes the same value in SQL when it queues the row.
-pub fn alert_message_id(domain: &str, alert: i64, subscriber: i64) -> String {
+pub fn alert_message_id(domain: &str, alert: AlertId, subscriber: SubscriberId) -> String {
     format!("alert.{alert}.{subscriber}@{domain}")
 }
 
 /// Who one copy of an alert is for.
 #[derive(Debug, Clone, Copy)]
 pub struct AlertRecipient<'a> {
-    pub subscriber: i64,
+    pub subscriber: SubscriberId,
     pub address: &'a EmailAddress,
     /// The subscriber's footer-link nonce (`mamoru_core::links`).
     pub link_nonce: Nonce,
+    /// For an alert that asks for confirmation: the district its
+    /// 確認しました link counts under (the lowest of the alert's districts
+    /// the subscriber has).
+    pub confirm_district: Option<u32>,
 }
 
 /// One subscriber's copy of a published alert, with the personal footer
@@ -620,15 +633,65 @@ pub struct AlertRecipient<'a> {
 pub fn render_for_subscriber(
     cfg: &Config,
     tokens: &TokenKey,
-    alert: i64,
-    followup_of: Option<i64>,
+    alert: AlertId,
+    followup_of: Option<AlertId>,
     content: &AlertContent,
     published_at: UnixTime,
     to: &AlertRecipient<'_>,
 ) -> OutgoingMail {
-    let links = subscriber_links(cfg, tokens, to.subscriber as u64, to.link_nonce, published_at);
+    let links = subscriber_links(cfg, tokens, to.subscriber, to.link_nonce, published_at);
+    let id = alert_message_id(&cfg.domain, alert, to.subscriber);
     let parent = followup_of.map(|of| alert_message_id(&cfg.domain, of, to.subscriber));
-    render(cfg, content, to.address, &links, published_at, alert_message_id(&cfg.domain, alert, to.subscriber), parent.as_deref())
+    let parent = parent.as_deref();
+    match to.confirm_district {
+        None => render(cfg, content, to.address, &links, published_at, id, parent),
+        Some(district) => {
+            let key = ConfirmKey { alert, district, carrier: carrier_code(to.address.domain()) };
+            let nonce = crate::links::copy_nonce(tokens, alert, to.subscriber, &to.link_nonce);
+            let url = crate::links::confirm_url(cfg, tokens, key, nonce, published_at + cfg.alerts.confirm_ttl_secs);
+            let body = format!("{}\n\n読んだら、下のリンクを開いて\n「確認しました」を押してください。\n{url}", content.body);
+            let with_link = AlertContent { body, ..content.clone() };
+            render(cfg, &with_link, to.address, &links, published_at, id, parent)
+        }
+    }
+}
+
+/// The carriers admins see counts for, in their order; [`carrier_of`]
+/// maps a domain to one of them.
+pub const CARRIERS: [&str; 5] = ["docomo", "au", "SoftBank", "Y!mobile", "その他"];
+
+/// The position of a domain's carrier in [`CARRIERS`]: the carrier part of
+/// a 確認しました link's counting key.
+pub fn carrier_code(domain: &str) -> u16 {
+    let c = carrier_of(domain);
+    CARRIERS.iter().position(|n| *n == c).unwrap_or(CARRIERS.len() - 1) as u16
+}
+
+/// What one 確認しました confirmation counts under: the alert, a district
+/// and a carrier ([`carrier_code`]), packed into a token's subject. It
+/// names no reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmKey {
+    pub alert: AlertId,
+    pub district: u32,
+    pub carrier: u16,
+}
+
+impl ConfirmKey {
+    /// `alert` in the high 32 bits, the district in the next 16, the
+    /// carrier in the low 16.
+    pub fn subject(&self) -> u64 {
+        ((self.alert.get() as u64 & 0xFFFF_FFFF) << 32) | ((u64::from(self.district) & 0xFFFF) << 16) | u64::from(self.carrier)
+    }
+
+    pub fn from_subject(s: u64) -> Self {
+        ConfirmKey { alert: AlertId::new((s >> 32) as i64), district: ((s >> 16) & 0xFFFF) as u32, carrier: (s & 0xFFFF) as u16 }
+    }
+
+    /// The carrier's name, as [`CARRIERS`] has it.
+    pub fn carrier_name(&self) -> &'static str {
+        CARRIERS.get(usize::from(self.carrier)).copied().unwrap_or("その他")
+    }
 }
 
 /// Recipient counts of a preview, per carrier.
@@ -649,8 +712,7 @@ pub fn carrier_of(domain: &str) -> &'static str {
 impl CarrierCounts {
     /// Groups `(domain, count)` rows by carrier, in a fixed order.
     pub fn from_domains(rows: &[(String, i64)]) -> Self {
-        let order = ["docomo", "au", "SoftBank", "Y!mobile", "その他"];
-        let mut out: Vec<(&'static str, i64)> = order.iter().map(|c| (*c, 0)).collect();
+        let mut out: Vec<(&'static str, i64)> = CARRIERS.iter().map(|c| (*c, 0)).collect();
         for (domain, n) in rows {
             let c = carrier_of(domain);
             if let Some(slot) = out.iter_mut().find(|(k, _)| *k == c) {
@@ -755,7 +817,7 @@ mod tests {
     fn full_width_colon_kind_and_text() {
         let c = cfg();
         let d = parse_post(&c, "不審な男性", "\n種別：不審者情報\n地区：中央　昭和\n本日15時ごろ\n\n以上\n\n", NOW).unwrap();
-        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into(), occurred: Occurred::default() });
+        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into(), occurred: Occurred::default(), ask_confirm: false });
         assert_eq!(parse_post(&c, "", "地区: 1\nx", NOW), Err(FormatError::EmptyTitle));
         assert_eq!(parse_post(&c, "t", "本文だけ", NOW), Err(FormatError::MissingDistricts));
         assert_eq!(parse_post(&c, "t", "地区: 1\n", NOW), Err(FormatError::EmptyText));
@@ -799,19 +861,41 @@ mod tests {
         let content = content(&c, &d, false, NOW);
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a..b.@docomo.ne.jp").unwrap();
-        let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
-        let m = render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r);
+        let r = AlertRecipient { subscriber: SubscriberId::new(42), address: &to, link_nonce: [7; 8], confirm_district: None };
+        let m = render_for_subscriber(&c, &key, AlertId::new(9), None, &content, 1_800_000_000, &r);
         assert_eq!(m.message_id, "alert.9.42@mamoru.test");
-        assert_eq!(m.bytes, render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
-        let links = subscriber_links(&c, &key, 42, [7; 8], 1_800_000_000);
+        assert_eq!(m.bytes, render_for_subscriber(&c, &key, AlertId::new(9), None, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
+        let links = subscriber_links(&c, &key, SubscriberId::new(42), [7; 8], 1_800_000_000);
         let msg = mailparse::parse_mail(&m.bytes).unwrap();
         let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value()).unwrap();
         assert_eq!(h("To"), "<a..b.@docomo.ne.jp>");
         assert_eq!(h("List-Unsubscribe"), format!("<{}>", links.unsubscribe));
         assert!(msg.get_body().unwrap().contains(&links.manage));
         let other = EmailAddress::parse("c@ezweb.ne.jp").unwrap();
-        let r2 = AlertRecipient { subscriber: 43, address: &other, link_nonce: [8; 8] };
-        assert_ne!(render_for_subscriber(&c, &key, 9, None, &content, 1_800_000_000, &r2).bytes, m.bytes);
+        let r2 = AlertRecipient { subscriber: SubscriberId::new(43), address: &other, link_nonce: [8; 8], confirm_district: None };
+        assert_ne!(render_for_subscriber(&c, &key, AlertId::new(9), None, &content, 1_800_000_000, &r2).bytes, m.bytes);
+    }
+
+    #[test]
+    fn a_copy_that_asks_for_confirmation_carries_its_counting_link() {
+        let c = Config { domain: "mamoru.test".into(), ..cfg() };
+        let d = parse_post(&c, "声かけ", "確認: する\n地区: 1, 3\n本文", NOW).unwrap();
+        assert!(d.ask_confirm && d.text == "本文", "{d:?}");
+        assert!(!parse_post(&c, "声かけ", "地区: 1\n確認: しない\n本文", NOW).unwrap().ask_confirm);
+        let content = content(&c, &d, false, NOW);
+        let key = TokenKey::new(&[5; 32]);
+        let to = EmailAddress::parse("p@ezweb.ne.jp").unwrap();
+        let r = AlertRecipient { subscriber: SubscriberId::new(42), address: &to, link_nonce: [7; 8], confirm_district: Some(3) };
+        let m = render_for_subscriber(&c, &key, AlertId::new(9), None, &content, 1_800_000_000, &r);
+        assert_eq!(m.bytes, render_for_subscriber(&c, &key, AlertId::new(9), None, &content, 1_800_000_000, &r).bytes, "same row, same bytes");
+        let body = mailparse::parse_mail(&m.bytes).unwrap().get_body().unwrap();
+        let at = body.find("/k/").expect("a confirmation link");
+        let token: String = body[at + 3..].chars().take(51).collect();
+        let claims = key.verify(&token, crate::token::Purpose::Confirm, 1_800_000_000).unwrap();
+        let k = ConfirmKey::from_subject(claims.subject);
+        assert_eq!((k.alert, k.district, k.carrier_name()), (AlertId::new(9), 3, "au"));
+        assert_eq!(claims.expires_at, 1_800_000_000 + c.alerts.confirm_ttl_secs);
+        assert!(body.contains("確認しました"));
     }
 
     #[test]
@@ -840,14 +924,14 @@ mod tests {
         assert!(test.body.starts_with("これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n【続報】"), "{}", test.body);
         let key = TokenKey::new(&[5; 32]);
         let to = EmailAddress::parse("a@docomo.ne.jp").unwrap();
-        let r = AlertRecipient { subscriber: 42, address: &to, link_nonce: [7; 8] };
-        let m = render_for_subscriber(&c, &key, 10, Some(9), &content, published + 600, &r);
+        let r = AlertRecipient { subscriber: SubscriberId::new(42), address: &to, link_nonce: [7; 8], confirm_district: None };
+        let m = render_for_subscriber(&c, &key, AlertId::new(10), Some(AlertId::new(9)), &content, published + 600, &r);
         let msg = mailparse::parse_mail(&m.bytes).unwrap();
         let h = |k: &str| msg.headers.iter().find(|x| x.get_key().eq_ignore_ascii_case(k)).map(|x| x.get_value());
         assert_eq!(h("Message-ID").as_deref(), Some("<alert.10.42@mamoru.test>"));
         assert_eq!(h("In-Reply-To").as_deref(), Some("<alert.9.42@mamoru.test>"));
         assert_eq!(h("References").as_deref(), Some("<alert.9.42@mamoru.test>"));
-        let first = render_for_subscriber(&c, &key, 9, None, &content, published, &r);
+        let first = render_for_subscriber(&c, &key, AlertId::new(9), None, &content, published, &r);
         let first = mailparse::parse_mail(&first.bytes).unwrap();
         assert!(!first.headers.iter().any(|x| x.get_key().eq_ignore_ascii_case("In-Reply-To")));
     }

@@ -57,6 +57,8 @@ pub struct Config {
     pub web: WebConfig,
     pub relay: RelayConfig,
     pub store: StoreConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     pub bounces: BouncesConfig,
     pub alerts: AlertsConfig,
     pub districts: Vec<District>,
@@ -94,6 +96,10 @@ pub struct AlertsConfig {
     /// Published alerts stay in the public archive (`/alerts`, Atom) this
     /// many days.
     pub archive_days: i64,
+    /// The 確認しました link of an alert copy works this many seconds
+    /// after publication; then the record of which copies were counted is
+    /// deleted and only the counts stay.
+    pub confirm_ttl_secs: i64,
 }
 
 /// What authenticates a mailed alert post (`[alerts] require`). A security
@@ -133,6 +139,13 @@ fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     keyword(d, "IP:PORT, e.g. 127.0.0.1:2424 (IPv6 in brackets, [::1]:2424)", |s| s.parse().ok())
 }
 
+/// `[metrics] listen`: `IP:PORT`, or empty for none.
+fn optional_listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    keyword(d, "IP:PORT, e.g. 127.0.0.1:9464 (empty = no listener)", |s| {
+        if s.is_empty() { Some(None) } else { s.parse().ok().map(Some) }
+    })
+}
+
 /// `[relay] resolver`: `IP:PORT`, or empty for the system's.
 fn resolver_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     keyword(d, "IP:PORT, e.g. 127.0.0.1:53 (empty = /etc/resolv.conf)", |s| {
@@ -159,6 +172,125 @@ pub struct IngestConfig {
     /// One LMTP transaction (MAIL to the replies after DATA) may take at
     /// most this long, however steadily the client drips its bytes.
     pub lmtp_transaction_secs: u64,
+    /// Mailboxes watched over IMAP (`[[ingest.imap]]`), for a service whose
+    /// mail lives at a provider instead of an MTA of its own. Empty: none.
+    pub imap: Vec<ImapMailbox>,
+}
+
+/// One watched IMAP mailbox (`[[ingest.imap]]`): the account, the mailbox
+/// and the folders its messages are moved to once handled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapMailbox {
+    /// The name its state is kept under (`mamoru queue`) and logged with;
+    /// empty = the mailbox's name. Unique among the entries.
+    pub name: String,
+    /// The IMAP server's host name (also the name its certificate must carry).
+    pub server: String,
+    pub port: u16,
+    pub tls: ImapTls,
+    /// PEM CA certificates that verify the server (a private server);
+    /// empty = the system's roots.
+    pub ca_file: String,
+    /// The login name (often an address: it is never logged).
+    pub user: String,
+    /// File holding the password (one line; read at every connection).
+    pub password_file: String,
+    /// The mailbox watched.
+    pub mailbox: String,
+    /// Where a message goes once the store committed what it caused.
+    pub processed_folder: String,
+    /// Where a message goes that was deliberately not acted upon (junk,
+    /// no envelope header, over `max_message_bytes`, a rate limit).
+    pub dropped_folder: String,
+    /// Where a message goes that crashed its handler.
+    pub quarantine_folder: String,
+    /// The header the final MTA adds that names the envelope recipient.
+    /// The envelope sender is always taken from `Return-Path`.
+    pub envelope_header: EnvelopeHeader,
+    /// IDLE is ended and issued again after this many seconds (servers may
+    /// drop an IDLE after 29 minutes; at most 1500).
+    pub idle_secs: u64,
+    /// A full scan of the mailbox every this many seconds, since an IDLE
+    /// notification can be missed.
+    pub scan_secs: u64,
+}
+
+/// How the IMAP connection is encrypted (`[[ingest.imap]] tls`); there is
+/// no plain-text choice, the password would travel in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapTls {
+    /// TLS from the first byte (port 993).
+    Implicit,
+    /// Plain IMAP, then STARTTLS before anything else (port 143).
+    Starttls,
+}
+
+impl<'de> Deserialize<'de> for ImapTls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"implicit\" or \"starttls\"", |s| match s {
+            "implicit" => Some(Self::Implicit),
+            "starttls" => Some(Self::Starttls),
+            _ => None,
+        })
+    }
+}
+
+/// The header the final MTA adds that names the envelope recipient of a
+/// message in an IMAP mailbox (which keeps no envelope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeHeader {
+    /// `Delivered-To` (Postfix, Dovecot, Gmail): the final recipient.
+    DeliveredTo,
+    /// `X-Original-To` (Postfix): the recipient before alias expansion,
+    /// which keeps a `+tag`.
+    XOriginalTo,
+}
+
+impl EnvelopeHeader {
+    /// The header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DeliveredTo => "Delivered-To",
+            Self::XOriginalTo => "X-Original-To",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvelopeHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"Delivered-To\" or \"X-Original-To\"", |s| {
+            [Self::DeliveredTo, Self::XOriginalTo].into_iter().find(|h| h.name().eq_ignore_ascii_case(s))
+        })
+    }
+}
+
+impl Default for ImapMailbox {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            server: String::new(),
+            port: 993,
+            tls: ImapTls::Implicit,
+            ca_file: String::new(),
+            user: String::new(),
+            password_file: String::new(),
+            mailbox: "INBOX".into(),
+            processed_folder: "mamoru-processed".into(),
+            dropped_folder: "mamoru-dropped".into(),
+            quarantine_folder: "mamoru-quarantine".into(),
+            envelope_header: EnvelopeHeader::DeliveredTo,
+            idle_secs: 1500,
+            scan_secs: 300,
+        }
+    }
+}
+
+impl ImapMailbox {
+    /// The name its state is kept and logged under.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() { &self.mailbox } else { &self.name }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +308,13 @@ pub struct LimitsConfig {
     /// At most this many PC-form requests per clock hour from one client
     /// address (IPv6 by /64).
     pub register_web_client_hourly_cap: i64,
+    /// At most one 受信テスト mail per mailbox within this many seconds.
+    pub reception_cooldown_secs: i64,
+    /// At most this many 受信テスト mails per mailbox per day (UTC+9).
+    pub reception_daily_cap: i64,
+    /// At most this many 受信テスト mails per clock hour in all (a client
+    /// may ask for at most `register_web_client_hourly_cap` of them).
+    pub reception_global_hourly_cap: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +322,11 @@ pub struct LimitsConfig {
 pub struct TokensConfig {
     /// Lifetime of the link in a 登録受付 mail.
     pub register_ttl_secs: i64,
+    /// Lifetime of a 受信テスト (its 届きました link and its waiting page).
+    pub reception_ttl_secs: i64,
+    /// How long the waiting page waits for 届きました before it shows the
+    /// carrier's help.
+    pub reception_wait_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +429,51 @@ pub struct StoreConfig {
     /// How long a writer waits for a lock held by another process before the
     /// operation fails as transient (ingest exits 75, LMTP answers 451).
     pub busy_timeout_ms: u64,
+}
+
+/// The operator's listener of `mamoru serve`: `/metrics`, `/healthz`,
+/// `/readyz`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT`; `None` (an empty string in the file, the default) = no
+    /// metrics listener. Never the web listener's port.
+    #[serde(deserialize_with = "optional_listen_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// How log lines are written (stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (one human-readable line per event) or `"json"` (one JSON
+    /// object per line, for log shippers). `MAMORU_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        keyword(d, "\"text\" or \"json\"", Self::parse)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +605,8 @@ impl Default for Config {
             web: WebConfig::default(),
             relay: RelayConfig::default(),
             store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             bounces: BouncesConfig::default(),
             districts: KURE_DISTRICTS
                 .iter()
@@ -438,6 +629,7 @@ impl Default for IngestConfig {
             lmtp_max_connections_per_client: 50,
             lmtp_idle_secs: 300,
             lmtp_transaction_secs: 600,
+            imap: Vec::new(),
         }
     }
 }
@@ -450,13 +642,16 @@ impl Default for LimitsConfig {
             register_global_hourly_cap: 2000,
             register_web_global_hourly_cap: 500,
             register_web_client_hourly_cap: 20,
+            reception_cooldown_secs: 120,
+            reception_daily_cap: 5,
+            reception_global_hourly_cap: 300,
         }
     }
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { register_ttl_secs: 24 * 3600 }
+        Self { register_ttl_secs: 24 * 3600, reception_ttl_secs: 24 * 3600, reception_wait_secs: 180 }
     }
 }
 
@@ -510,6 +705,7 @@ impl Default for AlertsConfig {
             stale_incident_secs: 24 * 3600,
             dkim_keys: Default::default(),
             archive_days: 30,
+            confirm_ttl_secs: 3 * 86_400,
         }
     }
 }
@@ -548,7 +744,9 @@ impl Config {
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        for path in [&mut cfg.relay.smtp_tls_ca_file, &mut cfg.relay.smtp_password_file, &mut cfg.web.tls_cert, &mut cfg.web.tls_key] {
+        let imap_paths = cfg.ingest.imap.iter_mut().flat_map(|m| [&mut m.ca_file, &mut m.password_file]);
+        let paths = [&mut cfg.relay.smtp_tls_ca_file, &mut cfg.relay.smtp_password_file, &mut cfg.web.tls_cert, &mut cfg.web.tls_key];
+        for path in paths.into_iter().chain(imap_paths) {
             if !path.is_empty() && Path::new(path.as_str()).is_relative() {
                 *path = base.join(path.as_str()).to_string_lossy().into_owned();
             }
@@ -601,6 +799,14 @@ impl Config {
         positive("limits.register_web_global_hourly_cap", self.limits.register_web_global_hourly_cap, false)?;
         positive("limits.register_web_client_hourly_cap", self.limits.register_web_client_hourly_cap, false)?;
         positive("tokens.register_ttl_secs", self.tokens.register_ttl_secs, false)?;
+        positive("limits.reception_cooldown_secs", self.limits.reception_cooldown_secs, true)?;
+        positive("limits.reception_daily_cap", self.limits.reception_daily_cap, false)?;
+        positive("limits.reception_global_hourly_cap", self.limits.reception_global_hourly_cap, false)?;
+        positive("tokens.reception_ttl_secs", self.tokens.reception_ttl_secs, false)?;
+        positive("tokens.reception_wait_secs", self.tokens.reception_wait_secs, false)?;
+        if self.tokens.reception_wait_secs >= self.tokens.reception_ttl_secs {
+            return Err(invalid("tokens.reception_wait_secs", "must be less than tokens.reception_ttl_secs"));
+        }
         positive("relay.retry_base_secs", self.relay.retry_base_secs, false)?;
         positive("relay.retry_max_secs", self.relay.retry_max_secs, false)?;
         positive("relay.max_age_secs", self.relay.max_age_secs, false)?;
@@ -616,9 +822,17 @@ impl Config {
         if sel.len() > 50 || !sel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || sel.starts_with('-') {
             return Err(invalid("relay.dkim_selector", "letters, digits and - only (empty = no DKIM)"));
         }
+        if let Some(m) = self.metrics.listen {
+            for (key, other) in [("web.listen", self.web.listen), ("ingest.lmtp_listen", self.ingest.lmtp_listen)] {
+                if m.port() != 0 && m.port() == other.port() && (m.ip() == other.ip() || m.ip().is_unspecified() || other.ip().is_unspecified()) {
+                    return Err(invalid("metrics.listen", format!("must not be the port of `{key}` (the metrics are for the operator, not the public)")));
+                }
+            }
+        }
         carriers::validate(&self.carriers).map_err(|(key, reason)| invalid(key, reason))?;
         self.validate_alerts()?;
         self.validate_smtp()?;
+        self.validate_imap()?;
         if self.districts.is_empty() {
             return Err(invalid("districts", "at least one [[districts]] entry is needed"));
         }
@@ -643,6 +857,53 @@ impl Config {
             }
             if self.districts[..i].iter().any(|o| o.name == d.name) {
                 return Err(invalid(format!("districts[{i}].name"), format!("name {:?} is used twice", d.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each `[[ingest.imap]]` entry: an account to log in to, names that
+    /// are IMAP mailbox names, and a distinct name for its state.
+    fn validate_imap(&self) -> Result<(), ConfigError> {
+        for (i, m) in self.ingest.imap.iter().enumerate() {
+            let key = |k: &str| format!("ingest.imap[{i}].{k}");
+            for (k, v) in [("server", &m.server), ("user", &m.user), ("password_file", &m.password_file)] {
+                if v.trim().is_empty() {
+                    return Err(invalid(key(k), "must be set"));
+                }
+            }
+            if m.server.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(invalid(key("server"), "must be a host name or IP address"));
+            }
+            if m.port == 0 {
+                return Err(invalid(key("port"), "must be positive"));
+            }
+            let folders = [
+                ("mailbox", &m.mailbox),
+                ("processed_folder", &m.processed_folder),
+                ("dropped_folder", &m.dropped_folder),
+                ("quarantine_folder", &m.quarantine_folder),
+            ];
+            for (k, v) in folders {
+                // An IMAP astring may hold anything but controls; a quote or
+                // backslash would need quoting the client does not do.
+                if v.is_empty() || v.len() > 200 || v.contains(|c: char| c.is_control() || c == '"' || c == '\\') {
+                    return Err(invalid(key(k), "must be a mailbox name (no quotes, backslashes or control characters)"));
+                }
+            }
+            for (k, v) in &folders[1..] {
+                if *v == &m.mailbox {
+                    return Err(invalid(key(k), "must differ from the watched mailbox"));
+                }
+            }
+            if !(1..=1500).contains(&m.idle_secs) {
+                return Err(invalid(key("idle_secs"), "must be 1 to 1500 (servers may end an IDLE after 29 minutes)"));
+            }
+            if m.scan_secs == 0 {
+                return Err(invalid(key("scan_secs"), "must be positive"));
+            }
+            if self.ingest.imap[..i].iter().any(|o| o.label() == m.label()) {
+                return Err(invalid(key("name"), "two entries have this name (it defaults to the mailbox): set distinct names"));
             }
         }
         Ok(())
@@ -697,6 +958,7 @@ impl Config {
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
         positive("alerts.stale_incident_secs", a.stale_incident_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
+        positive("alerts.confirm_ttl_secs", a.confirm_ttl_secs, false)?;
         positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;
         if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
             return Err(invalid("web.tls_cert", "tls_cert and tls_key go together"));
@@ -794,11 +1056,79 @@ mod tests {
         assert_eq!(format!("{t:?}"), format!("{d:?}"));
     }
 
+    const IMAP: &str = "[[ingest.imap]]\nserver = \"imap.example.jp\"\nuser = \"ans@example.jp\"\npassword_file = \"imap.pass\"\n";
+
+    #[test]
+    fn imap_mailboxes_are_typed_with_defaults() {
+        let c = parse(IMAP).unwrap();
+        let [m] = c.ingest.imap.as_slice() else { panic!("one mailbox: {:?}", c.ingest.imap) };
+        assert_eq!((m.port, m.tls, m.mailbox.as_str(), m.label()), (993, ImapTls::Implicit, "INBOX", "INBOX"));
+        assert_eq!(m.envelope_header, EnvelopeHeader::DeliveredTo);
+        assert_eq!(m.password_file, "/srv/mamoru/imap.pass", "relative to the config file");
+        assert_eq!((m.idle_secs, m.scan_secs), (1500, 300));
+        let two = format!("{IMAP}name = \"ans\"\n{IMAP}mailbox = \"Bounces\"\ntls = \"starttls\"\nport = 143\nenvelope_header = \"x-original-to\"\nca_file = \"ca.pem\"\n");
+        let c = parse(&two).unwrap();
+        assert_eq!(c.ingest.imap.len(), 2);
+        let b = &c.ingest.imap[1];
+        assert_eq!((b.tls, b.port, b.envelope_header, b.label()), (ImapTls::Starttls, 143, EnvelopeHeader::XOriginalTo, "Bounces"));
+        assert_eq!(b.ca_file, "/srv/mamoru/ca.pem");
+        assert!(parse("").unwrap().ingest.imap.is_empty());
+    }
+
+    #[test]
+    fn the_templates_imap_example_is_the_defaults() {
+        let block: String = TEMPLATE
+            .lines()
+            .skip_while(|l| *l != "# [[ingest.imap]]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let m = parse(&block).unwrap().ingest.imap.remove(0);
+        let expected = ImapMailbox {
+            server: "imap.example.jp".into(),
+            user: "ans@example.jp".into(),
+            password_file: "/srv/mamoru/imap.pass".into(),
+            ..ImapMailbox::default()
+        };
+        assert_eq!(m, expected);
+    }
+
+    #[test]
+    fn imap_errors_name_the_key() {
+        let e = err(&format!("{IMAP}tls = \"none\""));
+        assert!(e.contains("ingest.imap[0].tls") && e.contains("\"implicit\" or \"starttls\""), "{e}");
+        assert!(err(&format!("{IMAP}envelope_header = \"Return-Path\"")).contains("ingest.imap[0].envelope_header"));
+        assert!(err("[[ingest.imap]]\nuser = \"u\"\npassword_file = \"p\"").contains("ingest.imap[0].server"));
+        assert!(err("[[ingest.imap]]\nserver = \"h\"\npassword_file = \"p\"").contains("ingest.imap[0].user"));
+        assert!(err("[[ingest.imap]]\nserver = \"h\"\nuser = \"u\"").contains("ingest.imap[0].password_file"));
+        assert!(err(&format!("{IMAP}idle_secs = 1800")).contains("ingest.imap[0].idle_secs"));
+        assert!(err(&format!("{IMAP}scan_secs = 0")).contains("ingest.imap[0].scan_secs"));
+        assert!(err(&format!("{IMAP}dropped_folder = \"INBOX\"")).contains("ingest.imap[0].dropped_folder"));
+        assert!(err(&format!("{IMAP}processed_folder = \"a\\\"b\"")).contains("ingest.imap[0].processed_folder"));
+        assert!(err(&IMAP.replace("imap.example.jp", "a b")).contains("ingest.imap[0].server"));
+        assert!(err(&format!("{IMAP}bogus = 1")).contains("bogus"));
+        let e = err(&format!("{IMAP}{IMAP}"));
+        assert!(e.contains("ingest.imap[1].name"), "{e}");
+        // The user (an address) is never repeated in an error.
+        assert!(!err(&format!("{IMAP}port = 0")).contains("ans@example.jp"));
+    }
+
     #[test]
     fn errors_name_the_key() {
         assert!(err("[ingest]\nlmtp_lisen = \"x\"").contains("lmtp_lisen"));
         assert!(err("[ingest]\nlmtp_listen = \"nope\"").contains("ingest.lmtp_listen"));
         assert!(err("[web]\nlisten = \"1.2.3.4\"").contains("web.listen"));
+        assert!(err("[metrics]\nlisten = \"9464\"").contains("metrics.listen"));
+        assert!(err("[log]\nformat = \"xml\"").contains("log.format"));
+        // The metrics are never served on the public web port.
+        assert!(err("[metrics]\nlisten = \"127.0.0.1:8080\"").contains("metrics.listen"));
+        assert!(err("[web]\nlisten = \"0.0.0.0:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"").contains("metrics.listen"));
+        assert!(err("[metrics]\nlisten = \"127.0.0.1:2424\"").contains("metrics.listen"));
+        let ok = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n[log]\nformat = \"json\"").unwrap();
+        assert_eq!((ok.metrics.listen, ok.log.format), (Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9464))), LogFormat::Json));
+        assert_eq!(parse("[metrics]\nlisten = \"\"").unwrap().metrics.listen, None);
         assert!(err("domain = \"bad domain\"").contains("`domain`"));
         assert!(err("public_url = \"ftp://x\"").contains("public_url"));
         assert!(err("[relay]\ntransport = \"smtp://host\"").contains("relay.transport"));

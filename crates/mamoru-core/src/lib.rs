@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the TOML configuration, validated into typed values.
 //! - [`carriers`]: carrier pools, their domains and limits (pure).
+//! - [`ids`]: typed row ids (subscriber, alert, admin, outbox).
 //! - [`rate`]: a token bucket that takes the time as a parameter.
 //! - [`address`]: [`EmailAddress`], lenient enough for old docomo/au local parts,
 //!   and [`address::scrub`], which hides an address in text from a peer.
@@ -12,6 +13,7 @@
 //!   limits) and the addresses that never get a reply.
 //! - [`token`]: HMAC-SHA256 tokens bound to a purpose, a subject and a nonce.
 //! - [`seal`]: AEAD encryption and blind index of addresses.
+//! - [`help`]: per carrier, the steps to allow our domain (受信許可).
 //! - [`links`]: the personal manage/unsubscribe links of alert footers.
 //! - [`verp`]: signed VERP return paths naming the outbox row.
 //! - [`mail`]: the Japanese mails (登録受付, 登録完了) as RFC 5322 bytes.
@@ -26,6 +28,8 @@ pub mod carriers;
 pub mod alert;
 pub mod config;
 pub mod conn_limit;
+pub mod ids;
+pub mod help;
 pub mod jst;
 pub mod keys;
 pub mod links;
@@ -39,6 +43,7 @@ pub mod verp;
 
 pub use address::EmailAddress;
 pub use config::Config;
+pub use ids::{AdminId, AlertId, OutboxId, SubscriberId, TestId};
 
 /// Seconds since the Unix epoch. Time is a parameter everywhere so tests
 /// control the clock.

@@ -8,18 +8,23 @@
 //! one value serves every alert, and rotating it (on deletion or
 //! re-registration) revokes every link sent so far.
 
-use crate::UnixTime;
+use crate::{AlertId, SubscriberId, UnixTime};
 use crate::config::Config;
 use crate::token::{Claims, Nonce, Purpose, TokenKey};
 
 /// A page reached by a signed token: `/r/` registration, `/m/` manage,
-/// `/u/` one-click unsubscribe, `/p/` publish an alert.
+/// `/u/` one-click unsubscribe, `/p/` publish an alert, `/t/` 届きました
+/// (a reception test arrived), `/w/` waiting for a reception test, `/k/`
+/// 確認しました (an alert was read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Register(&'a str),
     Manage(&'a str),
     Unsubscribe(&'a str),
     Publish(&'a str),
+    Arrived(&'a str),
+    Waiting(&'a str),
+    Confirm(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -30,6 +35,9 @@ impl<'a> Route<'a> {
             Purpose::Manage => Route::Manage(token),
             Purpose::Unsubscribe => Route::Unsubscribe(token),
             Purpose::Publish => Route::Publish(token),
+            Purpose::Arrived => Route::Arrived(token),
+            Purpose::Waiting => Route::Waiting(token),
+            Purpose::Confirm => Route::Confirm(token),
         }
     }
 
@@ -41,12 +49,21 @@ impl<'a> Route<'a> {
             Route::Manage(_) => Purpose::Manage,
             Route::Unsubscribe(_) => Purpose::Unsubscribe,
             Route::Publish(_) => Purpose::Publish,
+            Route::Arrived(_) => Purpose::Arrived,
+            Route::Waiting(_) => Purpose::Waiting,
+            Route::Confirm(_) => Purpose::Confirm,
         }
     }
 
     pub fn token(&self) -> &'a str {
         match *self {
-            Route::Register(t) | Route::Manage(t) | Route::Unsubscribe(t) | Route::Publish(t) => t,
+            Route::Register(t)
+            | Route::Manage(t)
+            | Route::Unsubscribe(t)
+            | Route::Publish(t)
+            | Route::Arrived(t)
+            | Route::Waiting(t)
+            | Route::Confirm(t) => t,
         }
     }
 
@@ -56,6 +73,9 @@ impl<'a> Route<'a> {
             Route::Manage(_) => "/m/",
             Route::Unsubscribe(_) => "/u/",
             Route::Publish(_) => "/p/",
+            Route::Arrived(_) => "/t/",
+            Route::Waiting(_) => "/w/",
+            Route::Confirm(_) => "/k/",
         }
     }
 
@@ -77,6 +97,9 @@ impl<'a> Route<'a> {
             "/m/" => Route::Manage(token),
             "/u/" => Route::Unsubscribe(token),
             "/p/" => Route::Publish(token),
+            "/t/" => Route::Arrived(token),
+            "/w/" => Route::Waiting(token),
+            "/k/" => Route::Confirm(token),
             _ => return None,
         };
         Some(route)
@@ -95,13 +118,36 @@ pub struct SubscriberLinks {
     pub unsubscribe: String,
 }
 
-pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: u64, link_nonce: Nonce, now: UnixTime) -> SubscriberLinks {
+pub fn subscriber_links(cfg: &Config, key: &TokenKey, subscriber: SubscriberId, link_nonce: Nonce, now: UnixTime) -> SubscriberLinks {
     let expires_at = now + LINK_TTL_SECS;
-    let sign = |purpose| key.sign(&Claims { purpose, subject: subscriber, nonce: link_nonce, expires_at });
+    let sign = |purpose| key.sign(&Claims { purpose, subject: subscriber.subject(), nonce: link_nonce, expires_at });
     SubscriberLinks {
         manage: Route::Manage(&sign(Purpose::Manage)).url(cfg),
         unsubscribe: Route::Unsubscribe(&sign(Purpose::Unsubscribe)).url(cfg),
     }
+}
+
+/// The nonce of one alert copy's 確認しました link: a keyed hash of the
+/// alert, the subscriber and their footer-link nonce, so a copy sent twice
+/// carries the same link (and counts once) while the link itself names
+/// nobody to whoever lacks the token key.
+pub fn copy_nonce(key: &TokenKey, alert: AlertId, subscriber: SubscriberId, link_nonce: &Nonce) -> Nonce {
+    let mut data = Vec::with_capacity(40);
+    data.extend_from_slice(b"confirm-copy\0");
+    data.extend_from_slice(&alert.get().to_be_bytes());
+    data.extend_from_slice(&subscriber.get().to_be_bytes());
+    data.extend_from_slice(link_nonce);
+    let tag = key.mac(&data);
+    let mut nonce = [0u8; 8];
+    nonce.copy_from_slice(&tag.as_ref()[..8]);
+    nonce
+}
+
+/// `{public_url}/k/{token}`: an alert copy's 確認しました link. The token's
+/// subject is the counting key, its nonce the copy's.
+pub fn confirm_url(cfg: &Config, key: &TokenKey, counting: crate::alert::ConfirmKey, nonce: Nonce, expires_at: UnixTime) -> String {
+    let token = key.sign(&Claims { purpose: Purpose::Confirm, subject: counting.subject(), nonce, expires_at });
+    Route::Confirm(&token).url(cfg)
 }
 
 #[cfg(test)]
@@ -110,7 +156,15 @@ mod tests {
 
     #[test]
     fn routes_parse_what_they_build() {
-        for purpose in [Purpose::Register, Purpose::Manage, Purpose::Unsubscribe, Purpose::Publish] {
+        for purpose in [
+            Purpose::Register,
+            Purpose::Manage,
+            Purpose::Unsubscribe,
+            Purpose::Publish,
+            Purpose::Arrived,
+            Purpose::Waiting,
+            Purpose::Confirm,
+        ] {
             let r = Route::of(purpose, "TOKEN");
             assert_eq!(Route::parse(&r.path()), Some(r));
             assert_eq!(r.purpose(), purpose);
@@ -123,10 +177,27 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_nonce_is_stable_per_copy_and_differs_between_copies() {
+        let key = TokenKey::new(&[3; 32]);
+        let a = copy_nonce(&key, AlertId::new(5), SubscriberId::new(7), &[1; 8]);
+        assert_eq!(a, copy_nonce(&key, AlertId::new(5), SubscriberId::new(7), &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, AlertId::new(5), SubscriberId::new(8), &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, AlertId::new(6), SubscriberId::new(7), &[1; 8]));
+        assert_ne!(a, copy_nonce(&key, AlertId::new(5), SubscriberId::new(7), &[2; 8]));
+        assert_ne!(a, copy_nonce(&TokenKey::new(&[4; 32]), AlertId::new(5), SubscriberId::new(7), &[1; 8]));
+        let k = crate::alert::ConfirmKey { alert: AlertId::new(123_456), district: 10, carrier: 3 };
+        assert_eq!(crate::alert::ConfirmKey::from_subject(k.subject()), k);
+        let url = confirm_url(&Config::default(), &key, k, a, 1_800_000_000);
+        let t = url.strip_prefix("http://127.0.0.1:8080/k/").unwrap();
+        let c = key.verify(t, Purpose::Confirm, 1_700_000_000).unwrap();
+        assert_eq!((crate::alert::ConfirmKey::from_subject(c.subject), c.nonce), (k, a));
+    }
+
+    #[test]
     fn links_verify_for_their_purpose_only() {
         let cfg = Config::default();
         let key = TokenKey::new(&[3; 32]);
-        let l = subscriber_links(&cfg, &key, 7, [9; 8], 1_800_000_000);
+        let l = subscriber_links(&cfg, &key, SubscriberId::new(7), [9; 8], 1_800_000_000);
         let m = l.manage.strip_prefix("http://127.0.0.1:8080/m/").unwrap();
         let u = l.unsubscribe.strip_prefix("http://127.0.0.1:8080/u/").unwrap();
         let c = key.verify(m, Purpose::Manage, 1_800_000_000).unwrap();

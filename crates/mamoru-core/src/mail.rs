@@ -32,6 +32,8 @@ pub enum MailKind {
     AlertPreview,
     /// To an admin: why a post was refused.
     AlertRejected,
+    /// 受信テスト: a test mail with a one-time 届きました link.
+    ReceptionTest,
 }
 
 impl MailKind {
@@ -45,6 +47,7 @@ impl MailKind {
             Self::Alert => "alert",
             Self::AlertPreview => "alert_preview",
             Self::AlertRejected => "alert_rejected",
+            Self::ReceptionTest => "reception_test",
         }
     }
 
@@ -58,6 +61,7 @@ impl MailKind {
             "alert" => Some(Self::Alert),
             "alert_preview" => Some(Self::AlertPreview),
             "alert_rejected" => Some(Self::AlertRejected),
+            "reception_test" => Some(Self::ReceptionTest),
             _ => None,
         }
     }
@@ -101,16 +105,30 @@ pub fn registration_received(cfg: &Config, to: &EmailAddress, token: &str, now: 
          \n\
          お心当たりのない場合は、このメールを\n\
          破棄してください。登録はされません。\n\
+         \n\
+         お知らせが迷惑メールにされないよう、\n\
+         受信設定の方法をご覧ください。\n\
+         {help}\n\
          {footer}",
         url = Route::Register(token).url(cfg),
         ans = cfg.register_address(),
+        help = help_url(cfg, to),
         footer = footer(cfg),
     );
     render(cfg, MailKind::RegistrationReceived, to, &format!("【{name}】登録受付"), &body, "auto-replied", now, message_id)
 }
 
-/// 登録完了: sent once districts are saved.
-pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&District], now: UnixTime, message_id: String) -> OutgoingMail {
+/// 登録完了: sent once districts are saved. `manage_url` is the
+/// subscriber's long-lived manage link (`links::subscriber_links`), so a
+/// parent who picked the wrong district fixes it from this mail at once.
+pub fn registration_completed(
+    cfg: &Config,
+    to: &EmailAddress,
+    districts: &[&District],
+    manage_url: &str,
+    now: UnixTime,
+    message_id: String,
+) -> OutgoingMail {
     let name = &cfg.service_name;
     let list: String = districts.iter().map(|d| format!("・{}\n", d.name)).collect();
     let body = format!(
@@ -119,7 +137,13 @@ pub fn registration_completed(cfg: &Config, to: &EmailAddress, districts: &[&Dis
          受け取る地区:\n\
          {list}\
          \n\
-         地区を変えるときは、空メールを\n\
+         地区の変更や登録の削除は、\n\
+         下のリンクからできます。\n\
+         このメールは消さずに残してください。\n\
+         \n\
+         {manage_url}\n\
+         \n\
+         リンクがなくなったときは、空メールを\n\
          次のアドレスへ送ってください。\n\
          {ans}\n\
          {footer}",
@@ -190,6 +214,37 @@ pub fn registration_deleted(cfg: &Config, to: &EmailAddress, now: UnixTime, mess
         footer = footer(cfg),
     );
     render(cfg, MailKind::RegistrationDeleted, to, &format!("【{name}】登録削除"), &body, "auto-generated", now, message_id)
+}
+
+/// 受信テスト: the test mail a parent asked for, with its one-time
+/// 届きました link (`/t/`).
+pub fn reception_test(cfg: &Config, to: &EmailAddress, token: &str, now: UnixTime, message_id: String) -> OutgoingMail {
+    let name = &cfg.service_name;
+    let body = format!(
+        "{name}の受信テストです。\n\
+         \n\
+         このメールが届いていれば、お知らせも\n\
+         受け取れます。下のリンクを開き、\n\
+         「届きました」を押してください。\n\
+         \n\
+         {url}\n\
+         \n\
+         お心当たりのない場合は、このメールを\n\
+         破棄してください。何も登録されません。\n\
+         {footer}",
+        url = Route::Arrived(token).url(cfg),
+        footer = footer(cfg),
+    );
+    render(cfg, MailKind::ReceptionTest, to, &format!("【{name}】受信テスト"), &body, "auto-generated", now, message_id)
+}
+
+/// The help page for the carrier of `to` (`/help/docomo`), or the list
+/// of every help page when its domain names none.
+pub fn help_url(cfg: &Config, to: &EmailAddress) -> String {
+    match crate::help::Carrier::of_domain(to.domain()) {
+        Some(c) => format!("{}/help/{}", cfg.base_url(), c.slug()),
+        None => format!("{}/help/", cfg.base_url()),
+    }
 }
 
 fn footer(cfg: &Config) -> String {
@@ -264,6 +319,7 @@ mod tests {
         assert!(h.contains("Date: "), "{h}");
         assert!(body.contains("http://127.0.0.1:8080/r/TOKEN"), "{body}");
         assert!(body.contains("24時間"), "{body}");
+        assert!(body.contains("http://127.0.0.1:8080/help/docomo"), "{body}");
         for line in body.lines() {
             assert!(line.chars().count() <= 40, "long line for a phone: {line}");
         }
@@ -292,13 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn the_reception_test_carries_its_link() {
+        let cfg = Config::default();
+        let to = EmailAddress::parse("a@ezweb.ne.jp").unwrap();
+        let m = reception_test(&cfg, &to, "TOKEN", 1_700_000_000, message_id(&[5; 12], &cfg));
+        let (h, body) = headers_and_body(&m.bytes);
+        assert!(h.contains("Subject: 【守るネット】受信テスト\n"), "{h}");
+        assert!(body.contains("http://127.0.0.1:8080/t/TOKEN"), "{body}");
+        assert_eq!(MailKind::parse(m.kind.as_str()), Some(MailKind::ReceptionTest));
+        for line in body.lines() {
+            assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+        }
+        assert_eq!(help_url(&cfg, &EmailAddress::parse("b@example.jp").unwrap()), "http://127.0.0.1:8080/help/");
+    }
+
+    #[test]
     fn registration_completed_lists_districts() {
         let cfg = Config::default();
         let to = EmailAddress::parse("a@ezweb.ne.jp").unwrap();
         let ds = [&cfg.districts[0], &cfg.districts[2]];
-        let m = registration_completed(&cfg, &to, &ds, 1_700_000_000, message_id(&[1; 12], &cfg));
+        let m = registration_completed(&cfg, &to, &ds, "http://127.0.0.1:8080/m/TOKEN", 1_700_000_000, message_id(&[1; 12], &cfg));
         let (h, body) = headers_and_body(&m.bytes);
         assert!(h.contains("Subject: 【守るネット】登録完了\n"), "{h}");
+        assert!(body.contains("http://127.0.0.1:8080/m/TOKEN"), "{body}");
+        for line in body.lines() {
+            assert!(line.chars().count() <= 40, "long line for a phone: {line}");
+        }
         assert!(body.contains("・中央地区") && body.contains("・昭和地区") && !body.contains("郷原"), "{body}");
     }
 }

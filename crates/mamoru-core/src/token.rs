@@ -31,6 +31,14 @@ pub enum Purpose {
     Unsubscribe = 3,
     /// Publish a previewed alert (the link in an admin's preview mail).
     Publish = 4,
+    /// 届きました: the link in a reception-test mail (subject: the test).
+    Arrived = 5,
+    /// The page where a parent waits for a reception test (subject: the
+    /// test); it shows the state and never confirms.
+    Waiting = 6,
+    /// 確認しました: the link in an alert copy that asks for confirmation
+    /// (subject: the counting key, nonce: the copy's).
+    Confirm = 7,
 }
 
 impl Purpose {
@@ -40,6 +48,9 @@ impl Purpose {
             2 => Some(Self::Manage),
             3 => Some(Self::Unsubscribe),
             4 => Some(Self::Publish),
+            5 => Some(Self::Arrived),
+            6 => Some(Self::Waiting),
+            7 => Some(Self::Confirm),
             _ => None,
         }
     }
@@ -50,6 +61,9 @@ impl Purpose {
             Self::Manage => "manage",
             Self::Unsubscribe => "unsubscribe",
             Self::Publish => "publish",
+            Self::Arrived => "arrived",
+            Self::Waiting => "waiting",
+            Self::Confirm => "confirm",
         }
     }
 }

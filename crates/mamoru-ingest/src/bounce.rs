@@ -4,21 +4,12 @@
 //! whose tag does not verify, is dropped without being parsed, so nobody can
 //! suspend a subscriber by guessing outbox ids.
 
-use mamoru_core::token::TokenKey;
-use mamoru_core::{Config, UnixTime, verp};
-use mamoru_store::Store;
-use mamoru_store::bounces::{BounceClass, BounceEffect, SoftBouncePolicy};
+use mamoru_app::App;
+use mamoru_core::{UnixTime, verp};
+use mamoru_store::bounces::BounceClass;
 
 use crate::Outcome;
 use crate::dsn::{self, Class};
-
-/// What [`handle`] needs; borrowed from the registrar.
-pub struct Context<'a> {
-    pub cfg: &'a Config,
-    pub store: &'a Store,
-    pub tokens: &'a TokenKey,
-    pub now: UnixTime,
-}
 
 /// Is `recipient` (with or without angle brackets) a `bounce+…@DOMAIN`
 /// address? Only the shape is checked here, at RCPT time; the tag is checked
@@ -32,29 +23,30 @@ pub fn is_bounce_recipient(domain: &str, recipient: &str) -> bool {
         && dom.trim_end_matches('.').eq_ignore_ascii_case(domain.trim_end_matches('.'))
 }
 
-/// Verifies, parses and records one bounce.
-pub fn handle(ctx: &Context<'_>, recipient: &str, message: &[u8]) -> Outcome {
+/// Verifies the return path, parses the report and records one bounce
+/// (the flow is `mamoru_app::bounces`; this side reads the bytes).
+pub fn handle(app: &App, recipient: &str, message: &[u8], now: UnixTime) -> Outcome {
     let r = recipient.trim().trim_start_matches('<').trim_end_matches('>');
     let local = r.rsplit_once('@').map_or(r, |(l, _)| l);
-    let Some(outbox_id) = verp::decode(ctx.tokens, local) else {
-        tracing::warn!("bounce with a bad VERP tag dropped (forged or mangled)");
+    let Some(outbox_id) = app.bounced_row(local) else {
         return Outcome::Dropped("forged-bounce".into());
     };
+    let outbox = outbox_id.get();
     // The parser is pure but fed hostile bytes: a panic is a drop, not a retry.
     let report = match std::panic::catch_unwind(|| dsn::parse(message)) {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
-            tracing::warn!(outbox_id, reason = e.as_str(), "bounce beyond the MIME bounds ({e}); dropped unparsed");
+            tracing::warn!(outbox, reason = e.as_str(), "bounce beyond the MIME bounds ({e}); dropped unparsed");
             return Outcome::Dropped(format!("bounce: {}", e.as_str()));
         }
         Err(_) => {
-            tracing::error!(outbox_id, "bounce parser panicked; bounce dropped");
+            tracing::error!(outbox, "bounce parser panicked; bounce dropped");
             return Outcome::Dropped("bounce-parser-panic".into());
         }
     };
     let class = match report.class {
         Class::NotABounce => {
-            tracing::info!(outbox_id, "reply to the return path is not a bounce (auto-reply); dropped");
+            tracing::info!(outbox, "reply to the return path is not a bounce (auto-reply); dropped");
             return Outcome::Dropped("not-a-bounce".into());
         }
         Class::UnknownUser => BounceClass::UnknownUser,
@@ -63,32 +55,9 @@ pub fn handle(ctx: &Context<'_>, recipient: &str, message: &[u8]) -> Outcome {
         Class::Temporary => BounceClass::Temporary,
         Class::Other => BounceClass::Other,
     };
-    let policy = SoftBouncePolicy { threshold: ctx.cfg.bounces.soft_threshold, window_secs: ctx.cfg.bounces.soft_window_secs };
-    match ctx.store.record_bounce(outbox_id, class, &report.status, ctx.now, policy) {
-        Ok(effect) => {
-            let class = class.as_str();
-            // The peer's text, reduced to a status code as the store keeps it.
-            let status = mamoru_store::bounces::status_code(&report.status);
-            let status = status.as_str();
-            match &effect {
-                BounceEffect::Unknown => tracing::info!(outbox_id, class, status, "bounce for no current subscriber; ignored"),
-                BounceEffect::Duplicate => tracing::info!(outbox_id, class, "bounce already recorded"),
-                BounceEffect::CarrierBlock { domain } => {
-                    tracing::warn!(outbox_id, carrier = %domain, status, "carrier refused our mail as spam (not counted against the subscriber)")
-                }
-                BounceEffect::Scored { subscriber, score } => {
-                    tracing::info!(outbox_id, subscriber, score, class, status, "soft bounce counted")
-                }
-                BounceEffect::Suspended { subscriber, reason } => {
-                    tracing::warn!(outbox_id, subscriber, reason, class, status, "subscriber suspended after a bounce")
-                }
-            }
-            Outcome::Stored
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "store unavailable; asking the MTA to retry the bounce");
-            Outcome::Transient(e.to_string())
-        }
+    match app.record_bounce(outbox_id, class, &report.status, now) {
+        Ok(_) => Outcome::Stored,
+        Err(e) => crate::transient(&e),
     }
 }
 

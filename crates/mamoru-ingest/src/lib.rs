@@ -15,6 +15,9 @@
 //!   parse, record the effect in the store.
 //!   classification, then the registration request in the store; mail to
 //!   the alert address is handed to [`alert_post`].
+//! - [`imap`]: watched IMAP mailboxes: [`imap::decide`] is the sans-I/O
+//!   part (size, envelope headers, the outcome's folder), [`imap::client`]
+//!   the async-imap session around it.
 //! - [`alert_post`]: admins' alert posts: sender checks, format, preview.
 //! - [`alert_auth`]: SASL / DKIM (pinned keys) / trusted Authentication-Results.
 //! - [`auth_results`]: pure RFC 8601 `Authentication-Results` parser.
@@ -32,6 +35,7 @@ pub mod alert_post;
 pub mod auth_results;
 pub mod classify;
 pub mod dsn;
+pub mod imap;
 pub mod lmtp;
 pub mod mime;
 pub mod registrar;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mamoru_app::App;
+use mamoru_app::metrics::Entry;
 use mamoru_app::registration::LinkOutcome;
 use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::Channel;
@@ -19,12 +20,19 @@ use crate::classify::{self, Classification, Envelope, Rules};
 use crate::{Deliver, Outcome};
 
 /// Largest header section the classifier looks at; anything bigger is junk.
-const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
+pub const MAX_HEADER_BYTES: usize = Rules::DEFAULT_MAX_HEADER_BYTES;
+
+/// The [`Outcome::Dropped`] reason of a message whose handler panicked and
+/// that was kept in `DATA_DIR/quarantine/` (IMAP moves it to its quarantine
+/// folder).
+pub const QUARANTINED: &str = "quarantined";
 
 pub struct Registrar {
     app: Arc<App>,
     clock: fn() -> UnixTime,
     classifier: Classifier,
+    /// Which entry point hands the messages, for the inbound metrics.
+    entry: Entry,
 }
 
 /// The classification function; a parameter so tests can make it fail.
@@ -34,7 +42,20 @@ impl Registrar {
     /// The use cases mail leads to; a queued mail wakes the relay through
     /// [`App::wake`].
     pub fn new(app: Arc<App>) -> Self {
-        Self { app, clock: mamoru_core::now, classifier: classify::classify }
+        Self { app, clock: mamoru_core::now, classifier: classify::classify, entry: Entry::Lmtp }
+    }
+
+    /// Names the entry point in the inbound metrics (LMTP unless told).
+    pub fn with_entry(mut self, entry: Entry) -> Self {
+        self.entry = entry;
+        self
+    }
+
+    /// Counts one inbound mail by how it was classified.
+    fn counted(&self, class: &'static str, outcome: Outcome) -> Outcome {
+        let class = if matches!(outcome, Outcome::Transient(_)) { "transient" } else { class };
+        self.app.metrics().inbound(self.entry, class);
+        outcome
     }
 
     /// Replaces the clock, for tests.
@@ -59,7 +80,12 @@ impl Registrar {
             Ok(LinkOutcome::Queued { .. }) => Outcome::Stored,
             Ok(LinkOutcome::Limited(limit)) => Outcome::Dropped(format!("rate limit: {}", limit.as_str())),
             Ok(LinkOutcome::NoReply(why)) => Outcome::Dropped(format!("no reply: {why:?}")),
-            Err(e) => crate::transient(&e),
+            Err(e) => {
+                if let mamoru_app::Error::Store(s) = &e {
+                    self.app.metrics().store_error("ingest", matches!(s, mamoru_store::StoreError::Busy));
+                }
+                crate::transient(&e)
+            }
         }
     }
 
@@ -87,23 +113,23 @@ impl Registrar {
         // Bounces to the VERP address go to their own handler (crate::bounce).
         let app = &*self.app;
         if bounce::is_bounce_recipient(&app.cfg.domain, recipient) {
-            let ctx = bounce::Context { cfg: &app.cfg, store: &app.store, tokens: &app.tokens, now: (self.clock)() };
-            return bounce::handle(&ctx, recipient, message);
+            return self.counted("bounce", bounce::handle(app, recipient, message, (self.clock)()));
         }
         if !crate::alert_post::is_alert_recipient(&app.cfg, recipient) {
             return self.deliver_registration(sender, recipient, message);
         }
         let poster = crate::alert_post::AlertPoster { app, clock: self.clock };
-        match catch_unwind(AssertUnwindSafe(|| poster.deliver(sender, sasl_username, message))) {
+        let outcome = match catch_unwind(AssertUnwindSafe(|| poster.deliver(sender, sasl_username, message))) {
             Ok(o) => o,
             Err(_) => match self.quarantine(message) {
                 Ok(path) => {
                     tracing::error!(path = %path.display(), "alert post handling panicked; message quarantined");
-                    Outcome::Dropped("quarantined".into())
+                    Outcome::Dropped(QUARANTINED.into())
                 }
                 Err(e) => Outcome::Transient(format!("quarantine failed: {e}")),
             },
-        }
+        };
+        self.counted("alert_post", outcome)
     }
 }
 
@@ -126,22 +152,22 @@ impl Registrar {
         let rules = self.rules();
         let class = catch_unwind(AssertUnwindSafe(|| (self.classifier)(&rules, &env, message)));
         match class {
-            Ok(Classification::Register { reply_to }) => self.register(&reply_to, recipient),
+            Ok(Classification::Register { reply_to }) => self.counted("registration", self.register(&reply_to, recipient)),
             Ok(Classification::Drop(reason)) => {
                 let from = EmailAddress::parse(sender).map(|a| a.masked()).unwrap_or_else(|_| "<unparsable>".into());
                 tracing::info!(reason = reason.as_str(), from = %from, "inbound mail dropped without reply");
-                Outcome::Dropped(reason.as_str().to_string())
+                self.counted(reason.as_str(), Outcome::Dropped(reason.as_str().to_string()))
             }
-            Err(_) => match self.quarantine(message) {
+            Err(_) => self.counted("quarantined", match self.quarantine(message) {
                 Ok(path) => {
                     tracing::error!(path = %path.display(), "classifier panicked; message quarantined");
-                    Outcome::Dropped("quarantined".into())
+                    Outcome::Dropped(QUARANTINED.into())
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "classifier panicked and quarantine failed");
                     Outcome::Transient(format!("quarantine failed: {e}"))
                 }
-            },
+            }),
         }
     }
 }
@@ -184,10 +210,29 @@ mod tests {
     }
 
     #[test]
+    fn every_inbound_mail_is_counted_by_entry_and_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registrar(dir.path()).with_entry(Entry::Pipe);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
+        r.deliver("", "ans@mamoru.test", MAIL);
+        let text = r.app.metrics().encode();
+        for line in [
+            "mamoru_inbound_mails_total{entry=\"pipe\",class=\"registration\"} 2",
+            "mamoru_inbound_mails_total{entry=\"pipe\",class=\"null-sender\"} 1",
+            "mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"} 1",
+            "mamoru_rate_limit_refusals_total{limit=\"cooldown\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains('@'), "no address in the metrics:\n{text}");
+    }
+
+    #[test]
     fn a_classifier_panic_quarantines_the_message() {
         let dir = tempfile::tempdir().unwrap();
         let r = registrar(dir.path()).with_classifier(|_, _, _| panic!("parser bug"));
-        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped("quarantined".into()));
+        assert_eq!(r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL), Outcome::Dropped(QUARANTINED.into()));
         let files: Vec<_> = fs::read_dir(dir.path().join("quarantine")).unwrap().collect();
         assert_eq!(files.len(), 1);
         let path = files.into_iter().next().unwrap().unwrap().path();

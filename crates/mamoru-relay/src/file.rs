@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use mamoru_store::QueuedMail;
+use mamoru_store::{OutboxId, QueuedMail};
 
 use crate::DeliveryOutcome;
 
@@ -53,7 +53,7 @@ fn create_dir(dir: &Path) -> io::Result<()> {
 
 /// `<outbox id>-<message id>.eml`, the Message-ID reduced to characters that
 /// are harmless in a file name (no `/`, no leading dot) and bounded in length.
-pub fn file_name(id: i64, message_id: &str) -> String {
+pub fn file_name(id: OutboxId, message_id: &str) -> String {
     let safe: String = message_id
         .chars()
         .take(100)
@@ -89,9 +89,9 @@ mod tests {
 
     #[test]
     fn file_names_are_safe() {
-        assert_eq!(file_name(7, "ab12@mamoru.example"), "7-ab12@mamoru.example.eml");
-        assert_eq!(file_name(8, "../../etc/passwd"), "8-.._.._etc_passwd.eml");
-        assert_eq!(file_name(9, "a b\r\n<c>"), "9-a_b___c_.eml");
-        assert!(file_name(1, &"x".repeat(500)).len() < 120);
+        assert_eq!(file_name(OutboxId::new(7), "ab12@mamoru.example"), "7-ab12@mamoru.example.eml");
+        assert_eq!(file_name(OutboxId::new(8), "../../etc/passwd"), "8-.._.._etc_passwd.eml");
+        assert_eq!(file_name(OutboxId::new(9), "a b\r\n<c>"), "9-a_b___c_.eml");
+        assert!(file_name(OutboxId::new(1), &"x".repeat(500)).len() < 120);
     }
 }

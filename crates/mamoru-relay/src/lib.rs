@@ -227,6 +227,13 @@ enum BlockingError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl BlockingError {
+    /// The database stayed locked past the busy timeout.
+    fn is_busy(&self) -> bool {
+        matches!(self, BlockingError::Store(StoreError::Busy))
+    }
+}
+
 /// Runs a store call on the blocking pool: rusqlite must not block the reactor.
 async fn blocking<T, F>(store: &Arc<Store>, f: F) -> Result<T, BlockingError>
 where

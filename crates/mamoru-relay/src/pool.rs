@@ -19,15 +19,16 @@
 //!   third of a lease: a pool paused longer than a lease keeps its rows
 //!   instead of claiming them a second time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mamoru_core::carriers::{CarrierConfig, Charset, DEFAULT_POOL};
 use mamoru_core::config::Transport;
-use mamoru_core::{UnixTime, verp};
-use mamoru_store::relay::{DomainFilter, LearnedLimits, LearnedMark, OutcomeRecord, PoolState, PushBack, PushBackSignal};
+use mamoru_app::metrics::{Delivery, Metrics, PoolGauges};
+use mamoru_core::{AlertId, OutboxId, UnixTime, verp};
+use mamoru_store::relay::{AGE_BUCKETS_MIN, DomainFilter, LearnedLimits, LearnedMark, OutcomeRecord, PoolState, PushBack, PushBackSignal};
 use mamoru_store::{QueuedMail, Store};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -102,7 +103,10 @@ struct Pool {
     wake: Notify,
     /// Rows claimed by this pool whose outcome is not yet handed to the
     /// committer: their leases are renewed while they wait.
-    held: Mutex<BTreeSet<i64>>,
+    held: Mutex<BTreeSet<OutboxId>>,
+    /// Alerts with a copy decided since the supervisor last looked: it
+    /// checks whether their last copy is done, for the delivery metric.
+    touched_alerts: Mutex<BTreeSet<AlertId>>,
     hops: Arc<Hops>,
 }
 
@@ -144,8 +148,9 @@ impl Pool {
 
     /// Notes a push-back: when, which signal, and the reply's codes (never
     /// its text).
-    fn pushed_back(&self, signal: PushBackSignal, reason: &str) {
+    fn pushed_back(&self, metrics: &Metrics, signal: PushBackSignal, reason: &str) {
         let reply = outcome::Reply::find(reason);
+        metrics.push_back(&self.name, signal.as_str(), reply.as_ref().map(|r| r.code));
         *self.push_back() = Some(PushBack {
             at: mamoru_core::now(),
             signal,
@@ -217,7 +222,7 @@ impl Pool {
         self.session_freed.notify_one();
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<OutboxId>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -291,6 +296,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             sent: AtomicI64::new(0),
             wake: Notify::new(),
             held: Mutex::new(BTreeSet::new()),
+            touched_alerts: Mutex::new(BTreeSet::new()),
             hops: Arc::clone(&hops),
         });
         if let Some(l) = stored.iter().find(|l| l.pool == *name) {
@@ -303,7 +309,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
         pools.iter().map(|p| stored.iter().find(|l| l.pool == p.name).map(|l| LearnedLimits { updated_at: 0, ..l.clone() })).collect();
     let splicer = Arc::new(Splicer::new(Arc::clone(&relay.alerts)));
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-    let committer = tokio::spawn(committer(Arc::clone(&relay.store), commit_rx));
+    let committer = tokio::spawn(committer(Arc::clone(&relay.store), Arc::clone(relay.alerts.metrics()), commit_rx));
     let mut tasks = JoinSet::new();
     for pool in &pools {
         let span = tracing::info_span!("pool", pool = %pool.name);
@@ -313,6 +319,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
         );
     }
     drop(commit_tx);
+    let mut alerts = AlertWatch::default();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let lease = relay.settings.lease_secs.max(1);
     let mut renew = tokio::time::interval(Duration::from_secs((lease / 3).max(1) as u64));
@@ -320,22 +327,84 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
     loop {
         tokio::select! {
             _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
-            _ = tick.tick() => report(&relay.store, &pools, clock, &mut saved).await,
+            _ = tick.tick() => {
+                report(&relay, &pools, clock, &mut saved).await;
+                alerts.check(&relay, &pools).await;
+            }
             _ = renew.tick() => renew_leases(&relay.store, &pools, lease).await,
             _ = shutdown.cancelled() => break,
         }
     }
     while tasks.join_next().await.is_some() {}
-    report(&relay.store, &pools, clock, &mut saved).await;
+    report(&relay, &pools, clock, &mut saved).await;
     if committer.await.is_err() {
         tracing::error!("the committer task failed; uncommitted rows come back after their lease");
     }
 }
 
+/// The `age` label of each of [`AGE_BUCKETS_MIN`]'s buckets.
+const AGE_LABELS: [&str; AGE_BUCKETS_MIN.len() + 1] =
+    ["0-5m", "5m-10m", "10m-20m", "20m-40m", "40m-80m", "80m-160m", "160m-320m", "320m-640m", "640m-1280m", "1280m+"];
+
+/// Alerts whose copies are being delivered, until their last copy is done:
+/// then the time since publication goes to the delivery histogram, once.
+#[derive(Default)]
+struct AlertWatch {
+    active: BTreeSet<AlertId>,
+    done: BTreeSet<AlertId>,
+}
+
+impl AlertWatch {
+    async fn check(&mut self, relay: &Arc<Relay>, pools: &[Arc<Pool>]) {
+        for p in pools {
+            let touched = std::mem::take(&mut *p.touched_alerts.lock().unwrap_or_else(|e| e.into_inner()));
+            self.active.extend(touched.into_iter().filter(|a| !self.done.contains(a)));
+        }
+        if self.active.is_empty() {
+            return;
+        }
+        let ids: Vec<AlertId> = self.active.iter().copied().collect();
+        let metrics = relay.alerts.metrics();
+        match blocking(&relay.store, move |s| s.alerts_finished(&ids)).await {
+            Ok(finished) => {
+                let now = mamoru_core::now();
+                for (id, published_at) in finished {
+                    self.active.remove(&id);
+                    self.done.insert(id);
+                    metrics.alert_delivered((now - published_at) as f64);
+                    tracing::info!(alert = id.get(), secs = now - published_at, "alert delivered: last copy done");
+                }
+            }
+            Err(e) => {
+                metrics.store_error("relay", e.is_busy());
+                tracing::warn!(error = %e, "cannot check which alerts are delivered");
+            }
+        }
+    }
+}
+
 /// Writes the pools' live state, their learned limits where they changed
-/// since the last write (`saved`), and expires stale rows.
-async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock, saved: &mut [Option<LearnedLimits>]) {
+/// since the last write (`saved`), and expires stale rows; sets the pools'
+/// gauges and the outbox shape of the metrics from the same snapshot.
+async fn report(relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock, saved: &mut [Option<LearnedLimits>]) {
+    let store = &relay.store;
+    let metrics = relay.alerts.metrics();
     let states: Vec<PoolState> = pools.iter().map(|p| p.state(clock)).collect();
+    let now_ms = unix_ms();
+    for (p, st) in pools.iter().zip(&states) {
+        let (connection_cap, pace) = (p.sessions().cap(), st.rate_now);
+        metrics.pool(
+            &p.name,
+            PoolGauges {
+                pace,
+                pace_ceiling: st.rate_configured,
+                connection_cap: i64::from(connection_cap),
+                max_connections: st.max_connections,
+                connections: st.connections,
+                paused_secs: (st.paused_until_ms - now_ms).max(0) as f64 / 1000.0,
+            },
+        );
+    }
     let now = mamoru_core::now();
     let changed: Vec<(usize, LearnedLimits)> = pools
         .iter()
@@ -349,11 +418,13 @@ async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock, saved: &m
         if !learned.is_empty() {
             s.save_learned_limits(&learned)?;
         }
-        s.expire_due(now)
+        let expired = s.expire_due(now)?;
+        Ok((expired, s.pending_shape(now)?))
     })
     .await
     {
-        Ok(n) => {
+        Ok((n, pending)) => {
+            outbox_metrics(metrics, &relay.pools, pools, &pending, now);
             for (i, l) in changed {
                 saved[i] = Some(l);
             }
@@ -361,13 +432,47 @@ async fn report(store: &Arc<Store>, pools: &[Arc<Pool>], clock: Clock, saved: &m
                 tracing::warn!(rows = n, "expired undelivered mail");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot write pool state or learned limits, or expire rows"),
+        Err(e) => {
+            metrics.store_error("relay", e.is_busy());
+            tracing::warn!(error = %e, "cannot write pool state or learned limits, or expire rows");
+        }
+    }
+}
+
+/// Sets every pool × state × age gauge (zeros included, so a drained
+/// bucket reads 0 rather than vanishing) and each pool's oldest row.
+fn outbox_metrics(
+    metrics: &Metrics,
+    cfg: &BTreeMap<String, CarrierConfig>,
+    pools: &[Arc<Pool>],
+    pending: &[mamoru_store::relay::PendingRow],
+    now: UnixTime,
+) {
+    let mut counts: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+    let mut oldest: BTreeMap<&str, UnixTime> = BTreeMap::new();
+    for r in pending {
+        let pool = mamoru_core::carriers::pool_of(cfg, &r.domain);
+        let slot = counts.entry((pool, r.state.as_str())).or_insert_with(|| vec![0; AGE_LABELS.len()]);
+        for (a, b) in slot.iter_mut().zip(&r.buckets) {
+            *a += b;
+        }
+        let o = oldest.entry(pool).or_insert(r.oldest);
+        *o = (*o).min(r.oldest);
+    }
+    for p in pools {
+        for state in ["queued", "sending"] {
+            let b = counts.get(&(p.name.as_str(), state));
+            for (i, age) in AGE_LABELS.iter().enumerate() {
+                metrics.outbox_rows(&p.name, state, age, b.and_then(|b| b.get(i).copied()).unwrap_or(0));
+            }
+        }
+        metrics.outbox_oldest(&p.name, oldest.get(p.name.as_str()).map_or(0, |o| now - o));
     }
 }
 
 /// Extends the leases of every row a pool holds to a full lease from now.
 async fn renew_leases(store: &Arc<Store>, pools: &[Arc<Pool>], lease: i64) {
-    let ids: Vec<i64> = pools.iter().flat_map(|p| p.held().iter().copied().collect::<Vec<_>>()).collect();
+    let ids: Vec<OutboxId> = pools.iter().flat_map(|p| p.held().iter().copied().collect::<Vec<_>>()).collect();
     if ids.is_empty() {
         return;
     }
@@ -384,7 +489,7 @@ async fn run_pool(
     relay: Arc<Relay>,
     pool: Arc<Pool>,
     splicer: Arc<Splicer>,
-    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: CancellationToken,
     clock: Clock,
 ) {
@@ -413,7 +518,7 @@ async fn run_pool(
 
 /// Puts claimed but untried rows back, due at once, instead of letting them
 /// wait for their lease.
-fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>, ids: Vec<i64>) {
+fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>, ids: Vec<OutboxId>) {
     if ids.is_empty() {
         return;
     }
@@ -437,7 +542,7 @@ async fn feeder(
     pool: &Pool,
     splicer: &Arc<Splicer>,
     tx: &mpsc::Sender<QueuedMail>,
-    commits: &mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: &CancellationToken,
 ) {
     let chunk = (pool.queue_len() / 2).max(1);
@@ -459,6 +564,7 @@ async fn feeder(
         let (batch, dropped) = match claimed.await {
             Ok(b) => b,
             Err(e) => {
+                relay.alerts.metrics().store_error("relay", e.is_busy());
                 tracing::warn!(error = %e, "cannot claim outbox rows");
                 drop(permits);
                 tokio::select! {
@@ -506,7 +612,7 @@ async fn worker(
     relay: Arc<Relay>,
     pool: Arc<Pool>,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<QueuedMail>>>,
-    commits: mpsc::UnboundedSender<(i64, OutcomeRecord)>,
+    commits: mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>,
     shutdown: CancellationToken,
     clock: Clock,
 ) {
@@ -592,7 +698,7 @@ async fn worker(
         if pool.cfg.charset == Charset::Iso2022Jp {
             match charset::to_iso2022jp(&mail.content) {
                 Ok(converted) => mail.content = converted,
-                Err(e) => tracing::info!(outbox = mail.id, reason = %e, "not re-encoded as ISO-2022-JP; sending in UTF-8"),
+                Err(e) => tracing::info!(outbox = mail.id.get(), reason = %e, "not re-encoded as ISO-2022-JP; sending in UTF-8"),
             }
         }
         if let Some(dkim) = &relay.dkim {
@@ -600,7 +706,7 @@ async fn worker(
                 Ok(signed) => mail.content = signed,
                 // Unsigned mail still beats no mail for a safety alert; the
                 // signer only fails on a message without headers.
-                Err(e) => tracing::warn!(outbox = mail.id, error = %e, "cannot DKIM-sign; sending unsigned"),
+                Err(e) => tracing::warn!(outbox = mail.id.get(), error = %e, "cannot DKIM-sign; sending unsigned"),
             }
         }
         let (record, refused) = deliver(&mut hop, &pool, &relay, &mail, clock).await;
@@ -611,7 +717,7 @@ async fn worker(
         }
         pool.held().remove(&mail.id);
         if commits.send((mail.id, record)).is_err() {
-            tracing::error!(outbox = mail.id, "the committer is gone; the row comes back after its lease");
+            tracing::error!(outbox = mail.id.get(), "the committer is gone; the row comes back after its lease");
         }
     }
     hop.close().await;
@@ -638,19 +744,24 @@ impl Connected {
 async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMail, clock: Clock) -> (OutcomeRecord, bool) {
     let span = tracing::info_span!(
         "deliver",
-        outbox = mail.id,
+        outbox = mail.id.get(),
         domain = mail.recipient.domain(),
         attempt = mail.attempts,
         message_id = %mail.message_id,
     );
+    let metrics = relay.alerts.metrics();
     async move {
         let mut outcome = hop.deliver(mail).await;
+        if let Some(a) = mail.alert {
+            pool.touched_alerts.lock().unwrap_or_else(|e| e.into_inner()).insert(a.alert_id);
+        }
+        let code = |reason: &str| outcome::Reply::find(reason).map(|r| r.code);
         let now: UnixTime = mamoru_core::now();
         let mut refused = false;
         if let DeliveryOutcome::SessionRefused { reason } = outcome {
             refused = true;
             let reason = outcome::scrub(&reason, &mail.recipient);
-            pool.pushed_back(PushBackSignal::Sessions, &reason);
+            pool.pushed_back(metrics, PushBackSignal::Sessions, &reason);
             let lowered = {
                 let mut s = pool.sessions();
                 let lowered = s.on_refusal(clock.now());
@@ -662,6 +773,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
             if lowered {
                 // One session too many: the message goes on another session
                 // at once, the pool's pace is untouched.
+                metrics.delivery(&pool.name, Delivery::SessionRefused, code(&reason));
                 tracing::warn!(%reason, "carrier refused one more session");
                 return (OutcomeRecord::Retry { at: now, reason }, true);
             }
@@ -674,6 +786,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                 outcome = DeliveryOutcome::Retry { reason };
             } else {
                 let pause = pool.shaper().on_refused_alone(clock.now(), backoff::random_jitter());
+                metrics.delivery(&pool.name, Delivery::SessionRefused, code(&reason));
                 tracing::warn!(%reason, pause_ms = (pause * 1000.0) as u64, "carrier refused the pool's only session; pool paused");
                 return (OutcomeRecord::Retry { at: now.saturating_add(pause.ceil() as i64), reason }, true);
             }
@@ -682,12 +795,13 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
             DeliveryOutcome::Sent => {
                 pool.shaper().on_success(clock.now());
                 pool.sent.fetch_add(1, Ordering::Relaxed);
+                metrics.delivery(&pool.name, Delivery::Sent, Some(250));
                 tracing::debug!("delivered");
                 OutcomeRecord::Sent
             }
             DeliveryOutcome::Throttled { reason } => {
                 let reason = outcome::scrub(&reason, &mail.recipient);
-                pool.pushed_back(PushBackSignal::Pace, &reason);
+                pool.pushed_back(metrics, PushBackSignal::Pace, &reason);
                 let (pause, rate_now) = {
                     let mut s = pool.shaper();
                     let t = clock.now();
@@ -697,6 +811,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                     }
                     (pause, s.rate_now(t + pause))
                 };
+                metrics.delivery(&pool.name, Delivery::Throttled, code(&reason));
                 tracing::warn!(%reason, pause_ms = (pause * 1000.0) as u64, rate_now, "carrier pushed back; pool paused");
                 // The row is due again when the pool resumes.
                 OutcomeRecord::Retry { at: now.saturating_add(pause.ceil() as i64), reason }
@@ -706,11 +821,13 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                 let s = &relay.settings;
                 let delay =
                     backoff::retry_delay(mail.attempts, s.retry_base_secs, s.retry_max_secs, backoff::random_jitter());
+                metrics.delivery(&pool.name, Delivery::Deferred, code(&reason));
                 tracing::warn!(%reason, retry_in_secs = delay, "delivery deferred");
                 OutcomeRecord::Retry { at: now.saturating_add(delay), reason }
             }
             DeliveryOutcome::Failed { reason } => {
                 let reason = outcome::scrub(&reason, &mail.recipient);
+                metrics.delivery(&pool.name, Delivery::Failed, code(&reason));
                 if outcome::is_unknown_user(&reason) {
                     tracing::warn!(%reason, "recipient unknown; suspending the address");
                     OutcomeRecord::Undeliverable { reason }
@@ -726,7 +843,7 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
     .await
 }
 
-async fn committer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(i64, OutcomeRecord)>) {
+async fn committer(store: Arc<Store>, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<(OutboxId, OutcomeRecord)>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
@@ -741,13 +858,17 @@ async fn committer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<(i64, Outc
             match blocking(&store, move |s| s.record_outcomes(&g, mamoru_core::now())).await {
                 Ok(()) => break,
                 Err(e) if attempt < 3 => {
+                    metrics.store_retry("relay", e.is_busy());
                     tracing::warn!(error = %e, rows = group.len(), "cannot record delivery outcomes; retrying");
                     tokio::time::sleep(STORE_PAUSE).await;
                 }
                 // The rows stay leased; when the lease runs out they are
                 // tried again. At least once: a sent message may go out
                 // twice, identically.
-                Err(e) => tracing::error!(error = %e, rows = group.len(), "cannot record delivery outcomes"),
+                Err(e) => {
+                    metrics.store_error("relay", e.is_busy());
+                    tracing::error!(error = %e, rows = group.len(), "cannot record delivery outcomes");
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mamoru_app::App;
 use mamoru_core::UnixTime;
-use mamoru_store::QueuedMail;
+use mamoru_store::{OutboxId, QueuedMail};
 use mamoru_store::relay::OutcomeRecord;
 
 /// How long a row waits when its alert cannot be read right now.
@@ -29,7 +29,7 @@ impl Splicer {
     /// Renders the alert rows of a claimed batch in place. Rows that cannot
     /// be rendered are taken out, with the outcome to record for them.
     /// Blocking: may read alert rows from the store.
-    pub(crate) fn splice(&self, batch: Vec<QueuedMail>, now: UnixTime) -> (Vec<QueuedMail>, Vec<(i64, OutcomeRecord)>) {
+    pub(crate) fn splice(&self, batch: Vec<QueuedMail>, now: UnixTime) -> (Vec<QueuedMail>, Vec<(OutboxId, OutcomeRecord)>) {
         let mut ready = Vec::with_capacity(batch.len());
         let mut dropped = Vec::new();
         for mut mail in batch {
@@ -43,11 +43,11 @@ impl Splicer {
                     ready.push(mail);
                 }
                 Ok(None) => {
-                    tracing::error!(outbox = mail.id, alert = a.alert_id, "the row's alert does not exist");
+                    tracing::error!(outbox = mail.id.get(), alert = a.alert_id.get(), "the row's alert does not exist");
                     dropped.push((mail.id, OutcomeRecord::Failed { reason: format!("alert {} not found", a.alert_id) }));
                 }
                 Err(e) => {
-                    tracing::warn!(outbox = mail.id, alert = a.alert_id, error = %e, "cannot read the alert; retrying");
+                    tracing::warn!(outbox = mail.id.get(), alert = a.alert_id.get(), error = %e, "cannot read the alert; retrying");
                     let reason = format!("cannot read alert {}: {e}", a.alert_id);
                     dropped.push((mail.id, OutcomeRecord::Retry { at: now.saturating_add(RETRY_SECS), reason }));
                 }

@@ -9,7 +9,7 @@ use crate::states::AdminStatus;
 use crate::{Result, Store, audit};
 
 /// Admin row id.
-pub type AdminId = i64;
+pub use mamoru_core::AdminId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
@@ -73,7 +73,7 @@ impl Store {
     ) -> Result<AdminAdded> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: Option<i64> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
         if taken.is_some() {
             return Ok(AdminAdded::LoginTaken);
         }
@@ -82,7 +82,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             params![login, &self.sealer.index(email)[..], self.sealer.seal_address(email)?, password_hash, join_ids(districts), now],
         )?;
-        let id = tx.last_insert_rowid();
+        let id = AdminId::new(tx.last_insert_rowid());
         audit(&tx, now, actor, "admin-added", &format!("admin={login} email={} districts={}", email.masked(), join_ids(districts)))?;
         tx.commit()?;
         Ok(AdminAdded::Added(id))
@@ -93,7 +93,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, login, email_sealed, districts, status FROM admins ORDER BY login")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, AdminStatus>(4)?))
+            Ok((r.get::<_, AdminId>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, AdminStatus>(4)?))
         })?;
         let mut out = vec![];
         for row in rows {
@@ -137,7 +137,7 @@ impl Store {
     pub fn set_admin_password(&self, login: &str, password_hash: &str, keep: Option<&[u8; 32]>, actor: &str, now: UnixTime) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id: Option<i64> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
         let Some(id) = id else { return Ok(false) };
         tx.execute("UPDATE admins SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![password_hash, now, id])?;
         let ended = tx.execute(
@@ -153,7 +153,7 @@ impl Store {
     pub fn find_admin_by_email(&self, email: &EmailAddress) -> Result<Option<Admin>> {
         let index = self.sealer.index(email);
         let conn = self.conn();
-        let row: Option<(i64, String, Vec<u8>, String, AdminStatus)> = conn
+        let row: Option<(AdminId, String, Vec<u8>, String, AdminStatus)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status FROM admins WHERE email_index = ?1 ORDER BY status = 'active' DESC, id LIMIT 1",
                 [&index[..]],
@@ -167,7 +167,7 @@ impl Store {
     /// The admin with this login and its password hash, for a login check.
     pub fn admin_credentials(&self, login: &str) -> Result<Option<(Admin, String)>> {
         let conn = self.conn();
-        let row: Option<(i64, String, Vec<u8>, String, AdminStatus, String)> = conn
+        let row: Option<(AdminId, String, Vec<u8>, String, AdminStatus, String)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status, password_hash FROM admins WHERE login = ?1",
                 [login],
@@ -269,7 +269,7 @@ impl Store {
     pub fn session(&self, id_hash: &[u8; 32], now: UnixTime, idle_secs: i64) -> Result<Option<(Admin, String)>> {
         let conn = self.conn();
         conn.execute("DELETE FROM admin_sessions WHERE last_seen <= ?1", [now - idle_secs])?;
-        let row: Option<(i64, String, Vec<u8>, String, String)> = conn
+        let row: Option<(AdminId, String, Vec<u8>, String, String)> = conn
             .query_row(
                 "SELECT a.id, a.login, a.email_sealed, a.districts, s.csrf FROM admin_sessions s JOIN admins a ON a.id = s.admin_id
                  WHERE s.id_hash = ?1 AND a.status = 'active'",

@@ -8,17 +8,18 @@ use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::admins::{AdminId, split_ids};
-use crate::{Result, Store, audit};
+use crate::states::AlertState;
+use crate::{OutboxId, Result, Store, audit};
 
 /// Alert row id.
-pub type AlertId = i64;
+pub use mamoru_core::AlertId;
 
 /// Outbox priority of alerts and of the admin mail about them: ahead of
 /// registration mail (10), so a queue of sign-ups never delays an alert.
 pub const ALERT_PRIORITY: i64 = 100;
 
 /// A post to record as a draft.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewAlert<'a> {
     pub admin: AdminId,
     /// `mail`, `web` or `cli`.
@@ -31,9 +32,9 @@ pub struct NewAlert<'a> {
     pub text: &'a str,
     pub districts: &'a [u32],
     pub is_test: bool,
-    /// The first report a follow-up continues (0: a first report). Its
+    /// The first report a follow-up continues (`None`: a first report). Its
     /// recipients are the report's, not the districts' subscribers.
-    pub followup_of: AlertId,
+    pub followup_of: Option<AlertId>,
     /// `update`, `resolved` or `retracted` for a follow-up; empty otherwise.
     pub followup_kind: &'a str,
     /// When the incident happened (0: unknown).
@@ -42,18 +43,43 @@ pub struct NewAlert<'a> {
     pub occurred_flags: i64,
     /// 緊急: delivered inside quiet hours too.
     pub urgent: bool,
+    /// Copies carry a 確認しました link.
+    pub ask_confirm: bool,
+}
+
+impl<'a> NewAlert<'a> {
+    /// A first report by `admin` from `source` with nothing in it yet: the
+    /// base the callers fill with struct-update syntax.
+    pub fn new(admin: AdminId, source: &'a str) -> Self {
+        NewAlert {
+            admin,
+            source,
+            source_key: "",
+            kind: "",
+            title: "",
+            text: "",
+            districts: &[],
+            is_test: false,
+            followup_of: None,
+            followup_kind: "",
+            occurred_at: 0,
+            occurred_flags: 0,
+            urgent: false,
+            ask_confirm: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drafted {
     /// The draft and its preview mail are queued.
-    Created { alert: AlertId, outbox: i64 },
+    Created { alert: AlertId, outbox: OutboxId },
     /// This source key was seen before: nothing was recorded.
     Duplicate,
 }
 
 /// An alert as the pages and the fan-out see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertRow {
     pub id: AlertId,
     pub admin: AdminId,
@@ -65,12 +91,12 @@ pub struct AlertRow {
     pub districts: Vec<u32>,
     pub is_test: bool,
     /// `draft`, `published` or `rejected`.
-    pub state: String,
+    pub state: AlertState,
     pub created_at: UnixTime,
     pub published_at: UnixTime,
     pub recipients: i64,
-    /// The first report this follow-up continues (0: a first report).
-    pub followup_of: AlertId,
+    /// The first report this follow-up continues (`None`: a first report).
+    pub followup_of: Option<AlertId>,
     /// A follow-up's kind (`update`, `resolved`, `retracted`), or empty.
     pub followup_kind: String,
     /// A first report's state: empty while open, else the kind of its latest
@@ -84,6 +110,8 @@ pub struct AlertRow {
     pub urgent: bool,
     /// A follow-up's report's publication time (0 for a first report).
     pub report_published_at: UnixTime,
+    /// Copies carry a 確認しました link.
+    pub ask_confirm: bool,
 }
 
 /// What authorises a publication.
@@ -109,7 +137,7 @@ pub enum Published {
 
 const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,
      a.created_at, a.published_at, a.recipients, a.followup_of, a.followup_kind, a.incident_state, a.updated_at,
-     a.occurred_at, a.occurred_flags, a.urgent,
+     a.occurred_at, a.occurred_flags, a.urgent, a.ask_confirm,
      COALESCE((SELECT r.published_at FROM alerts r WHERE r.id = a.followup_of AND a.followup_of <> 0), 0)";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
@@ -127,14 +155,15 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         created_at: r.get(10)?,
         published_at: r.get(11)?,
         recipients: r.get(12)?,
-        followup_of: r.get(13)?,
+        followup_of: Some(AlertId::new(r.get(13)?)).filter(|id| id.get() != 0),
         followup_kind: r.get(14)?,
         incident_state: r.get(15)?,
         updated_at: r.get(16)?,
         occurred_at: r.get(17)?,
         occurred_flags: r.get(18)?,
         urgent: r.get::<_, i64>(19)? != 0,
-        report_published_at: r.get(20)?,
+        ask_confirm: r.get::<_, i64>(20)? != 0,
+        report_published_at: r.get(21)?,
     })
 }
 
@@ -207,8 +236,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
-                                 followup_of, followup_kind, occurred_at, occurred_flags, urgent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                                 followup_of, followup_kind, occurred_at, occurred_flags, urgent, ask_confirm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
             params![
                 a.admin,
@@ -220,22 +249,26 @@ impl Store {
                 id_list(a.districts),
                 a.is_test as i64,
                 now,
-                a.followup_of,
+                a.followup_of.map_or(0, AlertId::get),
                 a.followup_kind,
                 a.occurred_at,
                 a.occurred_flags,
-                a.urgent as i64
+                a.urgent as i64,
+                a.ask_confirm as i64
             ],
         )?;
         if n == 0 {
             return Ok(Drafted::Duplicate);
         }
-        let alert = tx.last_insert_rowid();
-        let nonce = self.issue_token(&tx, Purpose::Publish, alert, publish_expires_at)?;
-        let counts = if a.followup_of != 0 { followup_domains(&tx, a.followup_of)? } else { recipient_domains(&tx, a.districts)? };
+        let alert = AlertId::new(tx.last_insert_rowid());
+        let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
+        let counts = match a.followup_of {
+            Some(report) => followup_domains(&tx, report)?,
+            None => recipient_domains(&tx, a.districts)?,
+        };
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, 0, ALERT_PRIORITY, now, publish_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
         audit(
             &tx,
             now,
@@ -263,8 +296,8 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
-        let alert = tx.last_insert_rowid();
-        self.insert_outbox(&tx, &mail.clone(), 0, ALERT_PRIORITY, now, expires_at)?;
+        let alert = AlertId::new(tx.last_insert_rowid());
+        self.insert_outbox(&tx, &mail.clone(), None, ALERT_PRIORITY, now, expires_at)?;
         audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
         tx.commit()?;
         Ok(true)
@@ -322,7 +355,10 @@ impl Store {
                 if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
                     return Ok(Published::Unusable);
                 }
-                claims.subject as i64
+                match AlertId::from_subject(claims.subject) {
+                    Some(id) => id,
+                    None => return Ok(Published::Unusable),
+                }
             }
             PublishAuth::Direct(id) => id,
         };
@@ -334,12 +370,23 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test, report, followup_kind, kind, urgent): (String, i64, AlertId, String, String, i64) = tx.query_row(
-            "SELECT districts, is_test, followup_of, followup_kind, kind, urgent FROM alerts WHERE id = ?1",
+        let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, String, String, i64, i64) = tx.query_row(
+            "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
         )?;
-        let recipients = if report != 0 {
+        let ids = id_list(&split_ids(&districts));
+        // The district a copy's 確認しました link counts under, fixed now so
+        // the copy renders the same every time.
+        let confirm_district = if ask_confirm != 0 {
+            format!(
+                "(SELECT MIN(d.district_id) FROM subscriber_districts d WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
+            )
+        } else {
+            "0".to_string()
+        };
+        let report = Some(AlertId::new(report)).filter(|r| r.get() != 0);
+        let recipients = if let Some(report) = report {
             // A follow-up: the report must still stand (a retraction is final).
             let open = tx.execute(
                 "UPDATE alerts SET incident_state = ?1, updated_at = ?2
@@ -364,8 +411,7 @@ impl Store {
         } else {
             format!(
                 "s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                     WHERE d.subscriber_id = s.id AND d.district_id IN ({}))",
-                id_list(&split_ids(&districts))
+                     WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
             )
         };
         // One statement: SQLite walks the subscribers and writes the rows
@@ -386,9 +432,9 @@ impl Store {
              THEN ((s.quiet_end - ?8 + 1440) % 1440) * 60 - ?9 ELSE 0 END";
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
-                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id)
+                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
              SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
-                    X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4
+                    X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
              FROM subscribers s
              WHERE {recipients}
                AND (?12 <> 0 OR NOT EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = ?11))
@@ -409,7 +455,7 @@ impl Store {
                 local.rem_euclid(60),
                 urgent,
                 kind,
-                i64::from(report != 0)
+                i64::from(report.is_some())
             ],
         )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
@@ -433,7 +479,7 @@ impl Store {
             return Ok(vec![]);
         }
         let conn = self.conn();
-        let ids = reports.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let ids = reports.iter().map(|id| id.get().to_string()).collect::<Vec<_>>().join(",");
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
              WHERE a.followup_of IN ({ids}) AND a.state = 'published' ORDER BY a.published_at, a.id"
@@ -542,6 +588,7 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
+use mamoru_core::SubscriberId;
     use mamoru_core::mail::{MailKind, OutgoingMail};
 
     use super::*;
@@ -580,10 +627,10 @@ mod tests {
     fn draft(store: &Store, admin: AdminId, key: &str, districts: &[u32]) -> (Drafted, Option<Claims>, Vec<(String, i64)>) {
         let mut claims = None;
         let mut seen = vec![];
-        let a = NewAlert { admin, source: "mail", source_key: key, title: "t", text: "x", districts, ..Default::default() };
+        let a = NewAlert { admin, source: "mail", source_key: key, title: "t", text: "x", districts, ..NewAlert::new(admin, "mail") };
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
-                claims = Some(Claims { purpose: Purpose::Publish, subject: id as u64, nonce, expires_at: T0 + 3600 });
+                claims = Some(Claims { purpose: Purpose::Publish, subject: id.subject(), nonce, expires_at: T0 + 3600 });
                 seen = counts.to_vec();
                 OutgoingMail { kind: MailKind::AlertPreview, ..mail(&addr("staff@city.test"), format!("preview.{id}@x")) }
             })
@@ -614,7 +661,7 @@ mod tests {
         let claims = claims.unwrap();
         assert!(store.publish_view(&claims, T0 + 1).unwrap().is_some());
         let r = store.publish_alert(PublishAuth::Token(&claims), "admin:chuo", T0 + 1, T0 + 7200, "ans@x", "x").unwrap();
-        let alert = claims.subject as i64;
+        let alert = AlertId::from_subject(claims.subject).unwrap();
         assert_eq!(r, Published::Published { alert, recipients: 3 });
         assert_eq!(store.alert(alert).unwrap().unwrap().recipients, 3);
         // The token is single use, and the alert is not a draft any more.
@@ -661,7 +708,7 @@ mod tests {
         let (_, claims, _) = draft(&store, admin, "k", &[1]);
         let claims = claims.unwrap();
         let r = store.publish_alert(PublishAuth::Token(&claims), "x", T0, T0 + 60, "ans@x", "x").unwrap();
-        assert_eq!(r, Published::Published { alert: claims.subject as i64, recipients: 2 });
+        assert_eq!(r, Published::Published { alert: AlertId::from_subject(claims.subject).unwrap(), recipients: 2 });
         // A subscriber row vanishing under a queued row (deletion removes
         // both; this is the race with a claim).
         let gone = store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id;
@@ -701,7 +748,7 @@ mod tests {
         let m2 = mail(&addr("staff@city.test"), "rej2@x".into());
         assert!(!store.reject_post(admin, "k2", "t", "missing-districts", &m2, T0, T0 + 60).unwrap());
         assert_eq!(store.outbox_counts().unwrap().queued, 1);
-        assert_eq!(store.recent_alerts(10).unwrap()[0].state, "rejected");
+        assert_eq!(store.recent_alerts(10).unwrap()[0].state, AlertState::Rejected);
     }
 
     fn publish(store: &Store, id: AlertId, at: UnixTime) -> Published {
@@ -709,14 +756,14 @@ mod tests {
     }
 
     fn followup(store: &Store, admin: AdminId, report: AlertId, kind: &str) -> AlertId {
-        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: report, followup_kind: kind, ..Default::default() };
+        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: Some(report), followup_kind: kind, ..NewAlert::new(admin, "cli") };
         match store.draft_alert(&a, T0, T0 + 3600, |id, _, _| mail(&addr("staff@city.test"), format!("preview.{id}@x"))).unwrap() {
             Drafted::Created { alert, .. } => alert,
             Drafted::Duplicate => panic!("created"),
         }
     }
 
-    fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<i64> {
+    fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<SubscriberId> {
         let conn = store.conn();
         let mut stmt = conn.prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' ORDER BY 1").unwrap();
         stmt.query_map([alert], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
@@ -726,7 +773,7 @@ mod tests {
     fn a_followup_goes_to_the_reports_recipients_and_a_retraction_stops_the_rest() {
         let (_d, store, admin) = setup();
         let (_, claims, _) = draft(&store, admin, "k", &[1]);
-        let report = claims.unwrap().subject as i64;
+        let report = AlertId::from_subject(claims.unwrap().subject).unwrap();
         assert_eq!(publish(&store, report, T0), Published::Published { alert: report, recipients: 2 });
         let (a, b) = (store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id, store.find_subscriber(&addr("b@ezweb.ne.jp")).unwrap().unwrap().id);
         // One copy goes out; then b changes districts (a follow-up still
@@ -771,14 +818,14 @@ mod tests {
         store.set_preferences(a, &[], Some((1000, 1030)), T0).unwrap();
         store.set_preferences(b, &["不審者情報".to_string()], None, T0).unwrap();
         let post = |kind: &str, urgent: bool| {
-            let n = NewAlert { admin, source: "cli", title: "t", text: "x", districts: &[1], kind, urgent, ..Default::default() };
+            let n = NewAlert { admin, source: "cli", title: "t", text: "x", districts: &[1], kind, urgent, ..NewAlert::new(admin, "cli") };
             let Drafted::Created { alert, .. } = store.draft_alert(&n, T0, T0 + 60, |id, _, _| mail(&addr("staff@city.test"), format!("p.{id}@x"))).unwrap() else {
                 panic!()
             };
             assert!(matches!(publish(&store, alert, T0), Published::Published { .. }));
             let conn = store.conn();
             let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
-            stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(i64, i64, i64)>>>().unwrap()
+            stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
         };
         let end = T0 + 10 * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
         assert_eq!(post("不審者情報", false), [(a, end, end + 7200)], "a waits until 17:10, b gets none");

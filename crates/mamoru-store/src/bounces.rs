@@ -16,7 +16,7 @@ use mamoru_core::UnixTime;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::states::SubscriberStatus;
-use crate::{Result, Store, SubscriberId, audit};
+use crate::{OutboxId, Result, Store, SubscriberId, audit};
 
 /// How soft bounces add up to a suspension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl Store {
     /// (see the module comment), in one transaction.
     pub fn record_bounce(
         &self,
-        outbox_id: i64,
+        outbox_id: OutboxId,
         class: BounceClass,
         status: &str,
         now: UnixTime,
@@ -97,7 +97,7 @@ impl Store {
     ) -> Result<BounceEffect> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(i64, String)> = tx
+        let row: Option<(SubscriberId, String)> = tx
             .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", [outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((subscriber, domain)) = row else { return Ok(BounceEffect::Unknown) };

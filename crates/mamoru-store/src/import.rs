@@ -49,7 +49,7 @@ pub enum Imported {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRow {
     pub address: EmailAddress,
-    pub status: String,
+    pub status: SubscriberStatus,
     pub districts: Vec<u32>,
     pub created_at: UnixTime,
     pub confirmed_at: UnixTime,
@@ -265,7 +265,7 @@ pub fn write_export<W: std::io::Write>(rows: &[ExportRow], out: W) -> std::resul
     w.write_record(["address", "status", "districts", "created_at", "confirmed_at"])?;
     for r in rows {
         let districts: Vec<String> = r.districts.iter().map(u32::to_string).collect();
-        let cells = [r.address.as_str().to_string(), r.status.clone(), districts.join(";"), r.created_at.to_string(), r.confirmed_at.to_string()];
+        let cells = [r.address.as_str().to_string(), r.status.as_str().to_owned(), districts.join(";"), r.created_at.to_string(), r.confirmed_at.to_string()];
         w.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned()))?;
     }
     w.flush()?;
@@ -293,7 +293,7 @@ impl Store {
         let index = self.sealer.index(addr);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<i64> =
+        let existing: Option<SubscriberId> =
             tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
         if existing.is_some() {
             return Ok(Imported::AlreadyRegistered);
@@ -307,7 +307,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
             params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), status, now, confirmed_at],
         )?;
-        let subscriber = tx.last_insert_rowid();
+        let subscriber = SubscriberId::new(tx.last_insert_rowid());
         {
             let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
             for d in districts {
@@ -322,9 +322,9 @@ impl Store {
                 Imported::Added(subscriber)
             }
             ImportMode::Invite { token_expires_at, render } => {
-                let nonce = self.issue_token(&tx, Purpose::Register, subscriber, token_expires_at)?;
+                let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
                 let mail = render(subscriber, nonce);
-                self.insert_outbox(&tx, &mail, subscriber, 0, now, token_expires_at)?;
+                self.insert_outbox(&tx, &mail, Some(subscriber), 0, now, token_expires_at)?;
                 Imported::Invited(subscriber)
             }
         };
@@ -336,7 +336,7 @@ impl Store {
     /// Every confirmed subscriber (active or suspended), decrypted, by id.
     pub fn export_subscribers(&self) -> Result<Vec<ExportRow>> {
         let conn = self.conn();
-        let rows: Vec<(i64, Vec<u8>, String, i64, i64)> = {
+        let rows: Vec<(SubscriberId, Vec<u8>, SubscriberStatus, i64, i64)> = {
             let mut st = conn.prepare(
                 "SELECT id, addr_sealed, status, created_at, confirmed_at FROM subscribers
                  WHERE status IN ('active', 'suspended') ORDER BY id",
@@ -450,7 +450,7 @@ mod tests {
             .iter()
             .map(|a| ExportRow {
                 address: EmailAddress::parse(a).expect("valid"),
-                status: "active".into(),
+                status: SubscriberStatus::Active,
                 districts: vec![1, 3],
                 created_at: 1,
                 confirmed_at: 2,

@@ -6,6 +6,7 @@
 //!   the flows need, each one transaction.
 //! - [`relay`]: what the carrier-aware relay needs: claims per pool, group
 //!   commits of outcomes, undeliverable addresses, pool state, queue shape.
+//! - [`imap`]: where ingest stands in each watched IMAP mailbox.
 //! - [`keys`]: reading and creating the key files in the data dir.
 //! - `migrations/`: numbered, append-only SQL, tracked in `PRAGMA user_version`.
 //!
@@ -20,11 +21,15 @@
 
 pub mod backup;
 pub mod bounces;
+pub mod imap;
+pub mod confirm;
 pub mod import;
 pub mod admins;
 pub mod alerts;
 pub mod keys;
 pub mod manage;
+pub mod problems;
+pub mod reception;
 pub mod relay;
 pub mod states;
 
@@ -51,7 +56,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_fanout.sql"),
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
+    include_str!("migrations/0009_imap.sql"),
     include_str!("migrations/0010_followups_preferences.sql"),
+    include_str!("migrations/0011_reception.sql"),
 ];
 
 /// File name of the database inside the data dir.
@@ -61,6 +68,8 @@ pub const DB_FILE: &str = "mamoru.db";
 pub enum StoreError {
     #[error("database is locked by another process")]
     Busy,
+    #[error("database is read-only")]
+    ReadOnly,
     #[error("cannot open database {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("database error: {0}")]
@@ -99,7 +108,7 @@ impl From<rusqlite::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Subscriber row id.
-pub type SubscriberId = i64;
+pub use mamoru_core::{AdminId, AlertId, OutboxId, SubscriberId};
 
 /// Limits on 登録受付 mails (and 登録内容の変更 mails, which count alike).
 ///
@@ -167,7 +176,7 @@ impl Limited {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationRequest {
     /// A 登録受付 mail is queued for this (pending or existing) subscriber.
-    Queued { subscriber: SubscriberId, outbox: i64 },
+    Queued { subscriber: SubscriberId, outbox: OutboxId },
     /// Nothing was queued: a limit applies.
     Limited(Limited),
 }
@@ -182,7 +191,7 @@ pub struct RegistrationView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
-    Completed { subscriber: SubscriberId, outbox: i64 },
+    Completed { subscriber: SubscriberId, outbox: OutboxId },
     /// The token was already used, revoked, or its subscriber is gone.
     TokenUnusable,
 }
@@ -192,14 +201,14 @@ pub enum Completion {
 pub struct Subscriber {
     pub id: SubscriberId,
     pub address: EmailAddress,
-    pub status: String,
+    pub status: SubscriberStatus,
     pub districts: Vec<u32>,
 }
 
 /// A claimed outbox row, decrypted for delivery.
 #[derive(Debug, Clone)]
 pub struct QueuedMail {
-    pub id: i64,
+    pub id: OutboxId,
     pub kind: String,
     pub sender: String,
     pub recipient: EmailAddress,
@@ -274,6 +283,18 @@ impl Store {
         self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes())
     }
 
+    /// Whether the database takes writes now: opened read-write, and a
+    /// write lock is granted within the busy timeout (and given back at
+    /// once, nothing written). What `/readyz` and the watchdog ask.
+    pub fn check_writable(&self) -> Result<()> {
+        let mut conn = self.conn();
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly);
+        }
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)?.rollback()?;
+        Ok(())
+    }
+
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back on drop), so a poisoned lock is still usable.
@@ -335,7 +356,7 @@ impl Store {
             // Dropping the transaction rolls back the counters it touched.
             return Ok(RegistrationRequest::Limited(limited));
         }
-        let existing: Option<i64> =
+        let existing: Option<SubscriberId> =
             tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
         let subscriber = match existing {
             Some(id) => id,
@@ -345,13 +366,13 @@ impl Store {
                      VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
                     params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
                 )?;
-                tx.last_insert_rowid()
+                SubscriberId::new(tx.last_insert_rowid())
             }
         };
-        let nonce = self.issue_token(&tx, Purpose::Register, subscriber, token_expires_at)?;
+        let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
         let mail = render(subscriber, nonce);
         // The mail is worthless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
         audit(&tx, now, "ingest", "registration-requested", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
         tx.commit()?;
         Ok(RegistrationRequest::Queued { subscriber, outbox })
@@ -361,7 +382,7 @@ impl Store {
     /// what is the subscriber's current choice? Changes nothing.
     pub fn registration_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<RegistrationView>> {
         let conn = self.conn();
-        let live: Option<i64> = conn
+        let live: Option<SubscriberId> = conn
             .query_row(
                 "SELECT t.subject_id FROM tokens t JOIN subscribers s ON s.id = t.subject_id
                  WHERE t.nonce = ?1 AND t.purpose = ?2 AND t.subject_id = ?3 AND t.used_at = 0 AND t.expires_at > ?4",
@@ -376,19 +397,20 @@ impl Store {
 
     /// For the POST of a registration link: consumes the token, activates the
     /// subscriber with exactly `districts`, and queues the 登録完了 mail
-    /// `render` builds — one transaction.
+    /// `render` builds from the address and the subscriber's footer-link
+    /// nonce (the mail carries the manage link) — one transaction.
     pub fn complete_registration(
         &self,
         claims: &Claims,
         districts: &[u32],
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+        render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let consumed = consume_token(&tx, claims, claims.purpose, now)?;
-        let subscriber = claims.subject as i64;
+        let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
         let sealed: Option<Vec<u8>> = tx
             .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))
             .optional()?;
@@ -396,6 +418,19 @@ impl Store {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
+        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        if status == SubscriberStatus::Pending {
+            // A parent who has just chosen districts may notice a wrong one
+            // and send another empty mail at once. Completing the
+            // registration proved the mailbox is theirs, so it lifts the
+            // mailbox's cooldown once; the daily count (and so the daily
+            // cap) stays as it is, and the next request starts a cooldown
+            // again.
+            tx.execute(
+                "UPDATE rate_limits SET last_at = 0 WHERE scope = ?1 AND key = ?2",
+                params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]],
+            )?;
+        }
         let mut link_nonce: Nonce = [0; 8];
         self.sealer.random(&mut link_nonce)?;
         // The footer-link nonce is set once, at the first confirmation.
@@ -403,6 +438,7 @@ impl Store {
             "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = X'0000000000000000'",
             params![&link_nonce[..], subscriber],
         )?;
+        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         tx.execute(
             "UPDATE subscribers SET status = 'active', updated_at = ?1,
                     confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
@@ -416,8 +452,8 @@ impl Store {
                 ins.execute(params![subscriber, d])?;
             }
         }
-        let mail = render(&addr);
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
+        let mail = render(&addr, link_nonce);
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();
         audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
         tx.commit()?;
@@ -446,11 +482,11 @@ impl Store {
         &self,
         tx: &rusqlite::Transaction<'_>,
         mail: &OutgoingMail,
-        subscriber: SubscriberId,
+        subscriber: Option<SubscriberId>,
         priority: i64,
         now: UnixTime,
         expires_at: UnixTime,
-    ) -> Result<i64> {
+    ) -> Result<OutboxId> {
         tx.execute(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at)
@@ -458,7 +494,7 @@ impl Store {
             params![
                 mail.kind.as_str(),
                 priority,
-                subscriber,
+                subscriber.map_or(0, SubscriberId::get),
                 mail.to.domain(),
                 mail.sender,
                 self.sealer.seal_address(&mail.to)?,
@@ -468,7 +504,7 @@ impl Store {
                 expires_at,
             ],
         )?;
-        Ok(tx.last_insert_rowid())
+        Ok(OutboxId::new(tx.last_insert_rowid()))
     }
 
     /// Records an event in the audit log.
@@ -481,14 +517,14 @@ impl Store {
     pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
         let index = self.sealer.index(addr);
         let conn = self.conn();
-        let row: Option<(i64, Vec<u8>, SubscriberStatus)> = conn
+        let row: Option<(SubscriberId, Vec<u8>, SubscriberStatus)> = conn
             .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
         let Some((id, sealed, status)) = row else { return Ok(None) };
         let districts = districts_of(&conn, id)?;
-        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status: status.as_str().to_owned(), districts }))
+        Ok(Some(Subscriber { id, address: self.sealer.open_address(&sealed)?, status, districts }))
     }
 
     /// The nonce of the subscriber's footer links (`mamoru_core::links`);
@@ -546,7 +582,7 @@ impl Store {
     }
 
     /// The row was accepted by the next hop.
-    pub fn mark_sent(&self, id: i64, now: UnixTime) -> Result<()> {
+    pub fn mark_sent(&self, id: OutboxId, now: UnixTime) -> Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'sent', done_at = ?1, last_error = '', lease_until = 0 WHERE id = ?2",
             params![now, id],
@@ -555,7 +591,7 @@ impl Store {
     }
 
     /// Delivery failed transiently: try again at `next_attempt_at`.
-    pub fn mark_retry(&self, id: i64, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
+    pub fn mark_retry(&self, id: OutboxId, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0 WHERE id = ?3",
             params![next_attempt_at, reason, id],
@@ -654,24 +690,8 @@ fn take_registration_slot(
             return Ok(Some(Limited::ClientHourlyCap));
         }
     }
-    // Calendar days in Japan (UTC+9), where parents are.
-    let day = (now + 9 * 3600).div_euclid(86_400);
-    let per_mailbox = tx.execute(
-        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
-         ON CONFLICT (scope, key) DO UPDATE SET
-             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-             window_start = excluded.window_start,
-             last_at = excluded.last_at
-         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
-        params![&mailbox[..], day, now, limits.cooldown_secs, limits.daily_cap, MAILBOX_SCOPE],
-    )?;
-    if per_mailbox == 0 {
-        let last_at: i64 = tx.query_row(
-            "SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2",
-            params![MAILBOX_SCOPE, &mailbox[..]],
-            |r| r.get(0),
-        )?;
-        return Ok(Some(if last_at > now - limits.cooldown_secs { Limited::Cooldown } else { Limited::DailyCap }));
+    if let Some(limited) = take_mailbox_slot(tx, MAILBOX_SCOPE, mailbox, now, limits.cooldown_secs, limits.daily_cap)? {
+        return Ok(Some(limited));
     }
     let (scope, cap) = match channel {
         Channel::Mail => ("register-global-mail", limits.global_hourly_cap),
@@ -683,8 +703,37 @@ fn take_registration_slot(
     Ok(None)
 }
 
+/// One slot of a mailbox's limits under (`scope`, `key`): at most one per
+/// `cooldown` seconds and `daily_cap` per calendar day in Japan (UTC+9),
+/// where parents are. One upsert: check and increment are one statement.
+pub(crate) fn take_mailbox_slot(
+    tx: &rusqlite::Transaction<'_>,
+    scope: &str,
+    mailbox: &BlindIndex,
+    now: UnixTime,
+    cooldown: i64,
+    daily_cap: i64,
+) -> Result<Option<Limited>> {
+    let day = (now + 9 * 3600).div_euclid(86_400);
+    let per_mailbox = tx.execute(
+        "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             window_start = excluded.window_start,
+             last_at = excluded.last_at
+         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
+        params![&mailbox[..], day, now, cooldown, daily_cap, scope],
+    )?;
+    if per_mailbox > 0 {
+        return Ok(None);
+    }
+    let last_at: i64 =
+        tx.query_row("SELECT last_at FROM rate_limits WHERE scope = ?1 AND key = ?2", params![scope, &mailbox[..]], |r| r.get(0))?;
+    Ok(Some(if last_at > now - cooldown { Limited::Cooldown } else { Limited::DailyCap }))
+}
+
 /// One slot of an hourly budget of `cap` under (`scope`, `key`), or `false`.
-fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
+pub(crate) fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
     let taken = tx.execute(
         "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
          ON CONFLICT (scope, key) DO UPDATE SET

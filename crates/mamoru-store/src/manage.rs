@@ -23,7 +23,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::states::SubscriberStatus;
 use crate::{
-    Channel, Limited, MAILBOX_SCOPE, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of,
+    Channel, Limited, MAILBOX_SCOPE, OutboxId, RegistrationLimits, Result, Store, SubscriberId, audit, districts_of,
     take_registration_slot,
 };
 
@@ -49,7 +49,7 @@ impl LinkMail {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkRequest {
     /// A mail of this kind is queued.
-    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: i64 },
+    Queued { kind: LinkMail, subscriber: SubscriberId, outbox: OutboxId },
     /// Nothing was queued: a limit applies.
     Limited(Limited),
 }
@@ -76,7 +76,7 @@ pub struct ManageView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManageOutcome {
     /// Done; `outbox` is the confirmation mail, if one was queued.
-    Done { subscriber: SubscriberId, outbox: Option<i64> },
+    Done { subscriber: SubscriberId, outbox: Option<OutboxId> },
     /// The token was used, or the registration is gone.
     TokenUnusable,
 }
@@ -108,7 +108,7 @@ impl Store {
         if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
             return Ok(LinkRequest::Limited(limited));
         }
-        let existing: Option<(i64, SubscriberStatus)> = tx
+        let existing: Option<(SubscriberId, SubscriberStatus)> = tx
             .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (subscriber, kind) = match existing {
@@ -120,7 +120,7 @@ impl Store {
                      VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
                     params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
                 )?;
-                (tx.last_insert_rowid(), LinkMail::Register)
+                (SubscriberId::new(tx.last_insert_rowid()), LinkMail::Register)
             }
         };
         if let (LinkMail::Register, Some(district)) = (kind, preselect) {
@@ -129,9 +129,9 @@ impl Store {
                 params![subscriber, district],
             )?;
         }
-        let nonce = self.issue_token(&tx, kind.purpose(), subscriber, token_expires_at)?;
+        let nonce = self.issue_token(&tx, kind.purpose(), subscriber.get(), token_expires_at)?;
         let mail = render(kind, subscriber, nonce);
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, token_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
         let action = match kind {
             LinkMail::Register => "registration-requested",
             LinkMail::Manage => "manage-link-requested",
@@ -188,7 +188,7 @@ impl Store {
         let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         let addr = self.sealer.open_address(&sealed)?;
         let mail = render(&addr);
-        let outbox = self.insert_outbox(&tx, &mail, subscriber, 10, now, mail_expires_at)?;
+        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();
         audit(&tx, now, "web", "districts-changed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
         tx.commit()?;
@@ -219,7 +219,7 @@ impl Store {
         // the address, so it is personal data too).
         tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]])?;
         let outbox = match render(&addr) {
-            Some(mail) => Some(self.insert_outbox(&tx, &mail, 0, 10, now, mail_expires_at)?),
+            Some(mail) => Some(self.insert_outbox(&tx, &mail, None, 10, now, mail_expires_at)?),
             None => None,
         };
         let actor = if claims.purpose == Purpose::Unsubscribe { "unsubscribe" } else { "web" };
@@ -247,8 +247,8 @@ pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, in
 
 /// Which registration a manage/unsubscribe token opens, if any. Only
 /// confirmed registrations (active or suspended) can be managed.
-fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
-    let Ok(subscriber) = i64::try_from(claims.subject) else { return Ok(None) };
+pub(crate) fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
+    let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(None) };
     let row: Option<(SubscriberStatus, Vec<u8>)> = conn
         .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -261,7 +261,7 @@ fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<
     if link_nonce != [0u8; 8] && link_nonce == claims.nonce {
         return Ok(Some((subscriber, Grant::Footer)));
     }
-    let one_time: Option<i64> = conn
+    let one_time: Option<SubscriberId> = conn
         .query_row(
             "SELECT subject_id FROM tokens
              WHERE nonce = ?1 AND purpose = ?2 AND subject_id = ?3 AND used_at = 0 AND expires_at > ?4",
@@ -321,7 +321,7 @@ mod tests {
             let r = self
                 .store
                 .request_link(&a, &Channel::Mail, now, &LIMITS, now + 3600, None, |kind, sid, nonce| {
-                    let c = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
+                    let c = Claims { purpose: kind.purpose(), subject: sid.subject(), nonce, expires_at: now + 3600 };
                     claims = Some(c.clone());
                     let t = self.tk().sign(&c);
                     mail::manage_link(&self.cfg, &a, &t, now, format!("{sid}-{}@x", u64::from_be_bytes(nonce)))
@@ -336,13 +336,13 @@ mod tests {
             assert_eq!(kind, LinkMail::Register);
             let done = self
                 .store
-                .complete_registration(&c, districts, T0, T0 + 60, |to| {
-                    mail::registration_completed(&self.cfg, to, &[], T0, format!("done-{}@x", c.subject))
+                .complete_registration(&c, districts, T0, T0 + 60, |to, _| {
+                    mail::registration_completed(&self.cfg, to, &[], "", T0, format!("done-{}@x", c.subject))
                 })
                 .unwrap();
             let Completion::Completed { subscriber, .. } = done else { panic!("not completed") };
             let nonce = self.store.link_nonce(subscriber).unwrap().unwrap();
-            let footer = Claims { purpose: Purpose::Manage, subject: subscriber as u64, nonce, expires_at: T0 + 1000 };
+            let footer = Claims { purpose: Purpose::Manage, subject: subscriber.subject(), nonce, expires_at: T0 + 1000 };
             (subscriber, footer)
         }
 
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(f.ask("a@docomo.ne.jp", T0 + 1).0, LinkMail::Register, "still pending");
         let (id, _) = f.register("b@docomo.ne.jp", &[1]);
         let (kind, c) = f.ask("b@docomo.ne.jp", T0 + 2);
-        assert_eq!((kind, c.purpose, c.subject), (LinkMail::Manage, Purpose::Manage, id as u64));
+        assert_eq!((kind, c.purpose, c.subject), (LinkMail::Manage, Purpose::Manage, id.subject()));
         assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 2, "no second registration");
     }
 
@@ -394,7 +394,7 @@ mod tests {
         let (b, fb) = f.register("b@docomo.ne.jp", &[2]);
         // A's nonce with B's id (the MAC would stop this at the web; the
         // store must not rely on that).
-        let forged = Claims { subject: b as u64, ..fa.clone() };
+        let forged = Claims { subject: b.subject(), ..fa.clone() };
         assert_eq!(f.store.manage_view(&forged, T0).unwrap(), None);
         assert_eq!(f.change(&forged, &[9], T0), ManageOutcome::TokenUnusable);
         assert_eq!(f.store.delete_registration(&forged, T0, T0 + 60, |_| None).unwrap(), ManageOutcome::TokenUnusable);
@@ -407,7 +407,7 @@ mod tests {
         let f = f();
         let (id, footer) = f.register("gone@docomo.ne.jp", &[1, 2]);
         let (_, once) = f.ask("gone@docomo.ne.jp", T0 + 1);
-        f.store.mark_sent(1, T0 + 2).unwrap();
+        f.store.mark_sent(OutboxId::new(1), T0 + 2).unwrap();
         let unsub = Claims { purpose: Purpose::Unsubscribe, ..footer.clone() };
         let r = f.store.delete_registration(&unsub, T0 + 3, T0 + 60, |_| None).unwrap();
         assert_eq!(r, ManageOutcome::Done { subscriber: id, outbox: None });
@@ -424,7 +424,7 @@ mod tests {
         // Registering again gives a new row and a new nonce: old links stay dead.
         let (id2, footer2) = f.register("gone@docomo.ne.jp", &[3]);
         assert_ne!(footer2.nonce, footer.nonce);
-        let old = Claims { subject: id2 as u64, ..footer };
+        let old = Claims { subject: id2.subject(), ..footer };
         assert_eq!(f.store.manage_view(&old, T0 + 5).unwrap(), None);
         // The goodbye mail of the manage page is queued unattached.
         let r = f
@@ -442,7 +442,7 @@ mod tests {
         let f = f();
         let (a, footer) = f.register("dead@docomo.ne.jp", &[1]);
         let (b, _) = f.register("full@ezweb.ne.jp", &[1]);
-        let outbox_of = |id: SubscriberId| -> Vec<i64> {
+        let outbox_of = |id: SubscriberId| -> Vec<OutboxId> {
             let conn = f.store.conn();
             let mut st = conn.prepare("SELECT id FROM outbox WHERE subscriber_id = ?1 ORDER BY id").unwrap();
             st.query_map([id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
@@ -469,7 +469,7 @@ mod tests {
             f.store.record_bounce(ob[3], BounceClass::Other, "5.3.4", T0, P3).unwrap(),
             BounceEffect::Suspended { subscriber: b, reason: "soft-bounces" }
         );
-        assert_eq!(f.store.record_bounce(999, BounceClass::UnknownUser, "", T0, P3).unwrap(), BounceEffect::Unknown);
+        assert_eq!(f.store.record_bounce(OutboxId::new(999), BounceClass::UnknownUser, "", T0, P3).unwrap(), BounceEffect::Unknown);
         // Soft bounces outside the window do not add up.
         let (c, _) = f.register("rarely.full@ezweb.ne.jp", &[1]);
         for i in 0..3 {

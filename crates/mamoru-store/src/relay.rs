@@ -14,7 +14,8 @@ use mamoru_core::mail::OutgoingMail;
 use mamoru_core::token::Nonce;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use crate::{AlertRef, QueuedMail, Result, Store};
+use crate::states::OutboxState;
+use crate::{AlertId, AlertRef, OutboxId, QueuedMail, Result, Store, SubscriberId};
 
 /// Which recipient domains a claim takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,14 +130,26 @@ pub const AGE_BUCKETS_MIN: [i64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeRow {
     pub domain: String,
-    pub state: String,
+    pub state: OutboxState,
     /// `AGE_BUCKETS_MIN.len() + 1` counts, youngest first.
     pub buckets: Vec<i64>,
 }
 
+/// Outbox rows still to deliver (`queued` or `sending`) of one domain and
+/// state, counted per age bucket, with the oldest row's queue time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub domain: String,
+    pub state: String,
+    /// `AGE_BUCKETS_MIN.len() + 1` counts, youngest first.
+    pub buckets: Vec<i64>,
+    /// `created_at` of the oldest of these rows.
+    pub oldest: UnixTime,
+}
+
 /// A row as a claim's `RETURNING` gives it: id, kind, sender, sealed
 /// recipient, Message-ID, sealed content, attempts, alert id, subscriber id.
-pub(crate) type ClaimedRow = (i64, String, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
+pub(crate) type ClaimedRow = (OutboxId, String, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
 
 pub(crate) fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
@@ -148,12 +161,12 @@ const SUBSCRIBER_GONE: &str = "the subscriber is gone";
 impl Store {
     /// Queues many rendered mails in one transaction, for no subscriber
     /// (tests and benchmarks fill the outbox with it). Returns the row ids.
-    pub fn queue_many(&self, mails: &[OutgoingMail], priority: i64, now: UnixTime, expires_at: UnixTime) -> Result<Vec<i64>> {
+    pub fn queue_many(&self, mails: &[OutgoingMail], priority: i64, now: UnixTime, expires_at: UnixTime) -> Result<Vec<OutboxId>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(mails.len());
         for m in mails {
-            ids.push(self.insert_outbox(&tx, m, 0, priority, now, expires_at)?);
+            ids.push(self.insert_outbox(&tx, m, None, priority, now, expires_at)?);
         }
         tx.commit()?;
         Ok(ids)
@@ -166,14 +179,14 @@ impl Store {
     pub fn claim_due_in(&self, now: UnixTime, lease_secs: i64, limit: usize, filter: &DomainFilter) -> Result<Vec<QueuedMail>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ids: Vec<i64> = Vec::with_capacity(limit);
+        let mut ids: Vec<OutboxId> = Vec::with_capacity(limit);
         {
             // Rows of a relay that died: few, so a scan of 'sending' is cheap.
             let mut stale = tx.prepare_cached(
                 "SELECT id, domain FROM outbox INDEXED BY outbox_due
                  WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id",
             )?;
-            let rows = stale.query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let rows = stale.query_map([now], |r| Ok((r.get::<_, OutboxId>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (id, domain) = row?;
                 if ids.len() < limit && passes(filter, &domain) {
@@ -194,7 +207,7 @@ impl Store {
                     if room == 0 {
                         break;
                     }
-                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<_, i64>(0))?;
+                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<_, OutboxId>(0))?;
                     for id in rows {
                         ids.push(id?);
                     }
@@ -213,7 +226,7 @@ impl Store {
                     let mut args: Vec<rusqlite::types::Value> = vec![now.into(), now.into()];
                     args.extend(domains.iter().map(|d| d.clone().into()));
                     args.push((room as i64).into());
-                    let rows = q.query_map(params_from_iter(args), |r| r.get::<_, i64>(0))?;
+                    let rows = q.query_map(params_from_iter(args), |r| r.get::<_, OutboxId>(0))?;
                     for id in rows {
                         ids.push(id?);
                     }
@@ -251,7 +264,7 @@ impl Store {
     /// memory queue behind a paused pool, or in flight) to `until`, so they
     /// are not claimed a second time while it is alive. Only rows still
     /// leased count; returns how many were extended.
-    pub fn renew_leases(&self, ids: &[i64], until: UnixTime) -> Result<usize> {
+    pub fn renew_leases(&self, ids: &[OutboxId], until: UnixTime) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -280,7 +293,7 @@ impl Store {
     }
 
     /// Commits a group of outcomes in one transaction.
-    pub fn record_outcomes(&self, outcomes: &[(i64, OutcomeRecord)], now: UnixTime) -> Result<()> {
+    pub fn record_outcomes(&self, outcomes: &[(OutboxId, OutcomeRecord)], now: UnixTime) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (id, outcome) in outcomes {
@@ -299,8 +312,9 @@ impl Store {
                     let subscriber: Option<i64> = tx
                         .query_row("SELECT subscriber_id FROM outbox WHERE id = ?1", [id], |r| r.get(0))
                         .optional()?;
+                    // 0: a mail to an admin or an outside address, not a subscriber's.
                     if let Some(subscriber) = subscriber.filter(|&s| s > 0) {
-                        suspend_undeliverable(&tx, subscriber, now)?;
+                        suspend_undeliverable(&tx, SubscriberId::new(subscriber), now)?;
                     }
                 }
             }
@@ -312,7 +326,7 @@ impl Store {
     /// Suspends a subscriber whose address the carrier refused as unknown,
     /// and fails its other queued mail, so nothing more goes to a dead
     /// address. Idempotent: the first refusal's time is kept.
-    pub fn mark_undeliverable(&self, subscriber: i64, now: UnixTime) -> Result<()> {
+    pub fn mark_undeliverable(&self, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         suspend_undeliverable(&tx, subscriber, now)?;
@@ -460,6 +474,58 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Like [`Store::outbox_shape`] for the rows still to deliver only
+    /// (`queued`, `sending`), through the state index: bounded by the queue,
+    /// not by the history. The relay's snapshot reads it once a second.
+    pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
+        let conn = self.conn();
+        let mut bucket_sql = String::from("CASE");
+        for (i, m) in AGE_BUCKETS_MIN.iter().enumerate() {
+            bucket_sql.push_str(&format!(" WHEN ?1 - created_at < {} THEN {i}", m * 60));
+        }
+        bucket_sql.push_str(&format!(" ELSE {} END", AGE_BUCKETS_MIN.len()));
+        let sql = format!(
+            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*), MIN(created_at) FROM outbox
+             WHERE state IN ('queued', 'sending') GROUP BY domain, state, bucket ORDER BY domain, state"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+        })?;
+        let mut out: Vec<PendingRow> = Vec::new();
+        for row in rows {
+            let (domain, state, bucket, n, oldest) = row?;
+            let same = out.last().is_some_and(|l| l.domain == domain && l.state == state);
+            if !same {
+                out.push(PendingRow { domain, state, buckets: vec![0; AGE_BUCKETS_MIN.len() + 1], oldest });
+            }
+            if let Some(last) = out.last_mut() {
+                last.oldest = last.oldest.min(oldest);
+                if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| last.buckets.get_mut(b)) {
+                    *slot += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Of the published alerts `ids`, those with no copy left to deliver
+    /// (every row sent, failed or expired), with their publication time.
+    pub fn alerts_finished(&self, ids: &[AlertId]) -> Result<Vec<(AlertId, UnixTime)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT published_at FROM alerts WHERE id = ?1 AND state = 'published'
+             AND NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = ?1 AND state IN ('queued', 'sending'))",
+        )?;
+        let mut out = Vec::new();
+        for &id in ids {
+            if let Some(at) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                out.push((id, at));
+            }
+        }
+        Ok(out)
+    }
+
     /// Outbox rows per domain × state × age (since queued), like qshape.
     pub fn outbox_shape(&self, now: UnixTime) -> Result<Vec<ShapeRow>> {
         let conn = self.conn();
@@ -472,7 +538,7 @@ impl Store {
             "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*) FROM outbox GROUP BY domain, state, bucket ORDER BY domain, state"
         );
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, OutboxState>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
         let mut out: Vec<ShapeRow> = Vec::new();
         for row in rows {
             let (domain, state, bucket, n) = row?;
@@ -504,11 +570,12 @@ pub(crate) fn attach_alerts(
     for row in rows {
         let (id, alert_id, subscriber_id) = (row.0, row.7, row.8);
         // Alert rows queued with their full content (before the splice) are
-        // sent as they are.
+        // sent as they are; 0 is "not an alert's copy".
         if alert_id == 0 || !row.5.is_empty() {
             out.push((row, None));
             continue;
         }
+        let (alert_id, subscriber_id) = (AlertId::new(alert_id), SubscriberId::new(subscriber_id));
         let nonce: Option<Vec<u8>> = tx
             .prepare_cached("SELECT link_nonce FROM subscribers WHERE id = ?1")?
             .query_row([subscriber_id], |r| r.get(0))
@@ -528,7 +595,7 @@ fn passes(filter: &DomainFilter, domain: &str) -> bool {
     }
 }
 
-fn finish(tx: &rusqlite::Transaction<'_>, id: i64, state: &str, now: UnixTime, reason: &str) -> Result<()> {
+fn finish(tx: &rusqlite::Transaction<'_>, id: OutboxId, state: &str, now: UnixTime, reason: &str) -> Result<()> {
     // Only a row still leased is finished: if its lease ran out and another
     // relay finished it meanwhile, the first answer stands.
     tx.prepare_cached(
@@ -538,7 +605,7 @@ fn finish(tx: &rusqlite::Transaction<'_>, id: i64, state: &str, now: UnixTime, r
     Ok(())
 }
 
-fn suspend_undeliverable(tx: &rusqlite::Transaction<'_>, subscriber: i64, now: UnixTime) -> Result<()> {
+fn suspend_undeliverable(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
     // A refusal during our own SMTP transaction is an unknown-user bounce
     // that arrived early: same reason, same effects.
     crate::bounces::suspend(tx, subscriber, "unknown-user", now)?;

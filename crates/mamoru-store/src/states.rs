@@ -9,7 +9,8 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 macro_rules! text_state {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        // Ordered as declared: for the outbox, that is a row's life order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
@@ -63,6 +64,31 @@ text_state! {
     }
 }
 
+text_state! {
+    /// `alerts.state`.
+    AlertState {
+        /// Drafted; its preview went to the admin, nobody else has it.
+        Draft = "draft",
+        /// Fanned out to the subscribers.
+        Published = "published",
+        /// A post refused (the admin was told why); kept so a redelivery of
+        /// the same mail is not answered twice.
+        Rejected = "rejected",
+    }
+}
+
+text_state! {
+    /// `outbox.state`.
+    OutboxState {
+        Queued = "queued",
+        /// Leased by a relay.
+        Sending = "sending",
+        Sent = "sent",
+        Failed = "failed",
+        Expired = "expired",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +102,12 @@ mod tests {
         }
         for s in AdminStatus::ALL {
             assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, AdminStatus>(0)).unwrap(), *s);
+        }
+        for s in AlertState::ALL {
+            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, AlertState>(0)).unwrap(), *s);
+        }
+        for s in OutboxState::ALL {
+            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, OutboxState>(0)).unwrap(), *s);
         }
         assert!(c.query_row("SELECT 'Active'", [], |r| r.get::<_, SubscriberStatus>(0)).is_err());
         assert!(c.query_row("SELECT 1", [], |r| r.get::<_, AdminStatus>(0)).is_err());

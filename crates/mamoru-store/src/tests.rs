@@ -39,7 +39,7 @@ impl Fixture {
         let r = self
             .store
             .request_registration(a, now, limits, now + 86_400, |sid, nonce| {
-                let claims = Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at: now + 86_400 };
+                let claims = Claims { purpose: Purpose::Register, subject: sid.subject(), nonce, expires_at: now + 86_400 };
                 let t = self.keys.token_key().sign(&claims);
                 token = Some(t.clone());
                 mail::registration_received(&self.cfg, a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
@@ -54,8 +54,8 @@ impl Fixture {
 
     fn complete(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Completion {
         self.store
-            .complete_registration(claims, districts, now, now + 3600, |a| {
-                mail::registration_completed(&self.cfg, a, &[], now, format!("done.{}@x", hex(&claims.nonce)))
+            .complete_registration(claims, districts, now, now + 3600, |a, _| {
+                mail::registration_completed(&self.cfg, a, &[], "", now, format!("done.{}@x", hex(&claims.nonce)))
             })
             .unwrap()
     }
@@ -74,7 +74,7 @@ fn registration_round_trip() {
     let token = token.unwrap();
     let claims = f.claims(&token, T0 + 10);
     assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![] }));
-    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, "pending");
+    assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, SubscriberStatus::Pending);
 
     assert_eq!(f.store.link_nonce(subscriber).unwrap(), None, "no footer links before confirmation");
     assert!(matches!(f.complete(&claims, &[3, 1], T0 + 20), Completion::Completed { .. }));
@@ -335,7 +335,7 @@ impl Fixture {
         let a = addr(a);
         self.store
             .request_link(&a, channel, now, limits, now + 3600, None, |kind, sid, nonce| {
-                let claims = Claims { purpose: kind.purpose(), subject: sid as u64, nonce, expires_at: now + 3600 };
+                let claims = Claims { purpose: kind.purpose(), subject: sid.subject(), nonce, expires_at: now + 3600 };
                 let t = self.keys.token_key().sign(&claims);
                 mail::registration_received(&self.cfg, &a, &t, now, format!("{sid}.{}@x", hex(&nonce)))
             })
@@ -462,4 +462,17 @@ fn the_autoincrement_rebuild_keeps_rows_ids_and_their_districts() {
     assert_eq!(c.query_row("SELECT count(*) FROM subscriber_districts", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
     // The sequence starts after the ids that were copied.
     assert_eq!(insert_row(&c, "subscribers"), 3);
+}
+
+#[test]
+fn the_store_is_writable_until_another_process_holds_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap();
+    store.check_writable().unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(matches!(store.check_writable(), Err(StoreError::Busy)));
+    other.execute_batch("ROLLBACK").unwrap();
+    store.check_writable().unwrap();
 }

@@ -73,7 +73,7 @@ pub struct Incident<'a> {
 impl<'a> Incident<'a> {
     /// Groups `followups` under their reports (`reports` in their order).
     pub fn group(reports: &'a [AlertRow], followups: &'a [AlertRow]) -> Vec<Self> {
-        reports.iter().map(|r| Incident { report: r, followups: followups.iter().filter(|f| f.followup_of == r.id).collect() }).collect()
+        reports.iter().map(|r| Incident { report: r, followups: followups.iter().filter(|f| f.followup_of == Some(r.id)).collect() }).collect()
     }
 
     /// `【解決】` while resolved, retracted or followed up; empty while open.
@@ -204,7 +204,7 @@ pub async fn handle(web: std::sync::Arc<Web>, path: &str, query: Option<&str>) -
     let since = now - cfg.alerts.archive_days * 86_400;
     let read = crate::blocking(&web, "read the archive", move |w| {
         let reports = w.store.archive(district, since, LIMIT)?;
-        let ids: Vec<i64> = reports.iter().map(|r| r.id).collect();
+        let ids: Vec<_> = reports.iter().map(|r| r.id).collect();
         let followups = w.store.followups_of(&ids)?;
         Ok::<_, mamoru_store::StoreError>((reports, followups))
     });
@@ -236,8 +236,8 @@ mod tests {
 
     fn row(id: i64, title: &str, kind: &str, text: &str) -> AlertRow {
         AlertRow {
-            id,
-            admin: 1,
+            id: mamoru_core::AlertId::new(id),
+            admin: mamoru_core::AdminId::new(1),
             admin_login: "admin".into(),
             source: "panel".into(),
             kind: kind.into(),
@@ -245,11 +245,19 @@ mod tests {
             text: text.into(),
             districts: vec![1],
             is_test: false,
-            state: "published".into(),
+            state: mamoru_store::states::AlertState::Published,
             created_at: 1_795_000_000,
             published_at: 1_795_000_000,
             recipients: 0,
-            ..Default::default()
+            followup_of: None,
+            followup_kind: String::new(),
+            incident_state: String::new(),
+            updated_at: 0,
+            occurred_at: 0,
+            occurred_flags: 0,
+            urgent: false,
+            report_published_at: 0,
+            ask_confirm: false,
         }
     }
 
@@ -326,9 +334,9 @@ for e in root.findall("a:entry", ns):
         report.incident_state = "resolved".into();
         report.updated_at = 1_795_003_600;
         let mut update = row(8, "不審者", "", "男は立ち去りました");
-        (update.followup_of, update.followup_kind, update.published_at) = (7, "update".into(), 1_795_001_800);
+        (update.followup_of, update.followup_kind, update.published_at) = (Some(mamoru_core::AlertId::new(7)), "update".into(), 1_795_001_800);
         let mut resolved = row(9, "不審者", "", "保護者の方でした");
-        (resolved.followup_of, resolved.followup_kind, resolved.published_at) = (7, "resolved".into(), 1_795_003_600);
+        (resolved.followup_of, resolved.followup_kind, resolved.published_at) = (Some(mamoru_core::AlertId::new(7)), "resolved".into(), 1_795_003_600);
         let reports = [report];
         let followups = [update, resolved];
         let xml = feed(&cfg, None, &Incident::group(&reports, &followups), 1_795_009_999);

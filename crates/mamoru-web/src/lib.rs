@@ -153,6 +153,7 @@ async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, s
     let proxied = web.cfg.web.behind_tls_proxy;
     let mut refusals = RefusalLog::new(Duration::from_secs(10));
     let header_timeout = Duration::from_secs(web.cfg.web.header_timeout_secs);
+    let metrics = web.app.metrics().clone();
     let app = Arc::new(routes::App::new(web));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -188,9 +189,18 @@ async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, s
         // Small responses: send them at once instead of waiting for an ACK.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| {
+        let metrics = metrics.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+            let metrics = metrics.clone();
+            async move {
+                // Only the class of the path is kept: the rest may hold a token.
+                let route = mamoru_app::metrics::RouteClass::of(req.uri().path());
+                let started = std::time::Instant::now();
+                let resp = app.handle(req, peer).await;
+                metrics.http(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+                Ok::<_, Infallible>(resp)
+            }
         });
         let Some(acceptor) = tls.clone() else {
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

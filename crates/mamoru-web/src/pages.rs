@@ -10,8 +10,10 @@
 //! [`StaticPages`] when the server starts; only the district form, the
 //! completion page and the form with an error are rendered per request.
 
+pub mod confirm;
 pub mod districts;
 pub mod manage;
+pub mod reception;
 
 use hyper::body::Bytes;
 use maud::{DOCTYPE, Markup, html};
@@ -40,7 +42,8 @@ button{display:block;width:100%;min-height:3.25rem;margin:1.25rem 0;padding:.75r
 button.danger{background:#b00020}\
 .qr{text-align:center;margin:1.5rem 0}\
 .qr svg{width:60%;max-width:18rem;height:auto}\
-@media print{header,footer{display:none}.mail{border:0}}\
+@media print{header,footer,.noprint{display:none}.mail{border:0}}\
+ol.steps li{margin:.4rem 0}\
 .error{padding:.75rem 1rem;border-left:.3rem solid #b00020;background:#fdecee;color:#7a0016}\
 pre.alert{white-space:pre-wrap;padding:.75rem 1rem;border:1px solid #c4c4c4;border-radius:.5rem;background:#fafafa;font:inherit}\
 article.alert{margin:1.5rem 0}\
@@ -101,6 +104,16 @@ impl StaticPages {
 /// is made here, and here the character rule is applied to all of it (the
 /// markup itself holds no character the rule changes).
 pub(crate) fn document(cfg: &Config, title: &str, main: Markup) -> String {
+    document_with(cfg, title, None, main)
+}
+
+/// [`document`] that reloads itself every `secs` seconds (a meta refresh:
+/// pages here have no script).
+pub(crate) fn document_refreshing(cfg: &Config, title: &str, secs: u32, main: Markup) -> String {
+    document_with(cfg, title, Some(secs), main)
+}
+
+fn document_with(cfg: &Config, title: &str, refresh: Option<u32>, main: Markup) -> String {
     let page = html! {
         (DOCTYPE)
         html lang="ja" {
@@ -108,6 +121,7 @@ pub(crate) fn document(cfg: &Config, title: &str, main: Markup) -> String {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="format-detection" content="telephone=no";
+                @if let Some(secs) = refresh { meta http-equiv="refresh" content=(secs); }
                 link rel="stylesheet" href="/style.css";
                 title { (title) " - " (cfg.service_name) }
             }
@@ -172,6 +186,18 @@ pub fn index(cfg: &Config, error_text: Option<&str>, value: &str) -> String {
         }
         p { "登録受付メールのリンクは" (ttl_hours(cfg)) "時間有効で、一度だけ使えます。期限が切れたときは、もう一度空メールを送ってください。" }
         p { "迷惑メール対策をしている場合は、「" (cfg.domain) "」からのメールを受け取れるように設定してください。" }
+        h2 id="help" { "登録受付メールが届かないとき" }
+        ol {
+            li { "迷惑メールのフォルダを見てください。" }
+            li { "「" (cfg.domain) "」を受信許可に設定してください。" }
+            li { "下の受信テストで、届くか確かめてください。" }
+            li { "届くようになったら、もう一度空メールを送ってください。" }
+        }
+        p { "設定の方法(印刷できます):" }
+        (reception::help_links())
+        h2 id="test" { "受信テスト" }
+        p { "お使いのアドレスへテストメールを送ります。届くかどうかを確かめられます。登録はされません。" }
+        (reception::test_form(""))
         h2 id="pc" { "パソコンから" }
         p { "携帯電話のメールアドレスを入力してください。そのアドレスへ登録受付メールを送ります。" }
         @if let Some(text) = error_text { (error(text)) }

@@ -14,8 +14,10 @@ use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
 use mamoru_store::{Channel, Completion};
 
+mod confirm;
 mod districts;
 mod manage;
+mod reception;
 
 use crate::Web;
 use crate::form::{self, DistrictsError};
@@ -79,6 +81,13 @@ impl App {
             "/" | "/style.css" => self.not_allowed("GET, HEAD"),
             "/register" if parts.method == Method::POST => no_store(self.register(&parts.headers, body, peer).await),
             "/register" => self.not_allowed("POST"),
+            "/test" if parts.method == Method::POST => no_store(self.test_post(&parts.headers, body, peer).await),
+            "/test" => self.not_allowed("POST"),
+            _ if path == "/help" || path.starts_with("/help/") => match path.strip_prefix("/help/") {
+                Some(slug) if read => cacheable(self.help(slug), "public, max-age=300"),
+                None if read => cacheable(self.help(""), "public, max-age=300"),
+                _ => self.not_allowed("GET, HEAD"),
+            },
             _ if path == "/d" || path.starts_with("/d/") => match path.strip_prefix("/d/") {
                 Some(rest) if read => cacheable(self.districts(rest), "public, max-age=300"),
                 _ if read => self.districts("missing"),
@@ -111,6 +120,11 @@ impl App {
                 let confirmed = form::value(&body, "stale").is_some();
                 self.answer(crate::publish::post(self.web.clone(), token.to_string(), confirmed).await)
             }
+            Route::Waiting(_) if read => self.waiting_show(token).await,
+            Route::Arrived(_) if read => self.arrived_show(token).await,
+            Route::Arrived(_) if *method == Method::POST => self.arrived_post(token, headers, body).await,
+            Route::Confirm(_) if read => self.confirm_show(token).await,
+            Route::Confirm(_) if *method == Method::POST => self.confirm_post(token, headers, body).await,
             _ => self.not_allowed("GET, HEAD, POST"),
         }
     }

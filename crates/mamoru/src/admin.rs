@@ -7,38 +7,31 @@ use anyhow::{Context as _, bail};
 use std::sync::Arc;
 
 use mamoru_app::App;
+use mamoru_app::admins::{Actor, NewAdmin, Refusal};
 use mamoru_app::alerts::{DraftOutcome, Publisher, Source};
 use mamoru_core::alert::FollowupKind;
-use mamoru_core::{Config, EmailAddress, alert, password};
-use mamoru_store::admins::{Admin, AdminAdded, valid_login};
+use mamoru_core::{AlertId, Config, EmailAddress, alert, password};
+use mamoru_store::admins::Admin;
 use mamoru_store::alerts::Published;
 
 use crate::cli::{AdminCommand, AlertCommand, AlertFollowupArgs, AlertPostArgs, FollowupKindArg};
 use crate::setup;
 
 pub fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
-    let (store, _keys) = setup::open_store(&cfg)?;
+    let (store, keys) = setup::open_store(&cfg)?;
+    let app = App::new(Arc::new(cfg), store, keys.token_key());
     let now = mamoru_core::now();
     let mut out = std::io::stdout().lock();
     match cmd {
         AdminCommand::Add(args) => {
-            if !valid_login(&args.id) {
-                bail!("admin ID must be 1–64 letters, digits, '.', '_' or '-'");
-            }
-            let email = EmailAddress::parse(&args.email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-            for d in &args.districts {
-                if cfg.district(*d).is_none() {
-                    bail!("--districts: no district with id {d}");
-                }
-            }
-            let hash = read_password_hash(&store, &args.id)?;
-            match store.add_admin(&args.id, &email, &hash, &args.districts, "cli", now)? {
-                AdminAdded::Added(_) => writeln!(out, "admin {} added ({})", args.id, email.masked())?,
-                AdminAdded::LoginTaken => bail!("admin {} already exists", args.id),
-            }
+            let pw = read_password(&args.id)?;
+            let new = NewAdmin { login: &args.id, email: &args.email, password: &pw, districts: &args.districts };
+            app.add_admin(Actor::Operator, &new, now)?.map_err(|why| refusal(&why, &args.id))?;
+            let masked = EmailAddress::parse(args.email.trim()).map(|e| e.masked()).unwrap_or_default();
+            writeln!(out, "admin {} added ({masked})", args.id)?;
         }
         AdminCommand::List => {
-            for a in store.list_admins()? {
+            for a in app.store.list_admins()? {
                 let districts = if a.districts.is_empty() {
                     "all".to_string()
                 } else {
@@ -50,45 +43,50 @@ pub fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Disable { id } => {
-            if !store.disable_admin(&id, "cli", now)? {
-                bail!("no admin {id}");
-            }
+            app.set_admin_active(Actor::Operator, &id, false, now)?.map_err(|why| refusal(&why, &id))?;
             writeln!(out, "admin {id} disabled")?;
         }
         AdminCommand::Enable { id } => {
-            if !store.enable_admin(&id, "cli", now)? {
-                bail!("no disabled admin {id}");
-            }
+            app.set_admin_active(Actor::Operator, &id, true, now)?.map_err(|why| match why {
+                Refusal::NoSuchAdmin => anyhow::anyhow!("no disabled admin {id}"),
+                why => refusal(&why, &id),
+            })?;
             writeln!(out, "admin {id} enabled")?;
         }
         AdminCommand::Password { id } => {
-            if store.admin_credentials(&id)?.is_none() {
+            if app.store.admin_credentials(&id)?.is_none() {
                 bail!("no admin {id}");
             }
-            let hash = read_password_hash(&store, &id)?;
-            if !store.set_admin_password(&id, &hash, None, "cli", now)? {
-                bail!("no admin {id}");
-            }
+            let pw = read_password(&id)?;
+            app.reset_admin_password(&id, &pw, now)?.map_err(|why| refusal(&why, &id))?;
             writeln!(out, "admin {id}: password changed; web sessions ended")?;
         }
     }
     Ok(())
 }
 
-/// Reads a new password (one line of stdin, prompted on a terminal) and
-/// hashes it.
-fn read_password_hash(store: &mamoru_store::Store, id: &str) -> anyhow::Result<String> {
+/// A refusal of the admins flow, as the terminal says it.
+fn refusal(why: &Refusal, id: &str) -> anyhow::Error {
+    match why {
+        Refusal::BadLogin => anyhow::anyhow!("admin ID must be 1–64 letters, digits, '.', '_' or '-'"),
+        Refusal::BadEmail => anyhow::anyhow!("--email: not a valid address"),
+        Refusal::UnknownDistrict(d) => anyhow::anyhow!("--districts: no district with id {d}"),
+        Refusal::WeakPassword => anyhow::anyhow!("the password must have at least {} characters, on one line", password::MIN_LEN),
+        Refusal::LoginTaken => anyhow::anyhow!("admin {id} already exists"),
+        Refusal::NoSuchAdmin => anyhow::anyhow!("no admin {id}"),
+        Refusal::NotAllowed | Refusal::Yourself | Refusal::WrongPassword => anyhow::anyhow!("refused: {why:?}"),
+    }
+}
+
+/// Reads a new password: one line of stdin, prompted on a terminal.
+fn read_password(id: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         eprint!("password for {} (at least {} characters): ", id, password::MIN_LEN);
     }
     let mut line = String::new();
     stdin.lock().read_line(&mut line).context("read password from stdin")?;
-    let pw = line.trim_end_matches(['\r', '\n']);
-    let mut salt = [0u8; 16];
-    store.sealer().random(&mut salt)?;
-    let hash = password::hash(pw, &salt)?;
-    Ok(hash)
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// `mamoru alert post|followup|show`.
@@ -102,7 +100,7 @@ pub fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
 
 /// The app and the active admin `login`, for posting in its name.
 fn poster(cfg: &Config, login: &str) -> anyhow::Result<(App, Admin)> {
-    setup::init_logging("warn");
+    setup::init_logging("warn", cfg.log.format);
     let (store, keys) = setup::open_store(cfg)?;
     let tokens = keys.token_key();
     let Some((admin, _)) = store.admin_credentials(login)? else { bail!("no admin {login}") };
@@ -129,6 +127,7 @@ fn alert_post(cfg: Config, args: AlertPostArgs) -> anyhow::Result<()> {
     let explain = |e: alert::FormatError| anyhow::anyhow!("{}", e.explain(&cfg));
     let districts = alert::parse_districts(&cfg, &args.districts).map_err(explain)?;
     let mut draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
+    draft.ask_confirm = args.confirm;
     draft.occurred = alert::parse_occurred(args.occurred.as_deref().unwrap_or(""), now).map_err(explain)?;
     let outcome = app.draft(&admin, &draft, Source::Cli, args.test, now)?;
     publish_or_preview(&cfg, &app, &admin, outcome, args.yes, args.confirm_stale, now)
@@ -171,10 +170,10 @@ fn publish_or_preview(cfg: &Config, app: &App, admin: &Admin, outcome: DraftOutc
 }
 
 /// `mamoru alert show ID`.
-fn alert_show(cfg: Config, id: i64) -> anyhow::Result<()> {
+fn alert_show(cfg: Config, id: AlertId) -> anyhow::Result<()> {
     let (store, _keys) = setup::open_store(&cfg)?;
     let Some(row) = store.alert(id)? else { bail!("no alert {id}") };
-    let followups = if row.followup_of == 0 { store.followups_of(&[id])? } else { vec![] };
+    let followups = if row.followup_of.is_none() { store.followups_of(&[id])? } else { vec![] };
     let progress = store.alert_progress(id)?;
     let delivered = store.delivery_times(id)?;
     let mut out = std::io::stdout().lock();
@@ -185,7 +184,7 @@ fn alert_show(cfg: Config, id: i64) -> anyhow::Result<()> {
     };
     writeln!(out, "alert {id}: {state}{}", if row.is_test { " (test)" } else { "" })?;
     if let Some(kind) = FollowupKind::parse(&row.followup_kind) {
-        writeln!(out, "follow-up: {} ({}) of alert {}", kind.as_str(), kind.label(), row.followup_of)?;
+        writeln!(out, "follow-up: {} ({}) of alert {}", kind.as_str(), kind.label(), row.followup_of.map_or(0, AlertId::get))?;
     }
     writeln!(out, "title: {}", row.title)?;
     if !row.kind.is_empty() {

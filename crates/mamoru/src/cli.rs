@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use mamoru_core::AlertId;
 
 /// Child-safety alert mail: subscribe by empty mail, receive alerts for the
 /// districts you choose.
@@ -108,14 +109,14 @@ pub enum AlertCommand {
     /// Show one alert: its text, state, follow-ups and delivery per carrier.
     Show {
         /// The alert's number (the panel's history, the preview mail).
-        id: i64,
+        id: AlertId,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct AlertFollowupArgs {
     /// The number of the alert it follows.
-    pub id: i64,
+    pub id: AlertId,
     /// The admin's login ID (`mamoru admin list`).
     #[arg(long, value_name = "ID")]
     pub admin: String,
@@ -155,6 +156,10 @@ pub struct AlertPostArgs {
     /// テスト配信: a marked test mail to the subscribers of the districts.
     #[arg(long)]
     pub test: bool,
+    /// Copies carry a 確認しました link; confirmations are counted per
+    /// district and carrier (never who) and shown in the admin panel.
+    #[arg(long)]
+    pub confirm: bool,
     /// Publish at once, without a preview. For an operator on the machine.
     #[arg(long)]
     pub yes: bool,
@@ -210,11 +215,18 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// Envelope sender (Postfix ${sender}; empty for the null sender).
-    #[arg(long, value_name = "S", allow_hyphen_values = true)]
-    pub sender: String,
+    #[arg(long, value_name = "S", allow_hyphen_values = true, required_unless_present = "imap_once")]
+    pub sender: Option<String>,
     /// Envelope recipient (Postfix ${recipient}).
-    #[arg(long, value_name = "R")]
-    pub recipient: String,
+    #[arg(long, value_name = "R", required_unless_present = "imap_once")]
+    pub recipient: Option<String>,
+    /// Instead of reading stdin: handle what is in every `[[ingest.imap]]`
+    /// mailbox now, move it to its folder, log out and exit (for cron).
+    /// Exits 0 when every mailbox was handled, 75 when one was not (a
+    /// connection, login or store failure; the log says which): run it
+    /// again later.
+    #[arg(long, conflicts_with_all = ["sender", "recipient", "sasl_username"])]
+    pub imap_once: bool,
     /// SASL login of an authenticated submission (Postfix ${sasl_username}).
     #[arg(long, value_name = "U")]
     pub sasl_username: Option<String>,

@@ -79,13 +79,13 @@ fn import(cfg: Config, args: ImportArgs) -> anyhow::Result<()> {
                 ImportMode::Invite {
                     token_expires_at: expires_at,
                     render: |sid, nonce| {
-                        let token = tokens.sign(&Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at });
+                        let token = tokens.sign(&Claims { purpose: Purpose::Register, subject: sid.subject(), nonce, expires_at });
                         mail::registration_received(&cfg, addr, &token, now, mail::message_id(&random, &cfg))
                     },
                 },
             )
         } else {
-            store.import_subscriber(addr, districts, now, ImportMode::<fn(i64, [u8; 8]) -> mail::OutgoingMail>::Silent)
+            store.import_subscriber(addr, districts, now, ImportMode::<fn(mamoru_core::SubscriberId, [u8; 8]) -> mail::OutgoingMail>::Silent)
         };
         match result.with_context(|| format!("line {}: store", row.line))? {
             Imported::Added(_) => added += 1,

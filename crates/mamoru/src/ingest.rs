@@ -37,9 +37,15 @@ pub fn main(config: Option<&Path>, args: IngestArgs) -> ExitCode {
 }
 
 fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
-    setup::init_logging("info");
     let cfg = Arc::new(setup::load(config)?);
+    setup::init_logging("info", cfg.log.format);
     fault_injection();
+    if args.imap_once {
+        return imap_once(cfg);
+    }
+    let (Some(sender), Some(recipient)) = (&args.sender, &args.recipient) else {
+        anyhow::bail!("--sender and --recipient are required");
+    };
 
     // Read one byte past the limit to tell "exactly at the limit" from "over".
     let limit = cfg.ingest.max_message_bytes;
@@ -51,11 +57,48 @@ fn run(config: Option<&Path>, args: &IngestArgs) -> anyhow::Result<()> {
     }
 
     let (store, keys) = setup::open_store(&cfg)?;
-    let registrar = Registrar::new(std::sync::Arc::new(mamoru_app::App::new(cfg, store, keys.token_key())));
-    match registrar.deliver_authenticated(&args.sender, &args.recipient, args.sasl_username.as_deref(), &message) {
+    let registrar = Registrar::new(std::sync::Arc::new(mamoru_app::App::new(cfg, store, keys.token_key())))
+        .with_entry(mamoru_app::metrics::Entry::Pipe);
+    match registrar.deliver_authenticated(sender, recipient, args.sasl_username.as_deref(), &message) {
         Outcome::Stored | Outcome::Dropped(_) => Ok(()),
         Outcome::Transient(reason) => Err(anyhow::anyhow!("temporary failure: {reason}")),
     }
+}
+
+/// `--imap-once`: one session per `[[ingest.imap]]` mailbox, each handling
+/// what is there. Every mailbox is tried; an error in any makes the command
+/// fail (exit 75) after the others were handled.
+fn imap_once(cfg: Arc<mamoru_core::Config>) -> anyhow::Result<()> {
+    if cfg.ingest.imap.is_empty() {
+        anyhow::bail!("no [[ingest.imap]] mailbox is configured");
+    }
+    let (store, keys) = setup::open_store(&cfg)?;
+    let app = Arc::new(mamoru_app::App::new(cfg.clone(), store.clone(), keys.token_key()));
+    let registrar = Arc::new(Registrar::new(app));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("start async runtime")?;
+    let failed = rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut failed = 0;
+        for m in &cfg.ingest.imap {
+            let watcher = match crate::serve::imap_watcher(&cfg, m, &registrar, &store) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(mailbox = m.label(), error = %e, "IMAP mailbox: {e}");
+                    failed += 1;
+                    continue;
+                }
+            };
+            if let Err(e) = watcher.once(&shutdown).await {
+                tracing::warn!(mailbox = m.label(), error = %e, "IMAP mailbox: {e}; not drained");
+                failed += 1;
+            }
+        }
+        failed
+    });
+    if failed > 0 {
+        anyhow::bail!("{failed} IMAP mailbox(es) could not be handled");
+    }
+    Ok(())
 }
 
 /// Test builds can be told to fail at a chosen point, to prove the exit-code

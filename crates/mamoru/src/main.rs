@@ -7,6 +7,7 @@ mod cli;
 mod data;
 mod ingest;
 mod init;
+mod ops;
 mod serve;
 mod setup;
 

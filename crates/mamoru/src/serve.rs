@@ -9,6 +9,7 @@ use mamoru_core::Config;
 use mamoru_core::conn_limit::ConnectionLimits;
 use mamoru_app::App;
 use mamoru_ingest::Registrar;
+use mamoru_ingest::imap::client::Watcher;
 use mamoru_ingest::lmtp::server::{self as lmtp, LmtpConfig};
 use mamoru_store::Store;
 use tokio::net::TcpListener;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::QueueArgs;
-use crate::setup;
+use crate::{ops, setup};
 
 /// How long shutdown waits for SMTP/LMTP transactions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -30,21 +31,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    setup::init_logging("info");
+    setup::init_logging("info", cfg.log.format);
     apply_fd_budget(&mut cfg);
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
+        let health = Arc::new(ops::Health::new(store.clone()));
+        health.keys_loaded();
         let lmtp_listener = bind(cfg.ingest.lmtp_listen, "LMTP").await?;
         let web_listener = bind(cfg.web.listen, "HTTP").await?;
+        let metrics_listener = match cfg.metrics.listen {
+            Some(addr) => Some(bind(addr, "metrics").await?),
+            None => None,
+        };
         announce("lmtp", &lmtp_listener)?;
         announce("http", &web_listener)?;
+        if let Some(l) = &metrics_listener {
+            announce("metrics", l)?;
+        }
 
         let shutdown = CancellationToken::new();
         let wake = Arc::new(Notify::new());
-        // One set of use cases for every adapter; what they queue wakes the relay.
-        let app = Arc::new(App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()));
-        let registrar = Registrar::new(app.clone());
+        let metrics = Arc::new(mamoru_app::metrics::Metrics::new());
+        // One set of use cases for every adapter; what they queue wakes the
+        // relay, what they do is counted in the one registry.
+        let app = Arc::new(
+            App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()).with_metrics(metrics.clone()),
+        );
+        let registrar = Arc::new(Registrar::new(app.clone()));
         let lmtp_cfg = LmtpConfig {
             hostname: cfg.domain.clone(),
             max_message_bytes: cfg.ingest.max_message_bytes,
@@ -55,8 +69,9 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         };
         let web = Arc::new(mamoru_web::Web::new(app.clone()));
 
-        let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
-            ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, Arc::new(registrar), shutdown.clone()))),
+        let imap = cfg.ingest.imap.iter().map(|m| imap_watcher(&cfg, m, &registrar, &store)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
+            ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, registrar.clone(), shutdown.clone()))),
             ("web", if cfg.web_tls() {
                 let tls = mamoru_web::tls_config(std::path::Path::new(&cfg.web.tls_cert), std::path::Path::new(&cfg.web.tls_key))
                     .context("load [web] tls_cert / tls_key")?;
@@ -67,8 +82,45 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
             ("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, wake, shutdown.clone()))),
             ("housekeeping", tokio::spawn(housekeeping(store, shutdown.clone()))),
         ];
+        if !imap.is_empty() {
+            // Each watcher retries on its own and returns only at shutdown.
+            let token = shutdown.clone();
+            tasks.push(("imap", tokio::spawn(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for w in imap {
+                    set.spawn(w.watch(token.clone()));
+                }
+                while set.join_next().await.is_some() {}
+                Ok(())
+            })));
+        }
+        if let Some(l) = metrics_listener {
+            tasks.push(("metrics", spawn(ops::run(l, metrics, health.clone(), shutdown.clone()))));
+        }
+        health.listeners_bound();
+        ops::notify_ready();
+        tasks.push(("watchdog", tokio::spawn(ops::watchdog(health.clone(), shutdown.clone()))));
         run_until_signal(tasks, shutdown).await
     })
+}
+
+/// The watcher of one `[[ingest.imap]]` mailbox, handing its messages to
+/// the same registrar as LMTP.
+pub fn imap_watcher(
+    cfg: &Config,
+    m: &mamoru_core::config::ImapMailbox,
+    registrar: &Arc<Registrar>,
+    store: &Arc<Store>,
+) -> anyhow::Result<Arc<Watcher<Registrar>>> {
+    let tls = mamoru_ingest::imap::client::tls_config(m).with_context(|| format!("[[ingest.imap]] {}", m.label()))?;
+    Ok(Arc::new(Watcher {
+        mailbox: m.clone(),
+        deliver: registrar.clone(),
+        store: store.clone(),
+        max_message_bytes: cfg.ingest.max_message_bytes,
+        max_header_bytes: mamoru_ingest::registrar::MAX_HEADER_BYTES,
+        tls,
+    }))
 }
 
 /// File descriptors kept out of the listeners' caps for everything else:
@@ -121,7 +173,8 @@ fn raise_nofile() -> u64 {
 /// Descriptors kept for everything but the listeners: the base reserve and
 /// one per relay connection (every pool's `max_connections`).
 fn fd_reserve(cfg: &Config) -> u64 {
-    FD_RESERVE_BASE + cfg.carriers.values().map(|p| u64::from(p.max_connections)).sum::<u64>()
+    let metrics = if cfg.metrics.listen.is_some() { ops::MAX_CONNECTIONS as u64 } else { 0 };
+    FD_RESERVE_BASE + metrics + cfg.carriers.values().map(|p| u64::from(p.max_connections)).sum::<u64>()
 }
 
 /// The listeners' total caps `(web, lmtp)` within `nofile - reserve`: as
@@ -139,7 +192,7 @@ fn fd_budget(nofile: u64, reserve: u64, web: usize, lmtp: usize) -> (usize, usiz
 }
 
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
-    setup::init_logging("info");
+    setup::init_logging("info", cfg.log.format);
     runtime()?.block_on(async move {
         let (store, keys) = setup::open_store(&cfg)?;
         let app = Arc::new(App::new(Arc::new(cfg), store, keys.token_key()));
@@ -159,12 +212,15 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let shape = store.outbox_shape(now).context("read the outbox")?;
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
+    let imap = store.imap_states().context("read the IMAP mailbox states")?;
+    let deferred = store.deferred().context("read the deferred rows")?;
+    let suspended = store.suspended_counts().context("read the suspended subscribers")?;
+    let unfinished = store.unfinished_registrations(now - 7 * 86_400).context("read the unfinished registrations")?;
     // (pool, state) -> buckets, states in their life order.
-    let order = |s: &str| ["queued", "sending", "sent", "failed", "expired"].iter().position(|x| *x == s).unwrap_or(9);
-    let mut rows: std::collections::BTreeMap<(String, usize, String), Vec<i64>> = std::collections::BTreeMap::new();
+    let mut rows: std::collections::BTreeMap<(String, mamoru_store::states::OutboxState), Vec<i64>> = std::collections::BTreeMap::new();
     for r in shape {
         let pool = cfg.pool_of(&r.domain).to_string();
-        let slot = rows.entry((pool, order(&r.state), r.state.clone())).or_insert_with(|| vec![0; AGE_BUCKETS_MIN.len() + 1]);
+        let slot = rows.entry((pool, r.state)).or_insert_with(|| vec![0; AGE_BUCKETS_MIN.len() + 1]);
         for (a, b) in slot.iter_mut().zip(&r.buckets) {
             *a += b;
         }
@@ -174,8 +230,8 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     if args.json {
         let outbox: Vec<serde_json::Value> = rows
             .iter()
-            .map(|((pool, _, state), b)| {
-                serde_json::json!({ "pool": pool, "state": state, "total": b.iter().sum::<i64>(), "age_buckets": b })
+            .map(|((pool, state), b)| {
+                serde_json::json!({ "pool": pool, "state": state.as_str(), "total": b.iter().sum::<i64>(), "age_buckets": b })
             })
             .collect();
         let pools: Vec<serde_json::Value> = pools
@@ -205,7 +261,30 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned });
+        let imap: Vec<serde_json::Value> = imap
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name, "state": m.state.as_str(), "detail": m.detail, "retry_at": m.retry_at,
+                    "uid_validity": m.uid_validity, "last_uid": m.last_uid, "processed": m.processed,
+                    "dropped": m.dropped, "quarantined": m.quarantined, "updated_at": m.updated_at,
+                })
+            })
+            .collect();
+        let deferred: Vec<serde_json::Value> = deferred
+            .iter()
+            .map(|d| serde_json::json!({ "pool": cfg.pool_of(&d.domain), "domain": d.domain, "code": d.code, "count": d.count }))
+            .collect();
+        let suspended: Vec<serde_json::Value> =
+            suspended.iter().map(|(reason, n)| serde_json::json!({ "reason": reason, "count": n })).collect();
+        let unfinished: Vec<serde_json::Value> = unfinished
+            .iter()
+            .map(|u| serde_json::json!({ "pool": cfg.pool_of(&u.domain), "domain": u.domain, "pending": u.pending, "completed": u.completed }))
+            .collect();
+        let doc = serde_json::json!({
+            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned,
+            "imap": imap, "deferred": deferred, "suspended": suspended, "unfinished_registrations_7d": unfinished,
+        });
         writeln!(out, "{doc}")?;
         return Ok(());
     }
@@ -214,8 +293,8 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
         write!(out, " {:>6}", format!("{m}m"))?;
     }
     writeln!(out, " {:>6}", format!("{}m+", AGE_BUCKETS_MIN[AGE_BUCKETS_MIN.len() - 1]))?;
-    for ((pool, _, state), b) in &rows {
-        write!(out, "{pool:<10} {state:<8} {:>7}", b.iter().sum::<i64>())?;
+    for ((pool, state), b) in &rows {
+        write!(out, "{pool:<10} {:<8} {:>7}", state.as_str(), b.iter().sum::<i64>())?;
         for n in b {
             write!(out, " {n:>6}")?;
         }
@@ -252,6 +331,48 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 None => "-".into(),
             };
             writeln!(out, "{:<10} {:>9} {pace:>13}  {last}", l.pool, format!("{}/{}", l.connections, l.connections_ceiling))?;
+        }
+    }
+    if !imap.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<16} {:<10} {:>9} {:>9} {:>8} {:>11} {:>6}  detail", "imap mailbox", "state", "processed", "dropped", "quarant.", "last uid", "age")?;
+        for m in &imap {
+            let detail = match m.state {
+                mamoru_store::imap::WatchState::Retrying if m.retry_at > now => format!("{} (retry in {})", m.detail, ago(m.retry_at - now)),
+                _ => m.detail.clone(),
+            };
+            writeln!(
+                out,
+                "{:<16} {:<10} {:>9} {:>9} {:>8} {:>11} {:>6}  {detail}",
+                m.name,
+                m.state.as_str(),
+                m.processed,
+                m.dropped,
+                m.quarantined,
+                m.last_uid,
+                ago(now - m.updated_at)
+            )?;
+        }
+    }
+    if !deferred.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<20} {:<12} {:>7}", "pool", "deferred: domain", "reply", "rows")?;
+        for d in &deferred {
+            writeln!(out, "{:<10} {:<20} {:<12} {:>7}", cfg.pool_of(&d.domain), d.domain, d.code, d.count)?;
+        }
+    }
+    if !suspended.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<20} {:>7}", "suspended: reason", "subscribers")?;
+        for (reason, n) in &suspended {
+            writeln!(out, "{reason:<20} {n:>7}")?;
+        }
+    }
+    if !unfinished.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<28} {:>7} {:>9}", "pool", "unfinished (7d): domain", "pending", "completed")?;
+        for u in &unfinished {
+            writeln!(out, "{:<10} {:<28} {:>7} {:>9}", cfg.pool_of(&u.domain), u.domain, u.pending, u.completed)?;
         }
     }
     Ok(())
@@ -325,6 +446,18 @@ async fn housekeeping(store: Arc<Store>, shutdown: CancellationToken) -> anyhow:
             Ok(n) => tracing::info!(n, "purged unconfirmed registrations older than 72 h"),
             Err(e) => tracing::warn!(error = %e, "purging unconfirmed registrations failed; will retry"),
         }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_reception(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "purged expired reception tests"),
+            Err(e) => tracing::warn!(error = %e, "purging reception tests failed; will retry"),
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.purge_confirmations(mamoru_core::now())).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "deleted the counted-copy records of closed confirmation windows"),
+            Err(e) => tracing::warn!(error = %e, "purging confirmation records failed; will retry"),
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(Duration::from_secs(600)) => {}
@@ -358,6 +491,7 @@ async fn run_until_signal(tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()
         }
     }
     shutdown.cancel();
+    crate::ops::notify_stopping();
     let drain = async {
         while let Some(joined) = set.join_next().await {
             if let Ok((name, r)) = joined {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mamoru_core::Config;
+use mamoru_core::config::LogFormat;
 use mamoru_store::{Keys, Store};
 
 pub const DEFAULT_CONFIG: &str = "mamoru.toml";
@@ -25,16 +26,25 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     Config::from_toml(&text, &base).with_context(|| format!("invalid config {}", path.display()))
 }
 
-/// Logs go to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging(default: &str) {
+/// Logs go to stderr, one line per event; `RUST_LOG` filters (default
+/// `default`). `format` is `[log] format`, which `MAMORU_LOG_FORMAT`
+/// (`text` or `json`) overrides; a value of it that is neither is ignored
+/// with a warning.
+pub fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    let env = std::env::var("MAMORU_LOG_FORMAT").ok();
+    let from_env = env.as_deref().map(LogFormat::parse);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match from_env.flatten().unwrap_or(format) {
+        // One JSON object per line: the event's fields flattened next to
+        // `timestamp`, `level` and `message`, the spans' fields in `spans`.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+    };
+    if from_env == Some(None) {
+        tracing::warn!("MAMORU_LOG_FORMAT must be \"text\" or \"json\"; using [log] format");
+    }
 }
 
 /// Creates the data dir if needed (0700), loads or creates the keys, opens

@@ -5,6 +5,7 @@
 use std::fs;
 
 use mamoru_core::links::subscriber_links;
+use mamoru_core::{AlertId, OutboxId, SubscriberId};
 use mamoru_store::admins::AdminAdded;
 use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
 
@@ -13,7 +14,7 @@ use super::*;
 const T: Duration = Duration::from_secs(20);
 
 /// `(outbox id, subscriber id)` of an alert's rows.
-fn rows_of(env: &Env, alert: i64) -> Vec<(i64, i64)> {
+fn rows_of(env: &Env, alert: AlertId) -> Vec<(OutboxId, SubscriberId)> {
     let conn = rusqlite::Connection::open_with_flags(env.store.path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
     let mut stmt = conn.prepare("SELECT id, subscriber_id FROM outbox WHERE alert_id = ?1 ORDER BY id").expect("prepare");
     stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
@@ -44,7 +45,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
         title: "声かけ",
         text: "本日15時ごろ、公園で児童に声をかける男性がいました。",
         districts: &[1, 2],
-        is_test: false,
+        ..NewAlert::new(admin, "cli")
     };
     let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
         kind: MailKind::AlertPreview,
@@ -69,7 +70,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
         env.wait_state(*outbox, "sent", T).await;
     }
     let dir = env.dir.path().join("mail");
-    let file_of = |outbox: i64, subscriber: i64| dir.join(format!("{outbox}-alert.{id}.{subscriber}@{DOMAIN}.eml"));
+    let file_of = |outbox: OutboxId, subscriber: SubscriberId| dir.join(format!("{outbox}-alert.{id}.{subscriber}@{DOMAIN}.eml"));
     let mut first = Vec::new();
     for (outbox, subscriber) in &rows {
         let raw = fs::read(file_of(*outbox, *subscriber)).expect("the rendered alert");
@@ -79,7 +80,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
         assert_eq!(me.id, *subscriber, "each copy goes to its own subscriber");
         assert!(me.districts.contains(&1) || me.districts.contains(&2));
         let nonce = env.store.link_nonce(me.id).expect("nonce").expect("confirmed");
-        let links = subscriber_links(&env.cfg, &key, me.id as u64, nonce, published_at);
+        let links = subscriber_links(&env.cfg, &key, me.id, nonce, published_at);
         assert_eq!(header(&m, "List-Unsubscribe"), format!("<{}>", links.unsubscribe));
         assert_eq!(header(&m, "List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
         assert_eq!(header(&m, "Message-ID"), format!("<alert.{id}.{subscriber}@{DOMAIN}>"));
@@ -112,7 +113,7 @@ async fn an_alert_row_whose_alert_is_gone_fails_and_other_mail_flows() {
     let a = EmailAddress::parse("taro@docomo.ne.jp").expect("address");
     env.store.import_active_subscribers(&[(a.clone(), vec![1])], "test", now).expect("import");
     let AdminAdded::Added(admin) = env.store.add_admin("chuo", &a, "x", &[], "test", now).expect("admin") else { panic!() };
-    let new = NewAlert { admin, source: "cli", source_key: "", kind: "", title: "t", text: "x", districts: &[1], is_test: false };
+    let new = NewAlert { title: "t", text: "x", districts: &[1], ..NewAlert::new(admin, "cli") };
     let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
         kind: MailKind::AlertPreview,
         sender: SENDER.into(),

@@ -151,6 +151,7 @@ async fn a_throttled_pool_slows_down_recovers_loses_nothing_and_spares_the_other
     assert!(docomo_open > 0, "docomo finished as fast as au: no throttling seen");
     wait_all_done(&env, &docomo, T).await;
     let states = env.store.pool_states().expect("pool states");
+    let metrics = Arc::clone(&relay.metrics);
     relay.stop(Duration::from_secs(10)).await;
 
     for q in docomo.iter().chain(&au) {
@@ -167,6 +168,25 @@ async fn a_throttled_pool_slows_down_recovers_loses_nothing_and_spares_the_other
     let state = |n: &str| states.iter().find(|s| s.name == n).cloned().expect("pool state");
     assert!(state("docomo").throttles >= 1, "{states:?}");
     assert_eq!(state("au").throttles, 0, "{states:?}");
+
+    // The metrics count what the sink answered: every 421 it gave was
+    // provoked and seen, every message it accepted was counted sent.
+    let d = &stats.domains["docomo.ne.jp"];
+    let given_421 = d.throttled_window + d.throttled_connections + d.throttled_rate;
+    assert_eq!(sample(&metrics, "mamoru_relay_provoked_421_total{pool=\"docomo\"}"), given_421 as f64, "{stats:?}");
+    assert_eq!(sample(&metrics, "mamoru_relay_provoked_421_total{pool=\"au\"}"), 0.0);
+    let pushed = sample(&metrics, "mamoru_relay_push_backs_total{pool=\"docomo\",signal=\"pace\"}")
+        + sample(&metrics, "mamoru_relay_push_backs_total{pool=\"docomo\",signal=\"sessions\"}");
+    assert_eq!(pushed, given_421 as f64);
+    assert_eq!(sample(&metrics, "mamoru_relay_deliveries_total{pool=\"docomo\",outcome=\"sent\",reply_class=\"2xx\"}"), 40.0);
+    assert_eq!(sample(&metrics, "mamoru_relay_deliveries_total{pool=\"au\",outcome=\"sent\",reply_class=\"2xx\"}"), 100.0);
+    // The last snapshot: nothing left, no pool paused any more.
+    for pool in ["docomo", "au"] {
+        assert_eq!(sample(&metrics, &format!("mamoru_outbox_oldest_age_seconds{{pool=\"{pool}\"}}")), 0.0);
+        assert_eq!(sample(&metrics, &format!("mamoru_outbox_rows{{pool=\"{pool}\",state=\"queued\",age=\"0-5m\"}}")), 0.0);
+    }
+    assert_eq!(sample(&metrics, "mamoru_pool_max_connections{pool=\"docomo\"}"), 2.0);
+    assert_eq!(sample(&metrics, "mamoru_pool_pace_ceiling{pool=\"docomo\"}"), 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

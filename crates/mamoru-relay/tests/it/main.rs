@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use mamoru_core::config::{RelayConfig, Transport};
 use mamoru_core::mail::{self, MailKind, OutgoingMail};
-use mamoru_core::{Config, EmailAddress, UnixTime};
+use mamoru_core::{Config, EmailAddress, OutboxId, UnixTime};
 use mamoru_relay::{Relay, RelayError};
 use mamoru_store::{RegistrationLimits, RegistrationRequest, Store};
 use tokio::sync::Notify;
@@ -41,7 +41,7 @@ pub struct Env {
 /// A row queued by [`Env::queue`].
 #[derive(Debug, Clone)]
 pub struct Queued {
-    pub id: i64,
+    pub id: OutboxId,
     pub message_id: String,
     pub content: Vec<u8>,
 }
@@ -129,7 +129,7 @@ impl Env {
         })
     }
 
-    pub fn row(&self, id: i64) -> Row {
+    pub fn row(&self, id: OutboxId) -> Row {
         let conn = rusqlite::Connection::open_with_flags(self.store.path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open db read-only");
         conn.query_row(
@@ -149,7 +149,7 @@ impl Env {
     }
 
     /// Waits until row `id` is in `state` and returns it.
-    pub async fn wait_state(&self, id: i64, state: &str, limit: Duration) -> Row {
+    pub async fn wait_state(&self, id: OutboxId, state: &str, limit: Duration) -> Row {
         wait_for(&format!("row {id} to be {state}"), limit, || {
             let row = self.row(id);
             if row.state == state { Ok(row) } else { Err(format!("last seen: {row:?}")) }
@@ -175,10 +175,11 @@ impl Env {
             dkim: None,
             alerts: self.app(),
         });
+        let metrics = Arc::clone(relay.alerts.metrics());
         let wake = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(mamoru_relay::run(relay, Arc::clone(&wake), shutdown.clone()));
-        Running { wake, shutdown, task }
+        Running { wake, shutdown, task, metrics }
     }
 }
 
@@ -221,6 +222,17 @@ pub struct Running {
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     task: JoinHandle<Result<(), RelayError>>,
+    /// What the relay recorded.
+    pub metrics: Arc<mamoru_app::metrics::Metrics>,
+}
+
+/// The value of one sample line of the metrics' text (`name{labels}`), 0
+/// when the series does not exist.
+pub fn sample(metrics: &mamoru_app::metrics::Metrics, series: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().expect("a number"))
 }
 
 impl Running {

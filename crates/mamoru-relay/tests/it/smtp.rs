@@ -5,7 +5,7 @@ use super::*;
 const T: Duration = Duration::from_secs(15);
 
 /// Waits until the row has been tried at least once and put back in the queue.
-async fn wait_deferred(env: &Env, id: i64) -> Row {
+async fn wait_deferred(env: &Env, id: mamoru_core::OutboxId) -> Row {
     wait_for(&format!("row {id} to be deferred"), T, || {
         let row = env.row(id);
         if row.state == "queued" && row.attempts >= 1 { Ok(row) } else { Err(format!("last seen: {row:?}")) }

@@ -75,6 +75,11 @@ fn expiry_and_shape() {
     assert_eq!((shape[0].state.as_str(), shape[0].buckets[0]), ("expired", 1));
     // Queued 710 s before: the 10–20 minute bucket.
     assert_eq!((shape[1].state.as_str(), shape[1].buckets[2]), ("sending", 1));
+    // The rows still to deliver only, with the oldest one's queue time.
+    let pending = store.pending_shape(T0 + 10).expect("pending");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!((pending[0].domain.as_str(), pending[0].state.as_str()), ("docomo.ne.jp", "sending"));
+    assert_eq!((pending[0].buckets[2], pending[0].buckets.iter().sum::<i64>(), pending[0].oldest), (1, 1, T0 - 700));
 }
 
 #[test]

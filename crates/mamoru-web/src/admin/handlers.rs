@@ -4,30 +4,36 @@
 use std::sync::Arc;
 
 use hyper::StatusCode;
+use mamoru_app::admins::{Actor, NewAdmin, Refusal};
 use mamoru_app::alerts::{DraftOutcome, Publisher, Source, content_of};
 use mamoru_core::alert::{self, FollowupKind};
-use mamoru_core::password;
-use mamoru_store::admins::{AdminAdded, valid_login};
+use mamoru_core::{AlertId, password};
 use mamoru_store::StoreError;
 use mamoru_store::alerts::Published;
+use mamoru_store::states::AlertState;
 
 use super::pages::{self, AlertView, Compose, Dashboard};
-use super::{Answer, Me, blocking, busy, checks_busy, message, page, password_check, random, redirect};
+use super::{Answer, Me, blocking, busy, checks_busy, message, page, password_check, redirect};
 use crate::{Web, form};
 
 /// How far back the dashboard's bounce table looks.
 const BOUNCE_WINDOW_SECS: i64 = 30 * 24 * 3600;
+/// How far back the dashboard looks for registrations never completed.
+pub(crate) const UNFINISHED_WINDOW_SECS: i64 = 7 * 24 * 3600;
 
 pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
+    let week = mamoru_core::now() - UNFINISHED_WINDOW_SECS;
     let read = blocking(web, "read the dashboard", move |w| {
-        Ok::<_, StoreError>((w.store.subscriber_counts()?, w.store.suspended_counts()?, w.store.bounce_stats(since)?))
+        let s = &w.store;
+        let problems = (s.deferred()?, s.unfinished_registrations(week)?);
+        Ok::<_, StoreError>((s.subscriber_counts()?, s.suspended_counts()?, s.bounce_stats(since)?, s.learned_limits()?, problems))
     });
-    let (counts, suspended, bounces) = match read.await {
+    let (counts, suspended, bounces, learned, (deferred, unfinished)) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
-    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces };
+    let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, learned: &learned, deferred: &deferred, unfinished: &unfinished };
     page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
 }
 
@@ -45,6 +51,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let text = form::value(body, "text").unwrap_or_default().to_string();
     let occurred = form::value(body, "occurred").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
+    let ask_confirm = form::value(body, "confirm").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
@@ -53,7 +60,7 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     };
     // The same checks as a mailed post, on the form's typed fields.
     let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text)
-        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ..d }))
+        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ask_confirm, ..d }))
     {
         Ok(d) => d,
         Err(e) => return refused(e),
@@ -70,35 +77,41 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
 }
 
 /// `GET /admin/alerts/{id}`.
-pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: i64) -> Answer {
+pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answer {
     let cfg = &web.cfg;
     let read = blocking(web, "read an alert", move |w| {
         let row = w.store.alert(id)?;
         let progress = w.store.alert_progress(id)?;
         let delivered = w.store.delivery_times(id)?;
         let counts = match &row {
-            Some(r) if r.state == "draft" && r.followup_of != 0 => w.store.followup_domains(r.followup_of)?,
-            Some(r) if r.state == "draft" => w.store.recipient_domains(&r.districts)?,
+            Some(r) if r.state == AlertState::Draft => match r.followup_of {
+                Some(report) => w.store.followup_domains(report)?,
+                None => w.store.recipient_domains(&r.districts)?,
+            },
             _ => vec![],
         };
         let followups = match &row {
-            Some(r) if r.followup_of == 0 => w.store.followups_of(&[r.id])?,
+            Some(r) if r.followup_of.is_none() => w.store.followups_of(&[r.id])?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts, followups, delivered))
+        let confirms = match &row {
+            Some(r) if r.ask_confirm => w.store.confirm_table(id)?,
+            _ => vec![],
+        };
+        Ok::<_, StoreError>((row, progress, counts, followups, delivered, confirms))
     });
-    let (row, progress, counts, followups, delivered) = match read.await {
+    let (row, progress, counts, followups, delivered, confirms) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered, stale: web.app.is_stale(&row, mamoru_core::now()) };
+    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered, confirms: &confirms, stale: web.app.is_stale(&row, mamoru_core::now()) };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 
 /// `POST /admin/alerts/{id}/publish`.
-pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, body: &[u8], now: i64) -> Answer {
+pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
     let cfg = &web.cfg;
     let admin = me.0.clone();
     let confirmed = form::value(body, "stale").is_some();
@@ -116,7 +129,7 @@ pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: i64, body: &[u
 
 /// `POST /admin/alerts/{id}/followup`: a 続報, 解決 or 取消 of a published
 /// report, drafted and previewed like a first report.
-pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: i64, body: &[u8], now: i64) -> Answer {
+pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
     let cfg = web.cfg.clone();
     let Some(kind) = form::value(body, "kind").and_then(|k| FollowupKind::parse(&k)) else {
         return message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", "種類（続報・解決・取消）を選んでください。");
@@ -157,42 +170,41 @@ pub(super) async fn add_admin(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64)
         return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の追加は全地区の管理者が行います。");
     }
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
-    let email = form::value(body, "email").unwrap_or_default().trim().to_string();
+    let email = form::value(body, "email").unwrap_or_default().to_string();
     let pw = form::value(body, "password").unwrap_or_default().to_string();
-    let refuse = |e: &str| admins(web, me, Some(Err(e.to_string())), StatusCode::BAD_REQUEST);
-    if !valid_login(&login) {
-        return refuse("IDは64文字までの英数字と . _ - で入力してください。").await;
-    }
-    let Ok(email) = mamoru_core::EmailAddress::parse(&email) else {
-        return refuse("登録アドレスが正しくありません。").await;
-    };
     let Ok(districts) = form::districts(body, &cfg) else {
-        return refuse("地区の選び方が正しくありません。").await;
+        return admins(web, me, Some(Err("地区の選び方が正しくありません。".into())), StatusCode::BAD_REQUEST).await;
     };
-    if password::check_new(&pw).is_err() {
-        return refuse(&format!("パスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN)).await;
-    }
-    let Some(salt) = random(web, 16) else { return busy(&cfg) };
     let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
-    let actor = format!("admin:{}", me.0.login);
-    let l = login.clone();
+    let (by, l) = (me.0.clone(), login.clone());
     let added = blocking(web, "add an admin", move |w| {
         let _permit = permit;
-        let mut s = [0u8; 16];
-        s.copy_from_slice(&salt);
-        // check_new passed, so hashing fails only if argon2 itself does.
-        let Ok(hash) = password::hash(&pw, &s) else { return Ok(None) };
-        w.store.add_admin(&l, &email, &hash, &districts, &actor, now).map(Some)
+        let new = NewAdmin { login: &l, email: &email, password: &pw, districts: &districts };
+        w.app.add_admin(Actor::Admin(&by), &new, now)
     })
     .await;
     match added {
-        Ok(Some(AdminAdded::Added(_))) => {
-            tracing::info!(admin = %login, by = %me.0.login, "admin added from the web panel");
-            admins(web, me, Some(Ok(format!("管理者 {login} を追加しました。"))), StatusCode::OK).await
+        Ok(Ok(_)) => admins(web, me, Some(Ok(format!("管理者 {login} を追加しました。"))), StatusCode::OK).await,
+        Ok(Err(why)) => {
+            let status = if why == Refusal::NotAllowed { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+            admins(web, me, Some(Err(refusal(&why))), status).await
         }
-        Ok(Some(AdminAdded::LoginTaken)) => refuse("そのIDはすでに使われています。").await,
-        Ok(None) => busy(&cfg),
         Err(a) => a,
+    }
+}
+
+/// A refusal of the admins flow, as the panel says it.
+fn refusal(why: &Refusal) -> String {
+    match why {
+        Refusal::NotAllowed => "管理者の操作は全地区の管理者が行います。".into(),
+        Refusal::BadLogin => "IDは64文字までの英数字と . _ - で入力してください。".into(),
+        Refusal::BadEmail => "登録アドレスが正しくありません。".into(),
+        Refusal::UnknownDistrict(_) => "地区の選び方が正しくありません。".into(),
+        Refusal::WeakPassword => format!("パスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN),
+        Refusal::LoginTaken => "そのIDはすでに使われています。".into(),
+        Refusal::NoSuchAdmin => "その管理者は見つかりません。".into(),
+        Refusal::Yourself => "自分自身は停止できません。".into(),
+        Refusal::WrongPassword => "今のパスワードが違います。".into(),
     }
 }
 
@@ -205,18 +217,10 @@ pub(super) async fn set_admin_active(web: &Arc<Web>, me: Me<'_>, body: &[u8], no
         return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", &why);
     }
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
-    if !enable && login == me.0.login {
-        return admins(web, me, Some(Err("自分自身は停止できません。".into())), StatusCode::BAD_REQUEST).await;
-    }
-    let actor = format!("admin:{}", me.0.login);
-    let l = login.clone();
-    let changed = blocking(web, "enable or disable an admin", move |w| {
-        if enable { w.store.enable_admin(&l, &actor, now) } else { w.store.disable_admin(&l, &actor, now) }
-    })
-    .await;
+    let (by, l) = (me.0.clone(), login.clone());
+    let changed = blocking(web, "enable or disable an admin", move |w| w.app.set_admin_active(Actor::Admin(&by), &l, enable, now)).await;
     match changed {
-        Ok(true) => {
-            tracing::info!(admin = %login, by = %me.0.login, enable, "admin enabled or disabled from the web panel");
+        Ok(Ok(())) => {
             let done = if enable {
                 format!("管理者 {login} を再開しました。")
             } else {
@@ -224,10 +228,11 @@ pub(super) async fn set_admin_active(web: &Arc<Web>, me: Me<'_>, body: &[u8], no
             };
             admins(web, me, Some(Ok(done)), StatusCode::OK).await
         }
-        Ok(false) => {
+        Ok(Err(Refusal::NoSuchAdmin)) => {
             let missing = if enable { "停止中のその管理者は見つかりません。" } else { "その管理者は見つかりません。" };
             admins(web, me, Some(Err(missing.into())), StatusCode::NOT_FOUND).await
         }
+        Ok(Err(why)) => admins(web, me, Some(Err(refusal(&why))), StatusCode::BAD_REQUEST).await,
         Err(a) => a,
     }
 }
@@ -252,32 +257,20 @@ pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid
         let e = format!("新しいパスワードは{}文字以上で、改行などを含めないでください。", password::MIN_LEN);
         return page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err(&e))));
     }
-    let Some(salt) = random(web, 16) else { return busy(&cfg) };
-    let Some(permit) = password_check(web) else { return checks_busy(&cfg) };
-    let login = me.0.login.clone();
+    let Some(permit) = password_check(web) else {
+        web.app.metrics().rate_limited("password-checks");
+        return checks_busy(&cfg);
+    };
+    let by = me.0.clone();
     let changed = blocking(web, "change an admin password", move |w| {
         let _permit = permit;
-        // A guess at the current password counts like a login attempt.
-        if !w.store.take_login_attempt(&login, &client, now)? {
-            return Ok::<_, StoreError>(Some(false));
-        }
-        let Some((_, hash)) = w.store.admin_credentials(&login)? else { return Ok(None) };
-        if !password::verify(&current, &hash) {
-            w.store.record_login_failure(&login, now)?;
-            return Ok::<_, StoreError>(Some(false));
-        }
-        w.store.login_attempt_succeeded(&login, &client, now)?;
-        let mut s = [0u8; 16];
-        s.copy_from_slice(&salt);
-        let Ok(new_hash) = password::hash(&new, &s) else { return Ok(None) };
-        let actor = format!("admin:{login}");
-        Ok(Some(w.store.set_admin_password(&login, &new_hash, Some(&sid), &actor, now)?))
+        w.app.change_own_password(&by, &current, &new, &sid, &client, now)
     })
     .await;
     match changed {
-        Ok(Some(true)) => page(StatusCode::OK, pages::password(&cfg, me, Some(Ok("パスワードを変更しました。")))),
-        Ok(Some(false)) => page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err("今のパスワードが違います。")))),
-        Ok(None) => busy(&cfg),
+        Ok(Ok(())) => page(StatusCode::OK, pages::password(&cfg, me, Some(Ok("パスワードを変更しました。")))),
+        Ok(Err(Refusal::NoSuchAdmin)) => busy(&cfg),
+        Ok(Err(why)) => page(StatusCode::BAD_REQUEST, pages::password(&cfg, me, Some(Err(&refusal(&why))))),
         Err(a) => a,
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, StatusCode};
-use mamoru_core::Config;
+use mamoru_core::{AlertId, Config};
 use mamoru_store::admins::Admin;
 
 use crate::{Web, form};
@@ -149,7 +149,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         _ => {
             let rest = path.strip_prefix("/admin/alerts/").unwrap_or("");
             let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
-            match (id.parse::<i64>().ok(), post, action) {
+            match (id.parse::<AlertId>().ok(), post, action) {
                 (Some(id), false, "") => handlers::show_alert(&web, me, id).await,
                 (Some(id), true, "publish") => handlers::publish_alert(&web, me, id, &body, now).await,
                 (Some(id), true, "followup") => handlers::followup(&web, me, id, &body, now).await,

@@ -7,6 +7,8 @@ use mamoru_core::{Config, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::AlertRow;
 use mamoru_store::bounces::BounceStat;
+use mamoru_store::relay::{LearnedLimits, PushBackSignal};
+use mamoru_store::states::AlertState;
 
 use super::Me;
 use crate::archive::jst;
@@ -78,6 +80,12 @@ pub(super) struct Dashboard<'a> {
     /// (suspension reason, subscribers).
     pub suspended: &'a [(String, i64)],
     pub bounces: &'a [BounceStat],
+    /// What each carrier pool's relay learned about its carrier.
+    pub learned: &'a [LearnedLimits],
+    /// Deferred rows per domain and reply code.
+    pub deferred: &'a [mamoru_store::problems::Deferred],
+    /// Registrations of the last days never completed, per domain.
+    pub unfinished: &'a [mamoru_store::problems::Unfinished],
 }
 
 pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
@@ -104,6 +112,28 @@ pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
                 @for (reason, n) in d.suspended { tr { td { (suspension_label(reason)) } td { (n) } } }
             }
         }
+        // What waits, and what the carriers answered: a carrier deferring
+        // everything with one code, or many registrations of one domain
+        // never completed, is the sign that it filters our mail.
+        h2 { "再送待ち（キャリア・応答コード別）" }
+        @if d.deferred.is_empty() {
+            p { "ありません。" }
+        } @else {
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "応答" } th { "件数" } }
+                @for x in d.deferred { tr { td { (carrier_of(&x.domain)) } td { (x.domain) } td { (x.code) } td { (x.count) } } }
+            }
+        }
+        h2 { "完了していない登録（直近7日、ドメイン別）" }
+        @if d.unfinished.is_empty() {
+            p { "ありません。" }
+        } @else {
+            p class="meta" { "登録受付メールが届いていない可能性があります。" }
+            table {
+                tr { th { "キャリア" } th { "ドメイン" } th { "未完了" } th { "完了" } }
+                @for u in d.unfinished { tr { td { (carrier_of(&u.domain)) } td { (u.domain) } td { (u.pending) } td { (u.completed) } } }
+            }
+        }
         h2 { "直近30日の不達（ドメイン別）" }
         @if d.bounces.is_empty() {
             p { "ありません。" }
@@ -113,7 +143,44 @@ pub(super) fn dashboard(cfg: &Config, me: Me<'_>, d: &Dashboard<'_>) -> String {
                 @for b in d.bounces { tr { td { (b.domain) } td { (bounce_label(&b.class)) } td { (b.count) } } }
             }
         }
+        // The carriers publish no limits; the relay learns each one's from
+        // its refusals. A learned value far below the configured one says
+        // that carrier is holding our mail back.
+        h2 { "キャリアごとの送信の調整" }
+        @if d.learned.is_empty() {
+            p { "まだ記録がありません（配信すると表示されます）。" }
+        } @else {
+            table {
+                tr { th { "キャリア" } th { "同時接続" } th { "送信ペース（通/秒）" } th { "最後の規制応答" } }
+                @for l in d.learned {
+                    tr {
+                        td { (l.pool) }
+                        td { (l.connections) " / " (l.connections_ceiling) }
+                        td { (pace(l.pace)) " / " (pace(l.pace_ceiling)) }
+                        td {
+                            @match &l.last_push_back {
+                                Some(p) => { (crate::archive::jst(p.at)) " " (push_back_label(p.signal)) " (" (p.code) @if !p.enhanced.is_empty() { " " (p.enhanced) } ")" }
+                                None => "なし",
+                            }
+                        }
+                    }
+                }
+            }
+            p { "左が学習した値、右が設定の上限です。" }
+        }
     })
+}
+
+/// A pace for the table: `0` is "no limit".
+fn pace(per_second: f64) -> String {
+    if per_second <= 0.0 { "制限なし".to_string() } else { format!("{per_second:.1}") }
+}
+
+fn push_back_label(signal: PushBackSignal) -> &'static str {
+    match signal {
+        PushBackSignal::Sessions => "接続数の超過",
+        PushBackSignal::Pace => "送信ペースの超過",
+    }
 }
 
 fn suspension_label(reason: &str) -> &str {
@@ -168,6 +235,7 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
             label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
+            label class="check" { input type="checkbox" name="confirm" value="1"; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
             button type="submit" { "確認へ進む" }
         }
     })
@@ -182,6 +250,8 @@ pub(super) struct AlertView<'a> {
     pub progress: &'a [(String, String, i64)],
     /// Recipients' address domains of a draft.
     pub counts: &'a [(String, i64)],
+    /// Confirmed / delivered per district and carrier (alerts that ask).
+    pub confirms: &'a [mamoru_store::confirm::ConfirmRow],
     /// A published report's follow-ups, oldest first.
     pub followups: &'a [AlertRow],
     /// (domain, copies sent, last delivery).
@@ -211,10 +281,10 @@ fn timeline(row: &AlertRow, delivered: &[(String, i64, i64)]) -> Markup {
 /// What the history and an alert's page say about its state.
 fn state_label(r: &AlertRow) -> String {
     let kind = FollowupKind::parse(&r.followup_kind);
-    match (r.state.as_str(), kind, FollowupKind::parse(&r.incident_state)) {
-        ("published", Some(k), _) => format!("{}配信済", k.mark()),
-        ("published", None, Some(k)) => format!("配信済・{}", k.label()),
-        ("published", None, None) => "配信済".into(),
+    match (r.state, kind, FollowupKind::parse(&r.incident_state)) {
+        (AlertState::Published, Some(k), _) => format!("{}配信済", k.mark()),
+        (AlertState::Published, None, Some(k)) => format!("配信済・{}", k.label()),
+        (AlertState::Published, None, None) => "配信済".into(),
         (_, Some(k), _) => format!("{}未配信", k.mark()),
         _ => "未配信".into(),
     }
@@ -222,21 +292,21 @@ fn state_label(r: &AlertRow) -> String {
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
     let row = v.row;
-    let title = if row.state == "draft" { "配信の確認" } else { "配信の詳細" };
+    let title = if row.state == AlertState::Draft { "配信の確認" } else { "配信の詳細" };
     layout(cfg, title, Some(me), html! {
         h2 { "件名" }
         p { (v.content.subject) }
         h2 { "本文" }
         pre class="alert" { (v.content.body) }
         p { "番号: " (row.id) " ／ 状態: " (state_label(row)) }
-        @if row.followup_of != 0 {
-            p { a href={ "/admin/alerts/" (row.followup_of) } { "元のお知らせ（" (row.followup_of) "番）" } }
+        @if let Some(report) = row.followup_of {
+            p { a href={ "/admin/alerts/" (report) } { "元のお知らせ（" (report) "番）" } }
         }
-        @if row.state == "draft" {
+        @if row.state == AlertState::Draft {
             @let cc = CarrierCounts::from_domains(v.counts);
             @let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
             p { "配信先: " (cc.total()) "件（" (parts.join("、")) "）" }
-            @if row.followup_of != 0 { p { "元のお知らせを受け取った方のうち、登録を続けている方に届きます。" } }
+            @if row.followup_of.is_some() { p { "元のお知らせを受け取った方のうち、登録を続けている方に届きます。" } }
             @if row.admin == me.0.id {
                 form method="post" action={ "/admin/alerts/" (row.id) "/publish" } {
                     (csrf_field(me.1))
@@ -249,6 +319,7 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             }
         } @else {
             (progress_table(v.progress))
+            @if row.ask_confirm { (confirm_table(cfg, v.confirms)) }
         }
         (timeline(row, v.delivered))
         @if !v.followups.is_empty() {
@@ -262,7 +333,7 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
                 }
             }
         }
-        @if row.state == "published" && row.followup_of == 0 && row.incident_state != "retracted" {
+        @if row.state == AlertState::Published && row.followup_of.is_none() && row.incident_state != "retracted" {
             h2 { "続報・解決・取消を送る" }
             p { "このお知らせを受け取った方に、返信の形で届きます。取消は、まだ送っていない分を止めてから送ります。" }
             form method="post" action={ "/admin/alerts/" (row.id) "/followup" } {
@@ -277,6 +348,28 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             }
         }
     })
+}
+
+/// 確認しました per district and carrier: confirmed / delivered, and the
+/// share (a carrier far below the others is the sign of a filter).
+fn confirm_table(cfg: &Config, rows: &[mamoru_store::confirm::ConfirmRow]) -> Markup {
+    let district = |id: u32| cfg.district(id).map(|d| d.name.clone()).unwrap_or_else(|| "（地区変更・削除）".into());
+    html! {
+        h2 { "確認しました（地区・キャリア別）" }
+        p class="meta" { "数だけを記録しています。誰が押したかは記録していません。" }
+        table {
+            tr { th { "地区" } th { "キャリア" } th { "確認" } th { "送信済" } th { "割合" } }
+            @for r in rows {
+                tr {
+                    td { (district(r.district)) }
+                    td { (r.carrier) }
+                    td { (r.confirmed) }
+                    td { (r.delivered) }
+                    td { @if r.delivered > 0 { (r.confirmed * 100 / r.delivered) "%" } @else { "-" } }
+                }
+            }
+        }
+    }
 }
 
 /// Delivery progress per carrier: queued / sent / deferred / failed / expired.
@@ -297,7 +390,7 @@ pub(super) fn history(cfg: &Config, me: Me<'_>, rows: &[AlertRow]) -> String {
     layout(cfg, "配信履歴", Some(me), html! {
         table {
             tr { th { "日時" } th { "件名" } th { "地区" } th { "状態" } th { "件数" } }
-            @for r in rows.iter().filter(|r| r.state != "rejected") {
+            @for r in rows.iter().filter(|r| r.state != AlertState::Rejected) {
                 @let when = if r.published_at > 0 { r.published_at } else { r.created_at };
                 tr {
                     td { (jst(when)) }
@@ -385,4 +478,46 @@ pub(super) fn audit(cfg: &Config, me: Me<'_>, log: &[(i64, String, String, Strin
             @for (at, actor, action, detail) in log { tr { td { (jst(*at)) } td { (actor) } td { (action) } td { (detail) } } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mamoru_core::{Config, EmailAddress};
+    use mamoru_store::admins::Admin;
+    use mamoru_store::confirm::ConfirmRow;
+    use mamoru_store::problems::{Deferred, Unfinished};
+
+    use super::*;
+
+    fn admin() -> Admin {
+        Admin { id: mamoru_core::AdminId::new(1), login: "chuo".into(), email: EmailAddress::parse("staff@city.test").unwrap(), districts: vec![], active: true }
+    }
+
+    #[test]
+    fn the_dashboard_shows_what_waits_why_and_the_registrations_never_completed() {
+        let cfg = Config::default();
+        let a = admin();
+        let deferred = [Deferred { domain: "ezweb.ne.jp".into(), code: "421 4.7.0".into(), count: 12 }];
+        let unfinished = [Unfinished { domain: "au.com".into(), pending: 7, completed: 1 }];
+        let suspended = [("unknown-user".to_string(), 2)];
+        let d = Dashboard { counts: &[], suspended: &suspended, bounces: &[], learned: &[], deferred: &deferred, unfinished: &unfinished };
+        let page = dashboard(&cfg, (&a, "csrf"), &d);
+        assert!(page.contains("<td>au</td><td>ezweb.ne.jp</td><td>421 4.7.0</td><td>12</td>"), "{page}");
+        assert!(page.contains("<td>au</td><td>au.com</td><td>7</td><td>1</td>"), "{page}");
+        assert!(page.contains("宛先不明") && page.contains("<td>2</td>"), "{page}");
+    }
+
+    #[test]
+    fn the_confirmation_table_shows_confirmed_over_delivered_per_district_and_carrier() {
+        let cfg = Config::default();
+        let rows = [
+            ConfirmRow { district: 3, carrier: "docomo", delivered: 10, confirmed: 4 },
+            ConfirmRow { district: 3, carrier: "au", delivered: 50, confirmed: 1 },
+            ConfirmRow { district: 0, carrier: "その他", delivered: 1, confirmed: 0 },
+        ];
+        let html = confirm_table(&cfg, &rows).into_string();
+        assert!(html.contains("<td>昭和地区</td><td>docomo</td><td>4</td><td>10</td><td>40%</td>"), "{html}");
+        assert!(html.contains("<td>昭和地区</td><td>au</td><td>1</td><td>50</td><td>2%</td>"), "{html}");
+        assert!(html.contains("（地区変更・削除）"), "{html}");
+    }
 }

@@ -74,7 +74,10 @@ pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answ
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
     let pw = form::value(body, "password").unwrap_or_default().to_string();
     let now = mamoru_core::now();
-    let Some(permit) = password_check(web) else { return checks_busy(cfg) };
+    let Some(permit) = password_check(web) else {
+        web.app.metrics().rate_limited("password-checks");
+        return checks_busy(cfg);
+    };
     let l = login.clone();
     let checked = blocking(web, "check an admin login", move |w| {
         let _permit = permit;
@@ -82,6 +85,7 @@ pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answ
         // atomic step: concurrent guesses cannot all pass a check that
         // only later counts them.
         if !w.store.take_login_attempt(&l, &client, now)? {
+            w.app.metrics().rate_limited("admin-login");
             return Ok::<_, mamoru_store::StoreError>(Err(true));
         }
         let creds = w.store.admin_credentials(&l)?;

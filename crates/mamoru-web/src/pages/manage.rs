@@ -42,6 +42,12 @@ pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension,
             }
             button type="submit" { "変更する" }
         }
+        h2 { "受信テスト" }
+        p { "登録したアドレスへテストメールを送り、届くか確かめます。" }
+        form method="post" action={ "/m/" (token) } {
+            input type="hidden" name="action" value="test";
+            button type="submit" { "テストメールを送る" }
+        }
         h2 { "登録の削除" }
         p { "お知らせが不要になったときは、登録を削除できます。メールアドレスも消去します。" }
         form method="post" action={ "/m/" (token) } {
@@ -117,7 +123,8 @@ mod tests {
         }
         assert_eq!(pages[0].matches("type=\"checkbox\"").count(), 10);
         assert_eq!(pages[0].matches(" checked>").count(), 1);
-        assert_eq!(pages[0].matches("action=\"/m/T&quot;K\"").count(), 2);
+        assert_eq!(pages[0].matches("action=\"/m/T&quot;K\"").count(), 3);
+        assert!(pages[0].contains("name=\"action\" value=\"test\""));
         assert!(pages[3].contains("name=\"List-Unsubscribe\" value=\"One-Click\""));
     }
 }

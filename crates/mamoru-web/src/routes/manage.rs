@@ -44,8 +44,9 @@ impl App {
         }
     }
 
-    /// `POST /m/{token}`: `action=update` with `district` fields, or
-    /// `action=delete`.
+    /// `POST /m/{token}`: `action=update` with `district` fields,
+    /// `action=delete`, or `action=test` (a 受信テスト to the registered
+    /// address; changes nothing of the registration).
     pub(super) async fn manage_post(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
         let now = mamoru_core::now();
         let claims = match self.verify(token, Purpose::Manage, now) {
@@ -59,6 +60,7 @@ impl App {
         let cfg = &self.web.cfg;
         match form::value(&body, "action").as_deref() {
             Some("delete") => self.delete(claims, now, true).await,
+            Some("test") => self.test_for_subscriber(claims, now).await,
             Some("update") => {
                 let ids = match form::districts(&body, cfg) {
                     Ok(ids) if !ids.is_empty() => ids,

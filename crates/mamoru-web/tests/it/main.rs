@@ -89,7 +89,7 @@ impl Server {
         let r = self
             .store()
             .request_registration(a, at, &limits, expires_at, |sid, nonce| {
-                let t = self.tokens().sign(&Claims { purpose: Purpose::Register, subject: sid as u64, nonce, expires_at });
+                let t = self.tokens().sign(&Claims { purpose: Purpose::Register, subject: sid.subject(), nonce, expires_at });
                 token = Some(t.clone());
                 let mut random = [0u8; 12];
                 self.store().sealer().random(&mut random).unwrap();
@@ -311,7 +311,7 @@ async fn expired_and_unknown_links_are_gone() {
             assert_eq!(r.header("cache-control"), Some("no-store"));
         }
     }
-    assert_eq!(srv.store().find_subscriber(&a).unwrap().unwrap().status, "pending");
+    assert_eq!(srv.store().find_subscriber(&a).unwrap().unwrap().status.as_str(), "pending");
     srv.stop().await;
 }
 
@@ -369,8 +369,8 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let known = addr("known@docomo.ne.jp");
     let t = srv.request_token(&known, now() - 3600);
     let claims = srv.tokens().verify(&t, Purpose::Register, now()).unwrap();
-    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to| {
-        mail::registration_completed(&srv.web.cfg, to, &[], now(), mail::message_id(&[7; 12], &srv.web.cfg))
+    let done = srv.store().complete_registration(&claims, &[1], now() - 3600, now(), |to, _| {
+        mail::registration_completed(&srv.web.cfg, to, &[], "", now(), mail::message_id(&[7; 12], &srv.web.cfg))
     });
     assert!(matches!(done.unwrap(), Completion::Completed { .. }));
     let queued = |n| assert_eq!(srv.store().outbox_counts().unwrap().queued, n);
@@ -382,13 +382,13 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     notified(srv.web.app.wake()).await;
     queued(3);
     let pending = srv.store().find_subscriber(&addr("new.parent@docomo.ne.jp")).unwrap().unwrap();
-    assert_eq!(pending.status, "pending");
+    assert_eq!(pending.status.as_str(), "pending");
 
     let limited = srv.post("/register", "address=New.Parent%40DOCOMO.ne.jp").await;
     queued(3); // the cooldown refused a second mail
     let existing = srv.post("/register", "address=known%40docomo.ne.jp").await;
     queued(4);
-    assert_eq!(srv.store().find_subscriber(&known).unwrap().unwrap().status, "active");
+    assert_eq!(srv.store().find_subscriber(&known).unwrap().unwrap().status.as_str(), "active");
 
     for r in [&limited, &existing] {
         assert_eq!(r.status, new.status);
@@ -539,6 +539,30 @@ async fn security_headers_on_every_route() {
 }
 
 #[tokio::test]
+async fn requests_are_counted_by_route_class_and_status_without_the_token() {
+    let srv = start().await;
+    let token = srv.request_token(&addr("taro@docomo.ne.jp"), now());
+    assert_eq!(srv.get(&format!("/r/{token}")).await.status, 200);
+    assert_eq!(srv.post(&format!("/r/{token}"), "district=1").await.status, 200);
+    assert_eq!(srv.get(&format!("/r/{token}")).await.status, 410);
+    assert_eq!(srv.get("/").await.status, 200);
+    assert_eq!(srv.get("/nope/taro@docomo.ne.jp").await.status, 404);
+    let text = srv.web.app.metrics().encode();
+    for line in [
+        "mamoru_http_requests_total{route=\"registration\",status=\"200\"} 2",
+        "mamoru_http_requests_total{route=\"registration\",status=\"410\"} 1",
+        "mamoru_http_requests_total{route=\"index\",status=\"200\"} 1",
+        "mamoru_http_requests_total{route=\"other\",status=\"404\"} 1",
+        "mamoru_http_request_duration_seconds_count{route=\"registration\"} 3",
+        "mamoru_registrations_completed_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    assert!(!text.contains(&token) && !text.contains('@'), "{text}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_path_is_404() {
     let srv = start().await;
     for path in ["/nope", "/r", "/registerx", "/style.css/x", "/..%2f"] {
@@ -636,7 +660,7 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
 }
 
 /// Stores and publishes an alert as the panel does and returns its id.
-fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
+fn publish_alert(srv: &Server, title: &str, text: &str) -> mamoru_core::AlertId {
     use mamoru_store::admins::AdminAdded;
     use mamoru_store::alerts::{Drafted, NewAlert, Published};
     let store = srv.store();
@@ -646,8 +670,8 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> i64 {
         AdminAdded::Added(a) => a,
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
-    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ..Default::default() };
-    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), occurred: Default::default() };
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ..NewAlert::new(admin, "web") };
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), occurred: Default::default(), ask_confirm: false };
     let content = mamoru_core::alert::content(cfg, &draft, false, now());
     let at = now();
     let Drafted::Created { alert, .. } = store

@@ -342,6 +342,20 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     // One subscriber's carrier said "unknown user": the dashboard shows it.
     let gone = inst.subscriber("g@au.com").unwrap();
     inst.store().mark_undeliverable(gone.id, mamoru_core::now()).unwrap();
+    // What a relay learned about docomo: the dashboard shows it beside the ceilings.
+    use mamoru_store::relay::{LearnedLimits, PushBack, PushBackSignal};
+    let learned = LearnedLimits {
+        pool: "docomo".into(),
+        connections: 1,
+        connections_ceiling: 2,
+        pace: 5.0,
+        pace_ceiling: 10.0,
+        sessions_mark: None,
+        pace_mark: None,
+        last_push_back: Some(PushBack { at: 1_800_000_000, signal: PushBackSignal::Sessions, code: 421, enhanced: "4.7.0".into() }),
+        updated_at: 1_800_000_000,
+    };
+    inst.store().save_learned_limits(&[learned]).unwrap();
     let server = inst.serve();
     let addr = server.http;
 
@@ -372,6 +386,11 @@ fn the_admin_panel_logs_in_composes_and_publishes_with_csrf_and_audit() {
     assert_eq!(dash.status, 200);
     assert!(dash.body.contains("<td>中央地区</td><td>2</td><td>1</td><td>0</td><td>0</td><td>0</td><td>3</td>"), "{}", dash.body);
     assert!(dash.body.contains("<tr><td>宛先不明（アドレスが存在しない）</td><td>1</td></tr>"), "{}", dash.body);
+    // The running relay re-saved the pools with this instance's ceilings
+    // (no pace limit configured); the learned connection cap and the
+    // push-back stay.
+    let docomo = "<tr><td>docomo</td><td>1 / 2</td><td>制限なし / 制限なし</td><td>2027年1月15日 17:00 接続数の超過 (421 4.7.0)</td></tr>";
+    assert!(dash.body.contains(docomo), "{}", dash.body);
     assert!(dash.header("Strict-Transport-Security").is_some() && dash.header("Content-Security-Policy").is_some());
     let marker = "name=\"csrf\" value=\"";
     let csrf = dash.body.split(marker).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
@@ -529,7 +548,8 @@ fn an_admin_changes_its_password_and_its_other_sessions_end() {
 
 #[test]
 fn one_client_guessing_across_many_ids_is_locked_out() {
-    let inst = Instance::new(&[]);
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let inst = Instance::new(&[("metrics.listen", &format!("\"{metrics}\""))]);
     assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
     let server = inst.serve();
     let addr = server.http;
@@ -542,6 +562,10 @@ fn one_client_guessing_across_many_ids_is_locked_out() {
     }
     let locked = http_h(addr, "POST", "/admin/login", &[], Some("login=chuo&password=a+long+enough+password"));
     assert_eq!(locked.status, 429, "{}", locked.body);
+    // Counted as a refusal by the login limit, without the ID.
+    let exposition = http(metrics, "GET", "/metrics", None).body;
+    assert!(exposition.lines().any(|l| l == "mamoru_rate_limit_refusals_total{limit=\"admin-login\"} 1"), "{exposition}");
+    assert!(!exposition.contains("chuo") && !exposition.contains("login=\"a\""), "{exposition}");
     // The counter row holds a keyed hash, not the client's address.
     let db = rusqlite::Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
     let key: Vec<u8> = db.query_row("SELECT key FROM rate_limits WHERE scope = 'admin-login-client'", [], |r| r.get(0)).unwrap();
@@ -697,7 +721,7 @@ fn followups_thread_under_the_report_reach_its_recipients_only_and_a_retraction_
     assert!(out.contains("published to 3 subscribers"), "a, e and f (now in 中央): {out}");
     let store = inst.store();
     let claimed = store.claim_due(mamoru_core::now(), 60, 100).unwrap();
-    let mut copies: Vec<_> = claimed.iter().filter(|m| m.alert.is_some_and(|a| a.alert_id == second)).collect();
+    let mut copies: Vec<_> = claimed.iter().filter(|m| m.alert.is_some_and(|a| a.alert_id.get() == second)).collect();
     copies.sort_by_key(|m| m.id);
     let got_it = copies[0].recipient.as_str().to_string();
     store.mark_sent(copies[0].id, mamoru_core::now()).unwrap();
@@ -710,7 +734,7 @@ fn followups_thread_under_the_report_reach_its_recipients_only_and_a_retraction_
     let retractions = delivered(&inst, "【取消】【守るネット】声かけ（中央地区）", 1);
     assert_eq!(retractions[0].0.to.trim_matches(['<', '>']), got_it);
     let states = |id: i64| -> Vec<(String, i64)> {
-        let p = inst.store().alert_progress(id).unwrap();
+        let p = inst.store().alert_progress(mamoru_core::AlertId::new(id)).unwrap();
         let mut by: Vec<(String, i64)> = vec![];
         for (_, s, n) in p {
             match by.iter_mut().find(|(k, _)| *k == s) {
@@ -753,7 +777,7 @@ fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_
     let (unknown, _) = alert_cli(&inst, &["post", "--admin", "chuo", "--title", "声かけ", "--districts", "2", "--yes"], "駅前で。");
     let server = inst.serve();
     let mails = delivered(&inst, "【守るネット】不審者", 2);
-    let published = inst.store().alert(id).unwrap().unwrap().published_at;
+    let published = inst.store().alert(mamoru_core::AlertId::new(id)).unwrap().unwrap().published_at;
     let expected = mamoru_core::alert::timing_line(&mamoru_core::alert::Occurred { at: occurred - occurred % 60, flags: 1 }, published);
     assert!(expected.contains("ごろ発生・"), "{expected}");
     for (m, _) in &mails {

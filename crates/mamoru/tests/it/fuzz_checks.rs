@@ -239,7 +239,7 @@ pub fn csv_import(data: &[u8]) {
         .iter()
         .map(|r| mamoru_store::import::ExportRow {
             address: r.address.clone(),
-            status: "active".to_owned(),
+            status: mamoru_store::states::SubscriberStatus::Active,
             districts: r.districts.clone(),
             created_at: 0,
             confirmed_at: 0,
@@ -272,8 +272,8 @@ pub fn escape(data: &[u8]) {
         assert!(["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"].iter().any(|e| rest.starts_with(e)), "a bare & at {i}");
     }
     let row = mamoru_store::alerts::AlertRow {
-        id: 1,
-        admin: 1,
+        id: mamoru_core::AlertId::new(1),
+        admin: mamoru_core::AdminId::new(1),
         admin_login: String::new(),
         source: "web".into(),
         kind: text.into(),
@@ -281,11 +281,19 @@ pub fn escape(data: &[u8]) {
         text: text.into(),
         districts: vec![1],
         is_test: false,
-        state: "published".into(),
+        state: mamoru_store::states::AlertState::Published,
         created_at: 0,
         published_at: 0,
         recipients: 0,
-        ..Default::default()
+        followup_of: None,
+        followup_kind: String::new(),
+        incident_state: String::new(),
+        updated_at: 0,
+        occurred_at: 0,
+        occurred_flags: 0,
+        urgent: false,
+        report_published_at: 0,
+        ask_confirm: false,
     };
     let rows = [row];
     let feed = mamoru_web::archive::feed(cfg(), None, &mamoru_web::archive::Incident::group(&rows, &[]), 0);

@@ -24,7 +24,7 @@ fn instance() -> (Instance, String) {
     let store = inst.store();
     store.add_admin("chuo", &EmailAddress::parse(ADMIN).expect("addr"), "$argon2id$unused", &[], "test", 1).expect("add admin");
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
-    let verp = mamoru_core::verp::encode(&keys.token_key(), 1, DOMAIN);
+    let verp = mamoru_core::verp::encode(&keys.token_key(), mamoru_core::OutboxId::new(1), DOMAIN);
     (inst, verp)
 }
 

@@ -39,7 +39,7 @@ fn a_parent_registers_and_an_admin_publishes_while_a_stranger_attacks() {
     add.args(["admin", "add", "chuo", "--email", ADMIN]);
     assert!(run_with_stdin(add, format!("{PASSWORD}\n").as_bytes()).status.success());
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
-    let bounce = mamoru_core::verp::encode(&keys.token_key(), 1, DOMAIN);
+    let bounce = mamoru_core::verp::encode(&keys.token_key(), mamoru_core::OutboxId::new(1), DOMAIN);
     let bin = shipped_bin();
     eprintln!("attacking {bin}");
     let mut server = Server::start(inst.cmd_of(&bin).arg("serve"));

@@ -30,7 +30,7 @@ fn an_empty_mail_is_queued_once_within_the_cooldown() {
     let out = inst.ingest("parent@docomo.ne.jp", "ans@mamoru.test", EMPTY_MAIL);
     assert_eq!(code(&out), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(queued(&inst), 1);
-    assert_eq!(inst.subscriber("parent@docomo.ne.jp").unwrap().status, "pending");
+    assert_eq!(inst.subscriber("parent@docomo.ne.jp").unwrap().status.as_str(), "pending");
 
     // Postfix redelivers the same mail (say, after a lost exit status).
     let again = inst.ingest("parent@docomo.ne.jp", "ans@mamoru.test", EMPTY_MAIL);

@@ -150,7 +150,7 @@ fn registration_through_postfix(mode: &str) {
     // A bounce to the VERP return path of the 登録完了 passes Postfix
     // (bounce@ in recipients, recipient_delimiter +) and suspends the
     // address; a forged tag is accepted by Postfix and dropped by mamoru.
-    let outbox: i64 = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
+    let outbox: mamoru_core::OutboxId = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
         .and_then(|db| db.query_row("SELECT MAX(id) FROM outbox WHERE subscriber_id = ?1", [s.id], |r| r.get(0)))
         .expect("outbox row");
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
@@ -165,13 +165,13 @@ fn registration_through_postfix(mode: &str) {
         || postfix.log().lines().any(|l| l.contains(&forged) && l.contains("status=sent")).then_some(()),
         || postfix.log(),
     );
-    assert_eq!(inst.subscriber(parent).expect("subscriber").status, "active", "a forged bounce changes nothing");
+    assert_eq!(inst.subscriber(parent).expect("subscriber").status.as_str(), "active", "a forged bounce changes nothing");
     let (ok, transcript) = postfix.submit_bounce(&verp, &dsn);
     assert!(ok, "{transcript}");
     wait_for_or(
         "the unknown-user bounce to suspend the subscriber",
         T,
-        || (inst.subscriber(parent).expect("subscriber").status == "suspended").then_some(()),
+        || (inst.subscriber(parent).expect("subscriber").status.as_str() == "suspended").then_some(()),
         || postfix.log(),
     );
 

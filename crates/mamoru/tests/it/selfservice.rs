@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mamoru_core::links::subscriber_links;
-use mamoru_core::{Config, verp};
+use mamoru_core::{Config, OutboxId, SubscriberId, verp};
 use rusqlite::Connection;
 
 use crate::support::*;
@@ -54,7 +54,7 @@ fn path_of(body: &str, prefix: &str) -> String {
 }
 
 /// Registers `addr` for `districts` through mail and the web; returns its id.
-fn register(inst: &Instance, server: &Server, addr: &str, districts: &str) -> i64 {
+fn register(inst: &Instance, server: &Server, addr: &str, districts: &str) -> SubscriberId {
     let (received, completed) = (mails(inst, addr, "登録受付").len(), mails(inst, addr, "登録完了").len());
     mail_ans(inst, addr);
     let m = wait_mail(inst, addr, "登録受付", received);
@@ -65,10 +65,10 @@ fn register(inst: &Instance, server: &Server, addr: &str, districts: &str) -> i6
 }
 
 /// The footer links an alert to `subscriber` carries, as paths.
-fn footer_paths(inst: &Instance, subscriber: i64) -> (String, String) {
+fn footer_paths(inst: &Instance, subscriber: SubscriberId) -> (String, String) {
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
     let nonce = inst.store().link_nonce(subscriber).expect("query").expect("a link nonce");
-    let links = subscriber_links(&Config::default(), &keys.token_key(), subscriber as u64, nonce, mamoru_core::now());
+    let links = subscriber_links(&Config::default(), &keys.token_key(), subscriber, nonce, mamoru_core::now());
     let path = |url: &str| url.strip_prefix("http://127.0.0.1:8080").expect("default public_url").to_string();
     (path(&links.manage), path(&links.unsubscribe))
 }
@@ -237,12 +237,12 @@ const DSN_UNKNOWN: &str = include_str!("../../../../fixtures/bounces/postfix-unk
 const DSN_SPAM: &str = include_str!("../../../../fixtures/bounces/postfix-blocked-rbl.eml");
 const DSN_FULL: &str = include_str!("../../../../fixtures/bounces/postfix-mailbox-full.eml");
 
-fn newest_outbox(inst: &Instance, subscriber: i64) -> i64 {
+fn newest_outbox(inst: &Instance, subscriber: SubscriberId) -> OutboxId {
     let db = Connection::open(inst.data_dir().join("mamoru.db")).unwrap();
     db.query_row("SELECT MAX(id) FROM outbox WHERE subscriber_id = ?1", [subscriber], |r| r.get(0)).unwrap()
 }
 
-fn verp_for(inst: &Instance, outbox: i64) -> String {
+fn verp_for(inst: &Instance, outbox: OutboxId) -> String {
     let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).unwrap();
     verp::encode(&keys.token_key(), outbox, DOMAIN)
 }
@@ -259,13 +259,13 @@ fn bounces_through_pipe_and_lmtp_suspend_score_or_are_dropped() {
     let out = inst.ingest("", &forged, DSN_UNKNOWN.as_bytes());
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad VERP tag"));
-    assert_eq!(inst.subscriber("dead@docomo.ne.jp").unwrap().status, "active");
+    assert_eq!(inst.subscriber("dead@docomo.ne.jp").unwrap().status.as_str(), "active");
 
     // Blocked as spam: never counted against the subscriber.
     let out = inst.ingest("", &verp_for(&inst, newest_outbox(&inst, dead)), DSN_SPAM.as_bytes());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("carrier=docomo.ne.jp"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(inst.subscriber("dead@docomo.ne.jp").unwrap().status, "active");
+    assert_eq!(inst.subscriber("dead@docomo.ne.jp").unwrap().status.as_str(), "active");
 
     // Unknown user, over LMTP (the serve process): suspended at once.
     mail_ans(&inst, "dead@docomo.ne.jp");
@@ -273,17 +273,17 @@ fn bounces_through_pipe_and_lmtp_suspend_score_or_are_dropped() {
     let rcpt = verp_for(&inst, newest_outbox(&inst, dead));
     let replies = lmtp_send(&server, "", &rcpt, DSN_UNKNOWN.as_bytes());
     assert!(replies.contains("250"), "{replies}");
-    wait_for("suspension", T, || (inst.subscriber("dead@docomo.ne.jp").unwrap().status == "suspended").then_some(()));
+    wait_for("suspension", T, || (inst.subscriber("dead@docomo.ne.jp").unwrap().status.as_str() == "suspended").then_some(()));
 
     // Soft bounces: suspended at the threshold (2), one bounce per outbox row.
     let first = newest_outbox(&inst, full);
     assert_eq!(inst.ingest("", &verp_for(&inst, first), DSN_FULL.as_bytes()).status.code(), Some(0));
     assert_eq!(inst.ingest("", &verp_for(&inst, first), DSN_FULL.as_bytes()).status.code(), Some(0), "duplicate");
-    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status, "active");
+    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status.as_str(), "active");
     mail_ans(&inst, "full@ezweb.ne.jp");
     let once = path_of(&wait_mail(&inst, "full@ezweb.ne.jp", "登録内容の変更", 0).body, "/m/");
     assert_eq!(inst.ingest("", &verp_for(&inst, newest_outbox(&inst, full)), DSN_FULL.as_bytes()).status.code(), Some(0));
-    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status, "suspended");
+    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status.as_str(), "suspended");
 
     // The manage page says so, and saving with the mailed link reactivates.
     let page = http(server.http, "GET", &once, None);
@@ -292,9 +292,9 @@ fn bounces_through_pipe_and_lmtp_suspend_score_or_are_dropped() {
     let page = http(server.http, "GET", &footer, None);
     assert!(page.body.contains("配信を止めています") && page.body.contains("空メール"), "{}", page.body);
     assert_eq!(http(server.http, "POST", &footer, Some("action=update&district=3")).status, 200);
-    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status, "suspended", "a footer link does not resume");
+    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status.as_str(), "suspended", "a footer link does not resume");
     assert_eq!(http(server.http, "POST", &once, Some("action=update&district=2")).status, 200);
-    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status, "active");
+    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status.as_str(), "active");
 
     // An auto-reply to the return path is not a bounce.
     let auto = std::fs::read(
@@ -303,7 +303,7 @@ fn bounces_through_pipe_and_lmtp_suspend_score_or_are_dropped() {
     .unwrap();
     let out = inst.ingest("kyoko@docomo.ne.jp", &verp_for(&inst, newest_outbox(&inst, full)), &auto);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status, "active");
+    assert_eq!(inst.subscriber("full@ezweb.ne.jp").unwrap().status.as_str(), "active");
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }

@@ -97,7 +97,7 @@ fn relay_log(inst: &Instance, name: &str) -> String {
 
 /// A CA and a certificate for `localhost` / 127.0.0.1 signed by it (P-256),
 /// made with openssl in `dir`: (ca.pem, cert.pem, key.pem).
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -114,7 +114,7 @@ fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// Queues one small message per address; returns (outbox id, Message-ID).
-fn queue(inst: &Instance, addrs: &[&str]) -> Vec<(i64, String)> {
+fn queue(inst: &Instance, addrs: &[&str]) -> Vec<(mamoru_core::OutboxId, String)> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let now = mamoru_core::now();
     let mails: Vec<OutgoingMail> = addrs
@@ -132,14 +132,14 @@ fn queue(inst: &Instance, addrs: &[&str]) -> Vec<(i64, String)> {
 }
 
 /// (state, attempts, last_error) of an outbox row, read from the database.
-fn row(inst: &Instance, id: i64) -> (String, i64, String) {
+fn row(inst: &Instance, id: mamoru_core::OutboxId) -> (String, i64, String) {
     let db = inst.data_dir().join(mamoru_store::DB_FILE);
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open db");
     conn.query_row("SELECT state, attempts, last_error FROM outbox WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .expect("outbox row")
 }
 
-fn wait_state(inst: &Instance, id: i64, state: &str, log: &str) -> (String, i64, String) {
+fn wait_state(inst: &Instance, id: mamoru_core::OutboxId, state: &str, log: &str) -> (String, i64, String) {
     wait_for_or(
         &format!("row {id} to be {state}"),
         T,
@@ -397,7 +397,7 @@ fn smarthost_instance(port: u16, tls: &str) -> Instance {
 
 /// Every queued message arrived exactly once, in plain text, on the first
 /// attempt (none deferred, none failed).
-fn assert_all_once_in_plain_text(inst: &Instance, em: &Emulator, rows: &[(i64, String)], log: &str) {
+fn assert_all_once_in_plain_text(inst: &Instance, em: &Emulator, rows: &[(mamoru_core::OutboxId, String)], log: &str) {
     for (id, _) in rows {
         let (_, attempts, reason) = wait_state(inst, *id, "sent", log);
         assert_eq!((attempts, reason.as_str()), (1, ""), "row {id}");
@@ -655,7 +655,7 @@ fn smtp_opportunistic_tls_falls_back_to_plain_text_when_the_handshake_stalls() {
 /// MAIL in plain text) while its handshake fails as `fault` says, then with
 /// a working TLS. The relay (`inst`, started as `name`) must defer every row
 /// meanwhile, and deliver each once over TLS after the fix.
-fn tls_required_but_broken_defers_until_fixed(port: u16, inst: &Instance, rows: &[(i64, String)], name: &str, fault: HandshakeFault) {
+fn tls_required_but_broken_defers_until_fixed(port: u16, inst: &Instance, rows: &[(mamoru_core::OutboxId, String)], name: &str, fault: HandshakeFault) {
     let work = tempfile::tempdir().expect("tempdir");
     let (_, cert, key) = make_certs(work.path());
     let broken = Emulator::start_on(Sink::new("tls.test", PolicyConfig::default()).with_handshake_fault(fault).with_required_tls(), port);
