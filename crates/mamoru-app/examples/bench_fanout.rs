@@ -45,11 +45,11 @@ fn main() {
     else {
         panic!("admin exists")
     };
-    let draft = AlertDraft { title: "不審な男性の声かけ".into(), kind: "不審者情報".into(), districts: vec![1, 4, 7], text: "本日15時ごろ、公園の近くで下校中の児童に声をかける男性がいました。\n年齢は40歳くらい、黒い服装です。\n見かけたら110番してください。".repeat(3), occurred: Default::default(), ask_confirm: false };
+    let draft = AlertDraft { title: "不審な男性の声かけ".into(), kind: "不審者情報".into(), districts: vec![1, 4, 7], text: "本日15時ごろ、公園の近くで下校中の児童に声をかける男性がいました。\n年齢は40歳くらい、黒い服装です。\n見かけたら110番してください。".repeat(3), occurred: Default::default(), ask_confirm: false, urgent: false };
     let now = mamoru_core::now();
     let new = NewAlert { admin, source: "cli", source_key: "", kind: &draft.kind, title: &draft.title, text: &draft.text, districts: &draft.districts, is_test: false, ..NewAlert::new(admin, "cli") };
     let Drafted::Created { alert, .. } = store
-        .draft_alert(&new, now, now + 3600, |_, _, _| mamoru_core::alert::preview(&cfg, &mamoru_core::alert::content(&cfg, &draft, false, now), &EmailAddress::parse("staff@city.test").expect("addr"), &mamoru_core::alert::PreviewInfo { number: 0, counts: &Default::default(), publish_url: "x", dropped_attachments: 0, is_test: false }, now, "preview@mamoru.test".into()))
+        .draft_alert(&new, now, now + 3600, |_, _, _| mamoru_core::alert::preview(&cfg, &mamoru_core::alert::content(&cfg, &draft, false, now), &EmailAddress::parse("staff@city.test").expect("addr"), &mamoru_core::alert::PreviewInfo { number: 0, counts: &Default::default(), reach: &Default::default(), ask_confirm: false, publish_url: "x", dropped_attachments: 0, is_test: false }, now, "preview@mamoru.test".into()))
         .expect("draft")
     else {
         panic!("duplicate")

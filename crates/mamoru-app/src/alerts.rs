@@ -91,6 +91,7 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
         text: row.text.clone(),
         occurred: alert::Occurred { at: row.occurred_at, flags: row.occurred_flags },
         ask_confirm: row.ask_confirm,
+        urgent: row.urgent,
     }
 }
 
@@ -130,6 +131,7 @@ impl App {
             occurred_at: draft.occurred.at,
             occurred_flags: draft.occurred.flags,
             ask_confirm: draft.ask_confirm,
+            urgent: draft.urgent,
             ..NewAlert::new(admin.id, source.as_str())
         };
         self.record_draft(admin, &new, &content, source, now)
@@ -188,6 +190,8 @@ impl App {
             followup_kind: kind.as_str(),
             occurred_at: row.occurred_at,
             occurred_flags: row.occurred_flags,
+            // A follow-up of a 緊急 report is as urgent.
+            urgent: row.urgent,
             ..NewAlert::new(admin.id, source.as_str())
         };
         self.record_draft(admin, &new, &content, source, now)
@@ -202,11 +206,19 @@ impl App {
             Source::Web | Source::Cli => 0,
         };
         let is_test = new.is_test;
-        let drafted = self.store.draft_alert(new, now, expires_at, |alert_id, nonce, domains| {
+        let drafted = self.store.draft_alert(new, now, expires_at, |alert_id, nonce, audience| {
             let claims = Claims { purpose: Purpose::Publish, subject: alert_id.subject(), nonce, expires_at };
             let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
-            let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { number: alert_id.get(), counts: &counts, publish_url: &url, dropped_attachments, is_test };
+            let counts = CarrierCounts::from_domains(&audience.domains);
+            let info = PreviewInfo {
+                number: alert_id.get(),
+                counts: &counts,
+                reach: &audience.reach,
+                ask_confirm: new.ask_confirm,
+                publish_url: &url,
+                dropped_attachments,
+                is_test,
+            };
             alert::preview(cfg, content, &admin.email, &info, now, mail::message_id(&random, cfg))
         })?;
         Ok(match drafted {

@@ -46,6 +46,10 @@ pub struct AlertDraft {
     pub ask_confirm: bool,
     /// When it happened, as the `発生:` line said; unknown by default.
     pub occurred: Occurred,
+    /// 緊急 (a `緊急: はい` line, the panel's checkbox, `mamoru alert post
+    /// --urgent`): delivered at once to subscribers inside their quiet
+    /// hours too, and marked so in the subject.
+    pub urgent: bool,
 }
 
 /// When an incident happened. Unknown unless the post says so: never
@@ -227,6 +231,7 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
     let mut kind = String::new();
     let mut occurred = Occurred::default();
     let mut ask_confirm = false;
+    let mut urgent = false;
     // The title is checked first: an empty subject is the first thing to say.
     check_title(subject)?;
     // Header lines come first, in any order; blank lines before them are
@@ -245,7 +250,9 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
         } else if let Some(v) = field(norm, "発生") {
             occurred = parse_occurred(v, now)?;
         } else if let Some(v) = field(norm, "確認") {
-            ask_confirm = matches!(v.trim(), "する" | "あり" | "要" | "はい");
+            ask_confirm = yes(v);
+        } else if let Some(v) = field(norm, "緊急") {
+            urgent = yes(v);
         } else {
             break;
         }
@@ -253,9 +260,13 @@ pub fn parse_post(cfg: &Config, subject: &str, text: &str, now: UnixTime) -> Res
     }
     let districts = districts.ok_or(FormatError::MissingDistricts)?;
     let rest: Vec<&str> = lines.map(|l| l.trim_end()).collect();
-    let mut d = draft(cfg, subject, &kind, districts, &rest.join("\n"))?;
-    d.ask_confirm = ask_confirm;
-    Ok(AlertDraft { occurred, ..d })
+    let d = draft(cfg, subject, &kind, districts, &rest.join("\n"))?;
+    Ok(AlertDraft { occurred, ask_confirm, urgent, ..d })
+}
+
+/// A header line's yes: `確認: する`, `緊急: はい`.
+fn yes(v: &str) -> bool {
+    matches!(v.trim(), "する" | "あり" | "要" | "はい")
 }
 
 /// What a follow-up says about its first report: 続報 (more news), 解決
@@ -367,7 +378,7 @@ pub fn draft(cfg: &Config, title: &str, kind: &str, mut districts: Vec<u32>, tex
     if body.chars().count() > MAX_TEXT_CHARS {
         return Err(FormatError::TextTooLong);
     }
-    Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default(), ask_confirm: false })
+    Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default(), ask_confirm: false, urgent: false })
 }
 
 fn check_title(subject: &str) -> Result<String, FormatError> {
@@ -467,6 +478,9 @@ pub struct AlertContent {
     pub body: String,
 }
 
+/// The subject mark of a 緊急 alert.
+pub const URGENT_MARK: &str = "【緊急】";
+
 const TEST_LINE: &str = "これはテスト配信です。\n届いた時刻の確認にお使いください。\n\n";
 
 /// Subject `【守るネット】[KIND] TITLE（DISTRICTS）` and the wrapped text,
@@ -475,11 +489,15 @@ const TEST_LINE: &str = "これはテスト配信です。\n届いた時刻の�
 pub fn content(cfg: &Config, draft: &AlertDraft, is_test: bool, published_at: UnixTime) -> AlertContent {
     let name = &cfg.service_name;
     let test = if is_test { "【テスト配信】" } else { "" };
+    let urgent = if draft.urgent { URGENT_MARK } else { "" };
     let kind = if draft.kind.is_empty() { String::new() } else { format!("[{}] ", draft.kind) };
-    let subject = format!("【{name}】{test}{kind}{}（{}）", draft.title, district_label(cfg, &draft.districts));
+    let subject = format!("【{name}】{test}{urgent}{kind}{}（{}）", draft.title, district_label(cfg, &draft.districts));
     let mut body = String::new();
     if is_test {
         body.push_str(TEST_LINE);
+    }
+    if draft.urgent {
+        body.push_str("■緊急のお知らせです（受け取らない時間帯の方にもすぐお送りしています）\n");
     }
     if !draft.kind.is_empty() {
         body.push_str(&format!("■{}\n", draft.kind));
@@ -732,6 +750,10 @@ pub struct PreviewInfo<'a> {
     /// The alert's number, which a follow-up post names.
     pub number: i64,
     pub counts: &'a CarrierCounts,
+    /// Who gets it now, who after their quiet hours, who not at all.
+    pub reach: &'a Reach,
+    /// The copies carry a 確認しました link.
+    pub ask_confirm: bool,
     pub publish_url: &'a str,
     /// Attachments dropped from the post.
     pub dropped_attachments: usize,
@@ -746,6 +768,13 @@ pub fn preview(cfg: &Config, content: &AlertContent, to: &EmailAddress, info: &P
     body.push_str(&format!("配信先: {}件\n", info.counts.total()));
     for (carrier, n) in &info.counts.0 {
         body.push_str(&format!("・{carrier}: {n}件\n"));
+    }
+    for line in info.reach.lines() {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    if info.ask_confirm {
+        body.push_str("「確認しました」リンクを付けます（地区・キャリア別の数だけを数えます）。\n");
     }
     if info.dropped_attachments > 0 {
         body.push_str(&format!("\n添付ファイル{}件は配信されません（本文のみ配信します）。\n", info.dropped_attachments));
@@ -765,6 +794,32 @@ pub fn preview(cfg: &Config, content: &AlertContent, to: &EmailAddress, info: &P
     body.push_str("\n--\n（ここに各受信者の登録変更・配信停止リンクが入ります）\n");
     let title = if info.is_test { "テスト配信の確認" } else { "配信の確認" };
     admin_mail(cfg, MailKind::AlertPreview, to, &format!("【{}】{title}: {}", cfg.service_name, content.subject), &body, now, message_id)
+}
+
+/// Who an alert would reach if published now, by the subscribers'
+/// preferences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// At once.
+    pub now: i64,
+    /// When their quiet hours end.
+    pub later: i64,
+    /// Not at all: they turned the alert's kind off.
+    pub kind_off: i64,
+}
+
+impl Reach {
+    /// The preview's lines about it; none when everyone gets it at once.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![];
+        if self.later > 0 {
+            out.push(format!("うち、すぐ届く方 {}件・受け取らない時間帯が終わってから届く方 {}件", self.now, self.later));
+        }
+        if self.kind_off > 0 {
+            out.push(format!("この種別を受け取らない設定の方 {}件には届きません", self.kind_off));
+        }
+        out
+    }
 }
 
 /// To the admin's registered address: why a post was refused, with the
@@ -814,10 +869,30 @@ mod tests {
     }
 
     #[test]
+    fn an_urgent_post_is_marked_in_the_subject_and_the_body() {
+        let c = cfg();
+        let d = parse_post(&c, "刃物を持った男", "緊急：はい\n地区: 中央\n駅前で目撃されました。", NOW).unwrap();
+        assert!(d.urgent && !d.ask_confirm);
+        let mail = content(&c, &d, false, NOW);
+        assert!(mail.subject.contains("【緊急】刃物を持った男"), "{}", mail.subject);
+        assert!(mail.body.starts_with("■緊急"), "{}", mail.body);
+        let calm = parse_post(&c, "刃物を持った男", "緊急: いいえ\n地区: 中央\n駅前。", NOW).unwrap();
+        assert!(!calm.urgent && !content(&c, &calm, false, NOW).subject.contains("緊急"));
+    }
+
+    #[test]
+    fn the_preview_says_who_waits_and_who_gets_nothing() {
+        assert!(Reach { now: 5, later: 0, kind_off: 0 }.lines().is_empty(), "everyone at once: nothing to add");
+        let lines = Reach { now: 5, later: 2, kind_off: 3 }.lines();
+        assert!(lines[0].contains("すぐ届く方 5件") && lines[0].contains("終わってから届く方 2件"), "{lines:?}");
+        assert!(lines[1].contains("3件には届きません"), "{lines:?}");
+    }
+
+    #[test]
     fn full_width_colon_kind_and_text() {
         let c = cfg();
         let d = parse_post(&c, "不審な男性", "\n種別：不審者情報\n地区：中央　昭和\n本日15時ごろ\n\n以上\n\n", NOW).unwrap();
-        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into(), occurred: Occurred::default(), ask_confirm: false });
+        assert_eq!(d, AlertDraft { title: "不審な男性".into(), kind: "不審者情報".into(), districts: vec![1, 3], text: "本日15時ごろ\n\n以上".into(), occurred: Occurred::default(), ask_confirm: false, urgent: false });
         assert_eq!(parse_post(&c, "", "地区: 1\nx", NOW), Err(FormatError::EmptyTitle));
         assert_eq!(parse_post(&c, "t", "本文だけ", NOW), Err(FormatError::MissingDistricts));
         assert_eq!(parse_post(&c, "t", "地区: 1\n", NOW), Err(FormatError::EmptyText));

@@ -174,19 +174,6 @@ fn id_list(ids: &[u32]) -> String {
 }
 
 /// Distinct active subscribers of `districts`, per domain.
-fn recipient_domains(conn: &Connection, districts: &[u32]) -> Result<Vec<(String, i64)>> {
-    let sql = format!(
-        "SELECT s.domain, COUNT(*) FROM subscribers s
-         WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                 WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
-         GROUP BY s.domain ORDER BY s.domain",
-        id_list(districts)
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 /// The outbox rows of a report that a retraction ended before they were
 /// sent: `expired` (a final state the relay never claims) with this reason.
 pub const RETRACTED_REASON: &str = "retracted before delivery";
@@ -202,35 +189,106 @@ fn followup_where(report: AlertId) -> String {
     FOLLOWUP_RECIPIENTS.replace("?R", &report.to_string()).replace("?X", &format!("'{RETRACTED_REASON}'"))
 }
 
-/// Distinct recipients of a follow-up of `report`, per domain.
-fn followup_domains(conn: &Connection, report: AlertId) -> Result<Vec<(String, i64)>> {
-    let sql = format!("SELECT s.domain, COUNT(*) FROM subscribers s WHERE {} GROUP BY s.domain ORDER BY s.domain", followup_where(report));
+/// The subscribers an alert goes to: a first report's, of its districts; a
+/// follow-up's, the report's recipients (see [`FOLLOWUP_RECIPIENTS`]).
+fn recipients_where(districts: &[u32], report: Option<AlertId>) -> String {
+    match report {
+        Some(report) => followup_where(report),
+        None => format!(
+            "s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                 WHERE d.subscriber_id = s.id AND d.district_id IN ({}))",
+            id_list(districts)
+        ),
+    }
+}
+
+/// The subscriber `s` turned the alert's kind (`kind`) off, and the alert is
+/// a first report (`followup` = 0): a follow-up goes to the report's
+/// recipients whatever they chose since. The arguments are placeholders.
+fn kind_off(kind: &str, followup: &str) -> String {
+    format!("({followup} = 0 AND EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = {kind}))")
+}
+
+/// Seconds a copy to subscriber `s` waits for the end of their quiet hours:
+/// 0 for a 緊急 alert (`urgent` <> 0) or outside the window. `minute` is the
+/// minute of the day in Japan time, `second` the seconds into it; the
+/// window `[quiet_start, quiet_end)` wraps past midnight when start > end.
+fn quiet_wait(minute: &str, second: &str, urgent: &str) -> String {
+    format!(
+        "(CASE WHEN {urgent} = 0 AND s.quiet_start >= 0 AND s.quiet_start <> s.quiet_end
+              AND ((s.quiet_start < s.quiet_end AND {minute} >= s.quiet_start AND {minute} < s.quiet_end)
+                OR (s.quiet_start > s.quiet_end AND ({minute} >= s.quiet_start OR {minute} < s.quiet_end)))
+          THEN ((s.quiet_end - {minute} + 1440) % 1440) * 60 - {second} ELSE 0 END)"
+    )
+}
+
+/// The minute of the day and the seconds into it, in Japan time.
+fn japan_minute(now: UnixTime) -> (i64, i64) {
+    let local = now + mamoru_core::jst::OFFSET;
+    (local.rem_euclid(86_400) / 60, local.rem_euclid(60))
+}
+
+/// Who an alert would reach if published now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// Recipients per address domain: those who take the alert's kind.
+    pub domains: Vec<(String, i64)>,
+    pub reach: Reach,
+}
+
+pub use mamoru_core::alert::Reach;
+
+fn audience(conn: &Connection, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
+    let sql = format!(
+        "SELECT domain, SUM(NOT off), SUM(NOT off AND wait > 0), SUM(off)
+         FROM (SELECT s.domain AS domain, {} AS off, {} AS wait FROM subscribers s WHERE {})
+         GROUP BY domain ORDER BY domain",
+        kind_off(":kind", ":followup"),
+        quiet_wait(":minute", ":second", ":urgent"),
+        recipients_where(districts, report)
+    );
+    let (minute, second) = japan_minute(now);
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map(
+        rusqlite::named_params! {
+            ":kind": kind,
+            ":followup": i64::from(report.is_some()),
+            ":minute": minute,
+            ":second": second,
+            ":urgent": i64::from(urgent),
+        },
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+    )?;
+    let mut out = Audience::default();
+    for row in rows {
+        let (domain, takes, waits, off) = row?;
+        if takes > 0 {
+            out.domains.push((domain, takes));
+        }
+        out.reach.now += takes - waits;
+        out.reach.later += waits;
+        out.reach.kind_off += off;
+    }
+    Ok(out)
 }
 
 impl Store {
-    /// Recipients a follow-up of `report` would have now, per domain.
-    pub fn followup_domains(&self, report: AlertId) -> Result<Vec<(String, i64)>> {
-        followup_domains(&self.conn(), report)
-    }
-
-    /// Recipients an alert to `districts` would have now, per domain.
-    pub fn recipient_domains(&self, districts: &[u32]) -> Result<Vec<(String, i64)>> {
-        recipient_domains(&self.conn(), districts)
+    /// Who an alert to `districts` (or a follow-up of `report`) of `kind`
+    /// would reach if published at `now`, per domain and by preference.
+    pub fn audience(&self, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
+        audience(&self.conn(), districts, report, kind, urgent, now)
     }
 
     /// Records a draft, issues its publish token and queues the preview mail
-    /// `render` builds from the alert id, the token nonce and the recipient
-    /// counts per domain — one transaction. A known `source_key` records
+    /// `render` builds from the alert id, the token nonce and who it would
+    /// reach — one transaction. A known `source_key` records
     /// nothing.
     pub fn draft_alert(
         &self,
         a: &NewAlert<'_>,
         now: UnixTime,
         publish_expires_at: UnixTime,
-        render: impl FnOnce(AlertId, Nonce, &[(String, i64)]) -> OutgoingMail,
+        render: impl FnOnce(AlertId, Nonce, &Audience) -> OutgoingMail,
     ) -> Result<Drafted> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -262,10 +320,7 @@ impl Store {
         }
         let alert = AlertId::new(tx.last_insert_rowid());
         let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
-        let counts = match a.followup_of {
-            Some(report) => followup_domains(&tx, report)?,
-            None => recipient_domains(&tx, a.districts)?,
-        };
+        let counts = audience(&tx, a.districts, a.followup_of, a.kind, a.urgent, now)?;
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.
         let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
@@ -386,7 +441,7 @@ impl Store {
             "0".to_string()
         };
         let report = Some(AlertId::new(report)).filter(|r| r.get() != 0);
-        let recipients = if let Some(report) = report {
+        if let Some(report) = report {
             // A follow-up: the report must still stand (a retraction is final).
             let open = tx.execute(
                 "UPDATE alerts SET incident_state = ?1, updated_at = ?2
@@ -407,13 +462,8 @@ impl Store {
                 )?;
                 audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
             }
-            followup_where(report)
-        } else {
-            format!(
-                "s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                     WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
-            )
-        };
+        }
+        let recipients = recipients_where(&split_ids(&districts), report);
         // One statement: SQLite walks the subscribers and writes the rows
         // without a round trip through Rust per recipient. The address sealed
         // at registration is reused: it is the same value, and sealing costs
@@ -423,13 +473,10 @@ impl Store {
         // skips subscribers who turned its kind off (a follow-up goes to the
         // report's recipients whatever they chose since). Quiet hours: unless
         // the alert is 緊急, a row of a subscriber inside their quiet window
-        // (?8 is the minute of the day in Japan time, ?9 the seconds into it)
         // waits until the window ends (`next_attempt_at`), and its expiry
         // counts from then.
-        let delay = "CASE WHEN ?10 = 0 AND s.quiet_start >= 0 AND s.quiet_start <> s.quiet_end
-                 AND ((s.quiet_start < s.quiet_end AND ?8 >= s.quiet_start AND ?8 < s.quiet_end)
-                   OR (s.quiet_start > s.quiet_end AND (?8 >= s.quiet_start OR ?8 < s.quiet_end)))
-             THEN ((s.quiet_end - ?8 + 1440) % 1440) * 60 - ?9 ELSE 0 END";
+        let delay = quiet_wait("?8", "?9", "?10");
+        let kind_off = kind_off("?11", "?12");
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
@@ -437,10 +484,10 @@ impl Store {
                     X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
              FROM subscribers s
              WHERE {recipients}
-               AND (?12 <> 0 OR NOT EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = ?11))
+               AND NOT {kind_off}
              ORDER BY s.id"
         );
-        let local = now + mamoru_core::jst::OFFSET;
+        let (minute, second) = japan_minute(now);
         let count = tx.execute(
             &insert,
             params![
@@ -451,8 +498,8 @@ impl Store {
                 mail_domain,
                 now,
                 expires_at,
-                local.rem_euclid(86_400) / 60,
-                local.rem_euclid(60),
+                minute,
+                second,
                 urgent,
                 kind,
                 i64::from(report.is_some())
@@ -631,7 +678,7 @@ use mamoru_core::SubscriberId;
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
                 claims = Some(Claims { purpose: Purpose::Publish, subject: id.subject(), nonce, expires_at: T0 + 3600 });
-                seen = counts.to_vec();
+                seen = counts.domains.clone();
                 OutgoingMail { kind: MailKind::AlertPreview, ..mail(&addr("staff@city.test"), format!("preview.{id}@x")) }
             })
             .unwrap();
@@ -784,7 +831,7 @@ use mamoru_core::SubscriberId;
         store.conn().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [b]).unwrap();
         store.conn().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", [c]).unwrap();
         let update = followup(&store, admin, report, "update");
-        assert_eq!(store.followup_domains(report).unwrap().iter().map(|d| d.1).sum::<i64>(), 2);
+        assert_eq!(store.audience(&[], Some(report), "", false, T0).unwrap().domains.iter().map(|d| d.1).sum::<i64>(), 2);
         assert_eq!(publish(&store, update, T0 + 10), Published::Published { alert: update, recipients: 2 });
         assert_eq!(queued_subscribers(&store, update), vec![a, b]);
         let r = store.alert(report).unwrap().unwrap();
@@ -827,6 +874,12 @@ use mamoru_core::SubscriberId;
             let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
             stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
         };
+        // The preview's counts, from the same predicates.
+        let reach = |kind: &str, urgent: bool| store.audience(&[1], None, kind, urgent, T0).unwrap().reach;
+        assert_eq!(reach("不審者情報", false), Reach { now: 0, later: 1, kind_off: 1 });
+        assert_eq!(reach("その他", false), Reach { now: 1, later: 1, kind_off: 0 });
+        assert_eq!(reach("不審者情報", true), Reach { now: 1, later: 0, kind_off: 1 });
+        assert_eq!(store.audience(&[1], None, "不審者情報", false, T0).unwrap().domains, [("docomo.ne.jp".to_string(), 1)], "b is not counted");
         let end = T0 + 10 * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
         assert_eq!(post("不審者情報", false), [(a, end, end + 7200)], "a waits until 17:10, b gets none");
         assert_eq!(post("その他", false), [(a, end, end + 7200), (b, T0, T0 + 7200)]);

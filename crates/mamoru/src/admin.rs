@@ -128,6 +128,7 @@ fn alert_post(cfg: Config, args: AlertPostArgs) -> anyhow::Result<()> {
     let districts = alert::parse_districts(&cfg, &args.districts).map_err(explain)?;
     let mut draft = alert::draft(&cfg, &args.title, args.kind.as_deref().unwrap_or(""), districts, &text).map_err(explain)?;
     draft.ask_confirm = args.confirm;
+    draft.urgent = args.urgent;
     draft.occurred = alert::parse_occurred(args.occurred.as_deref().unwrap_or(""), now).map_err(explain)?;
     let outcome = app.draft(&admin, &draft, Source::Cli, args.test, now)?;
     publish_or_preview(&cfg, &app, &admin, outcome, args.yes, args.confirm_stale, now)

@@ -156,6 +156,10 @@ pub struct AlertPostArgs {
     /// テスト配信: a marked test mail to the subscribers of the districts.
     #[arg(long)]
     pub test: bool,
+    /// 緊急: marked 【緊急】 and delivered at once, also to subscribers
+    /// inside their quiet hours.
+    #[arg(long)]
+    pub urgent: bool,
     /// Copies carry a 確認しました link; confirmations are counted per
     /// district and carrier (never who) and shown in the admin panel.
     #[arg(long)]

@@ -47,7 +47,7 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
         districts: &[1, 2],
         ..NewAlert::new(admin, "cli")
     };
-    let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
+    let preview = |_, _, _: &mamoru_store::alerts::Audience| OutgoingMail {
         kind: MailKind::AlertPreview,
         sender: SENDER.into(),
         to: staff.clone(),
@@ -114,7 +114,7 @@ async fn an_alert_row_whose_alert_is_gone_fails_and_other_mail_flows() {
     env.store.import_active_subscribers(&[(a.clone(), vec![1])], "test", now).expect("import");
     let AdminAdded::Added(admin) = env.store.add_admin("chuo", &a, "x", &[], "test", now).expect("admin") else { panic!() };
     let new = NewAlert { title: "t", text: "x", districts: &[1], ..NewAlert::new(admin, "cli") };
-    let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
+    let preview = |_, _, _: &mamoru_store::alerts::Audience| OutgoingMail {
         kind: MailKind::AlertPreview,
         sender: SENDER.into(),
         to: a.clone(),

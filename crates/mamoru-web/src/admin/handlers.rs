@@ -39,7 +39,7 @@ pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
 
 /// `GET /admin/compose`.
 pub(super) fn compose_form(web: &Web, me: Me<'_>) -> Answer {
-    let empty = Compose { title: "", kind: "", text: "", occurred: "", checked: &[] };
+    let empty = Compose { title: "", kind: "", text: "", occurred: "", checked: &[], test: false, confirm: false, urgent: false };
     page(StatusCode::OK, pages::compose(&web.cfg, me, None, &empty))
 }
 
@@ -52,15 +52,16 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let occurred = form::value(body, "occurred").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
     let ask_confirm = form::value(body, "confirm").is_some();
+    let urgent = form::value(body, "urgent").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
-        let sent = Compose { title: &title, kind: &kind, text: &text, occurred: &occurred, checked: &ids };
+        let sent = Compose { title: &title, kind: &kind, text: &text, occurred: &occurred, checked: &ids, test: is_test, confirm: ask_confirm, urgent };
         page(StatusCode::BAD_REQUEST, pages::compose(&cfg, me, Some(&err), &sent))
     };
     // The same checks as a mailed post, on the form's typed fields.
     let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text)
-        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ask_confirm, ..d }))
+        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ask_confirm, urgent, ..d }))
     {
         Ok(d) => d,
         Err(e) => return refused(e),
@@ -84,11 +85,8 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answe
         let progress = w.store.alert_progress(id)?;
         let delivered = w.store.delivery_times(id)?;
         let counts = match &row {
-            Some(r) if r.state == AlertState::Draft => match r.followup_of {
-                Some(report) => w.store.followup_domains(report)?,
-                None => w.store.recipient_domains(&r.districts)?,
-            },
-            _ => vec![],
+            Some(r) if r.state == AlertState::Draft => w.store.audience(&r.districts, r.followup_of, &r.kind, r.urgent, mamoru_core::now())?,
+            _ => Default::default(),
         };
         let followups = match &row {
             Some(r) if r.followup_of.is_none() => w.store.followups_of(&[r.id])?,
@@ -106,7 +104,7 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answe
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, followups: &followups, delivered: &delivered, confirms: &confirms, stale: web.app.is_stale(&row, mamoru_core::now()) };
+    let view = AlertView { row: &row, content: &content, progress: &progress, audience: &counts, followups: &followups, delivered: &delivered, confirms: &confirms, stale: web.app.is_stale(&row, mamoru_core::now()) };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 

@@ -211,6 +211,9 @@ pub(super) struct Compose<'a> {
     /// The `発生` field as typed.
     pub occurred: &'a str,
     pub checked: &'a [u32],
+    pub test: bool,
+    pub confirm: bool,
+    pub urgent: bool,
 }
 
 pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Compose<'_>) -> String {
@@ -234,8 +237,9 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
             input type="text" id="occurred" name="occurred" maxlength="40" value=(c.occurred);
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
-            label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
-            label class="check" { input type="checkbox" name="confirm" value="1"; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
+            label class="check" { input type="checkbox" name="urgent" value="1" checked[c.urgent]; "緊急（件名に【緊急】。受け取らない時間帯を設定した方にもすぐ届けます）" }
+            label class="check" { input type="checkbox" name="test" value="1" checked[c.test]; "テスト配信（件名に【テスト配信】）" }
+            label class="check" { input type="checkbox" name="confirm" value="1" checked[c.confirm]; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
             button type="submit" { "確認へ進む" }
         }
     })
@@ -248,8 +252,8 @@ pub(super) struct AlertView<'a> {
     pub content: &'a AlertContent,
     /// (carrier domain, outbox state, rows).
     pub progress: &'a [(String, String, i64)],
-    /// Recipients' address domains of a draft.
-    pub counts: &'a [(String, i64)],
+    /// Who a draft would reach if published now.
+    pub audience: &'a mamoru_store::alerts::Audience,
     /// Confirmed / delivered per district and carrier (alerts that ask).
     pub confirms: &'a [mamoru_store::confirm::ConfirmRow],
     /// A published report's follow-ups, oldest first.
@@ -303,9 +307,10 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             p { a href={ "/admin/alerts/" (report) } { "元のお知らせ（" (report) "番）" } }
         }
         @if row.state == AlertState::Draft {
-            @let cc = CarrierCounts::from_domains(v.counts);
+            @let cc = CarrierCounts::from_domains(&v.audience.domains);
             @let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
             p { "配信先: " (cc.total()) "件（" (parts.join("、")) "）" }
+            @for line in v.audience.reach.lines() { p { (line) } }
             @if row.followup_of.is_some() { p { "元のお知らせを受け取った方のうち、登録を続けている方に届きます。" } }
             @if row.admin == me.0.id {
                 form method="post" action={ "/admin/alerts/" (row.id) "/publish" } {

@@ -824,3 +824,67 @@ fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("発生: きのう"));
 }
+
+/// Preferences through the real binary. a..b. (中央) is inside quiet hours
+/// set around now, c (中央) turned 不審者情報 off, e (中央・昭和) chose
+/// nothing: the preview counts them; a normal alert reaches e at once and a
+/// only when the window ends; a 緊急 one reaches a and e at once; c gets
+/// neither.
+#[test]
+fn quiet_hours_hold_a_normal_alert_until_they_end_and_an_urgent_one_goes_at_once() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let store = inst.store();
+    let a = inst.subscriber("a..b.@docomo.ne.jp").unwrap().id;
+    let c = inst.subscriber("c@ezweb.ne.jp").unwrap().id;
+    let now = mamoru_core::now();
+    let minute = mamoru_core::jst::minute_of_day(now);
+    // The window ends 20 to 80 seconds from now: long enough to see the copy
+    // wait, short enough for a test.
+    let ends = (minute + if now % 60 < 40 { 1 } else { 2 }) % 1440;
+    let end_at = now - now % 60 + (ends - minute + 1440) % 1440 * 60;
+    store.set_preferences(a, &[], Some(((minute + 1439) % 1440, ends)), now).unwrap();
+    store.set_preferences(c, &["不審者情報".to_string()], None, now).unwrap();
+
+    let kind = ["--admin", "chuo", "--kind", "不審者情報", "--districts", "中央"];
+    let post = |title: &str, extra: &[&str]| {
+        let args: Vec<&str> = ["post", "--title", title].into_iter().chain(kind).chain(extra.iter().copied()).collect();
+        alert_cli(&inst, &args, "駅前で刃物を持った男が目撃されました。")
+    };
+    let (_, out) = post("下書き", &[]);
+    assert!(out.contains("preview queued"), "{out}");
+    let (_, out) = post("声かけ", &["--yes"]);
+    assert!(out.contains("published to 2 subscribers"), "a (later) and e; not c: {out}");
+    let (_, out) = post("刃物", &["--yes", "--urgent"]);
+    assert!(out.contains("published to 2 subscribers"), "{out}");
+
+    let server = inst.serve();
+    let to = |mails: &[(Mail, Vec<(String, String)>)]| {
+        let mut v: Vec<String> = mails.iter().map(|(m, _)| m.to.trim_matches(['<', '>']).to_string()).collect();
+        v.sort();
+        v
+    };
+    let preview = delivered(&inst, "【守るネット】配信の確認", 1);
+    let body = &preview[0].0.body;
+    assert!(body.contains("配信先: 2件"), "{body}");
+    assert!(body.contains("すぐ届く方 1件・受け取らない時間帯が終わってから届く方 1件"), "{body}");
+    assert!(body.contains("この種別を受け取らない設定の方 1件には届きません"), "{body}");
+    let urgent = delivered(&inst, "【守るネット】【緊急】[不審者情報] 刃物", 2);
+    assert_eq!(to(&urgent), ["a..b.@docomo.ne.jp", "e@docomo.ne.jp"], "緊急 ignores quiet hours");
+    assert!(urgent[0].0.body.contains("■緊急"), "{}", urgent[0].0.body);
+    let normal = delivered(&inst, "【守るネット】[不審者情報] 声かけ", 1);
+    assert_eq!(to(&normal), ["e@docomo.ne.jp"], "a is still inside its quiet hours");
+    assert!(mamoru_core::now() < end_at, "the window had not ended yet");
+
+    let later = wait_for("the held copy", Duration::from_secs(150), || {
+        let v = delivered(&inst, "【守るネット】[不審者情報] 声かけ", 1);
+        (v.len() == 2).then(|| (v, mamoru_core::now()))
+    });
+    assert_eq!(to(&later.0), ["a..b.@docomo.ne.jp", "e@docomo.ne.jp"]);
+    assert!(later.1 >= end_at, "delivered at {} before the window ended at {end_at}", later.1);
+    let for_c = inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).filter(|m| m.to.contains("c@ezweb.ne.jp")).count();
+    assert_eq!(for_c, 0, "c turned 不審者情報 off");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
