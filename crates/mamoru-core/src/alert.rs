@@ -833,7 +833,7 @@ pub fn rejected(cfg: &Config, errors: &[FormatError], subject: &str, to: &EmailA
     for d in &cfg.districts {
         body.push_str(&format!("{} {}\n", d.id, d.name));
     }
-    body.push_str("\n書き方:\n件名: 見出し\n本文1行目: 地区: 中央, 昭和\n（種別: 不審者情報 の行は任意）\n2行目から: お知らせの本文\n");
+    body.push_str("\n書き方:\n件名: 見出し\n本文1行目: 地区: 中央, 昭和\n（任意の行: 種別: 不審者情報 ／ 発生: 12/1 13:25ごろ ／ 緊急: はい ／ 確認: する）\n2行目から: お知らせの本文\n");
     let shown = one_line(subject);
     admin_mail(cfg, MailKind::AlertRejected, to, &format!("【{}】投稿エラー: {shown}", cfg.service_name), &body, now, message_id)
 }
