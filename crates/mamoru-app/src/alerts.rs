@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mamoru_core::alert::{self, AlertContent, AlertDraft, CarrierCounts, FormatError, PreviewInfo};
+use mamoru_core::alert::{self, AlertContent, AlertDraft, CarrierCounts, FollowupKind, FormatError, PreviewInfo};
 use mamoru_core::links::Route;
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime, mail};
@@ -43,6 +43,14 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// The replay key of a mailed post; empty for the others.
+    fn key(&self) -> &str {
+        match self {
+            Source::Mail { key, .. } => key,
+            Source::Web | Source::Cli => "",
+        }
+    }
+
     fn as_str(&self) -> &'static str {
         match self {
             Source::Mail { .. } => "mail",
@@ -81,13 +89,26 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
         kind: row.kind.clone(),
         districts: row.districts.clone(),
         text: row.text.clone(),
+        occurred: alert::Occurred { at: row.occurred_at, flags: row.occurred_flags },
         ask_confirm: row.ask_confirm,
+        urgent: row.urgent,
     }
 }
 
-/// The subject and text of a stored alert, as parents see it.
+/// A follow-up's kind and report, if the row is one.
+pub fn followup_of(row: &AlertRow) -> Option<alert::Followup> {
+    let kind = FollowupKind::parse(&row.followup_kind)?;
+    row.followup_of.map(|_| alert::Followup { kind, original_published_at: row.report_published_at })
+}
+
+/// The subject and text of a stored alert, as parents see it: with its
+/// publication time, or its drafting time while a draft.
 pub fn content_of(app: &App, row: &AlertRow) -> AlertContent {
-    alert::content(&app.cfg, &draft_of(row), row.is_test)
+    let at = if row.published_at > 0 { row.published_at } else { row.created_at };
+    match followup_of(row) {
+        Some(f) => alert::followup_content(&app.cfg, &draft_of(row), row.is_test, &f, at),
+        None => alert::content(&app.cfg, &draft_of(row), row.is_test, at),
+    }
 }
 
 impl App {
@@ -97,35 +118,112 @@ impl App {
         if !forbidden.is_empty() {
             return Ok(DraftOutcome::Refused(FormatError::DistrictsNotAllowed(forbidden)));
         }
-        let cfg = &*self.cfg;
-        let random = self.random12()?;
-        let expires_at = now + cfg.alerts.publish_ttl_secs;
-        let content = alert::content(cfg, draft, is_test);
-        let (key, dropped_attachments) = match source {
-            Source::Mail { key, attachments } => (key, attachments),
-            Source::Web | Source::Cli => ("", 0),
-        };
+        let content = alert::content(&self.cfg, draft, is_test, now);
         let new = NewAlert {
             admin: admin.id,
             source: source.as_str(),
-            source_key: key,
+            source_key: source.key(),
             kind: &draft.kind,
             title: &draft.title,
             text: &draft.text,
             districts: &draft.districts,
             is_test,
+            occurred_at: draft.occurred.at,
+            occurred_flags: draft.occurred.flags,
             ask_confirm: draft.ask_confirm,
+            urgent: draft.urgent,
+            ..NewAlert::new(admin.id, source.as_str())
         };
-        let drafted = self.store.draft_alert(&new, now, expires_at, |alert_id, nonce, domains| {
+        self.record_draft(admin, &new, &content, source, now)
+    }
+
+    /// Records a follow-up (続報, 解決 or 取消) of the published first report
+    /// `report` as a draft and queues its preview, like a first report. It
+    /// keeps the report's title, kind, districts and test flag, and goes to
+    /// the report's recipients (see [`mamoru_store::Store::publish_alert`]).
+    /// The admin must be allowed the report's districts; a follow-up of a
+    /// follow-up continues the same report.
+    pub fn draft_followup(
+        &self,
+        admin: &Admin,
+        report: AlertId,
+        kind: FollowupKind,
+        text: &str,
+        source: Source<'_>,
+        now: UnixTime,
+    ) -> Result<DraftOutcome, Error> {
+        let text = match alert::followup_text(text) {
+            Ok(t) => t,
+            Err(e) => return Ok(DraftOutcome::Refused(e)),
+        };
+        let no_such = || DraftOutcome::Refused(FormatError::NoSuchAlert(report.to_string()));
+        let Some(mut row) = self.store.alert(report)? else { return Ok(no_such()) };
+        if let Some(first) = row.followup_of {
+            let Some(r) = self.store.alert(first)? else { return Ok(no_such()) };
+            row = r;
+        }
+        if row.state != AlertState::Published {
+            return Ok(no_such());
+        }
+        if row.incident_state == "retracted" {
+            return Ok(DraftOutcome::Refused(FormatError::Retracted(row.id.get())));
+        }
+        let forbidden = admin.forbidden(&row.districts);
+        if !forbidden.is_empty() {
+            return Ok(DraftOutcome::Refused(FormatError::DistrictsNotAllowed(forbidden)));
+        }
+        let mut follow = row.clone();
+        follow.text = text;
+        let f = alert::Followup { kind, original_published_at: row.published_at };
+        // A follow-up tells of the same incident: its time is the report's.
+        let content = alert::followup_content(&self.cfg, &draft_of(&follow), row.is_test, &f, now);
+        let new = NewAlert {
+            admin: admin.id,
+            source: source.as_str(),
+            source_key: source.key(),
+            kind: &row.kind,
+            title: &row.title,
+            text: &follow.text,
+            districts: &row.districts,
+            is_test: row.is_test,
+            followup_of: Some(row.id),
+            followup_kind: kind.as_str(),
+            occurred_at: row.occurred_at,
+            occurred_flags: row.occurred_flags,
+            // A follow-up of a 緊急 report is as urgent.
+            urgent: row.urgent,
+            ..NewAlert::new(admin.id, source.as_str())
+        };
+        self.record_draft(admin, &new, &content, source, now)
+    }
+
+    fn record_draft(&self, admin: &Admin, new: &NewAlert<'_>, content: &AlertContent, source: Source<'_>, now: UnixTime) -> Result<DraftOutcome, Error> {
+        let cfg = &*self.cfg;
+        let random = self.random12()?;
+        let expires_at = now + cfg.alerts.publish_ttl_secs;
+        let dropped_attachments = match source {
+            Source::Mail { attachments, .. } => attachments,
+            Source::Web | Source::Cli => 0,
+        };
+        let is_test = new.is_test;
+        let drafted = self.store.draft_alert(new, now, expires_at, |alert_id, nonce, audience| {
             let claims = Claims { purpose: Purpose::Publish, subject: alert_id.subject(), nonce, expires_at };
             let url = Route::Publish(&self.tokens.sign(&claims)).url(cfg);
-            let counts = CarrierCounts::from_domains(domains);
-            let info = PreviewInfo { counts: &counts, publish_url: &url, dropped_attachments, is_test };
-            alert::preview(cfg, &content, &admin.email, &info, now, mail::message_id(&random, cfg))
+            let counts = CarrierCounts::from_domains(&audience.domains);
+            let info = PreviewInfo {
+                number: alert_id.get(),
+                counts: &counts,
+                reach: &audience.reach,
+                ask_confirm: new.ask_confirm,
+                publish_url: &url,
+                dropped_attachments,
+                is_test,
+            };
+            alert::preview(cfg, content, &admin.email, &info, now, mail::message_id(&random, cfg))
         })?;
         Ok(match drafted {
             Drafted::Created { alert, outbox } => {
-                tracing::info!(alert = alert.get(), admin = %admin.login, source = source.as_str(), "alert drafted; preview queued");
+                tracing::info!(alert = alert.get(), admin = %admin.login, source = source.as_str(), followup_of = new.followup_of.map(AlertId::get), "alert drafted; preview queued");
                 self.queued();
                 DraftOutcome::Created { alert, outbox }
             }
@@ -160,7 +258,24 @@ impl App {
     /// Publishes a draft: one outbox row per active subscriber of its
     /// districts, without content (see [`App::alert_copy`]).
     pub fn publish(&self, by: Publisher<'_>, now: UnixTime) -> Result<Published, Error> {
+        self.publish_confirmed(by, false, now)
+    }
+
+    /// [`App::publish`], with `stale_confirmed`: the publisher confirmed an
+    /// incident older than `[alerts] stale_incident_secs`. Without it such
+    /// an alert is not published ([`Published::StaleIncident`]).
+    pub fn publish_confirmed(&self, by: Publisher<'_>, stale_confirmed: bool, now: UnixTime) -> Result<Published, Error> {
         let cfg = &*self.cfg;
+        let id = match by {
+            Publisher::Link(claims) => match AlertId::from_subject(claims.subject) {
+                Some(id) => id,
+                None => return Ok(Published::Unusable),
+            },
+            Publisher::Author { alert, .. } | Publisher::Operator { alert, .. } => alert,
+        };
+        if !stale_confirmed && self.store.alert(id)?.is_some_and(|r| self.is_stale(&r, now)) {
+            return Ok(Published::StaleIncident);
+        }
         let (auth, actor) = match by {
             Publisher::Link(claims) => (PublishAuth::Token(claims), format!("publish-link:alert={}", claims.subject)),
             Publisher::Author { admin, alert } => {
@@ -182,6 +297,13 @@ impl App {
         Ok(published)
     }
 
+    /// Is the incident of `row` older than `[alerts] stale_incident_secs`?
+    /// An unknown incident time is never stale, nor is a follow-up (news of
+    /// now about an incident already published).
+    pub fn is_stale(&self, row: &AlertRow, now: UnixTime) -> bool {
+        row.followup_of.is_none() && row.occurred_at != 0 && now - row.occurred_at > self.cfg.alerts.stale_incident_secs
+    }
+
     /// One subscriber's copy of a published alert, as the relay sends it.
     /// `None` when the alert does not exist (the row cannot be sent).
     pub fn alert_copy(&self, alert: AlertId, subscriber: SubscriberId, to: &EmailAddress, link_nonce: Nonce) -> Result<Option<Vec<u8>>, Error> {
@@ -191,7 +313,7 @@ impl App {
             false => None,
         };
         let recipient = alert::AlertRecipient { subscriber, address: to, link_nonce, confirm_district };
-        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, &content, row.published_at, &recipient).bytes))
+        Ok(Some(alert::render_for_subscriber(&self.cfg, &self.tokens, row.id, row.followup_of, &content, row.published_at, &recipient).bytes))
     }
 }
 

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mamoru_core::alert::{self, FormatError};
+use mamoru_core::alert::{self, FollowupKind, FormatError};
 use mamoru_core::token::Purpose;
-use mamoru_core::{Config, EmailAddress, UnixTime};
+use mamoru_core::{AlertId, Config, EmailAddress, UnixTime};
 use mamoru_store::admins::{Admin, AdminAdded};
 use mamoru_store::alerts::Published;
 use mamoru_store::manage::{LinkMail, ManageOutcome};
@@ -119,7 +119,7 @@ fn an_admin_cannot_draft_for_districts_outside_their_own() {
 fn a_mailed_post_is_drafted_once() {
     let f = fixture();
     let admin = f.admin("chuo", &[]);
-    let draft = alert::parse_post(&f.app.cfg, "不審者", "地区: 中央\n本文").unwrap();
+    let draft = alert::parse_post(&f.app.cfg, "不審者", "地区: 中央\n本文", T0).unwrap();
     let src = Source::Mail { key: "mid:<a@b>", attachments: 0 };
     assert!(matches!(f.app.draft(&admin, &draft, src, false, T0).unwrap(), DraftOutcome::Created { .. }));
     assert_eq!(f.app.draft(&admin, &draft, src, false, T0 + 1).unwrap(), DraftOutcome::Duplicate);
@@ -270,4 +270,27 @@ fn a_confirmation_counts_once_per_copy_whoever_opens_it() {
     f.app.store.mark_sent(copy.id, T0 + 2).unwrap();
     let table = f.app.confirm_table(alert).unwrap();
     assert_eq!((table.len(), table[0].district, table[0].carrier, table[0].delivered, table[0].confirmed), (1, 3, "au", 1, 1));
+}
+
+#[test]
+fn a_followup_needs_a_standing_published_report_in_the_admins_districts() {
+    let f = fixture();
+    let author = f.admin("chuo", &[]);
+    let showa = f.admin("showa", &[3]);
+    let draft = alert::draft(&f.app.cfg, "不審者", "", vec![1], "本文").unwrap();
+    let DraftOutcome::Created { alert: report, .. } = f.app.draft(&author, &draft, Source::Web, false, T0).unwrap() else { panic!() };
+    let follow = |admin, id, kind, text: &str| f.app.draft_followup(admin, id, kind, text, Source::Cli, T0 + 10).unwrap();
+    let no_such = |id: AlertId| DraftOutcome::Refused(FormatError::NoSuchAlert(id.to_string()));
+    assert_eq!(follow(&author, report, FollowupKind::Update, "続報"), no_such(report), "a draft has no follow-ups");
+    assert_eq!(follow(&author, AlertId::new(999), FollowupKind::Update, "続報"), no_such(AlertId::new(999)));
+    f.app.publish(Publisher::Author { admin: &author, alert: report }, T0 + 5).unwrap();
+    assert_eq!(follow(&author, report, FollowupKind::Update, " \n"), DraftOutcome::Refused(FormatError::EmptyText));
+    assert_eq!(follow(&showa, report, FollowupKind::Update, "続報"), DraftOutcome::Refused(FormatError::DistrictsNotAllowed(vec![1])));
+    let DraftOutcome::Created { alert: retraction, .. } = follow(&author, report, FollowupKind::Retracted, "誤りでした") else { panic!() };
+    // A follow-up of the follow-up continues the same report.
+    let DraftOutcome::Created { alert: second, .. } = follow(&author, retraction, FollowupKind::Update, "x") else { panic!() };
+    assert_eq!(f.app.store.alert(second).unwrap().unwrap().followup_of, Some(report));
+    f.app.publish(Publisher::Author { admin: &author, alert: retraction }, T0 + 20).unwrap();
+    assert_eq!(follow(&author, report, FollowupKind::Resolved, "x"), DraftOutcome::Refused(FormatError::Retracted(report.get())));
+    assert_eq!(f.app.publish(Publisher::Author { admin: &author, alert: second }, T0 + 30).unwrap(), Published::Unusable, "取消 is final");
 }

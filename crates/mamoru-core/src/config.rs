@@ -86,6 +86,9 @@ pub struct AlertsConfig {
     pub publish_ttl_secs: i64,
     /// An alert not delivered within this many seconds is not sent late.
     pub max_age_secs: i64,
+    /// A post whose incident (`発生:`) is older than this many seconds at
+    /// publication needs an explicit confirmation in the preview.
+    pub stale_incident_secs: i64,
     /// DKIM public keys of the admins' domains, pinned: `"SELECTOR._domainkey.DOMAIN" = "v=DKIM1; k=rsa; p=..."`,
     /// the TXT record as published. mamoru verifies DKIM against these only
     /// and never asks DNS, so a spoofed DNS answer cannot authenticate a post.
@@ -699,6 +702,7 @@ impl Default for AlertsConfig {
             kinds: vec!["不審者情報".into(), "不審電話情報".into(), "その他".into()],
             publish_ttl_secs: 3600,
             max_age_secs: 6 * 3600,
+            stale_incident_secs: 24 * 3600,
             dkim_keys: Default::default(),
             archive_days: 30,
             confirm_ttl_secs: 3 * 86_400,
@@ -952,6 +956,7 @@ impl Config {
         }
         positive("alerts.publish_ttl_secs", a.publish_ttl_secs, false)?;
         positive("alerts.max_age_secs", a.max_age_secs, false)?;
+        positive("alerts.stale_incident_secs", a.stale_incident_secs, false)?;
         positive("alerts.archive_days", a.archive_days, false)?;
         positive("alerts.confirm_ttl_secs", a.confirm_ttl_secs, false)?;
         positive("web.admin_idle_secs", self.web.admin_idle_secs, false)?;

@@ -18,6 +18,7 @@
 //! - [`verp`]: signed VERP return paths naming the outbox row.
 //! - [`mail`]: the Japanese mails (登録受付, 登録完了) as RFC 5322 bytes.
 //! - [`alert`]: the alert post format (`地区:` line) and the alert mail.
+//! - [`jst`]: Japan time (UTC+9) civil dates, both ways.
 //! - [`password`]: argon2id hashing of admin passwords.
 //! - [`keys`]: the key material and its on-disk format (bytes only; the store
 //!   crate reads and writes the files).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod ids;
 pub mod help;
+pub mod jst;
 pub mod keys;
 pub mod links;
 pub mod mailbox;

@@ -11,7 +11,7 @@ use mailparse::{DispositionType, MailHeader, MailHeaderMap as _, ParsedMail};
 use mamoru_app::App;
 use mamoru_app::alerts::{DraftOutcome, Source};
 use mamoru_core::alert::{self, FormatError};
-use mamoru_core::{Config, EmailAddress, UnixTime};
+use mamoru_core::{AlertId, Config, EmailAddress, UnixTime};
 use mamoru_store::admins::Admin;
 use ring::digest;
 
@@ -300,12 +300,18 @@ impl AlertPoster<'_> {
             }
         };
         let post = extract(&parsed);
-        let draft = match alert::parse_post(&self.app.cfg, &post.subject, &post.text) {
-            Ok(d) => d,
-            Err(e) => return self.reject(&admin, &key, &post.subject, e),
-        };
         let source = Source::Mail { key: &key, attachments: post.attachments };
-        match self.app.draft(&admin, &draft, source, false, (self.clock)()) {
+        // A post whose first line names a report (`続報: 12`) is a follow-up
+        // of it; anything else is a first report.
+        let drafted = match alert::parse_followup(&post.text) {
+            Some(Ok(f)) => self.app.draft_followup(&admin, AlertId::new(f.of), f.kind, &f.text, source, (self.clock)()),
+            Some(Err(e)) => return self.reject(&admin, &key, &post.subject, e),
+            None => match alert::parse_post(&self.app.cfg, &post.subject, &post.text, (self.clock)()) {
+                Ok(draft) => self.app.draft(&admin, &draft, source, false, (self.clock)()),
+                Err(e) => return self.reject(&admin, &key, &post.subject, e),
+            },
+        };
+        match drafted {
             Ok(DraftOutcome::Created { .. }) => {
                 tracing::info!(admin = %admin.login, auth = auth.how.as_str(), "alert post accepted");
                 Outcome::Stored

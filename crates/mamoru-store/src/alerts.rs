@@ -32,8 +32,42 @@ pub struct NewAlert<'a> {
     pub text: &'a str,
     pub districts: &'a [u32],
     pub is_test: bool,
+    /// The first report a follow-up continues (`None`: a first report). Its
+    /// recipients are the report's, not the districts' subscribers.
+    pub followup_of: Option<AlertId>,
+    /// `update`, `resolved` or `retracted` for a follow-up; empty otherwise.
+    pub followup_kind: &'a str,
+    /// When the incident happened (0: unknown).
+    pub occurred_at: UnixTime,
+    /// 1 = approximate (ごろ), 2 = the day only.
+    pub occurred_flags: i64,
+    /// 緊急: delivered inside quiet hours too.
+    pub urgent: bool,
     /// Copies carry a 確認しました link.
     pub ask_confirm: bool,
+}
+
+impl<'a> NewAlert<'a> {
+    /// A first report by `admin` from `source` with nothing in it yet: the
+    /// base the callers fill with struct-update syntax.
+    pub fn new(admin: AdminId, source: &'a str) -> Self {
+        NewAlert {
+            admin,
+            source,
+            source_key: "",
+            kind: "",
+            title: "",
+            text: "",
+            districts: &[],
+            is_test: false,
+            followup_of: None,
+            followup_kind: "",
+            occurred_at: 0,
+            occurred_flags: 0,
+            urgent: false,
+            ask_confirm: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +95,21 @@ pub struct AlertRow {
     pub created_at: UnixTime,
     pub published_at: UnixTime,
     pub recipients: i64,
+    /// The first report this follow-up continues (`None`: a first report).
+    pub followup_of: Option<AlertId>,
+    /// A follow-up's kind (`update`, `resolved`, `retracted`), or empty.
+    pub followup_kind: String,
+    /// A first report's state: empty while open, else the kind of its latest
+    /// published follow-up.
+    pub incident_state: String,
+    /// When that follow-up was published (0: none yet).
+    pub updated_at: UnixTime,
+    /// When the incident happened (0: unknown).
+    pub occurred_at: UnixTime,
+    pub occurred_flags: i64,
+    pub urgent: bool,
+    /// A follow-up's report's publication time (0 for a first report).
+    pub report_published_at: UnixTime,
     /// Copies carry a 確認しました link.
     pub ask_confirm: bool,
 }
@@ -78,12 +127,18 @@ pub enum PublishAuth<'a> {
 pub enum Published {
     Published { alert: AlertId, recipients: usize },
     /// The token was used or revoked, the alert is not a draft any more, or
-    /// its admin was disabled.
+    /// its admin was disabled; or a follow-up's report was retracted
+    /// meanwhile.
     Unusable,
+    /// The incident is older than `[alerts] stale_incident_secs` and the
+    /// publisher did not confirm it: nothing changed (the link still works).
+    StaleIncident,
 }
 
 const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.title, a.text, a.districts, a.is_test, a.state,
-     a.created_at, a.published_at, a.recipients, a.ask_confirm";
+     a.created_at, a.published_at, a.recipients, a.followup_of, a.followup_kind, a.incident_state, a.updated_at,
+     a.occurred_at, a.occurred_flags, a.urgent, a.ask_confirm,
+     COALESCE((SELECT r.published_at FROM alerts r WHERE r.id = a.followup_of AND a.followup_of <> 0), 0)";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok(AlertRow {
@@ -100,7 +155,15 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         created_at: r.get(10)?,
         published_at: r.get(11)?,
         recipients: r.get(12)?,
-        ask_confirm: r.get::<_, i64>(13)? != 0,
+        followup_of: Some(AlertId::new(r.get(13)?)).filter(|id| id.get() != 0),
+        followup_kind: r.get(14)?,
+        incident_state: r.get(15)?,
+        updated_at: r.get(16)?,
+        occurred_at: r.get(17)?,
+        occurred_flags: r.get(18)?,
+        urgent: r.get::<_, i64>(19)? != 0,
+        ask_confirm: r.get::<_, i64>(20)? != 0,
+        report_published_at: r.get(21)?,
     })
 }
 
@@ -111,41 +174,128 @@ fn id_list(ids: &[u32]) -> String {
 }
 
 /// Distinct active subscribers of `districts`, per domain.
-fn recipient_domains(conn: &Connection, districts: &[u32]) -> Result<Vec<(String, i64)>> {
+/// The outbox rows of a report that a retraction ended before they were
+/// sent: `expired` (a final state the relay never claims) with this reason.
+pub const RETRACTED_REASON: &str = "retracted before delivery";
+
+/// The subscribers a follow-up of `report` goes to: those with a copy of the
+/// report that was not stopped by its retraction, still active — whatever
+/// districts they chose since. A subscriber who deleted the registration
+/// has no subscriber row any more.
+const FOLLOWUP_RECIPIENTS: &str = "s.status = 'active' AND EXISTS (SELECT 1 FROM outbox o
+         WHERE o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))";
+
+fn followup_where(report: AlertId) -> String {
+    FOLLOWUP_RECIPIENTS.replace("?R", &report.to_string()).replace("?X", &format!("'{RETRACTED_REASON}'"))
+}
+
+/// The subscribers an alert goes to: a first report's, of its districts; a
+/// follow-up's, the report's recipients (see [`FOLLOWUP_RECIPIENTS`]).
+fn recipients_where(districts: &[u32], report: Option<AlertId>) -> String {
+    match report {
+        Some(report) => followup_where(report),
+        None => format!(
+            "s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
+                 WHERE d.subscriber_id = s.id AND d.district_id IN ({}))",
+            id_list(districts)
+        ),
+    }
+}
+
+/// The subscriber `s` turned the alert's kind (`kind`) off, and the alert is
+/// a first report (`followup` = 0): a follow-up goes to the report's
+/// recipients whatever they chose since. The arguments are placeholders.
+fn kind_off(kind: &str, followup: &str) -> String {
+    format!("({followup} = 0 AND EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = {kind}))")
+}
+
+/// Seconds a copy to subscriber `s` waits for the end of their quiet hours:
+/// 0 for a 緊急 alert (`urgent` <> 0) or outside the window. `minute` is the
+/// minute of the day in Japan time, `second` the seconds into it; the
+/// window `[quiet_start, quiet_end)` wraps past midnight when start > end.
+fn quiet_wait(minute: &str, second: &str, urgent: &str) -> String {
+    format!(
+        "(CASE WHEN {urgent} = 0 AND s.quiet_start >= 0 AND s.quiet_start <> s.quiet_end
+              AND ((s.quiet_start < s.quiet_end AND {minute} >= s.quiet_start AND {minute} < s.quiet_end)
+                OR (s.quiet_start > s.quiet_end AND ({minute} >= s.quiet_start OR {minute} < s.quiet_end)))
+          THEN ((s.quiet_end - {minute} + 1440) % 1440) * 60 - {second} ELSE 0 END)"
+    )
+}
+
+/// The minute of the day and the seconds into it, in Japan time.
+fn japan_minute(now: UnixTime) -> (i64, i64) {
+    let local = now + mamoru_core::jst::OFFSET;
+    (local.rem_euclid(86_400) / 60, local.rem_euclid(60))
+}
+
+/// Who an alert would reach if published now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// Recipients per address domain: those who take the alert's kind.
+    pub domains: Vec<(String, i64)>,
+    pub reach: Reach,
+}
+
+pub use mamoru_core::alert::Reach;
+
+fn audience(conn: &Connection, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
     let sql = format!(
-        "SELECT s.domain, COUNT(*) FROM subscribers s
-         WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                 WHERE d.subscriber_id = s.id AND d.district_id IN ({}))
-         GROUP BY s.domain ORDER BY s.domain",
-        id_list(districts)
+        "SELECT domain, SUM(NOT off), SUM(NOT off AND wait > 0), SUM(off)
+         FROM (SELECT s.domain AS domain, {} AS off, {} AS wait FROM subscribers s WHERE {})
+         GROUP BY domain ORDER BY domain",
+        kind_off(":kind", ":followup"),
+        quiet_wait(":minute", ":second", ":urgent"),
+        recipients_where(districts, report)
     );
+    let (minute, second) = japan_minute(now);
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map(
+        rusqlite::named_params! {
+            ":kind": kind,
+            ":followup": i64::from(report.is_some()),
+            ":minute": minute,
+            ":second": second,
+            ":urgent": i64::from(urgent),
+        },
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+    )?;
+    let mut out = Audience::default();
+    for row in rows {
+        let (domain, takes, waits, off) = row?;
+        if takes > 0 {
+            out.domains.push((domain, takes));
+        }
+        out.reach.now += takes - waits;
+        out.reach.later += waits;
+        out.reach.kind_off += off;
+    }
+    Ok(out)
 }
 
 impl Store {
-    /// Recipients an alert to `districts` would have now, per domain.
-    pub fn recipient_domains(&self, districts: &[u32]) -> Result<Vec<(String, i64)>> {
-        recipient_domains(&self.conn(), districts)
+    /// Who an alert to `districts` (or a follow-up of `report`) of `kind`
+    /// would reach if published at `now`, per domain and by preference.
+    pub fn audience(&self, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
+        audience(&self.conn(), districts, report, kind, urgent, now)
     }
 
     /// Records a draft, issues its publish token and queues the preview mail
-    /// `render` builds from the alert id, the token nonce and the recipient
-    /// counts per domain — one transaction. A known `source_key` records
+    /// `render` builds from the alert id, the token nonce and who it would
+    /// reach — one transaction. A known `source_key` records
     /// nothing.
     pub fn draft_alert(
         &self,
         a: &NewAlert<'_>,
         now: UnixTime,
         publish_expires_at: UnixTime,
-        render: impl FnOnce(AlertId, Nonce, &[(String, i64)]) -> OutgoingMail,
+        render: impl FnOnce(AlertId, Nonce, &Audience) -> OutgoingMail,
     ) -> Result<Drafted> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at, ask_confirm)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
+                                 followup_of, followup_kind, occurred_at, occurred_flags, urgent, ask_confirm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
             params![
                 a.admin,
@@ -157,6 +307,11 @@ impl Store {
                 id_list(a.districts),
                 a.is_test as i64,
                 now,
+                a.followup_of.map_or(0, AlertId::get),
+                a.followup_kind,
+                a.occurred_at,
+                a.occurred_flags,
+                a.urgent as i64,
                 a.ask_confirm as i64
             ],
         )?;
@@ -165,7 +320,7 @@ impl Store {
         }
         let alert = AlertId::new(tx.last_insert_rowid());
         let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
-        let counts = recipient_domains(&tx, a.districts)?;
+        let counts = audience(&tx, a.districts, a.followup_of, a.kind, a.urgent, now)?;
         let mail = render(alert, nonce, &counts);
         // The preview is useless once its link has expired.
         let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
@@ -270,10 +425,11 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test, ask_confirm): (String, i64, i64) = tx
-            .query_row("SELECT districts, is_test, ask_confirm FROM alerts WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+        let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, String, String, i64, i64) = tx.query_row(
+            "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )?;
         let ids = id_list(&split_ids(&districts));
         // The district a copy's 確認しました link counts under, fixed now so
         // the copy renders the same every time.
@@ -284,23 +440,70 @@ impl Store {
         } else {
             "0".to_string()
         };
+        let report = Some(AlertId::new(report)).filter(|r| r.get() != 0);
+        if let Some(report) = report {
+            // A follow-up: the report must still stand (a retraction is final).
+            let open = tx.execute(
+                "UPDATE alerts SET incident_state = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'published' AND followup_of = 0 AND incident_state <> 'retracted'",
+                params![followup_kind, now, report],
+            )?;
+            if open != 1 {
+                return Ok(Published::Unusable);
+            }
+            if followup_kind == "retracted" {
+                // Stop what was not sent yet first (of the report and of its
+                // earlier follow-ups): those copies are never delivered, and
+                // their subscribers get no retraction either.
+                let stopped = tx.execute(
+                    "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
+                     WHERE state = 'queued' AND alert_id IN (SELECT ?3 UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
+                    params![now, RETRACTED_REASON, report],
+                )?;
+                audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
+            }
+        }
+        let recipients = recipients_where(&split_ids(&districts), report);
         // One statement: SQLite walks the subscribers and writes the rows
         // without a round trip through Rust per recipient. The address sealed
         // at registration is reused: it is the same value, and sealing costs
         // a nonce draw per row.
+        //
+        // Preferences are part of the same statement. Kinds: a first report
+        // skips subscribers who turned its kind off (a follow-up goes to the
+        // report's recipients whatever they chose since). Quiet hours: unless
+        // the alert is 緊急, a row of a subscriber inside their quiet window
+        // waits until the window ends (`next_attempt_at`), and its expiry
+        // counts from then.
+        let delay = quiet_wait("?8", "?9", "?10");
+        let kind_off = kind_off("?11", "?12");
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
              SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
-                    X'', ?6, ?6, ?7, ?4, {confirm_district}
+                    X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
              FROM subscribers s
-             WHERE s.status = 'active' AND EXISTS (SELECT 1 FROM subscriber_districts d
-                     WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))
+             WHERE {recipients}
+               AND NOT {kind_off}
              ORDER BY s.id"
         );
+        let (minute, second) = japan_minute(now);
         let count = tx.execute(
             &insert,
-            params![MailKind::Alert.as_str(), ALERT_PRIORITY, sender, id, mail_domain, now, expires_at],
+            params![
+                MailKind::Alert.as_str(),
+                ALERT_PRIORITY,
+                sender,
+                id,
+                mail_domain,
+                now,
+                expires_at,
+                minute,
+                second,
+                urgent,
+                kind,
+                i64::from(report.is_some())
+            ],
         )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
         audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
@@ -317,13 +520,30 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The public archive: published alerts (never テスト配信) since `since`,
-    /// newest first, optionally only those for `district`.
+    /// The published follow-ups of `reports`, oldest first.
+    pub fn followups_of(&self, reports: &[AlertId]) -> Result<Vec<AlertRow>> {
+        if reports.is_empty() {
+            return Ok(vec![]);
+        }
+        let conn = self.conn();
+        let ids = reports.iter().map(|id| id.get().to_string()).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
+             WHERE a.followup_of IN ({ids}) AND a.state = 'published' ORDER BY a.published_at, a.id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], alert_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The public archive: published first reports (never テスト配信) since
+    /// `since`, newest first, optionally only those for `district`; each
+    /// incident once, its follow-ups in [`Store::followups_of`].
     pub fn archive(&self, district: Option<u32>, since: UnixTime, limit: usize) -> Result<Vec<AlertRow>> {
         let conn = self.conn();
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
-             WHERE a.state = 'published' AND a.is_test = 0 AND a.published_at >= ?1
+             WHERE a.state = 'published' AND a.is_test = 0 AND a.followup_of = 0 AND a.published_at >= ?1
                AND (?2 = 0 OR ',' || a.districts || ',' LIKE '%,' || ?2 || ',%')
              ORDER BY a.published_at DESC, a.id DESC LIMIT ?3"
         );
@@ -332,11 +552,46 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Delivery progress of an alert: `(domain, state, count)`.
+    /// Delivery progress of an alert: `(domain, state, count)`; rows a
+    /// retraction stopped count as `cancelled`.
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT domain, state, COUNT(*) FROM outbox WHERE alert_id = ?1 GROUP BY domain, state ORDER BY domain, state")?;
+        let mut stmt = conn.prepare(
+            "SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st, COUNT(*)
+             FROM outbox WHERE alert_id = ?1 GROUP BY domain, st ORDER BY domain, st",
+        )?;
+        let rows = stmt.query_map(params![id, RETRACTED_REASON], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Store {
+    /// A subscriber's delivery preferences: the configured kinds they turned
+    /// off, and quiet hours as minutes of the day in Japan time `[start,
+    /// end)` (wrapping past midnight when start > end), `None` for none.
+    pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (start, end) = quiet.filter(|(a, b)| a != b && (0..1440).contains(a) && (0..1440).contains(b)).unwrap_or((-1, -1));
+        tx.execute(
+            "UPDATE subscribers SET quiet_start = ?1, quiet_end = ?2, updated_at = ?3 WHERE id = ?4",
+            params![start, end, now, subscriber],
+        )?;
+        tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", [subscriber])?;
+        for k in kinds_off {
+            tx.execute("INSERT OR IGNORE INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2)", params![subscriber, k])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When the copies of an alert were delivered, per address domain:
+    /// `(domain, copies sent, when the last one was)`.
+    pub fn delivery_times(&self, id: AlertId) -> Result<Vec<(String, i64, UnixTime)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT domain, COUNT(*), MAX(done_at) FROM outbox WHERE alert_id = ?1 AND state = 'sent' GROUP BY domain ORDER BY domain",
+        )?;
         let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -380,6 +635,7 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
+use mamoru_core::SubscriberId;
     use mamoru_core::mail::{MailKind, OutgoingMail};
 
     use super::*;
@@ -418,11 +674,11 @@ mod tests {
     fn draft(store: &Store, admin: AdminId, key: &str, districts: &[u32]) -> (Drafted, Option<Claims>, Vec<(String, i64)>) {
         let mut claims = None;
         let mut seen = vec![];
-        let a = NewAlert { admin, source: "mail", source_key: key, kind: "", title: "t", text: "x", districts, is_test: false, ask_confirm: false };
+        let a = NewAlert { admin, source: "mail", source_key: key, title: "t", text: "x", districts, ..NewAlert::new(admin, "mail") };
         let d = store
             .draft_alert(&a, T0, T0 + 3600, |id, nonce, counts| {
                 claims = Some(Claims { purpose: Purpose::Publish, subject: id.subject(), nonce, expires_at: T0 + 3600 });
-                seen = counts.to_vec();
+                seen = counts.domains.clone();
                 OutgoingMail { kind: MailKind::AlertPreview, ..mail(&addr("staff@city.test"), format!("preview.{id}@x")) }
             })
             .unwrap();
@@ -540,5 +796,97 @@ mod tests {
         assert!(!store.reject_post(admin, "k2", "t", "missing-districts", &m2, T0, T0 + 60).unwrap());
         assert_eq!(store.outbox_counts().unwrap().queued, 1);
         assert_eq!(store.recent_alerts(10).unwrap()[0].state, AlertState::Rejected);
+    }
+
+    fn publish(store: &Store, id: AlertId, at: UnixTime) -> Published {
+        store.publish_alert(PublishAuth::Direct(id), "test", at, at + 7200, "ans@x", "x").unwrap()
+    }
+
+    fn followup(store: &Store, admin: AdminId, report: AlertId, kind: &str) -> AlertId {
+        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: Some(report), followup_kind: kind, ..NewAlert::new(admin, "cli") };
+        match store.draft_alert(&a, T0, T0 + 3600, |id, _, _| mail(&addr("staff@city.test"), format!("preview.{id}@x"))).unwrap() {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        }
+    }
+
+    fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<SubscriberId> {
+        let conn = store.conn();
+        let mut stmt = conn.prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' ORDER BY 1").unwrap();
+        stmt.query_map([alert], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn a_followup_goes_to_the_reports_recipients_and_a_retraction_stops_the_rest() {
+        let (_d, store, admin) = setup();
+        let (_, claims, _) = draft(&store, admin, "k", &[1]);
+        let report = AlertId::from_subject(claims.unwrap().subject).unwrap();
+        assert_eq!(publish(&store, report, T0), Published::Published { alert: report, recipients: 2 });
+        let (a, b) = (store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id, store.find_subscriber(&addr("b@ezweb.ne.jp")).unwrap().unwrap().id);
+        // One copy goes out; then b changes districts (a follow-up still
+        // reaches b) and c joins district 1 (it does not reach c).
+        let first = a;
+        store.conn().execute("UPDATE outbox SET state = 'sent', done_at = ?1 WHERE alert_id = ?2 AND subscriber_id = ?3", params![T0, report, a]).unwrap();
+        let c = store.find_subscriber(&addr("c@docomo.ne.jp")).unwrap().unwrap().id;
+        store.conn().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [b]).unwrap();
+        store.conn().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", [c]).unwrap();
+        let update = followup(&store, admin, report, "update");
+        assert_eq!(store.audience(&[], Some(report), "", false, T0).unwrap().domains.iter().map(|d| d.1).sum::<i64>(), 2);
+        assert_eq!(publish(&store, update, T0 + 10), Published::Published { alert: update, recipients: 2 });
+        assert_eq!(queued_subscribers(&store, update), vec![a, b]);
+        let r = store.alert(report).unwrap().unwrap();
+        assert_eq!((r.incident_state.as_str(), r.updated_at), ("update", T0 + 10));
+        // The retraction stops the report's and the update's unsent copies,
+        // and goes only to whoever may have seen the report.
+        let retract = followup(&store, admin, report, "retracted");
+        assert_eq!(publish(&store, retract, T0 + 20), Published::Published { alert: retract, recipients: 1 });
+        assert_eq!(queued_subscribers(&store, retract), vec![first]);
+        assert!(queued_subscribers(&store, report).is_empty() && queued_subscribers(&store, update).is_empty());
+        let progress = store.alert_progress(report).unwrap();
+        assert_eq!(progress.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(), ["sent", "cancelled"], "{progress:?}");
+        assert_eq!(store.alert(report).unwrap().unwrap().incident_state, "retracted");
+        // 取消 is final.
+        let late = followup(&store, admin, report, "resolved");
+        assert_eq!(publish(&store, late, T0 + 30), Published::Unusable);
+        // One entry per incident in the archive.
+        let archive = store.archive(None, 0, 10).unwrap();
+        assert_eq!(archive.iter().map(|r| r.id).collect::<Vec<_>>(), [report]);
+        let f: Vec<(AlertId, String)> = store.followups_of(&[report]).unwrap().into_iter().map(|r| (r.id, r.followup_kind)).collect();
+        assert_eq!(f, [(update, "update".to_string()), (retract, "retracted".to_string())]);
+    }
+
+    #[test]
+    fn kinds_and_quiet_hours_apply_in_the_fan_out_and_urgent_ignores_quiet_hours() {
+        let (_d, store, admin) = setup();
+        let (a, b) = (store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id, store.find_subscriber(&addr("b@ezweb.ne.jp")).unwrap().unwrap().id);
+        // T0 is 17:00 in Japan: a is quiet 16:40–17:10, b turned 不審者情報 off.
+        let m = mamoru_core::jst::minute_of_day(T0);
+        assert_eq!(m, 17 * 60);
+        store.set_preferences(a, &[], Some((1000, 1030)), T0).unwrap();
+        store.set_preferences(b, &["不審者情報".to_string()], None, T0).unwrap();
+        let post = |kind: &str, urgent: bool| {
+            let n = NewAlert { admin, source: "cli", title: "t", text: "x", districts: &[1], kind, urgent, ..NewAlert::new(admin, "cli") };
+            let Drafted::Created { alert, .. } = store.draft_alert(&n, T0, T0 + 60, |id, _, _| mail(&addr("staff@city.test"), format!("p.{id}@x"))).unwrap() else {
+                panic!()
+            };
+            assert!(matches!(publish(&store, alert, T0), Published::Published { .. }));
+            let conn = store.conn();
+            let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
+            stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
+        };
+        // The preview's counts, from the same predicates.
+        let reach = |kind: &str, urgent: bool| store.audience(&[1], None, kind, urgent, T0).unwrap().reach;
+        assert_eq!(reach("不審者情報", false), Reach { now: 0, later: 1, kind_off: 1 });
+        assert_eq!(reach("その他", false), Reach { now: 1, later: 1, kind_off: 0 });
+        assert_eq!(reach("不審者情報", true), Reach { now: 1, later: 0, kind_off: 1 });
+        assert_eq!(store.audience(&[1], None, "不審者情報", false, T0).unwrap().domains, [("docomo.ne.jp".to_string(), 1)], "b is not counted");
+        let end = T0 + 10 * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
+        assert_eq!(post("不審者情報", false), [(a, end, end + 7200)], "a waits until 17:10, b gets none");
+        assert_eq!(post("その他", false), [(a, end, end + 7200), (b, T0, T0 + 7200)]);
+        assert_eq!(post("不審者情報", true), [(a, T0, T0 + 7200)], "緊急 goes now");
+        // A window past midnight, 16:00–01:00, holds 17:00 too.
+        store.set_preferences(a, &[], Some((16 * 60, 60)), T0).unwrap();
+        let wait = (60 + 1440 - m) * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
+        assert_eq!(post("", false)[0], (a, T0 + wait, T0 + wait + 7200));
     }
 }

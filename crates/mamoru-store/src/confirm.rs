@@ -170,8 +170,8 @@ mod tests {
         let AdminAdded::Added(admin) = store.add_admin("chuo", &addr("staff@city.test"), "h", &[], "cli", T0).unwrap() else { panic!() };
         let subs = vec![(addr("a@docomo.ne.jp"), vec![1]), (addr("b@ezweb.ne.jp"), vec![1, 3]), (addr("c@ezweb.ne.jp"), vec![3])];
         store.import_active_subscribers(&subs, "test", T0).unwrap();
-        let new = NewAlert { admin, source: "web", source_key: "", kind: "", title: "t", text: "x", districts: &[1, 3], is_test: false, ask_confirm: true };
-        let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
+        let new = NewAlert { title: "t", text: "x", districts: &[1, 3], ask_confirm: true, ..NewAlert::new(admin, "web") };
+        let preview = |_, _, _: &crate::alerts::Audience| OutgoingMail {
             kind: MailKind::AlertPreview,
             sender: "ans@x".into(),
             to: addr("staff@city.test"),

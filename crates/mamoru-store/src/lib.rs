@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_autoincrement.sql"),
     include_str!("migrations/0008_learned_limits.sql"),
     include_str!("migrations/0009_imap.sql"),
+    include_str!("migrations/0010_followups_preferences.sql"),
     include_str!("migrations/0011_reception.sql"),
 ];
 

@@ -12,7 +12,7 @@
 use std::io;
 
 use hyper::StatusCode;
-use mamoru_core::alert::district_label;
+use mamoru_core::alert::{FollowupKind, district_label};
 use mamoru_core::{Config, UnixTime};
 use mamoru_store::alerts::AlertRow;
 use maud::html;
@@ -63,7 +63,41 @@ fn district_param(cfg: &Config, query: Option<&str>) -> Result<Option<u32>, ()> 
     Ok(None)
 }
 
-fn page(cfg: &Config, district: Option<u32>, rows: &[AlertRow]) -> String {
+/// One incident: its first report and its published follow-ups, oldest
+/// first. The feed has one entry per incident, updated by its follow-ups.
+pub struct Incident<'a> {
+    pub report: &'a AlertRow,
+    pub followups: Vec<&'a AlertRow>,
+}
+
+impl<'a> Incident<'a> {
+    /// Groups `followups` under their reports (`reports` in their order).
+    pub fn group(reports: &'a [AlertRow], followups: &'a [AlertRow]) -> Vec<Self> {
+        reports.iter().map(|r| Incident { report: r, followups: followups.iter().filter(|f| f.followup_of == Some(r.id)).collect() }).collect()
+    }
+
+    /// `【解決】` while resolved, retracted or followed up; empty while open.
+    fn mark(&self) -> String {
+        FollowupKind::parse(&self.report.incident_state).map(FollowupKind::mark).unwrap_or_default()
+    }
+
+    /// The last change: the latest follow-up, or the report.
+    fn updated(&self) -> UnixTime {
+        self.report.published_at.max(self.report.updated_at)
+    }
+
+    /// The report's text, then each follow-up under its mark and time.
+    fn text(&self) -> String {
+        let mut t = self.report.text.clone();
+        for f in &self.followups {
+            let mark = FollowupKind::parse(&f.followup_kind).map(FollowupKind::mark).unwrap_or_default();
+            t.push_str(&format!("\n\n{mark}{}\n{}", jst(f.published_at), f.text));
+        }
+        t
+    }
+}
+
+fn page(cfg: &Config, district: Option<u32>, rows: &[Incident<'_>]) -> String {
     let feed = district.map_or("/alerts.atom".to_string(), |d| format!("/alerts/{d}.atom"));
     pages::document(cfg, "最近のお知らせ", html! {
         h1 { "最近のお知らせ" }
@@ -74,11 +108,12 @@ fn page(cfg: &Config, district: Option<u32>, rows: &[AlertRow]) -> String {
         }
         p { a href=(feed) { "Atomフィード" } }
         @if rows.is_empty() { p { "お知らせはありません。" } }
-        @for r in rows {
+        @for i in rows {
+            @let r = i.report;
             article class="alert" {
-                h2 { @if !r.kind.is_empty() { "[" (r.kind) "] " } (r.title) }
+                h2 { (i.mark()) @if !r.kind.is_empty() { "[" (r.kind) "] " } (r.title) }
                 p class="meta" { (jst(r.published_at)) " ／ " (district_label(cfg, &r.districts)) }
-                pre class="alert" { (r.text) }
+                pre class="alert" { (i.text()) }
             }
         }
     })
@@ -98,7 +133,7 @@ fn link(w: &mut Writer<Vec<u8>>, rel: &str, href: &str) -> io::Result<()> {
 }
 
 /// The Atom feed of `rows` (newest first), of one district or all. Pure.
-pub fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> String {
+pub fn feed(cfg: &Config, district: Option<u32>, rows: &[Incident<'_>], now: UnixTime) -> String {
     let mut w = Writer::new(Vec::with_capacity(2048 + rows.len() * 1024));
     // Writing into a Vec cannot fail.
     if write_feed(&mut w, cfg, district, rows, now).is_err() {
@@ -108,13 +143,13 @@ pub fn feed(cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTim
     String::from_utf8(w.into_inner()).unwrap_or_default()
 }
 
-fn write_feed(w: &mut Writer<Vec<u8>>, cfg: &Config, district: Option<u32>, rows: &[AlertRow], now: UnixTime) -> io::Result<()> {
+fn write_feed(w: &mut Writer<Vec<u8>>, cfg: &Config, district: Option<u32>, rows: &[Incident<'_>], now: UnixTime) -> io::Result<()> {
     let base = cfg.base_url();
     let (title, path) = match district.and_then(|d| cfg.district(d)) {
         Some(d) => (format!("{}（{}）", cfg.service_name, d.name), format!("/alerts/{}.atom", d.id)),
         None => (cfg.service_name.clone(), "/alerts.atom".into()),
     };
-    let updated = rows.first().map_or(now, |r| r.published_at);
+    let updated = rows.iter().map(Incident::updated).max().unwrap_or(now);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))?;
     w.write_event(Event::Text(BytesText::new("\n")))?;
     w.create_element("feed").with_attribute(("xmlns", "http://www.w3.org/2005/Atom")).write_inner_content(|w| {
@@ -124,17 +159,20 @@ fn write_feed(w: &mut Writer<Vec<u8>>, cfg: &Config, district: Option<u32>, rows
         link(w, "alternate", &format!("{base}/alerts{}", district.map_or(String::new(), |d| format!("?d={d}"))))?;
         text_element(w, "updated", &rfc3339(updated))?;
         w.create_element("author").write_inner_content(|w| text_element(w, "name", &cfg.service_name))?;
-        for r in rows {
+        for i in rows {
+            let r = i.report;
             w.create_element("entry").write_inner_content(|w| {
                 let kind = if r.kind.is_empty() { String::new() } else { format!("[{}] ", r.kind) };
-                text_element(w, "title", &format!("{kind}{}（{}）", r.title, district_label(cfg, &r.districts)))?;
+                text_element(w, "title", &format!("{}{kind}{}（{}）", i.mark(), r.title, district_label(cfg, &r.districts)))?;
+                // The report's id: a follow-up updates the entry, it does
+                // not add one.
                 text_element(w, "id", &format!("tag:{},2026:alert-{}", cfg.domain, r.id))?;
-                text_element(w, "updated", &rfc3339(r.published_at))?;
+                text_element(w, "updated", &rfc3339(i.updated()))?;
                 text_element(w, "published", &rfc3339(r.published_at))?;
                 link(w, "alternate", &format!("{base}/alerts"))?;
                 w.create_element("content")
                     .with_attribute(("type", "text"))
-                    .write_text_content(BytesText::new(&text::clean(&r.text)))?;
+                    .write_text_content(BytesText::new(&text::clean(&i.text())))?;
                 Ok(())
             })?;
         }
@@ -164,9 +202,16 @@ pub async fn handle(web: std::sync::Arc<Web>, path: &str, query: Option<&str>) -
     };
     let now = mamoru_core::now();
     let since = now - cfg.alerts.archive_days * 86_400;
-    let Ok(rows) = crate::blocking(&web, "read the archive", move |w| w.store.archive(district, since, LIMIT)).await else {
+    let read = crate::blocking(&web, "read the archive", move |w| {
+        let reports = w.store.archive(district, since, LIMIT)?;
+        let ids: Vec<_> = reports.iter().map(|r| r.id).collect();
+        let followups = w.store.followups_of(&ids)?;
+        Ok::<_, mamoru_store::StoreError>((reports, followups))
+    });
+    let Ok((reports, followups)) = read.await else {
         return Some((StatusCode::SERVICE_UNAVAILABLE, HTML, pages::busy(cfg)));
     };
+    let rows = Incident::group(&reports, &followups);
     Some(if atom {
         (StatusCode::OK, ATOM, feed(cfg, district, &rows, now))
     } else {
@@ -204,6 +249,14 @@ mod tests {
             created_at: 1_795_000_000,
             published_at: 1_795_000_000,
             recipients: 0,
+            followup_of: None,
+            followup_kind: String::new(),
+            incident_state: String::new(),
+            updated_at: 0,
+            occurred_at: 0,
+            occurred_flags: 0,
+            urgent: false,
+            report_published_at: 0,
             ask_confirm: false,
         }
     }
@@ -248,7 +301,7 @@ for e in root.findall("a:entry", ns):
         let cfg = Config::default();
         let text = "公園で\u{1}声かけ\u{8}\u{b}\u{c}\u{1b}[31m\u{7f}\u{85}\u{9f}\u{fffe}\u{ffff}\t終\r\nわり";
         let rows = [row(7, "不審者\u{0}\u{1f}情報", "注意\u{2}", text)];
-        let xml = feed(&cfg, None, &rows, 1_795_000_000);
+        let xml = feed(&cfg, None, &Incident::group(&rows, &[]), 1_795_000_000);
         let entries = parse_with_expat(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
         assert_eq!(entries.len(), 1);
         let (title, content) = &entries[0];
@@ -257,7 +310,7 @@ for e in root.findall("a:entry", ns):
         // tab and CR LF stay (XML reads CR LF as LF).
         assert_eq!(content, "公園で声かけ\n\n[31m\n\t終\nわり");
         // The HTML page drops the same characters.
-        let html = page(&cfg, None, &rows);
+        let html = page(&cfg, None, &Incident::group(&rows, &[]));
         assert!(!html.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')), "{html:?}");
         assert!(!html.contains(['\u{fffe}', '\u{ffff}']));
     }
@@ -266,11 +319,32 @@ for e in root.findall("a:entry", ns):
     fn feed_escapes_markup_and_cdata_ends() {
         let cfg = Config::default();
         let rows = [row(8, "]]> & <b>\"'", "A&B", "<script>alert(1)</script> ]]> &amp; 'q' \"d\"")];
-        let xml = feed(&cfg, Some(1), &rows, 1_795_000_000);
+        let xml = feed(&cfg, Some(1), &Incident::group(&rows, &[]), 1_795_000_000);
         assert!(!xml.contains("]]>"), "{xml}");
         let entries = parse_with_expat(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
         assert_eq!(entries.len(), 1);
         assert!(entries[0].0.starts_with("[A&B] ]]> & <b>\"'（"), "{:?}", entries[0].0);
         assert_eq!(entries[0].1, "<script>alert(1)</script> ]]> &amp; 'q' \"d\"");
+    }
+
+    #[test]
+    fn a_followed_up_incident_is_one_entry_with_its_state_and_update_time() {
+        let cfg = Config::default();
+        let mut report = row(7, "不審者", "", "公園で声かけ");
+        report.incident_state = "resolved".into();
+        report.updated_at = 1_795_003_600;
+        let mut update = row(8, "不審者", "", "男は立ち去りました");
+        (update.followup_of, update.followup_kind, update.published_at) = (Some(mamoru_core::AlertId::new(7)), "update".into(), 1_795_001_800);
+        let mut resolved = row(9, "不審者", "", "保護者の方でした");
+        (resolved.followup_of, resolved.followup_kind, resolved.published_at) = (Some(mamoru_core::AlertId::new(7)), "resolved".into(), 1_795_003_600);
+        let reports = [report];
+        let followups = [update, resolved];
+        let xml = feed(&cfg, None, &Incident::group(&reports, &followups), 1_795_009_999);
+        let entries = parse_with_expat(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        assert_eq!(entries.len(), 1, "one entry per incident");
+        assert!(entries[0].0.starts_with("【解決】不審者（"), "{:?}", entries[0].0);
+        assert_eq!(entries[0].1, "公園で声かけ\n\n【続報】2026年11月18日 20:36\n男は立ち去りました\n\n【解決】2026年11月18日 21:06\n保護者の方でした");
+        assert_eq!(xml.matches("<updated>2026-11-18T12:06:40Z</updated>").count(), 2, "the feed's and the entry's: {xml}");
+        assert!(xml.contains("<published>2026-11-18T11:06:40Z</published>"));
     }
 }

@@ -28,9 +28,22 @@ fn preview_page(web: &Web, token: &str, row: &AlertRow) -> String {
         h2 { "本文" }
         pre class="alert" { (content.body) }
         form method="post" action=(Route::Publish(token).path()) {
+            (stale_check(web, row))
             button type="submit" { "配信する" }
         }
     })
+}
+
+/// The confirmation an old incident needs: a checkbox the POST must carry.
+pub fn stale_check(web: &Web, row: &AlertRow) -> maud::Markup {
+    let stale = web.app.is_stale(row, mamoru_core::now());
+    let occurred = mamoru_core::alert::Occurred { at: row.occurred_at, flags: row.occurred_flags };
+    html! {
+        @if stale {
+            p class="error" { "発生（" (occurred.label()) "）から時間がたっています。今配信してよいか確かめてください。" }
+            label class="check" { input type="checkbox" name="stale" value="1" required; "発生から時間がたっていることを確認しました" }
+        }
+    }
 }
 
 fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
@@ -64,18 +77,23 @@ pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
 }
 
 /// `POST /p/TOKEN`: publishes.
-pub async fn post(web: std::sync::Arc<Web>, token: String) -> (StatusCode, String) {
+/// `confirmed`: the form's checkbox for an old incident was ticked.
+pub async fn post(web: std::sync::Arc<Web>, token: String, confirmed: bool) -> (StatusCode, String) {
     let now = mamoru_core::now();
     let claims = match verify(&web, &token, now) {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match crate::blocking(&web, "publish an alert", move |w| w.app.publish(Publisher::Link(&claims), now)).await {
+    match crate::blocking(&web, "publish an alert", move |w| w.app.publish_confirmed(Publisher::Link(&claims), confirmed, now)).await {
         Ok(Published::Published { recipients, .. }) => {
             let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
             (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
         }
         Ok(Published::Unusable) => gone(&web.cfg),
+        Ok(Published::StaleIncident) => {
+            let why = "発生から時間がたっているお知らせです。リンクを開き直し、確認の欄に印を付けてから配信してください。";
+            (StatusCode::BAD_REQUEST, pages::message(&web.cfg, "まだ配信していません", &[why]))
+        }
         Err(crate::Busy) => busy(&web.cfg),
     }
 }

@@ -112,7 +112,14 @@ impl App {
             Route::Manage(_) if *method == Method::POST => self.manage_post(token, headers, body).await,
             Route::Unsubscribe(_) if *method == Method::POST => self.unsubscribe_post(token, headers, body).await,
             Route::Publish(_) if read => self.answer(crate::publish::show(self.web.clone(), token.to_string()).await),
-            Route::Publish(_) if *method == Method::POST => self.answer(crate::publish::post(self.web.clone(), token.to_string()).await),
+            Route::Publish(_) if *method == Method::POST => {
+                let body = match self.read_body(headers, body).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                let confirmed = form::value(&body, "stale").is_some();
+                self.answer(crate::publish::post(self.web.clone(), token.to_string(), confirmed).await)
+            }
             Route::Waiting(_) if read => self.waiting_show(token).await,
             Route::Arrived(_) if read => self.arrived_show(token).await,
             Route::Arrived(_) if *method == Method::POST => self.arrived_post(token, headers, body).await,

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use mamoru_core::AlertId;
 
 /// Child-safety alert mail: subscribe by empty mail, receive alerts for the
 /// districts you choose.
@@ -98,6 +99,40 @@ pub enum AlertCommand {
     /// input. Without --yes the preview with its publish link goes to the
     /// admin's registered address, exactly as for a mailed post.
     Post(AlertPostArgs),
+    /// Post a follow-up of a published alert in an admin's name: 続報
+    /// (update), 解決 (resolved) or 取消 (retracted). The text is read from
+    /// standard input. It goes to the subscribers who got the alert (not to
+    /// those who chose its districts since, nor to anyone who left), as a
+    /// reply to their copy; a retraction first stops the copies not sent yet.
+    /// Without --yes the preview goes to the admin's registered address.
+    Followup(AlertFollowupArgs),
+    /// Show one alert: its text, state, follow-ups and delivery per carrier.
+    Show {
+        /// The alert's number (the panel's history, the preview mail).
+        id: AlertId,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AlertFollowupArgs {
+    /// The number of the alert it follows.
+    pub id: AlertId,
+    /// The admin's login ID (`mamoru admin list`).
+    #[arg(long, value_name = "ID")]
+    pub admin: String,
+    /// What it says: update (続報), resolved (解決) or retracted (取消).
+    #[arg(long, value_enum)]
+    pub kind: FollowupKindArg,
+    /// Publish at once, without a preview. For an operator on the machine.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FollowupKindArg {
+    Update,
+    Resolved,
+    Retracted,
 }
 
 #[derive(Debug, Args)]
@@ -114,9 +149,17 @@ pub struct AlertPostArgs {
     /// One of `[alerts] kinds` (the `種別:` line).
     #[arg(long)]
     pub kind: Option<String>,
+    /// When it happened, as in a `発生:` line: `12/1 13:25ごろ`, `12/1`,
+    /// `2026/12/1 9:05`, Japan time. Default: unknown (never the post time).
+    #[arg(long, value_name = "WHEN")]
+    pub occurred: Option<String>,
     /// テスト配信: a marked test mail to the subscribers of the districts.
     #[arg(long)]
     pub test: bool,
+    /// 緊急: marked 【緊急】 and delivered at once, also to subscribers
+    /// inside their quiet hours.
+    #[arg(long)]
+    pub urgent: bool,
     /// Copies carry a 確認しました link; confirmations are counted per
     /// district and carrier (never who) and shown in the admin panel.
     #[arg(long)]
@@ -124,6 +167,10 @@ pub struct AlertPostArgs {
     /// Publish at once, without a preview. For an operator on the machine.
     #[arg(long)]
     pub yes: bool,
+    /// With --yes: publish even though the incident (--occurred) is older
+    /// than `[alerts] stale_incident_secs`.
+    #[arg(long)]
+    pub confirm_stale: bool,
 }
 
 #[derive(Debug, Subcommand)]

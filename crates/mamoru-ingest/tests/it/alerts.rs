@@ -52,7 +52,7 @@ fn the_alert_corpus_parses_as_expected_with_lf_and_crlf() {
             let parsed = mailparse::parse_mail(&raw).expect("parse");
             let post = extract(&parsed);
             assert_eq!(post.attachments, want.attachments, "{name}: attachments");
-            match (alert::parse_post(&cfg, &post.subject, &post.text), &want.error) {
+            match (alert::parse_post(&cfg, &post.subject, &post.text, mamoru_core::now()), &want.error) {
                 (Ok(d), None) => {
                     assert_eq!(d.districts, want.districts, "{name}");
                     assert_eq!(d.kind, want.kind, "{name}");

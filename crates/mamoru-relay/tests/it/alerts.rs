@@ -45,10 +45,9 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
         title: "声かけ",
         text: "本日15時ごろ、公園で児童に声をかける男性がいました。",
         districts: &[1, 2],
-        is_test: false,
-        ask_confirm: false,
+        ..NewAlert::new(admin, "cli")
     };
-    let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
+    let preview = |_, _, _: &mamoru_store::alerts::Audience| OutgoingMail {
         kind: MailKind::AlertPreview,
         sender: SENDER.into(),
         to: staff.clone(),
@@ -114,8 +113,8 @@ async fn an_alert_row_whose_alert_is_gone_fails_and_other_mail_flows() {
     let a = EmailAddress::parse("taro@docomo.ne.jp").expect("address");
     env.store.import_active_subscribers(&[(a.clone(), vec![1])], "test", now).expect("import");
     let AdminAdded::Added(admin) = env.store.add_admin("chuo", &a, "x", &[], "test", now).expect("admin") else { panic!() };
-    let new = NewAlert { admin, source: "cli", source_key: "", kind: "", title: "t", text: "x", districts: &[1], is_test: false, ask_confirm: false };
-    let preview = |_, _, _: &[(String, i64)]| OutgoingMail {
+    let new = NewAlert { title: "t", text: "x", districts: &[1], ..NewAlert::new(admin, "cli") };
+    let preview = |_, _, _: &mamoru_store::alerts::Audience| OutgoingMail {
         kind: MailKind::AlertPreview,
         sender: SENDER.into(),
         to: a.clone(),

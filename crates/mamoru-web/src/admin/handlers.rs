@@ -6,7 +6,8 @@ use std::sync::Arc;
 use hyper::StatusCode;
 use mamoru_app::admins::{Actor, NewAdmin, Refusal};
 use mamoru_app::alerts::{DraftOutcome, Publisher, Source, content_of};
-use mamoru_core::{AlertId, alert, password};
+use mamoru_core::alert::{self, FollowupKind};
+use mamoru_core::{AlertId, password};
 use mamoru_store::StoreError;
 use mamoru_store::alerts::Published;
 use mamoru_store::states::AlertState;
@@ -38,7 +39,7 @@ pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
 
 /// `GET /admin/compose`.
 pub(super) fn compose_form(web: &Web, me: Me<'_>) -> Answer {
-    let empty = Compose { title: "", kind: "", text: "", checked: &[] };
+    let empty = Compose { title: "", kind: "", text: "", occurred: "", checked: &[], test: false, confirm: false, urgent: false };
     page(StatusCode::OK, pages::compose(&web.cfg, me, None, &empty))
 }
 
@@ -48,17 +49,21 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
     let title = form::value(body, "title").unwrap_or_default().to_string();
     let kind = form::value(body, "kind").unwrap_or_default().to_string();
     let text = form::value(body, "text").unwrap_or_default().to_string();
+    let occurred = form::value(body, "occurred").unwrap_or_default().to_string();
     let is_test = form::value(body, "test").is_some();
     let ask_confirm = form::value(body, "confirm").is_some();
+    let urgent = form::value(body, "urgent").is_some();
     let ids = form::districts(body, &cfg).unwrap_or_default();
     let refused = |e: alert::FormatError| {
         let err = e.explain(&cfg);
-        let sent = Compose { title: &title, kind: &kind, text: &text, checked: &ids };
+        let sent = Compose { title: &title, kind: &kind, text: &text, occurred: &occurred, checked: &ids, test: is_test, confirm: ask_confirm, urgent };
         page(StatusCode::BAD_REQUEST, pages::compose(&cfg, me, Some(&err), &sent))
     };
     // The same checks as a mailed post, on the form's typed fields.
-    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text) {
-        Ok(d) => alert::AlertDraft { ask_confirm, ..d },
+    let draft = match alert::draft(&cfg, &title, &kind, ids.clone(), &text)
+        .and_then(|d| Ok(alert::AlertDraft { occurred: alert::parse_occurred(&occurred, now)?, ask_confirm, urgent, ..d }))
+    {
+        Ok(d) => d,
         Err(e) => return refused(e),
     };
     let admin = me.0.clone();
@@ -78,34 +83,61 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answe
     let read = blocking(web, "read an alert", move |w| {
         let row = w.store.alert(id)?;
         let progress = w.store.alert_progress(id)?;
+        let delivered = w.store.delivery_times(id)?;
         let counts = match &row {
-            Some(r) if r.state == AlertState::Draft => w.store.recipient_domains(&r.districts)?,
+            Some(r) if r.state == AlertState::Draft => w.store.audience(&r.districts, r.followup_of, &r.kind, r.urgent, mamoru_core::now())?,
+            _ => Default::default(),
+        };
+        let followups = match &row {
+            Some(r) if r.followup_of.is_none() => w.store.followups_of(&[r.id])?,
             _ => vec![],
         };
         let confirms = match &row {
             Some(r) if r.ask_confirm => w.store.confirm_table(id)?,
             _ => vec![],
         };
-        Ok::<_, StoreError>((row, progress, counts, confirms))
+        Ok::<_, StoreError>((row, progress, counts, followups, delivered, confirms))
     });
-    let (row, progress, counts, confirms) = match read.await {
+    let (row, progress, counts, followups, delivered, confirms) = match read.await {
         Ok(v) => v,
         Err(a) => return a,
     };
     let Some(row) = row else { return message(cfg, StatusCode::NOT_FOUND, "配信が見つかりません", "配信履歴から選んでください。") };
     let content = content_of(&web.app, &row);
-    let view = AlertView { row: &row, content: &content, progress: &progress, counts: &counts, confirms: &confirms };
+    let view = AlertView { row: &row, content: &content, progress: &progress, audience: &counts, followups: &followups, delivered: &delivered, confirms: &confirms, stale: web.app.is_stale(&row, mamoru_core::now()) };
     page(StatusCode::OK, pages::alert(cfg, me, &view))
 }
 
 /// `POST /admin/alerts/{id}/publish`.
-pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId, now: i64) -> Answer {
+pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
     let cfg = &web.cfg;
     let admin = me.0.clone();
+    let confirmed = form::value(body, "stale").is_some();
     // Only the author publishes a draft from the panel.
-    match blocking(web, "publish an alert", move |w| w.app.publish(Publisher::Author { admin: &admin, alert: id }, now)).await {
+    let publish = move |w: &Web| w.app.publish_confirmed(Publisher::Author { admin: &admin, alert: id }, confirmed, now);
+    match blocking(web, "publish an alert", publish).await {
         Ok(Published::Published { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
         Ok(Published::Unusable) => message(cfg, StatusCode::GONE, "配信できません", "配信済みか、配信できない状態です。"),
+        Ok(Published::StaleIncident) => {
+            message(cfg, StatusCode::BAD_REQUEST, "まだ配信していません", "発生から時間がたっています。確認の欄に印を付けてから配信してください。")
+        }
+        Err(a) => a,
+    }
+}
+
+/// `POST /admin/alerts/{id}/followup`: a 続報, 解決 or 取消 of a published
+/// report, drafted and previewed like a first report.
+pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
+    let cfg = web.cfg.clone();
+    let Some(kind) = form::value(body, "kind").and_then(|k| FollowupKind::parse(&k)) else {
+        return message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", "種類（続報・解決・取消）を選んでください。");
+    };
+    let text = form::value(body, "text").unwrap_or_default().to_string();
+    let admin = me.0.clone();
+    match blocking(web, "draft a follow-up", move |w| w.app.draft_followup(&admin, id, kind, &text, Source::Web, now)).await {
+        Ok(DraftOutcome::Created { alert, .. }) => redirect(&format!("/admin/alerts/{alert}")),
+        Ok(DraftOutcome::Refused(e)) => message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", &e.explain(&cfg)),
+        Ok(DraftOutcome::Duplicate) => busy(&cfg),
         Err(a) => a,
     }
 }

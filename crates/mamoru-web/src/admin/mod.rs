@@ -147,14 +147,12 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
         (false, "/admin/audit") => handlers::audit(&web, me).await,
         (true, "/admin/logout") => session::logout(&web, sid, &admin.login, now).await,
         _ => {
-            let rest = path.strip_prefix("/admin/alerts/");
-            let (id, publish) = match rest.map(|r| r.strip_suffix("/publish").map_or((r, false), |r| (r, true))) {
-                Some((id, p)) => (id.parse::<AlertId>().ok(), p),
-                None => (None, false),
-            };
-            match (id, post, publish) {
-                (Some(id), false, false) => handlers::show_alert(&web, me, id).await,
-                (Some(id), true, true) => handlers::publish_alert(&web, me, id, now).await,
+            let rest = path.strip_prefix("/admin/alerts/").unwrap_or("");
+            let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+            match (id.parse::<AlertId>().ok(), post, action) {
+                (Some(id), false, "") => handlers::show_alert(&web, me, id).await,
+                (Some(id), true, "publish") => handlers::publish_alert(&web, me, id, &body, now).await,
+                (Some(id), true, "followup") => handlers::followup(&web, me, id, &body, now).await,
                 _ => message(&cfg, StatusCode::NOT_FOUND, "ページが見つかりません", "メニューから選んでください。"),
             }
         }

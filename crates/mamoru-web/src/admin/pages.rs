@@ -2,7 +2,7 @@
 //! these only show.
 
 use maud::{Markup, html};
-use mamoru_core::alert::{AlertContent, CarrierCounts, carrier_of, district_label};
+use mamoru_core::alert::{AlertContent, CarrierCounts, FollowupKind, carrier_of, district_label};
 use mamoru_core::{Config, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::AlertRow;
@@ -208,7 +208,12 @@ pub(super) struct Compose<'a> {
     pub title: &'a str,
     pub kind: &'a str,
     pub text: &'a str,
+    /// The `発生` field as typed.
+    pub occurred: &'a str,
     pub checked: &'a [u32],
+    pub test: bool,
+    pub confirm: bool,
+    pub urgent: bool,
 }
 
 pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Compose<'_>) -> String {
@@ -228,10 +233,13 @@ pub(super) fn compose(cfg: &Config, me: Me<'_>, error_text: Option<&str>, c: &Co
                 legend { "地区" }
                 (crate::pages::district_boxes(allowed, c.checked))
             }
+            label for="occurred" { "発生日時（例: 12/1 13:25ごろ。空欄は「不明」）" }
+            input type="text" id="occurred" name="occurred" maxlength="40" value=(c.occurred);
             label for="text" { "本文" }
             textarea id="text" name="text" rows="8" required maxlength="4000" { (c.text) }
-            label class="check" { input type="checkbox" name="test" value="1"; "テスト配信（件名に【テスト配信】）" }
-            label class="check" { input type="checkbox" name="confirm" value="1"; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
+            label class="check" { input type="checkbox" name="urgent" value="1" checked[c.urgent]; "緊急（件名に【緊急】。受け取らない時間帯を設定した方にもすぐ届けます）" }
+            label class="check" { input type="checkbox" name="test" value="1" checked[c.test]; "テスト配信（件名に【テスト配信】）" }
+            label class="check" { input type="checkbox" name="confirm" value="1" checked[c.confirm]; "「確認しました」リンクを付ける（地区・キャリア別の数だけを数え、誰が押したかは記録しません）" }
             button type="submit" { "確認へ進む" }
         }
     })
@@ -244,10 +252,46 @@ pub(super) struct AlertView<'a> {
     pub content: &'a AlertContent,
     /// (carrier domain, outbox state, rows).
     pub progress: &'a [(String, String, i64)],
-    /// Recipients' address domains of a draft.
-    pub counts: &'a [(String, i64)],
+    /// Who a draft would reach if published now.
+    pub audience: &'a mamoru_store::alerts::Audience,
     /// Confirmed / delivered per district and carrier (alerts that ask).
     pub confirms: &'a [mamoru_store::confirm::ConfirmRow],
+    /// A published report's follow-ups, oldest first.
+    pub followups: &'a [AlertRow],
+    /// (domain, copies sent, last delivery).
+    pub delivered: &'a [(String, i64, i64)],
+    /// A draft whose incident is older than `[alerts] stale_incident_secs`.
+    pub stale: bool,
+}
+
+/// Incident → publication → last copy delivered, per carrier.
+fn timeline(row: &AlertRow, delivered: &[(String, i64, i64)]) -> Markup {
+    let occurred = mamoru_core::alert::Occurred { at: row.occurred_at, flags: row.occurred_flags };
+    let last = |c: &str| delivered.iter().filter(|(d, _, _)| carrier_of(d) == c).map(|(_, _, t)| *t).max();
+    html! {
+        h2 { "経過" }
+        table {
+            tr { th { "発生" } td { (occurred.label()) } }
+            tr { th { "配信" } td { @if row.published_at > 0 { (jst(row.published_at)) } @else { "未配信" } } }
+            @for c in CARRIERS {
+                @if let Some(t) = last(c) {
+                    tr { th { (c) "に最後に届けた時刻" } td { (jst(t)) " （配信から" ((t - row.published_at).max(0) / 60) "分）" } }
+                }
+            }
+        }
+    }
+}
+
+/// What the history and an alert's page say about its state.
+fn state_label(r: &AlertRow) -> String {
+    let kind = FollowupKind::parse(&r.followup_kind);
+    match (r.state, kind, FollowupKind::parse(&r.incident_state)) {
+        (AlertState::Published, Some(k), _) => format!("{}配信済", k.mark()),
+        (AlertState::Published, None, Some(k)) => format!("配信済・{}", k.label()),
+        (AlertState::Published, None, None) => "配信済".into(),
+        (_, Some(k), _) => format!("{}未配信", k.mark()),
+        _ => "未配信".into(),
+    }
 }
 
 pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
@@ -258,19 +302,55 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
         p { (v.content.subject) }
         h2 { "本文" }
         pre class="alert" { (v.content.body) }
+        p { "番号: " (row.id) " ／ 状態: " (state_label(row)) }
+        @if let Some(report) = row.followup_of {
+            p { a href={ "/admin/alerts/" (report) } { "元のお知らせ（" (report) "番）" } }
+        }
         @if row.state == AlertState::Draft {
-            @let cc = CarrierCounts::from_domains(v.counts);
+            @let cc = CarrierCounts::from_domains(&v.audience.domains);
             @let parts: Vec<String> = cc.0.iter().map(|(c, n)| format!("{c} {n}")).collect();
             p { "配信先: " (cc.total()) "件（" (parts.join("、")) "）" }
+            @for line in v.audience.reach.lines() { p { (line) } }
+            @if row.followup_of.is_some() { p { "元のお知らせを受け取った方のうち、登録を続けている方に届きます。" } }
             @if row.admin == me.0.id {
                 form method="post" action={ "/admin/alerts/" (row.id) "/publish" } {
                     (csrf_field(me.1))
+                    @if v.stale {
+                        p class="error" { "発生から時間がたっています。今配信してよいか確かめてください。" }
+                        label class="check" { input type="checkbox" name="stale" value="1" required; "発生から時間がたっていることを確認しました" }
+                    }
                     button type="submit" { "配信する" }
                 }
             }
         } @else {
             (progress_table(v.progress))
             @if row.ask_confirm { (confirm_table(cfg, v.confirms)) }
+        }
+        (timeline(row, v.delivered))
+        @if !v.followups.is_empty() {
+            h2 { "続報" }
+            ul {
+                @for f in v.followups {
+                    li {
+                        a href={ "/admin/alerts/" (f.id) } { (FollowupKind::parse(&f.followup_kind).map(FollowupKind::mark).unwrap_or_default()) }
+                        " " (jst(f.published_at)) " ／ " (f.recipients) "件"
+                    }
+                }
+            }
+        }
+        @if row.state == AlertState::Published && row.followup_of.is_none() && row.incident_state != "retracted" {
+            h2 { "続報・解決・取消を送る" }
+            p { "このお知らせを受け取った方に、返信の形で届きます。取消は、まだ送っていない分を止めてから送ります。" }
+            form method="post" action={ "/admin/alerts/" (row.id) "/followup" } {
+                (csrf_field(me.1))
+                label for="kind" { "種類" }
+                select id="kind" name="kind" {
+                    @for k in FollowupKind::ALL { option value=(k.as_str()) { (k.label()) } }
+                }
+                label for="text" { "本文" }
+                textarea id="text" name="text" rows="6" required maxlength="4000" {}
+                button type="submit" { "確認へ進む" }
+            }
         }
     })
 }
@@ -299,7 +379,8 @@ fn confirm_table(cfg: &Config, rows: &[mamoru_store::confirm::ConfirmRow]) -> Ma
 
 /// Delivery progress per carrier: queued / sent / deferred / failed / expired.
 fn progress_table(progress: &[(String, String, i64)]) -> Markup {
-    let states = [("queued", "待ち"), ("sending", "送信中"), ("sent", "送信済"), ("failed", "失敗"), ("expired", "期限切れ")];
+    let states =
+        [("queued", "待ち"), ("sending", "送信中"), ("sent", "送信済"), ("failed", "失敗"), ("expired", "期限切れ"), ("cancelled", "取消で停止")];
     let count = |c: &str, state: &str| -> i64 { progress.iter().filter(|(d, s, _)| carrier_of(d) == c && s == state).map(|(_, _, n)| n).sum() };
     html! {
         h2 { "配信状況" }
@@ -320,7 +401,7 @@ pub(super) fn history(cfg: &Config, me: Me<'_>, rows: &[AlertRow]) -> String {
                     td { (jst(when)) }
                     td { a href={ "/admin/alerts/" (r.id) } { @if r.is_test { "【テスト】" } (r.title) } }
                     td { (district_label(cfg, &r.districts)) }
-                    td { @if r.state == AlertState::Published { "配信済" } @else { "未配信" } }
+                    td { (state_label(r)) }
                     td { (r.recipients) }
                 }
             }

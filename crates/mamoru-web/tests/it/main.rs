@@ -670,14 +670,14 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> mamoru_core::AlertId 
         AdminAdded::Added(a) => a,
         AdminAdded::LoginTaken => store.admin_credentials("chuo").unwrap().unwrap().0.id,
     };
-    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ask_confirm: false };
-    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), ask_confirm: false };
-    let content = mamoru_core::alert::content(cfg, &draft, false);
+    let new = NewAlert { admin, source: "web", source_key: "", kind: "", title, text, districts: &[1], is_test: false, ..NewAlert::new(admin, "web") };
+    let draft = mamoru_core::alert::AlertDraft { title: title.into(), kind: String::new(), districts: vec![1], text: text.into(), occurred: Default::default(), ask_confirm: false, urgent: false };
+    let content = mamoru_core::alert::content(cfg, &draft, false, now());
     let at = now();
     let Drafted::Created { alert, .. } = store
         .draft_alert(&new, at, at + 3600, |_, _, domains| {
-            let counts = mamoru_core::alert::CarrierCounts::from_domains(domains);
-            let info = mamoru_core::alert::PreviewInfo { counts: &counts, publish_url: "https://x/p/t", dropped_attachments: 0, is_test: false };
+            let counts = mamoru_core::alert::CarrierCounts::from_domains(&domains.domains);
+            let info = mamoru_core::alert::PreviewInfo { number: 0, counts: &counts, reach: &Default::default(), ask_confirm: false, publish_url: "https://x/p/t", dropped_attachments: 0, is_test: false };
             mamoru_core::alert::preview(cfg, &content, &staff, &info, at, mail::message_id(&[7; 12], cfg))
         })
         .unwrap()

@@ -639,3 +639,252 @@ fn the_web_listener_speaks_https_with_the_configured_certificate() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+/// `mamoru alert ARGS…` with `text` on stdin; the alert number it printed.
+fn alert_cli(inst: &Instance, args: &[&str], text: &str) -> (i64, String) {
+    let mut cmd = inst.cmd();
+    cmd.arg("alert").args(args);
+    let out = run_with_stdin(cmd, text.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = stdout.strip_prefix("alert ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok()).expect("an alert number");
+    (id, stdout)
+}
+
+/// Every delivered message whose subject starts with `prefix`, with its
+/// raw bytes, once there are `n`.
+fn delivered(inst: &Instance, prefix: &str, n: usize) -> Vec<(Mail, Vec<(String, String)>)> {
+    wait_for(&format!("{n} mails starting {prefix}"), T, || {
+        let v: Vec<_> = inst
+            .mail_files()
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|raw| parse_mail(raw).subject.starts_with(prefix))
+            .map(|raw| {
+                let headers = mailparse::parse_mail(&raw).unwrap().headers.iter().map(|h| (h.get_key(), h.get_value())).collect();
+                (parse_mail(&raw), headers)
+            })
+            .collect();
+        (v.len() >= n).then_some(v)
+    })
+}
+
+#[test]
+fn followups_thread_under_the_report_reach_its_recipients_only_and_a_retraction_stops_the_rest() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let report_args = ["post", "--admin", "chuo", "--title", "不審者", "--kind", "不審者情報", "--districts", "中央, 3", "--yes"];
+    let (report, _) = alert_cli(&inst, &report_args, "本日15時ごろ、公園で児童に声をかける男性がいました。");
+    let server = inst.serve();
+    let firsts = delivered(&inst, "【守るネット】[不審者情報]", 4);
+    let original_id = |to: &str| firsts.iter().find(|(m, _)| m.to.contains(to)).map(|(m, _)| m.message_id.clone()).unwrap();
+    // c@ezweb.ne.jp leaves with the one-click link of its copy; f@docomo.ne.jp
+    // (district 2) chooses district 1 too: neither gets the follow-up.
+    let c = &firsts.iter().find(|(m, _)| m.to.contains("c@ezweb.ne.jp")).unwrap().1;
+    let unsubscribe = c.iter().find(|(k, _)| k == "List-Unsubscribe").unwrap().1.trim_matches(['<', '>']).to_string();
+    let path = &unsubscribe[unsubscribe.find("/u/").unwrap()..];
+    assert_eq!(http(server.http, "POST", path, Some("List-Unsubscribe=One-Click")).status, 200);
+    let f = inst.subscriber("f@docomo.ne.jp").unwrap().id;
+    let db = rusqlite::Connection::open(inst.data_dir().join(mamoru_store::DB_FILE)).unwrap();
+    db.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, 1)", [f]).unwrap();
+
+    let followup = |id: i64, kind: &str, text: &str| {
+        let id = id.to_string();
+        alert_cli(&inst, &["followup", id.as_str(), "--admin", "chuo", "--kind", kind, "--yes"], text)
+    };
+    let (update, out) = followup(report, "update", "男は北の方へ立ち去りました。");
+    assert!(out.contains("published to 3 subscribers"), "{out}");
+    let updates = delivered(&inst, "【続報】【守るネット】[不審者情報] 不審者（中央地区、昭和地区）", 3);
+    let mut to: Vec<String> = updates.iter().map(|(m, _)| m.to.trim_matches(['<', '>']).to_string()).collect();
+    to.sort();
+    assert_eq!(to, ["a..b.@docomo.ne.jp", "d@i.softbank.jp", "e@docomo.ne.jp"]);
+    for (m, h) in &updates {
+        let get = |k: &str| h.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone()).unwrap_or_default();
+        let parent = original_id(m.to.trim_matches(['<', '>']));
+        assert_eq!(get("In-Reply-To"), parent, "threads under the subscriber's copy");
+        assert_eq!(get("References"), parent);
+        assert!(m.message_id.starts_with(&format!("<alert.{update}.")), "{}", m.message_id);
+        assert!(m.body.contains("配信のお知らせの続報です。") && m.body.contains("北の方へ立ち去りました"), "{}", m.body);
+    }
+    let atom = http(server.http, "GET", "/alerts.atom", None).body;
+    assert_eq!(atom.matches("<entry>").count(), 1, "one entry per incident: {atom}");
+    assert!(atom.contains("<title>【続報】[不審者情報] 不審者（中央地区、昭和地区）</title>") && atom.contains("北の方へ"), "{atom}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+
+    // A second report goes out to 中央 while one copy is sent and the other
+    // still waits (as a relay leaves it between two claims); its 取消 stops
+    // the waiting one and reaches only the subscriber who got the report.
+    let args = ["post", "--admin", "chuo", "--title", "声かけ", "--districts", "中央", "--yes"];
+    let (second, out) = alert_cli(&inst, &args, "駅前で声かけがありました。");
+    assert!(out.contains("published to 3 subscribers"), "a, e and f (now in 中央): {out}");
+    let store = inst.store();
+    let claimed = store.claim_due(mamoru_core::now(), 60, 100).unwrap();
+    let mut copies: Vec<_> = claimed.iter().filter(|m| m.alert.is_some_and(|a| a.alert_id.get() == second)).collect();
+    copies.sort_by_key(|m| m.id);
+    let got_it = copies[0].recipient.as_str().to_string();
+    store.mark_sent(copies[0].id, mamoru_core::now()).unwrap();
+    for m in claimed.iter().filter(|m| m.id != copies[0].id) {
+        store.mark_retry(m.id, 0, "").unwrap();
+    }
+    let (_, out) = followup(second, "retracted", "誤って配信しました。");
+    assert!(out.contains("published to 1 subscribers"), "{out}");
+    let server = inst.serve();
+    let retractions = delivered(&inst, "【取消】【守るネット】声かけ（中央地区）", 1);
+    assert_eq!(retractions[0].0.to.trim_matches(['<', '>']), got_it);
+    let states = |id: i64| -> Vec<(String, i64)> {
+        let p = inst.store().alert_progress(mamoru_core::AlertId::new(id)).unwrap();
+        let mut by: Vec<(String, i64)> = vec![];
+        for (_, s, n) in p {
+            match by.iter_mut().find(|(k, _)| *k == s) {
+                Some(e) => e.1 += n,
+                None => by.push((s, n)),
+            }
+        }
+        by.sort();
+        by
+    };
+    assert_eq!(states(second), [("cancelled".to_string(), 2), ("sent".to_string(), 1)]);
+    let atom = http(server.http, "GET", "/alerts.atom", None).body;
+    assert_eq!(atom.matches("<entry>").count(), 2, "{atom}");
+    assert!(atom.contains("<title>【取消】声かけ（中央地区）</title>"), "{atom}");
+    // 取消 is final: the CLI says why and exits 1.
+    let mut cmd = inst.cmd();
+    cmd.args(["alert", "followup", &second.to_string(), "--admin", "chuo", "--kind", "update", "--yes"]);
+    let late = run_with_stdin(cmd, "まだ何か".as_bytes());
+    assert_eq!(late.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&late.stderr).contains("取り消し済み"));
+    let show = inst.cmd().args(["alert", "show", &report.to_string()]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.contains("published, update") && show.contains(&format!("follow-up {update}: update")), "{show}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(inst.mail_files().iter().all(|p| !parse_mail(&std::fs::read(p).unwrap()).subject.starts_with("【守るネット】声かけ")), "no stopped copy went out");
+}
+
+#[test]
+fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_and_delivery() {
+    use mamoru_core::jst;
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let occurred = mamoru_core::now() - 40 * 60;
+    let c = jst::civil(occurred);
+    let when = format!("{}/{} {}:{:02}ごろ", c.month, c.day, c.hour, c.minute);
+    let args = ["post", "--admin", "chuo", "--title", "不審者", "--districts", "3", "--occurred", when.as_str(), "--yes"];
+    let (id, _) = alert_cli(&inst, &args, "公園で声かけがありました。");
+    let (unknown, _) = alert_cli(&inst, &["post", "--admin", "chuo", "--title", "声かけ", "--districts", "2", "--yes"], "駅前で。");
+    let server = inst.serve();
+    let mails = delivered(&inst, "【守るネット】不審者", 2);
+    let published = inst.store().alert(mamoru_core::AlertId::new(id)).unwrap().unwrap().published_at;
+    let expected = mamoru_core::alert::timing_line(&mamoru_core::alert::Occurred { at: occurred - occurred % 60, flags: 1 }, published);
+    assert!(expected.contains("ごろ発生・"), "{expected}");
+    for (m, _) in &mails {
+        assert!(m.body.contains(&format!("■{expected}")), "{}", m.body);
+    }
+    let other = delivered(&inst, "【守るネット】声かけ", 1);
+    assert!(other[0].0.body.contains("■発生日時不明・"), "never the post time: {}", other[0].0.body);
+    // An incident two days old needs a confirmation: --confirm-stale with
+    // --yes, the checkbox on the publish page.
+    let old = jst::civil(mamoru_core::now() - 2 * 86_400);
+    let old = format!("{}/{}/{} 8:00", old.year, old.month, old.day);
+    let post_old = |extra: &[&str]| {
+        let mut cmd = inst.cmd();
+        cmd.args(["alert", "post", "--admin", "chuo", "--title", "古い件", "--districts", "10", "--occurred", old.as_str()]).args(extra);
+        run_with_stdin(cmd, "おととい".as_bytes())
+    };
+    let refused = post_old(&["--yes"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm-stale"));
+    let ok = post_old(&["--yes", "--confirm-stale"]);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("published to 1 subscribers"), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(post_old(&[]).status.success());
+    let preview = wait_for("the preview of the old incident", T, || {
+        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).filter(|m| m.subject.contains("配信の確認") && m.subject.contains("古い件")).last()
+    });
+    let path = publish_path(&preview.body);
+    let page = http(server.http, "GET", &path, None);
+    assert!(page.body.contains("name=\"stale\"") && page.body.contains("時間がたっています"), "{}", page.body);
+    assert_eq!(http(server.http, "POST", &path, Some("")).status, 400, "not without the confirmation");
+    let done = http(server.http, "POST", &path, Some("stale=1"));
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    let show = inst.cmd().args(["alert", "show", &id.to_string()]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.contains(&format!("occurred: {} JST", mamoru_core::alert::Occurred { at: occurred - occurred % 60, flags: 1 }.label())), "{show}");
+    assert!(show.contains("last delivered docomo:") && show.contains("last delivered SoftBank:"), "{show}");
+    assert!(show.contains("incident to publication: 40 min") || show.contains("incident to publication: 39 min"), "{show}");
+    let show = inst.cmd().args(["alert", "show", &unknown.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("occurred: unknown"));
+    let mut bad = inst.cmd();
+    bad.args(["alert", "post", "--admin", "chuo", "--title", "t", "--districts", "1", "--occurred", "きのう", "--yes"]);
+    let bad = run_with_stdin(bad, b"x");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("発生: きのう"));
+}
+
+/// Preferences through the real binary. a..b. (中央) is inside quiet hours
+/// set around now, c (中央) turned 不審者情報 off, e (中央・昭和) chose
+/// nothing: the preview counts them; a normal alert reaches e at once and a
+/// only when the window ends; a 緊急 one reaches a and e at once; c gets
+/// neither.
+#[test]
+fn quiet_hours_hold_a_normal_alert_until_they_end_and_an_urgent_one_goes_at_once() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let store = inst.store();
+    let a = inst.subscriber("a..b.@docomo.ne.jp").unwrap().id;
+    let c = inst.subscriber("c@ezweb.ne.jp").unwrap().id;
+    let now = mamoru_core::now();
+    let minute = mamoru_core::jst::minute_of_day(now);
+    // The window ends 20 to 80 seconds from now: long enough to see the copy
+    // wait, short enough for a test.
+    let ends = (minute + if now % 60 < 40 { 1 } else { 2 }) % 1440;
+    let end_at = now - now % 60 + (ends - minute + 1440) % 1440 * 60;
+    store.set_preferences(a, &[], Some(((minute + 1439) % 1440, ends)), now).unwrap();
+    store.set_preferences(c, &["不審者情報".to_string()], None, now).unwrap();
+
+    let kind = ["--admin", "chuo", "--kind", "不審者情報", "--districts", "中央"];
+    let post = |title: &str, extra: &[&str]| {
+        let args: Vec<&str> = ["post", "--title", title].into_iter().chain(kind).chain(extra.iter().copied()).collect();
+        alert_cli(&inst, &args, "駅前で刃物を持った男が目撃されました。")
+    };
+    let (_, out) = post("下書き", &[]);
+    assert!(out.contains("preview queued"), "{out}");
+    let (_, out) = post("声かけ", &["--yes"]);
+    assert!(out.contains("published to 2 subscribers"), "a (later) and e; not c: {out}");
+    let (_, out) = post("刃物", &["--yes", "--urgent"]);
+    assert!(out.contains("published to 2 subscribers"), "{out}");
+
+    let server = inst.serve();
+    let to = |mails: &[(Mail, Vec<(String, String)>)]| {
+        let mut v: Vec<String> = mails.iter().map(|(m, _)| m.to.trim_matches(['<', '>']).to_string()).collect();
+        v.sort();
+        v
+    };
+    let preview = delivered(&inst, "【守るネット】配信の確認", 1);
+    let body = &preview[0].0.body;
+    assert!(body.contains("配信先: 2件"), "{body}");
+    assert!(body.contains("すぐ届く方 1件・受け取らない時間帯が終わってから届く方 1件"), "{body}");
+    assert!(body.contains("この種別を受け取らない設定の方 1件には届きません"), "{body}");
+    let urgent = delivered(&inst, "【守るネット】【緊急】[不審者情報] 刃物", 2);
+    assert_eq!(to(&urgent), ["a..b.@docomo.ne.jp", "e@docomo.ne.jp"], "緊急 ignores quiet hours");
+    assert!(urgent[0].0.body.contains("■緊急"), "{}", urgent[0].0.body);
+    let normal = delivered(&inst, "【守るネット】[不審者情報] 声かけ", 1);
+    assert_eq!(to(&normal), ["e@docomo.ne.jp"], "a is still inside its quiet hours");
+    assert!(mamoru_core::now() < end_at, "the window had not ended yet");
+
+    let later = wait_for("the held copy", Duration::from_secs(150), || {
+        let v = delivered(&inst, "【守るネット】[不審者情報] 声かけ", 1);
+        (v.len() == 2).then(|| (v, mamoru_core::now()))
+    });
+    assert_eq!(to(&later.0), ["a..b.@docomo.ne.jp", "e@docomo.ne.jp"]);
+    assert!(later.1 >= end_at, "delivered at {} before the window ended at {end_at}", later.1);
+    let for_c = inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).filter(|m| m.to.contains("c@ezweb.ne.jp")).count();
+    assert_eq!(for_c, 0, "c turned 不審者情報 off");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}

@@ -93,9 +93,11 @@ pub fn dsn(data: &[u8]) {
 pub fn alert_format(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (subject, text) = text.split_once('\n').unwrap_or((text, ""));
-    if let Ok(draft) = mamoru_core::alert::parse_post(cfg(), subject, text) {
-        let _ = mamoru_core::alert::content(cfg(), &draft, false);
+    if let Ok(draft) = mamoru_core::alert::parse_post(cfg(), subject, text, 1_800_000_000) {
+        let _ = mamoru_core::alert::content(cfg(), &draft, false, 1_800_000_000);
     }
+    let _ = mamoru_core::alert::parse_followup(text);
+    let _ = mamoru_core::alert::parse_occurred(subject, 1_800_000_000);
     let _ = mamoru_core::alert::wrap(text, 36);
 }
 
@@ -283,9 +285,18 @@ pub fn escape(data: &[u8]) {
         created_at: 0,
         published_at: 0,
         recipients: 0,
+        followup_of: None,
+        followup_kind: String::new(),
+        incident_state: String::new(),
+        updated_at: 0,
+        occurred_at: 0,
+        occurred_flags: 0,
+        urgent: false,
+        report_published_at: 0,
         ask_confirm: false,
     };
-    let feed = mamoru_web::archive::feed(cfg(), None, &[row], 0);
+    let rows = [row];
+    let feed = mamoru_web::archive::feed(cfg(), None, &mamoru_web::archive::Incident::group(&rows, &[]), 0);
     assert!(feed.ends_with("</feed>\n"), "feed not written: {feed:?}");
     if let Some(c) = feed.chars().find(|&c| !allowed(c)) {
         panic!("{c:?} in the feed");
