@@ -20,7 +20,7 @@ use mamoru_core::mailbox::{self, NoReply};
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime, links, mail};
 use mamoru_store::manage::{LinkMail, LinkRequest, ManageOutcome, ManageView};
-use mamoru_store::{Channel, Completion, Limited, OutboxId, RegistrationLimits, RegistrationView, SubscriberId};
+use mamoru_store::{Channel, Completion, Limited, OutboxId, Preferences, RegistrationLimits, RegistrationView, SubscriberId};
 
 use crate::{App, Error};
 
@@ -103,18 +103,19 @@ impl App {
         Ok(self.store.registration_view(claims, now)?)
     }
 
-    /// Saves the districts of a new registration, consumes its link and
-    /// queues 登録完了, in one transaction.
-    pub fn complete_registration(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Result<Completion, Error> {
+    /// Saves the districts and preferences of a new registration, consumes
+    /// its link and queues 登録完了, in one transaction.
+    pub fn complete_registration(&self, claims: &Claims, districts: &[u32], prefs: &Preferences, now: UnixTime) -> Result<Completion, Error> {
         let cfg = &*self.cfg;
+        let prefs = self.configured(prefs);
         let random = self.random12()?;
         let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
-        let done = self.store.complete_registration(claims, districts, now, now + cfg.relay.max_age_secs, |addr, link_nonce| {
+        let done = self.store.complete_registration(claims, districts, &prefs, now, now + cfg.relay.max_age_secs, |addr, link_nonce| {
             let manage = links::subscriber_links(cfg, &self.tokens, subscriber, link_nonce, now).manage;
             mail::registration_completed(cfg, addr, &self.districts(districts), &manage, now, mail::message_id(&random, cfg))
         })?;
         if let Completion::Completed { subscriber, .. } = done {
-            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "registration completed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, kinds_off = prefs.kinds_off.len(), quiet = ?prefs.quiet, "registration completed");
             self.metrics.registration_completed();
             self.queued();
         }
@@ -126,18 +127,26 @@ impl App {
         Ok(self.store.manage_view(claims, now)?)
     }
 
-    /// Replaces the districts and queues 変更完了.
-    pub fn change_districts(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Result<ManageOutcome, Error> {
+    /// Replaces the districts and preferences and queues 変更完了.
+    pub fn change_districts(&self, claims: &Claims, districts: &[u32], prefs: &Preferences, now: UnixTime) -> Result<ManageOutcome, Error> {
         let cfg = &*self.cfg;
+        let prefs = self.configured(prefs);
         let random = self.random12()?;
-        let done = self.store.change_districts(claims, districts, now, now + cfg.relay.max_age_secs, |addr| {
+        let done = self.store.change_districts(claims, districts, &prefs, now, now + cfg.relay.max_age_secs, |addr| {
             mail::districts_changed(cfg, addr, &self.districts(districts), now, mail::message_id(&random, cfg))
         })?;
         if let ManageOutcome::Done { subscriber, .. } = done {
-            tracing::info!(subscriber = subscriber.get(), districts = ?districts, "districts changed");
+            tracing::info!(subscriber = subscriber.get(), districts = ?districts, kinds_off = prefs.kinds_off.len(), quiet = ?prefs.quiet, "districts changed");
             self.queued();
         }
         Ok(done)
+    }
+
+    /// `prefs` with only configured kinds, each once, and quiet hours only
+    /// when they are a window (both ends minutes of the day, different).
+    fn configured(&self, prefs: &Preferences) -> Preferences {
+        let kinds_off = self.cfg.alerts.kinds.iter().filter(|k| prefs.kinds_off.contains(k)).cloned().collect();
+        Preferences { kinds_off, quiet: Preferences::valid_quiet(prefs.quiet) }
     }
 
     /// Deletes the registration and its queued mail. `goodbye` queues the

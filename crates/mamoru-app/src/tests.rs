@@ -9,7 +9,7 @@ use mamoru_core::{AlertId, Config, EmailAddress, UnixTime};
 use mamoru_store::admins::{Admin, AdminAdded};
 use mamoru_store::alerts::Published;
 use mamoru_store::manage::{LinkMail, ManageOutcome};
-use mamoru_store::{Channel, Completion, QueuedMail, Store, keys};
+use mamoru_store::{Channel, Completion, Preferences, QueuedMail, Store, keys};
 
 use crate::alerts::{DraftOutcome, Publisher, Source};
 use crate::registration::LinkOutcome;
@@ -70,10 +70,10 @@ fn a_new_address_registers_and_a_known_one_gets_a_manage_link() {
     // The district of `ans+chuo@` is pre-selected.
     let view = f.app.registration_view(&claims, T0).unwrap().unwrap();
     assert!(!view.districts.is_empty());
-    assert!(matches!(f.app.complete_registration(&claims, &[1, 3], T0 + 1).unwrap(), Completion::Completed { .. }));
+    assert!(matches!(f.app.complete_registration(&claims, &[1, 3], &Preferences::default(), T0 + 1).unwrap(), Completion::Completed { .. }));
     assert_eq!(f.take(T0 + 1).len(), 1, "登録完了");
     // The same link cannot complete twice.
-    assert_eq!(f.app.complete_registration(&claims, &[2], T0 + 2).unwrap(), Completion::TokenUnusable);
+    assert_eq!(f.app.complete_registration(&claims, &[2], &Preferences::default(), T0 + 2).unwrap(), Completion::TokenUnusable);
 
     // Later, by the form: a manage link, and the district change it allows.
     let LinkOutcome::Queued { kind: LinkMail::Manage, .. } = f.app.request_link(&a, Channel::Web { client: [7; 32] }, None, T0 + 400).unwrap()
@@ -83,7 +83,7 @@ fn a_new_address_registers_and_a_known_one_gets_a_manage_link() {
     let token = f.token(T0 + 400, "/m/");
     let claims = f.app.verify(&token, Purpose::Manage, T0 + 400).unwrap();
     assert_eq!(f.app.manage_view(&claims, T0 + 400).unwrap().unwrap().districts, vec![1, 3]);
-    assert!(matches!(f.app.change_districts(&claims, &[2], T0 + 401).unwrap(), ManageOutcome::Done { .. }));
+    assert!(matches!(f.app.change_districts(&claims, &[2], &Preferences::default(), T0 + 401).unwrap(), ManageOutcome::Done { .. }));
     assert_eq!(f.take(T0 + 401).len(), 1, "変更完了");
 }
 
@@ -132,7 +132,7 @@ fn only_the_author_publishes_from_the_panel_and_every_copy_renders_alike() {
     let a = addr("parent@docomo.ne.jp");
     f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
     let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
-    f.app.complete_registration(&claims, &[1], T0).unwrap();
+    f.app.complete_registration(&claims, &[1], &Preferences::default(), T0).unwrap();
     f.take(T0);
 
     let author = f.admin("chuo", &[]);
@@ -162,7 +162,7 @@ fn a_parent_who_just_registered_can_fix_the_districts_at_once() {
     let a = addr("parent@docomo.ne.jp");
     f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
     let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
-    f.app.complete_registration(&claims, &[1], T0 + 30).unwrap();
+    f.app.complete_registration(&claims, &[1], &Preferences::default(), T0 + 30).unwrap();
     // 登録完了 carries a manage link of its own, which opens the manage page.
     let token = f.token(T0 + 30, "/m/");
     let manage = f.app.verify(&token, Purpose::Manage, T0 + 30).unwrap();
@@ -185,7 +185,7 @@ fn completing_a_registration_does_not_lift_the_daily_cap() {
     let cooldown = f.app.cfg.limits.register_cooldown_secs;
     f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
     let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
-    f.app.complete_registration(&claims, &[1], T0 + 1).unwrap();
+    f.app.complete_registration(&claims, &[1], &Preferences::default(), T0 + 1).unwrap();
     f.take(T0 + 1);
     let mut queued = 1;
     for i in 1..=cap + 2 {
@@ -232,7 +232,7 @@ fn a_subscriber_tests_the_registered_address_from_the_manage_link() {
     let a = addr("parent@ezweb.ne.jp");
     f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
     let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
-    f.app.complete_registration(&claims, &[1], T0).unwrap();
+    f.app.complete_registration(&claims, &[1], &Preferences::default(), T0).unwrap();
     let manage = f.app.verify(&f.token(T0, "/m/"), Purpose::Manage, T0).unwrap();
     let out = f.app.request_test(Asker::Subscriber { manage: &manage }, T0 + 1).unwrap();
     assert!(matches!(out, TestOutcome::Queued { .. }), "{out:?}");
@@ -249,7 +249,7 @@ fn a_confirmation_counts_once_per_copy_whoever_opens_it() {
     let a = addr("parent@ezweb.ne.jp");
     f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
     let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
-    f.app.complete_registration(&claims, &[3], T0).unwrap();
+    f.app.complete_registration(&claims, &[3], &Preferences::default(), T0).unwrap();
     f.take(T0);
     let author = f.admin("chuo", &[]);
     let mut draft = alert::draft(&f.app.cfg, "不審者", "", vec![1, 3], "本文").unwrap();

@@ -572,15 +572,8 @@ impl Store {
     pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (start, end) = quiet.filter(|(a, b)| a != b && (0..1440).contains(a) && (0..1440).contains(b)).unwrap_or((-1, -1));
-        tx.execute(
-            "UPDATE subscribers SET quiet_start = ?1, quiet_end = ?2, updated_at = ?3 WHERE id = ?4",
-            params![start, end, now, subscriber],
-        )?;
-        tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", [subscriber])?;
-        for k in kinds_off {
-            tx.execute("INSERT OR IGNORE INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2)", params![subscriber, k])?;
-        }
+        crate::write_preferences(&tx, subscriber, &crate::Preferences { kinds_off: kinds_off.to_vec(), quiet })?;
+        tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
         tx.commit()?;
         Ok(())
     }

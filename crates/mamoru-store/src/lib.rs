@@ -187,6 +187,46 @@ pub struct RegistrationView {
     pub subscriber: SubscriberId,
     /// Districts currently chosen (empty for a new registration).
     pub districts: Vec<u32>,
+    /// Kinds and quiet hours (none for a new registration).
+    pub prefs: Preferences,
+}
+
+/// What a subscriber receives, and when, besides the districts: the
+/// configured kinds they turned off (so every kind, a newly configured one
+/// included, is on by default) and quiet hours as minutes of the day in
+/// Japan time `[start, end)`, wrapping past midnight when start > end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    pub kinds_off: Vec<String>,
+    pub quiet: Option<(i64, i64)>,
+}
+
+impl Preferences {
+    /// Quiet hours that mean something: both ends a minute of the day, and
+    /// different.
+    pub fn valid_quiet(quiet: Option<(i64, i64)>) -> Option<(i64, i64)> {
+        quiet.filter(|(a, b)| a != b && (0..1440).contains(a) && (0..1440).contains(b))
+    }
+}
+
+/// Replaces a subscriber's preferences inside the caller's transaction.
+fn write_preferences(tx: &Connection, subscriber: SubscriberId, prefs: &Preferences) -> Result<()> {
+    let (start, end) = Preferences::valid_quiet(prefs.quiet).unwrap_or((-1, -1));
+    tx.execute("UPDATE subscribers SET quiet_start = ?1, quiet_end = ?2 WHERE id = ?3", params![start, end, subscriber])?;
+    tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", [subscriber])?;
+    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2)")?;
+    for k in &prefs.kinds_off {
+        ins.execute(params![subscriber, k])?;
+    }
+    Ok(())
+}
+
+fn preferences_of(conn: &Connection, subscriber: SubscriberId) -> Result<Preferences> {
+    let (start, end): (i64, i64) =
+        conn.query_row("SELECT quiet_start, quiet_end FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt = conn.prepare_cached("SELECT kind FROM subscriber_kinds_off WHERE subscriber_id = ?1 ORDER BY kind")?;
+    let kinds_off = stmt.query_map([subscriber], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    Ok(Preferences { kinds_off, quiet: Preferences::valid_quiet(Some((start, end))) })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,17 +432,19 @@ impl Store {
             .optional()?;
         let Some(subscriber) = live else { return Ok(None) };
         let districts = districts_of(&conn, subscriber)?;
-        Ok(Some(RegistrationView { subscriber, districts }))
+        let prefs = preferences_of(&conn, subscriber)?;
+        Ok(Some(RegistrationView { subscriber, districts, prefs }))
     }
 
     /// For the POST of a registration link: consumes the token, activates the
-    /// subscriber with exactly `districts`, and queues the 登録完了 mail
+    /// subscriber with exactly `districts` and `prefs`, and queues the 登録完了 mail
     /// `render` builds from the address and the subscriber's footer-link
     /// nonce (the mail carries the manage link) — one transaction.
     pub fn complete_registration(
         &self,
         claims: &Claims,
         districts: &[u32],
+        prefs: &Preferences,
         now: UnixTime,
         mail_expires_at: UnixTime,
         render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
@@ -452,6 +494,7 @@ impl Store {
                 ins.execute(params![subscriber, d])?;
             }
         }
+        write_preferences(&tx, subscriber, prefs)?;
         let mail = render(&addr, link_nonce);
         let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
         let list: Vec<String> = districts.iter().map(u32::to_string).collect();

@@ -68,6 +68,7 @@ pub enum Grant {
 pub struct ManageView {
     pub subscriber: SubscriberId,
     pub districts: Vec<u32>,
+    pub prefs: crate::Preferences,
     /// Suspended after bounces: gets no mail until reactivated.
     pub suspended: bool,
     pub grant: Grant,
@@ -148,10 +149,12 @@ impl Store {
         let Some((subscriber, grant)) = grant(&conn, claims, now)? else { return Ok(None) };
         let status: SubscriberStatus = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         let districts = districts_of(&conn, subscriber)?;
-        Ok(Some(ManageView { subscriber, districts, suspended: status == SubscriberStatus::Suspended, grant }))
+        let prefs = crate::preferences_of(&conn, subscriber)?;
+        Ok(Some(ManageView { subscriber, districts, prefs, suspended: status == SubscriberStatus::Suspended, grant }))
     }
 
-    /// The manage page's POST: replaces the districts and queues the
+    /// The manage page's POST: replaces the districts and the preferences
+    /// and queues the
     /// confirmation `render` builds. A one-time token is consumed, and,
     /// having just travelled through the subscriber's mailbox, it also
     /// reactivates a suspended registration.
@@ -159,6 +162,7 @@ impl Store {
         &self,
         claims: &Claims,
         districts: &[u32],
+        prefs: &crate::Preferences,
         now: UnixTime,
         mail_expires_at: UnixTime,
         render: impl FnOnce(&EmailAddress) -> OutgoingMail,
@@ -185,6 +189,7 @@ impl Store {
                 ins.execute(params![subscriber, d])?;
             }
         }
+        crate::write_preferences(&tx, subscriber, prefs)?;
         let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
         let addr = self.sealer.open_address(&sealed)?;
         let mail = render(&addr);
@@ -336,7 +341,7 @@ mod tests {
             assert_eq!(kind, LinkMail::Register);
             let done = self
                 .store
-                .complete_registration(&c, districts, T0, T0 + 60, |to, _| {
+                .complete_registration(&c, districts, &crate::Preferences::default(), T0, T0 + 60, |to, _| {
                     mail::registration_completed(&self.cfg, to, &[], "", T0, format!("done-{}@x", c.subject))
                 })
                 .unwrap();
@@ -347,8 +352,12 @@ mod tests {
         }
 
         fn change(&self, c: &Claims, d: &[u32], now: UnixTime) -> ManageOutcome {
+            self.change_with(c, d, &crate::Preferences::default(), now)
+        }
+
+        fn change_with(&self, c: &Claims, d: &[u32], prefs: &crate::Preferences, now: UnixTime) -> ManageOutcome {
             self.store
-                .change_districts(c, d, now, now + 60, |to| mail::districts_changed(&self.cfg, to, &[], now, format!("ch-{now}@x")))
+                .change_districts(c, d, prefs, now, now + 60, |to| mail::districts_changed(&self.cfg, to, &[], now, format!("ch-{now}@x")))
                 .unwrap()
         }
 
@@ -366,6 +375,27 @@ mod tests {
         let (kind, c) = f.ask("b@docomo.ne.jp", T0 + 2);
         assert_eq!((kind, c.purpose, c.subject), (LinkMail::Manage, Purpose::Manage, id.subject()));
         assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 2, "no second registration");
+    }
+
+    #[test]
+    fn preferences_are_saved_with_the_districts_and_only_by_a_usable_link() {
+        let f = f();
+        let (id, footer) = f.register("p@docomo.ne.jp", &[1]);
+        let none = crate::Preferences::default();
+        assert_eq!(f.store.manage_view(&footer, T0 + 1).unwrap().unwrap().prefs, none, "nothing chosen: everything, any time");
+        let prefs = crate::Preferences { kinds_off: vec!["不審電話情報".into()], quiet: Some((22 * 60, 7 * 60)) };
+        let (_, once) = f.ask("p@docomo.ne.jp", T0 + 2);
+        assert!(matches!(f.change_with(&once, &[2], &prefs, T0 + 3), ManageOutcome::Done { .. }));
+        let view = f.store.manage_view(&footer, T0 + 4).unwrap().unwrap();
+        assert_eq!((view.districts, view.prefs), (vec![2], prefs.clone()));
+        // The used link changes neither districts nor preferences.
+        assert_eq!(f.change_with(&once, &[3], &none, T0 + 5), ManageOutcome::TokenUnusable);
+        assert_eq!(f.store.manage_view(&footer, T0 + 6).unwrap().unwrap().prefs, prefs);
+        // A window of no length is none.
+        let odd = crate::Preferences { kinds_off: vec![], quiet: Some((300, 300)) };
+        assert!(matches!(f.change_with(&footer, &[2], &odd, T0 + 7), ManageOutcome::Done { .. }));
+        assert_eq!(f.count(&format!("SELECT quiet_start FROM subscribers WHERE id = {id}")), -1);
+        assert_eq!(f.store.manage_view(&footer, T0 + 8).unwrap().unwrap().prefs, none);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Fixture {
 
     fn complete(&self, claims: &Claims, districts: &[u32], now: UnixTime) -> Completion {
         self.store
-            .complete_registration(claims, districts, now, now + 3600, |a, _| {
+            .complete_registration(claims, districts, &Preferences::default(), now, now + 3600, |a, _| {
                 mail::registration_completed(&self.cfg, a, &[], "", now, format!("done.{}@x", hex(&claims.nonce)))
             })
             .unwrap()
@@ -73,7 +73,7 @@ fn registration_round_trip() {
     let RegistrationRequest::Queued { subscriber, .. } = r else { panic!("{r:?}") };
     let token = token.unwrap();
     let claims = f.claims(&token, T0 + 10);
-    assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![] }));
+    assert_eq!(f.store.registration_view(&claims, T0 + 10).unwrap(), Some(RegistrationView { subscriber, districts: vec![], prefs: Preferences::default() }));
     assert_eq!(f.store.find_subscriber(&a).unwrap().unwrap().status, SubscriberStatus::Pending);
 
     assert_eq!(f.store.link_nonce(subscriber).unwrap(), None, "no footer links before confirmation");

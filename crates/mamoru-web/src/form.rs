@@ -1,5 +1,5 @@
-//! A tiny `application/x-www-form-urlencoded` decoder: the two forms of the
-//! registration pages need one field each, so a dependency is not worth it.
+//! A tiny `application/x-www-form-urlencoded` decoder: the forms of the
+//! pages have a handful of plain fields, so a dependency is not worth it.
 //!
 //! Decoding follows the WHATWG URL standard's parser: `+` is a space, `%XX`
 //! is a byte, and a `%` not followed by two hex digits is kept as it is.
@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use mamoru_core::Config;
+use mamoru_store::Preferences;
 
 /// The `name=value` pairs of a form body, decoded, in order.
 pub fn pairs(body: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
@@ -88,9 +89,92 @@ pub fn districts(body: &[u8], cfg: &Config) -> Result<Vec<u32>, DistrictsError> 
     Ok(ids)
 }
 
+/// Why the kinds and quiet hours of a form were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefsError {
+    /// Every kind unticked.
+    NoKind,
+    /// One end of the quiet hours chosen, the other なし.
+    OneEnd,
+    /// The same time at both ends.
+    SameTime,
+    /// A time no select offers (a hand-made request).
+    BadTime,
+}
+
+impl PrefsError {
+    /// What the page says, above the form.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NoKind => "受け取るお知らせの種類を1つ以上選んでください。",
+            Self::OneEnd => "受け取らない時間帯は、始まりと終わりの両方を選んでください（設けないときは両方を「なし」に）。",
+            Self::SameTime => "受け取らない時間帯の始まりと終わりを、別の時刻にしてください。",
+            Self::BadTime => "選ばれた時刻が正しくありません。もう一度選んでください。",
+        }
+    }
+}
+
+/// The minutes of the day the quiet-hours selects offer: every half hour.
+pub const QUIET_STEP: i64 = 30;
+
+/// The kinds and quiet hours of the registration and manage forms. A
+/// ticked `kind` field is a kind received; the configured kinds not ticked
+/// are off (values that are not configured kinds are ignored). A form
+/// without the `prefs` marker (a page from before these fields existed)
+/// turns nothing off. `quiet_start` / `quiet_end` are minutes of the day,
+/// both empty for none.
+pub fn preferences(body: &[u8], cfg: &Config) -> Result<Preferences, PrefsError> {
+    if value(body, "prefs").is_none() {
+        return Ok(Preferences::default());
+    }
+    let ticked: Vec<String> = pairs(body).filter(|(n, _)| n == "kind").map(|(_, v)| v.into_owned()).collect();
+    let kinds_off: Vec<String> = cfg.alerts.kinds.iter().filter(|k| !ticked.contains(k)).cloned().collect();
+    if !cfg.alerts.kinds.is_empty() && kinds_off.len() == cfg.alerts.kinds.len() {
+        return Err(PrefsError::NoKind);
+    }
+    let time = |name: &str| -> Result<Option<i64>, PrefsError> {
+        match value(body, name).as_deref().unwrap_or("") {
+            "" => Ok(None),
+            v => match v.parse::<i64>() {
+                Ok(m) if (0..1440).contains(&m) && m % QUIET_STEP == 0 => Ok(Some(m)),
+                _ => Err(PrefsError::BadTime),
+            },
+        }
+    };
+    let quiet = match (time("quiet_start")?, time("quiet_end")?) {
+        (None, None) => None,
+        (Some(a), Some(b)) if a == b => return Err(PrefsError::SameTime),
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => return Err(PrefsError::OneEnd),
+    };
+    Ok(Preferences { kinds_off, quiet })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preferences_are_the_unticked_kinds_and_a_real_window() {
+        let cfg = Config::default();
+        let p = preferences("prefs=1&kind=%E4%B8%8D%E5%AF%A9%E8%80%85%E6%83%85%E5%A0%B1&kind=x&quiet_start=1320&quiet_end=420".as_bytes(), &cfg).unwrap();
+        assert_eq!(p, Preferences { kinds_off: vec!["不審電話情報".into(), "その他".into()], quiet: Some((1320, 420)) });
+        let all = "prefs=1&kind=%E4%B8%8D%E5%AF%A9%E8%80%85%E6%83%85%E5%A0%B1&kind=%E4%B8%8D%E5%AF%A9%E9%9B%BB%E8%A9%B1%E6%83%85%E5%A0%B1&kind=%E3%81%9D%E3%81%AE%E4%BB%96";
+        assert_eq!(preferences(format!("{all}&quiet_start=&quiet_end=").as_bytes(), &cfg), Ok(Preferences::default()));
+        assert_eq!(preferences(b"district=1", &cfg), Ok(Preferences::default()), "a page without the fields turns nothing off");
+        assert_eq!(preferences(b"prefs=1&kind=x", &cfg), Err(PrefsError::NoKind));
+        for (q, e) in [
+            ("quiet_start=60&quiet_end=", PrefsError::OneEnd),
+            ("quiet_start=&quiet_end=60", PrefsError::OneEnd),
+            ("quiet_start=60&quiet_end=60", PrefsError::SameTime),
+            ("quiet_start=99&quiet_end=60", PrefsError::BadTime),
+            ("quiet_start=1440&quiet_end=60", PrefsError::BadTime),
+            ("quiet_start=-30&quiet_end=60", PrefsError::BadTime),
+            ("quiet_start=22%3A00&quiet_end=60", PrefsError::BadTime),
+        ] {
+            assert_eq!(preferences(format!("{all}&{q}").as_bytes(), &cfg), Err(e), "{q}");
+        }
+    }
 
     fn all(body: &str) -> Vec<(String, String)> {
         pairs(body.as_bytes()).map(|(n, v)| (n.into_owned(), v.into_owned())).collect()

@@ -19,6 +19,7 @@ use hyper::body::Bytes;
 use maud::{DOCTYPE, Markup, html};
 use mamoru_core::Config;
 use mamoru_core::config::District;
+use mamoru_store::Preferences;
 
 use crate::text;
 /// The stylesheet served at `/style.css`.
@@ -35,6 +36,7 @@ a{color:#0b5394}\
 label{display:block;font-weight:bold}\
 input[type=email]{display:block;width:100%;min-height:3rem;margin:.4rem 0 0;padding:.5rem .75rem;font-size:1.1rem;border:1px solid #767676;border-radius:.4rem}\
 fieldset{border:0;margin:0;padding:0}\
+fieldset+fieldset,input+fieldset{margin-top:1.5rem}\
 legend{font-weight:bold;margin-bottom:.25rem}\
 .check{display:flex;align-items:center;gap:.75rem;min-height:3rem;margin:.5rem 0;padding:.5rem .9rem;border:1px solid #c4c4c4;border-radius:.5rem;font-weight:normal}\
 .check input{width:1.5rem;height:1.5rem;margin:0;flex:none}\
@@ -164,6 +166,56 @@ pub(crate) fn district_boxes<'a>(districts: impl IntoIterator<Item = &'a Distric
     }
 }
 
+/// The kinds (a ticked box is a kind received) and the quiet hours (two
+/// selects, half-hourly, なし for none) of the registration and manage
+/// forms; plain controls, no script, for feature phones.
+pub(crate) fn preference_fields(cfg: &Config, prefs: &Preferences) -> Markup {
+    let (start, end) = prefs.quiet.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+    html! {
+        input type="hidden" name="prefs" value="1";
+        @if !cfg.alerts.kinds.is_empty() {
+            fieldset {
+                legend { "受け取るお知らせの種類" }
+                @for k in &cfg.alerts.kinds {
+                    label class="check" { input type="checkbox" name="kind" value=(k) checked[!prefs.kinds_off.contains(k)]; (k) }
+                }
+            }
+        }
+        fieldset {
+            legend { "受け取らない時間帯" }
+            p { "この時間帯のお知らせは、時間帯が終わってから届きます。「緊急」のお知らせは、この時間帯にもすぐ届きます。" }
+            label for="quiet_start" { "始まり" }
+            select id="quiet_start" name="quiet_start" { (time_options(start)) }
+            label for="quiet_end" { "終わり" }
+            select id="quiet_end" name="quiet_end" { (time_options(end)) }
+        }
+    }
+}
+
+fn time_options(selected: Option<i64>) -> Markup {
+    html! {
+        option value="" selected[selected.is_none()] { "なし" }
+        @for m in (0..1440).step_by(crate::form::QUIET_STEP as usize) {
+            option value=(m) selected[selected == Some(m)] { (clock(m)) }
+        }
+    }
+}
+
+/// `22:00` for minute 1320 of the day.
+pub(crate) fn clock(minute: i64) -> String {
+    format!("{}:{:02}", minute / 60, minute % 60)
+}
+
+/// What was chosen besides the districts, for the pages after a save.
+pub(crate) fn preference_summary(prefs: &Preferences) -> Markup {
+    html! {
+        @if !prefs.kinds_off.is_empty() { p { "受け取らない種類: " (prefs.kinds_off.join("・")) } }
+        @if let Some((a, b)) = prefs.quiet {
+            p { "受け取らない時間帯: " (clock(a)) "〜" (clock(b)) "（その間のお知らせは終わってから届きます。緊急のお知らせはすぐ届きます）" }
+        }
+    }
+}
+
 /// A list of district names.
 fn district_list(districts: &[&District]) -> Markup {
     html! { ul { @for d in districts { li { (d.name) } } } }
@@ -267,7 +319,7 @@ pub(crate) fn busy(cfg: &Config) -> String {
 
 /// The district form of a live registration link. `checked` are pre-checked;
 /// `token` has been verified (base64url) but is escaped all the same.
-pub fn choose(cfg: &Config, token: &str, checked: &[u32], error_text: Option<&str>) -> String {
+pub fn choose(cfg: &Config, token: &str, checked: &[u32], prefs: &Preferences, error_text: Option<&str>) -> String {
     document(cfg, "地区を選んでください", html! {
         h1 { "受け取る地区を選んでください" }
         p { "お知らせを受け取りたい地区にチェックを入れて、「登録する」を押してください。いくつでも選べます。" }
@@ -277,17 +329,19 @@ pub fn choose(cfg: &Config, token: &str, checked: &[u32], error_text: Option<&st
                 legend { "地区" }
                 (district_boxes(&cfg.districts, checked))
             }
+            (preference_fields(cfg, prefs))
             button type="submit" { "登録する" }
         }
     })
 }
 
 /// After a successful registration.
-pub fn completed(cfg: &Config, districts: &[&District]) -> String {
+pub fn completed(cfg: &Config, districts: &[&District], prefs: &Preferences) -> String {
     document(cfg, "登録が完了しました", html! {
         h1 { "登録が完了しました" }
         p { "次の地区のお知らせをメールでお届けします。" }
         (district_list(districts))
+        (preference_summary(prefs))
         p { "確認のため「登録完了」メールをお送りします。" }
         p { "地区を変えるときは、もう一度、次のアドレスへ空メールを送ってください。" }
         (mail_link(cfg))
@@ -324,16 +378,17 @@ mod tests {
     #[test]
     fn choose_has_one_checkbox_per_district_and_prechecks() {
         let cfg = cfg();
-        let page = choose(&cfg, "TOK\"EN", &[1, 3], None);
-        assert_eq!(page.matches("type=\"checkbox\"").count(), 10);
-        assert_eq!(page.matches(" checked>").count(), 2);
+        let page = choose(&cfg, "TOK\"EN", &[1, 3], &Preferences::default(), None);
+        assert_eq!(page.matches("type=\"checkbox\"").count(), 10 + 3, "districts and kinds");
+        assert_eq!(page.matches(" checked>").count(), 2 + 3, "every kind is ticked for a new registration");
+        assert!(page.contains("<option value=\"\" selected>なし</option>"), "no quiet hours by default: {page}");
         assert!(page.contains("value=\"1\" checked>中央地区</label>"), "{page}");
         assert!(page.contains("value=\"3\" checked>昭和地区</label>"), "{page}");
         assert!(page.contains("value=\"2\">天応・吉浦地区</label>"), "{page}");
         assert!(page.contains("action=\"/r/TOK&quot;EN\""), "{page}");
         assert!(page.contains("登録する</button>"));
         assert!(!page.contains("role=\"alert\""));
-        assert!(choose(&cfg, "t", &[], Some("地区を選んでください")).contains("role=\"alert\""));
+        assert!(choose(&cfg, "t", &[], &Preferences::default(), Some("地区を選んでください")).contains("role=\"alert\""));
     }
 
     #[test]
@@ -342,8 +397,8 @@ mod tests {
         let pages = StaticPages::new(&cfg);
         let dynamic = [
             index(&cfg, Some("<b>"), "\"><script>"),
-            choose(&cfg, "t", &[], None),
-            completed(&cfg, &[&cfg.districts[0]]),
+            choose(&cfg, "t", &[], &Preferences::default(), None),
+            completed(&cfg, &[&cfg.districts[0]], &Preferences::default()),
         ];
         let all = [
             &pages.index, &pages.register_sent, &pages.link_invalid, &pages.link_gone, &pages.busy,

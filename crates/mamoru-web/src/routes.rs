@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use mamoru_core::links::Route;
 use mamoru_core::token::{Claims, Purpose, TokenError};
 use mamoru_core::{EmailAddress, UnixTime};
-use mamoru_store::{Channel, Completion};
+use mamoru_store::{Channel, Completion, Preferences};
 
 mod confirm;
 mod districts;
@@ -237,13 +237,14 @@ impl App {
             Err(resp) => return *resp,
         };
         match self.run("read a registration", move |app| app.registration_view(&claims, now)).await {
-            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, None)),
+            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, &view.prefs, None)),
             Ok(None) => self.link_gone(),
             Err(resp) => resp,
         }
     }
 
-    /// `POST /r/{token}`: saves the districts, consumes the token and queues
+    /// `POST /r/{token}`: saves the districts, kinds and quiet hours,
+    /// consumes the token and queues
     /// the 登録完了 mail, in one store transaction.
     async fn complete(&self, token: &str, headers: &HeaderMap, body: Incoming) -> Resp {
         let now = mamoru_core::now();
@@ -256,20 +257,21 @@ impl App {
             Err(resp) => return resp,
         };
         let cfg = &self.web.cfg;
+        // Shown again as posted when something was refused.
+        let posted = form::districts(&body, cfg).unwrap_or_default();
+        let refuse = |prefs: &Preferences, text: &str| self.html(StatusCode::BAD_REQUEST, pages::choose(cfg, token, &posted, prefs, Some(text)));
+        let prefs = match form::preferences(&body, cfg) {
+            Ok(prefs) => prefs,
+            Err(e) => return refuse(&Preferences::default(), e.message()),
+        };
         let ids = match form::districts(&body, cfg) {
             Ok(ids) if !ids.is_empty() => ids,
-            Ok(_) => {
-                let page = pages::choose(cfg, token, &[], Some("地区を1つ以上選んでください。"));
-                return self.html(StatusCode::BAD_REQUEST, page);
-            }
-            Err(DistrictsError::Unknown) => {
-                let page = pages::choose(cfg, token, &[], Some("選ばれた地区が正しくありません。もう一度選んでください。"));
-                return self.html(StatusCode::BAD_REQUEST, page);
-            }
+            Ok(_) => return refuse(&prefs, "地区を1つ以上選んでください。"),
+            Err(DistrictsError::Unknown) => return refuse(&prefs, "選ばれた地区が正しくありません。もう一度選んでください。"),
         };
-        let chosen = ids.clone();
-        match self.run("complete a registration", move |app| app.complete_registration(&claims, &chosen, now)).await {
-            Ok(Completion::Completed { .. }) => self.html(StatusCode::OK, pages::completed(cfg, &self.web.app.districts(&ids))),
+        let (chosen, saved) = (ids.clone(), prefs.clone());
+        match self.run("complete a registration", move |app| app.complete_registration(&claims, &chosen, &saved, now)).await {
+            Ok(Completion::Completed { .. }) => self.html(StatusCode::OK, pages::completed(cfg, &self.web.app.districts(&ids), &prefs)),
             Ok(Completion::TokenUnusable) => self.link_gone(),
             Err(resp) => resp,
         }

@@ -6,7 +6,9 @@ use mamoru_core::config::District;
 
 use maud::html;
 
-use super::{district_boxes, district_list, document, error, mail_link};
+use mamoru_store::Preferences;
+
+use super::{district_boxes, district_list, document, error, mail_link, preference_fields, preference_summary};
 
 /// Whether the registration is suspended after bounces, and whether saving
 /// on this page resumes it (only a one-time link, which just reached the
@@ -20,7 +22,7 @@ pub enum Suspension {
 
 /// The manage page of a live manage link: the districts pre-checked, a
 /// button to save them and a separate form to delete the registration.
-pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension, error_text: Option<&str>) -> String {
+pub fn manage(cfg: &Config, token: &str, checked: &[u32], prefs: &Preferences, suspended: Suspension, error_text: Option<&str>) -> String {
     document(cfg, "登録内容の変更", html! {
         h1 { "登録内容の変更" }
         @match suspended {
@@ -32,7 +34,7 @@ pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension,
                 (mail_link(cfg))
             }
         }
-        p { "お知らせを受け取りたい地区にチェックを入れて、「変更する」を押してください。" }
+        p { "お知らせを受け取りたい地区と種類にチェックを入れて、「変更する」を押してください。" }
         @if let Some(text) = error_text { (error(text)) }
         form method="post" action={ "/m/" (token) } {
             input type="hidden" name="action" value="update";
@@ -40,6 +42,7 @@ pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension,
                 legend { "地区" }
                 (district_boxes(&cfg.districts, checked))
             }
+            (preference_fields(cfg, prefs))
             button type="submit" { "変更する" }
         }
         h2 { "受信テスト" }
@@ -58,10 +61,12 @@ pub fn manage(cfg: &Config, token: &str, checked: &[u32], suspended: Suspension,
 }
 
 /// After the districts were changed.
-pub fn changed(cfg: &Config, districts: &[&District]) -> String {
+pub fn changed(cfg: &Config, districts: &[&District], prefs: &Preferences) -> String {
     document(cfg, "変更しました", html! {
-        h1 { "受け取る地区を変更しました" }
+        h1 { "登録内容を変更しました" }
+        p { "次の地区のお知らせをお届けします。" }
         (district_list(districts))
+        (preference_summary(prefs))
         p { "確認のため「変更完了」メールをお送りします。" }
     })
 }
@@ -109,9 +114,11 @@ mod tests {
     fn pages_are_escaped_and_script_free() {
         let mut cfg = Config::default();
         cfg.service_name = "見守り<ネット>".into();
+        cfg.alerts.kinds.push("<b>".into());
+        let prefs = Preferences { kinds_off: vec!["その他".into()], quiet: Some((1320, 420)) };
         let pages = [
-            manage(&cfg, "T\"K", &[2], Suspension::NeedsFreshLink, Some("<x>")),
-            changed(&cfg, &[&cfg.districts[0]]),
+            manage(&cfg, "T\"K", &[2], &prefs, Suspension::NeedsFreshLink, Some("<x>")),
+            changed(&cfg, &[&cfg.districts[0]], &prefs),
             deleted(&cfg),
             unsubscribe_confirm(&cfg, "T\"K"),
             manage_gone(&cfg),
@@ -121,8 +128,11 @@ mod tests {
             assert!(!page.to_ascii_lowercase().contains("<script"));
             assert!(!page.contains("<ネット>") && !page.contains("T\"K") && !page.contains("<x>"));
         }
-        assert_eq!(pages[0].matches("type=\"checkbox\"").count(), 10);
-        assert_eq!(pages[0].matches(" checked>").count(), 1);
+        assert_eq!(pages[0].matches("type=\"checkbox\"").count(), 10 + 4, "districts and kinds");
+        assert_eq!(pages[0].matches(" checked>").count(), 1 + 3, "district 2, and every kind but その他");
+        assert!(!pages[0].contains("<b>") && pages[0].contains("value=\"&lt;b&gt;\""));
+        assert!(pages[0].contains("<option value=\"1320\" selected>22:00</option>") && pages[0].contains("<option value=\"420\" selected>7:00</option>"), "{}", pages[0]);
+        assert!(pages[1].contains("受け取らない種類: その他") && pages[1].contains("22:00〜7:00"), "{}", pages[1]);
         assert_eq!(pages[0].matches("action=\"/m/T&quot;K\"").count(), 3);
         assert!(pages[0].contains("name=\"action\" value=\"test\""));
         assert!(pages[3].contains("name=\"List-Unsubscribe\" value=\"One-Click\""));

@@ -8,6 +8,7 @@ use hyper::StatusCode;
 use hyper::body::Incoming;
 use mamoru_core::token::{Claims, Purpose};
 use mamoru_core::UnixTime;
+use mamoru_store::Preferences;
 use mamoru_store::manage::{Grant, ManageOutcome};
 
 use super::{App, Resp};
@@ -34,7 +35,7 @@ impl App {
                             (true, Grant::OneTime) => Suspension::ResumesOnSave,
                             (true, Grant::Footer) => Suspension::NeedsFreshLink,
                         };
-                        pages::manage::manage(cfg, token, &view.districts, suspension, None)
+                        pages::manage::manage(cfg, token, &view.districts, &view.prefs, suspension, None)
                     }
                 };
                 self.html(StatusCode::OK, page)
@@ -62,15 +63,19 @@ impl App {
             Some("delete") => self.delete(claims, now, true).await,
             Some("test") => self.test_for_subscriber(claims, now).await,
             Some("update") => {
+                let posted = form::districts(&body, cfg).unwrap_or_default();
+                let refuse = |prefs: &Preferences, text: &str| {
+                    self.html(StatusCode::BAD_REQUEST, pages::manage::manage(cfg, token, &posted, prefs, Suspension::None, Some(text)))
+                };
+                let prefs = match form::preferences(&body, cfg) {
+                    Ok(prefs) => prefs,
+                    Err(e) => return refuse(&Preferences::default(), e.message()),
+                };
                 let ids = match form::districts(&body, cfg) {
                     Ok(ids) if !ids.is_empty() => ids,
-                    Ok(_) | Err(DistrictsError::Unknown) => {
-                        let page =
-                            pages::manage::manage(cfg, token, &[], Suspension::None, Some("地区を1つ以上選んでください。"));
-                        return self.html(StatusCode::BAD_REQUEST, page);
-                    }
+                    Ok(_) | Err(DistrictsError::Unknown) => return refuse(&prefs, "地区を1つ以上選んでください。"),
                 };
-                self.change(claims, ids, now).await
+                self.change(claims, ids, prefs, now).await
             }
             _ => self.page(StatusCode::BAD_REQUEST, &self.pages.bad_request),
         }
@@ -92,10 +97,12 @@ impl App {
         self.delete(claims, now, false).await
     }
 
-    async fn change(&self, claims: Claims, ids: Vec<u32>, now: UnixTime) -> Resp {
-        let chosen = ids.clone();
-        match self.run("change districts", move |app| app.change_districts(&claims, &chosen, now)).await {
-            Ok(ManageOutcome::Done { .. }) => self.html(StatusCode::OK, pages::manage::changed(&self.web.cfg, &self.web.app.districts(&ids))),
+    async fn change(&self, claims: Claims, ids: Vec<u32>, prefs: Preferences, now: UnixTime) -> Resp {
+        let (chosen, saved) = (ids.clone(), prefs.clone());
+        match self.run("change districts", move |app| app.change_districts(&claims, &chosen, &saved, now)).await {
+            Ok(ManageOutcome::Done { .. }) => {
+                self.html(StatusCode::OK, pages::manage::changed(&self.web.cfg, &self.web.app.districts(&ids), &prefs))
+            }
             Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
             Err(resp) => resp,
         }

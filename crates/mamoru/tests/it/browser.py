@@ -1,7 +1,7 @@
 """Drives a real headless Chromium (through chromedriver) over mamoru's
 pages at a phone-sized viewport, for tests/it/browser.rs.
 
-Usage: browser.py BASE_URL REGISTER_PATH PUBLISH_PATH SHOT_DIR PROFILE_DIR ADMIN_ID ADMIN_PASSWORD
+Usage: browser.py BASE_URL REGISTER_PATH PUBLISH_PATH SHOT_DIR PROFILE_DIR ADMIN_ID ADMIN_PASSWORD MANAGE_PATH
 Prints one line per step, "step: detail", and exits non-zero on failure.
 """
 import sys
@@ -10,9 +10,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
-base, register, publish, shots, profile, admin_id, admin_password = sys.argv[1:8]
+base, register, publish, shots, profile, admin_id, admin_password, manage = sys.argv[1:9]
 
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -39,7 +39,37 @@ def shot(name):
     print(f"screenshot: {name}.png", flush=True)
 
 
+def shot_from(name, css):
+    # The viewport from the element `css` down: for the lower part of a long
+    # form.
+    driver.execute_script("document.querySelector(arguments[0]).scrollIntoView()", css)
+    driver.save_screenshot(f"{shots}/{name}.png")
+    print(f"screenshot: {name}.png", flush=True)
+
+
+def manage_state():
+    kinds = [b.get_attribute("value") for b in driver.find_elements(By.CSS_SELECTOR, "input[name=kind]") if b.is_selected()]
+    start = Select(driver.find_element(By.ID, "quiet_start")).first_selected_option.get_attribute("value")
+    end = Select(driver.find_element(By.ID, "quiet_end")).first_selected_option.get_attribute("value")
+    return f"kinds={','.join(kinds)} quiet={start}-{end}"
+
+
 try:
+    # A parent's manage page: turn a kind off, set quiet hours, save, reload.
+    driver.get(base + manage)
+    print("manage:", driver.find_element(By.TAG_NAME, "h1").text, manage_state(), flush=True)
+    driver.find_element(By.CSS_SELECTOR, "input[name=kind][value='不審電話情報']").click()
+    Select(driver.find_element(By.ID, "quiet_start")).select_by_visible_text("22:00")
+    Select(driver.find_element(By.ID, "quiet_end")).select_by_visible_text("7:00")
+    shot("manage")
+    shot_from("manage-preferences", "input[name=prefs] + fieldset")
+    driver.find_element(By.CSS_SELECTOR, "form input[name=action][value=update] ~ button").click()
+    wait.until(EC.title_contains("変更しました"))
+    print("manage-saved:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
+    shot("manage-saved")
+    driver.get(base + manage)
+    print("manage-reloaded:", manage_state(), flush=True)
+
     driver.get(base + "/")
     print("top:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
     shot("top")

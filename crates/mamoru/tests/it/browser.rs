@@ -15,6 +15,9 @@ use crate::support::*;
 const T: Duration = Duration::from_secs(30);
 const ADMIN: &str = "staff@city.test";
 const PARENT: &str = "hanako.@ezweb.ne.jp";
+/// A second parent, registered over plain HTTP, whose manage page the
+/// browser changes.
+const OTHER: &str = "taro@docomo.ne.jp";
 
 fn mail_with(inst: &Instance, subject: &str) -> Option<Mail> {
     inst.mail_files().into_iter().map(|p| std::fs::read(p).unwrap()).map(|raw| parse_mail(&raw)).find(|m| m.subject.contains(subject))
@@ -33,6 +36,16 @@ fn register_and_publish_in_a_real_chromium() {
     assert!(inst.ingest(PARENT, "ans@mamoru.test", b"From: hanako.@ezweb.ne.jp\r\nSubject: \r\n\r\n").status.success());
     let received = wait_for("登録受付", T, || mail_with(&inst, "登録受付"));
     let register = link_path(&received.body);
+
+    assert!(inst.ingest(OTHER, "ans@mamoru.test", b"From: taro@docomo.ne.jp\r\nSubject: \r\n\r\n").status.success());
+    let to_other = |subject: &str| {
+        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.contains(subject) && m.to.contains(OTHER))
+    };
+    let other_link = link_path(&wait_for("登録受付 for the second parent", T, || to_other("登録受付")).body);
+    assert_eq!(http(server.http, "POST", &other_link, Some("district=2")).status, 200);
+    let done = wait_for("登録完了 for the second parent", T, || to_other("登録完了"));
+    let start = done.body.find("/m/").expect("a manage link in 登録完了");
+    let manage = done.body[start..].split_whitespace().next().unwrap().to_string();
 
     let post = "From: staff@city.test\r\nTo: alert@mamoru.test\r\nSubject: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <b1@city.test>\r\n\
                 Content-Type: text/plain; charset=UTF-8\r\n\r\n地区: 昭和\r\n本日15時ごろ、公園で児童に声をかける男性がいました。\r\n";
@@ -53,6 +66,7 @@ fn register_and_publish_in_a_real_chromium() {
         .arg(&shots)
         .arg(work.path().join("profile"))
         .args(["chuo", "a long enough password"])
+        .arg(&manage)
         .output()
         .expect("run browser.py (scripts/install-test-deps installs chromium, chromium-driver, python3-selenium)");
     let log = String::from_utf8_lossy(&out.stdout);
@@ -61,6 +75,15 @@ fn register_and_publish_in_a_real_chromium() {
     assert!(log.contains("publish-page: 配信の確認"), "{log}");
     assert!(log.contains("published: 配信しました"), "{log}");
     assert!(log.contains("archive:") && log.contains("公園で児童に声をかける"), "{log}");
+
+    // The manage page kept what the browser saved, and so did the store.
+    assert!(log.contains("manage-saved: 登録内容を変更しました"), "{log}");
+    assert!(log.contains("manage-reloaded: kinds=不審者情報,その他 quiet=1320-420"), "{log}");
+    let other = inst.subscriber(OTHER).expect("registered").id;
+    let db = rusqlite::Connection::open(inst.data_dir().join(mamoru_store::DB_FILE)).unwrap();
+    let quiet: (i64, i64) = db.query_row("SELECT quiet_start, quiet_end FROM subscribers WHERE id = ?1", [other], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let off: String = db.query_row("SELECT group_concat(kind) FROM subscriber_kinds_off WHERE subscriber_id = ?1", [other], |r| r.get(0)).unwrap();
+    assert_eq!((quiet, off.as_str()), ((1320, 420), "不審電話情報"));
 
     let s = inst.subscriber(PARENT).expect("registered");
     assert_eq!((s.status.as_str(), s.districts), ("active", vec![1, 3]));
@@ -75,7 +98,7 @@ fn register_and_publish_in_a_real_chromium() {
         inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.starts_with("【守るネット】不審な電話"))
     });
 
-    for name in ["top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published", "admin-admins"] {
+    for name in ["manage", "manage-preferences", "manage-saved", "top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published", "admin-admins"] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png");
         if std::env::var_os("MAMORU_UPDATE_SCREENSHOTS").is_some() {
