@@ -72,7 +72,7 @@ fn register_over_lmtp_and_the_web_end_to_end() {
     // The page: ten districts as checkboxes, no JavaScript, strict headers.
     let page = http(server.http, "GET", &link, None);
     assert_eq!(page.status, 200, "{}", page.body);
-    assert_eq!(page.body.matches("type=\"checkbox\"").count(), 10, "{}", page.body);
+    assert_eq!(page.body.matches("type=\"checkbox\" name=\"district\"").count(), 10, "{}", page.body);
     assert!(page.body.contains("中央地区") && !page.body.contains("<script"));
     assert_eq!(page.header("Referrer-Policy"), Some("no-referrer"));
     assert!(page.header("Content-Security-Policy").is_some_and(|v| v.contains("default-src 'none'")));

@@ -302,6 +302,12 @@ pub fn parse_mail(raw: &[u8]) -> Mail {
 }
 
 /// The registration link in a 登録受付 body, as a path (`/r/TOKEN`).
+/// District boxes pre-checked on a registration or manage page (the kinds'
+/// boxes are checked too, by default).
+pub fn checked_districts(page: &str) -> usize {
+    page.split("name=\"district\"").skip(1).filter(|rest| rest.split('>').next().is_some_and(|tag| tag.ends_with(" checked"))).count()
+}
+
 pub fn link_path(body: &str) -> String {
     let start = body.find("/r/").expect("a /r/ link in the body");
     body[start..].split_whitespace().next().expect("link").to_string()
