@@ -219,7 +219,9 @@ impl App {
                 dropped_attachments,
                 is_test,
             };
-            alert::preview(cfg, content, &admin.email, &info, now, mail::message_id(&random, cfg))
+            // The alert's number is in the preview's Message-ID: a reply to the
+            // preview of a published alert is a follow-up of it.
+            alert::preview(cfg, content, &admin.email, &info, now, format!("{}{alert_id}.{}", alert::PREVIEW_ID_PREFIX, mail::message_id(&random, cfg)))
         })?;
         Ok(match drafted {
             Drafted::Created { alert, outbox } => {

@@ -340,6 +340,63 @@ pub fn parse_followup(text: &str) -> Option<Result<FollowupPost, FormatError>> {
     Some(followup_text(&rest.join("\n")).map(|text| FollowupPost { kind, of, text }))
 }
 
+/// How a preview's Message-ID starts: `preview.{alert}.{random}@{domain}`.
+pub const PREVIEW_ID_PREFIX: &str = "preview.";
+
+/// The alert whose preview a reply answers: the last `<preview.N.…@domain>`
+/// among the Message-IDs of its `In-Reply-To` and `References` (our own
+/// domain only).
+pub fn replied_preview(message_ids: &str, domain: &str) -> Option<i64> {
+    message_ids
+        .split(|c: char| c == '<' || c == '>' || c.is_whitespace() || c == ',')
+        .filter(|id| !id.is_empty())
+        .filter_map(|id| {
+            let (local, host) = id.rsplit_once('@')?;
+            if !host.eq_ignore_ascii_case(domain) {
+                return None;
+            }
+            let (n, _) = local.strip_prefix(PREVIEW_ID_PREFIX)?.split_once('.')?;
+            n.parse::<i64>().ok().filter(|n| *n > 0)
+        })
+        .last()
+}
+
+/// The follow-up a reply to a preview says: a first line `続報`, `解決` or
+/// `取消` (alone, or with a colon) chooses the kind, 続報 otherwise; the
+/// quoted preview below it (lines starting with `>`, and everything from a
+/// mail app's "original message" or "wrote:" line on) is not part of it.
+pub fn reply_followup(text: &str) -> Result<(FollowupKind, String), FormatError> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut own: Vec<&str> = vec![];
+    for line in text.lines() {
+        let norm = normalize_width(line);
+        let t = norm.trim();
+        let quote_head = (t.starts_with("--") && (t.contains("Original") || t.contains("元のメッセージ") || t.contains("転送")))
+            || t.ends_with("wrote:")
+            || t.ends_with("書きました:")
+            || t.ends_with("書きました：");
+        if quote_head {
+            break;
+        }
+        if !t.starts_with('>') {
+            own.push(line);
+        }
+    }
+    let first = own.iter().position(|l| !normalize_width(l).trim().is_empty());
+    let (kind, rest) = match first {
+        Some(i) => {
+            let norm = normalize_width(own[i]);
+            let word = norm.trim().trim_end_matches([':', '：']).trim();
+            match FollowupKind::ALL.into_iter().find(|k| k.label() == word) {
+                Some(k) => (k, &own[i + 1..]),
+                None => (FollowupKind::Update, &own[i..]),
+            }
+        }
+        None => (FollowupKind::Update, &own[..]),
+    };
+    Ok((kind, followup_text(&rest.join("\n"))?))
+}
+
 /// A follow-up's text, checked as a report's text is.
 pub fn followup_text(text: &str) -> Result<String, FormatError> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
@@ -866,6 +923,21 @@ mod tests {
         assert_eq!(p("全地区").map(|v| v.len()), Ok(10));
         assert_eq!(p("中央, 東京, 11"), Err(FormatError::UnknownDistricts(vec!["東京".into(), "11".into()])));
         assert_eq!(p(" , "), Err(FormatError::MissingDistricts));
+    }
+
+    #[test]
+    fn a_reply_to_a_preview_is_a_follow_up_without_the_quote() {
+        let ids = "<a@phone.example> <preview.12.00ff@mamoru.test>\r\n <preview.7.aa@other.test>";
+        assert_eq!(replied_preview(ids, "mamoru.test"), Some(12));
+        assert_eq!(replied_preview("<preview.x.1@mamoru.test> <12@mamoru.test>", "mamoru.test"), None);
+        assert_eq!(replied_preview("", "mamoru.test"), None);
+        let body = "解決\r\n人違いでした。\r\n\r\n> 配信の確認です。\r\n> 地区: 中央\r\n";
+        assert_eq!(reply_followup(body), Ok((FollowupKind::Resolved, "人違いでした。".into())));
+        let body = "男は北へ立ち去りました。\n\n-----Original Message-----\n配信の確認です。\n";
+        assert_eq!(reply_followup(body), Ok((FollowupKind::Update, "男は北へ立ち去りました。".into())));
+        let body = "取消：\n誤って送りました。\n2026年12月1日 14:02 守るネット <alert@mamoru.test> のメッセージ:\n";
+        assert_eq!(reply_followup(body).map(|r| r.0), Ok(FollowupKind::Retracted));
+        assert_eq!(reply_followup("> 引用だけ\n"), Err(FormatError::EmptyText));
     }
 
     #[test]

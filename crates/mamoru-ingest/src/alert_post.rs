@@ -301,10 +301,17 @@ impl AlertPoster<'_> {
         };
         let post = extract(&parsed);
         let source = Source::Mail { key: &key, attachments: post.attachments };
-        // A post whose first line names a report (`続報: 12`) is a follow-up
-        // of it; anything else is a first report.
-        let drafted = match alert::parse_followup(&post.text) {
-            Some(Ok(f)) => self.app.draft_followup(&admin, AlertId::new(f.of), f.kind, &f.text, source, (self.clock)()),
+        // A post whose first line names a report (`続報: 12`), or a reply to
+        // the preview of one, is a follow-up of it; anything else is a first
+        // report.
+        let replied = ["In-Reply-To", "References"].map(|h| headers.get_all_values(h).join(" ")).join(" ");
+        let followup = match alert::parse_followup(&post.text) {
+            Some(f) => Some(f.map(|f| (f.of, f.kind, f.text))),
+            None => alert::replied_preview(&replied, &self.app.cfg.domain)
+                .map(|of| alert::reply_followup(&post.text).map(|(kind, text)| (of, kind, text))),
+        };
+        let drafted = match followup {
+            Some(Ok((of, kind, text))) => self.app.draft_followup(&admin, AlertId::new(of), kind, &text, source, (self.clock)()),
             Some(Err(e)) => return self.reject(&admin, &key, &post.subject, e),
             None => match alert::parse_post(&self.app.cfg, &post.subject, &post.text, (self.clock)()) {
                 Ok(draft) => self.app.draft(&admin, &draft, source, false, (self.clock)()),

@@ -888,3 +888,44 @@ fn quiet_hours_hold_a_normal_alert_until_they_end_and_an_urgent_one_goes_at_once
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A reply to the preview of a published alert, as a phone writes it (the
+/// preview quoted below), is a 解決 of that alert: previewed like any post,
+/// without the quote, and published to the report's recipients.
+#[test]
+fn a_reply_to_the_preview_is_a_follow_up_of_its_alert() {
+    let inst = Instance::new(&[]);
+    assert!(admin_add(&inst, "chuo", ADMIN, "a long enough password").status.success());
+    import(&inst);
+    let server = inst.serve();
+    let sasl_ingest = |raw: &str| {
+        let mut ingest = inst.cmd();
+        ingest.args(["ingest", "--sender", ADMIN, "--recipient", "alert@mamoru.test", "--sasl-username=chuo"]);
+        let out = run_with_stdin(ingest, raw.as_bytes());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sasl_ingest(&post_text("r1@city.test"));
+    let preview = delivered(&inst, "【守るネット】配信の確認", 1).remove(0).0;
+    assert!(preview.message_id.starts_with("<preview."), "{}", preview.message_id);
+    assert_eq!(http(server.http, "POST", &publish_path(&preview.body), Some("")).status, 200);
+    delivered(&inst, "【守るネット】[不審者情報] 不審者", 4);
+
+    let reply = format!(
+        "From: {ADMIN}\r\nTo: alert@mamoru.test\r\nSubject: Re: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <r2@city.test>\r\n\
+         In-Reply-To: {id}\r\nReferences: {id}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n\
+         解決\r\n声をかけていたのは保護者の方でした。\r\n\r\n> 配信の確認です。まだ送信されていません。\r\n> 地区: 中央\r\n",
+        id = preview.message_id
+    );
+    sasl_ingest(&reply);
+    let second = wait_for("the follow-up's preview", T, || {
+        let v = delivered(&inst, "【守るネット】配信の確認", 1);
+        v.into_iter().map(|(m, _)| m).find(|m| m.subject.contains("【解決】"))
+    });
+    assert!(second.body.contains("保護者の方でした"), "{}", second.body);
+    assert!(!second.body.contains("> 地区"), "the quote is not part of it: {}", second.body);
+    assert_eq!(http(server.http, "POST", &publish_path(&second.body), Some("")).status, 200);
+    let resolved = delivered(&inst, "【解決】【守るネット】[不審者情報] 不審者", 4);
+    assert!(resolved.iter().all(|(m, _)| m.body.contains("は解決しました。")), "{}", resolved[0].0.body);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
