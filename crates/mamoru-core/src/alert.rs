@@ -397,7 +397,8 @@ pub fn reply_followup(text: &str) -> Result<(FollowupKind, String), FormatError>
     Ok((kind, followup_text(&rest.join("\n"))?))
 }
 
-/// A follow-up's text, checked as a report's text is.
+/// An alert's text, a report's or a follow-up's: line ends normalized,
+/// trailing blanks and blank edge lines dropped, not empty, not too long.
 pub fn followup_text(text: &str) -> Result<String, FormatError> {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
@@ -426,15 +427,7 @@ pub fn draft(cfg: &Config, title: &str, kind: &str, mut districts: Vec<u32>, tex
     }
     districts.sort_unstable();
     districts.dedup();
-    let text = text.replace("\r\n", "\n").replace('\r', "\n");
-    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    let body = lines.join("\n").trim_matches('\n').to_string();
-    if body.trim().is_empty() {
-        return Err(FormatError::EmptyText);
-    }
-    if body.chars().count() > MAX_TEXT_CHARS {
-        return Err(FormatError::TextTooLong);
-    }
+    let body = followup_text(text)?;
     Ok(AlertDraft { title, kind, districts, text: body, occurred: Occurred::default(), ask_confirm: false, urgent: false })
 }
 
