@@ -358,7 +358,7 @@ pub fn replied_preview(message_ids: &str, domain: &str) -> Option<i64> {
             let (n, _) = local.strip_prefix(PREVIEW_ID_PREFIX)?.split_once('.')?;
             n.parse::<i64>().ok().filter(|n| *n > 0)
         })
-        .last()
+        .next_back()
 }
 
 /// The follow-up a reply to a preview says: a first line `続報`, `解決` or
