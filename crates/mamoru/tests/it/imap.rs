@@ -15,6 +15,8 @@
 //!   message in it again: handled again, no second reply.
 //! - A message over `max_message_bytes`: moved to the dropped folder
 //!   without its body being fetched (Dovecot's own count of body bytes).
+//! - An alert post with a valid DKIM signature becomes a preview; an
+//!   unsigned copy does not.
 //! - `mamoru serve` killed with SIGKILL again and again while it works
 //!   through a few hundred messages: nothing lost, no second reply, the
 //!   mailbox ends empty.
@@ -324,4 +326,76 @@ fn a_missing_mailbox_is_a_clear_error() {
     // Dovecot gives no response code for it; the phrase is ours.
     assert!(stderr.contains("IMAP mailbox: the mailbox cannot be selected; not drained"), "{stderr}");
     assert!(queue_text(&inst).lines().any(|l| l.starts_with("nosuch ") && l.contains("retrying")), "{}", queue_text(&inst));
+}
+
+/// An admin's alert post left in the alert mailbox by the provider: with a
+/// valid DKIM signature (the key from `[alerts] dkim_keys`) it becomes a
+/// draft and its preview reaches the admin; an unsigned copy with the same
+/// From gets nothing (there is no SASL login over IMAP).
+#[test]
+fn a_dkim_signed_alert_post_over_imap_is_previewed_and_a_forged_one_is_not() {
+    use base64::Engine as _;
+    use mail_auth::common::crypto::Ed25519Key;
+    use mail_auth::common::headers::HeaderWriter as _;
+    use mail_auth::dkim::DkimSigner;
+
+    const ALERT: &str = "alert@mamoru.test";
+    const ADMIN: &str = "staff@city.test";
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ALERT]);
+    let sink = SmtpSink::start(&work.path().join("sink"));
+    let pass = password_file(work.path(), PASSWORD);
+    let der = Ed25519Key::generate_pkcs8().expect("key");
+    let key = Ed25519Key::from_pkcs8_der(&der).expect("key");
+    let record = format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(key.public_key()));
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ALERT, &pass, ", name = \"alert\""));
+    let transport = format!("\"smtp://127.0.0.1:{}\"", sink.port);
+    let keys = format!("{{ \"sel._domainkey.city.test\" = \"{record}\" }}");
+    let inst = Instance::new(&[
+        ("ingest.imap", &boxes),
+        ("relay.transport", &transport),
+        ("relay.smtp_tls", "\"none\""),
+        ("alerts.dkim_keys", &keys),
+    ]);
+    let mut add = inst.cmd();
+    add.args(["admin", "add", "chuo", "--email", ADMIN]);
+    assert!(run_with_stdin(add, b"a long enough password\n").status.success());
+    let items = vec![(mamoru_core::EmailAddress::parse("hanako@docomo.ne.jp").expect("address"), vec![1])];
+    inst.store().import_active_subscribers(&items, "test", mamoru_core::now()).expect("import");
+    let mut server = inst.serve();
+
+    let post = |id: &str| {
+        format!(
+            "From: {ADMIN}\r\nTo: {ALERT}\r\nSubject: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <{id}>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n地区: 中央\r\n公園で児童に声をかける男性がいました。\r\n"
+        )
+    };
+    let envelope = format!("Return-Path: <{ADMIN}>\r\nDelivered-To: {ALERT}\r\n");
+    let message = post("imap-dkim@city.test");
+    let sig = DkimSigner::from_key(key)
+        .domain("city.test")
+        .selector("sel")
+        .headers(["From", "To", "Subject", "Message-ID"])
+        .sign(message.as_bytes())
+        .expect("sign");
+    dovecot.append(ALERT, "INBOX", format!("{envelope}{}{message}", sig.to_header()).as_bytes());
+    dovecot.append(ALERT, "INBOX", format!("{envelope}{}", post("imap-forged@city.test")).as_bytes());
+
+    let previews = || {
+        sink.messages()
+            .into_iter()
+            .filter(|(rcpts, raw)| rcpts.iter().any(|r| r == ADMIN) && parse_mail(raw).subject.contains("配信の確認"))
+            .count()
+    };
+    wait_until(&mut server, "the preview at the sink", |_| previews() >= 1);
+    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ALERT, "INBOX") == 0);
+    assert_eq!(previews(), 1, "the forged copy drafts nothing");
+    assert_eq!(dovecot.count(ALERT, "mamoru-processed") + dovecot.count(ALERT, "mamoru-dropped"), 2);
+    let drafts: i64 = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
+        .and_then(|db| db.query_row("SELECT COUNT(*) FROM alerts WHERE state = 'draft'", [], |r| r.get(0)))
+        .expect("alerts");
+    assert_eq!(drafts, 1);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(ADMIN) && !log.contains(PASSWORD), "no address or password in clear: {log}");
 }
