@@ -187,7 +187,8 @@ pub const LOGIN_FAILURES_MAX: i64 = 5;
 /// per window, whatever the IDs tried: one client guessing across many IDs
 /// is stopped too. A successful login gives its attempt back.
 pub const LOGIN_FAILURES_PER_CLIENT_MAX: i64 = 20;
-/// The window of [`LOGIN_FAILURES_MAX`], in seconds.
+/// The window of [`LOGIN_FAILURES_MAX`] and [`LOGIN_FAILURES_PER_CLIENT_MAX`],
+/// in seconds, from a key's first attempt.
 pub const LOGIN_WINDOW_SECS: i64 = 900;
 
 const LOGIN_SCOPE: &str = "admin-login";
@@ -207,15 +208,19 @@ impl Store {
     pub fn take_login_attempt(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let window = now.div_euclid(LOGIN_WINDOW_SECS);
+        // A window opens at the first attempt and lasts LOGIN_WINDOW_SECS:
+        // windows aligned to the clock would hand a second budget to an
+        // attack that runs across a boundary. (`window_start` held a window
+        // number before; such a row simply opens a new window.)
         for (scope, key, max) in [(LOGIN_SCOPE, login.as_bytes(), LOGIN_FAILURES_MAX), (LOGIN_CLIENT_SCOPE, client, LOGIN_FAILURES_PER_CLIENT_MAX)] {
             let taken = tx.execute(
-                "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
+                "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?3)
                  ON CONFLICT (scope, key) DO UPDATE SET
-                     count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-                     window_start = excluded.window_start, last_at = excluded.last_at
-                 WHERE window_start <> excluded.window_start OR count < ?5",
-                params![scope, key, window, now, max],
+                     count = CASE WHEN excluded.window_start - window_start < ?5 THEN count + 1 ELSE 1 END,
+                     window_start = CASE WHEN excluded.window_start - window_start < ?5 THEN window_start ELSE excluded.window_start END,
+                     last_at = excluded.last_at
+                 WHERE excluded.window_start - window_start >= ?5 OR count < ?4",
+                params![scope, key, now, max, LOGIN_WINDOW_SECS],
             )?;
             if taken == 0 {
                 // Dropping the transaction rolls back the other counter.
@@ -234,8 +239,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
         tx.execute(
-            "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND window_start = ?3 AND count > 0",
-            params![LOGIN_CLIENT_SCOPE, client, now.div_euclid(LOGIN_WINDOW_SECS)],
+            "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND ?3 - window_start < ?4 AND count > 0",
+            params![LOGIN_CLIENT_SCOPE, client, now, LOGIN_WINDOW_SECS],
         )?;
         tx.commit()?;
         Ok(())

@@ -277,8 +277,23 @@ fn concurrent_wrong_logins_for_one_id_get_at_most_five_checks() {
     // against this client, so it may still try other IDs.
     assert!(!f.store.take_login_attempt("chuo", b"client-b", T0).unwrap());
     assert!(f.store.take_login_attempt("kita", b"client-a", T0).unwrap());
-    // The next window starts afresh.
+    // The window runs from the first attempt, not from a clock boundary:
+    // still locked a second before it ends, afresh once it has.
+    assert!(!f.store.take_login_attempt("chuo", b"client-a", T0 + admins::LOGIN_WINDOW_SECS - 1).unwrap());
     assert!(f.store.take_login_attempt("chuo", b"client-a", T0 + admins::LOGIN_WINDOW_SECS).unwrap());
+}
+
+#[test]
+fn a_login_budget_is_not_renewed_by_a_clock_boundary() {
+    let f = fixture();
+    // Attempts right before and right after a 15-minute mark of the clock.
+    let mark = (T0.div_euclid(admins::LOGIN_WINDOW_SECS) + 1) * admins::LOGIN_WINDOW_SECS;
+    let mut granted = 0;
+    for i in 0..30 {
+        let at = mark - 5 + i / 3;
+        granted += usize::from(f.store.take_login_attempt(&format!("id{i}"), b"client-a", at).unwrap());
+    }
+    assert_eq!(granted, admins::LOGIN_FAILURES_PER_CLIENT_MAX as usize);
 }
 
 #[test]
