@@ -127,27 +127,51 @@ pub fn preferences(body: &[u8], cfg: &Config) -> Result<Preferences, PrefsError>
     if value(body, "prefs").is_none() {
         return Ok(Preferences::default());
     }
-    let ticked: Vec<String> = pairs(body).filter(|(n, _)| n == "kind").map(|(_, v)| v.into_owned()).collect();
-    let kinds_off: Vec<String> = cfg.alerts.kinds.iter().filter(|k| !ticked.contains(k)).cloned().collect();
+    let kinds_off = kinds_off(body, cfg);
     if !cfg.alerts.kinds.is_empty() && kinds_off.len() == cfg.alerts.kinds.len() {
         return Err(PrefsError::NoKind);
     }
-    let time = |name: &str| -> Result<Option<i64>, PrefsError> {
-        match value(body, name).as_deref().unwrap_or("") {
-            "" => Ok(None),
-            v => match v.parse::<i64>() {
-                Ok(m) if (0..1440).contains(&m) && m % QUIET_STEP == 0 => Ok(Some(m)),
-                _ => Err(PrefsError::BadTime),
-            },
-        }
-    };
-    let quiet = match (time("quiet_start")?, time("quiet_end")?) {
+    let quiet = match (minute(body, "quiet_start")?, minute(body, "quiet_end")?) {
         (None, None) => None,
         (Some(a), Some(b)) if a == b => return Err(PrefsError::SameTime),
         (Some(a), Some(b)) => Some((a, b)),
         _ => return Err(PrefsError::OneEnd),
     };
     Ok(Preferences { kinds_off, quiet })
+}
+
+/// What a refused form shows again: the kinds as they were ticked, so a
+/// parent who fixes the quiet hours does not turn an unticked kind back on
+/// unawares, and the quiet hours only when they were a window (a refused
+/// one shows なし at both ends).
+pub fn preferences_as_posted(body: &[u8], cfg: &Config) -> Preferences {
+    if value(body, "prefs").is_none() {
+        return Preferences::default();
+    }
+    let quiet = match (minute(body, "quiet_start"), minute(body, "quiet_end")) {
+        (Ok(Some(a)), Ok(Some(b))) if a != b => Some((a, b)),
+        _ => None,
+    };
+    Preferences { kinds_off: kinds_off(body, cfg), quiet }
+}
+
+/// The configured kinds whose box is not ticked; ticked values that are
+/// not configured kinds are ignored.
+fn kinds_off(body: &[u8], cfg: &Config) -> Vec<String> {
+    let ticked: Vec<String> = pairs(body).filter(|(n, _)| n == "kind").map(|(_, v)| v.into_owned()).collect();
+    cfg.alerts.kinds.iter().filter(|k| !ticked.contains(k)).cloned().collect()
+}
+
+/// A quiet-hours select: empty for なし, else a minute of the day that the
+/// select offers.
+fn minute(body: &[u8], name: &str) -> Result<Option<i64>, PrefsError> {
+    match value(body, name).as_deref().unwrap_or("") {
+        "" => Ok(None),
+        v => match v.parse::<i64>() {
+            Ok(m) if (0..1440).contains(&m) && m % QUIET_STEP == 0 => Ok(Some(m)),
+            _ => Err(PrefsError::BadTime),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +198,24 @@ mod tests {
         ] {
             assert_eq!(preferences(format!("{all}&{q}").as_bytes(), &cfg), Err(e), "{q}");
         }
+    }
+
+    #[test]
+    fn a_refused_form_shows_the_kinds_as_ticked_and_only_a_real_window() {
+        let cfg = Config::default();
+        // 不審者情報 ticked, a bogus kind, the end of the window missing.
+        let body = "prefs=1&kind=%E4%B8%8D%E5%AF%A9%E8%80%85%E6%83%85%E5%A0%B1&kind=x&quiet_start=1320&quiet_end=";
+        assert_eq!(preferences(body.as_bytes(), &cfg), Err(PrefsError::OneEnd));
+        let shown = Preferences { kinds_off: vec!["不審電話情報".into(), "その他".into()], quiet: None };
+        assert_eq!(preferences_as_posted(body.as_bytes(), &cfg), shown);
+        for q in ["quiet_start=99&quiet_end=60", "quiet_start=60&quiet_end=60"] {
+            assert_eq!(preferences_as_posted(format!("prefs=1&{q}").as_bytes(), &cfg).quiet, None, "{q}");
+        }
+        // No kind ticked is refused, and shown again as posted: none ticked,
+        // the window kept.
+        let none = preferences_as_posted(b"prefs=1&quiet_start=1320&quiet_end=420", &cfg);
+        assert_eq!(none, Preferences { kinds_off: cfg.alerts.kinds.clone(), quiet: Some((1320, 420)) });
+        assert_eq!(preferences_as_posted(b"district=1", &cfg), Preferences::default());
     }
 
     fn all(body: &str) -> Vec<(String, String)> {

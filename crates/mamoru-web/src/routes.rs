@@ -262,7 +262,7 @@ impl App {
         let refuse = |prefs: &Preferences, text: &str| self.html(StatusCode::BAD_REQUEST, pages::choose(cfg, token, &posted, prefs, Some(text)));
         let prefs = match form::preferences(&body, cfg) {
             Ok(prefs) => prefs,
-            Err(e) => return refuse(&Preferences::default(), e.message()),
+            Err(e) => return refuse(&form::preferences_as_posted(&body, cfg), e.message()),
         };
         let ids = match form::districts(&body, cfg) {
             Ok(ids) if !ids.is_empty() => ids,

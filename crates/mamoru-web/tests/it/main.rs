@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mamoru_core::token::{Claims, Purpose, TokenKey};
 use mamoru_core::{Config, EmailAddress, UnixTime, mail};
-use mamoru_store::{Completion, Keys, RegistrationLimits, RegistrationRequest, Store, keys};
+use mamoru_store::{Completion, Keys, Preferences, RegistrationLimits, RegistrationRequest, Store, keys};
 use mamoru_app::App;
 use mamoru_web::{Web, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -364,6 +364,61 @@ async fn a_bad_choice_shows_the_form_again_without_a_change() {
     let s = srv.store().find_subscriber(&a).unwrap().unwrap();
     assert_eq!((s.status.as_str(), s.districts.len()), ("pending", 0));
     assert_eq!(srv.post(&path, "district=4").await.status, 200);
+    srv.stop().await;
+}
+
+/// A form value, percent-encoded.
+fn enc(v: &str) -> String {
+    v.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[tokio::test]
+async fn refused_preferences_keep_the_ticks_and_a_good_choice_is_saved_on_both_pages() {
+    let srv = start().await;
+    let a = addr("careful@au.com");
+    let token = srv.request_token(&a, now());
+    let path = format!("/r/{token}");
+    let kinds = &srv.web.cfg.alerts.kinds;
+    // 不審者情報 ticked, a kind that is not configured, and その他 unticked.
+    let ticks = format!("prefs=1&kind={}&kind={}&kind=%3Cb%3E", enc(&kinds[0]), enc(&kinds[1]));
+    for (quiet, message) in [
+        ("quiet_start=5940&quiet_end=420", "時刻が正しくありません"),
+        ("quiet_start=99&quiet_end=420", "時刻が正しくありません"),
+        ("quiet_start=1320&quiet_end=1320", "別の時刻に"),
+        ("quiet_start=1320&quiet_end=", "両方を選んで"),
+    ] {
+        let r = srv.post(&path, &format!("district=1&{ticks}&{quiet}")).await;
+        assert_eq!(r.status, 400, "{quiet}");
+        let html = r.text();
+        assert!(html.contains(message) && html.contains("role=\"alert\""), "{quiet}: {html}");
+        assert_eq!(checked_districts(html), 1, "{quiet}");
+        assert!(html.contains(&format!("value=\"{}\" checked>", kinds[1])) && html.contains(&format!("value=\"{}\">", kinds[2])), "the ticks as posted: {html}");
+        assert!(!html.contains("&lt;b&gt;"), "{html}");
+    }
+    let r = srv.post(&path, "district=1&prefs=1&quiet_start=1320&quiet_end=420").await;
+    assert!(r.status == 400 && r.text().contains("種類を1つ以上"), "{}", r.text());
+    assert_eq!(srv.store().find_subscriber(&a).unwrap().unwrap().status.as_str(), "pending", "nothing refused was saved");
+
+    let done = srv.post(&path, &format!("district=1&{ticks}&quiet_start=1320&quiet_end=420")).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert!(done.text().contains("受け取らない種類: その他") && done.text().contains("22:00〜7:00"), "{}", done.text());
+    let s = srv.store().find_subscriber(&a).unwrap().unwrap();
+    let nonce = srv.store().link_nonce(s.id).unwrap().expect("a footer-link nonce");
+    let manage = Claims { purpose: Purpose::Manage, subject: s.id.subject(), nonce, expires_at: now() + 3600 };
+    let prefs = srv.store().manage_view(&manage, now()).unwrap().unwrap().prefs;
+    assert_eq!(prefs, Preferences { kinds_off: vec![kinds[2].clone()], quiet: Some((1320, 420)) });
+
+    // The manage page shows them, refuses the same way, and saves a change.
+    let path = format!("/m/{}", srv.tokens().sign(&manage));
+    let html = srv.get(&path).await.text().to_string();
+    assert!(html.contains("<option value=\"1320\" selected>22:00</option>") && html.contains("<option value=\"420\" selected>7:00</option>"), "{html}");
+    let r = srv.post(&path, &format!("action=update&district=2&{ticks}&quiet_start=60&quiet_end=60")).await;
+    assert!(r.status == 400 && r.text().contains("別の時刻に") && r.text().contains(&format!("value=\"{}\">", kinds[2])), "{}", r.text());
+    let all = kinds.iter().map(|k| format!("kind={}", enc(k))).collect::<Vec<_>>().join("&");
+    let r = srv.post(&path, &format!("action=update&district=2&prefs=1&{all}&quiet_start=&quiet_end=")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let view = srv.store().manage_view(&manage, now()).unwrap().unwrap();
+    assert_eq!((view.districts, view.prefs), (vec![2], Preferences::default()), "everything, any time");
     srv.stop().await;
 }
 
