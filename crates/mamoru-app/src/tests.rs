@@ -178,6 +178,26 @@ fn a_parent_who_just_registered_can_fix_the_districts_at_once() {
 }
 
 #[test]
+fn only_configured_kinds_and_real_windows_are_saved() {
+    let f = fixture();
+    let a = addr("parent@docomo.ne.jp");
+    f.app.request_link(&a, Channel::Mail, None, T0).unwrap();
+    let claims = f.app.verify(&f.token(T0, "/r/"), Purpose::Register, T0).unwrap();
+    // A hand-made request: an unknown kind, a kind twice, a window past the day.
+    let odd = Preferences { kinds_off: vec!["号外".into(), "その他".into(), "その他".into()], quiet: Some((1320, 1500)) };
+    f.app.complete_registration(&claims, &[1], &odd, T0 + 1).unwrap();
+    let manage = f.app.verify(&f.token(T0 + 1, "/m/"), Purpose::Manage, T0 + 1).unwrap();
+    let saved = f.app.manage_view(&manage, T0 + 1).unwrap().unwrap().prefs;
+    assert_eq!(saved, Preferences { kinds_off: vec!["その他".into()], quiet: None });
+    // A real window wrapping past midnight is kept; a window of no length is none.
+    let night = Preferences { kinds_off: vec!["不審電話情報".into()], quiet: Some((1320, 420)) };
+    f.app.change_districts(&manage, &[1], &night, T0 + 2).unwrap();
+    assert_eq!(f.app.manage_view(&manage, T0 + 2).unwrap().unwrap().prefs, night);
+    f.app.change_districts(&manage, &[1], &Preferences { kinds_off: vec![], quiet: Some((300, 300)) }, T0 + 3).unwrap();
+    assert_eq!(f.app.manage_view(&manage, T0 + 3).unwrap().unwrap().prefs, Preferences::default());
+}
+
+#[test]
 fn completing_a_registration_does_not_lift_the_daily_cap() {
     let f = fixture();
     let a = addr("parent@ezweb.ne.jp");
