@@ -47,7 +47,7 @@ def shot_from(name, css):
     print(f"screenshot: {name}.png", flush=True)
 
 
-def manage_state():
+def prefs_state():
     kinds = [b.get_attribute("value") for b in driver.find_elements(By.CSS_SELECTOR, "input[name=kind]") if b.is_selected()]
     start = Select(driver.find_element(By.ID, "quiet_start")).first_selected_option.get_attribute("value")
     end = Select(driver.find_element(By.ID, "quiet_end")).first_selected_option.get_attribute("value")
@@ -57,7 +57,7 @@ def manage_state():
 try:
     # A parent's manage page: turn a kind off, set quiet hours, save, reload.
     driver.get(base + manage)
-    print("manage:", driver.find_element(By.TAG_NAME, "h1").text, manage_state(), flush=True)
+    print("manage:", driver.find_element(By.TAG_NAME, "h1").text, prefs_state(), flush=True)
     driver.find_element(By.CSS_SELECTOR, "input[name=kind][value='不審電話情報']").click()
     Select(driver.find_element(By.ID, "quiet_start")).select_by_visible_text("22:00")
     Select(driver.find_element(By.ID, "quiet_end")).select_by_visible_text("7:00")
@@ -68,7 +68,7 @@ try:
     print("manage-saved:", driver.find_element(By.TAG_NAME, "main").text.replace("\n", " "), flush=True)
     shot("manage-saved")
     driver.get(base + manage)
-    print("manage-reloaded:", manage_state(), flush=True)
+    print("manage-reloaded:", prefs_state(), flush=True)
 
     driver.get(base + "/")
     print("top:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
@@ -76,9 +76,12 @@ try:
 
     driver.get(base + register)
     print("register:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)
+    # A new registration receives every kind, at any time, unless changed.
+    print("register-defaults:", prefs_state(), flush=True)
     for value in ("1", "3"):
         driver.find_element(By.CSS_SELECTOR, f"input[type=checkbox][value='{value}']").click()
     shot("register")
+    shot_from("register-preferences", "input[name=prefs] + fieldset")
     driver.find_element(By.CSS_SELECTOR, "form button").click()
     wait.until(EC.title_contains("登録が完了しました"))
     print("registered:", driver.find_element(By.TAG_NAME, "h1").text, flush=True)

@@ -76,6 +76,7 @@ fn register_and_publish_in_a_real_chromium() {
     assert!(log.contains("published: 配信しました"), "{log}");
     assert!(log.contains("archive:") && log.contains("公園で児童に声をかける"), "{log}");
 
+    assert!(log.contains("register-defaults: kinds=不審者情報,不審電話情報,その他 quiet=-"), "{log}");
     // The manage page kept what the browser saved, and so did the store.
     assert!(log.contains("manage-saved: 登録内容を変更しました"), "{log}");
     assert!(log.contains("manage-reloaded: kinds=不審者情報,その他 quiet=1320-420"), "{log}");
@@ -98,7 +99,7 @@ fn register_and_publish_in_a_real_chromium() {
         inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).find(|m| m.subject.starts_with("【守るネット】不審な電話"))
     });
 
-    for name in ["manage", "manage-preferences", "manage-saved", "top", "register", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published", "admin-admins"] {
+    for name in ["manage", "manage-preferences", "manage-saved", "top", "register", "register-preferences", "registered", "publish", "alerts", "admin-login", "admin-dashboard", "admin-compose", "admin-preview", "admin-published", "admin-admins"] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}.png");
         if std::env::var_os("MAMORU_UPDATE_SCREENSHOTS").is_some() {
