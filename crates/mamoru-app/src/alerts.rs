@@ -97,7 +97,7 @@ pub fn draft_of(row: &AlertRow) -> AlertDraft {
 
 /// A follow-up's kind and report, if the row is one.
 pub fn followup_of(row: &AlertRow) -> Option<alert::Followup> {
-    let kind = FollowupKind::parse(&row.followup_kind)?;
+    let kind = row.followup_kind?;
     row.followup_of.map(|_| alert::Followup { kind, original_published_at: row.report_published_at })
 }
 
@@ -165,7 +165,7 @@ impl App {
         if row.state != AlertState::Published {
             return Ok(no_such());
         }
-        if row.incident_state == "retracted" {
+        if row.incident_state == Some(FollowupKind::Retracted) {
             return Ok(DraftOutcome::Refused(FormatError::Retracted(row.id.get())));
         }
         let forbidden = admin.forbidden(&row.districts);
@@ -187,7 +187,7 @@ impl App {
             districts: &row.districts,
             is_test: row.is_test,
             followup_of: Some(row.id),
-            followup_kind: kind.as_str(),
+            followup_kind: Some(kind),
             occurred_at: row.occurred_at,
             occurred_flags: row.occurred_flags,
             // A follow-up of a 緊急 report is as urgent.

@@ -2,6 +2,7 @@
 //! one outbox row per distinct active subscriber of the union of the
 //! districts, inserted in the same transaction that consumes the token.
 
+use mamoru_core::alert::FollowupKind;
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
@@ -35,8 +36,8 @@ pub struct NewAlert<'a> {
     /// The first report a follow-up continues (`None`: a first report). Its
     /// recipients are the report's, not the districts' subscribers.
     pub followup_of: Option<AlertId>,
-    /// `update`, `resolved` or `retracted` for a follow-up; empty otherwise.
-    pub followup_kind: &'a str,
+    /// A follow-up's kind (`None`: a first report).
+    pub followup_kind: Option<FollowupKind>,
     /// When the incident happened (0: unknown).
     pub occurred_at: UnixTime,
     /// 1 = approximate (ごろ), 2 = the day only.
@@ -61,7 +62,7 @@ impl<'a> NewAlert<'a> {
             districts: &[],
             is_test: false,
             followup_of: None,
-            followup_kind: "",
+            followup_kind: None,
             occurred_at: 0,
             occurred_flags: 0,
             urgent: false,
@@ -97,11 +98,11 @@ pub struct AlertRow {
     pub recipients: i64,
     /// The first report this follow-up continues (`None`: a first report).
     pub followup_of: Option<AlertId>,
-    /// A follow-up's kind (`update`, `resolved`, `retracted`), or empty.
-    pub followup_kind: String,
-    /// A first report's state: empty while open, else the kind of its latest
-    /// published follow-up.
-    pub incident_state: String,
+    /// A follow-up's kind (`None`: a first report).
+    pub followup_kind: Option<FollowupKind>,
+    /// A first report's state: `None` while open, else the kind of its
+    /// latest published follow-up.
+    pub incident_state: Option<FollowupKind>,
     /// When that follow-up was published (0: none yet).
     pub updated_at: UnixTime,
     /// When the incident happened (0: unknown).
@@ -140,6 +141,18 @@ const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.tit
      a.occurred_at, a.occurred_flags, a.urgent, a.ask_confirm,
      COALESCE((SELECT r.published_at FROM alerts r WHERE r.id = a.followup_of AND a.followup_of <> 0), 0)";
 
+/// A follow-up kind as the database keeps it: its name, or empty for none.
+/// Any other text is an error, never a silent "none".
+fn kind_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<FollowupKind>> {
+    let text: String = r.get(i)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    FollowupKind::parse(&text).map(Some).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("unknown follow-up kind {text:?}").into())
+    })
+}
+
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok(AlertRow {
         id: r.get(0)?,
@@ -156,8 +169,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         published_at: r.get(11)?,
         recipients: r.get(12)?,
         followup_of: Some(AlertId::new(r.get(13)?)).filter(|id| id.get() != 0),
-        followup_kind: r.get(14)?,
-        incident_state: r.get(15)?,
+        followup_kind: kind_column(r, 14)?,
+        incident_state: kind_column(r, 15)?,
         updated_at: r.get(16)?,
         occurred_at: r.get(17)?,
         occurred_flags: r.get(18)?,
@@ -308,7 +321,7 @@ impl Store {
                 a.is_test as i64,
                 now,
                 a.followup_of.map_or(0, AlertId::get),
-                a.followup_kind,
+                a.followup_kind.map_or("", FollowupKind::as_str),
                 a.occurred_at,
                 a.occurred_flags,
                 a.urgent as i64,
@@ -425,11 +438,12 @@ impl Store {
         if marked != 1 {
             return Ok(Published::Unusable);
         }
-        let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, String, String, i64, i64) = tx.query_row(
-            "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-        )?;
+        let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, Option<FollowupKind>, String, i64, i64) =
+            tx.query_row(
+                "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, kind_column(r, 3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )?;
         let ids = id_list(&split_ids(&districts));
         // The district a copy's 確認しました link counts under, fixed now so
         // the copy renders the same every time.
@@ -446,12 +460,12 @@ impl Store {
             let open = tx.execute(
                 "UPDATE alerts SET incident_state = ?1, updated_at = ?2
                  WHERE id = ?3 AND state = 'published' AND followup_of = 0 AND incident_state <> 'retracted'",
-                params![followup_kind, now, report],
+                params![followup_kind.map_or("", FollowupKind::as_str), now, report],
             )?;
             if open != 1 {
                 return Ok(Published::Unusable);
             }
-            if followup_kind == "retracted" {
+            if followup_kind == Some(FollowupKind::Retracted) {
                 // Stop what was not sent yet first (of the report and of its
                 // earlier follow-ups): those copies are never delivered, and
                 // their subscribers get no retraction either.
@@ -795,8 +809,8 @@ use mamoru_core::SubscriberId;
         store.publish_alert(PublishAuth::Direct(id), "test", at, at + 7200, "ans@x", "x").unwrap()
     }
 
-    fn followup(store: &Store, admin: AdminId, report: AlertId, kind: &str) -> AlertId {
-        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: Some(report), followup_kind: kind, ..NewAlert::new(admin, "cli") };
+    fn followup(store: &Store, admin: AdminId, report: AlertId, kind: FollowupKind) -> AlertId {
+        let a = NewAlert { admin, source: "cli", title: "t", text: "f", districts: &[1], followup_of: Some(report), followup_kind: Some(kind), ..NewAlert::new(admin, "cli") };
         match store.draft_alert(&a, T0, T0 + 3600, |id, _, _| mail(&addr("staff@city.test"), format!("preview.{id}@x"))).unwrap() {
             Drafted::Created { alert, .. } => alert,
             Drafted::Duplicate => panic!("created"),
@@ -823,29 +837,29 @@ use mamoru_core::SubscriberId;
         let c = store.find_subscriber(&addr("c@docomo.ne.jp")).unwrap().unwrap().id;
         store.conn().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [b]).unwrap();
         store.conn().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", [c]).unwrap();
-        let update = followup(&store, admin, report, "update");
+        let update = followup(&store, admin, report, FollowupKind::Update);
         assert_eq!(store.audience(&[], Some(report), "", false, T0).unwrap().domains.iter().map(|d| d.1).sum::<i64>(), 2);
         assert_eq!(publish(&store, update, T0 + 10), Published::Published { alert: update, recipients: 2 });
         assert_eq!(queued_subscribers(&store, update), vec![a, b]);
         let r = store.alert(report).unwrap().unwrap();
-        assert_eq!((r.incident_state.as_str(), r.updated_at), ("update", T0 + 10));
+        assert_eq!((r.incident_state, r.updated_at), (Some(FollowupKind::Update), T0 + 10));
         // The retraction stops the report's and the update's unsent copies,
         // and goes only to whoever may have seen the report.
-        let retract = followup(&store, admin, report, "retracted");
+        let retract = followup(&store, admin, report, FollowupKind::Retracted);
         assert_eq!(publish(&store, retract, T0 + 20), Published::Published { alert: retract, recipients: 1 });
         assert_eq!(queued_subscribers(&store, retract), vec![first]);
         assert!(queued_subscribers(&store, report).is_empty() && queued_subscribers(&store, update).is_empty());
         let progress = store.alert_progress(report).unwrap();
         assert_eq!(progress.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(), ["sent", "cancelled"], "{progress:?}");
-        assert_eq!(store.alert(report).unwrap().unwrap().incident_state, "retracted");
+        assert_eq!(store.alert(report).unwrap().unwrap().incident_state, Some(FollowupKind::Retracted));
         // 取消 is final.
-        let late = followup(&store, admin, report, "resolved");
+        let late = followup(&store, admin, report, FollowupKind::Resolved);
         assert_eq!(publish(&store, late, T0 + 30), Published::Unusable);
         // One entry per incident in the archive.
         let archive = store.archive(None, 0, 10).unwrap();
         assert_eq!(archive.iter().map(|r| r.id).collect::<Vec<_>>(), [report]);
-        let f: Vec<(AlertId, String)> = store.followups_of(&[report]).unwrap().into_iter().map(|r| (r.id, r.followup_kind)).collect();
-        assert_eq!(f, [(update, "update".to_string()), (retract, "retracted".to_string())]);
+        let f: Vec<_> = store.followups_of(&[report]).unwrap().into_iter().map(|r| (r.id, r.followup_kind)).collect();
+        assert_eq!(f, [(update, Some(FollowupKind::Update)), (retract, Some(FollowupKind::Retracted))]);
     }
 
     #[test]

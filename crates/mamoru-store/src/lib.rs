@@ -42,7 +42,7 @@ use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
-use states::SubscriberStatus;
+use states::{OutboxState, SubscriberStatus};
 
 pub use keys::Keys;
 
@@ -646,17 +646,16 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
         let mut c = OutboxCounts::default();
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, OutboxState>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
-            match state.as_str() {
-                "queued" => c.queued = n,
-                "sending" => c.sending = n,
-                "sent" => c.sent = n,
-                "failed" => c.failed = n,
-                "expired" => c.expired = n,
-                _ => {}
-            }
+            *match state {
+                OutboxState::Queued => &mut c.queued,
+                OutboxState::Sending => &mut c.sending,
+                OutboxState::Sent => &mut c.sent,
+                OutboxState::Failed => &mut c.failed,
+                OutboxState::Expired => &mut c.expired,
+            } = n;
         }
         Ok(c)
     }

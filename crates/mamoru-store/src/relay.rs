@@ -298,8 +298,8 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (id, outcome) in outcomes {
             match outcome {
-                OutcomeRecord::Sent => finish(&tx, *id, "sent", now, "")?,
-                OutcomeRecord::Failed { reason } => finish(&tx, *id, "failed", now, reason)?,
+                OutcomeRecord::Sent => finish(&tx, *id, OutboxState::Sent, now, "")?,
+                OutcomeRecord::Failed { reason } => finish(&tx, *id, OutboxState::Failed, now, reason)?,
                 OutcomeRecord::Retry { at, reason } => {
                     tx.prepare_cached(
                         "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0
@@ -308,7 +308,7 @@ impl Store {
                     .execute(params![at, reason, id])?;
                 }
                 OutcomeRecord::Undeliverable { reason } => {
-                    finish(&tx, *id, "failed", now, reason)?;
+                    finish(&tx, *id, OutboxState::Failed, now, reason)?;
                     let subscriber: Option<i64> = tx
                         .query_row("SELECT subscriber_id FROM outbox WHERE id = ?1", [id], |r| r.get(0))
                         .optional()?;
@@ -582,7 +582,7 @@ pub(crate) fn attach_alerts(
             .optional()?;
         match nonce.and_then(|n| Nonce::try_from(n).ok()) {
             Some(link_nonce) => out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce }))),
-            None => finish(tx, id, "failed", now, SUBSCRIBER_GONE)?,
+            None => finish(tx, id, OutboxState::Failed, now, SUBSCRIBER_GONE)?,
         }
     }
     Ok(out)
@@ -595,7 +595,7 @@ fn passes(filter: &DomainFilter, domain: &str) -> bool {
     }
 }
 
-fn finish(tx: &rusqlite::Transaction<'_>, id: OutboxId, state: &str, now: UnixTime, reason: &str) -> Result<()> {
+fn finish(tx: &rusqlite::Transaction<'_>, id: OutboxId, state: OutboxState, now: UnixTime, reason: &str) -> Result<()> {
     // Only a row still leased is finished: if its lease ran out and another
     // relay finished it meanwhile, the first answer stands.
     tx.prepare_cached(

@@ -67,7 +67,7 @@ impl<'a> Incident<'a> {
 
     /// `【解決】` while resolved, retracted or followed up; empty while open.
     fn mark(&self) -> String {
-        FollowupKind::parse(&self.report.incident_state).map(FollowupKind::mark).unwrap_or_default()
+        self.report.incident_state.map(FollowupKind::mark).unwrap_or_default()
     }
 
     /// The last change: the latest follow-up, or the report.
@@ -79,7 +79,7 @@ impl<'a> Incident<'a> {
     fn text(&self) -> String {
         let mut t = self.report.text.clone();
         for f in &self.followups {
-            let mark = FollowupKind::parse(&f.followup_kind).map(FollowupKind::mark).unwrap_or_default();
+            let mark = f.followup_kind.map(FollowupKind::mark).unwrap_or_default();
             t.push_str(&format!("\n\n{mark}{}\n{}", jst(f.published_at), f.text));
         }
         t
@@ -176,7 +176,7 @@ pub type Answer = (StatusCode, &'static str, String);
 
 /// `GET /alerts`, `/alerts.atom`, `/alerts/{ID}.atom`; `None` for other paths.
 pub async fn handle(web: std::sync::Arc<Web>, path: &str, query: Option<&str>) -> Option<Answer> {
-    let cfg = &web.cfg;
+    let cfg = &web.app.cfg;
     let (district, atom) = match path {
         "/alerts" => match district_param(cfg, query) {
             Ok(d) => (d, false),
@@ -192,9 +192,9 @@ pub async fn handle(web: std::sync::Arc<Web>, path: &str, query: Option<&str>) -
     let now = mamoru_core::now();
     let since = now - cfg.alerts.archive_days * 86_400;
     let read = crate::blocking(&web, "read the archive", move |w| {
-        let reports = w.store.archive(district, since, LIMIT)?;
+        let reports = w.app.store.archive(district, since, LIMIT)?;
         let ids: Vec<_> = reports.iter().map(|r| r.id).collect();
-        let followups = w.store.followups_of(&ids)?;
+        let followups = w.app.store.followups_of(&ids)?;
         Ok::<_, mamoru_store::StoreError>((reports, followups))
     });
     let Ok((reports, followups)) = read.await else {
@@ -239,8 +239,8 @@ mod tests {
             published_at: 1_795_000_000,
             recipients: 0,
             followup_of: None,
-            followup_kind: String::new(),
-            incident_state: String::new(),
+            followup_kind: None,
+            incident_state: None,
             updated_at: 0,
             occurred_at: 0,
             occurred_flags: 0,
@@ -320,12 +320,12 @@ for e in root.findall("a:entry", ns):
     fn a_followed_up_incident_is_one_entry_with_its_state_and_update_time() {
         let cfg = Config::default();
         let mut report = row(7, "不審者", "", "公園で声かけ");
-        report.incident_state = "resolved".into();
+        report.incident_state = Some(FollowupKind::Resolved);
         report.updated_at = 1_795_003_600;
         let mut update = row(8, "不審者", "", "男は立ち去りました");
-        (update.followup_of, update.followup_kind, update.published_at) = (Some(mamoru_core::AlertId::new(7)), "update".into(), 1_795_001_800);
+        (update.followup_of, update.followup_kind, update.published_at) = (Some(mamoru_core::AlertId::new(7)), Some(FollowupKind::Update), 1_795_001_800);
         let mut resolved = row(9, "不審者", "", "保護者の方でした");
-        (resolved.followup_of, resolved.followup_kind, resolved.published_at) = (Some(mamoru_core::AlertId::new(7)), "resolved".into(), 1_795_003_600);
+        (resolved.followup_of, resolved.followup_kind, resolved.published_at) = (Some(mamoru_core::AlertId::new(7)), Some(FollowupKind::Resolved), 1_795_003_600);
         let reports = [report];
         let followups = [update, resolved];
         let xml = feed(&cfg, None, &Incident::group(&reports, &followups), 1_795_009_999);

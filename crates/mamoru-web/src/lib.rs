@@ -50,9 +50,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mamoru_app::App;
-use mamoru_core::Config;
 use mamoru_core::conn_limit::{ConnectionLimits, RefusalLog};
-use mamoru_store::Store;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -64,9 +62,6 @@ pub struct Web {
     /// The use cases the pages call; they wake the relay when they queue
     /// mail.
     pub app: Arc<App>,
-    /// The same as `app.cfg` and `app.store`, for the pages' reads.
-    pub cfg: Arc<Config>,
-    pub store: Arc<Store>,
     /// Admin password checks in flight (`[web] max_password_checks`): each
     /// argon2id run holds 19 MiB, so they are bounded and one beyond the
     /// bound is refused at once, never queued.
@@ -76,8 +71,7 @@ pub struct Web {
 impl Web {
     pub fn new(app: Arc<App>) -> Self {
         let password_checks = Arc::new(Semaphore::new(app.cfg.web.max_password_checks));
-        let (cfg, store) = (app.cfg.clone(), app.store.clone());
-        Self { app, cfg, store, password_checks }
+        Self { app, password_checks }
     }
 }
 
@@ -149,10 +143,10 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> io::Result<A
 /// closes slow headers and idle keep-alive connections alike; a form body
 /// has its own time limit in the router, the TLS handshake its own here.
 async fn serve(listener: TcpListener, web: Arc<Web>, tls: Option<TlsAcceptor>, shutdown: CancellationToken) -> io::Result<()> {
-    let limits = ConnectionLimits::new(web.cfg.web.max_connections, web.cfg.web.max_connections_per_client);
-    let proxied = web.cfg.web.behind_tls_proxy;
+    let limits = ConnectionLimits::new(web.app.cfg.web.max_connections, web.app.cfg.web.max_connections_per_client);
+    let proxied = web.app.cfg.web.behind_tls_proxy;
     let mut refusals = RefusalLog::new(Duration::from_secs(10));
-    let header_timeout = Duration::from_secs(web.cfg.web.header_timeout_secs);
+    let header_timeout = Duration::from_secs(web.app.cfg.web.header_timeout_secs);
     let metrics = web.app.metrics().clone();
     let app = Arc::new(routes::App::new(web));
     let graceful = GracefulShutdown::new();

@@ -18,7 +18,7 @@ use maud::html;
 use crate::{Web, pages};
 
 fn preview_page(web: &Web, token: &str, row: &AlertRow) -> String {
-    let cfg = &web.cfg;
+    let cfg = &web.app.cfg;
     let content = content_of(&web.app, row);
     pages::document(cfg, "配信の確認", html! {
         h1 { @if row.is_test { "テスト配信の確認" } @else { "配信の確認" } }
@@ -49,8 +49,8 @@ pub fn stale_check(web: &Web, row: &AlertRow) -> maud::Markup {
 fn verify(web: &Web, token: &str, now: UnixTime) -> Result<mamoru_core::token::Claims, (StatusCode, String)> {
     match web.app.verify(token, Purpose::Publish, now) {
         Ok(c) => Ok(c),
-        Err(TokenError::Expired) => Err(gone(&web.cfg)),
-        Err(_) => Err((StatusCode::BAD_REQUEST, pages::message(&web.cfg, "リンクが正しくありません", &["メールのリンクをそのまま開いてください。"]))),
+        Err(TokenError::Expired) => Err(gone(&web.app.cfg)),
+        Err(_) => Err((StatusCode::BAD_REQUEST, pages::message(&web.app.cfg, "リンクが正しくありません", &["メールのリンクをそのまま開いてください。"]))),
     }
 }
 
@@ -71,8 +71,8 @@ pub async fn show(web: std::sync::Arc<Web>, token: String) -> (StatusCode, Strin
     };
     match crate::blocking(&web, "read an alert draft", move |w| w.app.publish_view(&claims, now)).await {
         Ok(Some(row)) => (StatusCode::OK, preview_page(&web, &token, &row)),
-        Ok(None) => gone(&web.cfg),
-        Err(crate::Busy) => busy(&web.cfg),
+        Ok(None) => gone(&web.app.cfg),
+        Err(crate::Busy) => busy(&web.app.cfg),
     }
 }
 
@@ -87,13 +87,13 @@ pub async fn post(web: std::sync::Arc<Web>, token: String, confirmed: bool) -> (
     match crate::blocking(&web, "publish an alert", move |w| w.app.publish_confirmed(Publisher::Link(&claims), confirmed, now)).await {
         Ok(Published::Published { recipients, .. }) => {
             let n = format!("{recipients}件のメールを配信キューに入れました。順に届きます。");
-            (StatusCode::OK, pages::message(&web.cfg, "配信しました", &[&n]))
+            (StatusCode::OK, pages::message(&web.app.cfg, "配信しました", &[&n]))
         }
-        Ok(Published::Unusable) => gone(&web.cfg),
+        Ok(Published::Unusable) => gone(&web.app.cfg),
         Ok(Published::StaleIncident) => {
             let why = "発生から時間がたっているお知らせです。リンクを開き直し、確認の欄に印を付けてから配信してください。";
-            (StatusCode::BAD_REQUEST, pages::message(&web.cfg, "まだ配信していません", &[why]))
+            (StatusCode::BAD_REQUEST, pages::message(&web.app.cfg, "まだ配信していません", &[why]))
         }
-        Err(crate::Busy) => busy(&web.cfg),
+        Err(crate::Busy) => busy(&web.app.cfg),
     }
 }

@@ -42,7 +42,7 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(web: Arc<Web>) -> Self {
-        let pages = StaticPages::new(&web.cfg);
+        let pages = StaticPages::new(&web.app.cfg);
         Self { web, pages }
     }
 
@@ -216,7 +216,7 @@ impl App {
         let Ok(addr) = EmailAddress::parse(&raw) else {
             let shown: String = raw.trim().chars().take(254).collect();
             let text = "メールアドレスの形式が正しくありません。確かめてもう一度入力してください。";
-            return self.html(StatusCode::BAD_REQUEST, pages::index(&self.web.cfg, Some(text), &shown));
+            return self.html(StatusCode::BAD_REQUEST, pages::index(&self.web.app.cfg, Some(text), &shown));
         };
         let client = crate::admin::client_key(&self.web, headers, peer, "register-web-client");
         let now = mamoru_core::now();
@@ -237,7 +237,7 @@ impl App {
             Err(resp) => return *resp,
         };
         match self.run("read a registration", move |app| app.registration_view(&claims, now)).await {
-            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.cfg, token, &view.districts, &view.prefs, None)),
+            Ok(Some(view)) => self.html(StatusCode::OK, pages::choose(&self.web.app.cfg, token, &view.districts, &view.prefs, None)),
             Ok(None) => self.link_gone(),
             Err(resp) => resp,
         }
@@ -256,7 +256,7 @@ impl App {
             Ok(body) => body,
             Err(resp) => return resp,
         };
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         // Shown again as posted when something was refused.
         let posted = form::districts(&body, cfg).unwrap_or_default();
         let refuse = |prefs: &Preferences, text: &str| self.html(StatusCode::BAD_REQUEST, pages::choose(cfg, token, &posted, prefs, Some(text)));

@@ -13,6 +13,7 @@ use mamoru_core::alert::FollowupKind;
 use mamoru_core::{AlertId, Config, EmailAddress, alert, password};
 use mamoru_store::admins::Admin;
 use mamoru_store::alerts::Published;
+use mamoru_store::states::AlertState;
 
 use crate::cli::{AdminCommand, AlertCommand, AlertFollowupArgs, AlertPostArgs, FollowupKindArg};
 use crate::setup;
@@ -178,13 +179,12 @@ fn alert_show(cfg: Config, id: AlertId) -> anyhow::Result<()> {
     let progress = store.alert_progress(id)?;
     let delivered = store.delivery_times(id)?;
     let mut out = std::io::stdout().lock();
-    let state = match (row.state.as_str(), row.incident_state.as_str()) {
-        ("published", "") => "published".to_string(),
-        ("published", s) => format!("published, {s}"),
-        (s, _) => s.to_string(),
+    let state = match (row.state, row.incident_state) {
+        (AlertState::Published, Some(s)) => format!("published, {}", s.as_str()),
+        (s, _) => s.as_str().to_string(),
     };
     writeln!(out, "alert {id}: {state}{}", if row.is_test { " (test)" } else { "" })?;
-    if let Some(kind) = FollowupKind::parse(&row.followup_kind) {
+    if let Some(kind) = row.followup_kind {
         writeln!(out, "follow-up: {} ({}) of alert {}", kind.as_str(), kind.label(), row.followup_of.map_or(0, AlertId::get))?;
     }
     writeln!(out, "title: {}", row.title)?;
@@ -212,7 +212,7 @@ fn alert_show(cfg: Config, id: AlertId) -> anyhow::Result<()> {
     }
     writeln!(out, "recipients: {}", row.recipients)?;
     for f in &followups {
-        let kind = FollowupKind::parse(&f.followup_kind).map_or("?", FollowupKind::as_str);
+        let kind = f.followup_kind.map_or("?", FollowupKind::as_str);
         writeln!(out, "follow-up {}: {kind}, published {}, {} recipients", f.id, when(f.published_at), f.recipients)?;
     }
     if !progress.is_empty() {

@@ -25,7 +25,7 @@ pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
     let since = mamoru_core::now() - BOUNCE_WINDOW_SECS;
     let week = mamoru_core::now() - UNFINISHED_WINDOW_SECS;
     let read = blocking(web, "read the dashboard", move |w| {
-        let s = &w.store;
+        let s = &w.app.store;
         let problems = (s.deferred()?, s.unfinished_registrations(week)?);
         Ok::<_, StoreError>((s.subscriber_counts()?, s.suspended_counts()?, s.bounce_stats(since)?, s.learned_limits()?, problems))
     });
@@ -34,18 +34,18 @@ pub(super) async fn dashboard(web: &Arc<Web>, me: Me<'_>) -> Answer {
         Err(a) => return a,
     };
     let d = Dashboard { counts: &counts, suspended: &suspended, bounces: &bounces, learned: &learned, deferred: &deferred, unfinished: &unfinished };
-    page(StatusCode::OK, pages::dashboard(&web.cfg, me, &d))
+    page(StatusCode::OK, pages::dashboard(&web.app.cfg, me, &d))
 }
 
 /// `GET /admin/compose`.
 pub(super) fn compose_form(web: &Web, me: Me<'_>) -> Answer {
     let empty = Compose { title: "", kind: "", text: "", occurred: "", checked: &[], test: false, confirm: false, urgent: false };
-    page(StatusCode::OK, pages::compose(&web.cfg, me, None, &empty))
+    page(StatusCode::OK, pages::compose(&web.app.cfg, me, None, &empty))
 }
 
 /// `POST /admin/compose`: a draft and its preview mail.
 pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     let title = form::value(body, "title").unwrap_or_default().to_string();
     let kind = form::value(body, "kind").unwrap_or_default().to_string();
     let text = form::value(body, "text").unwrap_or_default().to_string();
@@ -79,21 +79,21 @@ pub(super) async fn compose(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -
 
 /// `GET /admin/alerts/{id}`.
 pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answer {
-    let cfg = &web.cfg;
+    let cfg = &web.app.cfg;
     let read = blocking(web, "read an alert", move |w| {
-        let row = w.store.alert(id)?;
-        let progress = w.store.alert_progress(id)?;
-        let delivered = w.store.delivery_times(id)?;
+        let row = w.app.store.alert(id)?;
+        let progress = w.app.store.alert_progress(id)?;
+        let delivered = w.app.store.delivery_times(id)?;
         let counts = match &row {
-            Some(r) if r.state == AlertState::Draft => w.store.audience(&r.districts, r.followup_of, &r.kind, r.urgent, mamoru_core::now())?,
+            Some(r) if r.state == AlertState::Draft => w.app.store.audience(&r.districts, r.followup_of, &r.kind, r.urgent, mamoru_core::now())?,
             _ => Default::default(),
         };
         let followups = match &row {
-            Some(r) if r.followup_of.is_none() => w.store.followups_of(&[r.id])?,
+            Some(r) if r.followup_of.is_none() => w.app.store.followups_of(&[r.id])?,
             _ => vec![],
         };
         let confirms = match &row {
-            Some(r) if r.ask_confirm => w.store.confirm_table(id)?,
+            Some(r) if r.ask_confirm => w.app.store.confirm_table(id)?,
             _ => vec![],
         };
         Ok::<_, StoreError>((row, progress, counts, followups, delivered, confirms))
@@ -110,7 +110,7 @@ pub(super) async fn show_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId) -> Answe
 
 /// `POST /admin/alerts/{id}/publish`.
 pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
-    let cfg = &web.cfg;
+    let cfg = &web.app.cfg;
     let admin = me.0.clone();
     let confirmed = form::value(body, "stale").is_some();
     // Only the author publishes a draft from the panel.
@@ -128,7 +128,7 @@ pub(super) async fn publish_alert(web: &Arc<Web>, me: Me<'_>, id: AlertId, body:
 /// `POST /admin/alerts/{id}/followup`: a 続報, 解決 or 取消 of a published
 /// report, drafted and previewed like a first report.
 pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8], now: i64) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     let Some(kind) = form::value(body, "kind").and_then(|k| FollowupKind::parse(&k)) else {
         return message(&cfg, StatusCode::BAD_REQUEST, "続報を受け付けられません", "種類（続報・解決・取消）を選んでください。");
     };
@@ -144,18 +144,18 @@ pub(super) async fn followup(web: &Arc<Web>, me: Me<'_>, id: AlertId, body: &[u8
 
 /// `GET /admin/alerts`.
 pub(super) async fn history(web: &Arc<Web>, me: Me<'_>) -> Answer {
-    match blocking(web, "read the alert history", |w| w.store.recent_alerts(100)).await {
-        Ok(rows) => page(StatusCode::OK, pages::history(&web.cfg, me, &rows)),
+    match blocking(web, "read the alert history", |w| w.app.store.recent_alerts(100)).await {
+        Ok(rows) => page(StatusCode::OK, pages::history(&web.app.cfg, me, &rows)),
         Err(a) => a,
     }
 }
 
 /// `GET /admin/admins`, and the answer to its forms with `notice`.
 pub(super) async fn admins(web: &Arc<Web>, me: Me<'_>, notice: Option<Result<String, String>>, status: StatusCode) -> Answer {
-    match blocking(web, "list the admins", |w| w.store.list_admins()).await {
+    match blocking(web, "list the admins", |w| w.app.store.list_admins()).await {
         Ok(list) => {
             let notice = notice.as_ref().map(|n| n.as_deref().map_err(String::as_str));
-            page(status, pages::admins(&web.cfg, me, &list, notice))
+            page(status, pages::admins(&web.app.cfg, me, &list, notice))
         }
         Err(a) => a,
     }
@@ -163,7 +163,7 @@ pub(super) async fn admins(web: &Arc<Web>, me: Me<'_>, notice: Option<Result<Str
 
 /// `POST /admin/admins/add`.
 pub(super) async fn add_admin(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     if !me.0.can_manage_admins() {
         return message(&cfg, StatusCode::FORBIDDEN, "操作を受け付けられません", "管理者の追加は全地区の管理者が行います。");
     }
@@ -208,7 +208,7 @@ fn refusal(why: &Refusal) -> String {
 
 /// `POST /admin/admins/disable` and `/admin/admins/enable`.
 pub(super) async fn set_admin_active(web: &Arc<Web>, me: Me<'_>, body: &[u8], now: i64, enable: bool) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     let verb = if enable { "再開" } else { "停止" };
     if !me.0.can_manage_admins() {
         let why = format!("管理者の{verb}は全地区の管理者が行います。");
@@ -237,14 +237,14 @@ pub(super) async fn set_admin_active(web: &Arc<Web>, me: Me<'_>, body: &[u8], no
 
 /// `GET /admin/password`.
 pub(super) fn password_form(web: &Web, me: Me<'_>) -> Answer {
-    page(StatusCode::OK, pages::password(&web.cfg, me, None))
+    page(StatusCode::OK, pages::password(&web.app.cfg, me, None))
 }
 
 /// `POST /admin/password`: the admin's own password; the current one is
 /// asked again, so a session left open on a shared PC cannot take the
 /// account over. Other sessions of this admin end; this one stays.
 pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid: [u8; 32], client: [u8; 32], now: i64) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     let current = form::value(body, "current").unwrap_or_default().to_string();
     let new = form::value(body, "new").unwrap_or_default().to_string();
     let again = form::value(body, "again").unwrap_or_default().to_string();
@@ -275,8 +275,8 @@ pub(super) async fn change_password(web: &Arc<Web>, me: Me<'_>, body: &[u8], sid
 
 /// `GET /admin/audit`.
 pub(super) async fn audit(web: &Arc<Web>, me: Me<'_>) -> Answer {
-    match blocking(web, "read the audit log", |w| w.store.audit_log(200)).await {
-        Ok(log) => page(StatusCode::OK, pages::audit(&web.cfg, me, &log)),
+    match blocking(web, "read the audit log", |w| w.app.store.audit_log(200)).await {
+        Ok(log) => page(StatusCode::OK, pages::audit(&web.app.cfg, me, &log)),
         Err(a) => a,
     }
 }

@@ -90,7 +90,7 @@ fn checks_busy(cfg: &Config) -> Answer {
 
 fn random(web: &Web, n: usize) -> Option<Vec<u8>> {
     let mut b = vec![0u8; n];
-    web.store.sealer().random(&mut b).ok()?;
+    web.app.store.sealer().random(&mut b).ok()?;
     Some(b)
 }
 
@@ -100,12 +100,12 @@ async fn blocking<T: Send + 'static, E: Into<mamoru_app::Error>>(
     what: &'static str,
     f: impl FnOnce(&Web) -> Result<T, E> + Send + 'static,
 ) -> Result<T, Answer> {
-    crate::blocking(web, what, f).await.map_err(|crate::Busy| busy(&web.cfg))
+    crate::blocking(web, what, f).await.map_err(|crate::Busy| busy(&web.app.cfg))
 }
 
 /// Entry point from the router for every `/admin` path.
 pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &HeaderMap, body: Bytes, peer: SocketAddr) -> Answer {
-    let cfg = web.cfg.clone();
+    let cfg = web.app.cfg.clone();
     if !peer.ip().is_loopback() && !cfg.web.behind_tls_proxy && !cfg.web_tls() {
         return message(&cfg, StatusCode::FORBIDDEN, "管理画面は使えません", "暗号化された接続（HTTPS）からのみ使えます。");
     }
@@ -121,7 +121,7 @@ pub async fn handle(web: Arc<Web>, method: &Method, path: &str, headers: &Header
     }
     let Some(sid) = session::session_id(headers) else { return redirect("/admin/login") };
     let idle = cfg.web.admin_idle_secs;
-    let session = match blocking(&web, "read an admin session", move |w| w.store.session(&sid, now, idle)).await {
+    let session = match blocking(&web, "read an admin session", move |w| w.app.store.session(&sid, now, idle)).await {
         Ok(s) => s,
         Err(a) => return a,
     };

@@ -284,8 +284,8 @@ fn timeline(row: &AlertRow, delivered: &[(String, i64, i64)]) -> Markup {
 
 /// What the history and an alert's page say about its state.
 fn state_label(r: &AlertRow) -> String {
-    let kind = FollowupKind::parse(&r.followup_kind);
-    match (r.state, kind, FollowupKind::parse(&r.incident_state)) {
+    let kind = r.followup_kind;
+    match (r.state, kind, r.incident_state) {
         (AlertState::Published, Some(k), _) => format!("{}配信済", k.mark()),
         (AlertState::Published, None, Some(k)) => format!("配信済・{}", k.label()),
         (AlertState::Published, None, None) => "配信済".into(),
@@ -332,13 +332,13 @@ pub(super) fn alert(cfg: &Config, me: Me<'_>, v: &AlertView<'_>) -> String {
             ul {
                 @for f in v.followups {
                     li {
-                        a href={ "/admin/alerts/" (f.id) } { (FollowupKind::parse(&f.followup_kind).map(FollowupKind::mark).unwrap_or_default()) }
+                        a href={ "/admin/alerts/" (f.id) } { (f.followup_kind.map(FollowupKind::mark).unwrap_or_default()) }
                         " " (jst(f.published_at)) " ／ " (f.recipients) "件"
                     }
                 }
             }
         }
-        @if row.state == AlertState::Published && row.followup_of.is_none() && row.incident_state != "retracted" {
+        @if row.state == AlertState::Published && row.followup_of.is_none() && row.incident_state != Some(FollowupKind::Retracted) {
             h2 { "続報・解決・取消を送る" }
             p { "このお知らせを受け取った方に、返信の形で届きます。取消は、まだ送っていない分を止めてから送ります。" }
             form method="post" action={ "/admin/alerts/" (row.id) "/followup" } {

@@ -50,7 +50,7 @@ pub(super) fn csrf_matches(sent: &str, expected: &str) -> bool {
 /// whole), as a hash keyed for `context`.
 pub(crate) fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr, context: &str) -> [u8; 32] {
     let mut ip = peer.ip();
-    if web.cfg.web.behind_tls_proxy {
+    if web.app.cfg.web.behind_tls_proxy {
         // The proxy appends the address it saw last; anything left of it
         // came from the client and proves nothing.
         let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).next_back();
@@ -65,12 +65,12 @@ pub(crate) fn client_key(web: &Web, headers: &HeaderMap, peer: SocketAddr, conte
             None => v6.octets()[..8].to_vec(),
         },
     };
-    web.store.sealer().keyed_index(context, &bytes)
+    web.app.store.sealer().keyed_index(context, &bytes)
 }
 
 /// `POST /admin/login`.
 pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answer {
-    let cfg = &web.cfg;
+    let cfg = &web.app.cfg;
     let login = form::value(body, "login").unwrap_or_default().trim().to_string();
     let pw = form::value(body, "password").unwrap_or_default().to_string();
     let now = mamoru_core::now();
@@ -84,20 +84,20 @@ pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answ
         // The attempt is counted before the password is checked, in one
         // atomic step: concurrent guesses cannot all pass a check that
         // only later counts them.
-        if !w.store.take_login_attempt(&l, &client, now)? {
+        if !w.app.store.take_login_attempt(&l, &client, now)? {
             w.app.metrics().rate_limited("admin-login");
             return Ok::<_, mamoru_store::StoreError>(Err(true));
         }
-        let creds = w.store.admin_credentials(&l)?;
+        let creds = w.app.store.admin_credentials(&l)?;
         let hash = creds.as_ref().map_or(password::dummy_hash(), |(_, h)| h.as_str());
         let ok = password::verify(&pw, hash);
         match creds {
             Some((admin, _)) if ok && admin.active => {
-                w.store.login_attempt_succeeded(&l, &client, now)?;
+                w.app.store.login_attempt_succeeded(&l, &client, now)?;
                 Ok(Ok(admin))
             }
             _ => {
-                w.store.record_login_failure(&l, now)?;
+                w.app.store.record_login_failure(&l, now)?;
                 Ok(Err(false))
             }
         }
@@ -122,7 +122,7 @@ pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answ
         Err(_) => return busy(cfg),
     };
     let csrf: String = csrf.iter().map(|b| format!("{b:02x}")).collect();
-    if let Err(a) = blocking(web, "create an admin session", move |w| w.store.create_session(&admin, &hash, &csrf, now)).await {
+    if let Err(a) = blocking(web, "create an admin session", move |w| w.app.store.create_session(&admin, &hash, &csrf, now)).await {
         return a;
     }
     let mut a = redirect("/admin");
@@ -136,7 +136,7 @@ pub(super) async fn login(web: &Arc<Web>, body: &[u8], client: [u8; 32]) -> Answ
 /// `POST /admin/logout`: ends the session and clears the cookie.
 pub(super) async fn logout(web: &Arc<Web>, sid: [u8; 32], login: &str, now: i64) -> Answer {
     let actor = format!("admin:{login}");
-    let _ = blocking(web, "end an admin session", move |w| w.store.delete_session(&sid, &actor, now)).await;
+    let _ = blocking(web, "end an admin session", move |w| w.app.store.delete_session(&sid, &actor, now)).await;
     let mut a = redirect("/admin/login");
     a.headers.push((header::SET_COOKIE, format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")));
     a

@@ -11,7 +11,7 @@ use crate::pages::confirm;
 impl App {
     fn confirm_claims(&self, token: &str) -> Result<Claims, Box<Resp>> {
         let now = mamoru_core::now();
-        self.web.app.verify(token, Purpose::Confirm, now).map_err(|_| Box::new(self.html(StatusCode::GONE, confirm::closed(&self.web.cfg))))
+        self.web.app.verify(token, Purpose::Confirm, now).map_err(|_| Box::new(self.html(StatusCode::GONE, confirm::closed(&self.web.app.cfg))))
     }
 
     /// `GET /k/{token}`: the button. Changes nothing.
@@ -21,8 +21,8 @@ impl App {
             Err(resp) => return *resp,
         };
         match self.run("read an alert to confirm", move |app| app.confirm_view(&claims)).await {
-            Ok(Some(title)) => self.html(StatusCode::OK, confirm::confirm(&self.web.cfg, token, &title)),
-            Ok(None) => self.html(StatusCode::GONE, confirm::closed(&self.web.cfg)),
+            Ok(Some(title)) => self.html(StatusCode::OK, confirm::confirm(&self.web.app.cfg, token, &title)),
+            Ok(None) => self.html(StatusCode::GONE, confirm::closed(&self.web.app.cfg)),
             Err(resp) => resp,
         }
     }
@@ -38,8 +38,8 @@ impl App {
         }
         let now = mamoru_core::now();
         match self.run("count a confirmation", move |app| app.confirm(&claims, now)).await {
-            Ok(Confirmed::Counted | Confirmed::AlreadyCounted) => self.html(StatusCode::OK, confirm::confirmed(&self.web.cfg)),
-            Ok(Confirmed::Closed) => self.html(StatusCode::GONE, confirm::closed(&self.web.cfg)),
+            Ok(Confirmed::Counted | Confirmed::AlreadyCounted) => self.html(StatusCode::OK, confirm::confirmed(&self.web.app.cfg)),
+            Ok(Confirmed::Closed) => self.html(StatusCode::GONE, confirm::closed(&self.web.app.cfg)),
             Err(resp) => resp,
         }
     }

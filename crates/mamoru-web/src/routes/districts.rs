@@ -7,7 +7,7 @@ use crate::pages;
 
 impl App {
     pub(super) fn districts(&self, rest: &str) -> Resp {
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         if rest.is_empty() {
             return self.html(StatusCode::OK, pages::districts::list(cfg));
         }

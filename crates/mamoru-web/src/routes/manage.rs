@@ -26,7 +26,7 @@ impl App {
         };
         match self.run("read a registration to manage", move |app| app.manage_view(&claims, now)).await {
             Ok(Some(view)) => {
-                let cfg = &self.web.cfg;
+                let cfg = &self.web.app.cfg;
                 let page = match purpose {
                     Purpose::Unsubscribe => pages::manage::unsubscribe_confirm(cfg, token),
                     _ => {
@@ -58,7 +58,7 @@ impl App {
             Ok(body) => body,
             Err(resp) => return resp,
         };
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         match form::value(&body, "action").as_deref() {
             Some("delete") => self.delete(claims, now, true).await,
             Some("test") => self.test_for_subscriber(claims, now).await,
@@ -101,7 +101,7 @@ impl App {
         let (chosen, saved) = (ids.clone(), prefs.clone());
         match self.run("change districts", move |app| app.change_districts(&claims, &chosen, &saved, now)).await {
             Ok(ManageOutcome::Done { .. }) => {
-                self.html(StatusCode::OK, pages::manage::changed(&self.web.cfg, &self.web.app.districts(&ids), &prefs))
+                self.html(StatusCode::OK, pages::manage::changed(&self.web.app.cfg, &self.web.app.districts(&ids), &prefs))
             }
             Ok(ManageOutcome::TokenUnusable) => self.page(StatusCode::GONE, &self.pages.manage_gone),
             Err(resp) => resp,

@@ -27,7 +27,7 @@ impl App {
         let raw = form::value(&body, "address").unwrap_or_default();
         let Ok(addr) = EmailAddress::parse(&raw) else {
             let text = "メールアドレスの形式が正しくありません。確かめてもう一度入力してください。";
-            return self.html(StatusCode::BAD_REQUEST, reception::test_refused(&self.web.cfg, text));
+            return self.html(StatusCode::BAD_REQUEST, reception::test_refused(&self.web.app.cfg, text));
         };
         let client = crate::admin::client_key(&self.web, headers, peer, "reception-web-client");
         let now = mamoru_core::now();
@@ -42,7 +42,7 @@ impl App {
     }
 
     fn test_answer(&self, outcome: Result<TestOutcome, Resp>) -> Resp {
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         match outcome {
             // 303: the browser GETs the waiting page, whose reloads repeat nothing.
             Ok(TestOutcome::Queued { waiting }) => {
@@ -75,7 +75,7 @@ impl App {
     }
 
     fn gone(&self) -> Resp {
-        self.html(StatusCode::GONE, reception::test_gone(&self.web.cfg))
+        self.html(StatusCode::GONE, reception::test_gone(&self.web.app.cfg))
     }
 
     /// `GET /w/{token}`: the waiting page. Changes nothing.
@@ -86,7 +86,7 @@ impl App {
             Err(resp) => return *resp,
         };
         match self.run("read a reception test", move |app| app.test_status(&claims, now)).await {
-            Ok(Some(status)) => self.html(StatusCode::OK, reception::waiting(&self.web.cfg, token, status)),
+            Ok(Some(status)) => self.html(StatusCode::OK, reception::waiting(&self.web.app.cfg, token, status)),
             Ok(None) => self.gone(),
             Err(resp) => resp,
         }
@@ -100,7 +100,7 @@ impl App {
             Err(resp) => return *resp,
         };
         match self.run("read a reception test", move |app| app.test_view(&claims, now)).await {
-            Ok(Some(v)) => self.html(StatusCode::OK, reception::arrived_confirm(&self.web.cfg, token, v.arrived_at > 0)),
+            Ok(Some(v)) => self.html(StatusCode::OK, reception::arrived_confirm(&self.web.app.cfg, token, v.arrived_at > 0)),
             Ok(None) => self.gone(),
             Err(resp) => resp,
         }
@@ -117,7 +117,7 @@ impl App {
             return resp;
         }
         match self.run("confirm a reception test", move |app| app.mark_test_arrived(&claims, now)).await {
-            Ok(Some(_)) => self.html(StatusCode::OK, reception::arrived_done(&self.web.cfg)),
+            Ok(Some(_)) => self.html(StatusCode::OK, reception::arrived_done(&self.web.app.cfg)),
             Ok(None) => self.gone(),
             Err(resp) => resp,
         }
@@ -125,7 +125,7 @@ impl App {
 
     /// `/help/` and `/help/{slug}`.
     pub(super) fn help(&self, slug: &str) -> Resp {
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         if slug.is_empty() {
             return self.html(StatusCode::OK, reception::help_index(cfg));
         }

@@ -73,7 +73,7 @@ fn addr(s: &str) -> EmailAddress {
 
 impl Server {
     fn store(&self) -> &Store {
-        &self.web.store
+        &self.web.app.store
     }
 
     fn tokens(&self) -> TokenKey {
@@ -82,7 +82,7 @@ impl Server {
 
     /// A 登録受付 through the store API, as ingest does it; returns the token.
     fn request_token(&self, a: &EmailAddress, at: UnixTime) -> String {
-        let cfg = &self.web.cfg;
+        let cfg = &self.web.app.cfg;
         let limits = RegistrationLimits::from(&cfg.limits);
         let expires_at = at + cfg.tokens.register_ttl_secs;
         let mut token = None;
@@ -229,7 +229,7 @@ async fn full_registration_flow() {
     assert_eq!(checked_districts(html), 0, "a new registration has no district pre-checked");
     assert!(html.contains(&format!("<form method=\"post\" action=\"{path}\">")), "{html}");
     assert!(html.contains("登録する</button>"));
-    for d in &srv.web.cfg.districts {
+    for d in &srv.web.app.cfg.districts {
         assert!(html.contains(&format!("value=\"{}\">{}</label>", d.id, d.name)), "{}", d.name);
     }
 
@@ -378,7 +378,7 @@ async fn refused_preferences_keep_the_ticks_and_a_good_choice_is_saved_on_both_p
     let a = addr("careful@au.com");
     let token = srv.request_token(&a, now());
     let path = format!("/r/{token}");
-    let kinds = &srv.web.cfg.alerts.kinds;
+    let kinds = &srv.web.app.cfg.alerts.kinds;
     // 不審者情報 ticked, a kind that is not configured, and その他 unticked.
     let ticks = format!("prefs=1&kind={}&kind={}&kind=%3Cb%3E", enc(&kinds[0]), enc(&kinds[1]));
     for (quiet, message) in [
@@ -430,7 +430,7 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     let t = srv.request_token(&known, now() - 3600);
     let claims = srv.tokens().verify(&t, Purpose::Register, now()).unwrap();
     let done = srv.store().complete_registration(&claims, &[1], &Default::default(), now() - 3600, now(), |to, _| {
-        mail::registration_completed(&srv.web.cfg, to, &[], "", now(), mail::message_id(&[7; 12], &srv.web.cfg))
+        mail::registration_completed(&srv.web.app.cfg, to, &[], "", now(), mail::message_id(&[7; 12], &srv.web.app.cfg))
     });
     assert!(matches!(done.unwrap(), Completion::Completed { .. }));
     let queued = |n| assert_eq!(srv.store().outbox_counts().unwrap().queued, n);
@@ -694,7 +694,7 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     assert!(r.text().contains("登録受付メールを送りました"));
     timeout(WAIT, srv.task).await.expect("run returns").unwrap().unwrap();
     assert!(TcpStream::connect(srv.addr).await.is_err(), "no longer accepting");
-    assert_eq!(srv.web.store.outbox_counts().unwrap().queued, 1);
+    assert_eq!(srv.web.app.store.outbox_counts().unwrap().queued, 1);
 }
 
 /// The admin panel refuses clients other than loopback unless a TLS proxy is
@@ -711,9 +711,9 @@ async fn the_admin_panel_refuses_remote_clients_without_tls() {
     let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let a = mamoru_web::admin::handle(server.web.clone(), &get, "/admin/login", &headers, body.clone(), local).await;
     assert_eq!(a.status, 200);
-    let mut cfg = (*server.web.cfg).clone();
+    let mut cfg = (*server.web.app.cfg).clone();
     cfg.web.behind_tls_proxy = true;
-    let proxied = Arc::new(Web::new(Arc::new(App::new(Arc::new(cfg), server.web.store.clone(), server.keys.token_key()))));
+    let proxied = Arc::new(Web::new(Arc::new(App::new(Arc::new(cfg), server.web.app.store.clone(), server.keys.token_key()))));
     let a = mamoru_web::admin::handle(proxied, &get, "/admin/login", &headers, body, remote).await;
     assert_eq!(a.status, 200);
     assert!(a.headers.iter().any(|(k, _)| k == hyper::header::STRICT_TRANSPORT_SECURITY));
@@ -724,7 +724,7 @@ fn publish_alert(srv: &Server, title: &str, text: &str) -> mamoru_core::AlertId 
     use mamoru_store::admins::AdminAdded;
     use mamoru_store::alerts::{Drafted, NewAlert, Published};
     let store = srv.store();
-    let cfg = &srv.web.cfg;
+    let cfg = &srv.web.app.cfg;
     let staff = addr("staff@mamoru.test");
     let admin = match store.add_admin("chuo", &staff, "$argon2id$unused", &[], "test", now()).unwrap() {
         AdminAdded::Added(a) => a,
