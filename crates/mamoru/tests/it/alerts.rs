@@ -799,9 +799,17 @@ fn the_incident_time_is_in_the_mail_and_alert_show_records_incident_publication_
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm-stale"));
     let ok = post_old(&["--yes", "--confirm-stale"]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("published to 1 subscribers"), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(post_old(&[]).status.success());
+    let drafted = post_old(&[]);
+    assert!(drafted.status.success());
+    // The refused and the confirmed post were drafted too, each with its own
+    // preview: wait for this draft's, by its Message-ID.
+    let drafted = String::from_utf8_lossy(&drafted.stdout).into_owned();
+    let old_id = drafted.strip_prefix("alert ").and_then(|r| r.split(':').next()).expect("alert id").to_string();
     let preview = wait_for("the preview of the old incident", T, || {
-        inst.mail_files().into_iter().map(|p| parse_mail(&std::fs::read(p).unwrap())).filter(|m| m.subject.contains("配信の確認") && m.subject.contains("古い件")).last()
+        inst.mail_files()
+            .into_iter()
+            .map(|p| parse_mail(&std::fs::read(p).unwrap()))
+            .find(|m| m.subject.contains("配信の確認") && m.message_id.contains(&format!("preview.{old_id}.")))
     });
     let path = publish_path(&preview.body);
     let page = http(server.http, "GET", &path, None);
