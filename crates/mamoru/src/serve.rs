@@ -120,6 +120,7 @@ pub fn imap_watcher(
         max_message_bytes: cfg.ingest.max_message_bytes,
         max_header_bytes: mamoru_ingest::registrar::MAX_HEADER_BYTES,
         tls,
+        unmoved: Default::default(),
     }))
 }
 

@@ -9,14 +9,17 @@
 //! returned — the store committed — `UID MOVE` (or `COPY`, `\Deleted`,
 //! `UID EXPUNGE`) to the folder of its disposition. A transient disposition
 //! leaves the message and ends the session; the watcher reconnects after a
-//! back-off. Between scans it waits in IDLE, renewed every `idle_secs`, with
+//! back-off. So does a failed move (the server over quota, the connection
+//! lost), but the watcher remembers the message's disposition ([`Unmoved`]):
+//! the next session moves it without handling it again. Between scans it waits in IDLE, renewed every `idle_secs`, with
 //! a full scan every `scan_secs`.
 //!
 //! Errors are [`ImapError`]: fixed phrases and the server's response code
 //! (`[AUTHENTICATIONFAILED]`), never the server's text or the login, which
 //! may hold an address.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_imap::extensions::idle::IdleResponse;
@@ -167,17 +170,56 @@ pub struct Watcher<D: Deliver> {
     pub max_message_bytes: u64,
     pub max_header_bytes: usize,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Messages handled whose move failed; `Default::default()`.
+    pub unmoved: Mutex<Unmoved>,
+}
+
+/// Messages whose handling is committed but whose move failed, by UID,
+/// under the one UIDVALIDITY they were handled in. The next session moves
+/// them to the folder decided then instead of handling them again: a
+/// registration retried after its cooldown would be answered a second time,
+/// and a server over quota can refuse the move for longer than that. Kept
+/// in memory only: after a restart the message is handled again, which the
+/// registration cooldown, bounce and alert source keys make harmless within
+/// the cooldown.
+#[derive(Debug, Default)]
+pub struct Unmoved {
+    uid_validity: u32,
+    by_uid: HashMap<u32, Disposition>,
+}
+
+impl Unmoved {
+    /// The mailbox was selected with `uid_validity`: what was remembered
+    /// under another one names other messages.
+    fn selected(&mut self, uid_validity: u32) {
+        if self.uid_validity != uid_validity {
+            self.by_uid.clear();
+            self.uid_validity = uid_validity;
+        }
+    }
+
+    /// Keeps only the UIDs a full scan found (one moved by a command whose
+    /// answer was lost is gone).
+    fn retain(&mut self, found: &[(u32, Option<u32>)]) {
+        self.by_uid.retain(|uid, _| found.iter().any(|(u, _)| u == uid));
+    }
 }
 
 /// What a session reports back to the watcher loop.
 struct Progress {
-    /// The mailbox was selected: the next failure starts the back-off anew.
-    selected: bool,
+    /// A scan ran to its end or a message was moved: the next failure
+    /// starts the back-off anew. A session that logs in and fails on the
+    /// same message each time (a move refused over quota) keeps doubling it.
+    settled: bool,
 }
 
 impl<D: Deliver> Watcher<D> {
     fn label(&self) -> &str {
         self.mailbox.label()
+    }
+
+    fn unmoved(&self) -> MutexGuard<'_, Unmoved> {
+        self.unmoved.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> T + Send + 'static) -> Result<T, ImapError> {
@@ -196,15 +238,15 @@ impl<D: Deliver> Watcher<D> {
 
     /// `mamoru serve`: watches until `shutdown`, reconnecting after each
     /// failure with a doubling back-off (1 s to 5 min; reset once a session
-    /// selected the mailbox). Never returns an error: every failure is a
+    /// finished a scan or moved a message). Never returns an error: every failure is a
     /// log line, a state in `mamoru queue` and a retry.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_FIRST;
         loop {
             self.set_state(WatchState::Connecting, String::new(), 0).await;
-            let mut progress = Progress { selected: false };
+            let mut progress = Progress { settled: false };
             let result = self.session(Mode::Watch, &shutdown, &mut progress).await;
-            if progress.selected {
+            if progress.settled {
                 backoff = BACKOFF_FIRST;
             }
             match result {
@@ -225,7 +267,7 @@ impl<D: Deliver> Watcher<D> {
     /// `mamoru ingest --imap-once`: one session that handles what is in the
     /// mailbox and logs out.
     pub async fn once(&self, shutdown: &CancellationToken) -> Result<(), ImapError> {
-        let mut progress = Progress { selected: false };
+        let mut progress = Progress { settled: false };
         let r = self.session(Mode::Once, shutdown, &mut progress).await;
         match &r {
             Ok(()) => self.set_state(WatchState::Idle, String::new(), 0).await,
@@ -285,7 +327,7 @@ impl<D: Deliver> Watcher<D> {
         if changed {
             tracing::warn!(mailbox = self.label(), "UIDVALIDITY changed (mailbox recreated?): scanning it again from the start");
         }
-        progress.selected = true;
+        self.unmoved().selected(validity);
         tracing::info!(mailbox = self.label(), mv = caps.mv, idle = caps.idle, "IMAP mailbox selected");
 
         // What the server announced outside a command's own answer: an
@@ -298,13 +340,14 @@ impl<D: Deliver> Watcher<D> {
             let mut from = if full { 1 } else { last + 1 };
             loop {
                 while announced.try_recv().is_ok() {}
-                let (new_last, handled) = self.scan(&mut s, caps, from, last, shutdown).await?;
+                let (new_last, handled) = self.scan(&mut s, caps, from, last, shutdown, progress).await?;
                 last = new_last;
                 if handled == 0 || shutdown.is_cancelled() {
                     break;
                 }
                 from = last + 1;
             }
+            progress.settled = true;
             if full {
                 next_full = Instant::now() + Duration::from_secs(m.scan_secs);
             }
@@ -359,6 +402,7 @@ impl<D: Deliver> Watcher<D> {
         from: u32,
         mut last: u32,
         shutdown: &CancellationToken,
+        progress: &mut Progress,
     ) -> Result<(u32, usize), ImapError> {
         let fetches = within(async { s.uid_fetch(format!("{from}:*"), "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await })
             .await?
@@ -367,30 +411,40 @@ impl<D: Deliver> Watcher<D> {
         let mut found: Vec<(u32, Option<u32>)> = fetches.iter().filter_map(|f| Some((f.uid?, f.size))).filter(|(u, _)| *u >= from).collect();
         found.sort_unstable();
         found.dedup_by_key(|(u, _)| *u);
+        if from == 1 {
+            self.unmoved().retain(&found);
+        }
         let n = found.len();
         for (uid, size) in found {
             if shutdown.is_cancelled() {
                 break;
             }
-            let disposition = match decide::before_fetch(size, self.max_message_bytes) {
-                Step::Drop(d) => {
-                    tracing::info!(mailbox = self.label(), uid, size, "message over max_message_bytes; dropped without fetching it");
-                    d
-                }
-                Step::Fetch => {
-                    let fetched = within(async { s.uid_fetch(uid.to_string(), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await })
-                        .await?
-                        .map_err(|e| ImapError::command(ImapError::Refused, e))?;
-                    let Some(body) = fetched.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()).map(<[u8]>::to_vec) else {
-                        // Expunged meanwhile by someone else.
-                        continue;
-                    };
-                    let (deliver, which, max, hdr) =
-                        (self.deliver.clone(), self.mailbox.envelope_header, self.max_message_bytes, self.max_header_bytes);
-                    tokio::task::spawn_blocking(move || decide::process(&*deliver, which, max, hdr, size, &body))
-                        .await
-                        .unwrap_or_else(|_| Disposition::Transient("delivery task failed".into()))
-                }
+            let known = self.unmoved().by_uid.get(&uid).cloned();
+            if known.is_some() {
+                tracing::info!(mailbox = self.label(), uid, "IMAP message handled before its move failed; moving it now");
+            }
+            let disposition = match known {
+                Some(d) => d,
+                None => match decide::before_fetch(size, self.max_message_bytes) {
+                    Step::Drop(d) => {
+                        tracing::info!(mailbox = self.label(), uid, size, "message over max_message_bytes; dropped without fetching it");
+                        d
+                    }
+                    Step::Fetch => {
+                        let fetched = within(async { s.uid_fetch(uid.to_string(), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await })
+                            .await?
+                            .map_err(|e| ImapError::command(ImapError::Refused, e))?;
+                        let Some(body) = fetched.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()).map(<[u8]>::to_vec) else {
+                            // Expunged meanwhile by someone else.
+                            continue;
+                        };
+                        let (deliver, which, max, hdr) =
+                            (self.deliver.clone(), self.mailbox.envelope_header, self.max_message_bytes, self.max_header_bytes);
+                        tokio::task::spawn_blocking(move || decide::process(&*deliver, which, max, hdr, size, &body))
+                            .await
+                            .unwrap_or_else(|_| Disposition::Transient("delivery task failed".into()))
+                    }
+                },
             };
             let (folder, moved) = match &disposition {
                 Disposition::Processed => (&self.mailbox.processed_folder, Moved::Processed),
@@ -401,7 +455,12 @@ impl<D: Deliver> Watcher<D> {
                 Disposition::Quarantined => (&self.mailbox.quarantine_folder, Moved::Quarantined),
                 Disposition::Transient(why) => return Err(ImapError::Transient(why.clone())),
             };
-            move_message(s, caps, uid, folder).await?;
+            if let Err(e) = move_message(s, caps, uid, folder).await {
+                self.unmoved().by_uid.insert(uid, disposition.clone());
+                return Err(e);
+            }
+            self.unmoved().by_uid.remove(&uid);
+            progress.settled = true;
             let name = self.label().to_string();
             self.blocking(move |st| st.imap_moved(&name, uid, moved, mamoru_core::now())).await??;
             tracing::debug!(mailbox = self.label(), uid, folder = folder.as_str(), "IMAP message moved");

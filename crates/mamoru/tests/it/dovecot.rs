@@ -2,7 +2,9 @@
 //! configuration, base_dir, passwd-file and maildirs in a temp dir, IMAPS on
 //! a free loopback port with an openssl-made certificate, started as a
 //! foreground process and killed on drop. Python's imaplib, an independent
-//! IMAP client, delivers (APPEND) and inspects the mailboxes.
+//! IMAP client, delivers (APPEND) and inspects the mailboxes. Extra
+//! configuration ([`WITHOUT_MOVE`], [`quota`]) shapes the server like a
+//! provider's, and can be changed while it runs ([`Dovecot::reconfigure`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,11 +15,29 @@ use crate::support::*;
 /// A test user's password.
 pub const PASSWORD: &str = "imap-secret";
 
+/// Dovecot's own capabilities (2.3) less MOVE, as a server without RFC 6851
+/// announces them; UIDPLUS (`UID EXPUNGE`) stays. `imap_capability` only
+/// changes what is announced: a client that sends MOVE anyway still gets it
+/// done, so only a client that reads the list takes the COPY path.
+pub const WITHOUT_MOVE: &str = "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UNSELECT CHILDREN NAMESPACE UIDPLUS LITERAL+\n";
+
+/// The quota plugin counting messages, at most `messages` per user: an
+/// APPEND or COPY beyond it is refused with `NO [OVERQUOTA]`. (A MOVE between
+/// two folders of the same user is never refused: it adds nothing.)
+pub fn quota(messages: u32) -> String {
+    format!(
+        "mail_plugins = $mail_plugins quota\n\
+         plugin {{\n  quota = count:User quota\n  quota_vsizes = yes\n  quota_rule = *:messages={messages}\n}}\n"
+    )
+}
+
 pub struct Dovecot {
     child: Option<Child>,
     pub dir: PathBuf,
     pub port: u16,
     pub ca: PathBuf,
+    /// The configuration without the extra part.
+    base: String,
 }
 
 /// The user mail is stored as: the current user, or (as root, whose mail
@@ -33,6 +53,11 @@ fn mail_user() -> (String, u32, u32) {
 impl Dovecot {
     /// Starts Dovecot in `dir` with `users` (all with [`PASSWORD`]).
     pub fn start(dir: &Path, users: &[&str]) -> Dovecot {
+        Dovecot::start_with(dir, users, "")
+    }
+
+    /// [`Dovecot::start`] with `extra` appended to its configuration.
+    pub fn start_with(dir: &Path, users: &[&str], extra: &str) -> Dovecot {
         std::fs::create_dir_all(dir).expect("dovecot dir");
         // Dovecot's processes run as the mail user and must reach the dir.
         let mut p = dir.to_path_buf();
@@ -50,7 +75,7 @@ impl Dovecot {
         crate::postfix::chown_r(&dir.join("home"), &user);
         let port = free_port();
         let d = dir.display();
-        let conf = format!(
+        let base = format!(
             "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap\nlisten = 127.0.0.1\n\
              ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\n\
              default_internal_user = {user}\ndefault_internal_group = {user}\ndefault_login_user = {user}\n\
@@ -64,10 +89,26 @@ impl Dovecot {
             cert = cert.display(),
             key = key.display(),
         );
-        std::fs::write(dir.join("dovecot.conf"), conf).expect("dovecot.conf");
-        let mut d = Dovecot { child: None, dir: dir.to_path_buf(), port, ca };
+        let mut d = Dovecot { child: None, dir: dir.to_path_buf(), port, ca, base };
+        d.write_config(extra);
         d.run();
         d
+    }
+
+    fn write_config(&self, extra: &str) {
+        std::fs::write(self.dir.join("dovecot.conf"), format!("{}{extra}", self.base)).expect("dovecot.conf");
+    }
+
+    /// Rewrites the configuration with `extra` instead of what was there
+    /// and has the running server reload it (`doveadm reload`): sessions
+    /// that log in from then on get the new settings.
+    pub fn reconfigure(&self, extra: &str) {
+        self.write_config(extra);
+        let reloads = || self.log().matches("reloading configuration").count();
+        let before = reloads();
+        let out = Command::new("doveadm").arg("-c").arg(self.dir.join("dovecot.conf")).arg("reload").output().expect("doveadm");
+        assert!(out.status.success(), "doveadm reload: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        wait_for_or("dovecot to reload", Duration::from_secs(20), || (reloads() > before).then_some(()), || self.log());
     }
 
     fn run(&mut self) {
@@ -114,10 +155,13 @@ impl Dovecot {
     /// `["append", MAILBOX, MESSAGE-FILE]` → "ok",
     /// `["count", MAILBOX]` → the number of messages (-1: no such mailbox),
     /// `["create" | "delete", MAILBOX]` → "ok",
-    /// `["uidvalidity", MAILBOX]` → the number.
+    /// `["uidvalidity", MAILBOX]` → the number,
+    /// `["capability"]` → what the server announces once logged in,
+    /// `["flags", MAILBOX]` → each message's flags but `\Recent`, one line
+    /// for all (`(\Seen) ()`).
     pub fn imap(&self, user: &str, ops: &[Vec<String>]) -> Vec<String> {
         let script = r#"
-import imaplib, json, ssl, sys
+import imaplib, json, re, ssl, sys
 port, ca, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ops = json.loads(sys.stdin.read())
 c = imaplib.IMAP4_SSL("localhost", port, ssl_context=ssl.create_default_context(cafile=ca))
@@ -133,6 +177,15 @@ for op in ops:
     elif op[0] == "uidvalidity":
         typ, data = c.status('"%s"' % op[1], "(UIDVALIDITY)")
         print(data[0].decode().split("UIDVALIDITY ")[1].rstrip(")"))
+    elif op[0] == "capability":
+        typ, data = c.capability()
+        print(data[0].decode())
+    elif op[0] == "flags":
+        typ, data = c.select('"%s"' % op[1], readonly=True)
+        assert typ == "OK", data
+        typ, data = c.fetch("1:*", "(FLAGS)") if int(data[0]) else ("OK", [])
+        flags = [re.search(r"FLAGS \(([^)]*)\)", d.decode()).group(1).split() for d in data if d]
+        print(" ".join("(%s)" % " ".join(f for f in fs if f != "\\Recent") for fs in flags))
     elif op[0] in ("create", "delete"):
         typ, data = getattr(c, op[0])('"%s"' % op[1])
         assert typ == "OK", data

@@ -16,7 +16,14 @@
 //! - A message over `max_message_bytes`: moved to the dropped folder
 //!   without its body being fetched (Dovecot's own count of body bytes).
 //! - An alert post with a valid DKIM signature becomes a preview; an
-//!   unsigned copy does not.
+//!   unsigned copy does not. One with our own Authentication-Results
+//!   (`[alerts] authserv_id`) does; another authserv-id's, a `dkim=fail`, or
+//!   one below the `Received:` does not.
+//! - A server without MOVE: COPY, `\Deleted`, `UID EXPUNGE`, each message
+//!   once.
+//! - A full quota (the copy refused `[OVERQUOTA]`): a clear log line, a
+//!   doubling back-off, the state in `mamoru queue`, one reply, the message
+//!   kept in INBOX until the quota is raised, then moved.
 //! - `mamoru serve` killed with SIGKILL again and again while it works
 //!   through a few hundred messages: nothing lost, no second reply, the
 //!   mailbox ends empty.
@@ -328,6 +335,82 @@ fn a_missing_mailbox_is_a_clear_error() {
     assert!(queue_text(&inst).lines().any(|l| l.starts_with("nosuch ") && l.contains("retrying")), "{}", queue_text(&inst));
 }
 
+const ALERT: &str = "alert@mamoru.test";
+const ADMIN: &str = "staff@city.test";
+
+/// The alert mailbox on a Dovecot of its own, an admin `chuo` registered as
+/// [`ADMIN`], one subscriber in district 1, and `mamoru serve` watching the
+/// mailbox, sending to a sink, with `alerts` settings on top.
+struct AlertDesk {
+    dovecot: Dovecot,
+    sink: SmtpSink,
+    inst: Instance,
+    server: Server,
+    _work: tempfile::TempDir,
+}
+
+impl AlertDesk {
+    fn start(alerts: &[(&str, &str)]) -> AlertDesk {
+        let work = tempfile::tempdir().expect("tmp");
+        let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ALERT]);
+        let sink = SmtpSink::start(&work.path().join("sink"));
+        let pass = password_file(work.path(), PASSWORD);
+        let boxes = format!("[{}]", mailbox_config(&dovecot, ALERT, &pass, ", name = \"alert\""));
+        let transport = format!("\"smtp://127.0.0.1:{}\"", sink.port);
+        let mut config = vec![("ingest.imap", boxes.as_str()), ("relay.transport", &transport), ("relay.smtp_tls", "\"none\"")];
+        config.extend_from_slice(alerts);
+        let inst = Instance::new(&config);
+        let mut add = inst.cmd();
+        add.args(["admin", "add", "chuo", "--email", ADMIN]);
+        assert!(run_with_stdin(add, b"a long enough password\n").status.success());
+        let items = vec![(mamoru_core::EmailAddress::parse("hanako@docomo.ne.jp").expect("address"), vec![1])];
+        inst.store().import_active_subscribers(&items, "test", mamoru_core::now()).expect("import");
+        let server = inst.serve();
+        AlertDesk { dovecot, sink, inst, server, _work: work }
+    }
+
+    /// A post as the admin's mail program writes it.
+    fn post(message_id: &str) -> String {
+        format!(
+            "From: {ADMIN}\r\nTo: {ALERT}\r\nSubject: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <{message_id}>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n地区: 中央\r\n公園で児童に声をかける男性がいました。\r\n"
+        )
+    }
+
+    /// Delivers `message` into the alert mailbox with the envelope headers
+    /// the provider's final delivery agent puts on top.
+    fn deliver(&self, message: &str) {
+        let envelope = format!("Return-Path: <{ADMIN}>\r\nDelivered-To: {ALERT}\r\n");
+        self.dovecot.append(ALERT, "INBOX", format!("{envelope}{message}").as_bytes());
+    }
+
+    /// Previews that reached the admin at the sink.
+    fn previews(sink: &SmtpSink) -> usize {
+        sink.messages()
+            .into_iter()
+            .filter(|(rcpts, raw)| rcpts.iter().any(|r| r == ADMIN) && parse_mail(raw).subject.contains("配信の確認"))
+            .count()
+    }
+
+    /// Waits until every delivered post left the mailbox and one preview
+    /// reached the admin; checks that exactly one draft exists and where the
+    /// posts went; stops serve. Returns its log.
+    fn expect_one_preview(self, processed: i64, dropped: i64) -> String {
+        let AlertDesk { dovecot, sink, inst, mut server, _work } = self;
+        wait_until(&mut server, "the preview at the sink", |_| AlertDesk::previews(&sink) >= 1);
+        wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ALERT, "INBOX") == 0);
+        let drafts: i64 = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
+            .and_then(|db| db.query_row("SELECT COUNT(*) FROM alerts WHERE state = 'draft'", [], |r| r.get(0)))
+            .expect("alerts");
+        assert_eq!((drafts, AlertDesk::previews(&sink)), (1, 1), "one draft, one preview");
+        assert_eq!((dovecot.count(ALERT, "mamoru-processed"), dovecot.count(ALERT, "mamoru-dropped")), (processed, dropped));
+        let (status, log) = server.stop();
+        assert!(status.success(), "{log}");
+        assert!(!log.contains(ADMIN) && !log.contains(PASSWORD), "no address or password in clear: {log}");
+        log
+    }
+}
+
 /// An admin's alert post left in the alert mailbox by the provider: with a
 /// valid DKIM signature (the key from `[alerts] dkim_keys`) it becomes a
 /// draft and its preview reaches the admin; an unsigned copy with the same
@@ -339,63 +422,145 @@ fn a_dkim_signed_alert_post_over_imap_is_previewed_and_a_forged_one_is_not() {
     use mail_auth::common::headers::HeaderWriter as _;
     use mail_auth::dkim::DkimSigner;
 
-    const ALERT: &str = "alert@mamoru.test";
-    const ADMIN: &str = "staff@city.test";
-    let work = tempfile::tempdir().expect("tmp");
-    let dovecot = Dovecot::start(&work.path().join("dovecot"), &[ALERT]);
-    let sink = SmtpSink::start(&work.path().join("sink"));
-    let pass = password_file(work.path(), PASSWORD);
     let der = Ed25519Key::generate_pkcs8().expect("key");
     let key = Ed25519Key::from_pkcs8_der(&der).expect("key");
     let record = format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(key.public_key()));
-    let boxes = format!("[{}]", mailbox_config(&dovecot, ALERT, &pass, ", name = \"alert\""));
-    let transport = format!("\"smtp://127.0.0.1:{}\"", sink.port);
     let keys = format!("{{ \"sel._domainkey.city.test\" = \"{record}\" }}");
-    let inst = Instance::new(&[
-        ("ingest.imap", &boxes),
-        ("relay.transport", &transport),
-        ("relay.smtp_tls", "\"none\""),
-        ("alerts.dkim_keys", &keys),
-    ]);
-    let mut add = inst.cmd();
-    add.args(["admin", "add", "chuo", "--email", ADMIN]);
-    assert!(run_with_stdin(add, b"a long enough password\n").status.success());
-    let items = vec![(mamoru_core::EmailAddress::parse("hanako@docomo.ne.jp").expect("address"), vec![1])];
-    inst.store().import_active_subscribers(&items, "test", mamoru_core::now()).expect("import");
-    let mut server = inst.serve();
+    let desk = AlertDesk::start(&[("alerts.dkim_keys", &keys)]);
 
-    let post = |id: &str| {
-        format!(
-            "From: {ADMIN}\r\nTo: {ALERT}\r\nSubject: =?UTF-8?B?5LiN5a+p6ICF?=\r\nMessage-ID: <{id}>\r\n\
-             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n地区: 中央\r\n公園で児童に声をかける男性がいました。\r\n"
-        )
-    };
-    let envelope = format!("Return-Path: <{ADMIN}>\r\nDelivered-To: {ALERT}\r\n");
-    let message = post("imap-dkim@city.test");
+    let message = AlertDesk::post("imap-dkim@city.test");
     let sig = DkimSigner::from_key(key)
         .domain("city.test")
         .selector("sel")
         .headers(["From", "To", "Subject", "Message-ID"])
         .sign(message.as_bytes())
         .expect("sign");
-    dovecot.append(ALERT, "INBOX", format!("{envelope}{}{message}", sig.to_header()).as_bytes());
-    dovecot.append(ALERT, "INBOX", format!("{envelope}{}", post("imap-forged@city.test")).as_bytes());
+    desk.deliver(&format!("{}{message}", sig.to_header()));
+    desk.deliver(&AlertDesk::post("imap-forged@city.test"));
+    desk.expect_one_preview(1, 1);
+}
 
-    let previews = || {
-        sink.messages()
-            .into_iter()
-            .filter(|(rcpts, raw)| rcpts.iter().any(|r| r == ADMIN) && parse_mail(raw).subject.contains("配信の確認"))
-            .count()
-    };
-    wait_until(&mut server, "the preview at the sink", |_| previews() >= 1);
-    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ALERT, "INBOX") == 0);
-    assert_eq!(previews(), 1, "the forged copy drafts nothing");
-    assert_eq!(dovecot.count(ALERT, "mamoru-processed") + dovecot.count(ALERT, "mamoru-dropped"), 2);
-    let drafts: i64 = rusqlite::Connection::open(inst.data_dir().join("mamoru.db"))
-        .and_then(|db| db.query_row("SELECT COUNT(*) FROM alerts WHERE state = 'draft'", [], |r| r.get(0)))
-        .expect("alerts");
-    assert_eq!(drafts, 1);
+/// With `[alerts] authserv_id`, the `Authentication-Results` that our own
+/// final MTA writes (its DKIM milter's verdict, above the `Received:` it
+/// adds) authenticates a post that arrives over IMAP: a pass for the
+/// admin's domain under our authserv-id is previewed; the same post with
+/// another authserv-id, with `dkim=fail`, or with a pass the sender wrote
+/// below the `Received:` drafts nothing and is dropped.
+#[test]
+fn an_alert_post_with_our_own_authentication_results_over_imap_is_previewed_and_others_are_not() {
+    const OURS: &str = "mx.mamoru.test";
+    let desk = AlertDesk::start(&[("alerts.require", "\"dkim\""), ("alerts.authserv_id", &format!("\"{OURS}\""))]);
+    let received = format!(
+        "Received: from mail.city.test (mail.city.test [192.0.2.7])\r\n\tby {OURS} (Postfix) with ESMTPS id 4TzQ1\r\n\t\
+         for <{ALERT}>; Sat, 05 Dec 2026 07:00:00 +0000 (UTC)\r\n"
+    );
+    let as_our_mta_adds = |results: &str, id: &str| format!("Authentication-Results: {results}\r\n{received}{}", AlertDesk::post(id));
+    desk.deliver(&as_our_mta_adds(&format!("{OURS}; dkim=pass header.d=city.test header.s=sel"), "ar-pass@city.test"));
+    desk.deliver(&as_our_mta_adds("mx.elsewhere.test; dkim=pass header.d=city.test header.s=sel", "ar-theirs@city.test"));
+    desk.deliver(&as_our_mta_adds(&format!("{OURS}; dkim=fail header.d=city.test header.s=sel"), "ar-fail@city.test"));
+    desk.deliver(&format!(
+        "{received}Authentication-Results: {OURS}; dkim=pass header.d=city.test header.s=sel\r\n{}",
+        AlertDesk::post("ar-below@city.test")
+    ));
+    let log = desk.expect_one_preview(1, 3);
+    assert_eq!(log.lines().filter(|l| l.contains("alert post accepted") && l.contains("authentication-results")).count(), 1, "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("alert post refused") && l.contains("not-authenticated")).count(), 3, "{log}");
+}
+
+/// A server that does not announce MOVE: each message is copied to its
+/// folder, flagged `\Deleted` and removed with `UID EXPUNGE`, once. Every
+/// parent gets one 登録受付; the processed folder holds each message once,
+/// neither deleted nor seen.
+#[test]
+fn without_move_a_message_is_copied_flagged_and_expunged_exactly_once() {
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start_with(&work.path().join("dovecot"), &[ANS], WITHOUT_MOVE);
+    let caps = dovecot.imap(ANS, &[vec!["capability".into()]]).join(" ");
+    assert!(caps.contains("UIDPLUS") && !caps.split_whitespace().any(|c| c == "MOVE"), "{caps}");
+    let sink = SmtpSink::start(&work.path().join("sink"));
+    let pass = password_file(work.path(), PASSWORD);
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ANS, &pass, ", name = \"ans\""));
+    let transport = format!("\"smtp://127.0.0.1:{}\"", sink.port);
+    let inst = Instance::new(&[("ingest.imap", &boxes), ("relay.transport", &transport), ("relay.smtp_tls", "\"none\"")]);
+    let mut server = inst.serve();
+
+    let parents = ["ichiro@docomo.ne.jp", "jiro@ezweb.ne.jp", "saburo@softbank.ne.jp"];
+    for p in parents {
+        dovecot.append(ANS, "INBOX", &empty_mail(p, ANS));
+    }
+    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ANS, "INBOX") == 0);
+    wait_until(&mut server, "a 登録受付 for every parent", |_| sink.messages().len() >= parents.len());
+    let logs = server.logs();
+    assert!(logs.lines().any(|l| l.contains("IMAP mailbox selected") && l.contains("mv=false")), "{logs}");
+    assert_eq!((dovecot.count(ANS, "mamoru-processed"), dovecot.count(ANS, "mamoru-dropped")), (3, 0));
+    let flags = dovecot.imap(ANS, &[vec!["flags".into(), "mamoru-processed".into()]]).join(" ");
+    assert_eq!(flags, "() () ()", "copied before being flagged, and never read");
+    let mut to: Vec<String> = sink
+        .messages()
+        .into_iter()
+        .filter(|(_, raw)| parse_mail(raw).subject.contains("登録受付"))
+        .flat_map(|(rcpts, _)| rcpts)
+        .collect();
+    to.sort();
+    assert_eq!(to, ["ichiro@docomo.ne.jp", "jiro@ezweb.ne.jp", "saburo@softbank.ne.jp"], "one 登録受付 each");
+    assert_eq!(outbox_rows(&inst), 3);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
-    assert!(!log.contains(ADMIN) && !log.contains(PASSWORD), "no address or password in clear: {log}");
+}
+
+/// The mailbox is full: the provider's server refuses the copy into the
+/// processed folder with `NO [OVERQUOTA]` (Dovecot's quota plugin, one
+/// message per user; on a server without MOVE, where the copy counts).
+/// The registration is committed and answered once; the message stays in
+/// INBOX; the watcher logs the refusal, shows it in `mamoru queue` and
+/// retries with a doubling back-off, moving (not handling again) the
+/// message it already handled — even past the registration cooldown,
+/// shortened here to a second. Once the quota is raised and Dovecot
+/// reloaded, the message goes to the processed folder; serve never stops.
+#[test]
+fn a_full_quota_keeps_the_message_answers_once_and_moves_it_once_raised() {
+    let work = tempfile::tempdir().expect("tmp");
+    let dovecot = Dovecot::start_with(&work.path().join("dovecot"), &[ANS], &format!("{WITHOUT_MOVE}{}", quota(1)));
+    let sink = SmtpSink::start(&work.path().join("sink"));
+    let pass = password_file(work.path(), PASSWORD);
+    let boxes = format!("[{}]", mailbox_config(&dovecot, ANS, &pass, ", name = \"ans\""));
+    let transport = format!("\"smtp://127.0.0.1:{}\"", sink.port);
+    let inst = Instance::new(&[
+        ("ingest.imap", &boxes),
+        ("relay.transport", &transport),
+        ("relay.smtp_tls", "\"none\""),
+        ("limits.register_cooldown_secs", "1"),
+    ]);
+    let mut server = inst.serve();
+    let parent = "taro.yamada@docomo.ne.jp";
+    dovecot.append(ANS, "INBOX", &empty_mail(parent, ANS));
+
+    let retries = |logs: &str| -> Vec<u64> {
+        logs.lines()
+            .filter(|l| l.contains("IMAP mailbox: a message cannot be moved [OVERQUOTA]; retrying"))
+            .filter_map(|l| l.split("retry_in_secs=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    wait_until(&mut server, "three refused moves", |logs| retries(logs).len() >= 3);
+    let logs = server.logs();
+    assert_eq!(retries(&logs)[..3], [1, 2, 4], "a doubling back-off: {logs}");
+    assert!(logs.contains("IMAP message handled before its move failed; moving it now"), "{logs}");
+    let q = queue_text(&inst);
+    let line = q.lines().find(|l| l.starts_with("ans ")).unwrap_or_else(|| panic!("{q}"));
+    assert!(line.contains("retrying") && line.contains("a message cannot be moved [OVERQUOTA]"), "{q}");
+    assert_eq!((dovecot.count(ANS, "INBOX"), dovecot.count(ANS, "mamoru-processed")), (1, 0), "nothing lost, nothing copied");
+    assert!(server.child.try_wait().expect("wait").is_none(), "serve is still running");
+    wait_until(&mut server, "the 登録受付 at the sink", |_| !sink.messages().is_empty());
+
+    dovecot.reconfigure(&format!("{WITHOUT_MOVE}{}", quota(100)));
+    wait_until(&mut server, "INBOX to be emptied", |_| dovecot.count(ANS, "INBOX") == 0);
+    assert_eq!((dovecot.count(ANS, "mamoru-processed"), dovecot.count(ANS, "mamoru-dropped")), (1, 0));
+    wait_until(&mut server, "the watcher to idle", |_| queue_text(&inst).lines().any(|l| l.starts_with("ans ") && l.contains("idle")));
+    assert_eq!(outbox_rows(&inst), 1, "one reply queued, however many retries");
+    let replies: Vec<_> = sink.messages().into_iter().filter(|(rcpts, _)| rcpts.iter().any(|r| r == parent)).collect();
+    assert_eq!(replies.len(), 1);
+    assert!(parse_mail(&replies[0].1).subject.contains("登録受付"));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(parent) && !log.contains(ANS) && !log.contains(PASSWORD), "no address or password in clear: {log}");
 }
