@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_followups_preferences.sql"),
     include_str!("migrations/0011_reception.sql"),
     include_str!("migrations/0012_counters.sql"),
+    include_str!("migrations/0013_outbox_shape_index.sql"),
 ];
 
 /// File name of the database inside the data dir.
