@@ -231,7 +231,7 @@ mod tests {
         r.deliver("", "ans@mamoru.test", MAIL);
         // The pipe counts in the store, where the serving process reads it.
         let stored: Vec<(String, String, u64)> =
-            r.app.store.counters().unwrap().into_iter().map(|c| (c.name, c.labels, c.value)).collect();
+            r.app.store.counters().expect("counters").into_iter().map(|c| (c.name, c.labels, c.value)).collect();
         for row in [("inbound", "pipe,null-sender", 1), ("inbound", "pipe,registration", 2), ("registrations_requested", "mail,register", 1)] {
             assert!(stored.contains(&(row.0.into(), row.1.into(), row.2)), "{row:?} missing from {stored:?}");
         }
@@ -255,10 +255,10 @@ mod tests {
 
     #[test]
     fn lmtp_counts_in_memory_and_every_drop_reason_is_a_known_class() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let r = registrar(dir.path());
         r.deliver("", "ans@mamoru.test", MAIL);
-        assert!(r.app.store.counters().unwrap().iter().all(|c| c.name != "inbound"));
+        assert!(r.app.store.counters().expect("counters").iter().all(|c| c.name != "inbound"));
         let text = r.app.metrics().encode();
         assert!(text.lines().any(|l| l == "mamoru_inbound_mails_total{entry=\"lmtp\",class=\"null-sender\"} 1"), "{text}");
         use classify::DropReason::*;

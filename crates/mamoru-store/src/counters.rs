@@ -69,22 +69,22 @@ mod tests {
 
     #[test]
     fn counters_only_grow_and_keep_their_labels_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = crate::keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap();
-        assert_eq!(store.counters().unwrap(), vec![]);
-        store.count(INBOUND, &["pipe", "registration"]).unwrap();
-        store.count(INBOUND, &["pipe", "registration"]).unwrap();
-        store.count(INBOUND, &["pipe", "null-sender"]).unwrap();
-        store.count(ALERTS_PUBLISHED, &[]).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = crate::keys::load_or_create(dir.path()).expect("keys");
+        let store = Store::open(dir.path(), &keys, Duration::from_millis(100)).expect("store");
+        assert_eq!(store.counters().expect("counters"), vec![]);
+        store.count(INBOUND, &["pipe", "registration"]).expect("count");
+        store.count(INBOUND, &["pipe", "registration"]).expect("count");
+        store.count(INBOUND, &["pipe", "null-sender"]).expect("count");
+        store.count(ALERTS_PUBLISHED, &[]).expect("count");
         let row = |name: &str, labels: &str, value| Counter { name: name.into(), labels: labels.into(), value };
         assert_eq!(
-            store.counters().unwrap(),
+            store.counters().expect("counters"),
             vec![row(ALERTS_PUBLISHED, "", 1), row(INBOUND, "pipe,null-sender", 1), row(INBOUND, "pipe,registration", 2)]
         );
         // Another process's store sees the same rows.
         drop(store);
-        let again = Store::open(dir.path(), &keys, Duration::from_millis(100)).unwrap();
-        assert_eq!(again.counters().unwrap().len(), 3);
+        let again = Store::open(dir.path(), &keys, Duration::from_millis(100)).expect("store");
+        assert_eq!(again.counters().expect("counters").len(), 3);
     }
 }

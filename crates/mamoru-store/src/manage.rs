@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 2, "no second registration");
         // Each link mail is counted with its commit, by channel and kind.
         let counted: Vec<(String, u64)> =
-            f.store.counters().unwrap().into_iter().filter(|c| c.name == crate::counters::REGISTRATIONS_REQUESTED).map(|c| (c.labels, c.value)).collect();
+            f.store.counters().expect("counters").into_iter().filter(|c| c.name == crate::counters::REGISTRATIONS_REQUESTED).map(|c| (c.labels, c.value)).collect();
         assert_eq!(counted, [("mail,manage".to_string(), 1), ("mail,register".to_string(), 3)]);
     }
 

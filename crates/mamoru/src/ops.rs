@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -44,7 +43,7 @@ const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// checks and, with `[metrics] listen`, the bound metrics listener.
 pub struct Ops {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    health: Arc<Health>,
     listener: Option<TcpListener>,
 }
 
