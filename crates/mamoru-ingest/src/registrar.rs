@@ -254,6 +254,24 @@ mod tests {
     }
 
     #[test]
+    fn imap_mail_is_counted_in_the_store_as_its_own_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registrar(dir.path()).with_entry(Entry::Imap);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", b"From: p@docomo.ne.jp\r\nAuto-Submitted: auto-replied\r\n\r\n");
+        let inbound: Vec<(String, u64)> = r
+            .app
+            .store
+            .counters()
+            .expect("counters")
+            .into_iter()
+            .filter(|c| c.name == "inbound")
+            .map(|c| (c.labels, c.value))
+            .collect();
+        assert_eq!(inbound, [("imap,auto-submitted".to_string(), 1), ("imap,registration".to_string(), 1)]);
+    }
+
+    #[test]
     fn lmtp_counts_in_memory_and_every_drop_reason_is_a_known_class() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = registrar(dir.path());
