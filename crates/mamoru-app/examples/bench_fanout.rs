@@ -26,8 +26,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = mamoru_store::keys::load_or_create(dir.path()).expect("keys");
     let store = Arc::new(Store::open(dir.path(), &keys, Duration::from_secs(5)).expect("store"));
-    let mut cfg = Config::default();
-    cfg.domain = "mamoru.test".into();
+    let cfg = Config { domain: "mamoru.test".into(), ..Default::default() };
     let domains = ["docomo.ne.jp", "ezweb.ne.jp", "i.softbank.jp", "au.com", "gmail.com"];
     // Deterministic spread: each subscriber picks one district, a third of
     // them a second one, like parents with children at two schools.

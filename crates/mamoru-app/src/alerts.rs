@@ -293,7 +293,6 @@ impl App {
         let published = self.store.publish_alert(auth, &actor, now, expires_at, &cfg.register_address(), &cfg.domain)?;
         if let Published::Published { alert, recipients } = published {
             tracing::info!(alert = alert.get(), recipients, actor, "alert published");
-            self.metrics.alert_published();
             self.queued();
         }
         Ok(published)

@@ -81,11 +81,8 @@ impl App {
                     LinkMail::Register => "registration requested; 登録受付 queued",
                 };
                 tracing::info!(subscriber = subscriber.get(), outbox = outbox.get(), via, to = %addr.masked(), "{what}");
-                let label = match kind {
-                    LinkMail::Manage => "manage",
-                    LinkMail::Register => "register",
-                };
-                self.metrics.registration_requested(via, label);
+                // Counted by the store with the commit (the pipe command is
+                // another process): `mamoru_store::counters`.
                 self.queued();
                 LinkOutcome::Queued { kind, subscriber, outbox }
             }

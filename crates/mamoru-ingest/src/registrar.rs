@@ -51,10 +51,23 @@ impl Registrar {
         self
     }
 
-    /// Counts one inbound mail by how it was classified.
+    /// Counts one inbound mail by how it was classified: LMTP in the
+    /// process's metrics, the pipe and IMAP in the store (their process may
+    /// not be `mamoru serve`), in a transaction of its own right after the
+    /// one that decided the outcome. Not inside it: a dropped mail has no
+    /// transaction, and threading the counter through every use case's
+    /// would tie them to the metrics. A crash between the two loses one
+    /// count, never doubles one; a count that fails is logged and changes
+    /// nothing else (the message is handled: retrying it for a metric would
+    /// handle it twice).
     fn counted(&self, class: &'static str, outcome: Outcome) -> Outcome {
         let class = if matches!(outcome, Outcome::Transient(_)) { "transient" } else { class };
-        self.app.metrics().inbound(self.entry, class);
+        if !self.entry.counted_in_store() {
+            self.app.metrics().inbound(self.entry, class);
+        } else if let Err(e) = self.app.store.count(mamoru_store::counters::INBOUND, &[self.entry.as_str(), class]) {
+            self.app.metrics().store_error("ingest", matches!(e, mamoru_store::StoreError::Busy));
+            tracing::warn!(error = %e, entry = self.entry.as_str(), class, "inbound mail not counted");
+        }
         outcome
     }
 
@@ -216,16 +229,71 @@ mod tests {
         r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
         r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
         r.deliver("", "ans@mamoru.test", MAIL);
+        // The pipe counts in the store, where the serving process reads it.
+        let stored: Vec<(String, String, u64)> =
+            r.app.store.counters().expect("counters").into_iter().map(|c| (c.name, c.labels, c.value)).collect();
+        for row in [("inbound", "pipe,null-sender", 1), ("inbound", "pipe,registration", 2), ("registrations_requested", "mail,register", 1)] {
+            assert!(stored.contains(&(row.0.into(), row.1.into(), row.2)), "{row:?} missing from {stored:?}");
+        }
+        let text = r.app.metrics().encode();
+        assert!(!text.contains("entry=\"pipe\""), "not in memory too:\n{text}");
+        assert!(text.lines().any(|l| l == "mamoru_rate_limit_refusals_total{limit=\"cooldown\"} 1"), "{text}");
+        // As the snapshot copies them: every stored row is taken, no address.
+        for (name, labels, value) in &stored {
+            assert!(r.app.metrics().stored(name, labels, *value), "{name} {labels}");
+        }
         let text = r.app.metrics().encode();
         for line in [
             "mamoru_inbound_mails_total{entry=\"pipe\",class=\"registration\"} 2",
             "mamoru_inbound_mails_total{entry=\"pipe\",class=\"null-sender\"} 1",
             "mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"} 1",
-            "mamoru_rate_limit_refusals_total{limit=\"cooldown\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
         assert!(!text.contains('@'), "no address in the metrics:\n{text}");
+    }
+
+    #[test]
+    fn imap_mail_is_counted_in_the_store_as_its_own_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registrar(dir.path()).with_entry(Entry::Imap);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", MAIL);
+        r.deliver("p@docomo.ne.jp", "ans@mamoru.test", b"From: p@docomo.ne.jp\r\nAuto-Submitted: auto-replied\r\n\r\n");
+        let inbound: Vec<(String, u64)> = r
+            .app
+            .store
+            .counters()
+            .expect("counters")
+            .into_iter()
+            .filter(|c| c.name == "inbound")
+            .map(|c| (c.labels, c.value))
+            .collect();
+        assert_eq!(inbound, [("imap,auto-submitted".to_string(), 1), ("imap,registration".to_string(), 1)]);
+    }
+
+    #[test]
+    fn lmtp_counts_in_memory_and_every_drop_reason_is_a_known_class() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registrar(dir.path());
+        r.deliver("", "ans@mamoru.test", MAIL);
+        assert!(r.app.store.counters().expect("counters").iter().all(|c| c.name != "inbound"));
+        let text = r.app.metrics().encode();
+        assert!(text.lines().any(|l| l == "mamoru_inbound_mails_total{entry=\"lmtp\",class=\"null-sender\"} 1"), "{text}");
+        use classify::DropReason::*;
+        for reason in [
+            NullSender,
+            MailerDaemon,
+            AutoSubmitted,
+            Precedence,
+            MailingList,
+            OwnDomain,
+            InvalidSender,
+            UnknownRecipient,
+            HeadersTooLarge,
+            MimeTooComplex,
+        ] {
+            assert!(mamoru_app::metrics::INBOUND_CLASSES.contains(&reason.as_str()), "{reason:?}");
+        }
     }
 
     #[test]

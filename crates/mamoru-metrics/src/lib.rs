@@ -4,7 +4,11 @@
 //!
 //! Everything is recorded where it happens (counters, histograms) or from
 //! the relay's once-a-second pool snapshot (queue shape and pool gauges):
-//! encoding a scrape reads memory only, never the database.
+//! encoding a scrape reads memory only, never the database. Events that may
+//! happen in another process (the pipe command, IMAP ingest, `mamoru alert
+//! post`) are counted in the store instead, and the same snapshot copies
+//! those counters here ([`Metrics::stored`]): such a series has that one
+//! source, never memory too, so nothing is counted twice.
 //!
 //! **Invariant:** no label value is ever an address, a token, a path that
 //! holds a token or an admin ID. Every label is a pool name from the
@@ -127,6 +131,8 @@ pub enum Entry {
     Pipe,
     /// LMTP to `mamoru serve`.
     Lmtp,
+    /// A watched IMAP mailbox (`mamoru serve` or `ingest --imap-once`).
+    Imap,
 }
 
 impl Entry {
@@ -134,9 +140,39 @@ impl Entry {
         match self {
             Entry::Pipe => "pipe",
             Entry::Lmtp => "lmtp",
+            Entry::Imap => "imap",
         }
     }
+
+    /// Whether this entry point's mails are counted in the store rather than
+    /// in memory: the pipe command is a process per message, and IMAP
+    /// mailboxes are also drained by `ingest --imap-once`. Only `mamoru
+    /// serve` speaks LMTP.
+    pub fn counted_in_store(self) -> bool {
+        !matches!(self, Entry::Lmtp)
+    }
 }
+
+/// Every class of inbound mail: what ingest made of it (`registration`,
+/// `bounce`, `alert_post`), a drop reason, or `quarantined` / `transient`.
+/// A class read back from the store is exposed only if it is one of these.
+pub const INBOUND_CLASSES: [&str; 15] = [
+    "registration",
+    "bounce",
+    "alert_post",
+    "quarantined",
+    "transient",
+    "null-sender",
+    "mailer-daemon",
+    "auto-submitted",
+    "precedence",
+    "mailing-list",
+    "own-domain",
+    "invalid-sender",
+    "unknown-recipient",
+    "headers-too-large",
+    "mime-too-complex",
+];
 
 /// The class of a web route: its first path segment, never the rest (which
 /// may hold a token).
@@ -375,16 +411,48 @@ impl Metrics {
         self.outbox_oldest.get_or_create(&PoolLabels { pool: pool.to_string() }).set(secs.max(0));
     }
 
-    /// An inbound mail and how it was classified (`registration`, `bounce`,
-    /// `alert_post`, or a drop reason such as `auto-submitted`).
+    /// An inbound mail by LMTP and how it was classified (`registration`,
+    /// `bounce`, `alert_post`, or a drop reason such as `auto-submitted`).
+    /// The other entry points count in the store ([`Entry::counted_in_store`]).
     pub fn inbound(&self, entry: Entry, class: &'static str) {
+        debug_assert!(!entry.counted_in_store(), "{} mails are counted in the store", entry.as_str());
         self.inbound.get_or_create(&InboundLabels { entry: entry.as_str(), class }).inc();
     }
 
-    /// A link mail was queued; `channel` is `mail` or `form`, `kind`
-    /// `register` or `manage`.
-    pub fn registration_requested(&self, channel: &'static str, kind: &'static str) {
-        self.registrations_requested.get_or_create(&RequestLabels { channel, kind }).inc();
+    /// The value of a counter kept in the store (name and `,`-joined labels
+    /// as the store has them), from the relay's snapshot: the series is
+    /// raised to it, never lowered, so it stays monotonic within the process
+    /// (a value below what was exposed, as after restoring an older backup,
+    /// changes nothing until it is passed again). A name or a label value
+    /// outside the closed sets is ignored; returns whether it was taken.
+    pub fn stored(&self, name: &str, labels: &str, value: u64) -> bool {
+        fn raise(c: &Counter, to: u64) {
+            let was = c.get();
+            if to > was {
+                c.inc_by(to - was);
+            }
+        }
+        fn pick(set: &[&'static str], v: &str) -> Option<&'static str> {
+            set.iter().copied().find(|s| *s == v)
+        }
+        let mut parts = labels.split(',');
+        let (a, b, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+        match (name, b, rest) {
+            ("inbound", Some(b), None) => {
+                let entry = [Entry::Pipe, Entry::Imap].into_iter().find(|e| e.as_str() == a);
+                match (entry, pick(&INBOUND_CLASSES, b)) {
+                    (Some(e), Some(class)) => raise(&self.inbound.get_or_create(&InboundLabels { entry: e.as_str(), class }), value),
+                    _ => return false,
+                }
+            }
+            ("registrations_requested", Some(b), None) => match (pick(&["mail", "form"], a), pick(&["register", "manage"], b)) {
+                (Some(channel), Some(kind)) => raise(&self.registrations_requested.get_or_create(&RequestLabels { channel, kind }), value),
+                _ => return false,
+            },
+            ("alerts_published", None, None) if a.is_empty() => raise(&self.alerts_published, value),
+            _ => return false,
+        }
+        true
     }
 
     pub fn registration_completed(&self) {
@@ -400,10 +468,6 @@ impl Metrics {
     pub fn http(&self, route: RouteClass, status: u16, secs: f64) {
         self.http_requests.get_or_create(&HttpLabels { route: route.as_str(), status }).inc();
         self.http_duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(secs);
-    }
-
-    pub fn alert_published(&self) {
-        self.alerts_published.inc();
     }
 
     /// An alert's last copy was delivered (or given up) `secs` after it was
@@ -468,11 +532,12 @@ mod tests {
         m.outbox_rows("docomo", "queued", "0-5m", 7);
         m.outbox_oldest("docomo", 42);
         m.inbound(Entry::Lmtp, "registration");
-        m.registration_requested("mail", "register");
+        assert!(m.stored("inbound", "pipe,registration", 3));
+        assert!(m.stored("registrations_requested", "mail,register", 1));
         m.registration_completed();
         m.rate_limited("cooldown");
         m.http(RouteClass::Registration, 200, 0.003);
-        m.alert_published();
+        assert!(m.stored("alerts_published", "", 1));
         m.alert_delivered(12.0);
         m.store_error("web", true);
         m.store_retry("relay", false);
@@ -490,6 +555,7 @@ mod tests {
             "mamoru_outbox_rows{pool=\"docomo\",state=\"queued\",age=\"0-5m\"} 7",
             "mamoru_outbox_oldest_age_seconds{pool=\"docomo\"} 42",
             "mamoru_inbound_mails_total{entry=\"lmtp\",class=\"registration\"} 1",
+            "mamoru_inbound_mails_total{entry=\"pipe\",class=\"registration\"} 3",
             "mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"} 1",
             "mamoru_registrations_completed_total 1",
             "mamoru_rate_limit_refusals_total{limit=\"cooldown\"} 1",
@@ -506,5 +572,33 @@ mod tests {
         assert!(!text.contains("mamoru_relay_provoked_421_total{pool=\"au\"}"));
         // Requests the rules compare over an hour start at 0.
         assert!(text.lines().any(|l| l == "mamoru_registrations_requested_total{channel=\"form\",kind=\"register\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn stored_counters_never_go_backwards_and_unknown_labels_are_ignored() {
+        let m = Metrics::new();
+        let line = |m: &Metrics| {
+            m.encode().lines().find(|l| l.starts_with("mamoru_inbound_mails_total{entry=\"pipe\",class=\"bounce\"}")).map(str::to_string)
+        };
+        assert!(m.stored("inbound", "pipe,bounce", 5));
+        assert_eq!(line(&m).as_deref(), Some("mamoru_inbound_mails_total{entry=\"pipe\",class=\"bounce\"} 5"));
+        // A lower value (an older backup restored) leaves the series alone.
+        assert!(m.stored("inbound", "pipe,bounce", 2));
+        assert_eq!(line(&m).as_deref(), Some("mamoru_inbound_mails_total{entry=\"pipe\",class=\"bounce\"} 5"));
+        assert!(m.stored("inbound", "pipe,bounce", 7));
+        assert_eq!(line(&m).as_deref(), Some("mamoru_inbound_mails_total{entry=\"pipe\",class=\"bounce\"} 7"));
+        // Outside the closed sets: nothing is created.
+        for (name, labels) in [
+            ("inbound", "pipe,p@docomo.ne.jp"),
+            ("inbound", "lmtp,registration"),
+            ("inbound", "pipe,registration,x"),
+            ("registrations_requested", "mail,other"),
+            ("alerts_published", "x"),
+            ("something_newer", ""),
+        ] {
+            assert!(!m.stored(name, labels, 1), "{name} {labels}");
+        }
+        let text = m.encode();
+        assert!(!text.contains('@') && !text.contains("other") && !text.contains("lmtp"), "{text}");
     }
 }

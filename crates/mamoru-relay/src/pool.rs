@@ -385,7 +385,9 @@ impl AlertWatch {
 
 /// Writes the pools' live state, their learned limits where they changed
 /// since the last write (`saved`), and expires stale rows; sets the pools'
-/// gauges and the outbox shape of the metrics from the same snapshot.
+/// gauges and the outbox shape of the metrics from the same snapshot, and
+/// copies the counters other processes keep in the store (the pipe
+/// command's inbound mails, alerts published from the command line).
 async fn report(relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock, saved: &mut [Option<LearnedLimits>]) {
     let store = &relay.store;
     let metrics = relay.alerts.metrics();
@@ -419,12 +421,15 @@ async fn report(relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock, saved: &m
             s.save_learned_limits(&learned)?;
         }
         let expired = s.expire_due(now)?;
-        Ok((expired, s.pending_shape(now)?))
+        Ok((expired, s.pending_shape(now)?, s.counters()?))
     })
     .await
     {
-        Ok((n, pending)) => {
+        Ok((n, pending, counters)) => {
             outbox_metrics(metrics, &relay.pools, pools, &pending, now);
+            for c in &counters {
+                metrics.stored(&c.name, &c.labels, c.value);
+            }
             for (i, l) in changed {
                 saved[i] = Some(l);
             }

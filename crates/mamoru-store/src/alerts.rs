@@ -521,6 +521,8 @@ impl Store {
         )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
         audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
+        // Counted with the commit, whoever publishes (link, panel, CLI).
+        crate::counters::bump(&tx, crate::counters::ALERTS_PUBLISHED, &[])?;
         tx.commit()?;
         Ok(Published::Published { alert: id, recipients: count })
     }

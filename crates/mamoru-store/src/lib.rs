@@ -7,6 +7,8 @@
 //! - [`relay`]: what the carrier-aware relay needs: claims per pool, group
 //!   commits of outcomes, undeliverable addresses, pool state, queue shape.
 //! - [`imap`]: where ingest stands in each watched IMAP mailbox.
+//! - [`counters`]: event counters every process adds to, for the metrics
+//!   of the serving one.
 //! - [`keys`]: reading and creating the key files in the data dir.
 //! - `migrations/`: numbered, append-only SQL, tracked in `PRAGMA user_version`.
 //!
@@ -23,6 +25,7 @@ pub mod backup;
 pub mod bounces;
 pub mod imap;
 pub mod confirm;
+pub mod counters;
 pub mod import;
 pub mod admins;
 pub mod alerts;
@@ -59,6 +62,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_imap.sql"),
     include_str!("migrations/0010_followups_preferences.sql"),
     include_str!("migrations/0011_reception.sql"),
+    include_str!("migrations/0012_counters.sql"),
+    include_str!("migrations/0013_outbox_shape_index.sql"),
 ];
 
 /// File name of the database inside the data dir.

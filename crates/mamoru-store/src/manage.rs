@@ -138,6 +138,17 @@ impl Store {
             LinkMail::Manage => "manage-link-requested",
         };
         audit(&tx, now, "ingest", action, &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+        // Counted with the commit: the pipe command's requests reach the
+        // serving process's metrics through this row.
+        let via = match channel {
+            Channel::Mail => "mail",
+            Channel::Web { .. } => "form",
+        };
+        let label = match kind {
+            LinkMail::Register => "register",
+            LinkMail::Manage => "manage",
+        };
+        crate::counters::bump(&tx, crate::counters::REGISTRATIONS_REQUESTED, &[via, label])?;
         tx.commit()?;
         Ok(LinkRequest::Queued { kind, subscriber, outbox })
     }
@@ -375,6 +386,10 @@ mod tests {
         let (kind, c) = f.ask("b@docomo.ne.jp", T0 + 2);
         assert_eq!((kind, c.purpose, c.subject), (LinkMail::Manage, Purpose::Manage, id.subject()));
         assert_eq!(f.count("SELECT COUNT(*) FROM subscribers"), 2, "no second registration");
+        // Each link mail is counted with its commit, by channel and kind.
+        let counted: Vec<(String, u64)> =
+            f.store.counters().expect("counters").into_iter().filter(|c| c.name == crate::counters::REGISTRATIONS_REQUESTED).map(|c| (c.labels, c.value)).collect();
+        assert_eq!(counted, [("mail,manage".to_string(), 1), ("mail,register".to_string(), 3)]);
     }
 
     #[test]

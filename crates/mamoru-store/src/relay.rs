@@ -475,37 +475,35 @@ impl Store {
     }
 
     /// Like [`Store::outbox_shape`] for the rows still to deliver only
-    /// (`queued`, `sending`), through the state index: bounded by the queue,
-    /// not by the history. The relay's snapshot reads it once a second.
+    /// (`queued`, `sending`): bounded by the queue, not by the history. The
+    /// relay's snapshot reads it once a second, so it is one pass over the
+    /// pool index alone (`outbox_pool_due` holds `created_at`), grouped in
+    /// that index's order without a sort: per state and domain, the rows
+    /// younger than each bucket's bound are counted, and a bucket is the
+    /// difference of two such counts.
     pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
         let conn = self.conn();
-        let mut bucket_sql = String::from("CASE");
-        for (i, m) in AGE_BUCKETS_MIN.iter().enumerate() {
-            bucket_sql.push_str(&format!(" WHEN ?1 - created_at < {} THEN {i}", m * 60));
-        }
-        bucket_sql.push_str(&format!(" ELSE {} END", AGE_BUCKETS_MIN.len()));
+        let younger: String = AGE_BUCKETS_MIN.iter().map(|m| format!(", SUM(created_at > ?1 - {})", m * 60)).collect();
         let sql = format!(
-            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*), MIN(created_at) FROM outbox
-             WHERE state IN ('queued', 'sending') GROUP BY domain, state, bucket ORDER BY domain, state"
+            "SELECT state, domain, COUNT(*), MIN(created_at){younger} FROM outbox INDEXED BY outbox_pool_due
+             WHERE state IN ('queued', 'sending') GROUP BY state, domain"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map([now], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
-        })?;
+        let mut rows = stmt.query([now])?;
         let mut out: Vec<PendingRow> = Vec::new();
-        for row in rows {
-            let (domain, state, bucket, n, oldest) = row?;
-            let same = out.last().is_some_and(|l| l.domain == domain && l.state == state);
-            if !same {
-                out.push(PendingRow { domain, state, buckets: vec![0; AGE_BUCKETS_MIN.len() + 1], oldest });
+        while let Some(r) = rows.next()? {
+            let total: i64 = r.get(2)?;
+            let mut buckets = Vec::with_capacity(AGE_BUCKETS_MIN.len() + 1);
+            let mut below = 0;
+            for i in 0..AGE_BUCKETS_MIN.len() {
+                let younger: i64 = r.get(4 + i)?;
+                buckets.push(younger - below);
+                below = younger;
             }
-            if let Some(last) = out.last_mut() {
-                last.oldest = last.oldest.min(oldest);
-                if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| last.buckets.get_mut(b)) {
-                    *slot += n;
-                }
-            }
+            buckets.push(total - below);
+            out.push(PendingRow { domain: r.get(1)?, state: r.get(0)?, buckets, oldest: r.get(3)? });
         }
+        out.sort_by(|a, b| (&a.domain, &a.state).cmp(&(&b.domain, &b.state)));
         Ok(out)
     }
 

@@ -74,7 +74,7 @@ fn imap_once(cfg: Arc<mamoru_core::Config>) -> anyhow::Result<()> {
     }
     let (store, keys) = setup::open_store(&cfg)?;
     let app = Arc::new(mamoru_app::App::new(cfg.clone(), store.clone(), keys.token_key()));
-    let registrar = Arc::new(Registrar::new(app));
+    let registrar = Arc::new(Registrar::new(app).with_entry(mamoru_app::metrics::Entry::Imap));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("start async runtime")?;
     let failed = rt.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();

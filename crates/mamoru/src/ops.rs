@@ -1,6 +1,6 @@
-//! The operator's side of `mamoru serve`: the metrics listener (`[metrics]
-//! listen`: `/metrics`, `/healthz`, `/readyz`) and systemd's readiness and
-//! watchdog notifications.
+//! The operator's side of `mamoru serve` and `mamoru relay`: the metrics
+//! listener (`[metrics] listen`: `/metrics`, `/healthz`, `/readyz`) and
+//! systemd's readiness and watchdog notifications, wired once by [`Ops`].
 //!
 //! A scrape encodes what is in memory ([`Metrics::encode`]): the counters
 //! recorded where things happen and the gauges of the relay's
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -23,9 +24,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mamoru_app::metrics::Metrics;
+use mamoru_core::Config;
 use mamoru_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Connections the metrics listener serves at once (a scraper or two and a
@@ -35,6 +38,64 @@ pub const MAX_CONNECTIONS: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the store check may take before the store counts as stuck.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A long-running command's operator side: its metrics registry, its health
+/// checks and, with `[metrics] listen`, the bound metrics listener.
+pub struct Ops {
+    pub metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    listener: Option<TcpListener>,
+}
+
+impl Ops {
+    /// Binds `[metrics] listen` if it is set; the keys are loaded (the store
+    /// is open).
+    pub async fn bind(cfg: &Config, store: Arc<Store>) -> anyhow::Result<Self> {
+        let health = Arc::new(Health::new(store));
+        health.keys_loaded();
+        let listener = match cfg.metrics.listen {
+            Some(addr) => Some(crate::serve::bind(addr, "metrics").await?),
+            None => None,
+        };
+        // The counters kept in the store are in memory before the first
+        // scrape can come: a series that read 0 for a moment after a restart
+        // and then its stored total would look like a burst of events.
+        let metrics = Arc::new(Metrics::new());
+        let (m, s) = (metrics.clone(), health.store.clone());
+        tokio::task::spawn_blocking(move || {
+            for c in s.counters()? {
+                m.stored(&c.name, &c.labels, c.value);
+            }
+            Ok::<_, mamoru_store::StoreError>(())
+        })
+        .await?
+        .context("read the stored counters")?;
+        Ok(Self { metrics, health, listener })
+    }
+
+    /// Prints `metrics listening on ADDR` when there is a listener.
+    pub fn announce(&self) -> anyhow::Result<()> {
+        match &self.listener {
+            Some(l) => crate::serve::announce("metrics", l),
+            None => Ok(()),
+        }
+    }
+
+    /// Once the command's own listeners are bound: marks them so, tells
+    /// systemd the process is ready, and returns the tasks of the metrics
+    /// listener (if any) and the watchdog.
+    pub fn start(self, shutdown: &CancellationToken) -> Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> {
+        let mut tasks = Vec::new();
+        if let Some(l) = self.listener {
+            let (metrics, health, token) = (self.metrics.clone(), self.health.clone(), shutdown.clone());
+            tasks.push(("metrics", tokio::spawn(async move { Ok::<(), anyhow::Error>(run(l, metrics, health, token).await?) })));
+        }
+        self.health.listeners_bound();
+        notify_ready();
+        tasks.push(("watchdog", tokio::spawn(watchdog(self.health, shutdown.clone()))));
+        tasks
+    }
+}
 
 /// What `/readyz` and the watchdog check.
 pub struct Health {

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use mamoru_core::Config;
 use mamoru_core::conn_limit::ConnectionLimits;
 use mamoru_app::App;
+use mamoru_app::metrics::Entry;
 use mamoru_ingest::Registrar;
 use mamoru_ingest::imap::client::Watcher;
 use mamoru_ingest::lmtp::server::{self as lmtp, LmtpConfig};
@@ -36,27 +37,19 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let cfg = Arc::new(cfg);
         let (store, keys) = setup::open_store(&cfg)?;
-        let health = Arc::new(ops::Health::new(store.clone()));
-        health.keys_loaded();
         let lmtp_listener = bind(cfg.ingest.lmtp_listen, "LMTP").await?;
         let web_listener = bind(cfg.web.listen, "HTTP").await?;
-        let metrics_listener = match cfg.metrics.listen {
-            Some(addr) => Some(bind(addr, "metrics").await?),
-            None => None,
-        };
+        let ops = ops::Ops::bind(&cfg, store.clone()).await?;
         announce("lmtp", &lmtp_listener)?;
         announce("http", &web_listener)?;
-        if let Some(l) = &metrics_listener {
-            announce("metrics", l)?;
-        }
+        ops.announce()?;
 
         let shutdown = CancellationToken::new();
         let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(mamoru_app::metrics::Metrics::new());
         // One set of use cases for every adapter; what they queue wakes the
         // relay, what they do is counted in the one registry.
         let app = Arc::new(
-            App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()).with_metrics(metrics.clone()),
+            App::new(cfg.clone(), store.clone(), keys.token_key()).with_wake(wake.clone()).with_metrics(ops.metrics.clone()),
         );
         let registrar = Arc::new(Registrar::new(app.clone()));
         let lmtp_cfg = LmtpConfig {
@@ -69,7 +62,9 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
         };
         let web = Arc::new(mamoru_web::Web::new(app.clone()));
 
-        let imap = cfg.ingest.imap.iter().map(|m| imap_watcher(&cfg, m, &registrar, &store)).collect::<anyhow::Result<Vec<_>>>()?;
+        let imap_registrar = Arc::new(Registrar::new(app.clone()).with_entry(Entry::Imap));
+        let imap =
+            cfg.ingest.imap.iter().map(|m| imap_watcher(&cfg, m, &imap_registrar, &store)).collect::<anyhow::Result<Vec<_>>>()?;
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
             ("lmtp", spawn(lmtp::run(lmtp_listener, lmtp_cfg, registrar.clone(), shutdown.clone()))),
             ("web", if cfg.web_tls() {
@@ -94,12 +89,7 @@ pub fn serve(mut cfg: Config) -> anyhow::Result<()> {
                 Ok(())
             })));
         }
-        if let Some(l) = metrics_listener {
-            tasks.push(("metrics", spawn(ops::run(l, metrics, health.clone(), shutdown.clone()))));
-        }
-        health.listeners_bound();
-        ops::notify_ready();
-        tasks.push(("watchdog", tokio::spawn(ops::watchdog(health.clone(), shutdown.clone()))));
+        tasks.extend(ops.start(&shutdown));
         run_until_signal(tasks, shutdown).await
     })
 }
@@ -192,13 +182,18 @@ fn fd_budget(nofile: u64, reserve: u64, web: usize, lmtp: usize) -> (usize, usiz
     (web2.min(web as u64) as usize, lmtp2.min(lmtp as u64) as usize)
 }
 
+/// `mamoru relay`: the relay alone, and with `[metrics] listen` the same
+/// metrics listener and systemd notifications as `serve`.
 pub fn relay_only(cfg: Config) -> anyhow::Result<()> {
     setup::init_logging("info", cfg.log.format);
     runtime()?.block_on(async move {
         let (store, keys) = setup::open_store(&cfg)?;
-        let app = Arc::new(App::new(Arc::new(cfg), store, keys.token_key()));
+        let ops = ops::Ops::bind(&cfg, store.clone()).await?;
+        ops.announce()?;
+        let app = Arc::new(App::new(Arc::new(cfg), store, keys.token_key()).with_metrics(ops.metrics.clone()));
         let shutdown = CancellationToken::new();
-        let tasks = vec![("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, app.wake().clone(), shutdown.clone())))];
+        let mut tasks = vec![("relay", spawn(mamoru_relay::run(relay(&app, &keys)?, app.wake().clone(), shutdown.clone())))];
+        tasks.extend(ops.start(&shutdown));
         run_until_signal(tasks, shutdown).await
     })
 }
@@ -418,13 +413,13 @@ pub fn dkim(cfg: &Config) -> anyhow::Result<Option<mamoru_relay::dkim::Dkim>> {
     Ok(Some(d))
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("bind {what} listener on {addr}"))
 }
 
 /// Prints the listening line tests and operators wait for, with the real
 /// port when 0 was configured.
-fn announce(what: &str, listener: &TcpListener) -> anyhow::Result<()> {
+pub(crate) fn announce(what: &str, listener: &TcpListener) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{what} listening on {}", listener.local_addr()?)?;
     out.flush()?;

@@ -99,9 +99,7 @@ fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, record) = ed25519();
     let (evil_key, evil_record) = ed25519();
-    let mut cfg = Config::default();
-    cfg.domain = "mamoru.test".into();
-    cfg.data_dir = dir.path().to_path_buf();
+    let mut cfg = Config { domain: "mamoru.test".into(), data_dir: dir.path().to_path_buf(), ..Default::default() };
     cfg.alerts.dkim_keys.insert("sel._domainkey.city.test".into(), record);
     cfg.alerts.dkim_keys.insert("sel._domainkey.evil.test".into(), evil_record);
     tweak(&mut cfg);

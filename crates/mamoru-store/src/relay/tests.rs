@@ -83,6 +83,38 @@ fn expiry_and_shape() {
 }
 
 #[test]
+fn the_pending_shape_buckets_as_the_full_shape_does_at_every_bound() {
+    let (_dir, store) = store();
+    // Ages on both sides of each bucket's bound, in two domains.
+    let mut n = 0;
+    for domain in ["docomo.ne.jp", "ezweb.ne.jp"] {
+        for age in [0, 299, 300, 301, 599, 600, 1199, 1200, 2400, 4799, 9600, 19_199, 38_400, 76_799, 76_800, 500_000] {
+            n += 1;
+            store.queue_many(&[mail(&format!("u{n}@{domain}"), n)], 0, T0 - age, T0 + 3600).expect("queue");
+        }
+    }
+    // Some in flight, one delivered (left out of the pending shape).
+    let claimed = store.claim_due_in(T0, 60, 5, &DomainFilter::Only(vec!["ezweb.ne.jp".into()])).expect("claim");
+    assert_eq!(claimed.len(), 5);
+    store.mark_sent(claimed[0].id, T0).expect("sent");
+    let pending = store.pending_shape(T0).expect("pending");
+    let full: Vec<_> = store
+        .outbox_shape(T0)
+        .expect("shape")
+        .into_iter()
+        .filter(|r| matches!(r.state.as_str(), "queued" | "sending"))
+        .map(|r| (r.domain, r.state.as_str().to_string(), r.buckets))
+        .collect();
+    let got: Vec<_> = pending.iter().map(|r| (r.domain.clone(), r.state.clone(), r.buckets.clone())).collect();
+    assert_eq!(got, full);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(pending.iter().map(|r| r.buckets.iter().sum::<i64>()).sum::<i64>(), 31);
+    let docomo = &pending[0];
+    assert_eq!(docomo.buckets, [2, 3, 2, 1, 2, 0, 2, 0, 2, 2], "{docomo:?}");
+    assert_eq!(docomo.oldest, T0 - 500_000);
+}
+
+#[test]
 fn pool_state_round_trips() {
     let (_dir, store) = store();
     let p = PoolState {

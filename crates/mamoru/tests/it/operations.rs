@@ -17,6 +17,9 @@ use crate::support::*;
 const T: Duration = Duration::from_secs(60);
 const ADMIN: &str = "staff@city.test";
 const PARENT: &str = "taro.y@docomo.ne.jp";
+/// A parent whose empty mail comes through the pipe command.
+const PIPE_PARENT: &str = "hanako.m@ezweb.ne.jp";
+const EMPTY_MAIL: &[u8] = b"From: hanako.m@ezweb.ne.jp\r\nSubject: \r\n\r\n";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy")
@@ -137,8 +140,10 @@ fn sink_with(sink: &SmtpSink, what: &str) -> Vec<Mail> {
 }
 
 /// A registration by LMTP and the web page, then an alert posted from the
-/// command line and published through its preview's link, all delivered to
-/// Postfix's smtp-sink; a real Prometheus scrapes the serve process every
+/// command line and published through its preview's link, then an empty
+/// mail and a bounce-like one through the pipe command and an alert
+/// published with `alert post --yes` (both other processes), all delivered
+/// to Postfix's smtp-sink; a real Prometheus scrapes the serve process every
 /// second meanwhile, and what it answers matches the sink's count.
 #[test]
 fn prometheus_scrapes_a_registration_and_an_alert_and_answers_what_the_sink_received() {
@@ -177,18 +182,40 @@ fn prometheus_scrapes_a_registration_and_an_alert_and_answers_what_the_sink_rece
     assert_eq!(http(server.http, "POST", &publish_path, Some("")).status, 200);
     wait_for("the alert at the sink", T, || sink_with(&sink, "[不審者情報]").into_iter().next());
 
-    // What Prometheus scraped matches what the sink received.
-    // 登録受付, 登録完了, the preview, the alert (a dump is complete once
-    // its message ended).
     wait_for("four complete messages at the sink", T, || (sink.messages().len() == 4).then_some(()));
+    prom.wait_value("mamoru_alerts_published_total", 1.0);
+
+    // Other processes: a parent's empty mail and a null-sender one through
+    // the pipe command (Postfix's pipe(8) runs one per message), and an
+    // alert the operator publishes from the command line at once.
+    let piped = inst.ingest(PIPE_PARENT, "ans@mamoru.test", EMPTY_MAIL);
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let dropped = inst.ingest("", "ans@mamoru.test", EMPTY_MAIL);
+    assert!(dropped.status.success(), "{}", String::from_utf8_lossy(&dropped.stderr));
+    wait_for("the piped 登録受付 at the sink", T, || (sink_with(&sink, "登録受付").len() == 2).then_some(()));
+    let mut now = inst.cmd();
+    now.args(["alert", "post", "--admin", "chuo", "--title", "続く声かけ", "--kind", "不審者情報", "--districts", "中央", "--yes"]);
+    let out = run_with_stdin(now, "駅前でも声かけがありました。".as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alerts = || sink_with(&sink, "[不審者情報]").into_iter().filter(|m| m.subject.starts_with("【守るネット】[")).count();
+    wait_for("the second alert at the sink", T, || (alerts() == 2).then_some(()));
+
+    // What Prometheus scraped matches what the sink received: 登録受付
+    // twice, 登録完了, two alerts and their previews (`--yes` mails its
+    // preview too; a dump is complete once its message ended).
+    let subjects = || sink.messages().into_iter().map(|(_, raw)| parse_mail(&raw).subject).collect::<Vec<_>>();
+    wait_for_or("seven complete messages at the sink", T, || (sink.messages().len() == 7).then_some(()), || format!("{:?}", subjects()));
     let delivered = sink.messages().len();
     prom.wait_value("sum(mamoru_relay_deliveries_total{outcome=\"sent\",reply_class=\"2xx\"})", delivered as f64);
     prom.wait_value("sum(mamoru_relay_deliveries_total{outcome!=\"sent\"}) or vector(0)", 0.0);
     prom.wait_value("mamoru_inbound_mails_total{entry=\"lmtp\",class=\"registration\"}", 1.0);
-    prom.wait_value("mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"}", 1.0);
+    prom.wait_value("mamoru_inbound_mails_total{entry=\"pipe\",class=\"registration\"}", 1.0);
+    prom.wait_value("mamoru_inbound_mails_total{entry=\"pipe\",class=\"null-sender\"}", 1.0);
+    prom.wait_value("sum(mamoru_inbound_mails_total)", 3.0);
+    prom.wait_value("mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"}", 2.0);
     prom.wait_value("mamoru_registrations_completed_total", 1.0);
-    prom.wait_value("mamoru_alerts_published_total", 1.0);
-    prom.wait_value("mamoru_alert_delivery_seconds_count", 1.0);
+    prom.wait_value("mamoru_alerts_published_total", 2.0);
+    prom.wait_value("mamoru_alert_delivery_seconds_count", 2.0);
     prom.wait_value("sum(mamoru_http_requests_total{route=\"registration\",status=\"200\"})", 2.0);
     prom.wait_value("sum(mamoru_http_requests_total{route=\"publish\",status=\"200\"})", 1.0);
     prom.wait_value("sum(mamoru_outbox_rows)", 0.0);
@@ -226,7 +253,7 @@ fn prometheus_scrapes_a_registration_and_an_alert_and_answers_what_the_sink_rece
     let series = prom.api("series", &format!("match[]={}", url_escape("{__name__=~\"mamoru_.+\"}"))).to_string();
     for (what, text) in [("/metrics", exposition.as_str()), ("Prometheus' series", series.as_str())] {
         assert!(text.contains("mamoru_relay_deliveries_total"), "{what}: {text}");
-        for secret in ["@", PARENT, "taro", "staff", token, publish_token, "chuo", "/r/", "/p/"] {
+        for secret in ["@", PARENT, "taro", PIPE_PARENT, "hanako", "staff", token, publish_token, "chuo", "/r/", "/p/"] {
             assert!(!text.contains(secret), "{what} holds {secret:?}:\n{text}");
         }
         // Nothing that looks like a token (51 base64url characters) either.
@@ -241,6 +268,68 @@ fn prometheus_scrapes_a_registration_and_an_alert_and_answers_what_the_sink_rece
     drop(prom);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+}
+
+/// `mamoru relay` on its own (beside the pipe command, without `serve`),
+/// killed when dropped.
+struct RelayOnly(Child);
+
+impl Drop for RelayOnly {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of the exposition line that starts with `series` (name and
+/// labels as written), if there is one.
+fn exposed(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `mamoru relay` with `[metrics] listen` serves the same listener as
+/// `serve`: health, readiness, the relay's metrics, and the counters the
+/// pipe command keeps in the store, from the first scrape on (a process
+/// started after the mail shows the stored total, never 0 first) and
+/// rising while it runs.
+#[test]
+fn the_relay_alone_serves_metrics_and_readiness_with_the_pipe_counts() {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let inst = Instance::new(&[("metrics.listen", &format!("\"{metrics}\""))]);
+    let piped = inst.ingest(PIPE_PARENT, "ans@mamoru.test", EMPTY_MAIL);
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+
+    let mut cmd = inst.cmd();
+    cmd.arg("relay").stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut relay = RelayOnly(cmd.spawn().expect("start mamoru relay"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(relay.0.stdout.take().expect("stdout")), &mut line).expect("read");
+    assert_eq!(line.trim_end(), format!("metrics listening on {metrics}"));
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".to_string()));
+    let (_, first) = get(metrics, "/metrics");
+    let pipe = "mamoru_inbound_mails_total{entry=\"pipe\",class=\"registration\"}";
+    let requested = "mamoru_registrations_requested_total{channel=\"mail\",kind=\"register\"}";
+    assert_eq!((exposed(&first, pipe), exposed(&first, requested)), (Some(1.0), Some(1.0)), "{first}");
+    wait_for("/readyz", T, || (get(metrics, "/readyz") == (200, "ready\n".to_string())).then_some(()));
+
+    // The relay delivers the 登録受付 (file transport) and counts it.
+    wait_for("the 登録受付 file", T, || (inst.mail_files().len() == 1).then_some(()));
+    let sent = "mamoru_relay_deliveries_total{pool=\"au\",outcome=\"sent\",reply_class=\"2xx\"}";
+    wait_for("the delivery in /metrics", T, || (exposed(&get(metrics, "/metrics").1, sent) == Some(1.0)).then_some(()));
+    // The next piped mail shows within the relay's once-a-second snapshot.
+    let again = inst.ingest("", "ans@mamoru.test", EMPTY_MAIL);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let dropped = "mamoru_inbound_mails_total{entry=\"pipe\",class=\"null-sender\"}";
+    wait_for("the null-sender mail in /metrics", T, || (exposed(&get(metrics, "/metrics").1, dropped) == Some(1.0)).then_some(()));
+    let (_, text) = get(metrics, "/metrics");
+    assert_eq!(exposed(&text, pipe), Some(1.0), "{text}");
+    assert!(exposed(&text, "mamoru_pool_pace_ceiling{pool=\"au\"}").is_some(), "{text}");
+    assert!(!text.contains('@') && !text.contains("hanako"), "{text}");
+
+    let pid = relay.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = wait_for("mamoru relay to exit", T, || relay.0.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
