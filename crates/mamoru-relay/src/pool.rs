@@ -826,6 +826,9 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                 OutcomeRecord::Retry { at: now.saturating_add(delay), reason }
             }
             DeliveryOutcome::Failed { reason } => {
+                // Answered without a push-back: it counts towards the rate
+                // the pool delivered, as a sent message does.
+                pool.shaper().on_success(clock.now());
                 let reason = outcome::scrub(&reason, &mail.recipient);
                 metrics.delivery(&pool.name, Delivery::Failed, code(&reason));
                 if outcome::is_unknown_user(&reason) {
