@@ -18,16 +18,10 @@
 //!   4xx/5xx to MAIL, RCPT or DATA is answered with RSET and the connection
 //!   serves the next message.
 //!
-//! A 5xx fails the message, except a refusal of the session rather than of
-//! the message ([`session_refusal`]): a 530 at any step (RFC 3207's "Must
-//! issue a STARTTLS command first", RFC 4954's "Authentication required"),
-//! and, on a plain-text session opened after a failed STARTTLS handshake,
-//! any 5.7.x or TLS-naming 5xx at MAIL FROM ("server requires TLS, and the
-//! STARTTLS handshake failed", with the reply and the handshake's error).
-//! Such a message is deferred like a failed required STARTTLS (the pool
-//! pauses; with `mx`, only the message waits) and the session is closed:
-//! an operator can fix TLS, and a safety alert must not be lost to it.
-//! Recipient refusals (550 5.1.1 at RCPT) stay final.
+//! How replies become outcomes ("too many sessions", "too fast", a refusal
+//! of the session rather than the message, a message's own failure) is
+//! told in docs/ARCHITECTURE.md (`mamoru-relay`, "Outcomes");
+//! [`session_refusal`] and [`Reply::is_pace_push_back`] are its code here.
 //!
 //! Opening a session ([`open`]): TCP with `TCP_NODELAY`, greeting, EHLO, then
 //! STARTTLS (lettre over rustls/ring) as [`TlsPolicy`] says, then AUTH
@@ -41,14 +35,6 @@
 //! does. A failed STARTTLS (required) or
 //! AUTH defers the message and pauses the pool: nothing is lost or failed.
 //!
-//! A refusal of one more session ([`DeliveryOutcome::SessionRefused`]) is
-//! told by codes, never by words: a 4xx to the greeting, EHLO, a required
-//! STARTTLS or AUTH, a refused or reset connection, a hang-up before the
-//! greeting, and a 421 (or a broken session at MAIL) on a session opened
-//! for this message. On a session that already carried a message a 421 or
-//! a pace 4xx ([`Reply::is_pace_push_back`]) is "too fast"
-//! ([`DeliveryOutcome::Throttled`]); a 4xx with another enhanced code
-//! (4.2.2 mailbox full, 4.3.0) defers only its message.
 //! Opening has one limit (30 s) for all of it; when it runs out, the reason
 //! names the step that was waiting (connection, greeting, EHLO, STARTTLS,
 //! AUTH), since a server that greets and then stalls is another fault than
