@@ -184,11 +184,14 @@ impl Shaper {
     }
 
     /// Starts from limits learned before (see [`drift`]): the learned pace
-    /// (kept under the ceiling) and its mark.
+    /// (kept under the ceiling) and its mark. The bucket starts empty, as
+    /// after a pause: the carrier may still be counting what the previous
+    /// relay sent a moment ago, and a burst at start would push back.
     pub fn restore(&mut self, pace: f64, mark: Option<Mark>, now: f64) {
         if self.configured <= 0.0 {
             return;
         }
+        self.drain_on_resume = true;
         let floor = self.configured * MIN_RATE_FRACTION;
         self.target = pace.clamp(floor, self.configured);
         self.cut_to = self.target;
@@ -874,6 +877,16 @@ mod tests {
             c.release();
         }
         assert!(c.take(3800.0) && c.take(3800.0), "then one more per clean period");
+    }
+
+    #[test]
+    fn a_restored_pool_starts_at_its_pace_without_a_burst() {
+        let mut s = Shaper::learning(10.0, 5, Learning::default(), 0.0);
+        s.restore(4.0, None, 0.0);
+        // At 4 msg/s: the message at 0.25 s, the next at 0.5 s; not the
+        // five of a full bucket at once.
+        assert!(s.admit(0.0).is_err());
+        assert_eq!(drain(&mut s, 0.0, 1.01), 4);
     }
 
     #[test]
