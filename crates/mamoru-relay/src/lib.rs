@@ -1,41 +1,24 @@
 //! The relay: drains the SQLite outbox to the carriers, as fast as each
-//! carrier allows and no faster, without losing a message.
-//!
-//! [`run`] starts one [`pool`] per carrier (`[carriers.NAME]`): a feeder
-//! claims that pool's due rows (with a lease) into a small bounded queue, and
-//! up to `max_connections` workers, each with its own connection, take
-//! messages from it as the pool's [`shaper::Shaper`] admits them. Outcomes go
-//! to one committer, which writes them in groups (one transaction per group)
-//! right after the replies. When nothing is due a feeder waits for a wake-up
-//! (mail queued in this process), the poll interval (mail queued by other
-//! processes, such as the pipe command) or the next retry time.
+//! carrier allows and no faster, without losing a message. [`run`] starts
+//! one [`pool`] per carrier (`[carriers.NAME]`). How pools, sessions,
+//! outcomes, the learning of each carrier's limits and leases fit together,
+//! and the invariants they keep, is told once in docs/ARCHITECTURE.md
+//! (`mamoru-relay`).
 //!
 //! Layout:
-//! - [`shaper`]: token bucket plus adaptive pause and recovery, pure.
-//! - [`pool`]: the tasks of one pool: feeder, workers; and the committer.
-//! - [`dkim`]: DKIM signatures (ed25519, and rsa-sha256 with an operator key).
-//! - [`backoff`]: the retry schedule, a pure function of the attempt count.
-//! - [`charset`]: a pool's `charset = "iso-2022-jp"`, for old handsets.
-//! - [`outcome`]: [`DeliveryOutcome`] and the scrubbing of failure reasons.
-//! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
+//! - [`pool`]: the tasks: per pool a feeder and its workers; the committer
+//!   and the supervisor.
+//! - [`shaper`]: the learned pace and connection cap of one pool, pure.
+//! - [`outcome`]: [`DeliveryOutcome`], reply classification by codes, and
+//!   the scrubbing of failure reasons.
 //! - [`smtp`]: the `smtp://HOST:PORT` and `mx` transports over lettre's
 //!   connection API (STARTTLS, AUTH).
 //! - [`mx`]: MX lookups and the order of hosts to try (hickory).
-//! - [`splice`]: alert rows are queued without content; each subscriber's
-//!   copy is rendered right after the claim, by `mamoru_app::App::alert_copy`.
-//!
-//! Invariants:
-//! - One pool never waits for another: each claims only its own domains and
-//!   has its own queue, connections and shaper.
-//! - A pool never has more than `max_connections` sessions open: each worker
-//!   owns at most one.
-//! - An SMTP transaction is never cut half way: shutdown is only looked at
-//!   between messages. Claimed rows not yet tried go back to the queue.
-//! - Delivery is at least once: a row is marked sent only after the next hop
-//!   accepted it; if that commit fails, the lease brings the row back.
-//! - Logs carry the outbox id and the recipient's domain, never the address
-//!   or the content; reasons have the address masked before they are logged
-//!   or stored.
+//! - [`file`]: the `file` transport, atomic `.eml` files under the data dir.
+//! - [`backoff`]: the retry schedule, a pure function of the attempt count.
+//! - [`splice`]: alert copies rendered right after the claim.
+//! - [`dkim`]: DKIM signatures (ed25519, and rsa-sha256 with an operator key).
+//! - [`charset`]: a pool's `charset = "iso-2022-jp"`, for old handsets.
 
 pub mod backoff;
 pub mod charset;

@@ -1,23 +1,8 @@
-//! The tasks of the relay: per carrier pool a feeder and its workers, and one
-//! committer for everyone.
-//!
-//! - The feeder claims the pool's due rows in chunks of half its queue, only
-//!   when that much room is free (so claims stay few and large), and hands
-//!   them to the workers through a bounded queue of about two seconds of
-//!   the pool's configured rate: a paused pool holds few leased rows.
-//! - Each worker owns at most one connection and holds one of the pool's
-//!   sessions ([`SessionCap`], the learned connection cap) from before it
-//!   takes a message until its connection closes; it waits for the shaper's
-//!   admission before each message, so connections and rate are both capped
-//!   by construction. A long pause closes the connection instead of holding
-//!   it idle. A worker over a lowered cap closes its connection between
-//!   messages; a refused session lowers the cap and the others go on.
-//! - The committer writes outcomes in groups, one transaction each.
-//! - The supervisor ([`run_pools`]) fans wake-ups out to the feeders, writes
-//!   the pools' live state and expires stale rows every second, and renews
-//!   the leases of the rows the pools hold (claimed, not yet decided) every
-//!   third of a lease: a pool paused longer than a lease keeps its rows
-//!   instead of claiming them a second time.
+//! The tasks of the relay: per carrier pool a feeder and its workers, one
+//! committer for everyone, and the supervisor ([`run_pools`]) that writes
+//! the pools' state and learned limits, expires stale rows and renews
+//! leases. What each does and why is told in docs/ARCHITECTURE.md
+//! (`mamoru-relay`, "Pools, workers, leases").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -831,6 +816,9 @@ async fn deliver(hop: &mut NextHop, pool: &Pool, relay: &Relay, mail: &QueuedMai
                 OutcomeRecord::Retry { at: now.saturating_add(delay), reason }
             }
             DeliveryOutcome::Failed { reason } => {
+                // Answered without a push-back: it counts towards the rate
+                // the pool delivered, as a sent message does.
+                pool.shaper().on_success(clock.now());
                 let reason = outcome::scrub(&reason, &mail.recipient);
                 metrics.delivery(&pool.name, Delivery::Failed, code(&reason));
                 if outcome::is_unknown_user(&reason) {

@@ -1,39 +1,13 @@
-//! Adaptive shaping of one carrier pool, pure: every method takes the time
-//! (seconds on the caller's clock), so tests drive it with a fake clock.
+//! The learned limits of one carrier pool, pure: every method takes the
+//! time (seconds on the caller's clock), so tests drive it with a fake
+//! clock. [`Shaper`] admits each message at the learned pace (a token
+//! bucket) and reacts to "too fast"; [`SessionCap`] grants sessions under
+//! the learned connection cap and reacts to "too many sessions"; [`drift`]
+//! says where stored limits stand when a relay starts again.
 //!
-//! The configured values of a pool (`rate_per_second`, `max_connections`)
-//! are ceilings; the carrier's real limits are lower, unknown and change, so
-//! the pool learns them from two signals, told apart by [`crate::outcome`]:
-//!
-//! - "too fast" (a pace push-back, [`Shaper::on_throttle`]): a token bucket
-//!   at the pool's current rate admits each message. A push-back halves the
-//!   current rate (never below [`MIN_RATE_FRACTION`] of the ceiling),
-//!   empties the bucket and pauses the pool for a delay that doubles with
-//!   each consecutive push-back, with ±20 % jitter. It also marks the level
-//!   where it came: the lower of the current rate and the rate the pool
-//!   actually delivered over the last seconds. After the pause the rate
-//!   climbs back linearly, by [`RECOVERY_PER_SEC`] of the ceiling per
-//!   second, but only to [`KNEE`] of the mark: just under the level that
-//!   pushed back, not to the ceiling.
-//! - "too many sessions" ([`SessionCap::on_refusal`]): the learned
-//!   connection cap drops (by one at least, to the sessions that were open
-//!   at most, never below 1); the pool does not pause and its working
-//!   sessions go on.
-//!
-//! After a push-back the pool stays below the level that caused it (its
-//! mark), without probing, until the mark is [`Learning::drift_secs`] old
-//! (counted from the last push-back near it: within [`NEAR`] for the pace,
-//! the same count for sessions). After that both learned limits climb back
-//! gradually: one step up ([`PROBE_STEP`] of the pace, one session) per
-//! clean period of [`Learning::probe_secs`] without a push-back, up to the
-//! ceilings. Nothing ever goes above the ceilings.
-//!
-//! The learned limits outlive the relay: [`drift`] computes, from the
-//! stored values and times, where they stand when a relay starts again, by
-//! the same rule (held below the mark during the drift period, then one
-//! step per probe period).
-//!
-//! A pool without a configured rate (0 = no limit) only pauses.
+//! The rules (marks, approach, firm levels, probing, drift) and their
+//! invariant are told once, in docs/ARCHITECTURE.md, `mamoru-relay`,
+//! "Learning the carriers' limits"; the constants below are their numbers.
 
 use std::collections::VecDeque;
 
@@ -47,8 +21,12 @@ pub const PAUSE_MAX_SECS: f64 = 60.0;
 pub const MIN_RATE_FRACTION: f64 = 0.1;
 /// Share of the configured rate regained per second after a pause.
 pub const RECOVERY_PER_SEC: f64 = 0.1;
-/// After a push-back the pace climbs back to this share of its mark.
+/// After a push-back the pace climbs back to this share of its mark, and
+/// stays there once the mark is firm (pushed back twice).
 pub const KNEE: f64 = 0.9;
+/// A mark pushed back once is approached again, one probe step per clean
+/// period, up to this share of it: just under the level, never at it.
+pub const APPROACH: f64 = 0.975;
 /// Each upward probe of the pace raises it by this share.
 pub const PROBE_STEP: f64 = 0.05;
 /// Two pace push-backs within this share of each other are "near the same level".
@@ -92,6 +70,20 @@ impl Mark {
     /// passed: the pool stays below it.
     pub fn holds(&self, now: f64, learning: &Learning) -> bool {
         now - self.at < learning.drift_secs
+    }
+
+    /// Pushed back twice or more near this level: the carrier's limit is
+    /// here, and the pool holds at [`KNEE`] of it. A level that pushed back
+    /// once may have been a fluke (a burst after a stall, a session the
+    /// carrier had not seen end), so the pool approaches it again.
+    pub fn is_firm(&self) -> bool {
+        self.hits >= 2
+    }
+
+    /// The highest pace the pool probes to while this mark holds: [`KNEE`]
+    /// of a firm mark, [`APPROACH`] of one pushed back once; both below it.
+    pub fn hold_level(&self) -> f64 {
+        self.level * if self.is_firm() { KNEE } else { APPROACH }
     }
 }
 
@@ -151,6 +143,9 @@ pub struct Shaper {
     paused_until: f64,
     /// The last push-back or upward probe: the clean period counts from here.
     last_change: f64,
+    /// When the learned pace last changed: a push-back a whole probe period
+    /// later came at a level the pool had held cleanly.
+    level_since: f64,
     mark: Option<Mark>,
     /// Times of recent accepted messages, for the delivered rate.
     recent: VecDeque<f64>,
@@ -178,6 +173,7 @@ impl Shaper {
             cut_to: rate,
             paused_until: now,
             last_change: now,
+            level_since: now,
             mark: None,
             recent: VecDeque::new(),
             streak: 0,
@@ -188,17 +184,21 @@ impl Shaper {
     }
 
     /// Starts from limits learned before (see [`drift`]): the learned pace
-    /// (kept under the ceiling) and its mark.
+    /// (kept under the ceiling) and its mark. The bucket starts empty, as
+    /// after a pause: the carrier may still be counting what the previous
+    /// relay sent a moment ago, and a burst at start would push back.
     pub fn restore(&mut self, pace: f64, mark: Option<Mark>, now: f64) {
         if self.configured <= 0.0 {
             return;
         }
+        self.drain_on_resume = true;
         let floor = self.configured * MIN_RATE_FRACTION;
         self.target = pace.clamp(floor, self.configured);
         self.cut_to = self.target;
         self.reported = self.target;
         self.mark = mark;
         self.last_change = now;
+        self.level_since = now;
         self.bucket.set_rate(self.target, now);
     }
 
@@ -272,16 +272,21 @@ impl Shaper {
             return;
         }
         let limit = match self.mark {
-            Some(m) if m.holds(now, &self.learning) => m.level * KNEE,
+            Some(m) if m.holds(now, &self.learning) => m.hold_level(),
             _ => self.configured,
         };
         if self.target < limit {
             self.target = (self.target * (1.0 + PROBE_STEP)).min(limit).min(self.configured);
+            self.level_since = now;
         }
         self.last_change = now;
     }
 
-    /// A message was accepted: the throttle streak is over.
+    /// The carrier answered a message without pushing back: it accepted
+    /// it, or refused it for good (an unknown user). The throttle streak is
+    /// over, and the message counts towards the delivered rate: it took
+    /// one of the shaper's admissions as much as an accepted one did, so
+    /// the rate a push-back marks is in the shaper's own units.
     pub fn on_success(&mut self, now: f64) {
         self.streak = 0;
         self.recent.push_back(now);
@@ -298,12 +303,15 @@ impl Shaper {
         let first = *times.next()?;
         let n = 1 + times.count();
         // Measured from the first message in the window: an idle stretch
-        // before it says nothing about the carrier.
+        // before it says nothing about the carrier. `now` is when the next
+        // message went (the one pushed back), so the span holds `n`
+        // intervals, not `n - 1`: counting one less would mark a pool
+        // sending evenly at r at r·(n-1)/n, a quarter low for four messages.
         let span = now - first;
         if n < 4 || span < WINDOW_MIN_SECS {
             return None;
         }
-        Some((n - 1) as f64 / span)
+        Some(n as f64 / span)
     }
 
     /// The carrier refused the pool's only session (or every session, with
@@ -344,14 +352,22 @@ impl Shaper {
         if self.configured > 0.0 {
             let floor = self.configured * MIN_RATE_FRACTION;
             let level = self.delivered_rate(now).map_or(current, |d| d.min(current)).max(floor);
+            // A carrier with a real limit pushes back soon after the pool
+            // goes over it. A push-back at a pace the pool had held for a
+            // whole clean probe period says nothing more than "stay below
+            // this level": it starts a new mark, approached again, rather
+            // than confirming the old one and ratcheting the pool down a
+            // tenth at each such fluke.
+            let held = now - self.level_since >= self.learning.probe_secs;
             self.mark = Some(match self.mark {
-                Some(m) if (level - m.level).abs() <= NEAR * m.level => {
+                Some(m) if !held && (level - m.level).abs() <= NEAR * m.level => {
                     Mark { level: level.min(m.level), hits: m.hits.saturating_add(1), at: now }
                 }
                 _ => Mark { level, hits: 1, at: now },
             });
             self.target = (level * KNEE).max(floor).min(self.configured);
             self.cut_to = (current * 0.5).max(floor).min(self.target);
+            self.level_since = now;
         }
         self.last_change = now;
         self.pause(now, jitter)
@@ -528,13 +544,16 @@ mod tests {
         assert!(s.admit(2.0).is_err());
         assert_eq!(s.pace_changed(), Some(18.0));
         assert_eq!(s.pace_changed(), None);
-        // Below the mark, without probing, until the drift period after the
-        // push-back has passed; then one step up per clean period, never
+        // Below the mark until the drift period after the push-back has
+        // passed: after a clean period one step towards it (it pushed back
+        // once), never to it; then one step up per clean period, never
         // over the ceiling.
-        drain(&mut s, 2.0, 120.9);
+        drain(&mut s, 2.0, 60.9);
         assert!((s.learned_pace() - 18.0).abs() < 1e-9);
-        drain(&mut s, 120.9, 121.2);
+        drain(&mut s, 60.9, 120.9);
         assert!((s.learned_pace() - 18.9).abs() < 1e-9, "{}", s.learned_pace());
+        drain(&mut s, 120.9, 121.2);
+        assert!((s.learned_pace() - 18.9 * 1.05).abs() < 1e-9, "{}", s.learned_pace());
         drain(&mut s, 121.2, 400.0);
         assert_eq!(s.learned_pace(), 20.0);
     }
@@ -571,27 +590,47 @@ mod tests {
     /// A carrier whose pace follows `table` (from this time on, this many
     /// messages per second; bucket of `burst`), and a pool sending to it as
     /// fast as its shaper admits until `until`. Returns the push-back times
-    /// and the delivery times.
+    /// and the delivery times. The carrier is honest: its limit is the
+    /// table's, unknown to the shaper.
     fn against(s: &mut Shaper, table: &[(f64, f64)], burst: u32, until: f64) -> (Vec<f64>, Vec<f64>) {
+        against_with_flukes(s, table, burst, until, &[])
+    }
+
+    /// As [`against`], and the carrier also pushes back the first message
+    /// at or after each time in `flukes`, whatever the pace: a fluke (a
+    /// burst after a stall on a loaded machine, a session it had not seen
+    /// end). Checks the invariant all along: never over the ceiling, and
+    /// after a push-back below the level it marked until the drift period
+    /// has passed.
+    fn against_with_flukes(s: &mut Shaper, table: &[(f64, f64)], burst: u32, until: f64, flukes: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let limit_at = |t: f64| table.iter().rev().find(|(from, _)| *from <= t).map_or(table[0].1, |&(_, r)| r);
+        let drift = s.learning.drift_secs;
         let mut carrier = TokenBucket::new(limit_at(0.0), burst, 0.0);
         let (mut now, mut pushed, mut delivered) = (0.0, Vec::new(), Vec::new());
+        let mut flukes = flukes.iter().copied().peekable();
+        // (time, level) of each push-back's mark.
+        let mut marks: Vec<(f64, f64)> = Vec::new();
         while now < until {
             if carrier.rate() != limit_at(now) {
                 carrier.set_rate(limit_at(now), now);
             }
             match s.admit(now) {
-                Ok(()) if carrier.take(now).is_ok() => {
+                Ok(()) if flukes.next_if(|&f| f <= now).is_none() && carrier.take(now).is_ok() => {
                     s.on_success(now);
                     delivered.push(now);
                 }
                 Ok(()) => {
                     pushed.push(now);
                     s.on_throttle(now, 0.0);
+                    marks.push((now, s.mark().expect("a push-back marks its level").level));
                 }
                 Err(wait) => now += wait.max(1e-6),
             }
-            assert!(s.rate_now(now) <= s.ceiling() + 1e-9, "over the ceiling at {now}");
+            let rate = s.rate_now(now);
+            assert!(rate <= s.ceiling() + 1e-9, "over the ceiling at {now}");
+            for &(at, level) in marks.iter().filter(|(at, _)| now - at < drift) {
+                assert!(rate < level, "at {now}: {rate} not below the level {level} pushed back at {at}");
+            }
         }
         (pushed, delivered)
     }
@@ -639,6 +678,74 @@ mod tests {
         let end = count_in(&delivered, 550.0, 600.0) as f64 / 50.0;
         assert!((12.0..=16.0).contains(&end), "{end} {pushed:?}");
         assert!(count_in(&pushed, 400.0, 600.0) <= 3, "{pushed:?}");
+    }
+
+    #[test]
+    fn a_level_pushed_back_once_is_approached_again_to_just_under_it() {
+        let learning = Learning { probe_secs: 10.0, drift_secs: 1000.0 };
+        let mut s = Shaper::learning(10.0, 1, learning, 0.0);
+        drain(&mut s, 0.0, 5.0);
+        // Pushed back at the full 10 msg/s: down to 90 % of it...
+        s.on_throttle(5.0, 0.0);
+        assert_eq!(s.mark().map(|m| (m.hits, m.is_firm())), Some((1, false)));
+        // The level is the pace it was sending at, measured from what it
+        // delivered, not a message short.
+        assert!((9.9..=10.0).contains(&s.mark().expect("marked").level), "{:?}", s.mark());
+        let level = s.mark().expect("marked").level;
+        drain(&mut s, 5.0, 14.0);
+        assert!((s.learned_pace() - KNEE * level).abs() < 1e-9, "{}", s.learned_pace());
+        // ...then, after clean periods, one step at a time back towards
+        // the level, to just under it and never at it.
+        drain(&mut s, 14.0, 20.0);
+        assert!((s.learned_pace() - KNEE * level * (1.0 + PROBE_STEP)).abs() < 1e-9, "{}", s.learned_pace());
+        drain(&mut s, 20.0, 26.0);
+        assert!((s.learned_pace() - APPROACH * level).abs() < 1e-9, "{} of {level}", s.learned_pace());
+        drain(&mut s, 26.0, 100.0);
+        assert!((s.learned_pace() - APPROACH * level).abs() < 1e-9, "{} of {level}", s.learned_pace());
+        // A push-back at the level it had held for a whole clean period
+        // confirms nothing: a new mark there, approached again.
+        s.on_throttle(100.0, 0.0);
+        let again = s.mark().expect("marked");
+        assert!(!again.is_firm() && again.level < level, "{again:?}");
+        drain(&mut s, 100.0, 900.0);
+        assert!((s.learned_pace() - APPROACH * again.level).abs() < 1e-9, "{} of {again:?}", s.learned_pace());
+    }
+
+    #[test]
+    fn two_push_backs_near_one_level_make_it_firm() {
+        let learning = Learning { probe_secs: 10.0, drift_secs: 1000.0 };
+        let mut s = Shaper::learning(10.0, 1, learning, 0.0);
+        drain(&mut s, 0.0, 5.0);
+        s.on_throttle(5.0, 0.0);
+        let level = s.mark().expect("marked").level;
+        // Climbing back and probing, it is pushed back again near the level.
+        drain(&mut s, 5.0, 26.0);
+        s.on_throttle(26.0, 0.0);
+        let firm = s.mark().expect("marked");
+        assert!(firm.is_firm() && firm.level <= level, "{firm:?}");
+        drain(&mut s, 26.0, 900.0);
+        assert!((s.learned_pace() - KNEE * firm.level).abs() < 1e-9, "{} of {firm:?}", s.learned_pace());
+        // Once the drift period has passed it probes up to the ceiling.
+        drain(&mut s, 900.0, 1400.0);
+        assert_eq!(s.learned_pace(), 10.0);
+    }
+
+    #[test]
+    fn a_fluke_at_a_level_held_cleanly_costs_a_step_not_a_tenth() {
+        // An honest carrier at 10 msg/s, and three push-backs that have
+        // nothing to do with the pace, a long while after the pool settled.
+        let learning = Learning { probe_secs: 10.0, drift_secs: 86_400.0 };
+        let mut s = Shaper::learning(20.0, 2, learning, 0.0);
+        let (pushed, delivered) = against_with_flukes(&mut s, &[(0.0, 10.0)], 5, 900.0, &[200.0, 400.0, 600.0]);
+        let settled = count_in(&delivered, 100.0, 200.0) as f64 / 100.0;
+        assert!((8.5..=10.0).contains(&settled), "{settled} {pushed:?}");
+        // Each fluke costs the pool a step under the level it came at, and
+        // the pool approaches that level again; it is not ratcheted down a
+        // tenth each time (three tenths would leave it near 6.6).
+        let end = count_in(&delivered, 750.0, 900.0) as f64 / 150.0;
+        assert!(end >= 0.9 * settled, "{end} after {settled}; {pushed:?}");
+        // Besides the flukes, no push-back after it settled.
+        assert_eq!(count_in(&pushed, 100.0, 900.0), 3, "{pushed:?}");
     }
 
     /// A carrier accepting at most `table`'s sessions at a time, and a pool
@@ -770,6 +877,16 @@ mod tests {
             c.release();
         }
         assert!(c.take(3800.0) && c.take(3800.0), "then one more per clean period");
+    }
+
+    #[test]
+    fn a_restored_pool_starts_at_its_pace_without_a_burst() {
+        let mut s = Shaper::learning(10.0, 5, Learning::default(), 0.0);
+        s.restore(4.0, None, 0.0);
+        // At 4 msg/s: the message at 0.25 s, the next at 0.5 s; not the
+        // five of a full bucket at once.
+        assert!(s.admit(0.0).is_err());
+        assert_eq!(drain(&mut s, 0.0, 1.01), 4);
     }
 
     #[test]

@@ -65,6 +65,12 @@ const NO_LIMITS: RegistrationLimits = RegistrationLimits {
     web_client_hourly_cap: 100_000,
 };
 
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -118,7 +124,7 @@ impl Env {
     /// text, a lone dot line (would end DATA if not stuffed) and lines that
     /// start with dots.
     pub fn queue_tricky(&self, to: &str) -> Queued {
-        self.queue(to, |to, mid| tricky_message(to, mid))
+        self.queue(to, tricky_message)
     }
 
     /// Queues a 登録受付 mail as mamoru renders it.
