@@ -729,12 +729,12 @@ use mamoru_core::SubscriberId;
         let progress = store.alert_progress(alert).unwrap();
         assert_eq!(progress.iter().map(|p| p.2).sum::<i64>(), 3);
         let mine = store.claim_due(T0 + 1, 60, 10).unwrap();
-        assert_eq!(mine[0].kind, "alert_preview", "alert mail goes first");
+        assert_eq!(mine[0].kind, MailKind::AlertPreview, "alert mail goes first");
         assert!(mine[0].alert.is_none() && !mine[0].content.is_empty());
         // Each subscriber once, content to be rendered by the relay from the
         // subscriber's own address and footer-link nonce.
         let mut to: Vec<(String, String)> = vec![];
-        for m in mine.iter().filter(|m| m.kind == "alert") {
+        for m in mine.iter().filter(|m| m.kind == MailKind::Alert) {
             let a = m.alert.expect("an alert row carries its alert");
             assert_eq!((a.alert_id, m.content.len(), m.sender.as_str()), (alert, 0, "ans@x"));
             assert_eq!(m.message_id, format!("alert.{alert}.{}@x", a.subscriber_id));
@@ -774,7 +774,7 @@ use mamoru_core::SubscriberId;
             conn.execute("DELETE FROM subscribers WHERE id = ?1", [gone]).unwrap();
         }
         let claimed = store.claim_due(T0, 60, 10).unwrap();
-        let alerts: Vec<_> = claimed.iter().filter(|m| m.kind == "alert").collect();
+        let alerts: Vec<_> = claimed.iter().filter(|m| m.kind == MailKind::Alert).collect();
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].recipient.as_str(), "b@ezweb.ne.jp");
         let failed: (String, String) = store

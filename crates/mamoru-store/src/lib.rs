@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mamoru_core::mail::OutgoingMail;
+use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
@@ -254,7 +254,7 @@ pub struct Subscriber {
 #[derive(Debug, Clone)]
 pub struct QueuedMail {
     pub id: OutboxId,
-    pub kind: String,
+    pub kind: MailKind,
     pub sender: String,
     pub recipient: EmailAddress,
     pub message_id: String,

@@ -10,7 +10,7 @@
 //!   transaction, and its other queued mail is failed with it.
 
 use mamoru_core::UnixTime;
-use mamoru_core::mail::OutgoingMail;
+use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::Nonce;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
@@ -149,10 +149,15 @@ pub struct PendingRow {
 
 /// A row as a claim's `RETURNING` gives it: id, kind, sender, sealed
 /// recipient, Message-ID, sealed content, attempts, alert id, subscriber id.
-pub(crate) type ClaimedRow = (OutboxId, String, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
+pub(crate) type ClaimedRow = (OutboxId, MailKind, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
 
 pub(crate) fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+    let kind: String = r.get(1)?;
+    // A kind this build does not know is an error, never a guess.
+    let kind = MailKind::parse(&kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, format!("unknown mail kind {kind:?}").into())
+    })?;
+    Ok((r.get(0)?, kind, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
 /// Why a claimed alert row was failed instead of returned.

@@ -255,7 +255,7 @@ async fn full_registration_flow() {
     // The outbox holds the 登録受付 and the 登録完了 mail, nothing more.
     assert_eq!(srv.store().outbox_counts().unwrap().queued, 2);
     let rows = srv.store().claim_due(now() + 1, 60, 10).unwrap();
-    let completed: Vec<_> = rows.iter().filter(|m| m.kind == "registration_completed").collect();
+    let completed: Vec<_> = rows.iter().filter(|m| m.kind.as_str() == "registration_completed").collect();
     assert_eq!(completed.len(), 1, "{rows:?}");
     assert_eq!(completed[0].recipient, a);
     let parsed = String::from_utf8_lossy(&completed[0].content).into_owned();
@@ -459,7 +459,7 @@ async fn register_form_answers_the_same_for_new_known_and_limited() {
     // The queued 登録受付 mail carries a link that works on the web.
     let rows = srv.store().claim_due(now() + 1, 60, 10).unwrap();
     let mail_to_new = rows.iter().find(|m| m.recipient.as_str() == "new.parent@docomo.ne.jp").expect("mail queued");
-    assert_eq!(mail_to_new.kind, "registration_received");
+    assert_eq!(mail_to_new.kind.as_str(), "registration_received");
     let text = String::from_utf8_lossy(&mail_to_new.content).into_owned();
     let body = mailparse::parse_mail(text.as_bytes()).unwrap().get_body().unwrap();
     let link = body.lines().find_map(|l| l.trim().strip_prefix("http://127.0.0.1:8080")).expect("link in mail").to_string();
