@@ -27,6 +27,10 @@ pub enum Unconvertible {
     Parse(String),
     #[error("not a single text/plain part")]
     NotPlainText,
+    /// A line of the header section is neither a field (a name and a
+    /// colon) nor the continuation of one.
+    #[error("a header line is not a field")]
+    NotAField,
     #[error("a character has no ISO-2022-JP form")]
     Unmappable,
     /// The encoder would write another character than the one given (a
@@ -134,9 +138,33 @@ fn same_when_read(text: &str, written: String) -> Result<String, Unconvertible> 
     if back.trim() == text.trim() { Ok(written) } else { Err(Unconvertible::Altered) }
 }
 
+/// Whether every line of the header section of `raw` is a field (a name of
+/// printable ASCII and a colon, RFC 5322 2.2) or the continuation of one.
+///
+/// The copy is written from the fields mailparse reads, each as `name:
+/// value`. mailparse also reads a line without a colon as a field (named by
+/// the whole line, with no value), where other readers see no field at all or
+/// the start of the body; written back with a colon it would become a real
+/// field, and a folded line below it a real value (a line `Subject` above
+/// `\tby mx.example` would turn into the Subject `by mx.example:`). The
+/// fields are cut here exactly as `mailparse::parse_headers` cuts them.
+fn only_fields(raw: &[u8]) -> Result<(), Unconvertible> {
+    let mut rest = raw;
+    while !matches!(rest, [] | [b'\n', ..] | [b'\r', b'\n', ..]) {
+        let (_, len) = mailparse::parse_header(rest).map_err(|e| Unconvertible::Parse(e.to_string()))?;
+        let name = rest.iter().take_while(|&&b| b != b':' && (0x21..0x7f).contains(&b)).count();
+        if name == 0 || rest.get(name) != Some(&b':') {
+            return Err(Unconvertible::NotAField);
+        }
+        rest = &rest[len..];
+    }
+    Ok(())
+}
+
 /// Re-encodes a UTF-8 `text/plain` message as ISO-2022-JP.
 pub fn to_iso2022jp(raw: &[u8]) -> Result<Vec<u8>, Unconvertible> {
     let parsed = mailparse::parse_mail(raw).map_err(|e| Unconvertible::Parse(e.to_string()))?;
+    only_fields(raw)?;
     if parsed.ctype.mimetype != "text/plain" || !parsed.subparts.is_empty() {
         return Err(Unconvertible::NotPlainText);
     }
@@ -294,6 +322,32 @@ mod tests {
         let back = mailparse::parse_mail(&out).expect("parse");
         assert_eq!(back.ctype.charset.to_ascii_lowercase(), "iso-2022-jp");
         assert_eq!(back.get_body().expect("body").trim_end(), before.trim_end());
+    }
+
+    #[test]
+    fn a_header_line_that_is_not_a_field_leaves_the_message_in_utf8() {
+        // A line without a colon is no field (RFC 5322 2.2), and readers
+        // disagree on it: mailparse takes it for a field with an empty
+        // value, Python's email package for the start of the body. Written
+        // back with a colon, it would become a real field, and a folded line
+        // below it a real value: here a Subject `by mx.example:` above the
+        // message's own.
+        let tail = "Subject: 不審者情報\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n本文\r\n";
+        for head in [
+            "From: a@mamoru.example\r\nSubject\r\n\tby mx.example\r\n",
+            "From: a@mamoru.example\nSubject\n\tby mx.example\n",
+            "\tX-Folded: first line\r\n",
+            "Subject : not this one\r\n",
+        ] {
+            let raw = format!("{head}{tail}");
+            assert_eq!(to_iso2022jp(raw.as_bytes()), Err(Unconvertible::NotAField), "{head:?}");
+        }
+        // The same message with only well-formed fields converts.
+        let raw = format!("From: a@mamoru.example\r\nX-Received: by mx.example\r\n\tfolded\r\n{tail}");
+        let out = to_iso2022jp(raw.as_bytes()).expect("convertible");
+        let back = mailparse::parse_mail(&out).expect("parse");
+        assert_eq!(back.headers.get_first_value("Subject").as_deref(), Some("不審者情報"));
+        assert_eq!(back.headers.get_first_value("X-Received").as_deref(), Some("by mx.example folded"));
     }
 
     #[test]
