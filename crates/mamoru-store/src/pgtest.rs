@@ -418,6 +418,7 @@ fn output_text(out: &Output) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::net::TcpStream;
     use std::time::Duration;
 
@@ -506,5 +507,357 @@ mod tests {
         drop(cluster);
         assert!(!root.exists());
         assert!(TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).is_err());
+    }
+
+    // The PostgreSQL schema against the SQLite one it translates.
+
+    const PG_SCHEMA: &str = include_str!("migrations/pg/0013_schema.sql");
+
+    /// Rowid aliases that are always inserted with a value, so no identity
+    /// in PostgreSQL.
+    const GIVEN_IDS: &[(&str, &str)] = &[("bounces", "outbox_id")];
+
+    /// What both dialects must agree on, per table.
+    #[derive(Debug, PartialEq)]
+    struct Table {
+        columns: Vec<Column>,
+        /// Sorted. Indexes behind a PRIMARY KEY or UNIQUE constraint are
+        /// nameless (their names differ between the dialects).
+        indexes: Vec<Index>,
+        /// (column, table, column, ON DELETE), sorted.
+        foreign_keys: Vec<(String, String, String, String)>,
+        checks: usize,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Column {
+        name: String,
+        /// PostgreSQL's name of the type.
+        ty: String,
+        not_null: bool,
+        default: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq, PartialOrd, Eq, Ord)]
+    struct Index {
+        name: Option<String>,
+        /// "column" or "column DESC".
+        columns: Vec<String>,
+        unique: bool,
+        partial: bool,
+    }
+
+    /// A default as comparable text: casts dropped, numbers unquoted,
+    /// blobs in PostgreSQL's hex form.
+    fn normal_default(d: &str) -> String {
+        let mut d = d.trim().to_owned();
+        while let Some(i) = d.rfind("::") {
+            if d[i + 2..].bytes().all(|b| b.is_ascii_lowercase() || b == b' ') {
+                d.truncate(i);
+            } else {
+                break;
+            }
+        }
+        if let Some(hex) = d.strip_prefix("X'").or_else(|| d.strip_prefix("x'")) {
+            d = format!("'\\x{}", hex.to_ascii_lowercase());
+        }
+        if let Some(inner) = d.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+            if inner.parse::<f64>().is_ok() {
+                return inner.to_owned();
+            }
+        }
+        d
+    }
+
+    fn count_checks(sql: &str) -> usize {
+        let upper = sql.to_ascii_uppercase();
+        upper.match_indices("CHECK").filter(|(i, _)| upper[i + 5..].trim_start().starts_with('(')).count()
+    }
+
+    /// Tables of a SQLite database, and its rowid aliases that need an
+    /// identity in PostgreSQL.
+    fn sqlite_tables(c: &rusqlite::Connection) -> (BTreeMap<String, Table>, Vec<(String, String)>) {
+        let mut tables = BTreeMap::new();
+        let mut identities = Vec::new();
+        let list: Vec<(String, String)> = c
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (table, sql) in list {
+            let rowid = !sql.to_ascii_uppercase().contains("WITHOUT ROWID");
+            let raw: Vec<(String, String, bool, Option<String>, i64)> = c
+                .prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1) ORDER BY cid")
+                .unwrap()
+                .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let pk: Vec<&(String, String, bool, Option<String>, i64)> = raw.iter().filter(|c| c.4 > 0).collect();
+            let mut indexes = Vec::new();
+            if rowid && pk.len() == 1 && pk[0].1 == "INTEGER" {
+                // The rowid itself: a primary key without an index of its own.
+                let column = pk[0].0.clone();
+                indexes.push(Index { name: None, columns: vec![column.clone()], unique: true, partial: false });
+                if !GIVEN_IDS.contains(&(table.as_str(), column.as_str())) {
+                    identities.push((table.clone(), column));
+                }
+            }
+            let columns = raw
+                .iter()
+                .map(|(name, ty, not_null, default, pk)| Column {
+                    name: name.clone(),
+                    ty: match ty.as_str() {
+                        "INTEGER" => "bigint",
+                        "BLOB" => "bytea",
+                        "TEXT" => "text",
+                        "REAL" => "double precision",
+                        other => panic!("{table}.{name}: type {other}"),
+                    }
+                    .to_owned(),
+                    not_null: *not_null || *pk > 0,
+                    default: default.as_deref().map(normal_default),
+                })
+                .collect();
+            let list: Vec<(String, bool, String, bool)> = c
+                .prepare("SELECT name, \"unique\", origin, partial FROM pragma_index_list(?1)")
+                .unwrap()
+                .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for (name, unique, origin, partial) in list {
+                let columns = c
+                    .prepare("SELECT name, \"desc\" FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno")
+                    .unwrap()
+                    .query_map([&name], |r| {
+                        let (column, desc): (String, bool) = (r.get(0)?, r.get(1)?);
+                        Ok(if desc { format!("{column} DESC") } else { column })
+                    })
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let name = (origin == "c").then_some(name);
+                indexes.push(Index { name, columns, unique, partial });
+            }
+            indexes.sort();
+            let mut foreign_keys: Vec<(String, String, String, String)> = c
+                .prepare("SELECT \"from\", \"table\", \"to\", on_delete FROM pragma_foreign_key_list(?1)")
+                .unwrap()
+                .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            foreign_keys.sort();
+            let checks = count_checks(&sql);
+            tables.insert(table, Table { columns, indexes, foreign_keys, checks });
+        }
+        identities.sort();
+        (tables, identities)
+    }
+
+    async fn pg_tables(c: &Client) -> (BTreeMap<String, Table>, Vec<(String, String)>) {
+        let mut tables = BTreeMap::new();
+        let names = c
+            .query(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in names {
+            let table: String = row.get(0);
+            let columns = c
+                .query(
+                    "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text
+                     FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| Column {
+                    name: r.get(0),
+                    ty: r.get(1),
+                    not_null: r.get::<_, String>(2) == "NO",
+                    default: r.get::<_, Option<String>>(3).as_deref().map(normal_default),
+                })
+                .collect();
+            let mut indexes: Vec<Index> = c
+                .query(
+                    "SELECT ic.relname::text,
+                            EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u')),
+                            i.indisunique, i.indpred IS NOT NULL,
+                            ARRAY(SELECT pg_get_indexdef(i.indexrelid, k + 1, true)
+                                         || CASE WHEN i.indoption[k] & 1 = 1 THEN ' DESC' ELSE '' END
+                                  FROM generate_series(0, i.indnkeyatts - 1) AS k ORDER BY k)
+                     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                     WHERE i.indrelid = $1::text::regclass",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| Index {
+                    name: if r.get::<_, bool>(1) { None } else { Some(r.get(0)) },
+                    unique: r.get(2),
+                    partial: r.get(3),
+                    columns: r.get(4),
+                })
+                .collect();
+            indexes.sort();
+            let mut foreign_keys: Vec<(String, String, String, String)> = c
+                .query(
+                    "SELECT a.attname::text, f.relname::text, fa.attname::text, k.confdeltype::text
+                     FROM pg_constraint k
+                     JOIN pg_class f ON f.oid = k.confrelid
+                     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+                     JOIN pg_attribute fa ON fa.attrelid = k.confrelid AND fa.attnum = k.confkey[1]
+                     WHERE k.contype = 'f' AND k.conrelid = $1::text::regclass AND cardinality(k.conkey) = 1",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let action = match r.get::<_, String>(3).as_str() {
+                        "a" => "NO ACTION",
+                        "r" => "RESTRICT",
+                        "c" => "CASCADE",
+                        "n" => "SET NULL",
+                        "d" => "SET DEFAULT",
+                        other => panic!("ON DELETE {other}"),
+                    };
+                    (r.get(0), r.get(1), r.get(2), action.to_owned())
+                })
+                .collect();
+            foreign_keys.sort();
+            let all_keys: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = $1::text::regclass",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(all_keys as usize, foreign_keys.len(), "{table}: a foreign key of several columns");
+            let checks: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND conrelid = $1::text::regclass",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            tables.insert(table, Table { columns, indexes, foreign_keys, checks: checks as usize });
+        }
+        let mut identities: Vec<(String, String)> = c
+            .query(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND is_identity = 'YES'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        identities.sort();
+        (tables, identities)
+    }
+
+    #[test]
+    fn pg_schema_is_the_sqlite_schema_at_version_13() {
+        // SQLite, migrated by the store itself.
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::keys::load_or_create(dir.path()).unwrap();
+        let store = crate::Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let sqlite = rusqlite::Connection::open(store.path()).unwrap();
+        let version: i64 = sqlite.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 13, "a new SQLite migration needs its PostgreSQL twin (and this test its file)");
+        let (lite, lite_identities) = sqlite_tables(&sqlite);
+
+        let cluster = PgCluster::start();
+        let rt = runtime();
+        let client = connect(&rt, &cluster.create_db("schema"));
+        let (pg, pg_identities) = rt.block_on(async {
+            client.batch_execute(PG_SCHEMA).await.unwrap();
+            pg_tables(&client).await
+        });
+
+        // The comparison sees what it should.
+        assert!(lite.len() >= 18, "{:?}", lite.keys());
+        let outbox = &lite["outbox"];
+        assert!(outbox.indexes.iter().any(|i| i.name.as_deref() == Some("outbox_pool_due")
+            && i.columns == ["state", "domain", "priority DESC", "id", "created_at"]));
+        assert!(lite["alerts"].indexes.iter().any(|i| i.partial && i.unique));
+        assert_eq!(lite["subscriber_districts"].foreign_keys[0].3, "CASCADE");
+        assert!(lite["subscribers"].columns.iter().any(|c| c.default.as_deref() == Some("'\\x0000000000000000'")));
+        assert_eq!(lite["counters"].checks, 1);
+
+        assert_eq!(lite.keys().collect::<Vec<_>>(), pg.keys().collect::<Vec<_>>(), "tables");
+        for (name, table) in &lite {
+            assert_eq!(table, &pg[name], "table {name}: SQLite (left) and PostgreSQL (right)");
+        }
+        assert_eq!(lite_identities, pg_identities, "identity columns");
+    }
+
+    #[test]
+    fn pg_schema_defaults_and_identities_work() {
+        let cluster = PgCluster::start();
+        let rt = runtime();
+        let client = connect(&rt, &cluster.url());
+        rt.block_on(async {
+            client.batch_execute(PG_SCHEMA).await.unwrap();
+            // Inserted without an id, as the application does; defaults filled.
+            let row = client
+                .query_one(
+                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                     VALUES ($1, $2, 'x.example', 'pending', $3, $3)
+                     RETURNING id, link_nonce, quiet_start, confirmed_at",
+                    &[&vec![1u8; 32], &Vec::<u8>::new(), &1_800_000_000i64],
+                )
+                .await
+                .unwrap();
+            let (id, nonce, quiet, confirmed): (i64, Vec<u8>, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+            assert_eq!((id, nonce, quiet, confirmed), (1, vec![0u8; 8], -1, 0));
+            // CHECK and the partial unique index hold.
+            let err = client
+                .execute(
+                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                     VALUES ('\\x02', '\\x', 'x.example', 'gone', 0, 0)",
+                    &[],
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err:?}");
+            client
+                .batch_execute(
+                    "INSERT INTO admins (login, email_index, email_sealed, password_hash, created_at, updated_at)
+                     VALUES ('root', '\\x', '\\x', '', 0, 0);
+                     INSERT INTO alerts (admin_id, source, title, text, districts, created_at) VALUES (1, 'cli', 't', 't', '1', 0);
+                     INSERT INTO alerts (admin_id, source, title, text, districts, created_at) VALUES (1, 'cli', 't', 't', '1', 0);",
+                )
+                .await
+                .unwrap();
+            let inserted = client
+                .execute(
+                    "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
+                     VALUES (1, 'mail', 'k', '', '', '', 'rejected', 0), (1, 'mail', 'k', '', '', '', 'rejected', 0)
+                     ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(inserted, 1);
+            // A subscriber's districts go with it.
+            client.batch_execute("INSERT INTO subscriber_districts VALUES (1, 13); DELETE FROM subscribers").await.unwrap();
+            let left: i64 = client.query_one("SELECT count(*) FROM subscriber_districts", &[]).await.unwrap().get(0);
+            assert_eq!(left, 0);
+        });
     }
 }
