@@ -795,3 +795,6 @@ pub(crate) fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, feature = "pgtest"))]
+pub mod pgtest;
