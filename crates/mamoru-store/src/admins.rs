@@ -3,7 +3,8 @@
 //! module only stores them).
 
 use mamoru_core::{EmailAddress, UnixTime};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::OptionalExt;
+use crate::params;
 
 use crate::states::AdminStatus;
 use crate::{Result, Store, audit};
@@ -71,18 +72,17 @@ impl Store {
         actor: &str,
         now: UnixTime,
     ) -> Result<AdminAdded> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        let tx = self.begin()?;
+        let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
         if taken.is_some() {
             return Ok(AdminAdded::LoginTaken);
         }
-        tx.execute(
+        let id = tx.query_row(
             "INSERT INTO admins (login, email_index, email_sealed, password_hash, districts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
             params![login, &self.sealer.index(email)[..], self.sealer.seal_address(email)?, password_hash, join_ids(districts), now],
+            |r| r.get::<AdminId>(0),
         )?;
-        let id = AdminId::new(tx.last_insert_rowid());
         audit(&tx, now, actor, "admin-added", &format!("admin={login} email={} districts={}", email.masked(), join_ids(districts)))?;
         tx.commit()?;
         Ok(AdminAdded::Added(id))
@@ -90,10 +90,10 @@ impl Store {
 
     /// Every admin, by login.
     pub fn list_admins(&self) -> Result<Vec<Admin>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT id, login, email_sealed, districts, status FROM admins ORDER BY login")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, AdminId>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, AdminStatus>(4)?))
+        let rows = stmt.query_map(params![], |r| {
+            Ok((r.get::<AdminId>(0)?, r.get::<String>(1)?, r.get::<Vec<u8>>(2)?, r.get::<String>(3)?, r.get::<AdminStatus>(4)?))
         })?;
         let mut out = vec![];
         for row in rows {
@@ -105,8 +105,7 @@ impl Store {
 
     /// Disables an admin: no more posts, no more logins. `false` if unknown.
     pub fn disable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let n = tx.execute("UPDATE admins SET status = 'disabled', updated_at = ?1 WHERE login = ?2", params![now, login])?;
         if n == 1 {
             audit(&tx, now, actor, "admin-disabled", &format!("admin={login}"))?;
@@ -117,8 +116,7 @@ impl Store {
 
     /// Enables a disabled admin again. `false` if unknown or already active.
     pub fn enable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let n = tx.execute(
             "UPDATE admins SET status = 'active', updated_at = ?1 WHERE login = ?2 AND status <> 'active'",
             params![now, login],
@@ -135,9 +133,8 @@ impl Store {
     /// changed because it leaked also locks out whoever used it. `false` if
     /// the login is unknown.
     pub fn set_admin_password(&self, login: &str, password_hash: &str, keep: Option<&[u8; 32]>, actor: &str, now: UnixTime) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", [login], |r| r.get(0)).optional()?;
+        let tx = self.begin()?;
+        let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
         let Some(id) = id else { return Ok(false) };
         tx.execute("UPDATE admins SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![password_hash, now, id])?;
         let ended = tx.execute(
@@ -152,11 +149,11 @@ impl Store {
     /// The admin whose registered address is `email`, active or not.
     pub fn find_admin_by_email(&self, email: &EmailAddress) -> Result<Option<Admin>> {
         let index = self.sealer.index(email);
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row: Option<(AdminId, String, Vec<u8>, String, AdminStatus)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status FROM admins WHERE email_index = ?1 ORDER BY status = 'active' DESC, id LIMIT 1",
-                [&index[..]],
+                params![&index[..]],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
@@ -166,11 +163,11 @@ impl Store {
 
     /// The admin with this login and its password hash, for a login check.
     pub fn admin_credentials(&self, login: &str) -> Result<Option<(Admin, String)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row: Option<(AdminId, String, Vec<u8>, String, AdminStatus, String)> = conn
             .query_row(
                 "SELECT id, login, email_sealed, districts, status, password_hash FROM admins WHERE login = ?1",
-                [login],
+                params![login],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
@@ -206,8 +203,13 @@ impl Store {
     /// refused attempt rolls back the counter it already took. Unknown IDs
     /// count too, so probing costs the same.
     pub fn take_login_attempt(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Concurrent logins meet on the same two rows: on PostgreSQL one
+        // of them may be aborted to keep the result serial; it is run again.
+        self.serially(|| self.take_login_attempt_once(login, client, now))
+    }
+
+    fn take_login_attempt_once(&self, login: &str, client: &[u8], now: UnixTime) -> Result<bool> {
+        let tx = self.begin()?;
         // A window opens at the first attempt and lasts LOGIN_WINDOW_SECS:
         // windows aligned to the clock would hand a second budget to an
         // attack that runs across a boundary. (`window_start` held a window
@@ -216,10 +218,10 @@ impl Store {
             let taken = tx.execute(
                 "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?3)
                  ON CONFLICT (scope, key) DO UPDATE SET
-                     count = CASE WHEN excluded.window_start - window_start < ?5 THEN count + 1 ELSE 1 END,
-                     window_start = CASE WHEN excluded.window_start - window_start < ?5 THEN window_start ELSE excluded.window_start END,
+                     count = CASE WHEN excluded.window_start - rate_limits.window_start < ?5 THEN rate_limits.count + 1 ELSE 1 END,
+                     window_start = CASE WHEN excluded.window_start - rate_limits.window_start < ?5 THEN rate_limits.window_start ELSE excluded.window_start END,
                      last_at = excluded.last_at
-                 WHERE excluded.window_start - window_start >= ?5 OR count < ?4",
+                 WHERE excluded.window_start - rate_limits.window_start >= ?5 OR rate_limits.count < ?4",
                 params![scope, key, now, max, LOGIN_WINDOW_SECS],
             )?;
             if taken == 0 {
@@ -235,8 +237,7 @@ impl Store {
     /// [`Store::take_login_attempt`]: the ID's count is cleared and the
     /// client's attempt given back.
     pub fn login_attempt_succeeded(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
         tx.execute(
             "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND ?3 - window_start < ?4 AND count > 0",
@@ -249,7 +250,7 @@ impl Store {
     /// Writes a failed login to the audit log (the attempt was counted
     /// when it was taken).
     pub fn record_login_failure(&self, login: &str, now: UnixTime) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let shown: String = login.chars().filter(char::is_ascii_graphic).take(64).collect();
         audit(&conn, now, "web", "admin-login-failed", &format!("login={shown}"))?;
         Ok(())
@@ -257,8 +258,7 @@ impl Store {
 
     /// Records a session after a successful login.
     pub fn create_session(&self, admin: &Admin, id_hash: &[u8; 32], csrf: &str, now: UnixTime) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         tx.execute(
             "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![&id_hash[..], admin.id, csrf, now],
@@ -272,13 +272,13 @@ impl Store {
     /// token. Idle sessions (no request for `idle_secs`) are gone. A live
     /// session's last-seen time slides forward.
     pub fn session(&self, id_hash: &[u8; 32], now: UnixTime, idle_secs: i64) -> Result<Option<(Admin, String)>> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM admin_sessions WHERE last_seen <= ?1", [now - idle_secs])?;
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM admin_sessions WHERE last_seen <= ?1", params![now - idle_secs])?;
         let row: Option<(AdminId, String, Vec<u8>, String, String)> = conn
             .query_row(
                 "SELECT a.id, a.login, a.email_sealed, a.districts, s.csrf FROM admin_sessions s JOIN admins a ON a.id = s.admin_id
                  WHERE s.id_hash = ?1 AND a.status = 'active'",
-                [&id_hash[..]],
+                params![&id_hash[..]],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
@@ -290,8 +290,8 @@ impl Store {
 
     /// Ends a session (logout).
     pub fn delete_session(&self, id_hash: &[u8; 32], actor: &str, now: UnixTime) -> Result<()> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM admin_sessions WHERE id_hash = ?1", [&id_hash[..]])?;
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM admin_sessions WHERE id_hash = ?1", params![&id_hash[..]])?;
         audit(&conn, now, actor, "admin-logout", "")?;
         Ok(())
     }
@@ -299,20 +299,20 @@ impl Store {
     /// Active subscribers per district and domain (a subscriber of two
     /// districts counts in both).
     pub fn subscriber_counts(&self) -> Result<Vec<(u32, String, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT d.district_id, s.domain, COUNT(*) FROM subscriber_districts d JOIN subscribers s ON s.id = d.subscriber_id
              WHERE s.status = 'active' GROUP BY d.district_id, s.domain ORDER BY d.district_id, s.domain",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_>>()
     }
 
     /// The latest audit log entries: (at, actor, action, detail).
     pub fn audit_log(&self, limit: usize) -> Result<Vec<(UnixTime, String, String, String)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<Result<_>>()
     }
 }

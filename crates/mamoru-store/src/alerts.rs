@@ -6,11 +6,12 @@ use mamoru_core::alert::FollowupKind;
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use crate::db::{Conn, OptionalExt, Row};
+use crate::params;
 
 use crate::admins::{AdminId, split_ids};
 use crate::states::AlertState;
-use crate::{OutboxId, Result, Store, audit};
+use crate::{OutboxId, Result, Store, StoreError, SubscriberId, audit};
 
 /// Alert row id.
 pub use mamoru_core::AlertId;
@@ -143,17 +144,15 @@ const ALERT_COLUMNS: &str = "a.id, a.admin_id, ad.login, a.source, a.kind, a.tit
 
 /// A follow-up kind as the database keeps it: its name, or empty for none.
 /// Any other text is an error, never a silent "none".
-fn kind_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<FollowupKind>> {
+fn kind_column(r: &Row, i: usize) -> Result<Option<FollowupKind>> {
     let text: String = r.get(i)?;
     if text.is_empty() {
         return Ok(None);
     }
-    FollowupKind::parse(&text).map(Some).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("unknown follow-up kind {text:?}").into())
-    })
+    FollowupKind::parse(&text).map(Some).ok_or_else(|| StoreError::Column(format!("unknown follow-up kind {text:?}")))
 }
 
-fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+fn alert_row(r: &Row) -> Result<AlertRow> {
     Ok(AlertRow {
         id: r.get(0)?,
         admin: r.get(1)?,
@@ -162,8 +161,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         kind: r.get(4)?,
         title: r.get(5)?,
         text: r.get(6)?,
-        districts: split_ids(&r.get::<_, String>(7)?),
-        is_test: r.get::<_, i64>(8)? != 0,
+        districts: split_ids(&r.get::<String>(7)?),
+        is_test: r.get::<i64>(8)? != 0,
         state: r.get(9)?,
         created_at: r.get(10)?,
         published_at: r.get(11)?,
@@ -174,8 +173,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         updated_at: r.get(16)?,
         occurred_at: r.get(17)?,
         occurred_flags: r.get(18)?,
-        urgent: r.get::<_, i64>(19)? != 0,
-        ask_confirm: r.get::<_, i64>(20)? != 0,
+        urgent: r.get::<i64>(19)? != 0,
+        ask_confirm: r.get::<i64>(20)? != 0,
         report_published_at: r.get(21)?,
     })
 }
@@ -251,26 +250,22 @@ pub struct Audience {
 
 pub use mamoru_core::alert::Reach;
 
-fn audience(conn: &Connection, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
+fn audience(conn: &Conn<'_>, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
     let sql = format!(
-        "SELECT domain, SUM(NOT off), SUM(NOT off AND wait > 0), SUM(off)
-         FROM (SELECT s.domain AS domain, {} AS off, {} AS wait FROM subscribers s WHERE {})
+        "SELECT domain, CAST(SUM(CASE WHEN off THEN 0 ELSE 1 END) AS BIGINT),
+                CAST(SUM(CASE WHEN NOT off AND wait > 0 THEN 1 ELSE 0 END) AS BIGINT),
+                CAST(SUM(CASE WHEN off THEN 1 ELSE 0 END) AS BIGINT)
+         FROM (SELECT s.domain AS domain, {} AS off, {} AS wait FROM subscribers s WHERE {}) AS a
          GROUP BY domain ORDER BY domain",
-        kind_off(":kind", ":followup"),
-        quiet_wait(":minute", ":second", ":urgent"),
+        kind_off("?1", "?2"),
+        quiet_wait("?3", "?4", "?5"),
         recipients_where(districts, report)
     );
     let (minute, second) = japan_minute(now);
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
-        rusqlite::named_params! {
-            ":kind": kind,
-            ":followup": i64::from(report.is_some()),
-            ":minute": minute,
-            ":second": second,
-            ":urgent": i64::from(urgent),
-        },
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+        params![kind, i64::from(report.is_some()), minute, second, i64::from(urgent)],
+        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?, r.get::<i64>(3)?)),
     )?;
     let mut out = Audience::default();
     for row in rows {
@@ -289,7 +284,7 @@ impl Store {
     /// Who an alert to `districts` (or a follow-up of `report`) of `kind`
     /// would reach if published at `now`, per domain and by preference.
     pub fn audience(&self, districts: &[u32], report: Option<AlertId>, kind: &str, urgent: bool, now: UnixTime) -> Result<Audience> {
-        audience(&self.conn(), districts, report, kind, urgent, now)
+        audience(&self.conn()?, districts, report, kind, urgent, now)
     }
 
     /// Records a draft, issues its publish token and queues the preview mail
@@ -303,13 +298,12 @@ impl Store {
         publish_expires_at: UnixTime,
         render: impl FnOnce(AlertId, Nonce, &Audience) -> OutgoingMail,
     ) -> Result<Drafted> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
+        let tx = self.begin()?;
+        let inserted: Option<AlertId> = tx.query_row(
             "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
                                  followup_of, followup_kind, occurred_at, occurred_flags, urgent, ask_confirm)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
+             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
             params![
                 a.admin,
                 a.source,
@@ -327,11 +321,9 @@ impl Store {
                 a.urgent as i64,
                 a.ask_confirm as i64
             ],
-        )?;
-        if n == 0 {
-            return Ok(Drafted::Duplicate);
-        }
-        let alert = AlertId::new(tx.last_insert_rowid());
+            |r| r.get(0),
+        ).optional()?;
+        let Some(alert) = inserted else { return Ok(Drafted::Duplicate) };
         let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
         let counts = audience(&tx, a.districts, a.followup_of, a.kind, a.urgent, now)?;
         let mail = render(alert, nonce, &counts);
@@ -353,18 +345,17 @@ impl Store {
     /// nothing queued.
     #[allow(clippy::too_many_arguments)]
     pub fn reject_post(&self, admin: AdminId, source_key: &str, title: &str, reason: &str, mail: &OutgoingMail, now: UnixTime, expires_at: UnixTime) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
-             VALUES (?1, 'mail', ?2, ?3, '', '', 'rejected', ?4)
-             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING",
-            params![admin, source_key, title, now],
-        )?;
-        if n == 0 {
-            return Ok(false);
-        }
-        let alert = AlertId::new(tx.last_insert_rowid());
+        let tx = self.begin()?;
+        let inserted: Option<AlertId> = tx
+            .query_row(
+                "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
+                 VALUES (?1, 'mail', ?2, ?3, '', '', 'rejected', ?4)
+                 ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
+                params![admin, source_key, title, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(alert) = inserted else { return Ok(false) };
         self.insert_outbox(&tx, &mail.clone(), None, ALERT_PRIORITY, now, expires_at)?;
         audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
         tx.commit()?;
@@ -373,24 +364,24 @@ impl Store {
 
     /// One alert by id.
     pub fn alert(&self, id: AlertId) -> Result<Option<AlertRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id WHERE a.id = ?1");
-        Ok(conn.query_row(&sql, [id], alert_row).optional()?)
+        conn.query_row(&sql, params![id], alert_row).optional()
     }
 
     /// For the GET of a publish link: the draft, if the token is still
     /// unused and the admin still active. Changes nothing.
     pub fn publish_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<AlertRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
              JOIN tokens t ON t.subject_id = a.id AND t.purpose = ?2
              WHERE a.id = ?1 AND t.nonce = ?3 AND t.used_at = 0 AND t.expires_at > ?4
                AND a.state = 'draft' AND ad.status = 'active'"
         );
-        Ok(conn
+        conn
             .query_row(&sql, params![claims.subject as i64, Purpose::Publish.as_str(), &claims.nonce[..], now], alert_row)
-            .optional()?)
+            .optional()
     }
 
     /// Publishes a draft: consumes the token (if that is the authority),
@@ -416,8 +407,7 @@ impl Store {
         sender: &str,
         mail_domain: &str,
     ) -> Result<Published> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let id = match auth {
             PublishAuth::Token(claims) => {
                 if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
@@ -441,7 +431,7 @@ impl Store {
         let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, Option<FollowupKind>, String, i64, i64) =
             tx.query_row(
                 "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
-                [id],
+                params![id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, kind_column(r, 3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )?;
         let ids = id_list(&split_ids(&districts));
@@ -471,7 +461,7 @@ impl Store {
                 // their subscribers get no retraction either.
                 let stopped = tx.execute(
                     "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
-                     WHERE state = 'queued' AND alert_id IN (SELECT ?3 UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
+                     WHERE state = 'queued' AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
                     params![now, RETRACTED_REASON, report],
                 )?;
                 audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
@@ -494,8 +484,8 @@ impl Store {
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
-             SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || ?4 || '.' || s.id || '@' || ?5,
-                    X'', ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
+             SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || CAST(?4 AS BIGINT) || '.' || s.id || '@' || ?5,
+                    ?13, ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
              FROM subscribers s
              WHERE {recipients}
                AND NOT {kind_off}
@@ -516,7 +506,8 @@ impl Store {
                 second,
                 urgent,
                 kind,
-                i64::from(report.is_some())
+                i64::from(report.is_some()),
+                Vec::<u8>::new()
             ],
         )?;
         tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
@@ -529,11 +520,11 @@ impl Store {
 
     /// Latest alerts, newest first (drafts and refused posts included).
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id ORDER BY a.id DESC LIMIT ?1");
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([limit as i64], alert_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![limit as i64], alert_row)?;
+        rows.collect::<Result<_>>()
     }
 
     /// The published follow-ups of `reports`, oldest first.
@@ -541,43 +532,43 @@ impl Store {
         if reports.is_empty() {
             return Ok(vec![]);
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         let ids = reports.iter().map(|id| id.get().to_string()).collect::<Vec<_>>().join(",");
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
              WHERE a.followup_of IN ({ids}) AND a.state = 'published' ORDER BY a.published_at, a.id"
         );
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([], alert_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![], alert_row)?;
+        rows.collect::<Result<_>>()
     }
 
     /// The public archive: published first reports (never テスト配信) since
     /// `since`, newest first, optionally only those for `district`; each
     /// incident once, its follow-ups in [`Store::followups_of`].
     pub fn archive(&self, district: Option<u32>, since: UnixTime, limit: usize) -> Result<Vec<AlertRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN admins ad ON ad.id = a.admin_id
              WHERE a.state = 'published' AND a.is_test = 0 AND a.followup_of = 0 AND a.published_at >= ?1
-               AND (?2 = 0 OR ',' || a.districts || ',' LIKE '%,' || ?2 || ',%')
+               AND (CAST(?2 AS BIGINT) = 0 OR ',' || a.districts || ',' LIKE '%,' || CAST(?2 AS BIGINT) || ',%')
              ORDER BY a.published_at DESC, a.id DESC LIMIT ?3"
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(params![since, district.unwrap_or(0), limit as i64], alert_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     /// Delivery progress of an alert: `(domain, state, count)`; rows a
     /// retraction stopped count as `cancelled`.
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st, COUNT(*)
              FROM outbox WHERE alert_id = ?1 GROUP BY domain, st ORDER BY domain, st",
         )?;
         let rows = stmt.query_map(params![id, RETRACTED_REASON], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 }
 
@@ -586,8 +577,7 @@ impl Store {
     /// off, and quiet hours as minutes of the day in Japan time `[start,
     /// end)` (wrapping past midnight when start > end), `None` for none.
     pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         crate::write_preferences(&tx, subscriber, &crate::Preferences { kinds_off: kinds_off.to_vec(), quiet })?;
         tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
         tx.commit()?;
@@ -597,12 +587,12 @@ impl Store {
     /// When the copies of an alert were delivered, per address domain:
     /// `(domain, copies sent, when the last one was)`.
     pub fn delivery_times(&self, id: AlertId) -> Result<Vec<(String, i64, UnixTime)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT domain, COUNT(*), MAX(done_at) FROM outbox WHERE alert_id = ?1 AND state = 'sent' GROUP BY domain ORDER BY domain",
         )?;
-        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_>>()
     }
 }
 
@@ -611,28 +601,24 @@ impl Store {
     /// already known; for imports, tests and the fan-out benchmark. Returns
     /// how many were added.
     pub fn import_active_subscribers(&self, items: &[(EmailAddress, Vec<u32>)], actor: &str, now: UnixTime) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut added = 0;
-        {
-            let mut sub = tx.prepare(
-                "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, confirmed_at, updated_at, link_nonce)
-                 VALUES (?1, ?2, ?3, 'active', ?4, ?4, ?4, ?5) ON CONFLICT (addr_index) DO NOTHING",
-            )?;
-            let mut dist = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
-            for (addr, districts) in items {
-                let mut nonce: Nonce = [0; 8];
-                self.sealer.random(&mut nonce)?;
-                let n = sub.execute(params![&self.sealer.index(addr)[..], self.sealer.seal_address(addr)?, addr.domain(), now, &nonce[..]])?;
-                if n == 0 {
-                    continue;
-                }
-                let id = tx.last_insert_rowid();
-                for d in districts {
-                    dist.execute(params![id, d])?;
-                }
-                added += 1;
+        for (addr, districts) in items {
+            let mut nonce: Nonce = [0; 8];
+            self.sealer.random(&mut nonce)?;
+            let id: Option<SubscriberId> = tx
+                .query_row(
+                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, confirmed_at, updated_at, link_nonce)
+                     VALUES (?1, ?2, ?3, 'active', ?4, ?4, ?4, ?5) ON CONFLICT (addr_index) DO NOTHING RETURNING id",
+                    params![&self.sealer.index(addr)[..], self.sealer.seal_address(addr)?, addr.domain(), now, &nonce[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { continue };
+            for d in districts {
+                tx.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)", params![id, d])?;
             }
+            added += 1;
         }
         audit(&tx, now, actor, "subscribers-imported", &format!("count={added}"))?;
         tx.commit()?;
@@ -664,7 +650,7 @@ use mamoru_core::SubscriberId;
     fn setup() -> (tempfile::TempDir, Store, AdminId) {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
         let AdminAdded::Added(admin) = store.add_admin("chuo", &addr("staff@city.test"), "$argon2id$x", &[1, 3], "cli", T0).unwrap() else {
             panic!("added")
         };
@@ -746,12 +732,21 @@ use mamoru_core::SubscriberId;
         let to: Vec<&str> = to.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(to, ["a@docomo.ne.jp", "b@ezweb.ne.jp", "d@i.softbank.jp"]);
         // Nothing personal in clear, and no content, in the alert rows.
-        let conn = store.conn();
+        let conn = store.conn().unwrap();
         let (content, plain): (i64, i64) = conn
             .query_row(
-                "SELECT SUM(length(content_sealed)), SUM(instr(recipient_sealed, CAST('docomo' AS BLOB)))
-                 FROM outbox WHERE alert_id = ?1",
-                [alert],
+                match store.dialect() {
+                    crate::db::Dialect::Sqlite => {
+                        "SELECT SUM(length(content_sealed)), SUM(instr(recipient_sealed, CAST('docomo' AS BLOB)))
+                         FROM outbox WHERE alert_id = ?1"
+                    }
+                    crate::db::Dialect::Postgres => {
+                        "SELECT CAST(SUM(length(content_sealed)) AS BIGINT),
+                                CAST(SUM(position(CAST('docomo' AS BYTEA) IN recipient_sealed)) AS BIGINT)
+                         FROM outbox WHERE alert_id = ?1"
+                    }
+                },
+                params![alert],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
@@ -769,9 +764,9 @@ use mamoru_core::SubscriberId;
         // both; this is the race with a claim).
         let gone = store.find_subscriber(&addr("a@docomo.ne.jp")).unwrap().unwrap().id;
         {
-            let conn = store.conn();
-            conn.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [gone]).unwrap();
-            conn.execute("DELETE FROM subscribers WHERE id = ?1", [gone]).unwrap();
+            let conn = store.conn().unwrap();
+            conn.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![gone]).unwrap();
+            conn.execute("DELETE FROM subscribers WHERE id = ?1", params![gone]).unwrap();
         }
         let claimed = store.claim_due(T0, 60, 10).unwrap();
         let alerts: Vec<_> = claimed.iter().filter(|m| m.kind == MailKind::Alert).collect();
@@ -779,7 +774,8 @@ use mamoru_core::SubscriberId;
         assert_eq!(alerts[0].recipient.as_str(), "b@ezweb.ne.jp");
         let failed: (String, String) = store
             .conn()
-            .query_row("SELECT state, last_error FROM outbox WHERE subscriber_id = ?1", [gone], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .query_row("SELECT state, last_error FROM outbox WHERE subscriber_id = ?1", params![gone], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();
         assert_eq!(failed, ("failed".to_string(), "the subscriber is gone".to_string()));
     }
@@ -820,9 +816,9 @@ use mamoru_core::SubscriberId;
     }
 
     fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<SubscriberId> {
-        let conn = store.conn();
+        let conn = store.conn().unwrap();
         let mut stmt = conn.prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' ORDER BY 1").unwrap();
-        stmt.query_map([alert], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        stmt.query_map(params![alert], |r| r.get(0)).unwrap().collect::<Result<_>>().unwrap()
     }
 
     #[test]
@@ -835,10 +831,10 @@ use mamoru_core::SubscriberId;
         // One copy goes out; then b changes districts (a follow-up still
         // reaches b) and c joins district 1 (it does not reach c).
         let first = a;
-        store.conn().execute("UPDATE outbox SET state = 'sent', done_at = ?1 WHERE alert_id = ?2 AND subscriber_id = ?3", params![T0, report, a]).unwrap();
+        store.conn().unwrap().execute("UPDATE outbox SET state = 'sent', done_at = ?1 WHERE alert_id = ?2 AND subscriber_id = ?3", params![T0, report, a]).unwrap();
         let c = store.find_subscriber(&addr("c@docomo.ne.jp")).unwrap().unwrap().id;
-        store.conn().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [b]).unwrap();
-        store.conn().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", [c]).unwrap();
+        store.conn().unwrap().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![b]).unwrap();
+        store.conn().unwrap().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", params![c]).unwrap();
         let update = followup(&store, admin, report, FollowupKind::Update);
         assert_eq!(store.audience(&[], Some(report), "", false, T0).unwrap().domains.iter().map(|d| d.1).sum::<i64>(), 2);
         assert_eq!(publish(&store, update, T0 + 10), Published::Published { alert: update, recipients: 2 });
@@ -879,9 +875,9 @@ use mamoru_core::SubscriberId;
                 panic!()
             };
             assert!(matches!(publish(&store, alert, T0), Published::Published { .. }));
-            let conn = store.conn();
+            let conn = store.conn().unwrap();
             let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
-            stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
+            stmt.query_map(params![alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
         };
         // The preview's counts, from the same predicates.
         let reach = |kind: &str, urgent: bool| store.audience(&[1], None, kind, urgent, T0).unwrap().reach;

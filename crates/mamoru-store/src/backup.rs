@@ -21,6 +21,9 @@ impl Store {
     /// Writes a consistent copy of the database to `dest`, a new file (mode
     /// 0600; an existing file is an error, never overwritten).
     pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        if self.sqlite().is_none() {
+            return Err(StoreError::Unsupported("mamoru backup copies the SQLite file; back PostgreSQL up with its own tools (pg_dump, or the cluster's base backups)"));
+        }
         OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -29,7 +32,7 @@ impl Store {
             .map_err(|source| StoreError::Io { path: dest.to_path_buf(), source })?;
         let mut to = Connection::open(dest).map_err(|source| StoreError::Open { path: dest.to_path_buf(), source })?;
         {
-            let conn = self.conn();
+            let conn = self.sqlite().ok_or(StoreError::Unsupported("backup"))?;
             let backup = Backup::new(&conn, &mut to)?;
             loop {
                 match backup.step(-1)? {
@@ -89,7 +92,7 @@ mod tests {
             })
         };
         // Let some commits happen, then copy while the writer carries on.
-        while store.conn().query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get::<_, i64>(0)).unwrap() < 10 {
+        while store.conn().unwrap().query_row("SELECT COUNT(*) FROM audit_log", crate::params![], |r| r.get::<i64>(0)).unwrap() < 10 {
             std::thread::yield_now();
         }
         let copies: Vec<_> = (0..3).map(|i| dir.path().join(format!("copy{i}.db"))).collect();

@@ -13,7 +13,8 @@
 //! counts once, however often the MTA delivers its bounce.
 
 use mamoru_core::UnixTime;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::{Conn, OptionalExt};
+use crate::params;
 
 use crate::states::SubscriberStatus;
 use crate::{OutboxId, Result, Store, SubscriberId, audit};
@@ -95,10 +96,9 @@ impl Store {
         now: UnixTime,
         policy: SoftBouncePolicy,
     ) -> Result<BounceEffect> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let row: Option<(SubscriberId, String)> = tx
-            .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", [outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", params![outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((subscriber, domain)) = row else { return Ok(BounceEffect::Unknown) };
         let status = status_code(status);
@@ -114,7 +114,7 @@ impl Store {
             BounceEffect::CarrierBlock { domain }
         } else {
             let current: Option<(SubscriberStatus, i64)> = tx
-                .query_row("SELECT status, bounce_score FROM subscribers WHERE id = ?1", [subscriber], |r| {
+                .query_row("SELECT status, bounce_score FROM subscribers WHERE id = ?1", params![subscriber], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
@@ -158,29 +158,29 @@ impl Store {
     /// Bounces per carrier domain and class since `since`, for the dashboard
     /// and logs.
     pub fn bounce_stats(&self, since: UnixTime) -> Result<Vec<BounceStat>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT domain, class, COUNT(*) FROM bounces WHERE at >= ?1 GROUP BY domain, class ORDER BY domain, class",
         )?;
-        let rows = stmt.query_map([since], |r| Ok(BounceStat { domain: r.get(0)?, class: r.get(1)?, count: r.get(2)? }))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![since], |r| Ok(BounceStat { domain: r.get(0)?, class: r.get(1)?, count: r.get(2)? }))?;
+        rows.collect::<Result<_>>()
     }
 
     /// Suspended subscribers per reason, for the admin dashboard.
     pub fn suspended_counts(&self) -> Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT suspended_reason, COUNT(*) FROM subscribers WHERE status = 'suspended' GROUP BY suspended_reason ORDER BY 1",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_>>()
     }
 }
 
 /// Suspends `subscriber` and cancels its queued mail: a suspended address
 /// gets nothing more. The one suspension path, for bounces and for the
 /// relay's synchronous 5.1.1 refusals alike.
-pub(crate) fn suspend(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, reason: &str, now: UnixTime) -> Result<()> {
+pub(crate) fn suspend(tx: &Conn<'_>, subscriber: SubscriberId, reason: &str, now: UnixTime) -> Result<()> {
     tx.execute(
         "UPDATE subscribers SET status = 'suspended', suspended_reason = ?1, suspended_at = ?2, updated_at = ?2 WHERE id = ?3",
         params![reason, now, subscriber],

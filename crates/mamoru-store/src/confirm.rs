@@ -20,7 +20,8 @@
 use mamoru_core::UnixTime;
 use mamoru_core::alert::{CARRIERS, ConfirmKey, carrier_of};
 use mamoru_core::token::Nonce;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::OptionalExt;
+use crate::params;
 
 use crate::alerts::AlertId;
 use crate::{Result, Store, SubscriberId};
@@ -50,7 +51,7 @@ impl Store {
     /// The district a copy's 確認しました link counts under, as the
     /// publication fixed it (0 when the row is gone).
     pub fn confirm_district(&self, alert: AlertId, subscriber: SubscriberId) -> Result<u32> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let d: Option<u32> = conn
             .query_row(
                 "SELECT confirm_district FROM outbox WHERE alert_id = ?1 AND subscriber_id = ?2 ORDER BY id LIMIT 1",
@@ -64,24 +65,23 @@ impl Store {
     /// Whether a live confirmation link names an alert that asks for it.
     /// Changes nothing (the GET of the link).
     pub fn confirm_open(&self, key: &ConfirmKey) -> Result<Option<String>> {
-        let conn = self.conn();
-        Ok(conn
+        let conn = self.conn()?;
+        conn
             .query_row(
                 "SELECT title FROM alerts WHERE id = ?1 AND state = 'published' AND ask_confirm = 1",
-                [key.alert],
+                params![key.alert],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()
     }
 
     /// Counts one copy's confirmation, once. `expires_at` is the end of
     /// the alert's window (the token's expiry), when the seen-set row goes.
     pub fn confirm_copy(&self, key: &ConfirmKey, copy: &Nonce, expires_at: UnixTime, now: UnixTime) -> Result<Confirmed> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", [now])?;
+        let tx = self.begin()?;
+        tx.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", params![now])?;
         let open: Option<i64> = tx
-            .query_row("SELECT 1 FROM alerts WHERE id = ?1 AND state = 'published' AND ask_confirm = 1", [key.alert], |r| r.get(0))
+            .query_row("SELECT 1 FROM alerts WHERE id = ?1 AND state = 'published' AND ask_confirm = 1", params![key.alert], |r| r.get(0))
             .optional()?;
         if open.is_none() || expires_at <= now {
             return Ok(Confirmed::Closed);
@@ -95,7 +95,7 @@ impl Store {
         }
         tx.execute(
             "INSERT INTO confirm_counts (alert_id, district_id, carrier, confirmed) VALUES (?1, ?2, ?3, 1)
-             ON CONFLICT (alert_id, district_id, carrier) DO UPDATE SET confirmed = confirmed + 1",
+             ON CONFLICT (alert_id, district_id, carrier) DO UPDATE SET confirmed = confirm_counts.confirmed + 1",
             params![key.alert, key.district, key.carrier_name()],
         )?;
         tx.commit()?;
@@ -105,13 +105,13 @@ impl Store {
     /// Deletes the seen-set rows of every confirmation window that ended:
     /// afterwards only the counts remain. Returns how many rows went.
     pub fn purge_confirmations(&self, now: UnixTime) -> Result<usize> {
-        Ok(self.conn().execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", [now])?)
+        self.conn()?.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", params![now])
     }
 
     /// Confirmed / delivered per district and carrier for one alert,
     /// districts in id order, carriers in the order of `CARRIERS`.
     pub fn confirm_table(&self, alert: AlertId) -> Result<Vec<ConfirmRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut rows: Vec<ConfirmRow> = Vec::new();
         let mut add = |district: u32, carrier: &'static str, delivered: i64, confirmed: i64| {
             match rows.iter_mut().find(|r| r.district == district && r.carrier == carrier) {
@@ -126,13 +126,13 @@ impl Store {
             "SELECT confirm_district, domain, COUNT(*) FROM outbox WHERE alert_id = ?1 AND state = 'sent'
              GROUP BY confirm_district, domain",
         )?;
-        let sent = st.query_map([alert], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let sent = st.query_map(params![alert], |r| Ok((r.get::<u32>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)))?;
         for row in sent {
             let (d, domain, n) = row?;
             add(d, carrier_of(&domain), n, 0);
         }
         let mut st = conn.prepare("SELECT district_id, carrier, confirmed FROM confirm_counts WHERE alert_id = ?1")?;
-        let counted = st.query_map([alert], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let counted = st.query_map(params![alert], |r| Ok((r.get::<u32>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)))?;
         for row in counted {
             let (d, carrier, n) = row?;
             let carrier = CARRIERS.iter().copied().find(|c| *c == carrier).unwrap_or("その他");
@@ -166,7 +166,7 @@ mod tests {
     fn each_copy_counts_once_and_only_counts_outlive_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
         let AdminAdded::Added(admin) = store.add_admin("chuo", &addr("staff@city.test"), "h", &[], "cli", T0).unwrap() else { panic!() };
         let subs = vec![(addr("a@docomo.ne.jp"), vec![1]), (addr("b@ezweb.ne.jp"), vec![1, 3]), (addr("c@ezweb.ne.jp"), vec![3])];
         store.import_active_subscribers(&subs, "test", T0).unwrap();
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(store.confirm_district(alert, SubscriberId::new(1)).unwrap(), 1);
         assert_eq!(store.confirm_district(alert, SubscriberId::new(2)).unwrap(), 1);
         assert_eq!(store.confirm_district(alert, SubscriberId::new(3)).unwrap(), 3);
-        store.conn().execute("UPDATE outbox SET state = 'sent' WHERE alert_id = ?1", [alert]).unwrap();
+        store.conn().unwrap().execute("UPDATE outbox SET state = 'sent' WHERE alert_id = ?1", params![alert]).unwrap();
 
         let until = T0 + 1000;
         let au1 = ConfirmKey { alert, district: 1, carrier: 1 };
@@ -206,7 +206,7 @@ mod tests {
         // After the window: the link is closed, the seen-set gone, the counts kept.
         assert_eq!(store.confirm_copy(&au1, &[3; 8], until, until).unwrap(), Confirmed::Closed);
         store.purge_confirmations(until).unwrap();
-        let n: i64 = store.conn().query_row("SELECT COUNT(*) FROM confirm_seen", [], |r| r.get(0)).unwrap();
+        let n: i64 = store.conn().unwrap().query_row("SELECT COUNT(*) FROM confirm_seen", params![], |r| r.get(0)).unwrap();
         assert_eq!(n, 0);
         assert_eq!(store.confirm_table(alert).unwrap()[1].confirmed, 1);
         // An alert that does not ask counts nothing.

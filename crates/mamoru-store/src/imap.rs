@@ -2,7 +2,8 @@
 //! migration 0009), and the watcher's state `mamoru queue` shows.
 
 use mamoru_core::UnixTime;
-use rusqlite::{OptionalExtension, params};
+use crate::db::OptionalExt;
+use crate::params;
 
 use crate::{Result, Store};
 
@@ -62,10 +63,10 @@ pub struct MailboxState {
 impl Store {
     /// The mailbox's UIDVALIDITY and last UID disposed of, if known.
     pub fn imap_cursor(&self, name: &str) -> Result<Option<(u32, u32)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row = conn
             .prepare_cached("SELECT uid_validity, last_uid FROM imap_mailboxes WHERE name = ?1")?
-            .query_row(params![name], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)))
+            .query_row(params![name], |r| Ok((r.get::<u32>(0)?, r.get::<u32>(1)?)))
             .optional()?;
         Ok(row)
     }
@@ -74,8 +75,7 @@ impl Store {
     /// stored one starts it again from UID 0. Returns the last UID disposed
     /// of under this UIDVALIDITY, and whether it changed.
     pub fn imap_selected(&self, name: &str, uid_validity: u32, now: UnixTime) -> Result<(u32, bool)> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let old: Option<(u32, u32)> = tx
             .prepare_cached("SELECT uid_validity, last_uid FROM imap_mailboxes WHERE name = ?1")?
             .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -106,9 +106,9 @@ impl Store {
             Moved::Dropped => "dropped",
             Moved::Quarantined => "quarantined",
         };
-        self.conn()
+        self.conn()?
             .prepare_cached(&format!(
-                "UPDATE imap_mailboxes SET last_uid = MAX(last_uid, ?2), {column} = {column} + 1, updated_at = ?3 WHERE name = ?1"
+                "UPDATE imap_mailboxes SET last_uid = CASE WHEN last_uid > ?2 THEN last_uid ELSE ?2 END, {column} = {column} + 1, updated_at = ?3 WHERE name = ?1"
             ))?
             .execute(params![name, uid, now])?;
         Ok(())
@@ -116,7 +116,7 @@ impl Store {
 
     /// What the watcher does now; `detail` and `retry_at` only for `Retrying`.
     pub fn imap_set_state(&self, name: &str, state: WatchState, detail: &str, retry_at: UnixTime, now: UnixTime) -> Result<()> {
-        self.conn()
+        self.conn()?
             .prepare_cached(
                 "INSERT INTO imap_mailboxes (name, state, detail, retry_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (name) DO UPDATE SET state = excluded.state, detail = excluded.detail,
@@ -128,17 +128,17 @@ impl Store {
 
     /// Every watched mailbox's row, by name.
     pub fn imap_states(&self) -> Result<Vec<MailboxState>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT name, uid_validity, last_uid, state, detail, retry_at, processed, dropped, quarantined, updated_at
              FROM imap_mailboxes ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![], |r| {
             Ok(MailboxState {
                 name: r.get(0)?,
                 uid_validity: r.get(1)?,
                 last_uid: r.get(2)?,
-                state: WatchState::parse(&r.get::<_, String>(3)?),
+                state: WatchState::parse(&r.get::<String>(3)?),
                 detail: r.get(4)?,
                 retry_at: r.get(5)?,
                 processed: r.get(6)?,
@@ -147,7 +147,7 @@ impl Store {
                 updated_at: r.get(9)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 }
 
@@ -159,7 +159,7 @@ mod tests {
 
     fn store(dir: &std::path::Path) -> Store {
         let keys = crate::keys::load_or_create(dir).unwrap();
-        Store::open(dir, &keys, Duration::from_millis(100)).unwrap()
+        Store::open_for_test(dir, &keys, Duration::from_millis(100)).unwrap()
     }
 
     #[test]

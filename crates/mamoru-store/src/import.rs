@@ -27,7 +27,8 @@ use std::borrow::Cow;
 use mamoru_core::mail::OutgoingMail;
 use mamoru_core::token::{Nonce, Purpose};
 use mamoru_core::{Config, EmailAddress, UnixTime};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::OptionalExt;
+use crate::params;
 
 use crate::states::SubscriberStatus;
 use crate::{Result, Store, SubscriberId, audit, districts_of};
@@ -291,10 +292,9 @@ impl Store {
         mode: ImportMode<F>,
     ) -> Result<Imported> {
         let index = self.sealer.index(addr);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let existing: Option<SubscriberId> =
-            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
+            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| r.get(0)).optional()?;
         if existing.is_some() {
             return Ok(Imported::AlreadyRegistered);
         }
@@ -302,12 +302,12 @@ impl Store {
             ImportMode::Silent => (SubscriberStatus::Active, now),
             ImportMode::Invite { .. } => (SubscriberStatus::Pending, 0),
         };
-        tx.execute(
+        let subscriber: SubscriberId = tx.query_row(
             "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, confirmed_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5) RETURNING id",
             params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), status, now, confirmed_at],
+            |r| r.get(0),
         )?;
-        let subscriber = SubscriberId::new(tx.last_insert_rowid());
         {
             let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
             for d in districts {
@@ -335,14 +335,14 @@ impl Store {
 
     /// Every confirmed subscriber (active or suspended), decrypted, by id.
     pub fn export_subscribers(&self) -> Result<Vec<ExportRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let rows: Vec<(SubscriberId, Vec<u8>, SubscriberStatus, i64, i64)> = {
             let mut st = conn.prepare(
                 "SELECT id, addr_sealed, status, created_at, confirmed_at FROM subscribers
                  WHERE status IN ('active', 'suspended') ORDER BY id",
             )?;
-            let it = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
-            it.collect::<rusqlite::Result<_>>()?
+            let it = st.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            it.collect::<Result<_>>()?
         };
         let mut out = Vec::with_capacity(rows.len());
         for (id, sealed, status, created_at, confirmed_at) in rows {

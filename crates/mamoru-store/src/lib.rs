@@ -22,6 +22,8 @@
 //!   write lock instead of failing half way.
 
 pub mod backup;
+pub mod db;
+mod pg;
 pub mod bounces;
 pub mod imap;
 pub mod confirm;
@@ -38,13 +40,15 @@ pub mod states;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use db::{Conn, Dialect, OptionalExt};
 use std::time::Duration;
 
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::seal::{BlindIndex, SealError, Sealer};
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode};
 use states::{OutboxState, SubscriberStatus};
 
 pub use keys::Keys;
@@ -66,6 +70,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_outbox_shape_index.sql"),
 ];
 
+/// The footer-link nonce of a subscriber who never confirmed (the
+/// column's default).
+pub(crate) const NO_NONCE: Nonce = [0; 8];
+
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "mamoru.db";
 
@@ -79,6 +87,20 @@ pub enum StoreError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(String),
+    #[error("database URL: {0}")]
+    Url(String),
+    /// A column held a value of another kind than the code reads.
+    #[error("database value: {0}")]
+    Column(String),
+    /// A query for one row found none; [`db::OptionalExt::optional`] turns
+    /// it into `None`, and no public method returns it.
+    #[error("no such row")]
+    NoRow,
+    /// What this backend does not do (the message says what to use).
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("sealed data: {0}")]
     Seal(#[from] SealError),
     #[error("{path}: {source}")]
@@ -97,7 +119,15 @@ impl StoreError {
     /// lock released, disk space freed, a permission fixed): the MTA should
     /// retry.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, StoreError::TooNew { .. } | StoreError::BrokenForeignKey { .. } | StoreError::Seal(_))
+        !matches!(
+            self,
+            StoreError::TooNew { .. }
+                | StoreError::BrokenForeignKey { .. }
+                | StoreError::Seal(_)
+                | StoreError::Url(_)
+                | StoreError::Column(_)
+                | StoreError::Unsupported(_)
+        )
     }
 }
 
@@ -215,22 +245,24 @@ impl Preferences {
 }
 
 /// Replaces a subscriber's preferences inside the caller's transaction.
-fn write_preferences(tx: &Connection, subscriber: SubscriberId, prefs: &Preferences) -> Result<()> {
+fn write_preferences(tx: &Conn<'_>, subscriber: SubscriberId, prefs: &Preferences) -> Result<()> {
     let (start, end) = Preferences::valid_quiet(prefs.quiet).unwrap_or((-1, -1));
     tx.execute("UPDATE subscribers SET quiet_start = ?1, quiet_end = ?2 WHERE id = ?3", params![start, end, subscriber])?;
-    tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", [subscriber])?;
-    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2)")?;
+    tx.execute("DELETE FROM subscriber_kinds_off WHERE subscriber_id = ?1", params![subscriber])?;
     for k in &prefs.kinds_off {
-        ins.execute(params![subscriber, k])?;
+        tx.execute(
+            "INSERT INTO subscriber_kinds_off (subscriber_id, kind) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![subscriber, k],
+        )?;
     }
     Ok(())
 }
 
-fn preferences_of(conn: &Connection, subscriber: SubscriberId) -> Result<Preferences> {
+fn preferences_of(conn: &Conn<'_>, subscriber: SubscriberId) -> Result<Preferences> {
     let (start, end): (i64, i64) =
-        conn.query_row("SELECT quiet_start, quiet_end FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let mut stmt = conn.prepare_cached("SELECT kind FROM subscriber_kinds_off WHERE subscriber_id = ?1 ORDER BY kind")?;
-    let kinds_off = stmt.query_map([subscriber], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        conn.query_row("SELECT quiet_start, quiet_end FROM subscribers WHERE id = ?1", params![subscriber], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let kinds_off =
+        conn.query_map("SELECT kind FROM subscriber_kinds_off WHERE subscriber_id = ?1 ORDER BY kind", params![subscriber], |r| r.get(0))?;
     Ok(Preferences { kinds_off, quiet: Preferences::valid_quiet(Some((start, end))) })
 }
 
@@ -289,9 +321,17 @@ pub struct OutboxCounts {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Backend,
     sealer: Sealer,
     path: PathBuf,
+    /// The throwaway cluster of a test store on PostgreSQL, stopped with it.
+    #[cfg(test)]
+    cluster: Option<pgtest::PgCluster>,
+}
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(pg::PgBackend),
 }
 
 impl Store {
@@ -309,9 +349,52 @@ impl Store {
         // overwritten with zeros instead of lingering in free pages of the
         // database file.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        let store = Store { conn: Mutex::new(conn), sealer: keys.sealer(), path };
+        let store = Store {
+            backend: Backend::Sqlite(Mutex::new(conn)),
+            sealer: keys.sealer(),
+            path,
+            #[cfg(test)]
+            cluster: None,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Connects to the PostgreSQL database at `url` and migrates it. The
+    /// data dir still holds the keys; `wait` bounds how long a statement
+    /// waits for a connection.
+    pub fn open_postgres(url: &str, keys: &Keys, wait: Duration) -> Result<Self> {
+        let backend = pg::PgBackend::connect(url, wait)?;
+        backend.migrate()?;
+        Ok(Store {
+            backend: Backend::Postgres(backend),
+            sealer: keys.sealer(),
+            path: PathBuf::new(),
+            #[cfg(test)]
+            cluster: None,
+        })
+    }
+
+    /// The store the flows' tests run on: SQLite in `data_dir`, or, with
+    /// `MAMORU_TEST_BACKEND=postgres`, a fresh PostgreSQL cluster of its own
+    /// (`scripts/test` runs this crate's tests both ways).
+    #[cfg(test)]
+    pub(crate) fn open_for_test(data_dir: &Path, keys: &Keys, busy_timeout: Duration) -> Result<Self> {
+        if std::env::var("MAMORU_TEST_BACKEND").as_deref() == Ok("postgres") {
+            let cluster = pgtest::PgCluster::start();
+            let mut store = Store::open_postgres(&cluster.url(), keys, Duration::from_secs(10))?;
+            store.cluster = Some(cluster);
+            return Ok(store);
+        }
+        Store::open(data_dir, keys, busy_timeout)
+    }
+
+    /// Which engine holds the data.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -332,18 +415,61 @@ impl Store {
     /// write lock is granted within the busy timeout (and given back at
     /// once, nothing written). What `/readyz` and the watchdog ask.
     pub fn check_writable(&self) -> Result<()> {
-        let mut conn = self.conn();
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(StoreError::ReadOnly);
+        let conn = self.conn()?;
+        if let Some(c) = conn.as_sqlite() {
+            if c.is_readonly(rusqlite::MAIN_DB)? {
+                return Err(StoreError::ReadOnly);
+            }
         }
-        conn.transaction_with_behavior(TransactionBehavior::Immediate)?.rollback()?;
+        let tx = conn.begin()?;
+        if tx.dialect() == Dialect::Postgres {
+            // A standby, or a primary set read-only, answers here.
+            tx.execute("SELECT pg_catalog.txid_current()", params![])?;
+        }
+        drop(tx);
         Ok(())
     }
 
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (the
-        // transaction rolls back on drop), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// A connection outside any transaction: one statement at a time.
+    pub(crate) fn conn(&self) -> Result<Conn<'_>> {
+        match &self.backend {
+            // A panic while holding the lock leaves SQLite consistent (the
+            // transaction rolls back on drop), so a poisoned lock is still
+            // usable.
+            Backend::Sqlite(c) => Ok(Conn::sqlite(c.lock().unwrap_or_else(|p| p.into_inner()))),
+            Backend::Postgres(pg) => Ok(Conn::postgres(pg.get()?)),
+        }
+    }
+
+    /// A connection inside a new transaction (see [`db`]): commit it, or
+    /// drop it to roll back.
+    pub(crate) fn begin(&self) -> Result<Conn<'_>> {
+        self.conn()?.begin()
+    }
+
+    /// Runs a whole transaction `f` again when PostgreSQL aborted it to keep
+    /// concurrent transactions serial (a few times, with a short pause); on
+    /// SQLite writers queue on the lock instead, and `f` runs once.
+    pub(crate) fn serially<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            match f() {
+                Err(StoreError::Busy) if self.dialect() == Dialect::Postgres && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2 * tries));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The SQLite connection, for what only SQLite has; `None` on
+    /// PostgreSQL.
+    pub(crate) fn sqlite(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        match &self.backend {
+            Backend::Sqlite(c) => Some(c.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Applies the migrations this database lacks, in one transaction.
@@ -354,7 +480,7 @@ impl Store {
     /// DELETE` actions); `PRAGMA foreign_key_check` must find nothing before
     /// the commit.
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn();
+        let Some(mut conn) = self.sqlite() else { return Ok(()) };
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         let applied = Self::apply_migrations(&mut conn);
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -362,7 +488,8 @@ impl Store {
     }
 
     fn apply_migrations(conn: &mut Connection) -> Result<()> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        use rusqlite::OptionalExtension;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -395,23 +522,22 @@ impl Store {
     ) -> Result<RegistrationRequest> {
         let index = self.sealer.index(addr);
         let mailbox = self.mailbox_index(addr);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         if let Some(limited) = take_registration_slot(&tx, &mailbox, &Channel::Mail, now, limits)? {
             // Dropping the transaction rolls back the counters it touched.
             return Ok(RegistrationRequest::Limited(limited));
         }
         let existing: Option<SubscriberId> =
-            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| r.get(0)).optional()?;
+            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| r.get(0)).optional()?;
         let subscriber = match existing {
             Some(id) => id,
             None => {
-                tx.execute(
+                tx.query_row(
                     "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
                     params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
-                )?;
-                SubscriberId::new(tx.last_insert_rowid())
+                    |r| r.get(0),
+                )?
             }
         };
         let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
@@ -426,7 +552,7 @@ impl Store {
     /// For the GET of a registration link: is the token still unused, and
     /// what is the subscriber's current choice? Changes nothing.
     pub fn registration_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<RegistrationView>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let live: Option<SubscriberId> = conn
             .query_row(
                 "SELECT t.subject_id FROM tokens t JOIN subscribers s ON s.id = t.subject_id
@@ -454,18 +580,17 @@ impl Store {
         mail_expires_at: UnixTime,
         render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let consumed = consume_token(&tx, claims, claims.purpose, now)?;
         let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
         let sealed: Option<Vec<u8>> = tx
-            .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))
+            .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))
             .optional()?;
         let (true, Some(sealed)) = (consumed, sealed) else {
             return Ok(Completion::TokenUnusable);
         };
         let addr = self.sealer.open_address(&sealed)?;
-        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
         if status == SubscriberStatus::Pending {
             // A parent who has just chosen districts may notice a wrong one
             // and send another empty mail at once. Completing the
@@ -482,22 +607,19 @@ impl Store {
         self.sealer.random(&mut link_nonce)?;
         // The footer-link nonce is set once, at the first confirmation.
         tx.execute(
-            "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = X'0000000000000000'",
-            params![&link_nonce[..], subscriber],
+            "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = ?3",
+            params![&link_nonce[..], subscriber, &NO_NONCE[..]],
         )?;
-        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
         tx.execute(
             "UPDATE subscribers SET status = 'active', updated_at = ?1,
                     confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
              WHERE id = ?2",
             params![now, subscriber],
         )?;
-        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
-        {
-            let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
-            for d in districts {
-                ins.execute(params![subscriber, d])?;
-            }
+        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
+        for d in districts {
+            tx.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)", params![subscriber, d])?;
         }
         write_preferences(&tx, subscriber, prefs)?;
         let mail = render(&addr, link_nonce);
@@ -512,7 +634,7 @@ impl Store {
     /// `subject`, inside the caller's transaction, and returns it to be signed.
     fn issue_token(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Conn<'_>,
         purpose: Purpose,
         subject: i64,
         expires_at: UnixTime,
@@ -528,17 +650,17 @@ impl Store {
 
     fn insert_outbox(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Conn<'_>,
         mail: &OutgoingMail,
         subscriber: Option<SubscriberId>,
         priority: i64,
         now: UnixTime,
         expires_at: UnixTime,
     ) -> Result<OutboxId> {
-        tx.execute(
+        tx.query_row(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) RETURNING id",
             params![
                 mail.kind.as_str(),
                 priority,
@@ -551,22 +673,22 @@ impl Store {
                 now,
                 expires_at,
             ],
-        )?;
-        Ok(OutboxId::new(tx.last_insert_rowid()))
+            |r| r.get(0),
+        )
     }
 
     /// Records an event in the audit log.
     pub fn audit(&self, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         audit(&conn, now, actor, action, detail)
     }
 
     /// Looks a subscriber up by address (through the blind index).
     pub fn find_subscriber(&self, addr: &EmailAddress) -> Result<Option<Subscriber>> {
         let index = self.sealer.index(addr);
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row: Option<(SubscriberId, Vec<u8>, SubscriberStatus)> = conn
-            .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| {
+            .query_row("SELECT id, addr_sealed, status FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
@@ -578,11 +700,11 @@ impl Store {
     /// The nonce of the subscriber's footer links (`mamoru_core::links`);
     /// `None` for an unknown or never-confirmed subscriber.
     pub fn link_nonce(&self, subscriber: SubscriberId) -> Result<Option<Nonce>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let n: Option<Vec<u8>> = conn
             .query_row(
-                "SELECT link_nonce FROM subscribers WHERE id = ?1 AND link_nonce <> X'0000000000000000'",
-                [subscriber],
+                "SELECT link_nonce FROM subscribers WHERE id = ?1 AND link_nonce <> ?2",
+                params![subscriber, &NO_NONCE[..]],
                 |r| r.get(0),
             )
             .optional()?;
@@ -592,12 +714,11 @@ impl Store {
     /// Deletes registrations that were never confirmed before `before`, with
     /// their tokens and queued mail.
     pub fn purge_unconfirmed(&self, before: UnixTime) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let stale = "SELECT id FROM subscribers WHERE status = 'pending' AND created_at < ?1";
-        tx.execute(&format!("DELETE FROM tokens WHERE subject_id IN ({stale})"), [before])?;
-        tx.execute(&format!("DELETE FROM outbox WHERE state IN ('queued', 'sending') AND subscriber_id IN ({stale})"), [before])?;
-        let n = tx.execute("DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?1", [before])?;
+        tx.execute(&format!("DELETE FROM tokens WHERE subject_id IN ({stale})"), params![before])?;
+        tx.execute(&format!("DELETE FROM outbox WHERE state IN ('queued', 'sending') AND subscriber_id IN ({stale})"), params![before])?;
+        let n = tx.execute("DELETE FROM subscribers WHERE status = 'pending' AND created_at < ?1", params![before])?;
         tx.commit()?;
         Ok(n)
     }
@@ -606,24 +727,24 @@ impl Store {
     /// ran out (a relay died holding them) are due again. Rows past their
     /// expiry are marked expired instead of being returned.
     pub fn claim_due(&self, now: UnixTime, lease_secs: i64, limit: usize) -> Result<Vec<QueuedMail>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         tx.execute(
             "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery'
              WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
-            [now],
+            params![now],
         )?;
-        let rows: Vec<relay::ClaimedRow> = {
-            let mut stmt = tx.prepare(
+        let rows: Vec<relay::ClaimedRow> = tx.query_map(
+            &format!(
                 "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1
                  WHERE id IN (SELECT id FROM outbox
                               WHERE (state = 'queued' AND next_attempt_at <= ?2) OR (state = 'sending' AND lease_until <= ?2)
-                              ORDER BY priority DESC, id LIMIT ?3)
+                              ORDER BY priority DESC, id LIMIT ?3{})
                  RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts, alert_id, subscriber_id",
-            )?;
-            let it = stmt.query_map(params![now + lease_secs, now, limit as i64], relay::claimed_row)?;
-            it.collect::<rusqlite::Result<_>>()?
-        };
+                db::skip_locked(&tx)
+            ),
+            params![now + lease_secs, now, limit as i64],
+            relay::claimed_row,
+        )?;
         let rows = relay::attach_alerts(&tx, rows, now)?;
         tx.commit()?;
         self.open_claimed(rows)
@@ -631,7 +752,7 @@ impl Store {
 
     /// The row was accepted by the next hop.
     pub fn mark_sent(&self, id: OutboxId, now: UnixTime) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE outbox SET state = 'sent', done_at = ?1, last_error = '', lease_until = 0 WHERE id = ?2",
             params![now, id],
         )?;
@@ -640,7 +761,7 @@ impl Store {
 
     /// Delivery failed transiently: try again at `next_attempt_at`.
     pub fn mark_retry(&self, id: OutboxId, next_attempt_at: UnixTime, reason: &str) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE outbox SET state = 'queued', next_attempt_at = ?1, last_error = ?2, lease_until = 0 WHERE id = ?3",
             params![next_attempt_at, reason, id],
         )?;
@@ -648,12 +769,12 @@ impl Store {
     }
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+        let conn = self.conn()?;
         let mut c = OutboxCounts::default();
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, OutboxState>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (state, n) = row?;
+        let rows = conn.query_map("SELECT state, COUNT(*) FROM outbox GROUP BY state", params![], |r| {
+            Ok((r.get::<OutboxState>(0)?, r.get::<i64>(1)?))
+        })?;
+        for (state, n) in rows {
             *match state {
                 OutboxState::Queued => &mut c.queued,
                 OutboxState::Sending => &mut c.sending,
@@ -686,7 +807,7 @@ fn set_wal(conn: &Connection, busy_timeout: Duration) -> Result<()> {
 /// subject, unused and unexpired; inside the transaction of the change it
 /// authorises, so the change and the consumption commit together or not at all.
 /// Returns whether it was consumed.
-fn consume_token(tx: &rusqlite::Transaction<'_>, claims: &Claims, purpose: Purpose, now: UnixTime) -> Result<bool> {
+fn consume_token(tx: &Conn<'_>, claims: &Claims, purpose: Purpose, now: UnixTime) -> Result<bool> {
     let n = tx.execute(
         "UPDATE tokens SET used_at = ?1
          WHERE nonce = ?2 AND purpose = ?3 AND subject_id = ?4 AND used_at = 0 AND expires_at > ?1",
@@ -695,7 +816,7 @@ fn consume_token(tx: &rusqlite::Transaction<'_>, claims: &Claims, purpose: Purpo
     Ok(n == 1)
 }
 
-fn audit(conn: &Connection, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {
+fn audit(conn: &Conn<'_>, now: UnixTime, actor: &str, action: &str, detail: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
         params![now, actor, action, detail],
@@ -703,11 +824,12 @@ fn audit(conn: &Connection, now: UnixTime, actor: &str, action: &str, detail: &s
     Ok(())
 }
 
-fn districts_of(conn: &Connection, subscriber: SubscriberId) -> Result<Vec<u32>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT district_id FROM subscriber_districts WHERE subscriber_id = ?1 ORDER BY district_id")?;
-    let rows = stmt.query_map([subscriber], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+fn districts_of(conn: &Conn<'_>, subscriber: SubscriberId) -> Result<Vec<u32>> {
+    conn.query_map(
+        "SELECT district_id FROM subscriber_districts WHERE subscriber_id = ?1 ORDER BY district_id",
+        params![subscriber],
+        |r| r.get(0),
+    )
 }
 
 /// Scope (and keyed-hash context) of the per-mailbox limits. Rows of the
@@ -725,7 +847,7 @@ pub(crate) const MAILBOX_SCOPE: &str = "register-mailbox";
 /// nothing else), then the mailbox's cooldown and daily cap, then the
 /// channel's global budget (`register-global-mail` or `register-global-web`).
 fn take_registration_slot(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Conn<'_>,
     mailbox: &BlindIndex,
     channel: &Channel,
     now: UnixTime,
@@ -754,7 +876,7 @@ fn take_registration_slot(
 /// `cooldown` seconds and `daily_cap` per calendar day in Japan (UTC+9),
 /// where parents are. One upsert: check and increment are one statement.
 pub(crate) fn take_mailbox_slot(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Conn<'_>,
     scope: &str,
     mailbox: &BlindIndex,
     now: UnixTime,
@@ -765,10 +887,10 @@ pub(crate) fn take_mailbox_slot(
     let per_mailbox = tx.execute(
         "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?6, ?1, ?2, 1, ?3)
          ON CONFLICT (scope, key) DO UPDATE SET
-             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             count = CASE WHEN rate_limits.window_start = excluded.window_start THEN rate_limits.count + 1 ELSE 1 END,
              window_start = excluded.window_start,
              last_at = excluded.last_at
-         WHERE last_at <= ?3 - ?4 AND (window_start <> excluded.window_start OR count < ?5)",
+         WHERE rate_limits.last_at <= ?3 - ?4 AND (rate_limits.window_start <> excluded.window_start OR rate_limits.count < ?5)",
         params![&mailbox[..], day, now, cooldown, daily_cap, scope],
     )?;
     if per_mailbox > 0 {
@@ -780,14 +902,14 @@ pub(crate) fn take_mailbox_slot(
 }
 
 /// One slot of an hourly budget of `cap` under (`scope`, `key`), or `false`.
-pub(crate) fn take_hourly(tx: &rusqlite::Transaction<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
+pub(crate) fn take_hourly(tx: &Conn<'_>, scope: &str, key: &[u8], hour: i64, now: UnixTime, cap: i64) -> Result<bool> {
     let taken = tx.execute(
         "INSERT INTO rate_limits (scope, key, window_start, count, last_at) VALUES (?1, ?2, ?3, 1, ?4)
          ON CONFLICT (scope, key) DO UPDATE SET
-             count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+             count = CASE WHEN rate_limits.window_start = excluded.window_start THEN rate_limits.count + 1 ELSE 1 END,
              window_start = excluded.window_start,
              last_at = excluded.last_at
-         WHERE window_start <> excluded.window_start OR count < ?5",
+         WHERE rate_limits.window_start <> excluded.window_start OR rate_limits.count < ?5",
         params![scope, key, hour, now, cap],
     )?;
     Ok(taken > 0)

@@ -19,7 +19,8 @@
 use mamoru_core::mail::OutgoingMail;
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::{Conn, OptionalExt};
+use crate::params;
 
 use crate::states::SubscriberStatus;
 use crate::{
@@ -104,24 +105,24 @@ impl Store {
     ) -> Result<LinkRequest> {
         let index = self.sealer.index(addr);
         let mailbox = self.mailbox_index(addr);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
             return Ok(LinkRequest::Limited(limited));
         }
         let existing: Option<(SubscriberId, SubscriberStatus)> = tx
-            .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", [&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (subscriber, kind) = match existing {
             Some((id, SubscriberStatus::Pending)) => (id, LinkMail::Register),
             Some((id, _)) => (id, LinkMail::Manage),
             None => {
-                tx.execute(
+                let id = tx.query_row(
                     "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
                     params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
+                    |r| r.get(0),
                 )?;
-                (SubscriberId::new(tx.last_insert_rowid()), LinkMail::Register)
+                (id, LinkMail::Register)
             }
         };
         if let (LinkMail::Register, Some(district)) = (kind, preselect) {
@@ -156,9 +157,9 @@ impl Store {
     /// For GET and HEAD of `/m/` and `/u/`: does the token still open a
     /// registration, and what is its current choice? Changes nothing.
     pub fn manage_view(&self, claims: &Claims, now: UnixTime) -> Result<Option<ManageView>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let Some((subscriber, grant)) = grant(&conn, claims, now)? else { return Ok(None) };
-        let status: SubscriberStatus = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let status: SubscriberStatus = conn.query_row("SELECT status FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
         let districts = districts_of(&conn, subscriber)?;
         let prefs = crate::preferences_of(&conn, subscriber)?;
         Ok(Some(ManageView { subscriber, districts, prefs, suspended: status == SubscriberStatus::Suspended, grant }))
@@ -178,8 +179,7 @@ impl Store {
         mail_expires_at: UnixTime,
         render: impl FnOnce(&EmailAddress) -> OutgoingMail,
     ) -> Result<ManageOutcome> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
         if grant == Grant::OneTime {
             // `grant` has just checked the token in this transaction.
@@ -189,11 +189,11 @@ impl Store {
             tx.execute(
                 "UPDATE subscribers SET status = 'active', bounce_score = 0, suspended_reason = '', suspended_at = 0
                  WHERE id = ?1",
-                [subscriber],
+                params![subscriber],
             )?;
         }
         tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
-        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
+        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
         {
             let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
             for d in districts {
@@ -201,7 +201,7 @@ impl Store {
             }
         }
         crate::write_preferences(&tx, subscriber, prefs)?;
-        let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
         let addr = self.sealer.open_address(&sealed)?;
         let mail = render(&addr);
         let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
@@ -222,11 +222,10 @@ impl Store {
         mail_expires_at: UnixTime,
         render: impl FnOnce(&EmailAddress) -> Option<OutgoingMail>,
     ) -> Result<ManageOutcome> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let Some((subscriber, _grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
         let (sealed, index): (Vec<u8>, Vec<u8>) =
-            tx.query_row("SELECT addr_sealed, addr_index FROM subscribers WHERE id = ?1", [subscriber], |r| {
+            tx.query_row("SELECT addr_sealed, addr_index FROM subscribers WHERE id = ?1", params![subscriber], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
         let addr = self.sealer.open_address(&sealed)?;
@@ -247,26 +246,26 @@ impl Store {
 
 /// Removes every trace of the address of `subscriber` (`index` is its blind
 /// index). Statistics without personal data stay.
-pub(crate) fn purge(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, index: &[u8]) -> Result<()> {
-    tx.execute("DELETE FROM tokens WHERE subject_id = ?1 AND purpose IN ('register', 'manage', 'unsubscribe')", [subscriber])?;
-    tx.execute("DELETE FROM outbox WHERE subscriber_id = ?1 AND state IN ('queued', 'sending')", [subscriber])?;
+pub(crate) fn purge(tx: &Conn<'_>, subscriber: SubscriberId, index: &[u8]) -> Result<()> {
+    tx.execute("DELETE FROM tokens WHERE subject_id = ?1 AND purpose IN ('register', 'manage', 'unsubscribe')", params![subscriber])?;
+    tx.execute("DELETE FROM outbox WHERE subscriber_id = ?1 AND state IN ('queued', 'sending')", params![subscriber])?;
     tx.execute(
-        "UPDATE outbox SET recipient_sealed = X'', content_sealed = X'' WHERE subscriber_id = ?1",
-        [subscriber],
+        "UPDATE outbox SET recipient_sealed = ?2, content_sealed = ?2 WHERE subscriber_id = ?1",
+        params![subscriber, Vec::<u8>::new()],
     )?;
     // A window of an older version, keyed by the address as typed.
-    tx.execute("DELETE FROM rate_limits WHERE scope = 'register-addr' AND key = ?1", [index])?;
-    tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", [subscriber])?;
-    tx.execute("DELETE FROM subscribers WHERE id = ?1", [subscriber])?;
+    tx.execute("DELETE FROM rate_limits WHERE scope = 'register-addr' AND key = ?1", params![index])?;
+    tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
+    tx.execute("DELETE FROM subscribers WHERE id = ?1", params![subscriber])?;
     Ok(())
 }
 
 /// Which registration a manage/unsubscribe token opens, if any. Only
 /// confirmed registrations (active or suspended) can be managed.
-pub(crate) fn grant(conn: &rusqlite::Connection, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
+pub(crate) fn grant(conn: &Conn<'_>, claims: &Claims, now: UnixTime) -> Result<Option<(SubscriberId, Grant)>> {
     let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(None) };
     let row: Option<(SubscriberStatus, Vec<u8>)> = conn
-        .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", [subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT status, link_nonce FROM subscribers WHERE id = ?1", params![subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((status, link_nonce)) = row else { return Ok(None) };
     if status == SubscriberStatus::Pending {
@@ -321,7 +320,7 @@ mod tests {
     fn f() -> F {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
         F { _dir: dir, store, keys, cfg: Config::default() }
     }
 
@@ -373,7 +372,7 @@ mod tests {
         }
 
         fn count(&self, sql: &str) -> i64 {
-            self.store.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+            self.store.conn().unwrap().query_row(sql, params![], |r| r.get(0)).unwrap()
         }
     }
 
@@ -488,9 +487,9 @@ mod tests {
         let (a, footer) = f.register("dead@docomo.ne.jp", &[1]);
         let (b, _) = f.register("full@ezweb.ne.jp", &[1]);
         let outbox_of = |id: SubscriberId| -> Vec<OutboxId> {
-            let conn = f.store.conn();
+            let conn = f.store.conn().unwrap();
             let mut st = conn.prepare("SELECT id FROM outbox WHERE subscriber_id = ?1 ORDER BY id").unwrap();
-            st.query_map([id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+            st.query_map(params![id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
         };
         let oa = outbox_of(a)[0];
         // A queued mail for A is cancelled by the suspension.

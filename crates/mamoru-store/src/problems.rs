@@ -5,6 +5,7 @@
 
 use mamoru_core::UnixTime;
 
+use crate::params;
 use crate::{Result, Store};
 
 /// Queued rows that were tried and deferred, per domain and reply code.
@@ -57,12 +58,12 @@ impl Store {
     /// Rows waiting for another attempt after a deferral, per domain and
     /// reply code, most first.
     pub fn deferred(&self) -> Result<Vec<Deferred>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut st = conn.prepare(
             "SELECT domain, last_error, COUNT(*) FROM outbox WHERE state = 'queued' AND attempts > 0 AND last_error <> ''
              GROUP BY domain, last_error",
         )?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let rows = st.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)))?;
         let mut out: Vec<Deferred> = Vec::new();
         for row in rows {
             let (domain, reason, n) = row?;
@@ -80,13 +81,15 @@ impl Store {
     /// completed. A domain with many pending and few completed is likely
     /// filtering the 登録受付 mail.
     pub fn unfinished_registrations(&self, since: UnixTime) -> Result<Vec<Unfinished>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut st = conn.prepare(
-            "SELECT domain, SUM(status = 'pending'), SUM(status <> 'pending') FROM subscribers WHERE created_at >= ?1
-             GROUP BY domain HAVING SUM(status = 'pending') > 0 ORDER BY SUM(status = 'pending') DESC, domain",
+            "SELECT domain, CAST(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS BIGINT) AS pending,
+                    CAST(SUM(CASE WHEN status <> 'pending' THEN 1 ELSE 0 END) AS BIGINT)
+             FROM subscribers WHERE created_at >= ?1
+             GROUP BY domain HAVING SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) > 0 ORDER BY pending DESC, domain",
         )?;
-        let rows = st.query_map([since], |r| Ok(Unfinished { domain: r.get(0)?, pending: r.get(1)?, completed: r.get(2)? }))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = st.query_map(params![since], |r| Ok(Unfinished { domain: r.get(0)?, pending: r.get(1)?, completed: r.get(2)? }))?;
+        rows.collect::<Result<_>>()
     }
 }
 
@@ -118,8 +121,8 @@ mod tests {
     fn deferred_rows_and_unfinished_registrations_are_counted_per_domain() {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
-        let conn = store.conn();
+        let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let conn = store.conn().unwrap();
         for (i, (domain, err, attempts, state)) in [
             ("ezweb.ne.jp", "421 4.7.0 busy", 1, "queued"),
             ("ezweb.ne.jp", "421 4.7.0 later", 2, "queued"),
@@ -133,8 +136,8 @@ mod tests {
             conn.execute(
                 "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id, content_sealed,
                                      next_attempt_at, created_at, expires_at, attempts, last_error, state)
-                 VALUES ('alert', 100, 0, ?1, 'a@x', X'', ?2, X'', 0, 0, 99, ?3, ?4, ?5)",
-                rusqlite::params![domain, format!("m{i}"), attempts, err, state],
+                 VALUES ('alert', 100, 0, ?1, 'a@x', ?6, ?2, ?6, 0, 0, 99, ?3, ?4, ?5)",
+                params![domain, format!("m{i}"), attempts, err, state, Vec::<u8>::new()],
             )
             .unwrap();
         }
@@ -144,8 +147,8 @@ mod tests {
                 .enumerate()
         {
             conn.execute(
-                "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at) VALUES (?1, X'', ?2, ?3, ?4, ?4)",
-                rusqlite::params![vec![i as u8; 32], domain, status, at],
+                "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at) VALUES (?1, ?5, ?2, ?3, ?4, ?4)",
+                params![vec![i as u8; 32], domain, status, at, Vec::<u8>::new()],
             )
             .unwrap();
         }

@@ -19,7 +19,8 @@ use mamoru_core::mail::OutgoingMail;
 use mamoru_core::seal::BlindIndex;
 use mamoru_core::token::{Claims, Nonce};
 use mamoru_core::{EmailAddress, OutboxId, UnixTime};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::OptionalExt;
+use crate::params;
 
 use crate::{Limited, Result, Store, audit, take_hourly, take_mailbox_slot};
 
@@ -90,8 +91,7 @@ impl Store {
         render: impl FnOnce(TestId, TestNonces) -> OutgoingMail,
     ) -> Result<TestRequest> {
         let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let hour = now.div_euclid(3600);
         if let Some(client) = client {
             if !take_hourly(&tx, "reception-web-client", client, hour, now, limits.client_hourly_cap)? {
@@ -107,12 +107,12 @@ impl Store {
         let mut nonces = TestNonces { arrived: [0; 8], waiting: [0; 8] };
         self.sealer.random(&mut nonces.arrived)?;
         self.sealer.random(&mut nonces.waiting)?;
-        tx.execute(
+        let test: TestId = tx.query_row(
             "INSERT INTO reception_tests (arrived_nonce, waiting_nonce, domain, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
             params![&nonces.arrived[..], &nonces.waiting[..], addr.domain().to_ascii_lowercase(), now, expires_at],
+            |r| r.get(0),
         )?;
-        let test = TestId::new(tx.last_insert_rowid());
         let mail = render(test, nonces);
         let outbox = self.insert_outbox(&tx, &mail, None, 10, now, expires_at)?;
         audit(&tx, now, "web", "reception-test-requested", &format!("test={test} addr={}", addr.masked()))?;
@@ -125,7 +125,7 @@ impl Store {
     pub fn reception_test(&self, claims: &Claims, arrived: bool, now: UnixTime) -> Result<Option<TestView>> {
         let Some(test) = TestId::from_subject(claims.subject) else { return Ok(None) };
         let column = if arrived { "arrived_nonce" } else { "waiting_nonce" };
-        let conn = self.conn();
+        let conn = self.conn()?;
         let view = conn
             .query_row(
                 &format!(
@@ -143,7 +143,7 @@ impl Store {
     /// time; later posts change nothing) and returns it.
     pub fn mark_test_arrived(&self, claims: &Claims, now: UnixTime) -> Result<Option<TestView>> {
         let Some(test) = TestId::from_subject(claims.subject) else { return Ok(None) };
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "UPDATE reception_tests SET arrived_at = ?1
              WHERE id = ?2 AND arrived_nonce = ?3 AND expires_at > ?1 AND arrived_at = 0",
@@ -157,22 +157,21 @@ impl Store {
     /// opens, for a test sent to the subscriber's own address. Changes
     /// nothing (a one-time link stays usable for its change).
     pub fn managed_address(&self, claims: &Claims, now: UnixTime) -> Result<Option<EmailAddress>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let Some((subscriber, _)) = crate::manage::grant(&conn, claims, now)? else { return Ok(None) };
-        let sealed: Vec<u8> = conn.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", [subscriber], |r| r.get(0))?;
+        let sealed: Vec<u8> = conn.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
         Ok(Some(self.sealer.open_address(&sealed)?))
     }
 
     /// Deletes expired tests and the reception limits' windows that ran
     /// out (keyed hashes of addresses, kept no longer than they count).
     pub fn purge_reception(&self, now: UnixTime) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute("DELETE FROM reception_tests WHERE expires_at <= ?1", [now])?;
+        let tx = self.begin()?;
+        let n = tx.execute("DELETE FROM reception_tests WHERE expires_at <= ?1", params![now])?;
         tx.execute(
             "DELETE FROM rate_limits WHERE scope IN ('reception-mailbox', 'reception-web-client', 'reception-global')
              AND last_at < ?1",
-            [now - 2 * 86_400],
+            params![now - 2 * 86_400],
         )?;
         tx.commit()?;
         Ok(n)
@@ -181,13 +180,13 @@ impl Store {
     /// Tests of the last `since` seconds per recipient domain: (domain,
     /// asked, arrived), most asked first.
     pub fn reception_stats(&self, since: UnixTime) -> Result<Vec<(String, i64, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut st = conn.prepare(
-            "SELECT domain, COUNT(*), SUM(arrived_at > 0) FROM reception_tests WHERE created_at >= ?1
+            "SELECT domain, COUNT(*), CAST(SUM(CASE WHEN arrived_at > 0 THEN 1 ELSE 0 END) AS BIGINT) FROM reception_tests WHERE created_at >= ?1
              GROUP BY domain ORDER BY COUNT(*) DESC, domain",
         )?;
-        let rows = st.query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = st.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_>>()
     }
 }
 
@@ -214,7 +213,7 @@ mod tests {
     fn f() -> F {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys::load_or_create(dir.path()).unwrap();
-        let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+        let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
         F { _dir: dir, store, cfg: Config::default() }
     }
 
@@ -237,7 +236,7 @@ mod tests {
         }
 
         fn count(&self, sql: &str) -> i64 {
-            self.store.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+            self.store.conn().unwrap().query_row(sql, params![], |r| r.get(0)).unwrap()
         }
     }
 

@@ -12,10 +12,11 @@
 use mamoru_core::UnixTime;
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::Nonce;
-use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
+use crate::db::{Conn, OptionalExt, Row, Value, indexed_by, skip_locked};
+use crate::params;
 
 use crate::states::OutboxState;
-use crate::{AlertId, AlertRef, OutboxId, QueuedMail, Result, Store, SubscriberId};
+use crate::{AlertId, AlertRef, OutboxId, QueuedMail, Result, Store, StoreError, SubscriberId};
 
 /// Which recipient domains a claim takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +152,10 @@ pub struct PendingRow {
 /// recipient, Message-ID, sealed content, attempts, alert id, subscriber id.
 pub(crate) type ClaimedRow = (OutboxId, MailKind, String, Vec<u8>, String, Vec<u8>, i64, i64, i64);
 
-pub(crate) fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedRow> {
+pub(crate) fn claimed_row(r: &Row) -> Result<ClaimedRow> {
     let kind: String = r.get(1)?;
     // A kind this build does not know is an error, never a guess.
-    let kind = MailKind::parse(&kind).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, format!("unknown mail kind {kind:?}").into())
-    })?;
+    let kind = MailKind::parse(&kind).ok_or_else(|| StoreError::Column(format!("unknown mail kind {kind:?}")))?;
     Ok((r.get(0)?, kind, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
@@ -167,8 +166,7 @@ impl Store {
     /// Queues many rendered mails in one transaction, for no subscriber
     /// (tests and benchmarks fill the outbox with it). Returns the row ids.
     pub fn queue_many(&self, mails: &[OutgoingMail], priority: i64, now: UnixTime, expires_at: UnixTime) -> Result<Vec<OutboxId>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut ids = Vec::with_capacity(mails.len());
         for m in mails {
             ids.push(self.insert_outbox(&tx, m, None, priority, now, expires_at)?);
@@ -182,16 +180,17 @@ impl Store {
     /// lease ran out (a relay died holding them). Expired rows are left to
     /// [`Store::expire_due`] and never returned.
     pub fn claim_due_in(&self, now: UnixTime, lease_secs: i64, limit: usize, filter: &DomainFilter) -> Result<Vec<QueuedMail>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut ids: Vec<OutboxId> = Vec::with_capacity(limit);
         {
             // Rows of a relay that died: few, so a scan of 'sending' is cheap.
-            let mut stale = tx.prepare_cached(
-                "SELECT id, domain FROM outbox INDEXED BY outbox_due
-                 WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id",
-            )?;
-            let rows = stale.query_map([now], |r| Ok((r.get::<_, OutboxId>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stale = tx.prepare_cached(&format!(
+                "SELECT id, domain FROM outbox {}
+                 WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id{}",
+                indexed_by(&tx, "outbox_due"),
+                skip_locked(&tx)
+            ))?;
+            let rows = stale.query_map(params![now], |r| Ok((r.get::<OutboxId>(0)?, r.get::<String>(1)?)))?;
             for row in rows {
                 let (id, domain) = row?;
                 if ids.len() < limit && passes(filter, &domain) {
@@ -202,17 +201,19 @@ impl Store {
         match filter {
             DomainFilter::Only(domains) => {
                 // One index range per domain, walked in priority order.
-                let mut q = tx.prepare_cached(
-                    "SELECT id FROM outbox INDEXED BY outbox_pool_due
+                let mut q = tx.prepare_cached(&format!(
+                    "SELECT id FROM outbox {}
                      WHERE state = 'queued' AND domain = ?1 AND next_attempt_at <= ?2 AND expires_at > ?2
-                     ORDER BY priority DESC, id LIMIT ?3",
-                )?;
+                     ORDER BY priority DESC, id LIMIT ?3{}",
+                    indexed_by(&tx, "outbox_pool_due"),
+                    skip_locked(&tx)
+                ))?;
                 for d in domains {
                     let room = limit.saturating_sub(ids.len());
                     if room == 0 {
                         break;
                     }
-                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<_, OutboxId>(0))?;
+                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<OutboxId>(0))?;
                     for id in rows {
                         ids.push(id?);
                     }
@@ -223,15 +224,17 @@ impl Store {
                 if room > 0 {
                     let marks = vec!["?"; domains.len()].join(",");
                     let sql = format!(
-                        "SELECT id FROM outbox INDEXED BY outbox_queued_priority
+                        "SELECT id FROM outbox {}
                          WHERE state = 'queued' AND next_attempt_at <= ? AND expires_at > ? AND domain NOT IN ({marks})
-                         ORDER BY priority DESC, id LIMIT ?"
+                         ORDER BY priority DESC, id LIMIT ?{}",
+                        indexed_by(&tx, "outbox_queued_priority"),
+                        skip_locked(&tx)
                     );
                     let mut q = tx.prepare_cached(&sql)?;
-                    let mut args: Vec<rusqlite::types::Value> = vec![now.into(), now.into()];
-                    args.extend(domains.iter().map(|d| d.clone().into()));
-                    args.push((room as i64).into());
-                    let rows = q.query_map(params_from_iter(args), |r| r.get::<_, OutboxId>(0))?;
+                    let mut args: Vec<Value> = vec![Value::Int(now), Value::Int(now)];
+                    args.extend(domains.iter().map(|d| Value::Text(d.clone())));
+                    args.push(Value::Int(room as i64));
+                    let rows = q.query_map(&args, |r| r.get::<OutboxId>(0))?;
                     for id in rows {
                         ids.push(id?);
                     }
@@ -273,8 +276,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut n = 0;
         {
             let mut up = tx.prepare_cached("UPDATE outbox SET lease_until = ?1 WHERE id = ?2 AND state = 'sending' AND lease_until < ?1")?;
@@ -290,17 +292,16 @@ impl Store {
     /// expiry both ran out) as expired: a stale alert does harm. Returns how
     /// many.
     pub fn expire_due(&self, now: UnixTime) -> Result<usize> {
-        Ok(self.conn().execute(
+        self.conn()?.execute(
             "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery', lease_until = 0
              WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
-            [now],
-        )?)
+            params![now],
+        )
     }
 
     /// Commits a group of outcomes in one transaction.
     pub fn record_outcomes(&self, outcomes: &[(OutboxId, OutcomeRecord)], now: UnixTime) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         for (id, outcome) in outcomes {
             match outcome {
                 OutcomeRecord::Sent => finish(&tx, *id, OutboxState::Sent, now, "")?,
@@ -315,7 +316,7 @@ impl Store {
                 OutcomeRecord::Undeliverable { reason } => {
                     finish(&tx, *id, OutboxState::Failed, now, reason)?;
                     let subscriber: Option<i64> = tx
-                        .query_row("SELECT subscriber_id FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+                        .query_row("SELECT subscriber_id FROM outbox WHERE id = ?1", params![id], |r| r.get(0))
                         .optional()?;
                     // 0: a mail to an admin or an outside address, not a subscriber's.
                     if let Some(subscriber) = subscriber.filter(|&s| s > 0) {
@@ -332,8 +333,7 @@ impl Store {
     /// and fails its other queued mail, so nothing more goes to a dead
     /// address. Idempotent: the first refusal's time is kept.
     pub fn mark_undeliverable(&self, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         suspend_undeliverable(&tx, subscriber, now)?;
         tx.commit()?;
         Ok(())
@@ -341,8 +341,7 @@ impl Store {
 
     /// Replaces the stored live state of the given pools.
     pub fn save_pool_states(&self, states: &[PoolState]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         for p in states {
             tx.prepare_cached(
                 "INSERT INTO relay_pools (name, rate_configured, rate_now, paused_until_ms, connections, max_connections,
@@ -371,12 +370,12 @@ impl Store {
 
     /// The live pool states, by name.
     pub fn pool_states(&self) -> Result<Vec<PoolState>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT name, rate_configured, rate_now, paused_until_ms, connections, max_connections, throttles, sent, updated_at
              FROM relay_pools ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![], |r| {
             Ok(PoolState {
                 name: r.get(0)?,
                 rate_configured: r.get(1)?,
@@ -389,14 +388,13 @@ impl Store {
                 updated_at: r.get(8)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     /// Replaces the stored learned limits of the given pools, in one
     /// transaction.
     pub fn save_learned_limits(&self, limits: &[LearnedLimits]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         for l in limits {
             let mark = |m: Option<LearnedMark>| m.map_or((0.0, 0, 0), |m| (m.level, i64::from(m.hits), m.at));
             let (s_level, s_hits, s_at) = mark(l.sessions_mark);
@@ -445,7 +443,7 @@ impl Store {
     /// The stored learned limits of every pool, by name: what the relay
     /// starts from, and what `mamoru queue` and the admin panel show.
     pub fn learned_limits(&self) -> Result<Vec<LearnedLimits>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT pool, connections, connections_ceiling, pace, pace_ceiling,
                     sessions_mark_level, sessions_mark_hits, sessions_mark_at, pace_mark_level, pace_mark_hits, pace_mark_at,
@@ -454,13 +452,13 @@ impl Store {
         )?;
         let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         let mark = |level: f64, hits: i64, at: i64| (level > 0.0).then_some(LearnedMark { level, hits: count(hits), at });
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![], |r| {
             let signal: String = r.get(12)?;
-            let last_push_back = PushBackSignal::parse(&signal).map(|signal| -> rusqlite::Result<PushBack> {
+            let last_push_back = PushBackSignal::parse(&signal).map(|signal| -> Result<PushBack> {
                 Ok(PushBack {
                     at: r.get(11)?,
                     signal,
-                    code: u16::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+                    code: u16::try_from(r.get::<i64>(13)?).unwrap_or(0),
                     enhanced: r.get(14)?,
                 })
             });
@@ -470,13 +468,13 @@ impl Store {
                 connections_ceiling: count(r.get(2)?),
                 pace: r.get(3)?,
                 pace_ceiling: r.get(4)?,
-                sessions_mark: mark(r.get::<_, i64>(5)? as f64, r.get(6)?, r.get(7)?),
+                sessions_mark: mark(r.get::<i64>(5)? as f64, r.get(6)?, r.get(7)?),
                 pace_mark: mark(r.get(8)?, r.get(9)?, r.get(10)?),
                 last_push_back: last_push_back.transpose()?,
                 updated_at: r.get(15)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.collect::<Result<_>>()
     }
 
     /// Like [`Store::outbox_shape`] for the rows still to deliver only
@@ -487,16 +485,19 @@ impl Store {
     /// younger than each bucket's bound are counted, and a bucket is the
     /// difference of two such counts.
     pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
-        let conn = self.conn();
-        let younger: String = AGE_BUCKETS_MIN.iter().map(|m| format!(", SUM(created_at > ?1 - {})", m * 60)).collect();
+        let conn = self.conn()?;
+        let younger: String = AGE_BUCKETS_MIN
+            .iter()
+            .map(|m| format!(", CAST(SUM(CASE WHEN created_at > ?1 - {} THEN 1 ELSE 0 END) AS BIGINT)", m * 60))
+            .collect();
         let sql = format!(
-            "SELECT state, domain, COUNT(*), MIN(created_at){younger} FROM outbox INDEXED BY outbox_pool_due
-             WHERE state IN ('queued', 'sending') GROUP BY state, domain"
+            "SELECT state, domain, COUNT(*), MIN(created_at){younger} FROM outbox {}
+             WHERE state IN ('queued', 'sending') GROUP BY state, domain",
+            indexed_by(&conn, "outbox_pool_due")
         );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([now])?;
         let mut out: Vec<PendingRow> = Vec::new();
-        while let Some(r) = rows.next()? {
+        for r in conn.query_map(&sql, params![now], |r| Ok(Row::clone(r)))? {
+            let r = &r;
             let total: i64 = r.get(2)?;
             let mut buckets = Vec::with_capacity(AGE_BUCKETS_MIN.len() + 1);
             let mut below = 0;
@@ -515,14 +516,14 @@ impl Store {
     /// Of the published alerts `ids`, those with no copy left to deliver
     /// (every row sent, failed or expired), with their publication time.
     pub fn alerts_finished(&self, ids: &[AlertId]) -> Result<Vec<(AlertId, UnixTime)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT published_at FROM alerts WHERE id = ?1 AND state = 'published'
              AND NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = ?1 AND state IN ('queued', 'sending'))",
         )?;
         let mut out = Vec::new();
         for &id in ids {
-            if let Some(at) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+            if let Some(at) = stmt.query_row(params![id], |r| r.get::<i64>(0)).optional()? {
                 out.push((id, at));
             }
         }
@@ -531,7 +532,7 @@ impl Store {
 
     /// Outbox rows per domain × state × age (since queued), like qshape.
     pub fn outbox_shape(&self, now: UnixTime) -> Result<Vec<ShapeRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut bucket_sql = String::from("CASE");
         for (i, m) in AGE_BUCKETS_MIN.iter().enumerate() {
             bucket_sql.push_str(&format!(" WHEN ?1 - created_at < {} THEN {i}", m * 60));
@@ -541,7 +542,7 @@ impl Store {
             "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*) FROM outbox GROUP BY domain, state, bucket ORDER BY domain, state"
         );
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, OutboxState>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+        let rows = stmt.query_map(params![now], |r| Ok((r.get::<String>(0)?, r.get::<OutboxState>(1)?, r.get::<i64>(2)?, r.get::<i64>(3)?)))?;
         let mut out: Vec<ShapeRow> = Vec::new();
         for row in rows {
             let (domain, state, bucket, n) = row?;
@@ -565,7 +566,7 @@ impl Store {
 /// (deletion removes queued rows, so only a row leased at that moment can
 /// see this), the row is failed here and not returned.
 pub(crate) fn attach_alerts(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Conn<'_>,
     rows: Vec<ClaimedRow>,
     now: UnixTime,
 ) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
@@ -581,7 +582,7 @@ pub(crate) fn attach_alerts(
         let (alert_id, subscriber_id) = (AlertId::new(alert_id), SubscriberId::new(subscriber_id));
         let nonce: Option<Vec<u8>> = tx
             .prepare_cached("SELECT link_nonce FROM subscribers WHERE id = ?1")?
-            .query_row([subscriber_id], |r| r.get(0))
+            .query_row(params![subscriber_id], |r| r.get(0))
             .optional()?;
         match nonce.and_then(|n| Nonce::try_from(n).ok()) {
             Some(link_nonce) => out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce }))),
@@ -598,7 +599,7 @@ fn passes(filter: &DomainFilter, domain: &str) -> bool {
     }
 }
 
-fn finish(tx: &rusqlite::Transaction<'_>, id: OutboxId, state: OutboxState, now: UnixTime, reason: &str) -> Result<()> {
+fn finish(tx: &Conn<'_>, id: OutboxId, state: OutboxState, now: UnixTime, reason: &str) -> Result<()> {
     // Only a row still leased is finished: if its lease ran out and another
     // relay finished it meanwhile, the first answer stands.
     tx.prepare_cached(
@@ -608,7 +609,7 @@ fn finish(tx: &rusqlite::Transaction<'_>, id: OutboxId, state: OutboxState, now:
     Ok(())
 }
 
-fn suspend_undeliverable(tx: &rusqlite::Transaction<'_>, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
+fn suspend_undeliverable(tx: &Conn<'_>, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
     // A refusal during our own SMTP transaction is an unknown-user bounce
     // that arrived early: same reason, same effects.
     crate::bounces::suspend(tx, subscriber, "unknown-user", now)?;

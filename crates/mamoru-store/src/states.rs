@@ -1,10 +1,10 @@
 //! The states the store keeps as text in the database, as enums: each has
-//! one `as_str` (what is written) and one `FromSql` (what is read back; a
+//! one `as_str` (what is written) and one `FromValue` (what is read back; a
 //! value outside the table's `CHECK` list is an error, not a silent
 //! default).
 
-use rusqlite::ToSql;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use crate::db::{FromValue, ToValue, Value};
+use crate::{Result, StoreError};
 
 macro_rules! text_state {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
@@ -26,20 +26,20 @@ macro_rules! text_state {
             }
         }
 
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl ToValue for $name {
+            fn to_value(&self) -> Value {
+                Value::Text(self.as_str().to_owned())
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                let text = value.as_str()?;
+        impl FromValue for $name {
+            fn from_value(value: &Value) -> Result<Self> {
+                let text = String::from_value(value)?;
                 $name::ALL
                     .iter()
                     .copied()
                     .find(|s| s.as_str() == text)
-                    .ok_or_else(|| FromSqlError::Other(format!("unknown {} {text:?}", stringify!($name)).into()))
+                    .ok_or_else(|| StoreError::Column(format!("unknown {} {text:?}", stringify!($name))))
             }
         }
     };
@@ -94,22 +94,27 @@ mod tests {
     use super::*;
     use rusqlite::Connection;
 
+    fn round_trip<T: ToValue + FromValue>(c: &Connection, v: &T) -> Result<T> {
+        let read = c.query_row("SELECT ?1", [v.to_value()], |r| Ok(Value::from(r.get_ref(0)?))).unwrap();
+        T::from_value(&read)
+    }
+
     #[test]
     fn every_state_reads_back_and_strangers_are_errors() {
         let c = Connection::open_in_memory().unwrap();
         for s in SubscriberStatus::ALL {
-            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, SubscriberStatus>(0)).unwrap(), *s);
+            assert_eq!(round_trip(&c, s).unwrap(), *s);
         }
         for s in AdminStatus::ALL {
-            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, AdminStatus>(0)).unwrap(), *s);
+            assert_eq!(round_trip(&c, s).unwrap(), *s);
         }
         for s in AlertState::ALL {
-            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, AlertState>(0)).unwrap(), *s);
+            assert_eq!(round_trip(&c, s).unwrap(), *s);
         }
         for s in OutboxState::ALL {
-            assert_eq!(c.query_row("SELECT ?1", [s], |r| r.get::<_, OutboxState>(0)).unwrap(), *s);
+            assert_eq!(round_trip(&c, s).unwrap(), *s);
         }
-        assert!(c.query_row("SELECT 'Active'", [], |r| r.get::<_, SubscriberStatus>(0)).is_err());
-        assert!(c.query_row("SELECT 1", [], |r| r.get::<_, AdminStatus>(0)).is_err());
+        assert!(SubscriberStatus::from_value(&Value::Text("Active".into())).is_err());
+        assert!(AdminStatus::from_value(&Value::Int(1)).is_err());
     }
 }

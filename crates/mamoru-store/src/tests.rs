@@ -9,10 +9,19 @@ struct Fixture {
     keys: Keys,
 }
 
-fn fixture() -> Fixture {
+/// A store on SQLite whatever the test backend: for what only SQLite has
+/// (the file, its lock, its migrations).
+fn sqlite_fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys::load_or_create(dir.path()).unwrap();
     let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+    Fixture { store, cfg: Config::default(), keys, _dir: dir }
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).unwrap();
     Fixture { store, cfg: Config::default(), keys, _dir: dir }
 }
 
@@ -209,7 +218,7 @@ fn unconfirmed_registrations_are_purged() {
 
 #[test]
 fn no_address_in_clear_on_disk() {
-    let f = fixture();
+    let f = sqlite_fixture();
     let a = addr("plainly.visible@docomo.ne.jp");
     let (_, token) = f.request_with(&a, T0, &LIMITS);
     f.complete(&f.claims(&token.unwrap(), T0), &[1], T0);
@@ -221,7 +230,7 @@ fn no_address_in_clear_on_disk() {
 
 #[test]
 fn a_held_write_lock_is_reported_as_busy_and_transient() {
-    let f = fixture();
+    let f = sqlite_fixture();
     let other = Connection::open(f.store.path()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = f
@@ -418,8 +427,8 @@ fn insert_row(c: &Connection, table: &str) -> i64 {
 
 #[test]
 fn ids_that_leave_the_database_are_never_reused() {
-    let f = fixture();
-    let c = f.store.conn();
+    let f = sqlite_fixture();
+    let c = f.store.sqlite().unwrap();
     c.execute(
         "INSERT INTO admins (login, email_index, email_sealed, password_hash, created_at, updated_at)
          VALUES ('root', X'', X'', '', 0, 0)",
@@ -456,7 +465,7 @@ fn the_autoincrement_rebuild_keeps_rows_ids_and_their_districts() {
         c.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (2, 3), (2, 5)", []).unwrap();
     }
     let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
-    let c = store.conn();
+    let c = store.sqlite().unwrap();
     let districts: Vec<(i64, i64)> = c
         .prepare("SELECT subscriber_id, district_id FROM subscriber_districts ORDER BY 2")
         .unwrap()

@@ -11,7 +11,7 @@ const T0: UnixTime = 1_800_000_000;
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys::load_or_create(dir.path()).expect("keys");
-    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).expect("store");
+    let store = Store::open_for_test(dir.path(), &keys, Duration::from_millis(200)).expect("store");
     (dir, store)
 }
 
@@ -26,9 +26,9 @@ fn mail(to: &str, n: usize) -> OutgoingMail {
 }
 
 fn states(store: &Store) -> Vec<String> {
-    let conn = store.conn();
+    let conn = store.conn().unwrap();
     let mut stmt = conn.prepare("SELECT state FROM outbox ORDER BY id").expect("prepare");
-    stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+    stmt.query_map(params![], |r| r.get(0)).expect("query").collect::<Result<_>>().expect("rows")
 }
 
 #[test]
@@ -166,8 +166,15 @@ fn learned_limits_round_trip_and_keep_no_reply_text() {
     store.save_learned_limits(std::slice::from_ref(&later)).expect("save");
     assert_eq!(store.learned_limits().expect("read"), [au, later]);
     // Only codes are kept: the table has no column for a reply's text.
-    let conn = store.conn();
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('relay_learned')").expect("prepare");
-    let columns: Vec<String> = stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows");
+    let conn = store.conn().unwrap();
+    let mut stmt = conn
+        .prepare(match store.dialect() {
+            crate::db::Dialect::Sqlite => "SELECT name FROM pragma_table_info('relay_learned')",
+            crate::db::Dialect::Postgres => {
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns WHERE table_name = 'relay_learned'"
+            }
+        })
+        .expect("prepare");
+    let columns: Vec<String> = stmt.query_map(params![], |r| r.get(0)).expect("query").collect::<Result<_>>().expect("rows");
     assert!(columns.iter().all(|c| !c.contains("text") && !c.contains("reason")), "{columns:?}");
 }

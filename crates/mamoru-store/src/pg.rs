@@ -1,0 +1,227 @@
+//! The PostgreSQL backend: a pool of tokio-postgres connections
+//! (deadpool-postgres) on a runtime of its own, behind the synchronous
+//! [`Conn`](crate::db::Conn).
+//!
+//! Schema versions live in `mamoru_schema`; a node that starts takes a
+//! transaction-scoped advisory lock before it migrates, so several nodes
+//! starting together apply each migration once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{NoTls, error::SqlState};
+
+use crate::db::Value;
+use crate::{Result, StoreError};
+
+/// Numbered like SQLite's: the PostgreSQL schema starts at the version the
+/// SQLite migrations had reached when the backend was added (13), with the
+/// whole schema in one file; every later migration comes in both dialects.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(13, include_str!("migrations/pg/0013_schema.sql"))];
+
+/// Key of the advisory lock that serialises migrations across nodes.
+const MIGRATION_LOCK: i64 = 0x6d61_6d6f_7275;
+
+pub(crate) struct PgBackend {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+}
+
+impl PgBackend {
+    /// A pool for `url` (libpq's URL or key=value form). No connection is
+    /// made until the first statement.
+    pub(crate) fn connect(url: &str, wait: Duration) -> Result<Self> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mamoru-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Postgres(format!("cannot start the database runtime: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(wait))
+            .recycle_timeout(Some(wait))
+            .build()
+            .map_err(|e| StoreError::Postgres(e.to_string()))?;
+        Ok(PgBackend { rt, pool })
+    }
+
+    pub(crate) fn get(&self) -> Result<PgConn<'_>> {
+        let client = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::Postgres(e.to_string()))?;
+        Ok(PgConn { client, rt: &self.rt })
+    }
+
+    /// Applies the migrations this database lacks, each in one transaction.
+    pub(crate) fn migrate(&self) -> Result<()> {
+        let conn = self.get()?;
+        conn.batch("BEGIN")?;
+        let applied = (|| {
+            conn.execute("SELECT pg_advisory_xact_lock(?1)", &[Value::Int(MIGRATION_LOCK)])?;
+            conn.batch("CREATE TABLE IF NOT EXISTS mamoru_schema (version BIGINT NOT NULL)")?;
+            let version = match conn.query("SELECT version FROM mamoru_schema", &[])?.first().and_then(|r| r.first()) {
+                Some(Value::Int(v)) => *v,
+                _ => 0,
+            };
+            let known = MIGRATIONS.last().map_or(0, |m| m.0);
+            if version > known {
+                return Err(StoreError::TooNew { found: version, known });
+            }
+            for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+                conn.batch(sql)?;
+                conn.execute("DELETE FROM mamoru_schema", &[])?;
+                conn.execute("INSERT INTO mamoru_schema (version) VALUES (?1)", &[Value::Int(*v)])?;
+                tracing::info!(version = v, "applied database migration");
+            }
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => conn.batch("COMMIT"),
+            Err(e) => {
+                let _ = conn.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One pooled connection; back to the pool when dropped.
+pub(crate) struct PgConn<'a> {
+    client: Object,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl PgConn<'_> {
+    pub(crate) fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.rt.block_on(self.client.batch_execute(sql))?)
+    }
+
+    pub(crate) fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        let sql = numbered(sql);
+        let n = self.rt.block_on(async {
+            let stmt = self.client.prepare_cached(&sql).await?;
+            self.client.execute(&stmt, &refs(params)).await
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        let sql = numbered(sql);
+        let rows = self.rt.block_on(async {
+            let stmt = self.client.prepare_cached(&sql).await?;
+            self.client.query(&stmt, &refs(params)).await
+        })?;
+        rows.iter().map(|r| (0..r.len()).map(|i| column(r, i)).collect()).collect()
+    }
+}
+
+fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// `?N` → `$N` outside string literals and quoted names; a bare `?` takes
+/// the next number, as in SQLite.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut next = 1;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    digits = next.to_string();
+                }
+                next = digits.parse::<usize>().unwrap_or(next) + 1;
+                out.push('$');
+                out.push_str(&digits);
+            }
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
+fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value> {
+    let ty = row.columns()[i].type_();
+    let v = match *ty {
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+        Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into())),
+        Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into())),
+        Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(Value::Real),
+        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i)?.map(|v| Value::Real(v.into())),
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => row.try_get::<_, Option<String>>(i)?.map(Value::Text),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
+        Type::VOID => None,
+        _ => return Err(StoreError::Column(format!("column {i} has type {ty}, which the store does not read (cast it)"))),
+    };
+    Ok(v.unwrap_or(Value::Null))
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (Value::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::BOOL) => (*i != 0).to_sql(ty, out),
+            (Value::Int(i), &Type::FLOAT8) => (*i as f64).to_sql(ty, out),
+            (Value::Real(f), &Type::FLOAT8) => f.to_sql(ty, out),
+            (Value::Real(f), &Type::FLOAT4) => (*f as f32).to_sql(ty, out),
+            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
+            (Value::Blob(b), _) => b.as_slice().to_sql(ty, out),
+            (v, ty) => Err(format!("cannot bind {v:?} as {ty}").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => StoreError::Busy,
+            Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => StoreError::Busy,
+            Some(c) if *c == SqlState::READ_ONLY_SQL_TRANSACTION => StoreError::ReadOnly,
+            _ => StoreError::Postgres(e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.code().code(), d.message()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_outside_literals() {
+        assert_eq!(numbered("SELECT ?1, ?12 WHERE a = '?3' AND \"q?\" = ?"), "SELECT $1, $12 WHERE a = '?3' AND \"q?\" = $13");
+        assert_eq!(numbered("VALUES (?, ?)"), "VALUES ($1, $2)");
+    }
+}
