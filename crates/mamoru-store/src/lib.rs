@@ -1,5 +1,6 @@
-//! The SQLite store: the only crate that touches SQL. Ingest, web and relay
-//! never talk to each other; they meet here.
+//! The store: the only crate that touches SQL, on SQLite (the embedded
+//! default) or PostgreSQL ([`db`] is the seam between them). Ingest, web and
+//! relay never talk to each other; they meet here.
 //!
 //! Layout:
 //! - [`Store`]: a connection with the schema migrated, and the operations
@@ -17,9 +18,14 @@
 //!   acknowledges inbound mail returns `Ok`, the change is on disk.
 //! - No address is written in clear: addresses and queued mail are sealed
 //!   with the [`Sealer`], looked up by blind index.
-//! - Every multi-statement operation runs in one `IMMEDIATE` transaction, so
-//!   concurrent processes (the pipe command, `mamoru serve`) serialise on the
-//!   write lock instead of failing half way.
+//! - Every multi-statement operation runs in one transaction: `IMMEDIATE` on
+//!   SQLite, so concurrent processes (the pipe command, `mamoru serve`)
+//!   serialise on the write lock instead of failing half way; `SERIALIZABLE`
+//!   on PostgreSQL, where a transaction aborted to stay serial is
+//!   [`StoreError::Busy`], transient like a held lock.
+//! - On SQLite, the database is in WAL mode with `synchronous=FULL` (above);
+//!   on PostgreSQL, a commit is durable when the server's own settings make
+//!   it so (`synchronous_commit`, the default `on`).
 
 pub mod backup;
 pub mod db;
