@@ -26,8 +26,20 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(13, include_str!("migrations/pg
 const MIGRATION_LOCK: i64 = 0x6d61_6d6f_7275;
 
 pub(crate) struct PgBackend {
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
     pool: Pool,
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        // The store may go away inside an async function (the end of
+        // `mamoru serve`), where waiting for a runtime's threads is not
+        // allowed; its tasks (the connections) are only abandoned.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl PgBackend {
@@ -50,12 +62,13 @@ impl PgBackend {
             .recycle_timeout(Some(wait))
             .build()
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
-        Ok(PgBackend { rt, pool })
+        Ok(PgBackend { rt: Some(rt), pool })
     }
 
     pub(crate) fn get(&self) -> Result<PgConn<'_>> {
-        let client = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::Postgres(e.to_string()))?;
-        Ok(PgConn { client, rt: &self.rt })
+        let rt = self.rt.as_ref().ok_or(StoreError::Unsupported("the store is closing"))?;
+        let client = block(rt, self.pool.get()).map_err(|e| StoreError::Postgres(e.to_string()))?;
+        Ok(PgConn { client, rt })
     }
 
     /// Applies the migrations this database lacks, each in one transaction.
@@ -99,12 +112,12 @@ pub(crate) struct PgConn<'a> {
 
 impl PgConn<'_> {
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.rt.block_on(self.client.batch_execute(sql))?)
+        Ok(block(self.rt, self.client.batch_execute(sql))?)
     }
 
     pub(crate) fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         let sql = numbered(sql);
-        let n = self.rt.block_on(async {
+        let n = block(self.rt, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             self.client.execute(&stmt, &refs(params)).await
         })?;
@@ -113,12 +126,30 @@ impl PgConn<'_> {
 
     pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
         let sql = numbered(sql);
-        let rows = self.rt.block_on(async {
+        let rows = block(self.rt, async {
             let stmt = self.client.prepare_cached(&sql).await?;
             self.client.query(&stmt, &refs(params)).await
         })?;
         rows.iter().map(|r| (0..r.len()).map(|i| column(r, i)).collect()).collect()
     }
+}
+
+/// Runs `f` on the backend's runtime and waits for it. A caller on a thread
+/// that drives another runtime's tasks (an async function that calls the
+/// store directly, as SQLite allows) cannot block on a runtime there; it
+/// waits on a short-lived thread instead.
+fn block<F>(rt: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return rt.block_on(f);
+    }
+    std::thread::scope(|s| match s.spawn(|| rt.block_on(f)).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
