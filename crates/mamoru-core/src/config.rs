@@ -428,7 +428,12 @@ impl<'de> Deserialize<'de> for SmtpTls {
 pub struct StoreConfig {
     /// How long a writer waits for a lock held by another process before the
     /// operation fails as transient (ingest exits 75, LMTP answers 451).
+    /// On PostgreSQL: how long an operation waits for a pooled connection.
     pub busy_timeout_ms: u64,
+    /// Empty (the default): SQLite in the data dir. `postgres://…` (or
+    /// `postgresql://…`, libpq's URL form): that PostgreSQL database; the
+    /// keys stay in the data dir.
+    pub url: String,
 }
 
 /// The operator's listener of `mamoru serve`: `/metrics`, `/healthz`,
@@ -712,7 +717,7 @@ impl Default for AlertsConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { busy_timeout_ms: 5000 }
+        Self { busy_timeout_ms: 5000, url: String::new() }
     }
 }
 
@@ -776,6 +781,17 @@ impl Config {
             .ok()
             .filter(|_| !self.ingest.register_local.contains('+'))
             .ok_or_else(|| invalid("ingest.register_local", "must be a plain local part such as \"ans\""))?;
+        let store_url = self.store.url.as_str();
+        if !store_url.is_empty() {
+            if !(store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) || store_url.contains(char::is_whitespace) {
+                return Err(invalid("store.url", "must be empty (SQLite in the data dir) or a postgres:// URL"));
+            }
+            // The connection has no TLS yet: refuse a URL that asks for it
+            // rather than connect without it.
+            if ["sslmode=require", "sslmode=verify"].iter().any(|m| store_url.contains(m)) {
+                return Err(invalid("store.url", "TLS to PostgreSQL is not supported yet: use a loopback address or a Unix socket"));
+            }
+        }
         if self.ingest.max_message_bytes < 1024 {
             return Err(invalid("ingest.max_message_bytes", "must be at least 1024"));
         }

@@ -57,7 +57,12 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Keys)> {
         .create(&cfg.data_dir)
         .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
     let keys = mamoru_store::keys::load_or_create(&cfg.data_dir).context("load keys")?;
-    let store = Store::open(&cfg.data_dir, &keys, Duration::from_millis(cfg.store.busy_timeout_ms))
-        .context("open database")?;
+    let wait = Duration::from_millis(cfg.store.busy_timeout_ms);
+    let store = if cfg.store.url.is_empty() {
+        Store::open(&cfg.data_dir, &keys, wait).context("open database")?
+    } else {
+        // The URL may hold a password: it is never part of a message.
+        Store::open_postgres(&cfg.store.url, &keys, wait).context("open the PostgreSQL database of [store] url")?
+    };
     Ok((Arc::new(store), keys))
 }

@@ -157,3 +157,34 @@ fn the_top_page_and_the_pc_form() {
     assert!(parse_mail(&std::fs::read(mail).unwrap()).to.contains("pc.user@i.softbank.jp"));
     assert_eq!(inst.mail_files().len(), 1);
 }
+
+/// `[store] url` on a real PostgreSQL: the same registration, end to end,
+/// with nothing written to an SQLite file.
+#[test]
+fn register_end_to_end_with_the_store_on_postgres() {
+    let cluster = mamoru_store::pgtest::PgCluster::start();
+    let url = format!("\"{}\"", cluster.url());
+    let inst = Instance::new(&[("store.url", url.as_str())]);
+    let server = inst.serve();
+
+    let swaks = swaks_lmtp(&server, "hanako@docomo.ne.jp", "ans@mamoru.test");
+    assert!(swaks.contains("250 2.0.0"), "{swaks}");
+    let first = wait_for("登録受付 .eml", T, || inst.mail_files().first().cloned());
+    let received = parse_mail(&std::fs::read(&first).unwrap());
+    assert!(received.subject.contains("登録受付"), "{}", received.subject);
+    let link = link_path(&received.body);
+    let done = http(server.http, "POST", &link, Some("district=2"));
+    assert_eq!(done.status, 200, "{}", done.body);
+    let second = wait_for("登録完了 .eml", T, || inst.mail_files().get(1).cloned());
+    assert!(parse_mail(&std::fs::read(&second).unwrap()).subject.contains("登録完了"));
+
+    let (status, log) = server.stop();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("hanako"), "address in clear in the log:\n{log}");
+    assert!(!inst.data_dir().join(mamoru_store::DB_FILE).exists(), "no SQLite file beside PostgreSQL");
+
+    let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).unwrap();
+    let store = mamoru_store::Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(10)).unwrap();
+    let s = store.find_subscriber(&mamoru_core::EmailAddress::parse("hanako@docomo.ne.jp").unwrap()).unwrap().unwrap();
+    assert_eq!((s.status.as_str(), s.districts), ("active", vec![2]));
+}
