@@ -74,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_reception.sql"),
     include_str!("migrations/0012_counters.sql"),
     include_str!("migrations/0013_outbox_shape_index.sql"),
+    include_str!("migrations/0014_relay_holders.sql"),
 ];
 
 /// The footer-link nonce of a subscriber who never confirmed (the

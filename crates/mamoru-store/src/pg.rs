@@ -20,7 +20,10 @@ use crate::{Result, StoreError};
 /// Numbered like SQLite's: the PostgreSQL schema starts at the version the
 /// SQLite migrations had reached when the backend was added (13), with the
 /// whole schema in one file; every later migration comes in both dialects.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(13, include_str!("migrations/pg/0013_schema.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (13, include_str!("migrations/pg/0013_schema.sql")),
+    (14, include_str!("migrations/pg/0014_relay_holders.sql")),
+];
 
 /// Key of the advisory lock that serialises migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x6d61_6d6f_7275;

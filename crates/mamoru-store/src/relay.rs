@@ -477,6 +477,49 @@ impl Store {
         rows.collect::<Result<_>>()
     }
 
+    /// Takes or keeps the carrier pools `pools` for the relay `node` until
+    /// `until`, in one transaction, and returns the ones it holds after it.
+    /// A pool is taken when no relay holds it or its holder's hold ended at
+    /// or before `now`; a pool another relay holds stays that relay's. Only
+    /// the holder claims a pool's rows, so a carrier's sessions and pace
+    /// are spent by one relay at a time however many share the database.
+    pub fn hold_pools(&self, node: &str, pools: &[String], now: UnixTime, until: UnixTime) -> Result<Vec<String>> {
+        // Two relays taking the same lapsed pool at once: PostgreSQL aborts
+        // one of the two transactions, which then sees the other's hold.
+        self.serially(|| {
+            let tx = self.begin()?;
+            {
+                let mut take = tx.prepare_cached(
+                    "INSERT INTO relay_holders (pool, node, held_until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (pool) DO UPDATE SET node = excluded.node, held_until = excluded.held_until
+                     WHERE relay_holders.node = excluded.node OR relay_holders.held_until <= ?4",
+                )?;
+                for pool in pools {
+                    take.execute(params![pool, node, until, now])?;
+                }
+            }
+            let held = {
+                let mut stmt = tx.prepare_cached("SELECT pool FROM relay_holders WHERE node = ?1 ORDER BY pool")?;
+                stmt.query_map(params![node], |r| r.get(0))?.collect::<Result<Vec<String>>>()?
+            };
+            tx.commit()?;
+            Ok(held.into_iter().filter(|p| pools.contains(p)).collect())
+        })
+    }
+
+    /// Gives up every pool `node` holds, so another relay takes them over at
+    /// once instead of after the hold lapses.
+    pub fn let_go_pools(&self, node: &str) -> Result<usize> {
+        self.conn()?.execute("DELETE FROM relay_holders WHERE node = ?1", params![node])
+    }
+
+    /// Who holds which pool, until when: (pool, node, held until), by pool.
+    pub fn pool_holders(&self) -> Result<Vec<(String, String, UnixTime)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT pool, node, held_until FROM relay_holders ORDER BY pool")?;
+        stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+    }
+
     /// Like [`Store::outbox_shape`] for the rows still to deliver only
     /// (`queued`, `sending`): bounded by the queue, not by the history. The
     /// relay's snapshot reads it once a second, so it is one pass over the

@@ -225,3 +225,23 @@ fn two_nodes_on_one_postgres_database_never_claim_the_same_row() {
     assert_eq!(claimed.len(), 600, "every row is taken once");
     assert_eq!(nodes[1].outbox_counts().expect("counts").sending, 600);
 }
+
+#[test]
+fn one_relay_holds_a_pool_until_its_hold_lapses_or_it_lets_go() {
+    let (_dir, store) = store();
+    let pools = vec!["docomo".to_string(), "au".to_string(), "default".to_string()];
+    assert_eq!(store.hold_pools("node-a", &pools, T0, T0 + 30).unwrap(), ["au", "default", "docomo"]);
+    // Another relay gets nothing while the holds last, even at their last
+    // second.
+    assert!(store.hold_pools("node-b", &pools, T0 + 29, T0 + 59).unwrap().is_empty());
+    // The holder renews; a pool it no longer runs is not reported.
+    assert_eq!(store.hold_pools("node-a", &pools[..2], T0 + 10, T0 + 40).unwrap(), ["au", "docomo"]);
+    // The unrenewed hold lapses and the other relay takes that pool only.
+    assert_eq!(store.hold_pools("node-b", &pools, T0 + 30, T0 + 60).unwrap(), ["default"]);
+    assert_eq!(store.hold_pools("node-a", &pools, T0 + 31, T0 + 61).unwrap(), ["au", "docomo"]);
+    // Letting go hands the pools over at once.
+    assert_eq!(store.let_go_pools("node-a").unwrap(), 2);
+    assert_eq!(store.hold_pools("node-b", &pools, T0 + 32, T0 + 62).unwrap(), ["au", "default", "docomo"]);
+    let holders = store.pool_holders().unwrap();
+    assert_eq!(holders, [("au".into(), "node-b".into(), T0 + 62), ("default".into(), "node-b".into(), T0 + 62), ("docomo".into(), "node-b".into(), T0 + 62)]);
+}
