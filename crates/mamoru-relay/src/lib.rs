@@ -197,6 +197,12 @@ pub async fn run(relay: Arc<Relay>, wake: Arc<Notify>, shutdown: CancellationTok
     let hops = Arc::new(Hops::load(&relay)?);
     NextHop::new(&relay.transport, &hops, 1)?;
     tracing::info!(transport = %relay.transport, pools = relay.pools.len(), "relay started");
+    // Rows queued by another node (PostgreSQL) wake this relay at once.
+    let heard = Arc::clone(&wake);
+    match relay.store.on_queued(move || heard.notify_one()) {
+        Ok(listening) => tracing::debug!(listening, "wake-ups from other nodes"),
+        Err(e) => tracing::warn!(error = %e, "cannot listen for mail queued by other nodes; polling only"),
+    }
     pool::run_pools(relay, hops, wake, shutdown).await;
     tracing::info!("relay stopped");
     Ok(())

@@ -30,6 +30,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const IDLE_CLOSE: Duration = Duration::from_secs(1);
 /// A pause longer than this closes the worker's connection.
 const PAUSE_CLOSES: f64 = 2.0;
+/// How soon a relay tries again when renewing its holds failed.
+const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// How often, at most, a relay looks for lapsed holds of other relays.
+const HOLD_WATCH: Duration = Duration::from_secs(5);
 /// Pause after a store error.
 const STORE_PAUSE: Duration = Duration::from_millis(200);
 /// Outcomes per committed group at most.
@@ -92,10 +96,19 @@ struct Pool {
     /// Alerts with a copy decided since the supervisor last looked: it
     /// checks whether their last copy is done, for the delivery metric.
     touched_alerts: Mutex<BTreeSet<AlertId>>,
+    /// Until when (Unix milliseconds) this relay may send for the pool: its
+    /// hold in the store less a third of a lease, the margin for clocks
+    /// that differ between nodes. 0 while another relay holds the pool.
+    sends_until_ms: AtomicI64,
     hops: Arc<Hops>,
 }
 
 impl Pool {
+    /// Does this relay hold the pool now (see [`hold_pools`])?
+    fn holds(&self) -> bool {
+        unix_ms() < self.sends_until_ms.load(Ordering::Relaxed)
+    }
+
     fn shaper(&self) -> std::sync::MutexGuard<'_, Shaper> {
         // The shaper is plain data; a panic elsewhere cannot leave it torn.
         self.shaper.lock().unwrap_or_else(|p| p.into_inner())
@@ -263,10 +276,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
         };
         let transport = cfg.route.clone().unwrap_or_else(|| relay.transport.clone());
         let rate = if transport == Transport::File { 0.0 } else { cfg.rate_per_second };
-        let learning = Learning {
-            probe_secs: relay.settings.learn_probe_secs.max(1) as f64,
-            drift_secs: relay.settings.learn_drift_secs.max(1) as f64,
-        };
+        let learning = learning(&relay);
         let pool = Arc::new(Pool {
             name: name.clone(),
             cfg: cfg.clone(),
@@ -282,6 +292,7 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
             wake: Notify::new(),
             held: Mutex::new(BTreeSet::new()),
             touched_alerts: Mutex::new(BTreeSet::new()),
+            sends_until_ms: AtomicI64::new(0),
             hops: Arc::clone(&hops),
         });
         if let Some(l) = stored.iter().find(|l| l.pool == *name) {
@@ -307,8 +318,10 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
     let mut alerts = AlertWatch::default();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let lease = relay.settings.lease_secs.max(1);
-    let mut renew = tokio::time::interval(Duration::from_secs((lease / 3).max(1) as u64));
-    renew.tick().await;
+    let node = node_name(&relay);
+    tracing::info!(node = %node, "relay node");
+    let mut holds = Holds { node, lease, first: true };
+    let mut renew_at = tokio::time::Instant::now() + holds.renew(&relay, &pools, clock).await;
     loop {
         tokio::select! {
             _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
@@ -316,7 +329,10 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
                 report(&relay, &pools, clock, &mut saved).await;
                 alerts.check(&relay, &pools).await;
             }
-            _ = renew.tick() => renew_leases(&relay.store, &pools, lease).await,
+            _ = tokio::time::sleep_until(renew_at) => {
+                renew_at = tokio::time::Instant::now() + holds.renew(&relay, &pools, clock).await;
+                renew_leases(&relay.store, &pools, lease).await;
+            }
             _ = shutdown.cancelled() => break,
         }
     }
@@ -324,6 +340,96 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
     report(&relay, &pools, clock, &mut saved).await;
     if committer.await.is_err() {
         tracing::error!("the committer task failed; uncommitted rows come back after their lease");
+    }
+    let node = holds.node.clone();
+    if let Err(e) = blocking(&relay.store, move |s| s.let_go_pools(&node)).await {
+        tracing::warn!(error = %e, "cannot give up the pools; another relay takes them over when the holds lapse");
+    }
+}
+
+/// This relay's name in `relay_holders`: the machine and the data dir.
+/// It stays the same across restarts, so a relay restarted after a crash
+/// takes its pools back at once instead of waiting for its own old holds
+/// to lapse; two nodes differ by machine, or by data dir on one machine.
+fn node_name(relay: &Relay) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "localhost".to_string() } else { host };
+    let dir = std::path::absolute(&relay.data_dir).unwrap_or_else(|_| relay.data_dir.clone());
+    format!("{host}:{}", dir.display())
+}
+
+/// This relay's holds on its pools. Several relays may share one database,
+/// but a carrier's sessions and pace are the pool's: only the relay that
+/// holds a pool claims its rows (`Store::hold_pools`). Holds last a lease
+/// and are renewed every third of one; a relay that dies loses its pools
+/// when the lease lapses, one that stops gives them up at once. Why one
+/// holder rather than a budget shared between relays is told in
+/// docs/ARCHITECTURE.md.
+struct Holds {
+    node: String,
+    lease: i64,
+    /// The first renewal comes right after the pools restored what was
+    /// learned; later ones reload it when they take a pool over.
+    first: bool,
+}
+
+impl Holds {
+    /// Renews the holds and takes free or lapsed pools; returns when to
+    /// look again: a third of a lease while this relay holds every pool,
+    /// sooner while another holds some (to take them over soon after they
+    /// lapse), and after a second when the store did not answer.
+    async fn renew(&mut self, relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock) -> Duration {
+        let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+        let (node, lease) = (self.node.clone(), self.lease);
+        let now = mamoru_core::now();
+        // Sends stop a third of a lease before the hold ends, so a relay
+        // whose clock is that much ahead takes nothing over early.
+        let sends_until = (now + lease) * 1000 - lease * 1000 / 3;
+        let held = match blocking(&relay.store, move |s| s.hold_pools(&node, &names, now, now + lease)).await {
+            Ok(held) => held,
+            Err(e) => {
+                // The holds lapse by themselves if this goes on.
+                relay.alerts.metrics().store_error("relay", e.is_busy());
+                tracing::warn!(error = %e, "cannot renew the holds on the pools");
+                return HOLD_RETRY;
+            }
+        };
+        let taken: Vec<usize> =
+            pools.iter().enumerate().filter(|(_, p)| held.contains(&p.name) && !p.holds()).map(|(i, _)| i).collect();
+        if !taken.is_empty() && !self.first {
+            // What the previous holder learned of these carriers.
+            match blocking(&relay.store, |s| s.learned_limits()).await {
+                Ok(stored) => {
+                    for &i in &taken {
+                        if let Some(l) = stored.iter().find(|l| l.pool == pools[i].name) {
+                            pools[i].restore(l, &learning(relay), clock);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the learned limits of the pools taken over"),
+            }
+        }
+        for p in pools {
+            if held.contains(&p.name) {
+                if !p.holds() {
+                    tracing::info!(pool = %p.name, "holding the pool: this relay sends its mail");
+                }
+                p.sends_until_ms.store(sends_until, Ordering::Relaxed);
+                p.wake.notify_one();
+            } else if p.sends_until_ms.swap(0, Ordering::Relaxed) != 0 || self.first {
+                tracing::info!(pool = %p.name, "another relay holds the pool: this one waits");
+            }
+        }
+        self.first = false;
+        let every = Duration::from_secs((self.lease / 3).max(1) as u64);
+        if held.len() < pools.len() { every.min(HOLD_WATCH) } else { every }
+    }
+}
+
+fn learning(relay: &Relay) -> Learning {
+    Learning {
+        probe_secs: relay.settings.learn_probe_secs.max(1) as f64,
+        drift_secs: relay.settings.learn_drift_secs.max(1) as f64,
     }
 }
 
@@ -377,6 +483,8 @@ async fn report(relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock, saved: &m
     let store = &relay.store;
     let metrics = relay.alerts.metrics();
     let states: Vec<PoolState> = pools.iter().map(|p| p.state(clock)).collect();
+    // Only the holder of a pool speaks for it in the store.
+    let written: Vec<PoolState> = pools.iter().zip(&states).filter(|(p, _)| p.holds()).map(|(_, s)| s.clone()).collect();
     let now_ms = unix_ms();
     for (p, st) in pools.iter().zip(&states) {
         let (connection_cap, pace) = (p.sessions().cap(), st.rate_now);
@@ -397,11 +505,11 @@ async fn report(relay: &Arc<Relay>, pools: &[Arc<Pool>], clock: Clock, saved: &m
         .iter()
         .enumerate()
         .map(|(i, p)| (i, p.learned(clock)))
-        .filter(|(i, l)| saved.get(*i).is_some_and(|s| s.as_ref() != Some(l)))
+        .filter(|(i, l)| pools[*i].holds() && saved.get(*i).is_some_and(|s| s.as_ref() != Some(l)))
         .collect();
     let learned: Vec<LearnedLimits> = changed.iter().map(|(_, l)| LearnedLimits { updated_at: now, ..l.clone() }).collect();
     match blocking(store, move |s| {
-        s.save_pool_states(&states)?;
+        s.save_pool_states(&written)?;
         if !learned.is_empty() {
             s.save_learned_limits(&learned)?;
         }
@@ -503,12 +611,19 @@ async fn run_pool(
             left.push(m.id);
         }
     }
-    release(&pool, &commits, left);
+    release(&pool, &commits, left, Release::Stopping);
+}
+
+/// Why claimed rows go back untried.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    Stopping,
+    HoldLost,
 }
 
 /// Puts claimed but untried rows back, due at once, instead of letting them
 /// wait for their lease.
-fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>, ids: Vec<OutboxId>) {
+fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord)>, ids: Vec<OutboxId>, why: Release) {
     if ids.is_empty() {
         return;
     }
@@ -521,7 +636,11 @@ fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord
     tracing::info!(rows = ids.len(), "returning untried rows to the queue");
     let now = mamoru_core::now();
     for id in ids {
-        let reason = "relay stopped before trying this message".to_string();
+        let reason = match why {
+            Release::Stopping => "relay stopped before trying this message",
+            Release::HoldLost => "another relay holds the pool now",
+        }
+        .to_string();
         // If the committer is gone the rows come back after their lease.
         let _ = commits.send((id, OutcomeRecord::Retry { at: now, reason }));
     }
@@ -538,6 +657,14 @@ async fn feeder(
     let chunk = (pool.queue_len() / 2).max(1);
     let poll = Duration::from_millis(relay.settings.poll_interval_ms.max(1));
     loop {
+        if !pool.holds() {
+            tokio::select! {
+                _ = pool.wake.notified() => {}
+                _ = tokio::time::sleep(poll.max(Duration::from_millis(500))) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
         let permits = tokio::select! {
             p = tx.reserve_many(chunk) => match p {
                 Ok(p) => p,
@@ -582,7 +709,7 @@ async fn feeder(
             continue;
         }
         if shutdown.is_cancelled() {
-            release(pool, commits, batch.iter().map(|m| m.id).collect());
+            release(pool, commits, batch.iter().map(|m| m.id).collect(), Release::Stopping);
             return;
         }
         pool.held().extend(batch.iter().map(|m| m.id));
@@ -679,8 +806,14 @@ async fn worker(
             }
         };
         if !admitted {
-            release(&pool, &commits, vec![mail.id]);
+            release(&pool, &commits, vec![mail.id], Release::Stopping);
             break;
+        }
+        if !pool.holds() {
+            // The hold lapsed while the row waited: the pool is (or is
+            // about to be) another relay's, and so is the carrier's budget.
+            release(&pool, &commits, vec![mail.id], Release::HoldLost);
+            continue;
         }
         if let (Some(key), false) = (&relay.verp_key, mail.sender.is_empty()) {
             mail.sender = verp::encode(key, mail.id, &relay.hostname);

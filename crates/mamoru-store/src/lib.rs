@@ -338,7 +338,8 @@ pub struct Store {
 
 enum Backend {
     Sqlite(Mutex<Connection>),
-    Postgres(pg::PgBackend),
+    /// Boxed: the pool with its runtime is large next to a connection.
+    Postgres(Box<pg::PgBackend>),
 }
 
 impl Store {
@@ -374,7 +375,7 @@ impl Store {
         let backend = pg::PgBackend::connect(url, wait)?;
         backend.migrate()?;
         Ok(Store {
-            backend: Backend::Postgres(backend),
+            backend: Backend::Postgres(Box::new(backend)),
             sealer: keys.sealer(),
             path: PathBuf::new(),
             #[cfg(test)]
@@ -394,6 +395,18 @@ impl Store {
             return Ok(store);
         }
         Store::open(data_dir, keys, busy_timeout)
+    }
+
+    /// Calls `queued` whenever any process commits new outbox rows, so a
+    /// relay on another node wakes at once. On PostgreSQL (a trigger
+    /// notifies `mamoru_outbox`; see [`pg`]) it returns true; SQLite has no
+    /// such signal across processes, and there the relays poll
+    /// (`[relay] poll_interval_ms`).
+    pub fn on_queued(&self, queued: impl Fn() + Send + Sync + 'static) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(false),
+            Backend::Postgres(pg) => pg.watch("mamoru_outbox", Box::new(queued)).map(|()| true),
+        }
     }
 
     /// Which engine holds the data.

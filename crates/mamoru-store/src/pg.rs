@@ -32,6 +32,8 @@ pub(crate) struct PgBackend {
     /// `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    /// For the connections outside the pool ([`PgBackend::watch`]).
+    config: tokio_postgres::Config,
 }
 
 impl Drop for PgBackend {
@@ -56,7 +58,7 @@ impl PgBackend {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Postgres(format!("cannot start the database runtime: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -65,13 +67,37 @@ impl PgBackend {
             .recycle_timeout(Some(wait))
             .build()
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
-        Ok(PgBackend { rt: Some(rt), pool })
+        Ok(PgBackend { rt: Some(rt), pool, config })
     }
 
     pub(crate) fn get(&self) -> Result<PgConn<'_>> {
         let rt = self.rt.as_ref().ok_or(StoreError::Unsupported("the store is closing"))?;
         let client = block(rt, self.pool.get()).map_err(|e| StoreError::Postgres(e.to_string()))?;
         Ok(PgConn { client, rt })
+    }
+
+    /// Calls `on` each time a transaction that notified `channel` commits,
+    /// from a connection of its own that listens until the store is
+    /// dropped. A lost connection is made again (1 s, doubling up to 30 s);
+    /// `on` is also called each time listening starts, for what was
+    /// notified while nobody listened.
+    pub(crate) fn watch(&self, channel: &'static str, on: Box<dyn Fn() + Send + Sync>) -> Result<()> {
+        let rt = self.rt.as_ref().ok_or(StoreError::Unsupported("the store is closing"))?;
+        let config = self.config.clone();
+        rt.spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                let began = std::time::Instant::now();
+                let lost = listen(&config, channel, &*on).await;
+                if began.elapsed() > Duration::from_secs(60) {
+                    pause = Duration::from_secs(1);
+                }
+                tracing::warn!(channel, error = %lost, retry_secs = pause.as_secs(), "lost the database connection that listens for queued mail");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        });
+        Ok(())
     }
 
     /// Applies the migrations this database lacks, each in one transaction.
@@ -135,6 +161,43 @@ impl PgConn<'_> {
         })?;
         rows.iter().map(|r| (0..r.len()).map(|i| column(r, i)).collect()).collect()
     }
+}
+
+/// One connection's LISTEN on `channel`, until the connection is lost: the
+/// reason.
+async fn listen(config: &tokio_postgres::Config, channel: &str, on: &(dyn Fn() + Send + Sync)) -> StoreError {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    // The connection delivers notifications only while it is polled, which
+    // its own task does; they reach this task through the channel.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
+                        return StoreError::Postgres("stopped listening".into());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.into(),
+                None => return StoreError::Postgres("the server closed the connection".into()),
+            }
+        }
+    });
+    // The channel is one of ours, a plain identifier: nothing to quote.
+    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+        driver.abort();
+        return e.into();
+    }
+    on();
+    while rx.recv().await.is_some() {
+        on();
+    }
+    drop(client);
+    driver.await.unwrap_or_else(|e| StoreError::Postgres(format!("the listening task failed: {e}")))
 }
 
 /// Runs `f` on the backend's runtime and waits for it. A caller on a thread

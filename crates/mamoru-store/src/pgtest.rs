@@ -140,6 +140,16 @@ impl PgCluster {
         }
     }
 
+    /// Stops the server as a crash would and leaves it down, until
+    /// [`PgCluster::restart`].
+    pub fn crash(&mut self) {
+        if self.running {
+            if let Err(e) = self.halt() {
+                panic!("pgtest: {e}\n{}", self.log_tail());
+            }
+        }
+    }
+
     /// Stops the server (`-m immediate`) and removes the cluster's
     /// directory. Dropping the cluster does the same.
     pub fn stop(&mut self) {

@@ -208,6 +208,7 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
     let shape = store.outbox_shape(now).context("read the outbox")?;
     let pools = store.pool_states().context("read the pool state")?;
     let learned = store.learned_limits().context("read the learned limits")?;
+    let holders = store.pool_holders().context("read which relay holds each pool")?;
     let imap = store.imap_states().context("read the IMAP mailbox states")?;
     let deferred = store.deferred().context("read the deferred rows")?;
     let suspended = store.suspended_counts().context("read the suspended subscribers")?;
@@ -257,6 +258,10 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
+        let holders: Vec<serde_json::Value> = holders
+            .iter()
+            .map(|(pool, node, until)| serde_json::json!({ "pool": pool, "node": node, "held_until": until, "lapsed": *until <= now }))
+            .collect();
         let imap: Vec<serde_json::Value> = imap
             .iter()
             .map(|m| {
@@ -278,7 +283,7 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
             .map(|u| serde_json::json!({ "pool": cfg.pool_of(&u.domain), "domain": u.domain, "pending": u.pending, "completed": u.completed }))
             .collect();
         let doc = serde_json::json!({
-            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned,
+            "age_buckets_min": AGE_BUCKETS_MIN, "outbox": outbox, "pools": pools, "learned": learned, "holders": holders,
             "imap": imap, "deferred": deferred, "suspended": suspended, "unfinished_registrations_7d": unfinished,
         });
         writeln!(out, "{doc}")?;
@@ -327,6 +332,14 @@ pub fn queue(cfg: Config, args: QueueArgs) -> anyhow::Result<()> {
                 None => "-".into(),
             };
             writeln!(out, "{:<10} {:>9} {pace:>13}  {last}", l.pool, format!("{}/{}", l.connections, l.connections_ceiling))?;
+        }
+    }
+    if !holders.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<10} {:<10}  relay (node)", "pool", "held")?;
+        for (pool, node, until) in &holders {
+            let held = if *until > now { format!("{}s more", until - now) } else { "lapsed".into() };
+            writeln!(out, "{pool:<10} {held:<10}  {node}")?;
         }
     }
     if !imap.is_empty() {

@@ -245,3 +245,54 @@ fn one_relay_holds_a_pool_until_its_hold_lapses_or_it_lets_go() {
     let holders = store.pool_holders().unwrap();
     assert_eq!(holders, [("au".into(), "node-b".into(), T0 + 62), ("default".into(), "node-b".into(), T0 + 62), ("docomo".into(), "node-b".into(), T0 + 62)]);
 }
+
+/// What one node queues wakes another node's relay, also after the server
+/// restarted under both (the listening connection is made again), and the
+/// pooled connections come back by themselves: statements fail as
+/// transient while the server is down and succeed once it is up.
+#[test]
+fn a_node_hears_what_another_queues_and_both_come_back_after_a_restart() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut cluster = crate::pgtest::PgCluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys::load_or_create(dir.path()).expect("keys");
+    let a = Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(2)).expect("node a");
+    let b = Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(2)).expect("node b");
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&heard);
+    assert!(b.on_queued(move || { h.fetch_add(1, Ordering::SeqCst); }).expect("listen"));
+    let wait_for = |n: usize| {
+        let until = std::time::Instant::now() + Duration::from_secs(40);
+        while heard.load(Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < until, "heard {} of {n}", heard.load(Ordering::SeqCst));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Once when listening starts.
+    wait_for(1);
+    a.queue_many(&[mail("p1@docomo.ne.jp", 1), mail("p2@au.com", 2)], 0, T0, T0 + 3600).expect("queue");
+    wait_for(2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(heard.load(Ordering::SeqCst), 2, "one statement, one wake-up");
+
+    cluster.crash();
+    let err = a.queue_many(&[mail("p3@docomo.ne.jp", 3)], 0, T0, T0 + 3600).expect_err("the server is down");
+    assert!(err.is_transient(), "{err}");
+    cluster.restart();
+    // The pool drops its dead connections and makes new ones.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let queued = loop {
+        match a.queue_many(&[mail("p4@docomo.ne.jp", 4)], 0, T0, T0 + 3600) {
+            Ok(ids) => break ids,
+            Err(e) => {
+                assert!(e.is_transient() && std::time::Instant::now() < until, "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(queued.len(), 1);
+    // Heard again: on listening anew, and for the row (or both at once).
+    wait_for(3);
+    assert_eq!(b.claim_due_in(T0, 60, 10, &DomainFilter::Only(vec!["docomo.ne.jp".into()])).expect("claim").len(), 2);
+}

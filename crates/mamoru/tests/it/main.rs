@@ -13,6 +13,7 @@ mod hostile;
 mod hostile_load;
 mod imap;
 mod limits;
+mod nodes;
 mod operations;
 mod pipe;
 mod reception;

@@ -1,0 +1,317 @@
+//! Several `mamoru serve` nodes on one PostgreSQL database, on loopback: a
+//! throwaway cluster (`mamoru_store::pgtest`), two serve processes with
+//! data dirs of their own and the same keys, and the carrier emulator in
+//! this process, which counts each domain's sessions and every Message-ID
+//! it accepted.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mamoru_core::mail::{MailKind, OutgoingMail};
+use mamoru_sink::policy::PolicyConfig;
+use mamoru_sink::server::Sink;
+use mamoru_store::Store;
+use mamoru_store::pgtest::PgCluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+const DOMAINS: [&str; 3] = ["docomo.ne.jp", "ezweb.ne.jp", "example.com"];
+/// Each pool's session ceiling: a carrier's cap, which must hold across
+/// nodes.
+const CAP: u32 = 2;
+/// The built-in pools: docomo, au, softbank, ymobile and the default.
+const POOLS: usize = 5;
+/// The pace of the docomo and au pools (messages per second): slow enough
+/// that their sessions stay open side by side, as a carrier's would.
+const PACE: u32 = 100;
+
+/// The carrier emulator on a loopback port, in this process.
+struct Carrier {
+    rt: tokio::runtime::Runtime,
+    sink: Arc<Sink>,
+    port: u16,
+    stop: CancellationToken,
+}
+
+impl Carrier {
+    fn start() -> Carrier {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let sink = Arc::new(Sink::new("carrier.test", PolicyConfig::default()));
+        let stop = CancellationToken::new();
+        rt.spawn(mamoru_sink::server::run(listener, Arc::clone(&sink), stop.clone()));
+        Carrier { rt, sink, port, stop }
+    }
+
+    fn accepted(&self) -> usize {
+        self.sink.stats().accepted as usize
+    }
+
+    /// The most sessions each domain had open at once.
+    fn most_sessions(&self) -> Vec<(String, u32)> {
+        self.sink.stats().domains.iter().map(|(d, s)| (d.clone(), s.max_connections_seen)).collect()
+    }
+}
+
+impl Drop for Carrier {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A node's instance: its own data dir with the first node's keys, the
+/// shared database, the carrier as smarthost, three pools of `CAP`
+/// sessions, a short lease so a dead node's pools and rows come back soon.
+fn node(cluster: &PgCluster, carrier: &Carrier, keys_from: Option<&Instance>, pace: u32) -> Instance {
+    let url = format!("\"{}\"", cluster.url());
+    let transport = format!("\"smtp://127.0.0.1:{}\"", carrier.port);
+    let cap = CAP.to_string();
+    let pace = pace.to_string();
+    let inst = Instance::new(&[
+        ("store.url", url.as_str()),
+        ("relay.transport", transport.as_str()),
+        ("relay.lease_secs", "3"),
+        ("relay.poll_interval_ms", "1000"),
+        ("carriers.default.max_connections", cap.as_str()),
+        ("carriers.docomo.max_connections", cap.as_str()),
+        ("carriers.docomo.rate_per_second", pace.as_str()),
+        ("carriers.au.max_connections", cap.as_str()),
+        ("carriers.au.rate_per_second", pace.as_str()),
+    ]);
+    let keys = inst.data_dir().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    if let Some(first) = keys_from {
+        for e in std::fs::read_dir(first.data_dir().join("keys")).expect("keys of the first node").flatten() {
+            std::fs::copy(e.path(), keys.join(e.file_name())).expect("copy a key");
+        }
+    } else {
+        mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
+    }
+    inst
+}
+
+fn serve(inst: &Instance) -> Server {
+    Server::start(inst.cmd().env("RUST_LOG", "info").arg("serve"))
+}
+
+fn store(cluster: &PgCluster, inst: &Instance) -> Store {
+    let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
+    Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(10)).expect("open the shared store")
+}
+
+fn mails(n: usize, tag: &str) -> Vec<OutgoingMail> {
+    (0..n)
+        .map(|i| {
+            let to = mamoru_core::EmailAddress::parse(&format!("p{i}@{}", DOMAINS[i % DOMAINS.len()])).expect("address");
+            let mid = format!("{tag}{i}@{DOMAIN}");
+            let bytes = format!("From: <ans@{DOMAIN}>\r\nTo: <{to}>\r\nSubject: t\r\nMessage-ID: <{mid}>\r\n\r\nbody\r\n").into_bytes();
+            OutgoingMail { kind: MailKind::RegistrationReceived, sender: format!("ans@{DOMAIN}"), to, message_id: mid, bytes }
+        })
+        .collect()
+}
+
+/// Lost (never accepted) and duplicated (accepted more than once) among
+/// `sent`, from the carrier's own records.
+fn lost_and_duplicates(carrier: &Carrier, sent: &[OutgoingMail]) -> (usize, u64) {
+    let seen: HashMap<String, u32> = carrier.sink.message_ids();
+    let lost = sent.iter().filter(|m| !seen.contains_key(&m.message_id)).count();
+    let duplicates = seen.values().map(|&n| u64::from(n.saturating_sub(1))).sum();
+    (lost, duplicates)
+}
+
+fn assert_caps(carrier: &Carrier) {
+    for (domain, most) in carrier.most_sessions() {
+        assert!(most <= CAP, "{domain}: {most} sessions at once, over the cap of {CAP} of its pool");
+    }
+}
+
+/// Two nodes serve one database: mail queued after both started is woken
+/// across nodes (the nodes poll only once a second here), every pool is
+/// sent by one node at a time, so the carrier never sees more sessions
+/// than one pool's cap, and every message arrives once.
+#[test]
+fn two_nodes_on_one_postgres_deliver_everything_once_within_each_carriers_cap() {
+    let cluster = PgCluster::start();
+    let carrier = Carrier::start();
+    let a = node(&cluster, &carrier, None, PACE);
+    let b = node(&cluster, &carrier, Some(&a), PACE);
+    let mut server_a = serve(&a);
+    let mut server_b = serve(&b);
+    let store = store(&cluster, &a);
+    // Both nodes hold what they will hold before the mail comes.
+    wait_for("the pools to be held", Duration::from_secs(20), || (store.pool_holders().expect("holders").len() == POOLS).then_some(()));
+
+    let sent = mails(3 * 3 * PACE as usize, "two");
+    let began = std::time::Instant::now();
+    store.queue_many(&sent[..3], 0, mamoru_core::now(), mamoru_core::now() + 3600).expect("queue");
+    wait_for("the first three messages", Duration::from_secs(20), || (carrier.accepted() >= 3).then_some(()));
+    let first = began.elapsed();
+    store.queue_many(&sent[3..], 0, mamoru_core::now(), mamoru_core::now() + 3600).expect("queue");
+    wait_for_or(
+        "every message at the carrier",
+        Duration::from_secs(120),
+        || (carrier.accepted() >= sent.len()).then_some(()),
+        || format!("{:?}", store.outbox_counts()),
+    );
+    // Woken by the other node's NOTIFY, not by the one-second poll.
+    assert!(first < Duration::from_millis(900), "the first messages took {first:?}");
+    let (lost, duplicates) = lost_and_duplicates(&carrier, &sent);
+    assert_eq!((lost, duplicates), (0, 0));
+    assert_caps(&carrier);
+    // And the pace is the pool's too: no second of the carrier's counts
+    // more than one pool's rate and its burst (5).
+    let stats = carrier.sink.stats();
+    for domain in ["docomo.ne.jp", "ezweb.ne.jp"] {
+        let busiest = stats.domains[domain].per_second.iter().max().copied().unwrap_or(0);
+        assert!(busiest <= u64::from(PACE) + 5 + 5, "{domain}: {busiest} messages in one second, over the pace of {PACE}/s");
+    }
+    let holders = store.pool_holders().expect("holders");
+    assert_eq!(holders.len(), POOLS, "{holders:?}");
+
+    // The queue command names the holder of each pool.
+    let out = a.cmd().arg("queue").output().expect("mamoru queue");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("relay (node)") && text.contains(&holders[0].1), "{text}");
+
+    let (status_b, log_b) = server_b.stop();
+    let (status_a, log_a) = server_a.stop();
+    assert!(status_a.success() && status_b.success(), "{log_a}\n{log_b}");
+    // A node that stops gives its pools up.
+    assert!(store.pool_holders().expect("holders").is_empty());
+}
+
+/// kill -9 of the node that sends, several times during a drain: the other
+/// node takes the pools over once their holds lapse and finishes; nothing
+/// is lost, duplicates are at most the rows the dead node had leased, and
+/// the carrier never sees more sessions than a pool's cap. The figures
+/// are printed; `MAMORU_FAILOVER_MESSAGES` and `MAMORU_FAILOVER_KILLS`
+/// make it the failover benchmark (scripts/bench-failover).
+#[test]
+fn kill_9_of_the_sending_node_loses_nothing_and_the_other_node_finishes() {
+    let messages: usize = std::env::var("MAMORU_FAILOVER_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let kills: usize = std::env::var("MAMORU_FAILOVER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let cluster = PgCluster::start();
+    let carrier = Carrier::start();
+    // Unpaced: this test is about what a kill leaves, not about pace.
+    let a = node(&cluster, &carrier, None, 0);
+    let b = node(&cluster, &carrier, Some(&a), 0);
+    let store = store(&cluster, &a);
+    let sent = mails(messages, "failover");
+    let mut nodes = [Some(serve(&a)), Some(serve(&b))];
+    wait_for("the pools to be held", Duration::from_secs(20), || (store.pool_holders().expect("holders").len() == POOLS).then_some(()));
+    let began = std::time::Instant::now();
+    store.queue_many(&sent, 0, mamoru_core::now(), mamoru_core::now() + 3600).expect("queue");
+
+    let step = messages / (kills + 1);
+    let mut leased_at_kills = 0;
+    for k in 0..kills {
+        let target = (k + 1) * step;
+        wait_for_or(
+            &format!("the carrier to accept {target} messages"),
+            Duration::from_secs(120),
+            || (carrier.accepted() >= target).then_some(()),
+            || format!("{:?} {:?}", store.outbox_counts(), store.pool_holders()),
+        );
+        // The node that holds the most pools is the one sending.
+        let holders = store.pool_holders().expect("holders");
+        let dir_a = a.data_dir().display().to_string();
+        let on_a = holders.iter().filter(|(_, node, _)| node.ends_with(&dir_a)).count();
+        let victim = usize::from(on_a * 2 < holders.len());
+        let mut dead = nodes[victim].take().expect("the victim runs");
+        dead.child.kill().expect("kill -9");
+        dead.child.wait().expect("reap");
+        // What was leased (by the dead node, and any pool the other held):
+        // only these may arrive twice.
+        leased_at_kills += store.outbox_counts().expect("counts").sending;
+        // The other node takes every pool over once the holds lapse.
+        let other = if victim == 0 { &b } else { &a };
+        let other_dir = other.data_dir().display().to_string();
+        wait_for_or(
+            "the other node to take every pool over",
+            Duration::from_secs(30),
+            || {
+                let now = mamoru_core::now();
+                let h = store.pool_holders().expect("holders");
+                (h.len() == POOLS && h.iter().all(|(_, node, until)| node.ends_with(&other_dir) && *until > now)).then_some(())
+            },
+            || format!("{:?}", store.pool_holders()),
+        );
+        // Only then does the dead node come back, as the spare: restarted
+        // at once it would take its own pools back (its name is its machine
+        // and data dir), and nothing would fail over.
+        nodes[victim] = Some(serve(if victim == 0 { &a } else { &b }));
+    }
+    wait_for_or(
+        "the outbox to drain after the kills",
+        Duration::from_secs(300),
+        || (store.outbox_counts().expect("counts").sent == messages as i64).then_some(()),
+        || format!("{:?} {:?}", store.outbox_counts(), store.pool_holders()),
+    );
+    let secs = began.elapsed().as_secs_f64();
+    let (lost, duplicates) = lost_and_duplicates(&carrier, &sent);
+    let most = carrier.most_sessions();
+    eprintln!(
+        "failover: {messages} messages, {kills} kills -9 across two nodes on PostgreSQL: {secs:.1} s; \
+         {lost} lost, {duplicates} duplicates (rows leased at the kills: {leased_at_kills}); most sessions per domain {most:?} (cap {CAP})"
+    );
+    assert_eq!(lost, 0, "lost messages");
+    assert!(duplicates <= leased_at_kills as u64, "{duplicates} duplicates, but {leased_at_kills} rows were leased at the kills");
+    assert_caps(&carrier);
+    for n in nodes.into_iter().flatten() {
+        let (status, log) = n.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
+/// PostgreSQL goes down under a running node: meanwhile LMTP answers 451
+/// and the pipe command exits 75 (nothing acknowledged that was not
+/// committed); once it is back the node reconnects by itself and the same
+/// mail is taken.
+#[test]
+fn postgres_down_means_451_and_75_and_the_node_reconnects_by_itself() {
+    let mut cluster = PgCluster::start();
+    let url = format!("\"{}\"", cluster.url());
+    let inst = Instance::new(&[("store.url", url.as_str()), ("relay.transport", "\"file\""), ("store.busy_timeout_ms", "1000")]);
+    let mut server = inst.serve();
+    let lmtp = |server: &Server| {
+        let out = Command::new("swaks")
+            .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", "hanako@docomo.ne.jp", "--to", "ans@mamoru.test"])
+            .args(["--header", "Subject: ", "--body", " "])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run swaks");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+
+    cluster.crash();
+    let refused = lmtp(&server);
+    assert!(refused.contains("451 4.3.0"), "{refused}");
+    let piped = inst.ingest("taro@docomo.ne.jp", "ans@mamoru.test", b"Subject: \r\n\r\n");
+    assert_eq!(piped.status.code(), Some(75), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert!(inst.mail_files().is_empty());
+
+    cluster.restart();
+    // The MTA retries; the node needs no restart.
+    let accepted = wait_for("LMTP to accept again", Duration::from_secs(30), || {
+        let reply = lmtp(&server);
+        reply.contains("250 2.0.0").then_some(reply)
+    });
+    assert!(!accepted.contains("451"), "{accepted}");
+    let piped = inst.ingest("taro@docomo.ne.jp", "ans@mamoru.test", b"Subject: \r\n\r\n");
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let store = {
+        let keys = mamoru_store::keys::load_or_create(&inst.data_dir()).expect("keys");
+        Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(10)).expect("store")
+    };
+    wait_for_or("both 登録受付", Duration::from_secs(30), || (inst.mail_files().len() == 2).then_some(()), || {
+        format!("{:?} {:?} {:?}", inst.mail_files(), store.outbox_counts(), store.pool_holders())
+    });
+    let log = server.logs();
+    assert!(!log.contains("hanako") && !log.contains("taro"), "address in clear in the log");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
