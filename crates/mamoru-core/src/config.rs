@@ -434,6 +434,9 @@ pub struct StoreConfig {
     /// `postgresql://…`, libpq's URL form): that PostgreSQL database; the
     /// keys stay in the data dir.
     pub url: String,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate;
+    /// empty: the system's roots. The certificate is always verified.
+    pub tls_ca_file: String,
 }
 
 /// The operator's listener of `mamoru serve`: `/metrics`, `/healthz`,
@@ -717,7 +720,7 @@ impl Default for AlertsConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { busy_timeout_ms: 5000, url: String::new() }
+        Self { busy_timeout_ms: 5000, url: String::new(), tls_ca_file: String::new() }
     }
 }
 
@@ -786,10 +789,11 @@ impl Config {
             if !(store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) || store_url.contains(char::is_whitespace) {
                 return Err(invalid("store.url", "must be empty (SQLite in the data dir) or a postgres:// URL"));
             }
-            // The connection has no TLS yet: refuse a URL that asks for it
-            // rather than connect without it.
-            if ["sslmode=require", "sslmode=verify"].iter().any(|m| store_url.contains(m)) {
-                return Err(invalid("store.url", "TLS to PostgreSQL is not supported yet: use a loopback address or a Unix socket"));
+            // libpq's verify-ca / verify-full are what sslmode=require does
+            // here (the certificate is always verified); the driver knows
+            // only disable, prefer and require.
+            if store_url.contains("sslmode=verify") {
+                return Err(invalid("store.url", "use sslmode=require: the server's certificate is always verified"));
             }
         }
         if self.ingest.max_message_bytes < 1024 {

@@ -372,7 +372,15 @@ impl Store {
     /// data dir still holds the keys; `wait` bounds how long a statement
     /// waits for a connection.
     pub fn open_postgres(url: &str, keys: &Keys, wait: Duration) -> Result<Self> {
-        let backend = pg::PgBackend::connect(url, wait)?;
+        Self::open_postgres_with(url, None, keys, wait)
+    }
+
+    /// [`Store::open_postgres`] with TLS verified against the certificates
+    /// of `ca_file` (PEM) instead of the system's roots. A server on another
+    /// machine needs `sslmode=require` in the URL; on loopback or a Unix
+    /// socket TLS is used when the server offers it.
+    pub fn open_postgres_with(url: &str, ca_file: Option<&Path>, keys: &Keys, wait: Duration) -> Result<Self> {
+        let backend = pg::PgBackend::connect(url, wait, ca_file)?;
         backend.migrate()?;
         Ok(Store {
             backend: Backend::Postgres(Box::new(backend)),

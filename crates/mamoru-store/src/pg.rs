@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{NoTls, error::SqlState};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::db::Value;
 use crate::{Result, StoreError};
@@ -34,6 +36,7 @@ pub(crate) struct PgBackend {
     pool: Pool,
     /// For the connections outside the pool ([`PgBackend::watch`]).
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 impl Drop for PgBackend {
@@ -48,17 +51,20 @@ impl Drop for PgBackend {
 }
 
 impl PgBackend {
-    /// A pool for `url` (libpq's URL or key=value form). No connection is
-    /// made until the first statement.
-    pub(crate) fn connect(url: &str, wait: Duration) -> Result<Self> {
+    /// A pool for `url` (libpq's URL or key=value form), TLS verified with
+    /// the certificates of `ca_file` (PEM), or the system's roots when it
+    /// is `None`. No connection is made until the first statement.
+    pub(crate) fn connect(url: &str, wait: Duration, ca_file: Option<&std::path::Path>) -> Result<Self> {
         let config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+        check_tls(&config)?;
+        let tls = MakeRustlsConnect::new(tls_config(ca_file)?);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mamoru-pg")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Postgres(format!("cannot start the database runtime: {e}")))?;
-        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -67,12 +73,12 @@ impl PgBackend {
             .recycle_timeout(Some(wait))
             .build()
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
-        Ok(PgBackend { rt: Some(rt), pool, config })
+        Ok(PgBackend { rt: Some(rt), pool, config, tls })
     }
 
     pub(crate) fn get(&self) -> Result<PgConn<'_>> {
         let rt = self.rt.as_ref().ok_or(StoreError::Unsupported("the store is closing"))?;
-        let client = block(rt, self.pool.get()).map_err(|e| StoreError::Postgres(e.to_string()))?;
+        let client = block(rt, self.pool.get()).map_err(|e| StoreError::Postgres(with_causes(&e)))?;
         Ok(PgConn { client, rt })
     }
 
@@ -83,12 +89,12 @@ impl PgBackend {
     /// notified while nobody listened.
     pub(crate) fn watch(&self, channel: &'static str, on: Box<dyn Fn() + Send + Sync>) -> Result<()> {
         let rt = self.rt.as_ref().ok_or(StoreError::Unsupported("the store is closing"))?;
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         rt.spawn(async move {
             let mut pause = Duration::from_secs(1);
             loop {
                 let began = std::time::Instant::now();
-                let lost = listen(&config, channel, &*on).await;
+                let lost = listen(&config, tls.clone(), channel, &*on).await;
                 if began.elapsed() > Duration::from_secs(60) {
                     pause = Duration::from_secs(1);
                 }
@@ -163,12 +169,76 @@ impl PgConn<'_> {
     }
 }
 
+/// `e` and its causes, "a: b: c": the pool's and the driver's errors say
+/// what failed (a TLS handshake) and keep why (an unknown issuer) in their
+/// sources.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A server on another machine is reached over verified TLS only: the
+/// URL must say `sslmode=require` (with the default, `prefer`, whoever sits
+/// between could answer that the server has no TLS and read everything).
+/// On loopback or a Unix socket, TLS is used when the server offers it.
+fn check_tls(config: &tokio_postgres::Config) -> Result<()> {
+    let remote = config.get_hosts().iter().any(|h| match h {
+        Host::Tcp(name) => !(name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())),
+        Host::Unix(_) => false,
+    }) || config.get_hostaddrs().iter().any(|ip| !ip.is_loopback());
+    if remote && config.get_ssl_mode() != SslMode::Require {
+        return Err(StoreError::Url(
+            "a PostgreSQL server on another machine is reached over TLS only: add sslmode=require to the URL \
+             (its certificate is verified)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// rustls with ring, as everywhere else in mamoru: `ca_file`'s
+/// certificates, or the system's roots; the server is always verified.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+        Some(path) => {
+            let bad = |e: String| StoreError::Url(format!("tls_ca_file {}: {e}", path.display()));
+            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Postgres(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// One connection's LISTEN on `channel`, until the connection is lost: the
 /// reason.
-async fn listen(config: &tokio_postgres::Config, channel: &str, on: &(dyn Fn() + Send + Sync)) -> StoreError {
-    let (client, mut connection) = match config.connect(NoTls).await {
+async fn listen(config: &tokio_postgres::Config, tls: MakeRustlsConnect, channel: &str, on: &(dyn Fn() + Send + Sync)) -> StoreError {
+    let (client, mut connection) = match config.connect(tls).await {
         Ok(c) => c,
-        Err(e) => return e.into(),
+        Err(e) => return StoreError::Postgres(with_causes(&e)),
     };
     // The connection delivers notifications only while it is polled, which
     // its own task does; they reach this task through the channel.
@@ -315,6 +385,25 @@ impl From<tokio_postgres::Error> for StoreError {
 #[cfg(test)]
 mod tests {
     use super::numbered;
+
+    #[test]
+    fn a_server_on_another_machine_needs_sslmode_require() {
+        let wait = std::time::Duration::from_secs(1);
+        for url in ["postgres://mamoru@db.example.jp/mamoru", "postgres://mamoru@192.0.2.7:5432/mamoru?sslmode=prefer", "host=db.example.jp user=mamoru"] {
+            let Err(e) = super::PgBackend::connect(url, wait, None) else { panic!("{url} was taken without TLS") };
+            assert!(e.to_string().contains("sslmode=require"), "{url}: {e}");
+        }
+        for url in [
+            "postgres://mamoru@db.example.jp/mamoru?sslmode=require",
+            "postgres://mamoru@127.0.0.1:5432/mamoru",
+            "postgres://mamoru@localhost/mamoru",
+            "postgres://mamoru@[::1]/mamoru",
+            "postgres://mamoru@%2Frun%2Fpostgresql/mamoru",
+        ] {
+            // No connection is made here: only the URL is judged.
+            assert!(super::PgBackend::connect(url, wait, None).is_ok(), "{url}");
+        }
+    }
 
     #[test]
     fn placeholders_are_numbered_outside_literals() {

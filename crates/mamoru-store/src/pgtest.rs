@@ -140,6 +140,33 @@ impl PgCluster {
         }
     }
 
+    /// Turns TLS on with `cert` and `key` (PEM) and allows TCP connections
+    /// over TLS only (`hostssl` in pg_hba.conf), then restarts the server.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        let data = self.data_dir();
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(name);
+            fs::copy(from, &to).unwrap_or_else(|e| panic!("pgtest: cannot copy {}: {e}", from.display()));
+            fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("pgtest: cannot chmod {}: {e}", to.display()));
+            if let Some(user) = &self.run_as {
+                hand_over(&to, user);
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).unwrap_or_else(|e| panic!("pgtest: cannot read {}: {e}", conf.display()));
+        text.push_str("\n# pgtest: TLS\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        fs::write(&conf, text).unwrap_or_else(|e| panic!("pgtest: cannot write {}: {e}", conf.display()));
+        let hba = data.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).unwrap_or_else(|e| panic!("pgtest: cannot read {}: {e}", hba.display()));
+        let text: String = text
+            .lines()
+            .map(|l| if l.starts_with("host ") { format!("hostssl {}\n", &l[5..]) } else { format!("{l}\n") })
+            .collect();
+        fs::write(&hba, text).unwrap_or_else(|e| panic!("pgtest: cannot write {}: {e}", hba.display()));
+        self.restart();
+    }
+
     /// Stops the server as a crash would and leaves it down, until
     /// [`PgCluster::restart`].
     pub fn crash(&mut self) {

@@ -62,7 +62,8 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Keys)> {
         Store::open(&cfg.data_dir, &keys, wait).context("open database")?
     } else {
         // The URL may hold a password: it is never part of a message.
-        Store::open_postgres(&cfg.store.url, &keys, wait).context("open the PostgreSQL database of [store] url")?
+        let ca = Some(std::path::Path::new(&cfg.store.tls_ca_file)).filter(|p| !p.as_os_str().is_empty());
+        Store::open_postgres_with(&cfg.store.url, ca, &keys, wait).context("open the PostgreSQL database of [store] url")?
     };
     Ok((Arc::new(store), keys))
 }

@@ -315,3 +315,40 @@ fn postgres_down_means_451_and_75_and_the_node_reconnects_by_itself() {
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
 }
+
+/// `[store] url` with `sslmode=require` on a server that takes TLS only:
+/// with `tls_ca_file` naming the CA of its certificate a node registers a
+/// parent; with the system's roots (which do not know that CA) it refuses
+/// to start rather than go on unverified.
+#[test]
+fn postgres_over_verified_tls() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = crate::transports::make_certs(certs.path());
+    let mut cluster = PgCluster::start();
+    cluster.require_tls(&cert, &key);
+    let url = format!("\"postgres://mamoru@localhost:{}/mamoru?sslmode=require\"", cluster.port());
+    let ca_file = format!("\"{}\"", ca.display());
+
+    // A plain connection is refused by the server: TLS is really in use.
+    let plain = format!("\"postgres://mamoru@localhost:{}/mamoru?sslmode=disable\"", cluster.port());
+    let out = Instance::new(&[("store.url", plain.as_str())]).cmd().arg("queue").output().expect("mamoru queue");
+    assert!(!out.status.success(), "a plain connection was accepted");
+
+    let unverified = Instance::new(&[("store.url", url.as_str())]);
+    let out = unverified.cmd().arg("queue").output().expect("mamoru queue");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains("certificate"), "{err}");
+
+    let inst = Instance::new(&[("store.url", url.as_str()), ("store.tls_ca_file", ca_file.as_str()), ("relay.transport", "\"file\"")]);
+    let server = inst.serve();
+    let out = Command::new("swaks")
+        .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", "hanako@docomo.ne.jp", "--to", "ans@mamoru.test"])
+        .args(["--header", "Subject: ", "--body", " "])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run swaks");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("250 2.0.0"), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for("登録受付", Duration::from_secs(20), || inst.mail_files().first().cloned());
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
