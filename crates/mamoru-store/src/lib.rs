@@ -33,6 +33,7 @@ mod pg;
 pub mod bounces;
 pub mod imap;
 pub mod confirm;
+pub mod copy;
 pub mod counters;
 pub mod import;
 pub mod admins;

@@ -38,6 +38,9 @@ pub enum Command {
     /// serve` runs (SQLite online backup). The copy holds no address in
     /// clear; restoring it also needs DATA_DIR/keys/.
     Backup(BackupArgs),
+    /// Move the data to another store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Export or import the subscriber list (CSV).
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
@@ -91,6 +94,24 @@ pub struct ImportArgs {
 pub struct BackupArgs {
     /// The copy to write; must not exist yet. Created with mode 0600.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the SQLite database of the data dir (DATA_DIR/mamoru.db) into
+    /// an empty PostgreSQL database, migrated first: every table, ids kept,
+    /// in one transaction, then the row counts of both sides. Stop mamoru
+    /// first. The SQLite file is opened read-only and left as it is. A
+    /// target that holds any row is refused and left as it is (exit 1).
+    /// Shows progress on stderr; no address is printed.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The target, as `[store] url` takes it: `postgres://USER@HOST/DB`.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,5 @@
-//! `mamoru backup` and `mamoru subscribers export|import`: the operator's
-//! commands on the data itself.
+//! `mamoru backup`, `mamoru store copy` and `mamoru subscribers
+//! export|import`: the operator's commands on the data itself.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,13 +9,54 @@ use mamoru_core::token::{Claims, Purpose};
 use mamoru_core::{Config, mail};
 use mamoru_store::import::{self, ImportMode, Imported};
 
-use crate::cli::{BackupArgs, ExportArgs, ImportArgs, SubscribersCommand};
+use crate::cli::{BackupArgs, ExportArgs, ImportArgs, StoreCommand, StoreCopyArgs, SubscribersCommand};
 use crate::setup;
 
 pub fn backup(cfg: Config, args: BackupArgs) -> anyhow::Result<()> {
     let (store, _keys) = setup::open_store(&cfg)?;
     store.backup_to(&args.file).with_context(|| format!("back up the database to {}", args.file.display()))?;
     eprintln!("mamoru: database copied to {}; keep DATA_DIR/keys/ too (and apart from it)", args.file.display());
+    Ok(())
+}
+
+pub fn store(cfg: Config, cmd: StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Copy(args) => store_copy(cfg, args),
+    }
+}
+
+/// Copies the SQLite database of the data dir into PostgreSQL: one bar of
+/// rows over all tables, with the table being copied; then the counts of
+/// both sides, one line per table. Neither the URL (it may hold a
+/// password) nor any row is printed.
+fn store_copy(cfg: Config, args: StoreCopyArgs) -> anyhow::Result<()> {
+    use mamoru_store::copy::{self, Progress};
+    let db = cfg.data_dir.join(mamoru_store::DB_FILE);
+    anyhow::ensure!(db.is_file(), "no SQLite database at {}: nothing to copy", db.display());
+    let keys = mamoru_store::keys::load_or_create(&cfg.data_dir).context("load keys")?;
+    let wait = std::time::Duration::from_millis(cfg.store.busy_timeout_ms.max(10_000));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let counts = copy::sqlite_to_postgres(&db, &args.to, &keys, wait, &mut |p| match p {
+        Progress::Plan { tables } => bar.set_length(tables.iter().map(|t| t.1).sum()),
+        Progress::Table { name, .. } => bar.set_message(name.to_owned()),
+        Progress::Rows { rows } => bar.inc(rows),
+        Progress::Verifying => bar.set_message("checking"),
+    });
+    bar.finish_and_clear();
+    let counts = counts.context("copy the SQLite database into PostgreSQL")?;
+    println!("{:<24} {:>12} {:>12}", "table", "sqlite", "postgresql");
+    for c in &counts {
+        println!("{:<24} {:>12} {:>12}", c.table, c.sqlite, c.postgres);
+    }
+    let rows: u64 = counts.iter().map(|c| c.postgres).sum();
+    eprintln!(
+        "mamoru: copied {rows} rows in {} tables; {} is unchanged. Set [store] url to the target, then start mamoru",
+        counts.len(),
+        db.display()
+    );
     Ok(())
 }
 

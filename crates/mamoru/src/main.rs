@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Relay => report(setup::load(cli.config.as_deref()).and_then(serve::relay_only)),
         Command::Queue(args) => report(setup::load(cli.config.as_deref()).and_then(|c| serve::queue(c, args))),
         Command::Backup(args) => report(setup::load(cli.config.as_deref()).and_then(|c| data::backup(c, args))),
+        Command::Store(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| data::store(c, cmd))),
         Command::Subscribers(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| data::subscribers(c, cmd))),
         Command::Admin(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::run(c, cmd))),
         Command::Alert(cmd) => report(setup::load(cli.config.as_deref()).and_then(|c| admin::alert(c, cmd))),

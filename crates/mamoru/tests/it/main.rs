@@ -19,6 +19,7 @@ mod pipe;
 mod reception;
 mod postfix;
 mod serve;
+mod store_copy;
 mod selfservice;
 mod subscribers;
 mod transports;
