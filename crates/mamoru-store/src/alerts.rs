@@ -217,8 +217,16 @@ fn recipients_where(districts: &[u32], report: Option<AlertId>) -> String {
 /// The subscriber `s` turned the alert's kind (`kind`) off, and the alert is
 /// a first report (`followup` = 0): a follow-up goes to the report's
 /// recipients whatever they chose since. The arguments are placeholders.
+///
+/// The follow-up test sits inside the `EXISTS`, not beside it: a bare
+/// `NOT EXISTS` over the subscriber is what PostgreSQL turns into an anti
+/// join, so the fan-out reads `subscriber_kinds_off` once instead of probing
+/// it per recipient in a subplan. With `followup = 0 AND EXISTS …` it kept
+/// the subplan, and with it a nested loop over the subscribers' primary key
+/// and a sort of every recipient (docs/benchmarks.md, fan-out on
+/// PostgreSQL). SQLite reads both forms alike.
 fn kind_off(kind: &str, followup: &str) -> String {
-    format!("({followup} = 0 AND EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = {kind}))")
+    format!("(EXISTS (SELECT 1 FROM subscriber_kinds_off k WHERE k.subscriber_id = s.id AND k.kind = {kind} AND {followup} = 0))")
 }
 
 /// Seconds a copy to subscriber `s` waits for the end of their quiet hours:
