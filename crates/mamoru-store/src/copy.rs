@@ -34,7 +34,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
 
 use crate::db::Value;
 use crate::{Keys, Store, StoreError};
@@ -104,12 +103,15 @@ pub struct TableCount {
 /// Copies the SQLite database at `sqlite_path` (read-only, one snapshot)
 /// into the empty PostgreSQL database at `url` (see the module's notes).
 /// `wait` bounds how long a connection to PostgreSQL, or the SQLite file's
-/// read lock, may take. Returns the row counts per table, in copy order.
+/// read lock, may take; `ca_file` is `[store] tls_ca_file` (see
+/// [`Store::open_postgres_with`]). Returns the row counts per table, in
+/// copy order.
 ///
 /// Blocks its thread; not for an async caller.
 pub fn sqlite_to_postgres(
     sqlite_path: &Path,
     url: &str,
+    ca_file: Option<&Path>,
     keys: &Keys,
     wait: Duration,
     progress: &mut dyn FnMut(Progress<'_>),
@@ -126,7 +128,7 @@ pub fn sqlite_to_postgres(
 
     // Migrated to the current schema by the store itself, then closed: the
     // rows go through a connection of the copy's own (COPY needs one).
-    drop(Store::open_postgres(url, keys, wait)?);
+    drop(Store::open_postgres_with(url, ca_file, keys, wait)?);
     let config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,7 +136,8 @@ pub fn sqlite_to_postgres(
         .map_err(|e| StoreError::Postgres(format!("cannot start the database runtime: {e}")))?;
     let mut config = config;
     config.connect_timeout(wait);
-    let (mut client, connection) = rt.block_on(config.connect(NoTls))?;
+    let tls = crate::pg::tls_for(&config, ca_file)?;
+    let (mut client, connection) = rt.block_on(config.connect(tls))?;
     rt.spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "copy: connection to PostgreSQL ended");
@@ -445,7 +448,7 @@ mod tests {
 
     fn copy(dir: &Path, url: &str, keys: &Keys) -> Result<Vec<TableCount>, CopyError> {
         let mut seen = Vec::new();
-        let counts = sqlite_to_postgres(&dir.join(crate::DB_FILE), url, keys, WAIT, &mut |p| {
+        let counts = sqlite_to_postgres(&dir.join(crate::DB_FILE), url, None, keys, WAIT, &mut |p| {
             if let Progress::Table { name, .. } = p {
                 seen.push(name.to_owned());
             }

@@ -56,8 +56,7 @@ impl PgBackend {
     /// is `None`. No connection is made until the first statement.
     pub(crate) fn connect(url: &str, wait: Duration, ca_file: Option<&std::path::Path>) -> Result<Self> {
         let config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
-        check_tls(&config)?;
-        let tls = MakeRustlsConnect::new(tls_config(ca_file)?);
+        let tls = tls_for(&config, ca_file)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mamoru-pg")
@@ -183,6 +182,14 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// The TLS of every connection to the server of `config`: refused
+/// without `sslmode=require` off this machine ([`check_tls`]), verified
+/// with `ca_file` or the system's roots.
+pub(crate) fn tls_for(config: &tokio_postgres::Config, ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect> {
+    check_tls(config)?;
+    Ok(MakeRustlsConnect::new(tls_config(ca_file)?))
 }
 
 /// A server on another machine is reached over verified TLS only: the

@@ -39,7 +39,8 @@ fn store_copy(cfg: Config, args: StoreCopyArgs) -> anyhow::Result<()> {
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let counts = copy::sqlite_to_postgres(&db, &args.to, &keys, wait, &mut |p| match p {
+    let ca = Some(std::path::Path::new(&cfg.store.tls_ca_file)).filter(|p| !p.as_os_str().is_empty());
+    let counts = copy::sqlite_to_postgres(&db, &args.to, ca, &keys, wait, &mut |p| match p {
         Progress::Plan { tables } => bar.set_length(tables.iter().map(|t| t.1).sum()),
         Progress::Table { name, .. } => bar.set_message(name.to_owned()),
         Progress::Rows { rows } => bar.inc(rows),
