@@ -41,7 +41,11 @@ impl Carrier {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let sink = Arc::new(Sink::new("carrier.test", PolicyConfig::default()));
+        // Limits far above the pools' (no refusal, no pace): with limits
+        // the emulator counts each domain's sessions.
+        let open = mamoru_sink::policy::DomainLimit { max_connections: 100, rate: 0.0, burst: 5 };
+        let limits = DOMAINS.iter().map(|d| (d.to_string(), open.clone())).collect();
+        let sink = Arc::new(Sink::new("carrier.test", PolicyConfig { limits, ..PolicyConfig::default() }));
         let stop = CancellationToken::new();
         rt.spawn(mamoru_sink::server::run(listener, Arc::clone(&sink), stop.clone()));
         Carrier { rt, sink, port, stop }
@@ -124,7 +128,10 @@ fn lost_and_duplicates(carrier: &Carrier, sent: &[OutgoingMail]) -> (usize, u64)
 }
 
 fn assert_caps(carrier: &Carrier) {
-    for (domain, most) in carrier.most_sessions() {
+    let most = carrier.most_sessions();
+    assert_eq!(most.len(), DOMAINS.len(), "every domain's sessions counted: {most:?}");
+    for (domain, most) in most {
+        assert!(most >= 1, "{domain}: no session counted");
         assert!(most <= CAP, "{domain}: {most} sessions at once, over the cap of {CAP} of its pool");
     }
 }
