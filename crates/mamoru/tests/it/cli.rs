@@ -29,7 +29,7 @@ fn init_writes_config_and_private_keys_and_never_overwrites() {
     // The written config is valid as it stands.
     let q = Command::new(BIN).arg("-c").arg(target.join("mamoru.toml")).args(["queue", "--json"]).output().unwrap();
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
-    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), r#"{"age_buckets_min":[5,10,20,40,80,160,320,640,1280],"deferred":[],"imap":[],"learned":[],"outbox":[],"pools":[],"suspended":[],"unfinished_registrations_7d":[]}"#);
+    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), r#"{"age_buckets_min":[5,10,20,40,80,160,320,640,1280],"deferred":[],"holders":[],"imap":[],"learned":[],"outbox":[],"pools":[],"suspended":[],"unfinished_registrations_7d":[]}"#);
 }
 
 #[test]

@@ -30,7 +30,8 @@ const PACE: u32 = 100;
 
 /// The carrier emulator on a loopback port, in this process.
 struct Carrier {
-    rt: tokio::runtime::Runtime,
+    /// Runs the emulator; dropped with it.
+    _rt: tokio::runtime::Runtime,
     sink: Arc<Sink>,
     port: u16,
     stop: CancellationToken,
@@ -48,7 +49,7 @@ impl Carrier {
         let sink = Arc::new(Sink::new("carrier.test", PolicyConfig { limits, ..PolicyConfig::default() }));
         let stop = CancellationToken::new();
         rt.spawn(mamoru_sink::server::run(listener, Arc::clone(&sink), stop.clone()));
-        Carrier { rt, sink, port, stop }
+        Carrier { _rt: rt, sink, port, stop }
     }
 
     fn accepted(&self) -> usize {
@@ -71,7 +72,12 @@ impl Drop for Carrier {
 /// shared database, the carrier as smarthost, three pools of `CAP`
 /// sessions, a short lease so a dead node's pools and rows come back soon.
 fn node(cluster: &PgCluster, carrier: &Carrier, keys_from: Option<&Instance>, pace: u32) -> Instance {
-    let url = format!("\"{}\"", cluster.url());
+    node_on(Some(cluster), carrier, keys_from, pace)
+}
+
+/// [`node`], or with `cluster` `None` a node on SQLite in its data dir.
+fn node_on(cluster: Option<&PgCluster>, carrier: &Carrier, keys_from: Option<&Instance>, pace: u32) -> Instance {
+    let url = cluster.map_or_else(|| "\"\"".to_string(), |c| format!("\"{}\"", c.url()));
     let transport = format!("\"smtp://127.0.0.1:{}\"", carrier.port);
     let cap = CAP.to_string();
     let pace = pace.to_string();
@@ -146,8 +152,8 @@ fn two_nodes_on_one_postgres_deliver_everything_once_within_each_carriers_cap() 
     let carrier = Carrier::start();
     let a = node(&cluster, &carrier, None, PACE);
     let b = node(&cluster, &carrier, Some(&a), PACE);
-    let mut server_a = serve(&a);
-    let mut server_b = serve(&b);
+    let server_a = serve(&a);
+    let server_b = serve(&b);
     let store = store(&cluster, &a);
     // Both nodes hold what they will hold before the mail comes.
     wait_for("the pools to be held", Duration::from_secs(20), || (store.pool_holders().expect("holders").len() == POOLS).then_some(()));
@@ -358,4 +364,58 @@ fn postgres_over_verified_tls() {
     wait_for("登録受付", Duration::from_secs(20), || inst.mail_files().first().cloned());
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Drain figures, side by side in one run: `MAMORU_DRAIN_MESSAGES`
+/// (default 3000) queued at once to three unpaced pools, delivered by one
+/// node on SQLite, then by two nodes on one PostgreSQL; the time from the
+/// queue's commit to the carrier's last acceptance, and nothing lost or
+/// doubled, counted at the carrier. `scripts/bench-nodes` runs it large.
+#[test]
+fn drain_two_nodes_on_postgres_beside_one_node_on_sqlite() {
+    let messages: usize = std::env::var("MAMORU_DRAIN_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let drain = |carrier: &Carrier, store: &Store, tag: &str| -> f64 {
+        let sent = mails(messages, tag);
+        let now = mamoru_core::now();
+        store.queue_many(&sent, 0, now, now + 3600).expect("queue");
+        let began = std::time::Instant::now();
+        wait_for_or(
+            "every message at the carrier",
+            Duration::from_secs(600),
+            || (carrier.accepted() >= messages).then_some(()),
+            || format!("{:?}", store.outbox_counts()),
+        );
+        let secs = began.elapsed().as_secs_f64();
+        assert_eq!(lost_and_duplicates(carrier, &sent), (0, 0), "{tag}: lost and duplicates");
+        assert_caps(carrier);
+        secs
+    };
+
+    let carrier = Carrier::start();
+    let one = node_on(None, &carrier, None, 0);
+    let server = serve(&one);
+    let sqlite = drain(&carrier, &one.store(), "sqlite");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+
+    let cluster = PgCluster::start();
+    let carrier = Carrier::start();
+    let a = node(&cluster, &carrier, None, 0);
+    let b = node(&cluster, &carrier, Some(&a), 0);
+    let (server_a, server_b) = (serve(&a), serve(&b));
+    let store = store(&cluster, &a);
+    wait_for("the pools to be held", Duration::from_secs(20), || (store.pool_holders().expect("holders").len() == POOLS).then_some(()));
+    let postgres = drain(&carrier, &store, "postgres");
+    for server in [server_a, server_b] {
+        let (status, log) = server.stop();
+        assert!(status.success(), "{log}");
+    }
+    let rate = |secs: f64| messages as f64 / secs;
+    eprintln!(
+        "drain: {messages} messages, 3 pools of {CAP} sessions, unpaced: one node on SQLite {:.0} msg/s ({sqlite:.2} s); \
+         two nodes on PostgreSQL {:.0} msg/s ({postgres:.2} s); PostgreSQL / SQLite {:.2}",
+        rate(sqlite),
+        rate(postgres),
+        sqlite / postgres
+    );
 }
