@@ -320,8 +320,25 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
     let lease = relay.settings.lease_secs.max(1);
     let node = node_name(&relay);
     tracing::info!(node = %node, "relay node");
-    let mut holds = Holds { node, lease, first: true };
-    let mut renew_at = tokio::time::Instant::now() + holds.renew(&relay, &pools, clock).await;
+    let mut holds = Holds { node: node.clone(), lease, first: true };
+    let first_renewal = holds.renew(&relay, &pools, clock).await;
+    // Holds and leases are renewed by a task of their own, so a slow
+    // report (a busy database) never lets them lapse under a live relay.
+    let renewals = {
+        let (relay, pools, shutdown) = (Arc::clone(&relay), pools.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut renew_at = tokio::time::Instant::now() + first_renewal;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        renew_at = tokio::time::Instant::now() + holds.renew(&relay, &pools, clock).await;
+                        renew_leases(&relay.store, &pools, lease).await;
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = wake.notified() => pools.iter().for_each(|p| p.wake.notify_one()),
@@ -329,19 +346,15 @@ pub(crate) async fn run_pools(relay: Arc<Relay>, hops: Arc<Hops>, wake: Arc<Noti
                 report(&relay, &pools, clock, &mut saved).await;
                 alerts.check(&relay, &pools).await;
             }
-            _ = tokio::time::sleep_until(renew_at) => {
-                renew_at = tokio::time::Instant::now() + holds.renew(&relay, &pools, clock).await;
-                renew_leases(&relay.store, &pools, lease).await;
-            }
             _ = shutdown.cancelled() => break,
         }
     }
+    let _ = renewals.await;
     while tasks.join_next().await.is_some() {}
     report(&relay, &pools, clock, &mut saved).await;
     if committer.await.is_err() {
         tracing::error!("the committer task failed; uncommitted rows come back after their lease");
     }
-    let node = holds.node.clone();
     if let Err(e) = blocking(&relay.store, move |s| s.let_go_pools(&node)).await {
         tracing::warn!(error = %e, "cannot give up the pools; another relay takes them over when the holds lapse");
     }

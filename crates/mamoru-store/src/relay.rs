@@ -12,7 +12,7 @@
 use mamoru_core::UnixTime;
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::Nonce;
-use crate::db::{Conn, OptionalExt, Row, Value, indexed_by, skip_locked};
+use crate::db::{Conn, OptionalExt, Row, ToValue, Value, indexed_by, skip_locked};
 use crate::params;
 
 use crate::states::OutboxState;
@@ -242,14 +242,21 @@ impl Store {
             }
         }
         let mut claimed: Vec<ClaimedRow> = Vec::with_capacity(ids.len());
-        {
-            let mut up = tx.prepare_cached(
-                "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1 WHERE id = ?2
+        // A statement per chunk of rows, not per row: on PostgreSQL each
+        // statement is a round trip.
+        for chunk in ids.chunks(BATCH) {
+            let sql = format!(
+                "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1 WHERE id IN ({})
                  RETURNING id, kind, sender, recipient_sealed, message_id, content_sealed, attempts, alert_id, subscriber_id",
-            )?;
-            for id in ids {
-                claimed.push(up.query_row(params![now + lease_secs, id], claimed_row)?);
-            }
+                id_marks(2, chunk.len())
+            );
+            let mut args = vec![Value::Int(now + lease_secs)];
+            args.extend(chunk.iter().map(|id| Value::Int(id.get())));
+            let mut rows = tx.query_map(&sql, &args, claimed_row)?;
+            // In the order the rows were chosen (priority, then age).
+            let order: std::collections::HashMap<OutboxId, usize> = chunk.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            rows.sort_by_key(|r| order.get(&r.0).copied().unwrap_or(usize::MAX));
+            claimed.extend(rows);
         }
         let claimed = attach_alerts(&tx, claimed, now)?;
         tx.commit()?;
@@ -278,11 +285,14 @@ impl Store {
         }
         let tx = self.begin()?;
         let mut n = 0;
-        {
-            let mut up = tx.prepare_cached("UPDATE outbox SET lease_until = ?1 WHERE id = ?2 AND state = 'sending' AND lease_until < ?1")?;
-            for id in ids {
-                n += up.execute(params![until, id])?;
-            }
+        for chunk in ids.chunks(BATCH) {
+            let sql = format!(
+                "UPDATE outbox SET lease_until = ?1 WHERE state = 'sending' AND lease_until < ?1 AND id IN ({})",
+                id_marks(2, chunk.len())
+            );
+            let mut args = vec![Value::Int(until)];
+            args.extend(chunk.iter().map(|id| Value::Int(id.get())));
+            n += tx.execute(&sql, &args)?;
         }
         tx.commit()?;
         Ok(n)
@@ -302,9 +312,21 @@ impl Store {
     /// Commits a group of outcomes in one transaction.
     pub fn record_outcomes(&self, outcomes: &[(OutboxId, OutcomeRecord)], now: UnixTime) -> Result<()> {
         let tx = self.begin()?;
+        // Most outcomes are acceptances: finished a chunk per statement.
+        let sent: Vec<OutboxId> = outcomes.iter().filter(|(_, o)| *o == OutcomeRecord::Sent).map(|(id, _)| *id).collect();
+        for chunk in sent.chunks(BATCH) {
+            let sql = format!(
+                "UPDATE outbox SET state = ?1, done_at = ?2, last_error = '', lease_until = 0
+                 WHERE state IN ('sending', 'queued') AND id IN ({})",
+                id_marks(3, chunk.len())
+            );
+            let mut args = vec![OutboxState::Sent.to_value(), Value::Int(now)];
+            args.extend(chunk.iter().map(|id| Value::Int(id.get())));
+            tx.execute(&sql, &args)?;
+        }
         for (id, outcome) in outcomes {
             match outcome {
-                OutcomeRecord::Sent => finish(&tx, *id, OutboxState::Sent, now, "")?,
+                OutcomeRecord::Sent => {}
                 OutcomeRecord::Failed { reason } => finish(&tx, *id, OutboxState::Failed, now, reason)?,
                 OutcomeRecord::Retry { at, reason } => {
                     tx.prepare_cached(
@@ -640,6 +662,14 @@ fn passes(filter: &DomainFilter, domain: &str) -> bool {
         DomainFilter::Only(d) => d.iter().any(|x| x == domain),
         DomainFilter::Except(d) => !d.iter().any(|x| x == domain),
     }
+}
+
+/// Rows per statement where many rows get the same change.
+const BATCH: usize = 256;
+
+/// `?first, ?first+1, …`: `n` numbered placeholders for an `IN` list.
+fn id_marks(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
 }
 
 fn finish(tx: &Conn<'_>, id: OutboxId, state: OutboxState, now: UnixTime, reason: &str) -> Result<()> {
