@@ -390,17 +390,11 @@ mod tests {
     use crate::admins::AdminAdded;
     use crate::alerts::{Drafted, NewAlert, PublishAuth, Published};
     use crate::pgtest::PgCluster;
-    use crate::{RegistrationLimits, RegistrationRequest, keys};
+    use crate::{RegistrationRequest, keys};
 
     const T0: UnixTime = 1_800_000_000;
     const WAIT: Duration = Duration::from_secs(10);
-    const LIMITS: RegistrationLimits = RegistrationLimits {
-        cooldown_secs: 300,
-        daily_cap: 5,
-        global_hourly_cap: 1000,
-        web_global_hourly_cap: 1000,
-        web_client_hourly_cap: 1000,
-    };
+    use crate::tests::LIMITS;
 
     fn addr(s: &str) -> EmailAddress {
         EmailAddress::parse(s).unwrap()

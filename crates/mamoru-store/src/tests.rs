@@ -25,7 +25,7 @@ fn fixture() -> Fixture {
     Fixture { store, cfg: Config::default(), keys, _dir: dir }
 }
 
-const LIMITS: RegistrationLimits = RegistrationLimits {
+pub(crate) const LIMITS: RegistrationLimits = RegistrationLimits {
     cooldown_secs: 300,
     daily_cap: 5,
     global_hourly_cap: 1000,

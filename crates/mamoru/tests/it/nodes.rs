@@ -5,7 +5,6 @@
 //! it accepted.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -290,15 +289,7 @@ fn postgres_down_means_451_and_75_and_the_node_reconnects_by_itself() {
     let url = format!("\"{}\"", cluster.url());
     let inst = Instance::new(&[("store.url", url.as_str()), ("relay.transport", "\"file\""), ("store.busy_timeout_ms", "1000")]);
     let mut server = inst.serve();
-    let lmtp = |server: &Server| {
-        let out = Command::new("swaks")
-            .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", "hanako@docomo.ne.jp", "--to", "ans@mamoru.test"])
-            .args(["--header", "Subject: ", "--body", " "])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run swaks");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    };
+    let lmtp = |server: &Server| swaks_lmtp(server, "hanako@docomo.ne.jp", "ans@mamoru.test");
 
     cluster.crash();
     let refused = lmtp(&server);
@@ -354,13 +345,8 @@ fn postgres_over_verified_tls() {
 
     let inst = Instance::new(&[("store.url", url.as_str()), ("store.tls_ca_file", ca_file.as_str()), ("relay.transport", "\"file\"")]);
     let server = inst.serve();
-    let out = Command::new("swaks")
-        .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", "hanako@docomo.ne.jp", "--to", "ans@mamoru.test"])
-        .args(["--header", "Subject: ", "--body", " "])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run swaks");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("250 2.0.0"), "{}", String::from_utf8_lossy(&out.stdout));
+    let reply = swaks_lmtp(&server, "hanako@docomo.ne.jp", "ans@mamoru.test");
+    assert!(reply.contains("250 2.0.0"), "{reply}");
     wait_for("登録受付", Duration::from_secs(20), || inst.mail_files().first().cloned());
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");

@@ -2,7 +2,6 @@
 //! flow with an independent LMTP client (swaks, Python's smtplib) and HTTP
 //! over a real socket.
 
-use std::process::Command;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -10,16 +9,6 @@ use rusqlite::Connection;
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(30);
-
-fn swaks_lmtp(server: &Server, from: &str, to: &str) -> String {
-    let out = Command::new("swaks")
-        .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", from, "--to", to])
-        .args(["--header", "Subject: ", "--body", " "])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run swaks (scripts/install-test-deps installs it)");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
 
 /// Python's smtplib as a second, independent LMTP client, driven command by
 /// command so every per-recipient reply after DATA is visible.

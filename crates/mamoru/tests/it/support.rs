@@ -378,3 +378,15 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// An empty mail over LMTP with swaks, as a phone's empty mail arrives:
+/// swaks's whole dialogue.
+pub fn swaks_lmtp(server: &Server, from: &str, to: &str) -> String {
+    let out = Command::new("swaks")
+        .args(["--protocol", "LMTP", "--server", &server.lmtp.to_string(), "--from", from, "--to", to])
+        .args(["--header", "Subject: ", "--body", " "])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run swaks (scripts/install-test-deps installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
