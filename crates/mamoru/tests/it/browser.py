@@ -127,7 +127,11 @@ try:
     driver.find_element(By.ID, "new-password").send_keys("a long enough password")
     driver.find_element(By.CSS_SELECTOR, "input[type=checkbox][name=district][value='2']").click()
     driver.find_element(By.CSS_SELECTOR, "main form[action$='/add'] button").click()
-    wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "main"), "を追加しました"))
+    # The page keeps its title, so the wait reads the text in one script: a
+    # script runs in whichever document is current, where an element found
+    # first can be gone (detached) by the time its text is asked for.
+    wait.until(lambda d: "を追加しました" in d.execute_script(
+        "const m = document.querySelector('main'); return m ? m.innerText : ''"))
     print("admin-admins:", driver.find_element(By.TAG_NAME, "table").text.replace("\n", " | "), flush=True)
     shot("admin-admins")
 finally:
