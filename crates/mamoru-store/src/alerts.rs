@@ -190,12 +190,17 @@ fn id_list(ids: &[u32]) -> String {
 /// sent: `expired` (a final state the relay never claims) with this reason.
 pub const RETRACTED_REASON: &str = "retracted before delivery";
 
+/// The outbox rows of alert `?1`. `alert_id <> 0` is the condition of
+/// `outbox_by_alert`, a partial index: written out, it lets both engines use
+/// that index for a parameter they cannot see.
+pub(crate) const ALERT_ROWS: &str = "alert_id <> 0 AND alert_id = ?1";
+
 /// The subscribers a follow-up of `report` goes to: those with a copy of the
 /// report that was not stopped by its retraction, still active — whatever
 /// districts they chose since. A subscriber who deleted the registration
 /// has no subscriber row any more.
 const FOLLOWUP_RECIPIENTS: &str = "s.status = 'active' AND EXISTS (SELECT 1 FROM outbox o
-         WHERE o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))";
+         WHERE o.alert_id <> 0 AND o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))";
 
 fn followup_where(report: AlertId) -> String {
     FOLLOWUP_RECIPIENTS.replace("?R", &report.to_string()).replace("?X", &format!("'{RETRACTED_REASON}'"))
@@ -397,11 +402,12 @@ impl Store {
     /// active subscriber of its districts — one transaction, so an alert goes
     /// to everyone or to no one, and only once.
     ///
-    /// The rows hold no content (`content_sealed` is empty): each is the
-    /// subscriber's sealed address as registered, the Message-ID
-    /// `alert.{alert}.{subscriber}@{mail_domain}` and the alert id. The relay
-    /// renders each copy when it sends it (`QueuedMail::alert`), from the
-    /// alert row and the subscriber's footer-link nonce, with the alert's
+    /// The rows hold neither content nor address (`content_sealed` and
+    /// `recipient_sealed` are empty): each is the subscriber id, the
+    /// Message-ID `alert.{alert}.{subscriber}@{mail_domain}` and the alert
+    /// id. The relay renders each copy when it sends it
+    /// (`QueuedMail::alert`), from the alert row and the subscriber's sealed
+    /// address and footer-link nonce, read at the claim, with the alert's
     /// `published_at` as its time, so a resend is identical. Publishing
     /// therefore opens no address, renders and seals nothing, and writes a
     /// small row per recipient.
@@ -469,17 +475,21 @@ impl Store {
                 // their subscribers get no retraction either.
                 let stopped = tx.execute(
                     "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
-                     WHERE state = 'queued' AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
+                     WHERE state = 'queued' AND alert_id <> 0
+                       AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
                     params![now, RETRACTED_REASON, report],
                 )?;
                 audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
             }
         }
         let recipients = recipients_where(&split_ids(&districts), report);
-        // One statement: SQLite walks the subscribers and writes the rows
-        // without a round trip through Rust per recipient. The address sealed
-        // at registration is reused: it is the same value, and sealing costs
-        // a nonce draw per row.
+        // One statement: the engine walks the subscribers and writes the rows
+        // without a round trip through Rust per recipient. A copy holds
+        // neither content nor address: the relay renders the one from the
+        // alert and reads the other, sealed at registration, from the
+        // subscriber's row when it claims the copy (`attach_alerts`). Bytes
+        // not copied are bytes not written at the publish, which is the
+        // moment that has to be fast (and one place less holding an address).
         //
         // Preferences are part of the same statement. Kinds: a first report
         // skips subscribers who turned its kind off (a follow-up goes to the
@@ -492,7 +502,7 @@ impl Store {
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
-             SELECT ?1, ?2, s.id, s.domain, ?3, s.addr_sealed, 'alert.' || CAST(?4 AS BIGINT) || '.' || s.id || '@' || ?5,
+             SELECT ?1, ?2, s.id, s.domain, ?3, ?13, 'alert.' || CAST(?4 AS BIGINT) || '.' || s.id || '@' || ?5,
                     ?13, ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
              FROM subscribers s
              WHERE {recipients}
@@ -571,10 +581,10 @@ impl Store {
     /// retraction stopped count as `cancelled`.
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st, COUNT(*)
-             FROM outbox WHERE alert_id = ?1 GROUP BY domain, st ORDER BY domain, st",
-        )?;
+             FROM outbox WHERE {ALERT_ROWS} GROUP BY domain, st ORDER BY domain, st"
+        ))?;
         let rows = stmt.query_map(params![id, RETRACTED_REASON], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_>>()
     }
@@ -596,9 +606,9 @@ impl Store {
     /// `(domain, copies sent, when the last one was)`.
     pub fn delivery_times(&self, id: AlertId) -> Result<Vec<(String, i64, UnixTime)>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT domain, COUNT(*), MAX(done_at) FROM outbox WHERE alert_id = ?1 AND state = 'sent' GROUP BY domain ORDER BY domain",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT domain, COUNT(*), MAX(done_at) FROM outbox WHERE {ALERT_ROWS} AND state = 'sent' GROUP BY domain ORDER BY domain"
+        ))?;
         let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_>>()
     }

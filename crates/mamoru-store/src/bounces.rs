@@ -185,10 +185,11 @@ pub(crate) fn suspend(tx: &Conn<'_>, subscriber: SubscriberId, reason: &str, now
         "UPDATE subscribers SET status = 'suspended', suspended_reason = ?1, suspended_at = ?2, updated_at = ?2 WHERE id = ?3",
         params![reason, now, subscriber],
     )?;
-    tx.execute(
-        "UPDATE outbox SET state = 'failed', done_at = ?1, last_error = 'subscriber suspended', lease_until = 0
-         WHERE subscriber_id = ?2 AND state = 'queued'",
-        params![now, subscriber],
-    )?;
+    for rows in crate::manage::OUTBOX_OF_SUBSCRIBER {
+        tx.execute(
+            &format!("UPDATE outbox SET state = 'failed', done_at = ?2, last_error = 'subscriber suspended', lease_until = 0 WHERE {rows} AND state = 'queued'"),
+            params![subscriber, now],
+        )?;
+    }
     Ok(())
 }

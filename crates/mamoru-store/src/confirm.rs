@@ -23,7 +23,7 @@ use mamoru_core::token::Nonce;
 use crate::db::OptionalExt;
 use crate::params;
 
-use crate::alerts::AlertId;
+use crate::alerts::{ALERT_ROWS, AlertId};
 use crate::{Result, Store, SubscriberId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Store {
         let conn = self.conn()?;
         let d: Option<u32> = conn
             .query_row(
-                "SELECT confirm_district FROM outbox WHERE alert_id = ?1 AND subscriber_id = ?2 ORDER BY id LIMIT 1",
+                &format!("SELECT confirm_district FROM outbox WHERE {ALERT_ROWS} AND subscriber_id = ?2"),
                 params![alert, subscriber],
                 |r| r.get(0),
             )
@@ -122,10 +122,10 @@ impl Store {
                 None => rows.push(ConfirmRow { district, carrier, delivered, confirmed }),
             }
         };
-        let mut st = conn.prepare(
-            "SELECT confirm_district, domain, COUNT(*) FROM outbox WHERE alert_id = ?1 AND state = 'sent'
-             GROUP BY confirm_district, domain",
-        )?;
+        let mut st = conn.prepare(&format!(
+            "SELECT confirm_district, domain, COUNT(*) FROM outbox WHERE {ALERT_ROWS} AND state = 'sent'
+             GROUP BY confirm_district, domain"
+        ))?;
         let sent = st.query_map(params![alert], |r| Ok((r.get::<u32>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)))?;
         for row in sent {
             let (d, domain, n) = row?;

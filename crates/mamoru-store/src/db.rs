@@ -36,6 +36,21 @@ use mamoru_core::{AdminId, AlertId, OutboxId, SubscriberId, TestId};
 
 use crate::{Result, StoreError};
 
+/// How a transaction on PostgreSQL is kept apart from concurrent ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// The default: the same answer as running the flows one at a time.
+    Serializable,
+    /// For the relay's own work on outbox rows only: rows it picks with
+    /// `FOR UPDATE SKIP LOCKED` or names by id, each statement guarded by
+    /// the row's state. PostgreSQL re-checks a locked row's condition
+    /// against its newest version, so nothing is claimed or finished twice;
+    /// and under `SERIALIZABLE` these busy, overlapping transactions
+    /// aborted each other through predicate locks on shared index pages
+    /// (see `Store::begin_rows`).
+    ReadCommitted,
+}
+
 /// Which SQL engine a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -284,9 +299,19 @@ impl<'a> Conn<'a> {
 
     /// Starts this connection's transaction (see the module's notes).
     pub(crate) fn begin(self) -> Result<Self> {
+        self.begin_at(Isolation::Serializable)
+    }
+
+    /// Starts this connection's transaction at `level` on PostgreSQL; on
+    /// SQLite every transaction takes the write lock and `level` changes
+    /// nothing.
+    pub(crate) fn begin_at(self, level: Isolation) -> Result<Self> {
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
-            Inner::Postgres(c) => c.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?,
+            Inner::Postgres(c) => c.batch(match level {
+                Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+                Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            })?,
         }
         self.in_tx.set(true);
         Ok(self)

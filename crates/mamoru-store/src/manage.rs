@@ -244,15 +244,24 @@ impl Store {
     }
 }
 
+/// The outbox rows of subscriber `?1`, in two parts, each found through an
+/// index: the copies of alerts through `outbox_by_alert (alert_id,
+/// subscriber_id)`, one probe per alert, and the other rows through
+/// `outbox_by_subscriber`, which holds those alone (a copy of an alert
+/// costs one index entry less when it is published).
+pub(crate) const OUTBOX_OF_SUBSCRIBER: [&str; 2] = [
+    "alert_id <> 0 AND alert_id IN (SELECT id FROM alerts) AND subscriber_id = ?1",
+    "alert_id = 0 AND subscriber_id = ?1",
+];
+
 /// Removes every trace of the address of `subscriber` (`index` is its blind
 /// index). Statistics without personal data stay.
 pub(crate) fn purge(tx: &Conn<'_>, subscriber: SubscriberId, index: &[u8]) -> Result<()> {
     tx.execute("DELETE FROM tokens WHERE subject_id = ?1 AND purpose IN ('register', 'manage', 'unsubscribe')", params![subscriber])?;
-    tx.execute("DELETE FROM outbox WHERE subscriber_id = ?1 AND state IN ('queued', 'sending')", params![subscriber])?;
-    tx.execute(
-        "UPDATE outbox SET recipient_sealed = ?2, content_sealed = ?2 WHERE subscriber_id = ?1",
-        params![subscriber, Vec::<u8>::new()],
-    )?;
+    for rows in OUTBOX_OF_SUBSCRIBER {
+        tx.execute(&format!("DELETE FROM outbox WHERE {rows} AND state IN ('queued', 'sending')"), params![subscriber])?;
+        tx.execute(&format!("UPDATE outbox SET recipient_sealed = ?2, content_sealed = ?2 WHERE {rows}"), params![subscriber, Vec::<u8>::new()])?;
+    }
     // A window of an older version, keyed by the address as typed.
     tx.execute("DELETE FROM rate_limits WHERE scope = 'register-addr' AND key = ?1", params![index])?;
     tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;

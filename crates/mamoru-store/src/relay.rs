@@ -180,14 +180,26 @@ impl Store {
     /// lease ran out (a relay died holding them). Expired rows are left to
     /// [`Store::expire_due`] and never returned.
     pub fn claim_due_in(&self, now: UnixTime, lease_secs: i64, limit: usize, filter: &DomainFilter) -> Result<Vec<QueuedMail>> {
-        let tx = self.begin()?;
+        let claimed = self.serially(|| self.claim_rows(now, lease_secs, limit, filter))?;
+        self.open_claimed(claimed)
+    }
+
+    fn claim_rows(
+        &self,
+        now: UnixTime,
+        lease_secs: i64,
+        limit: usize,
+        filter: &DomainFilter,
+    ) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
+        let tx = self.begin_rows()?;
         let mut ids: Vec<OutboxId> = Vec::with_capacity(limit);
         {
-            // Rows of a relay that died: few, so a scan of 'sending' is cheap.
+            // Rows of a relay that died: those whose lease ran out, from the
+            // index of leased rows.
             let mut stale = tx.prepare_cached(&format!(
                 "SELECT id, domain FROM outbox {}
                  WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id{}",
-                indexed_by(&tx, "outbox_due"),
+                indexed_by(&tx, "outbox_sending"),
                 skip_locked(&tx)
             ))?;
             let rows = stale.query_map(params![now], |r| Ok((r.get::<OutboxId>(0)?, r.get::<String>(1)?)))?;
@@ -260,7 +272,7 @@ impl Store {
         }
         let claimed = attach_alerts(&tx, claimed, now)?;
         tx.commit()?;
-        self.open_claimed(claimed)
+        Ok(claimed)
     }
 
     /// Opens claimed rows for delivery, after the claim committed (AEAD
@@ -283,12 +295,22 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let tx = self.begin()?;
+        self.serially(|| self.renew_leases_once(ids, until))
+    }
+
+    fn renew_leases_once(&self, ids: &[OutboxId], until: UnixTime) -> Result<usize> {
+        let tx = self.begin_rows()?;
         let mut n = 0;
         for chunk in ids.chunks(BATCH) {
+            // A row locked now is being finished by the relay's committer
+            // (or claimed again by another node, its lease already over):
+            // it needs no renewal, and waiting for it while holding the rows
+            // renewed so far could deadlock with that outcome group.
             let sql = format!(
-                "UPDATE outbox SET lease_until = ?1 WHERE state = 'sending' AND lease_until < ?1 AND id IN ({})",
-                id_marks(2, chunk.len())
+                "UPDATE outbox SET lease_until = ?1
+                 WHERE id IN (SELECT id FROM outbox WHERE state = 'sending' AND lease_until < ?1 AND id IN ({}){})",
+                id_marks(2, chunk.len()),
+                skip_locked(&tx)
             );
             let mut args = vec![Value::Int(until)];
             args.extend(chunk.iter().map(|id| Value::Int(id.get())));
@@ -309,9 +331,18 @@ impl Store {
         )
     }
 
-    /// Commits a group of outcomes in one transaction.
+    /// Commits a group of outcomes in one transaction, tried again if
+    /// PostgreSQL aborts it (a deadlock with a lease renewal of the same
+    /// rows, or a serialization failure).
     pub fn record_outcomes(&self, outcomes: &[(OutboxId, OutcomeRecord)], now: UnixTime) -> Result<()> {
-        let tx = self.begin()?;
+        self.serially(|| self.record_outcomes_once(outcomes, now))
+    }
+
+    fn record_outcomes_once(&self, outcomes: &[(OutboxId, OutcomeRecord)], now: UnixTime) -> Result<()> {
+        // Suspending an undeliverable subscriber reads and changes rows
+        // beyond the group's own: that needs the serializable transaction.
+        let suspends = outcomes.iter().any(|(_, o)| matches!(o, OutcomeRecord::Undeliverable { .. }));
+        let tx = if suspends { self.begin()? } else { self.begin_rows()? };
         // Most outcomes are acceptances: finished a chunk per statement.
         let sent: Vec<OutboxId> = outcomes.iter().filter(|(_, o)| *o == OutcomeRecord::Sent).map(|(id, _)| *id).collect();
         for chunk in sent.chunks(BATCH) {
@@ -544,35 +575,40 @@ impl Store {
 
     /// Like [`Store::outbox_shape`] for the rows still to deliver only
     /// (`queued`, `sending`): bounded by the queue, not by the history. The
-    /// relay's snapshot reads it once a second, so it is one pass over the
-    /// pool index alone (`outbox_pool_due` holds `created_at`), grouped in
-    /// that index's order without a sort: per state and domain, the rows
-    /// younger than each bucket's bound are counted, and a bucket is the
-    /// difference of two such counts.
+    /// relay's snapshot reads it once a second, so each state is one pass
+    /// over an index that holds that state's rows alone: the queued rows
+    /// from `outbox_pool_due` (which ends with `created_at`, so the rows
+    /// themselves are not read), grouped by domain in the index's order
+    /// without a sort; the leased rows (at most what the relays claimed)
+    /// from `outbox_sending`. Per state and domain, the rows younger than
+    /// each bucket's bound are counted, and a bucket is the difference of
+    /// two such counts.
     pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
         let conn = self.conn()?;
         let younger: String = AGE_BUCKETS_MIN
             .iter()
             .map(|m| format!(", CAST(SUM(CASE WHEN created_at > ?1 - {} THEN 1 ELSE 0 END) AS BIGINT)", m * 60))
             .collect();
-        let sql = format!(
-            "SELECT state, domain, COUNT(*), MIN(created_at){younger} FROM outbox {}
-             WHERE state IN ('queued', 'sending') GROUP BY state, domain",
-            indexed_by(&conn, "outbox_pool_due")
-        );
         let mut out: Vec<PendingRow> = Vec::new();
-        for r in conn.query_map(&sql, params![now], |r| Ok(Row::clone(r)))? {
-            let r = &r;
-            let total: i64 = r.get(2)?;
-            let mut buckets = Vec::with_capacity(AGE_BUCKETS_MIN.len() + 1);
-            let mut below = 0;
-            for i in 0..AGE_BUCKETS_MIN.len() {
-                let younger: i64 = r.get(4 + i)?;
-                buckets.push(younger - below);
-                below = younger;
+        for (state, index) in [("queued", "outbox_pool_due"), ("sending", "outbox_sending")] {
+            let sql = format!(
+                "SELECT domain, COUNT(*), MIN(created_at){younger} FROM outbox {}
+                 WHERE state = '{state}' GROUP BY domain",
+                indexed_by(&conn, index)
+            );
+            for r in conn.query_map(&sql, params![now], |r| Ok(Row::clone(r)))? {
+                let r = &r;
+                let total: i64 = r.get(1)?;
+                let mut buckets = Vec::with_capacity(AGE_BUCKETS_MIN.len() + 1);
+                let mut below = 0;
+                for i in 0..AGE_BUCKETS_MIN.len() {
+                    let younger: i64 = r.get(3 + i)?;
+                    buckets.push(younger - below);
+                    below = younger;
+                }
+                buckets.push(total - below);
+                out.push(PendingRow { domain: r.get(0)?, state: state.to_owned(), buckets, oldest: r.get(2)? });
             }
-            buckets.push(total - below);
-            out.push(PendingRow { domain: r.get(1)?, state: r.get(0)?, buckets, oldest: r.get(3)? });
         }
         out.sort_by(|a, b| (&a.domain, &a.state).cmp(&(&b.domain, &b.state)));
         Ok(out)
@@ -582,10 +618,11 @@ impl Store {
     /// (every row sent, failed or expired), with their publication time.
     pub fn alerts_finished(&self, ids: &[AlertId]) -> Result<Vec<(AlertId, UnixTime)>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT published_at FROM alerts WHERE id = ?1 AND state = 'published'
-             AND NOT EXISTS (SELECT 1 FROM outbox WHERE alert_id = ?1 AND state IN ('queued', 'sending'))",
-        )?;
+             AND NOT EXISTS (SELECT 1 FROM outbox WHERE {} AND state IN ('queued', 'sending'))",
+            crate::alerts::ALERT_ROWS
+        ))?;
         let mut out = Vec::new();
         for &id in ids {
             if let Some(at) = stmt.query_row(params![id], |r| r.get::<i64>(0)).optional()? {
@@ -626,8 +663,8 @@ impl Store {
 }
 
 /// Inside a claim's transaction: a row of a published alert has no content
-/// (see `Store::publish_alert`); it gets the subscriber's footer-link nonce
-/// instead, for the relay to render it. If the subscriber vanished meanwhile
+/// and no address (see `Store::publish_alert`); it gets the subscriber's
+/// sealed address and footer-link nonce, for the relay to render it. If the subscriber vanished meanwhile
 /// (deletion removes queued rows, so only a row leased at that moment can
 /// see this), the row is failed here and not returned.
 pub(crate) fn attach_alerts(
@@ -645,12 +682,20 @@ pub(crate) fn attach_alerts(
             continue;
         }
         let (alert_id, subscriber_id) = (AlertId::new(alert_id), SubscriberId::new(subscriber_id));
-        let nonce: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT link_nonce FROM subscribers WHERE id = ?1")?
-            .query_row(params![subscriber_id], |r| r.get(0))
+        let found: Option<(Vec<u8>, Vec<u8>)> = tx
+            .prepare_cached("SELECT link_nonce, addr_sealed FROM subscribers WHERE id = ?1")?
+            .query_row(params![subscriber_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        match nonce.and_then(|n| Nonce::try_from(n).ok()) {
-            Some(link_nonce) => out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce }))),
+        match found.and_then(|(n, addr)| Some((Nonce::try_from(n).ok()?, addr))) {
+            Some((link_nonce, addr)) => {
+                let mut row = row;
+                // Copies are queued without the address (see
+                // `Store::publish_alert`); one queued with it keeps its own.
+                if row.3.is_empty() {
+                    row.3 = addr;
+                }
+                out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce })))
+            }
             None => finish(tx, id, OutboxState::Failed, now, SUBSCRIBER_GONE)?,
         }
     }

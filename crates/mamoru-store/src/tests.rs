@@ -489,6 +489,65 @@ fn the_autoincrement_rebuild_keeps_rows_ids_and_their_districts() {
 }
 
 #[test]
+fn the_outbox_rebuild_keeps_rows_and_ids_and_each_index_holds_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    {
+        // A database as the version before fewer outbox indexes left it:
+        // rows 1–3, the newest deleted, one of them a copy of an alert.
+        let mut c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tx = c.transaction().unwrap();
+        for sql in &MIGRATIONS[..14] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 14).unwrap();
+        tx.commit().unwrap();
+        for _ in 0..3 {
+            insert_row(&c, "outbox");
+        }
+        c.execute("UPDATE outbox SET alert_id = 7, subscriber_id = 5, message_id = 'alert.7.5@x', state = 'sent' WHERE id = 2", []).unwrap();
+        c.execute("DELETE FROM outbox WHERE id = 3", []).unwrap();
+    }
+    let store = Store::open(dir.path(), &keys, Duration::from_millis(200)).unwrap();
+    let c = store.sqlite().unwrap();
+    let rows: Vec<(i64, i64, String)> = c
+        .prepare("SELECT id, alert_id, state FROM outbox ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rows, [(1, 0, "queued".to_owned()), (2, 7, "sent".to_owned())]);
+    // The deleted id stays used: the sequence came over with the rows.
+    assert_eq!(insert_row(&c, "outbox"), 4);
+    // Message-IDs stay unique: of plain rows by their index, of copies by
+    // (alert, subscriber), which the Message-ID is made of.
+    let plain: String = c.query_row("SELECT message_id FROM outbox WHERE id = 1", [], |r| r.get(0)).unwrap();
+    let again = c.execute("UPDATE outbox SET message_id = ?1 WHERE id = 4", [&plain]);
+    assert!(again.is_err(), "a second plain row with one Message-ID");
+    let copy = c.execute("UPDATE outbox SET alert_id = 7, subscriber_id = 5 WHERE id = 4", []);
+    assert!(copy.is_err(), "a second copy of one alert for one subscriber");
+    // Each query finds its rows through an index, though the partial
+    // indexes hold only some rows: the conditions that name them are in
+    // the query text.
+    let alerts = crate::alerts::ALERT_ROWS;
+    for sql in crate::manage::OUTBOX_OF_SUBSCRIBER
+        .iter()
+        .map(|rows| format!("SELECT id FROM outbox WHERE {rows}"))
+        .chain([format!("SELECT domain, COUNT(*) FROM outbox WHERE {alerts} GROUP BY domain")])
+    {
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([5], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("outbox USING")) && !plan.iter().any(|p| p.starts_with("SCAN outbox")), "{sql}: {plan:?}");
+    }
+}
+
+#[test]
 fn the_store_is_writable_until_another_process_holds_the_write_lock() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys::load_or_create(dir.path()).unwrap();

@@ -226,6 +226,81 @@ fn two_nodes_on_one_postgres_database_never_claim_the_same_row() {
     assert_eq!(nodes[1].outbox_counts().expect("counts").sending, 600);
 }
 
+/// The relay's busy transactions on PostgreSQL — two pools claiming, their
+/// acceptances committed in groups, the held rows' leases renewed — run
+/// side by side without PostgreSQL aborting one of them. Each is run once
+/// here, not through `serially`, so an abort is an error the test sees:
+/// under `SERIALIZABLE` these aborted each other by the dozen.
+#[test]
+fn claims_outcomes_and_renewals_together_on_postgres_are_never_refused() {
+    use std::sync::Mutex;
+    let cluster = crate::pgtest::PgCluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys::load_or_create(dir.path()).expect("keys");
+    let store = Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(10)).expect("store");
+    let domains = ["docomo.ne.jp", "au.com", "example.com"];
+    let mails: Vec<OutgoingMail> = (0..3000).map(|n| mail(&format!("p{n}@{}", domains[n % 3]), n)).collect();
+    store.queue_many(&mails, 0, T0, T0 + 3600).expect("queue");
+    let filters = [DomainFilter::Only(vec!["docomo.ne.jp".into()]), DomainFilter::Except(vec!["docomo.ne.jp".into()])];
+    // What the pools hold between their claim and its outcome.
+    let held: Mutex<Vec<OutboxId>> = Mutex::new(Vec::new());
+    let claiming = std::sync::atomic::AtomicUsize::new(filters.len());
+    let (claimed, renewed) = std::thread::scope(|s| {
+        let pools: Vec<_> = filters
+            .iter()
+            .map(|filter| {
+                let (store, held, claiming) = (&store, &held, &claiming);
+                s.spawn(move || {
+                    let pool = || -> Result<Vec<OutboxId>> {
+                        let mut mine = Vec::new();
+                        loop {
+                            let rows = store.claim_rows(T0, 600, 40, filter)?;
+                            if rows.is_empty() {
+                                return Ok(mine);
+                            }
+                            let ids: Vec<OutboxId> = rows.iter().map(|r| r.0.0).collect();
+                            held.lock().unwrap().extend(&ids);
+                            // Accepted, in two groups as the committer makes them.
+                            for group in ids.chunks(25) {
+                                let outcomes: Vec<_> = group.iter().map(|id| (*id, OutcomeRecord::Sent)).collect();
+                                store.record_outcomes_once(&outcomes, T0 + 1)?;
+                                held.lock().unwrap().retain(|id| !group.contains(id));
+                            }
+                            mine.extend(ids);
+                        }
+                    };
+                    let mine = pool();
+                    // Also when the pool failed, so the renewals stop.
+                    claiming.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    mine.expect("claim or outcomes")
+                })
+            })
+            .collect();
+        let renewals = s.spawn(|| {
+            let mut renewed = 0;
+            let mut until = T0 + 600;
+            while claiming.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                let ids: Vec<OutboxId> = held.lock().unwrap().clone();
+                until += 1;
+                match store.renew_leases_once(&ids, until) {
+                    Ok(n) => renewed += n,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(renewed)
+        });
+        let claimed: Vec<OutboxId> = pools.into_iter().flat_map(|p| p.join().expect("pool")).collect();
+        (claimed, renewals.join().expect("renewals").expect("renewal"))
+    });
+    let mut unique = claimed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((claimed.len(), unique.len()), (3000, 3000), "every row claimed once");
+    assert!(renewed > 0, "the renewals ran beside the claims");
+    let counts = store.outbox_counts().expect("counts");
+    assert_eq!((counts.sent, counts.sending, counts.queued), (3000, 0, 0));
+}
+
 #[test]
 fn one_relay_holds_a_pool_until_its_hold_lapses_or_it_lets_go() {
     let (_dir, store) = store();
