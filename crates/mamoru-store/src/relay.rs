@@ -192,24 +192,7 @@ impl Store {
         filter: &DomainFilter,
     ) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
         let tx = self.begin_rows()?;
-        let mut ids: Vec<OutboxId> = Vec::with_capacity(limit);
-        {
-            // Rows of a relay that died: those whose lease ran out, from the
-            // index of leased rows.
-            let mut stale = tx.prepare_cached(&format!(
-                "SELECT id, domain FROM outbox {}
-                 WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 ORDER BY id{}",
-                indexed_by(&tx, "outbox_sending"),
-                skip_locked(&tx)
-            ))?;
-            let rows = stale.query_map(params![now], |r| Ok((r.get::<OutboxId>(0)?, r.get::<String>(1)?)))?;
-            for row in rows {
-                let (id, domain) = row?;
-                if ids.len() < limit && passes(filter, &domain) {
-                    ids.push(id);
-                }
-            }
-        }
+        let mut ids = lapsed_rows(&tx, now, limit, filter)?;
         match filter {
             DomainFilter::Only(domains) => {
                 // One index range per domain, walked in priority order.
@@ -234,10 +217,15 @@ impl Store {
             DomainFilter::Except(domains) => {
                 let room = limit.saturating_sub(ids.len());
                 if room > 0 {
-                    let marks = vec!["?"; domains.len()].join(",");
+                    // Every domain when none is excepted (`NOT IN ()` is
+                    // SQLite's only).
+                    let not_in = match domains.len() {
+                        0 => String::new(),
+                        n => format!("AND domain NOT IN ({})", vec!["?"; n].join(",")),
+                    };
                     let sql = format!(
                         "SELECT id FROM outbox {}
-                         WHERE state = 'queued' AND next_attempt_at <= ? AND expires_at > ? AND domain NOT IN ({marks})
+                         WHERE state = 'queued' AND next_attempt_at <= ? AND expires_at > ? {not_in}
                          ORDER BY priority DESC, id LIMIT ?{}",
                         indexed_by(&tx, "outbox_queued_priority"),
                         skip_locked(&tx)
@@ -702,11 +690,32 @@ pub(crate) fn attach_alerts(
     Ok(out)
 }
 
-fn passes(filter: &DomainFilter, domain: &str) -> bool {
-    match filter {
-        DomainFilter::Only(d) => d.iter().any(|x| x == domain),
-        DomainFilter::Except(d) => !d.iter().any(|x| x == domain),
-    }
+/// The first step of a claim: rows of a relay that died, those of the
+/// pool `filter` names whose lease ran out, from the index of leased rows.
+/// No more than the claim takes: on PostgreSQL every row this returns stays
+/// locked until the commit, and a dead node may have left tens of thousands.
+fn lapsed_rows(tx: &Conn<'_>, now: UnixTime, limit: usize, filter: &DomainFilter) -> Result<Vec<OutboxId>> {
+    let (domains, not) = match filter {
+        DomainFilter::Only(d) => (d, ""),
+        DomainFilter::Except(d) => (d, "NOT "),
+    };
+    let pool = match (domains.is_empty(), not) {
+        (true, "") => "AND 1 = 0".to_string(),
+        (true, _) => String::new(),
+        (false, _) => format!("AND domain {not}IN ({})", id_marks(2, domains.len())),
+    };
+    let sql = format!(
+        "SELECT id FROM outbox {}
+         WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 {pool}
+         ORDER BY id LIMIT ?{}{}",
+        indexed_by(tx, "outbox_sending"),
+        domains.len() + 2,
+        skip_locked(tx)
+    );
+    let mut args = vec![Value::Int(now)];
+    args.extend(domains.iter().map(|d| Value::Text(d.clone())));
+    args.push(Value::Int(limit as i64));
+    tx.query_map(&sql, &args, |r| r.get::<OutboxId>(0))
 }
 
 /// Rows per statement where many rows get the same change.

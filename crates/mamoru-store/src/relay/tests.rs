@@ -62,6 +62,34 @@ fn claims_are_per_pool_and_outcomes_commit_in_groups() {
     assert_eq!(back.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(), [(ids[3], 3)]);
 }
 
+/// A dead relay's rows come back to the pool they belong to, no more at
+/// once than a claim takes, and the claim of one pool leaves the other
+/// pools' lapsed rows free (on PostgreSQL: unlocked) for theirs.
+#[test]
+fn lapsed_rows_come_back_per_pool_and_no_more_than_the_claim_takes() {
+    let (_dir, store) = store();
+    let mails: Vec<OutgoingMail> =
+        (0..12).map(|n| mail(&format!("p{n}@{}", ["docomo.ne.jp", "au.com", "example.com"][n % 3]), n)).collect();
+    let ids = store.queue_many(&mails, 0, T0, T0 + 3600).expect("queue");
+    assert_eq!(store.claim_due_in(T0, 60, 100, &DomainFilter::Except(vec![])).expect("claim").len(), 12);
+    // The leases lapse (the relay died).
+    let docomo = DomainFilter::Only(vec!["docomo.ne.jp".into()]);
+    let other = DomainFilter::Except(vec!["docomo.ne.jp".into(), "au.com".into()]);
+    let tx = store.begin_rows().expect("begin");
+    assert_eq!(lapsed_rows(&tx, T0 + 61, 3, &docomo).expect("lapsed"), [ids[0], ids[3], ids[6]]);
+    // While that claim is open, the other pool's rows are still its own
+    // (SQLite has one writer at a time: nothing to see there).
+    if store.dialect() == crate::db::Dialect::Postgres {
+        let others = store.claim_due_in(T0 + 61, 60, 100, &other).expect("claim");
+        assert_eq!(others.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[2], ids[5], ids[8], ids[11]]);
+    }
+    drop(tx);
+    let docomo_rows = store.claim_due_in(T0 + 61, 60, 2, &docomo).expect("claim");
+    assert_eq!(docomo_rows.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[0], ids[3]]);
+    let au = store.claim_due_in(T0 + 61, 60, 100, &DomainFilter::Only(vec!["au.com".into()])).expect("claim");
+    assert_eq!(au.len(), 4);
+}
+
 #[test]
 fn expiry_and_shape() {
     let (_dir, store) = store();
