@@ -243,11 +243,24 @@ fn open(backend: Backend) -> Bench {
             Bench { backend, store: Arc::new(store), sql, keys, _dir: dir, _cluster: None }
         }
         Backend::Postgres => {
-            let cluster = PgCluster::start();
+            let mut cluster = PgCluster::start();
+            // Server settings other than the test cluster's, e.g.
+            // `BENCH_PG_SETTINGS=shared_buffers=128MB` (PostgreSQL's own
+            // default, where pgtest keeps 16 MB for its many small clusters).
+            let settings = std::env::var("BENCH_PG_SETTINGS").unwrap_or_default();
+            if !settings.is_empty() {
+                let sql = Sql::postgres(&cluster.url());
+                for setting in settings.split(',') {
+                    let (name, value) = setting.split_once('=').expect("BENCH_PG_SETTINGS: name=value,…");
+                    sql.batch(&format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")));
+                }
+                drop(sql);
+                cluster.restart();
+            }
             let store = Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(30)).expect("store");
             let sql = Sql::postgres(&cluster.url());
             let version = sql_text(&sql, "SHOW server_version");
-            eprintln!("[postgres] PostgreSQL {version}");
+            eprintln!("[postgres] PostgreSQL {version}, shared_buffers {}", sql_text(&sql, "SHOW shared_buffers"));
             Bench { backend, store: Arc::new(store), sql, keys, _dir: dir, _cluster: Some(cluster) }
         }
     }
