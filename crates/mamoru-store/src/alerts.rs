@@ -402,12 +402,13 @@ impl Store {
     /// active subscriber of its districts — one transaction, so an alert goes
     /// to everyone or to no one, and only once.
     ///
-    /// The rows hold neither content nor address (`content_sealed` and
-    /// `recipient_sealed` are empty): each is the subscriber id, the
-    /// Message-ID `alert.{alert}.{subscriber}@{mail_domain}` and the alert
-    /// id. The relay renders each copy when it sends it
-    /// (`QueuedMail::alert`), from the alert row and the subscriber's sealed
-    /// address and footer-link nonce, read at the claim, with the alert's
+    /// The rows hold neither content, address, sender nor Message-ID
+    /// (`content_sealed`, `recipient_sealed`, `sender` and `message_id` are
+    /// empty): each is the subscriber, its domain and the alert id. The
+    /// alert keeps `sender` and `mail_domain`; the claim gives each copy the
+    /// Message-ID `alert.{alert}.{subscriber}@{mail_domain}` and the
+    /// subscriber's sealed address and footer-link nonce. The relay renders
+    /// each copy when it sends it (`QueuedMail::alert`), with the alert's
     /// `published_at` as its time, so a resend is identical. Publishing
     /// therefore opens no address, renders and seals nothing, and writes a
     /// small row per recipient.
@@ -485,11 +486,13 @@ impl Store {
         let recipients = recipients_where(&split_ids(&districts), report);
         // One statement: the engine walks the subscribers and writes the rows
         // without a round trip through Rust per recipient. A copy holds
-        // neither content nor address: the relay renders the one from the
-        // alert and reads the other, sealed at registration, from the
-        // subscriber's row when it claims the copy (`attach_alerts`). Bytes
-        // not copied are bytes not written at the publish, which is the
-        // moment that has to be fast (and one place less holding an address).
+        // neither content nor address nor sender nor Message-ID: the relay
+        // renders the content from the alert, and the claim reads the
+        // address, sealed at registration, from the subscriber's row and
+        // builds the rest from the alert's `sender` and `mail_domain`
+        // (`attach_alerts`). Bytes not copied are bytes not written at the
+        // publish, which is the moment that has to be fast (and one place
+        // less holding an address).
         //
         // Preferences are part of the same statement. Kinds: a first report
         // skips subscribers who turned its kind off (a follow-up goes to the
@@ -497,13 +500,13 @@ impl Store {
         // the alert is 緊急, a row of a subscriber inside their quiet window
         // waits until the window ends (`next_attempt_at`), and its expiry
         // counts from then.
-        let delay = quiet_wait("?8", "?9", "?10");
-        let kind_off = kind_off("?11", "?12");
+        tx.execute("UPDATE alerts SET sender = ?1, mail_domain = ?2 WHERE id = ?3", params![sender, mail_domain, id])?;
+        let delay = quiet_wait("?6", "?7", "?8");
+        let kind_off = kind_off("?9", "?10");
         let insert = format!(
             "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
                                  content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
-             SELECT ?1, ?2, s.id, s.domain, ?3, ?13, 'alert.' || CAST(?4 AS BIGINT) || '.' || s.id || '@' || ?5,
-                    ?13, ?6 + {delay}, ?6, ?7 + {delay}, ?4, {confirm_district}
+             SELECT ?1, ?2, s.id, s.domain, '', ?11, '', ?11, ?4 + {delay}, ?4, ?5 + {delay}, ?3, {confirm_district}
              FROM subscribers s
              WHERE {recipients}
                AND NOT {kind_off}
@@ -515,9 +518,7 @@ impl Store {
             params![
                 MailKind::Alert.as_str(),
                 ALERT_PRIORITY,
-                sender,
                 id,
-                mail_domain,
                 now,
                 expires_at,
                 minute,
@@ -749,26 +750,19 @@ use mamoru_core::SubscriberId;
         to.sort();
         let to: Vec<&str> = to.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(to, ["a@docomo.ne.jp", "b@ezweb.ne.jp", "d@i.softbank.jp"]);
-        // Nothing personal in clear, and no content, in the alert rows.
+        // The alert rows hold no content, no address (not even sealed), no
+        // sender and no Message-ID: the claim above made them.
         let conn = store.conn().unwrap();
-        let (content, plain): (i64, i64) = conn
+        let held: (i64, i64, i64, i64) = conn
             .query_row(
-                match store.dialect() {
-                    crate::db::Dialect::Sqlite => {
-                        "SELECT SUM(length(content_sealed)), SUM(instr(recipient_sealed, CAST('docomo' AS BLOB)))
-                         FROM outbox WHERE alert_id = ?1"
-                    }
-                    crate::db::Dialect::Postgres => {
-                        "SELECT CAST(SUM(length(content_sealed)) AS BIGINT),
-                                CAST(SUM(position(CAST('docomo' AS BYTEA) IN recipient_sealed)) AS BIGINT)
-                         FROM outbox WHERE alert_id = ?1"
-                    }
-                },
+                "SELECT CAST(SUM(length(content_sealed)) AS BIGINT), CAST(SUM(length(recipient_sealed)) AS BIGINT),
+                        CAST(SUM(length(sender)) AS BIGINT), CAST(SUM(length(message_id)) AS BIGINT)
+                 FROM outbox WHERE alert_id = ?1",
                 params![alert],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .unwrap();
-        assert_eq!((content, plain), (0, 0));
+        assert_eq!(held, (0, 0, 0, 0));
     }
 
     #[test]

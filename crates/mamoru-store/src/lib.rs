@@ -77,6 +77,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_outbox_shape_index.sql"),
     include_str!("migrations/0014_relay_holders.sql"),
     include_str!("migrations/0015_outbox_fewer_indexes.sql"),
+    include_str!("migrations/0016_alert_copy_identity.sql"),
 ];
 
 /// The footer-link nonce of a subscriber who never confirmed (the

@@ -26,6 +26,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/pg/0013_schema.sql")),
     (14, include_str!("migrations/pg/0014_relay_holders.sql")),
     (15, include_str!("migrations/pg/0015_outbox_fewer_indexes.sql")),
+    (16, include_str!("migrations/pg/0016_alert_copy_identity.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across nodes.

@@ -661,6 +661,8 @@ pub(crate) fn attach_alerts(
     now: UnixTime,
 ) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
     let mut out = Vec::with_capacity(rows.len());
+    // Per alert: the sender and Message-ID domain of its copies.
+    let mut identities: std::collections::HashMap<i64, (String, String)> = std::collections::HashMap::new();
     for row in rows {
         let (id, alert_id, subscriber_id) = (row.0, row.7, row.8);
         // Alert rows queued with their full content (before the splice) are
@@ -677,10 +679,22 @@ pub(crate) fn attach_alerts(
         match found.and_then(|(n, addr)| Some((Nonce::try_from(n).ok()?, addr))) {
             Some((link_nonce, addr)) => {
                 let mut row = row;
-                // Copies are queued without the address (see
-                // `Store::publish_alert`); one queued with it keeps its own.
+                // Copies are queued without address, sender and Message-ID
+                // (see `Store::publish_alert`); one queued with them by an
+                // older version keeps its own.
                 if row.3.is_empty() {
                     row.3 = addr;
+                }
+                if row.4.is_empty() {
+                    let identity = match identities.entry(alert_id.get()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                            tx.prepare_cached("SELECT sender, mail_domain FROM alerts WHERE id = ?1")?
+                                .query_row(params![alert_id], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                        ),
+                    };
+                    row.2 = identity.0.clone();
+                    row.4 = format!("alert.{alert_id}.{subscriber_id}@{}", identity.1);
                 }
                 out.push((row, Some(AlertRef { alert_id, subscriber_id, link_nonce })))
             }
