@@ -230,6 +230,10 @@ fn run(backend: Backend, cfg: &Config, items: &[(EmailAddress, Vec<u32>)], reps:
         prefs.push(secs);
         rows_prefs = recipients;
     }
+    // The server's log, e.g. with BENCH_PG_SETTINGS naming auto_explain.
+    if let (Some(cluster), Ok("1")) = (&bench._cluster, std::env::var("BENCH_PG_LOG").as_deref()) {
+        eprintln!("[postgres] server log:\n{}", cluster.log());
+    }
     Figures { backend, plain, prefs, rows_plain, rows_prefs }
 }
 
@@ -250,6 +254,10 @@ fn open(backend: Backend) -> Bench {
             let settings = std::env::var("BENCH_PG_SETTINGS").unwrap_or_default();
             if !settings.is_empty() {
                 let sql = Sql::postgres(&cluster.url());
+                if settings.contains("auto_explain.") {
+                    // Its settings are known once the module is loaded.
+                    sql.batch("LOAD 'auto_explain'");
+                }
                 for setting in settings.split(',') {
                     let (name, value) = setting.split_once('=').expect("BENCH_PG_SETTINGS: name=value,…");
                     sql.batch(&format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")));
