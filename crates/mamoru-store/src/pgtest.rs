@@ -161,7 +161,10 @@ impl PgCluster {
         let text = fs::read_to_string(&hba).unwrap_or_else(|e| panic!("pgtest: cannot read {}: {e}", hba.display()));
         let text: String = text
             .lines()
-            .map(|l| if l.starts_with("host ") { format!("hostssl {}\n", &l[5..]) } else { format!("{l}\n") })
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
             .collect();
         fs::write(&hba, text).unwrap_or_else(|e| panic!("pgtest: cannot write {}: {e}", hba.display()));
         self.restart();

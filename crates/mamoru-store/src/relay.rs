@@ -9,6 +9,9 @@
 //! - A recipient the carrier refuses as unknown is suspended in the same
 //!   transaction, and its other queued mail is failed with it.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use mamoru_core::UnixTime;
 use mamoru_core::mail::{MailKind, OutgoingMail};
 use mamoru_core::token::Nonce;
@@ -662,7 +665,7 @@ pub(crate) fn attach_alerts(
 ) -> Result<Vec<(ClaimedRow, Option<AlertRef>)>> {
     let mut out = Vec::with_capacity(rows.len());
     // Per alert: the sender and Message-ID domain of its copies.
-    let mut identities: std::collections::HashMap<i64, Option<(String, String)>> = std::collections::HashMap::new();
+    let mut identities: HashMap<i64, Option<(String, String)>> = HashMap::new();
     for row in rows {
         let (id, alert_id, subscriber_id) = (row.0, row.7, row.8);
         // Alert rows queued with their full content (before the splice) are
@@ -686,18 +689,19 @@ pub(crate) fn attach_alerts(
                     row.3 = addr;
                 }
                 if row.4.is_empty() {
-                    if !identities.contains_key(&alert_id.get()) {
-                        let found = tx
-                            .prepare_cached("SELECT sender, mail_domain FROM alerts WHERE id = ?1")?
-                            .query_row(params![alert_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()?;
-                        identities.insert(alert_id.get(), found);
-                    }
+                    let identity = match identities.entry(alert_id.get()) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(
+                            tx.prepare_cached("SELECT sender, mail_domain FROM alerts WHERE id = ?1")?
+                                .query_row(params![alert_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()?,
+                        ),
+                    };
                     // An alert gone from under its copies (a hand-edited
                     // database) leaves them as they are: the relay fails
                     // each as it finds no alert to render, and other mail
                     // flows on.
-                    if let Some(Some((sender, domain))) = identities.get(&alert_id.get()) {
+                    if let Some((sender, domain)) = identity {
                         row.2 = sender.clone();
                         row.4 = format!("alert.{alert_id}.{subscriber_id}@{domain}");
                     }
