@@ -220,22 +220,17 @@ impl Store {
             DomainFilter::Except(domains) => {
                 let room = limit.saturating_sub(ids.len());
                 if room > 0 {
-                    // Every domain when none is excepted (`NOT IN ()` is
-                    // SQLite's only).
-                    let not_in = match domains.len() {
-                        0 => String::new(),
-                        n => format!("AND domain NOT IN ({})", vec!["?"; n].join(",")),
-                    };
+                    let (pool, mut args) = pool_rows(filter, 2);
                     let sql = format!(
                         "SELECT id FROM outbox {}
-                         WHERE state = 'queued' AND next_attempt_at <= ? AND expires_at > ? {not_in}
-                         ORDER BY priority DESC, id LIMIT ?{}",
+                         WHERE state = 'queued' AND next_attempt_at <= ?1 AND expires_at > ?1 {pool}
+                         ORDER BY priority DESC, id LIMIT ?{}{}",
                         indexed_by(&tx, "outbox_queued_priority"),
+                        domains.len() + 2,
                         skip_locked(&tx)
                     );
                     let mut q = tx.prepare_cached(&sql)?;
-                    let mut args: Vec<Value> = vec![Value::Int(now), Value::Int(now)];
-                    args.extend(domains.iter().map(|d| Value::Text(d.clone())));
+                    args.insert(0, Value::Int(now));
                     args.push(Value::Int(room as i64));
                     let rows = q.query_map(&args, |r| r.get::<OutboxId>(0))?;
                     for id in rows {
@@ -653,11 +648,12 @@ impl Store {
     }
 }
 
-/// Inside a claim's transaction: a row of a published alert has no content
-/// and no address (see `Store::publish_alert`); it gets the subscriber's
-/// sealed address and footer-link nonce, for the relay to render it. If the subscriber vanished meanwhile
-/// (deletion removes queued rows, so only a row leased at that moment can
-/// see this), the row is failed here and not returned.
+/// Inside a claim's transaction: a row of a published alert has no content,
+/// address, sender or Message-ID (see `Store::publish_alert`); it gets the
+/// subscriber's sealed address and footer-link nonce and the alert's sender
+/// and Message-ID domain, for the relay to render it. If the subscriber
+/// vanished meanwhile (deletion removes queued rows, so only a row leased at
+/// that moment can see this), the row is failed here and not returned.
 pub(crate) fn attach_alerts(
     tx: &Conn<'_>,
     rows: Vec<ClaimedRow>,
@@ -719,27 +715,35 @@ pub(crate) fn attach_alerts(
 /// No more than the claim takes: on PostgreSQL every row this returns stays
 /// locked until the commit, and a dead node may have left tens of thousands.
 fn lapsed_rows(tx: &Conn<'_>, now: UnixTime, limit: usize, filter: &DomainFilter) -> Result<Vec<OutboxId>> {
-    let (domains, not) = match filter {
-        DomainFilter::Only(d) => (d, ""),
-        DomainFilter::Except(d) => (d, "NOT "),
-    };
-    let pool = match (domains.is_empty(), not) {
-        (true, "") => "AND 1 = 0".to_string(),
-        (true, _) => String::new(),
-        (false, _) => format!("AND domain {not}IN ({})", id_marks(2, domains.len())),
-    };
+    let (pool, mut args) = pool_rows(filter, 2);
     let sql = format!(
         "SELECT id FROM outbox {}
          WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 {pool}
          ORDER BY id LIMIT ?{}{}",
         indexed_by(tx, "outbox_sending"),
-        domains.len() + 2,
+        args.len() + 2,
         skip_locked(tx)
     );
-    let mut args = vec![Value::Int(now)];
-    args.extend(domains.iter().map(|d| Value::Text(d.clone())));
+    args.insert(0, Value::Int(now));
     args.push(Value::Int(limit as i64));
     tx.query_map(&sql, &args, |r| r.get::<OutboxId>(0))
+}
+
+/// The condition on `domain` for the rows of the pool `filter` names, with
+/// its placeholders numbered from `first`, and their values. An empty
+/// exception list is every domain, an empty list of domains none (`IN ()`
+/// is SQLite's only).
+fn pool_rows(filter: &DomainFilter, first: usize) -> (String, Vec<Value>) {
+    let (domains, not) = match filter {
+        DomainFilter::Only(d) => (d, ""),
+        DomainFilter::Except(d) => (d, "NOT "),
+    };
+    let sql = match (domains.is_empty(), filter) {
+        (true, DomainFilter::Only(_)) => "AND 1 = 0".to_string(),
+        (true, DomainFilter::Except(_)) => String::new(),
+        (false, _) => format!("AND domain {not}IN ({})", id_marks(first, domains.len())),
+    };
+    (sql, domains.iter().map(|d| Value::Text(d.clone())).collect())
 }
 
 /// Rows per statement where many rows get the same change.
