@@ -78,6 +78,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_relay_holders.sql"),
     include_str!("migrations/0015_outbox_fewer_indexes.sql"),
     include_str!("migrations/0016_alert_copy_identity.sql"),
+    include_str!("migrations/0017_outbox_one_claim_index.sql"),
 ];
 
 /// The footer-link nonce of a subscriber who never confirmed (the

@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("migrations/pg/0014_relay_holders.sql")),
     (15, include_str!("migrations/pg/0015_outbox_fewer_indexes.sql")),
     (16, include_str!("migrations/pg/0016_alert_copy_identity.sql")),
+    (17, include_str!("migrations/pg/0017_outbox_one_claim_index.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across nodes.

@@ -179,8 +179,11 @@ impl Store {
     }
 
     /// Claims up to `limit` due rows whose recipient domain passes `filter`,
-    /// leased for `lease_secs`: queued rows in priority order, and rows whose
-    /// lease ran out (a relay died holding them). Expired rows are left to
+    /// leased for `lease_secs`: first rows whose lease ran out (a relay died
+    /// holding them), then queued rows domain by domain, each domain in
+    /// priority order. [`DomainFilter::Only`] takes its domains in the order
+    /// given; [`DomainFilter::Except`] in the order of each domain's first
+    /// row (priority, then age). Expired rows are left to
     /// [`Store::expire_due`] and never returned.
     pub fn claim_due_in(&self, now: UnixTime, lease_secs: i64, limit: usize, filter: &DomainFilter) -> Result<Vec<QueuedMail>> {
         let claimed = self.serially(|| self.claim_rows(now, lease_secs, limit, filter))?;
@@ -197,45 +200,14 @@ impl Store {
         let tx = self.begin_rows()?;
         let mut ids = lapsed_rows(&tx, now, limit, filter)?;
         match filter {
-            DomainFilter::Only(domains) => {
-                // One index range per domain, walked in priority order.
-                let mut q = tx.prepare_cached(&format!(
-                    "SELECT id FROM outbox {}
-                     WHERE state = 'queued' AND domain = ?1 AND next_attempt_at <= ?2 AND expires_at > ?2
-                     ORDER BY priority DESC, id LIMIT ?3{}",
-                    indexed_by(&tx, "outbox_pool_due"),
-                    skip_locked(&tx)
-                ))?;
-                for d in domains {
-                    let room = limit.saturating_sub(ids.len());
-                    if room == 0 {
-                        break;
-                    }
-                    let rows = q.query_map(params![d, now, room as i64], |r| r.get::<OutboxId>(0))?;
-                    for id in rows {
-                        ids.push(id?);
-                    }
-                }
-            }
-            DomainFilter::Except(domains) => {
-                let room = limit.saturating_sub(ids.len());
-                if room > 0 {
-                    let (pool, mut args) = pool_rows(filter, 2);
-                    let sql = format!(
-                        "SELECT id FROM outbox {}
-                         WHERE state = 'queued' AND next_attempt_at <= ?1 AND expires_at > ?1 {pool}
-                         ORDER BY priority DESC, id LIMIT ?{}{}",
-                        indexed_by(&tx, "outbox_queued_priority"),
-                        domains.len() + 2,
-                        skip_locked(&tx)
-                    );
-                    let mut q = tx.prepare_cached(&sql)?;
-                    args.insert(0, Value::Int(now));
-                    args.push(Value::Int(room as i64));
-                    let rows = q.query_map(&args, |r| r.get::<OutboxId>(0))?;
-                    for id in rows {
-                        ids.push(id?);
-                    }
+            DomainFilter::Only(domains) => queued_rows(&tx, now, limit, domains, &mut ids)?,
+            DomainFilter::Except(excluded) => {
+                if ids.len() < limit {
+                    let mut heads = queued_heads(&tx)?;
+                    heads.retain(|(domain, _, _)| !excluded.contains(domain));
+                    heads.sort_by_key(|&(_, priority, id)| (std::cmp::Reverse(priority), id));
+                    let domains: Vec<String> = heads.into_iter().map(|(domain, _, _)| domain).collect();
+                    queued_rows(&tx, now, limit, &domains, &mut ids)?;
                 }
             }
         }
@@ -727,6 +699,59 @@ fn lapsed_rows(tx: &Conn<'_>, now: UnixTime, limit: usize, filter: &DomainFilter
     args.insert(0, Value::Int(now));
     args.push(Value::Int(limit as i64));
     tx.query_map(&sql, &args, |r| r.get::<OutboxId>(0))
+}
+
+/// The second step of a claim: queued rows that are due, domain by domain
+/// in the order given and each domain in priority order, until the claim
+/// holds `limit` rows. One range of `outbox_pool_due` per domain.
+fn queued_rows(tx: &Conn<'_>, now: UnixTime, limit: usize, domains: &[String], ids: &mut Vec<OutboxId>) -> Result<()> {
+    let mut q = tx.prepare_cached(&format!(
+        "SELECT id FROM outbox {}
+         WHERE state = 'queued' AND domain = ?1 AND next_attempt_at <= ?2 AND expires_at > ?2
+         ORDER BY priority DESC, id LIMIT ?3{}",
+        indexed_by(tx, "outbox_pool_due"),
+        skip_locked(tx)
+    ))?;
+    for d in domains {
+        let room = limit.saturating_sub(ids.len());
+        if room == 0 {
+            break;
+        }
+        let rows = q.query_map(params![d, now, room as i64], |r| r.get::<OutboxId>(0))?;
+        for id in rows {
+            ids.push(id?);
+        }
+    }
+    Ok(())
+}
+
+/// Every domain with queued rows, with the first of them in claim order
+/// (priority, id): the pool of the domains no carrier names takes its
+/// domains in the order of these rows, so it starts where the most urgent
+/// and then the oldest mail waits, and a domain waits behind another for
+/// one claim at most.
+///
+/// A walk of `outbox_pool_due` that jumps from one domain to the next (a
+/// descent per domain, however many rows each holds): neither engine skips
+/// through an index by itself. Queued rows that are not due yet count
+/// here; the claim passes over them as a carrier pool's does.
+fn queued_heads(tx: &Conn<'_>) -> Result<Vec<(String, i64, OutboxId)>> {
+    tx.query_map(&queued_heads_sql(tx), &[], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+}
+
+fn queued_heads_sql(tx: &Conn<'_>) -> String {
+    let index = indexed_by(tx, "outbox_pool_due");
+    format!(
+        "WITH RECURSIVE heads (id) AS (
+             SELECT (SELECT id FROM outbox {index} WHERE state = 'queued' ORDER BY domain, priority DESC, id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT n.id FROM outbox n {index}
+                     WHERE n.state = 'queued' AND n.domain > (SELECT o.domain FROM outbox o WHERE o.id = h.id)
+                     ORDER BY n.domain, n.priority DESC, n.id LIMIT 1)
+             FROM heads h WHERE h.id IS NOT NULL
+         )
+         SELECT o.domain, o.priority, o.id FROM heads h JOIN outbox o ON o.id = h.id"
+    )
 }
 
 /// The condition on `domain` for the rows of the pool `filter` names, with

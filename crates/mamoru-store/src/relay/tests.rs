@@ -90,6 +90,39 @@ fn lapsed_rows_come_back_per_pool_and_no_more_than_the_claim_takes() {
     assert_eq!(au.len(), 4);
 }
 
+/// The pool of the domains no carrier names takes its domains in the order
+/// of their first queued row, priority and then age, and each domain in
+/// priority order; what one claim leaves, the next one starts with.
+#[test]
+fn the_other_domains_are_claimed_by_their_first_row_priority_then_age() {
+    let (_dir, store) = store();
+    let queue = |to: &str, n: usize, priority: i64| store.queue_many(&[mail(to, n)], priority, T0, T0 + 3600).expect("queue")[0];
+    let example = queue("a@example.com", 1, 0);
+    let gmail_low = queue("b@gmail.com", 2, 0);
+    let yahoo = queue("c@yahoo.co.jp", 3, 100);
+    let gmail_high = queue("d@gmail.com", 4, 100);
+    let docomo = queue("e@docomo.ne.jp", 5, 100);
+    let later = queue("f@yahoo.co.jp", 6, 0);
+    let other = DomainFilter::Except(vec!["docomo.ne.jp".into()]);
+    let ids = |claimed: Vec<QueuedMail>| claimed.iter().map(|m| m.id).collect::<Vec<_>>();
+    // yahoo's first row (100, 3) before gmail's (100, 4) before example's (0, 1).
+    assert_eq!(ids(store.claim_due_in(T0, 60, 3, &other).expect("claim")), [yahoo, later, gmail_high]);
+    assert_eq!(ids(store.claim_due_in(T0, 60, 10, &other).expect("claim")), [example, gmail_low]);
+    assert!(store.claim_due_in(T0, 60, 10, &other).expect("claim").is_empty());
+    assert_eq!(ids(store.claim_due_in(T0, 60, 10, &DomainFilter::Except(vec![])).expect("claim")), [docomo]);
+    // The walk over the domains reads the index alone: no scan of the
+    // table, no sort (SQLite says so; PostgreSQL plans by its statistics).
+    if store.dialect() == crate::db::Dialect::Sqlite {
+        let c = store.conn().expect("conn");
+        let plan: Vec<String> =
+            c.query_map(&format!("EXPLAIN QUERY PLAN {}", queued_heads_sql(&c)), &[], |r| r.get(3)).expect("plan");
+        assert!(plan.iter().any(|p| p.contains("outbox_pool_due")), "{plan:?}");
+        // (The first row comes from an ordered walk of the index, stopped
+        // after one row: "SCAN outbox USING COVERING INDEX".)
+        assert!(!plan.iter().any(|p| (p.starts_with("SCAN") && !p.contains("INDEX") && p != "SCAN h" && p != "SCAN CONSTANT ROW") || p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+}
+
 #[test]
 fn expiry_and_shape() {
     let (_dir, store) = store();

@@ -1,0 +1,13 @@
+-- One index for the claims' order instead of two.
+--
+-- outbox_queued_priority (priority DESC, id) served one query: the claim of
+-- the pool for the domains no carrier pool names, which took that pool's
+-- rows across its domains in priority order. It cost an entry per queued
+-- row, alert copies included, so about a sixth of the time to publish an
+-- alert to 400 000 subscribers on PostgreSQL.
+--
+-- That pool now claims domain by domain through outbox_pool_due, as a
+-- carrier pool does: one walk of the index lists the queued domains and the
+-- first row of each (a step per domain), and the claim takes the domains
+-- in the order of those rows, priority and then age (relay.rs, the claim).
+DROP INDEX outbox_queued_priority;
