@@ -72,6 +72,18 @@ impl Store {
         actor: &str,
         now: UnixTime,
     ) -> Result<AdminAdded> {
+        self.serially(|| self.add_admin_once(login, email, password_hash, districts, actor, now))
+    }
+
+    fn add_admin_once(
+        &self,
+        login: &str,
+        email: &EmailAddress,
+        password_hash: &str,
+        districts: &[u32],
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<AdminAdded> {
         let tx = self.begin()?;
         let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
         if taken.is_some() {
@@ -104,7 +116,21 @@ impl Store {
     }
 
     /// Disables an admin: no more posts, no more logins. `false` if unknown.
-    pub fn disable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+    pub fn disable_admin(
+        &self,
+        login: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        self.serially(|| self.disable_admin_once(login, actor, now))
+    }
+
+    fn disable_admin_once(
+        &self,
+        login: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
         let tx = self.begin()?;
         let n = tx.execute("UPDATE admins SET status = 'disabled', updated_at = ?1 WHERE login = ?2", params![now, login])?;
         if n == 1 {
@@ -115,7 +141,21 @@ impl Store {
     }
 
     /// Enables a disabled admin again. `false` if unknown or already active.
-    pub fn enable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+    pub fn enable_admin(
+        &self,
+        login: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        self.serially(|| self.enable_admin_once(login, actor, now))
+    }
+
+    fn enable_admin_once(
+        &self,
+        login: &str,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
         let tx = self.begin()?;
         let n = tx.execute(
             "UPDATE admins SET status = 'active', updated_at = ?1 WHERE login = ?2 AND status <> 'active'",
@@ -132,7 +172,25 @@ impl Store {
     /// except `keep` (the session that made the change, if any): a password
     /// changed because it leaked also locks out whoever used it. `false` if
     /// the login is unknown.
-    pub fn set_admin_password(&self, login: &str, password_hash: &str, keep: Option<&[u8; 32]>, actor: &str, now: UnixTime) -> Result<bool> {
+    pub fn set_admin_password(
+        &self,
+        login: &str,
+        password_hash: &str,
+        keep: Option<&[u8; 32]>,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
+        self.serially(|| self.set_admin_password_once(login, password_hash, keep, actor, now))
+    }
+
+    fn set_admin_password_once(
+        &self,
+        login: &str,
+        password_hash: &str,
+        keep: Option<&[u8; 32]>,
+        actor: &str,
+        now: UnixTime,
+    ) -> Result<bool> {
         let tx = self.begin()?;
         let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
         let Some(id) = id else { return Ok(false) };
@@ -236,7 +294,21 @@ impl Store {
     /// After a successful login (or password check) with an attempt from
     /// [`Store::take_login_attempt`]: the ID's count is cleared and the
     /// client's attempt given back.
-    pub fn login_attempt_succeeded(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
+    pub fn login_attempt_succeeded(
+        &self,
+        login: &str,
+        client: &[u8],
+        now: UnixTime,
+    ) -> Result<()> {
+        self.serially(|| self.login_attempt_succeeded_once(login, client, now))
+    }
+
+    fn login_attempt_succeeded_once(
+        &self,
+        login: &str,
+        client: &[u8],
+        now: UnixTime,
+    ) -> Result<()> {
         let tx = self.begin()?;
         tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
         tx.execute(
@@ -257,7 +329,23 @@ impl Store {
     }
 
     /// Records a session after a successful login.
-    pub fn create_session(&self, admin: &Admin, id_hash: &[u8; 32], csrf: &str, now: UnixTime) -> Result<()> {
+    pub fn create_session(
+        &self,
+        admin: &Admin,
+        id_hash: &[u8; 32],
+        csrf: &str,
+        now: UnixTime,
+    ) -> Result<()> {
+        self.serially(|| self.create_session_once(admin, id_hash, csrf, now))
+    }
+
+    fn create_session_once(
+        &self,
+        admin: &Admin,
+        id_hash: &[u8; 32],
+        csrf: &str,
+        now: UnixTime,
+    ) -> Result<()> {
         let tx = self.begin()?;
         tx.execute(
             "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",

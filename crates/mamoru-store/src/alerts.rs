@@ -309,7 +309,17 @@ impl Store {
         a: &NewAlert<'_>,
         now: UnixTime,
         publish_expires_at: UnixTime,
-        render: impl FnOnce(AlertId, Nonce, &Audience) -> OutgoingMail,
+        mut render: impl FnMut(AlertId, Nonce, &Audience) -> OutgoingMail,
+    ) -> Result<Drafted> {
+        self.serially(|| self.draft_alert_once(a, now, publish_expires_at, &mut render))
+    }
+
+    fn draft_alert_once(
+        &self,
+        a: &NewAlert<'_>,
+        now: UnixTime,
+        publish_expires_at: UnixTime,
+        render: &mut impl FnMut(AlertId, Nonce, &Audience) -> OutgoingMail,
     ) -> Result<Drafted> {
         let tx = self.begin()?;
         let inserted: Option<AlertId> = tx.query_row(
@@ -357,7 +367,30 @@ impl Store {
     /// queues the explanation `mail` to the admin. `false`: seen before,
     /// nothing queued.
     #[allow(clippy::too_many_arguments)]
-    pub fn reject_post(&self, admin: AdminId, source_key: &str, title: &str, reason: &str, mail: &OutgoingMail, now: UnixTime, expires_at: UnixTime) -> Result<bool> {
+    pub fn reject_post(
+        &self,
+        admin: AdminId,
+        source_key: &str,
+        title: &str,
+        reason: &str,
+        mail: &OutgoingMail,
+        now: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool> {
+        self.serially(|| self.reject_post_once(admin, source_key, title, reason, mail, now, expires_at))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reject_post_once(
+        &self,
+        admin: AdminId,
+        source_key: &str,
+        title: &str,
+        reason: &str,
+        mail: &OutgoingMail,
+        now: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool> {
         let tx = self.begin()?;
         let inserted: Option<AlertId> = tx
             .query_row(
@@ -414,6 +447,18 @@ impl Store {
     /// small row per recipient.
     #[allow(clippy::too_many_arguments)]
     pub fn publish_alert(
+        &self,
+        auth: PublishAuth<'_>,
+        actor: &str,
+        now: UnixTime,
+        expires_at: UnixTime,
+        sender: &str,
+        mail_domain: &str,
+    ) -> Result<Published> {
+        self.serially(|| self.publish_alert_once(auth, actor, now, expires_at, sender, mail_domain))
+    }
+
+    fn publish_alert_once(
         &self,
         auth: PublishAuth<'_>,
         actor: &str,
@@ -595,7 +640,23 @@ impl Store {
     /// A subscriber's delivery preferences: the configured kinds they turned
     /// off, and quiet hours as minutes of the day in Japan time `[start,
     /// end)` (wrapping past midnight when start > end), `None` for none.
-    pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
+    pub fn set_preferences(
+        &self,
+        subscriber: crate::SubscriberId,
+        kinds_off: &[String],
+        quiet: Option<(i64, i64)>,
+        now: UnixTime,
+    ) -> Result<()> {
+        self.serially(|| self.set_preferences_once(subscriber, kinds_off, quiet, now))
+    }
+
+    fn set_preferences_once(
+        &self,
+        subscriber: crate::SubscriberId,
+        kinds_off: &[String],
+        quiet: Option<(i64, i64)>,
+        now: UnixTime,
+    ) -> Result<()> {
         let tx = self.begin()?;
         crate::write_preferences(&tx, subscriber, &crate::Preferences { kinds_off: kinds_off.to_vec(), quiet })?;
         tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;

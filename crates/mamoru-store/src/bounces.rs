@@ -96,6 +96,17 @@ impl Store {
         now: UnixTime,
         policy: SoftBouncePolicy,
     ) -> Result<BounceEffect> {
+        self.serially(|| self.record_bounce_once(outbox_id, class, status, now, policy))
+    }
+
+    fn record_bounce_once(
+        &self,
+        outbox_id: OutboxId,
+        class: BounceClass,
+        status: &str,
+        now: UnixTime,
+        policy: SoftBouncePolicy,
+    ) -> Result<BounceEffect> {
         let tx = self.begin()?;
         let row: Option<(SubscriberId, String)> = tx
             .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", params![outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))

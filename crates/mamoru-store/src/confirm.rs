@@ -77,7 +77,23 @@ impl Store {
 
     /// Counts one copy's confirmation, once. `expires_at` is the end of
     /// the alert's window (the token's expiry), when the seen-set row goes.
-    pub fn confirm_copy(&self, key: &ConfirmKey, copy: &Nonce, expires_at: UnixTime, now: UnixTime) -> Result<Confirmed> {
+    pub fn confirm_copy(
+        &self,
+        key: &ConfirmKey,
+        copy: &Nonce,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Confirmed> {
+        self.serially(|| self.confirm_copy_once(key, copy, expires_at, now))
+    }
+
+    fn confirm_copy_once(
+        &self,
+        key: &ConfirmKey,
+        copy: &Nonce,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Confirmed> {
         let tx = self.begin()?;
         tx.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", params![now])?;
         let open: Option<i64> = tx

@@ -74,7 +74,21 @@ impl Store {
     /// The mailbox was selected with `uid_validity`: a value other than the
     /// stored one starts it again from UID 0. Returns the last UID disposed
     /// of under this UIDVALIDITY, and whether it changed.
-    pub fn imap_selected(&self, name: &str, uid_validity: u32, now: UnixTime) -> Result<(u32, bool)> {
+    pub fn imap_selected(
+        &self,
+        name: &str,
+        uid_validity: u32,
+        now: UnixTime,
+    ) -> Result<(u32, bool)> {
+        self.serially(|| self.imap_selected_once(name, uid_validity, now))
+    }
+
+    fn imap_selected_once(
+        &self,
+        name: &str,
+        uid_validity: u32,
+        now: UnixTime,
+    ) -> Result<(u32, bool)> {
         let tx = self.begin()?;
         let old: Option<(u32, u32)> = tx
             .prepare_cached("SELECT uid_validity, last_uid FROM imap_mailboxes WHERE name = ?1")?

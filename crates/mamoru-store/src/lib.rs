@@ -81,6 +81,18 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0017_outbox_one_claim_index.sql"),
 ];
 
+/// How long [`Store::serially`] runs a transaction again before it answers
+/// `Busy` (transient: LMTP 451, exit 75, a page that asks to try again).
+const SERIAL_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// A few random bits for a pause; not for anything secret. The standard
+/// library's hasher keys are random per process and step per call, which is
+/// all a pause needs, without a generator of its own.
+fn jitter() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
 /// The footer-link nonce of a subscriber who never confirmed (the
 /// column's default).
 pub(crate) const NO_NONCE: Nonce = [0; 8];
@@ -494,15 +506,26 @@ impl Store {
     }
 
     /// Runs a whole transaction `f` again when PostgreSQL aborted it to keep
-    /// concurrent transactions serial (a few times, with a short pause); on
-    /// SQLite writers queue on the lock instead, and `f` runs once.
+    /// concurrent transactions serial, for up to [`SERIAL_RETRY_FOR`]; on
+    /// SQLite writers queue on the lock instead, and `f` runs once. `f`
+    /// must have no effect outside its transaction (a mail it renders is
+    /// rendered again).
+    ///
+    /// Flows that meet on one row (a rate limit's hourly count, the
+    /// confirmations of one alert, a counter) abort each other under
+    /// `SERIALIZABLE` whenever they overlap: eight registrations at once
+    /// had six in seven refused before they were run again here. The pause
+    /// before each new try is random and grows, so the transactions that
+    /// collided do not collide again in step.
     pub(crate) fn serially<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut tries = 0;
+        let started = std::time::Instant::now();
+        let mut tries: u32 = 0;
         loop {
             match f() {
-                Err(StoreError::Busy) if self.dialect() == Dialect::Postgres && tries < 20 => {
+                Err(StoreError::Busy) if self.dialect() == Dialect::Postgres && started.elapsed() < SERIAL_RETRY_FOR => {
                     tries += 1;
-                    std::thread::sleep(Duration::from_millis(2 * tries));
+                    let ceiling = 2u64 << tries.min(5);
+                    std::thread::sleep(Duration::from_millis(1 + jitter() % ceiling));
                 }
                 other => return other,
             }
@@ -564,7 +587,18 @@ impl Store {
         now: UnixTime,
         limits: &RegistrationLimits,
         token_expires_at: UnixTime,
-        render: impl FnOnce(SubscriberId, Nonce) -> OutgoingMail,
+        mut render: impl FnMut(SubscriberId, Nonce) -> OutgoingMail,
+    ) -> Result<RegistrationRequest> {
+        self.serially(|| self.request_registration_once(addr, now, limits, token_expires_at, &mut render))
+    }
+
+    fn request_registration_once(
+        &self,
+        addr: &EmailAddress,
+        now: UnixTime,
+        limits: &RegistrationLimits,
+        token_expires_at: UnixTime,
+        render: &mut impl FnMut(SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<RegistrationRequest> {
         let index = self.sealer.index(addr);
         let mailbox = self.mailbox_index(addr);
@@ -624,7 +658,19 @@ impl Store {
         prefs: &Preferences,
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress, Nonce) -> OutgoingMail,
+        mut render: impl FnMut(&EmailAddress, Nonce) -> OutgoingMail,
+    ) -> Result<Completion> {
+        self.serially(|| self.complete_registration_once(claims, districts, prefs, now, mail_expires_at, &mut render))
+    }
+
+    fn complete_registration_once(
+        &self,
+        claims: &Claims,
+        districts: &[u32],
+        prefs: &Preferences,
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: &mut impl FnMut(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
         let tx = self.begin()?;
         let consumed = consume_token(&tx, claims, claims.purpose, now)?;

@@ -101,7 +101,21 @@ impl Store {
         limits: &RegistrationLimits,
         token_expires_at: UnixTime,
         preselect: Option<u32>,
-        render: impl FnOnce(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
+        mut render: impl FnMut(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
+    ) -> Result<LinkRequest> {
+        self.serially(|| self.request_link_once(addr, channel, now, limits, token_expires_at, preselect, &mut render))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request_link_once(
+        &self,
+        addr: &EmailAddress,
+        channel: &Channel,
+        now: UnixTime,
+        limits: &RegistrationLimits,
+        token_expires_at: UnixTime,
+        preselect: Option<u32>,
+        render: &mut impl FnMut(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<LinkRequest> {
         let index = self.sealer.index(addr);
         let mailbox = self.mailbox_index(addr);
@@ -177,7 +191,19 @@ impl Store {
         prefs: &crate::Preferences,
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress) -> OutgoingMail,
+        mut render: impl FnMut(&EmailAddress) -> OutgoingMail,
+    ) -> Result<ManageOutcome> {
+        self.serially(|| self.change_districts_once(claims, districts, prefs, now, mail_expires_at, &mut render))
+    }
+
+    fn change_districts_once(
+        &self,
+        claims: &Claims,
+        districts: &[u32],
+        prefs: &crate::Preferences,
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: &mut impl FnMut(&EmailAddress) -> OutgoingMail,
     ) -> Result<ManageOutcome> {
         let tx = self.begin()?;
         let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
@@ -220,7 +246,17 @@ impl Store {
         claims: &Claims,
         now: UnixTime,
         mail_expires_at: UnixTime,
-        render: impl FnOnce(&EmailAddress) -> Option<OutgoingMail>,
+        mut render: impl FnMut(&EmailAddress) -> Option<OutgoingMail>,
+    ) -> Result<ManageOutcome> {
+        self.serially(|| self.delete_registration_once(claims, now, mail_expires_at, &mut render))
+    }
+
+    fn delete_registration_once(
+        &self,
+        claims: &Claims,
+        now: UnixTime,
+        mail_expires_at: UnixTime,
+        render: &mut impl FnMut(&EmailAddress) -> Option<OutgoingMail>,
     ) -> Result<ManageOutcome> {
         let tx = self.begin()?;
         let Some((subscriber, _grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };

@@ -88,7 +88,19 @@ impl Store {
         now: UnixTime,
         limits: &ReceptionLimits,
         expires_at: UnixTime,
-        render: impl FnOnce(TestId, TestNonces) -> OutgoingMail,
+        mut render: impl FnMut(TestId, TestNonces) -> OutgoingMail,
+    ) -> Result<TestRequest> {
+        self.serially(|| self.request_reception_test_once(addr, client, now, limits, expires_at, &mut render))
+    }
+
+    fn request_reception_test_once(
+        &self,
+        addr: &EmailAddress,
+        client: Option<&BlindIndex>,
+        now: UnixTime,
+        limits: &ReceptionLimits,
+        expires_at: UnixTime,
+        render: &mut impl FnMut(TestId, TestNonces) -> OutgoingMail,
     ) -> Result<TestRequest> {
         let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
         let tx = self.begin()?;

@@ -343,7 +343,19 @@ impl Store {
     /// Suspends a subscriber whose address the carrier refused as unknown,
     /// and fails its other queued mail, so nothing more goes to a dead
     /// address. Idempotent: the first refusal's time is kept.
-    pub fn mark_undeliverable(&self, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
+    pub fn mark_undeliverable(
+        &self,
+        subscriber: SubscriberId,
+        now: UnixTime,
+    ) -> Result<()> {
+        self.serially(|| self.mark_undeliverable_once(subscriber, now))
+    }
+
+    fn mark_undeliverable_once(
+        &self,
+        subscriber: SubscriberId,
+        now: UnixTime,
+    ) -> Result<()> {
         let tx = self.begin()?;
         suspend_undeliverable(&tx, subscriber, now)?;
         tx.commit()?;
@@ -351,7 +363,17 @@ impl Store {
     }
 
     /// Replaces the stored live state of the given pools.
-    pub fn save_pool_states(&self, states: &[PoolState]) -> Result<()> {
+    pub fn save_pool_states(
+        &self,
+        states: &[PoolState],
+    ) -> Result<()> {
+        self.serially(|| self.save_pool_states_once(states))
+    }
+
+    fn save_pool_states_once(
+        &self,
+        states: &[PoolState],
+    ) -> Result<()> {
         let tx = self.begin()?;
         for p in states {
             tx.prepare_cached(
@@ -404,7 +426,17 @@ impl Store {
 
     /// Replaces the stored learned limits of the given pools, in one
     /// transaction.
-    pub fn save_learned_limits(&self, limits: &[LearnedLimits]) -> Result<()> {
+    pub fn save_learned_limits(
+        &self,
+        limits: &[LearnedLimits],
+    ) -> Result<()> {
+        self.serially(|| self.save_learned_limits_once(limits))
+    }
+
+    fn save_learned_limits_once(
+        &self,
+        limits: &[LearnedLimits],
+    ) -> Result<()> {
         let tx = self.begin()?;
         for l in limits {
             let mark = |m: Option<LearnedMark>| m.map_or((0.0, 0, 0), |m| (m.level, i64::from(m.hits), m.at));

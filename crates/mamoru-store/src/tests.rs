@@ -559,3 +559,39 @@ fn the_store_is_writable_until_another_process_holds_the_write_lock() {
     other.execute_batch("ROLLBACK").unwrap();
     store.check_writable().unwrap();
 }
+
+/// Flows that meet on one row (here the hourly count of registrations by
+/// mail, and a counter) abort each other on PostgreSQL whenever they
+/// overlap; the store runs them again instead of answering `Busy`. Before
+/// it did, 660 of these 800 registrations were refused.
+#[test]
+fn concurrent_flows_on_one_row_on_postgres_are_run_again_not_refused() {
+    let cluster = crate::pgtest::PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys::load_or_create(dir.path()).unwrap();
+    let store = Store::open_postgres(&cluster.url(), &keys, Duration::from_secs(10)).unwrap();
+    let cfg = Config::default();
+    let refused = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (store, cfg, refused) = (&store, &cfg, &refused);
+            s.spawn(move || {
+                for n in 0..100 {
+                    let a = addr(&format!("p{t}x{n}@{}", ["docomo.ne.jp", "au.com", "gmail.com"][n % 3]));
+                    let r = store.request_registration(&a, T0 + n as i64, &LIMITS, T0 + 86_400, |sid, nonce| {
+                        mail::registration_received(cfg, &a, "token", T0, format!("{sid}.{}@x", hex(&nonce)))
+                    });
+                    let counted = store.count(crate::counters::ALERTS_PUBLISHED, &[]);
+                    for e in [r.err(), counted.err()].into_iter().flatten() {
+                        refused.lock().unwrap().push(e.to_string());
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(refused.into_inner().unwrap(), Vec::<String>::new());
+    let queued: i64 = store.conn().unwrap().query_row("SELECT COUNT(*) FROM outbox", &[], |r| r.get(0)).unwrap();
+    assert_eq!(queued, 800);
+    let counters = store.counters().unwrap();
+    assert_eq!(counters.iter().find(|c| c.name == crate::counters::ALERTS_PUBLISHED).map(|c| c.value), Some(800));
+}

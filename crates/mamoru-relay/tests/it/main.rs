@@ -102,11 +102,10 @@ impl Env {
         let to = EmailAddress::parse(to).expect("test address");
         let message_id = message_id.to_string();
         let now = mamoru_core::now();
-        let mut bytes = Vec::new();
+        let bytes = content(&to, &message_id);
         let r = self
             .store
             .request_registration(&to, now, &NO_LIMITS, now + 3600, |_, _| {
-                bytes = content(&to, &message_id);
                 OutgoingMail {
                     kind: MailKind::RegistrationReceived,
                     sender: SENDER.into(),
