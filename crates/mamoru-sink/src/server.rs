@@ -262,6 +262,13 @@ async fn serve(stream: TcpStream, sink: &Arc<Sink>) {
             Step::Reply(s) => out.extend_from_slice(s.as_bytes()),
             Step::Nothing => {}
             Step::Close(s) => {
+                // The session is over once the last reply is decided (221
+                // to a QUIT, a 421): it stops counting now, before the
+                // client can read the reply and open its next connection.
+                // Counted after the write, a task of this server not run
+                // for a moment on a busy machine showed one session too
+                // many that the client had already ended.
+                closed(sink, &mut session);
                 let _ = io.write_all(s.as_bytes()).await;
                 break 'conn;
             }
@@ -296,7 +303,7 @@ async fn serve(stream: TcpStream, sink: &Arc<Sink>) {
                     Ok(Ok(tls)) => io = BufReader::new(Box::new(tls)),
                     _ => {
                         sink.policy().tls_failed();
-                        return closed(sink, &session);
+                        return closed(sink, &mut session);
                     }
                 }
                 session.tls_started();
@@ -304,12 +311,11 @@ async fn serve(stream: TcpStream, sink: &Arc<Sink>) {
         }
     }
     let _ = io.shutdown().await;
-    closed(sink, &session);
+    closed(sink, &mut session);
 }
 
-fn closed(sink: &Sink, session: &Session) {
-    if let Some(domain) = session.bound() {
-        let domain = domain.to_string();
+fn closed(sink: &Sink, session: &mut Session) {
+    if let Some(domain) = session.unbind() {
         sink.policy().closed(&domain);
     }
 }

@@ -120,6 +120,11 @@ impl Session {
         self.bound.as_deref()
     }
 
+    /// The connection stops counting against its domain (once).
+    pub fn unbind(&mut self) -> Option<String> {
+        self.bound.take()
+    }
+
     pub fn line(&mut self, line: &[u8], policy: &mut Policy, now: f64) -> Step {
         if self.in_data {
             return self.data_line(line, policy, now);

@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_outbox_fewer_indexes.sql"),
     include_str!("migrations/0016_alert_copy_identity.sql"),
     include_str!("migrations/0017_outbox_one_claim_index.sql"),
+    include_str!("migrations/0018_subscribers_fanout_index.sql"),
 ];
 
 /// How long [`Store::serially`] runs a transaction again before it answers
