@@ -501,7 +501,8 @@ impl Store {
     /// an outcome group given up after its retries leaves its rows leased,
     /// and they are sent again when the lease ends. Anything that reads
     /// rows to decide about others (suspending an undeliverable subscriber)
-    /// stays in [`Store::begin`].
+    /// stays in [`Store::begin`]. The publish of an alert uses it too
+    /// (`publish_alert`, which says why).
     pub(crate) fn begin_rows(&self) -> Result<Conn<'_>> {
         self.conn()?.begin_at(db::Isolation::ReadCommitted)
     }
