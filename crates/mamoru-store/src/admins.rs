@@ -72,32 +72,22 @@ impl Store {
         actor: &str,
         now: UnixTime,
     ) -> Result<AdminAdded> {
-        self.serially(|| self.add_admin_once(login, email, password_hash, districts, actor, now))
-    }
-
-    fn add_admin_once(
-        &self,
-        login: &str,
-        email: &EmailAddress,
-        password_hash: &str,
-        districts: &[u32],
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<AdminAdded> {
-        let tx = self.begin()?;
-        let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
-        if taken.is_some() {
-            return Ok(AdminAdded::LoginTaken);
-        }
-        let id = tx.query_row(
-            "INSERT INTO admins (login, email_index, email_sealed, password_hash, districts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
-            params![login, &self.sealer.index(email)[..], self.sealer.seal_address(email)?, password_hash, join_ids(districts), now],
-            |r| r.get::<AdminId>(0),
-        )?;
-        audit(&tx, now, actor, "admin-added", &format!("admin={login} email={} districts={}", email.masked(), join_ids(districts)))?;
-        tx.commit()?;
-        Ok(AdminAdded::Added(id))
+        self.serially(|| {
+            let tx = self.begin()?;
+            let taken: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
+            if taken.is_some() {
+                return Ok(AdminAdded::LoginTaken);
+            }
+            let id = tx.query_row(
+                "INSERT INTO admins (login, email_index, email_sealed, password_hash, districts, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
+                params![login, &self.sealer.index(email)[..], self.sealer.seal_address(email)?, password_hash, join_ids(districts), now],
+                |r| r.get::<AdminId>(0),
+            )?;
+            audit(&tx, now, actor, "admin-added", &format!("admin={login} email={} districts={}", email.masked(), join_ids(districts)))?;
+            tx.commit()?;
+            Ok(AdminAdded::Added(id))
+        })
     }
 
     /// Every admin, by login.
@@ -116,92 +106,52 @@ impl Store {
     }
 
     /// Disables an admin: no more posts, no more logins. `false` if unknown.
-    pub fn disable_admin(
-        &self,
-        login: &str,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        self.serially(|| self.disable_admin_once(login, actor, now))
-    }
-
-    fn disable_admin_once(
-        &self,
-        login: &str,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        let tx = self.begin()?;
-        let n = tx.execute("UPDATE admins SET status = 'disabled', updated_at = ?1 WHERE login = ?2", params![now, login])?;
-        if n == 1 {
-            audit(&tx, now, actor, "admin-disabled", &format!("admin={login}"))?;
-        }
-        tx.commit()?;
-        Ok(n == 1)
+    pub fn disable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            let n = tx.execute("UPDATE admins SET status = 'disabled', updated_at = ?1 WHERE login = ?2", params![now, login])?;
+            if n == 1 {
+                audit(&tx, now, actor, "admin-disabled", &format!("admin={login}"))?;
+            }
+            tx.commit()?;
+            Ok(n == 1)
+        })
     }
 
     /// Enables a disabled admin again. `false` if unknown or already active.
-    pub fn enable_admin(
-        &self,
-        login: &str,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        self.serially(|| self.enable_admin_once(login, actor, now))
-    }
-
-    fn enable_admin_once(
-        &self,
-        login: &str,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        let tx = self.begin()?;
-        let n = tx.execute(
-            "UPDATE admins SET status = 'active', updated_at = ?1 WHERE login = ?2 AND status <> 'active'",
-            params![now, login],
-        )?;
-        if n == 1 {
-            audit(&tx, now, actor, "admin-enabled", &format!("admin={login}"))?;
-        }
-        tx.commit()?;
-        Ok(n == 1)
+    pub fn enable_admin(&self, login: &str, actor: &str, now: UnixTime) -> Result<bool> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            let n = tx.execute(
+                "UPDATE admins SET status = 'active', updated_at = ?1 WHERE login = ?2 AND status <> 'active'",
+                params![now, login],
+            )?;
+            if n == 1 {
+                audit(&tx, now, actor, "admin-enabled", &format!("admin={login}"))?;
+            }
+            tx.commit()?;
+            Ok(n == 1)
+        })
     }
 
     /// Sets an admin's password hash and ends every session of that admin
     /// except `keep` (the session that made the change, if any): a password
     /// changed because it leaked also locks out whoever used it. `false` if
     /// the login is unknown.
-    pub fn set_admin_password(
-        &self,
-        login: &str,
-        password_hash: &str,
-        keep: Option<&[u8; 32]>,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        self.serially(|| self.set_admin_password_once(login, password_hash, keep, actor, now))
-    }
-
-    fn set_admin_password_once(
-        &self,
-        login: &str,
-        password_hash: &str,
-        keep: Option<&[u8; 32]>,
-        actor: &str,
-        now: UnixTime,
-    ) -> Result<bool> {
-        let tx = self.begin()?;
-        let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
-        let Some(id) = id else { return Ok(false) };
-        tx.execute("UPDATE admins SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![password_hash, now, id])?;
-        let ended = tx.execute(
-            "DELETE FROM admin_sessions WHERE admin_id = ?1 AND id_hash IS NOT ?2",
-            params![id, keep.map(|k| &k[..])],
-        )?;
-        audit(&tx, now, actor, "admin-password-changed", &format!("admin={login} sessions_ended={ended}"))?;
-        tx.commit()?;
-        Ok(true)
+    pub fn set_admin_password(&self, login: &str, password_hash: &str, keep: Option<&[u8; 32]>, actor: &str, now: UnixTime) -> Result<bool> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            let id: Option<AdminId> = tx.query_row("SELECT id FROM admins WHERE login = ?1", params![login], |r| r.get(0)).optional()?;
+            let Some(id) = id else { return Ok(false) };
+            tx.execute("UPDATE admins SET password_hash = ?1, updated_at = ?2 WHERE id = ?3", params![password_hash, now, id])?;
+            let ended = tx.execute(
+                "DELETE FROM admin_sessions WHERE admin_id = ?1 AND id_hash IS NOT ?2",
+                params![id, keep.map(|k| &k[..])],
+            )?;
+            audit(&tx, now, actor, "admin-password-changed", &format!("admin={login} sessions_ended={ended}"))?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// The admin whose registered address is `email`, active or not.
@@ -294,29 +244,17 @@ impl Store {
     /// After a successful login (or password check) with an attempt from
     /// [`Store::take_login_attempt`]: the ID's count is cleared and the
     /// client's attempt given back.
-    pub fn login_attempt_succeeded(
-        &self,
-        login: &str,
-        client: &[u8],
-        now: UnixTime,
-    ) -> Result<()> {
-        self.serially(|| self.login_attempt_succeeded_once(login, client, now))
-    }
-
-    fn login_attempt_succeeded_once(
-        &self,
-        login: &str,
-        client: &[u8],
-        now: UnixTime,
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
-        tx.execute(
-            "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND ?3 - window_start < ?4 AND count > 0",
-            params![LOGIN_CLIENT_SCOPE, client, now, LOGIN_WINDOW_SECS],
-        )?;
-        tx.commit()?;
-        Ok(())
+    pub fn login_attempt_succeeded(&self, login: &str, client: &[u8], now: UnixTime) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![LOGIN_SCOPE, login.as_bytes()])?;
+            tx.execute(
+                "UPDATE rate_limits SET count = count - 1 WHERE scope = ?1 AND key = ?2 AND ?3 - window_start < ?4 AND count > 0",
+                params![LOGIN_CLIENT_SCOPE, client, now, LOGIN_WINDOW_SECS],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Writes a failed login to the audit log (the attempt was counted
@@ -329,31 +267,17 @@ impl Store {
     }
 
     /// Records a session after a successful login.
-    pub fn create_session(
-        &self,
-        admin: &Admin,
-        id_hash: &[u8; 32],
-        csrf: &str,
-        now: UnixTime,
-    ) -> Result<()> {
-        self.serially(|| self.create_session_once(admin, id_hash, csrf, now))
-    }
-
-    fn create_session_once(
-        &self,
-        admin: &Admin,
-        id_hash: &[u8; 32],
-        csrf: &str,
-        now: UnixTime,
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        tx.execute(
-            "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![&id_hash[..], admin.id, csrf, now],
-        )?;
-        audit(&tx, now, &format!("admin:{}", admin.login), "admin-login", "")?;
-        tx.commit()?;
-        Ok(())
+    pub fn create_session(&self, admin: &Admin, id_hash: &[u8; 32], csrf: &str, now: UnixTime) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            tx.execute(
+                "INSERT INTO admin_sessions (id_hash, admin_id, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![&id_hash[..], admin.id, csrf, now],
+            )?;
+            audit(&tx, now, &format!("admin:{}", admin.login), "admin-login", "")?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The live session with this id hash: its admin (still active) and CSRF

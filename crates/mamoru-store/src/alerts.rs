@@ -311,101 +311,72 @@ impl Store {
         publish_expires_at: UnixTime,
         mut render: impl FnMut(AlertId, Nonce, &Audience) -> OutgoingMail,
     ) -> Result<Drafted> {
-        self.serially(|| self.draft_alert_once(a, now, publish_expires_at, &mut render))
-    }
-
-    fn draft_alert_once(
-        &self,
-        a: &NewAlert<'_>,
-        now: UnixTime,
-        publish_expires_at: UnixTime,
-        render: &mut impl FnMut(AlertId, Nonce, &Audience) -> OutgoingMail,
-    ) -> Result<Drafted> {
-        let tx = self.begin()?;
-        let inserted: Option<AlertId> = tx.query_row(
-            "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
-                                 followup_of, followup_kind, occurred_at, occurred_flags, urgent, ask_confirm)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
-            params![
-                a.admin,
-                a.source,
-                a.source_key,
-                a.kind,
-                a.title,
-                a.text,
-                id_list(a.districts),
-                a.is_test as i64,
+        self.serially(|| {
+            let tx = self.begin()?;
+            let inserted: Option<AlertId> = tx.query_row(
+                "INSERT INTO alerts (admin_id, source, source_key, kind, title, text, districts, is_test, created_at,
+                                     followup_of, followup_kind, occurred_at, occurred_flags, urgent, ask_confirm)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
+                params![
+                    a.admin,
+                    a.source,
+                    a.source_key,
+                    a.kind,
+                    a.title,
+                    a.text,
+                    id_list(a.districts),
+                    a.is_test as i64,
+                    now,
+                    a.followup_of.map_or(0, AlertId::get),
+                    a.followup_kind.map_or("", FollowupKind::as_str),
+                    a.occurred_at,
+                    a.occurred_flags,
+                    a.urgent as i64,
+                    a.ask_confirm as i64
+                ],
+                |r| r.get(0),
+            ).optional()?;
+            let Some(alert) = inserted else { return Ok(Drafted::Duplicate) };
+            let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
+            let counts = audience(&tx, a.districts, a.followup_of, a.kind, a.urgent, now)?;
+            let mail = render(alert, nonce, &counts);
+            // The preview is useless once its link has expired.
+            let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
+            audit(
+                &tx,
                 now,
-                a.followup_of.map_or(0, AlertId::get),
-                a.followup_kind.map_or("", FollowupKind::as_str),
-                a.occurred_at,
-                a.occurred_flags,
-                a.urgent as i64,
-                a.ask_confirm as i64
-            ],
-            |r| r.get(0),
-        ).optional()?;
-        let Some(alert) = inserted else { return Ok(Drafted::Duplicate) };
-        let nonce = self.issue_token(&tx, Purpose::Publish, alert.get(), publish_expires_at)?;
-        let counts = audience(&tx, a.districts, a.followup_of, a.kind, a.urgent, now)?;
-        let mail = render(alert, nonce, &counts);
-        // The preview is useless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, None, ALERT_PRIORITY, now, publish_expires_at)?;
-        audit(
-            &tx,
-            now,
-            &format!("admin:{}", a.admin),
-            "alert-drafted",
-            &format!("alert={alert} source={} districts={} test={}", a.source, id_list(a.districts), a.is_test),
-        )?;
-        tx.commit()?;
-        Ok(Drafted::Created { alert, outbox })
+                &format!("admin:{}", a.admin),
+                "alert-drafted",
+                &format!("alert={alert} source={} districts={} test={}", a.source, id_list(a.districts), a.is_test),
+            )?;
+            tx.commit()?;
+            Ok(Drafted::Created { alert, outbox })
+        })
     }
 
     /// Records a refused post (so a redelivery is not answered twice) and
     /// queues the explanation `mail` to the admin. `false`: seen before,
     /// nothing queued.
     #[allow(clippy::too_many_arguments)]
-    pub fn reject_post(
-        &self,
-        admin: AdminId,
-        source_key: &str,
-        title: &str,
-        reason: &str,
-        mail: &OutgoingMail,
-        now: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<bool> {
-        self.serially(|| self.reject_post_once(admin, source_key, title, reason, mail, now, expires_at))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn reject_post_once(
-        &self,
-        admin: AdminId,
-        source_key: &str,
-        title: &str,
-        reason: &str,
-        mail: &OutgoingMail,
-        now: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<bool> {
-        let tx = self.begin()?;
-        let inserted: Option<AlertId> = tx
-            .query_row(
-                "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
-                 VALUES (?1, 'mail', ?2, ?3, '', '', 'rejected', ?4)
-                 ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
-                params![admin, source_key, title, now],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(alert) = inserted else { return Ok(false) };
-        self.insert_outbox(&tx, &mail.clone(), None, ALERT_PRIORITY, now, expires_at)?;
-        audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
-        tx.commit()?;
-        Ok(true)
+    pub fn reject_post(&self, admin: AdminId, source_key: &str, title: &str, reason: &str, mail: &OutgoingMail, now: UnixTime, expires_at: UnixTime) -> Result<bool> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            let inserted: Option<AlertId> = tx
+                .query_row(
+                    "INSERT INTO alerts (admin_id, source, source_key, title, text, districts, state, created_at)
+                     VALUES (?1, 'mail', ?2, ?3, '', '', 'rejected', ?4)
+                     ON CONFLICT (source_key) WHERE source_key <> '' DO NOTHING RETURNING id",
+                    params![admin, source_key, title, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(alert) = inserted else { return Ok(false) };
+            self.insert_outbox(&tx, &mail.clone(), None, ALERT_PRIORITY, now, expires_at)?;
+            audit(&tx, now, &format!("admin:{admin}"), "alert-rejected", &format!("alert={alert} reason={reason}"))?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     /// One alert by id.
@@ -455,141 +426,131 @@ impl Store {
         sender: &str,
         mail_domain: &str,
     ) -> Result<Published> {
-        self.serially(|| self.publish_alert_once(auth, actor, now, expires_at, sender, mail_domain))
-    }
-
-    fn publish_alert_once(
-        &self,
-        auth: PublishAuth<'_>,
-        actor: &str,
-        now: UnixTime,
-        expires_at: UnixTime,
-        sender: &str,
-        mail_domain: &str,
-    ) -> Result<Published> {
-        // READ COMMITTED on PostgreSQL: the recipients are one statement
-        // (one snapshot), and every other step is a statement guarded by
-        // the state of the row it changes (the token unused, the alert a
-        // draft, the report open, a copy still queued), which PostgreSQL
-        // re-checks against the newest version after waiting for its lock;
-        // so a second publisher of the alert finds it published and changes
-        // nothing. Under SERIALIZABLE the walk over every subscriber took
-        // predicate locks on the whole table, for a few percent of the
-        // time of a publish to a million, and exposed a statement of
-        // seconds to aborts for what others wrote meanwhile.
-        let tx = self.begin_rows()?;
-        let id = match auth {
-            PublishAuth::Token(claims) => {
-                if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
-                    return Ok(Published::Unusable);
+        self.serially(|| {
+            // READ COMMITTED on PostgreSQL: the recipients are one statement
+            // (one snapshot), and every other step is a statement guarded by
+            // the state of the row it changes (the token unused, the alert a
+            // draft, the report open, a copy still queued), which PostgreSQL
+            // re-checks against the newest version after waiting for its lock;
+            // so a second publisher of the alert finds it published and changes
+            // nothing. Under SERIALIZABLE the walk over every subscriber took
+            // predicate locks on the whole table, for a few percent of the
+            // time of a publish to a million, and exposed a statement of
+            // seconds to aborts for what others wrote meanwhile.
+            let tx = self.begin_rows()?;
+            let id = match auth {
+                PublishAuth::Token(claims) => {
+                    if !crate::consume_token(&tx, claims, Purpose::Publish, now)? {
+                        return Ok(Published::Unusable);
+                    }
+                    match AlertId::from_subject(claims.subject) {
+                        Some(id) => id,
+                        None => return Ok(Published::Unusable),
+                    }
                 }
-                match AlertId::from_subject(claims.subject) {
-                    Some(id) => id,
-                    None => return Ok(Published::Unusable),
-                }
-            }
-            PublishAuth::Direct(id) => id,
-        };
-        let marked = tx.execute(
-            "UPDATE alerts SET state = 'published', published_at = ?1
-             WHERE id = ?2 AND state = 'draft' AND admin_id IN (SELECT id FROM admins WHERE status = 'active')",
-            params![now, id],
-        )?;
-        if marked != 1 {
-            return Ok(Published::Unusable);
-        }
-        let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, Option<FollowupKind>, String, i64, i64) =
-            tx.query_row(
-                "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, kind_column(r, 3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                PublishAuth::Direct(id) => id,
+            };
+            let marked = tx.execute(
+                "UPDATE alerts SET state = 'published', published_at = ?1
+                 WHERE id = ?2 AND state = 'draft' AND admin_id IN (SELECT id FROM admins WHERE status = 'active')",
+                params![now, id],
             )?;
-        let ids = id_list(&split_ids(&districts));
-        // The district a copy's 確認しました link counts under, fixed now so
-        // the copy renders the same every time.
-        let confirm_district = if ask_confirm != 0 {
-            format!(
-                "(SELECT MIN(d.district_id) FROM subscriber_districts d WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
-            )
-        } else {
-            "0".to_string()
-        };
-        let report = Some(AlertId::new(report)).filter(|r| r.get() != 0);
-        if let Some(report) = report {
-            // A follow-up: the report must still stand (a retraction is final).
-            let open = tx.execute(
-                "UPDATE alerts SET incident_state = ?1, updated_at = ?2
-                 WHERE id = ?3 AND state = 'published' AND followup_of = 0 AND incident_state <> 'retracted'",
-                params![followup_kind.map_or("", FollowupKind::as_str), now, report],
-            )?;
-            if open != 1 {
+            if marked != 1 {
                 return Ok(Published::Unusable);
             }
-            if followup_kind == Some(FollowupKind::Retracted) {
-                // Stop what was not sent yet first (of the report and of its
-                // earlier follow-ups): those copies are never delivered, and
-                // their subscribers get no retraction either.
-                let stopped = tx.execute(
-                    "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
-                     WHERE state = 'queued' AND alert_id <> 0
-                       AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
-                    params![now, RETRACTED_REASON, report],
+            let (districts, is_test, report, followup_kind, kind, urgent, ask_confirm): (String, i64, i64, Option<FollowupKind>, String, i64, i64) =
+                tx.query_row(
+                    "SELECT districts, is_test, followup_of, followup_kind, kind, urgent, ask_confirm FROM alerts WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, kind_column(r, 3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
                 )?;
-                audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
+            let ids = id_list(&split_ids(&districts));
+            // The district a copy's 確認しました link counts under, fixed now so
+            // the copy renders the same every time.
+            let confirm_district = if ask_confirm != 0 {
+                format!(
+                    "(SELECT MIN(d.district_id) FROM subscriber_districts d WHERE d.subscriber_id = s.id AND d.district_id IN ({ids}))"
+                )
+            } else {
+                "0".to_string()
+            };
+            let report = Some(AlertId::new(report)).filter(|r| r.get() != 0);
+            if let Some(report) = report {
+                // A follow-up: the report must still stand (a retraction is final).
+                let open = tx.execute(
+                    "UPDATE alerts SET incident_state = ?1, updated_at = ?2
+                     WHERE id = ?3 AND state = 'published' AND followup_of = 0 AND incident_state <> 'retracted'",
+                    params![followup_kind.map_or("", FollowupKind::as_str), now, report],
+                )?;
+                if open != 1 {
+                    return Ok(Published::Unusable);
+                }
+                if followup_kind == Some(FollowupKind::Retracted) {
+                    // Stop what was not sent yet first (of the report and of its
+                    // earlier follow-ups): those copies are never delivered, and
+                    // their subscribers get no retraction either.
+                    let stopped = tx.execute(
+                        "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
+                         WHERE state = 'queued' AND alert_id <> 0
+                           AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
+                        params![now, RETRACTED_REASON, report],
+                    )?;
+                    audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
+                }
             }
-        }
-        let recipients = recipients_where(&split_ids(&districts), report);
-        // One statement: the engine walks the subscribers and writes the rows
-        // without a round trip through Rust per recipient. A copy holds
-        // neither content nor address nor sender nor Message-ID: the relay
-        // renders the content from the alert, and the claim reads the
-        // address, sealed at registration, from the subscriber's row and
-        // builds the rest from the alert's `sender` and `mail_domain`
-        // (`attach_alerts`). Bytes not copied are bytes not written at the
-        // publish, which is the moment that has to be fast (and one place
-        // less holding an address).
-        //
-        // Preferences are part of the same statement. Kinds: a first report
-        // skips subscribers who turned its kind off (a follow-up goes to the
-        // report's recipients whatever they chose since). Quiet hours: unless
-        // the alert is 緊急, a row of a subscriber inside their quiet window
-        // waits until the window ends (`next_attempt_at`), and its expiry
-        // counts from then.
-        tx.execute("UPDATE alerts SET sender = ?1, mail_domain = ?2 WHERE id = ?3", params![sender, mail_domain, id])?;
-        let delay = quiet_wait("?6", "?7", "?8");
-        let kind_off = kind_off("?9", "?10");
-        let insert = format!(
-            "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
-                                 content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
-             SELECT ?1, ?2, s.id, s.domain, '', ?11, '', ?11, ?4 + {delay}, ?4, ?5 + {delay}, ?3, {confirm_district}
-             FROM subscribers s
-             WHERE {recipients}
-               AND NOT {kind_off}
-             ORDER BY s.id"
-        );
-        let (minute, second) = japan_minute(now);
-        let count = tx.execute(
-            &insert,
-            params![
-                MailKind::Alert.as_str(),
-                ALERT_PRIORITY,
-                id,
-                now,
-                expires_at,
-                minute,
-                second,
-                urgent,
-                kind,
-                i64::from(report.is_some()),
-                Vec::<u8>::new()
-            ],
-        )?;
-        tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
-        audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
-        // Counted with the commit, whoever publishes (link, panel, CLI).
-        crate::counters::bump(&tx, crate::counters::ALERTS_PUBLISHED, &[])?;
-        tx.commit()?;
-        Ok(Published::Published { alert: id, recipients: count })
+            let recipients = recipients_where(&split_ids(&districts), report);
+            // One statement: the engine walks the subscribers and writes the rows
+            // without a round trip through Rust per recipient. A copy holds
+            // neither content nor address nor sender nor Message-ID: the relay
+            // renders the content from the alert, and the claim reads the
+            // address, sealed at registration, from the subscriber's row and
+            // builds the rest from the alert's `sender` and `mail_domain`
+            // (`attach_alerts`). Bytes not copied are bytes not written at the
+            // publish, which is the moment that has to be fast (and one place
+            // less holding an address).
+            //
+            // Preferences are part of the same statement. Kinds: a first report
+            // skips subscribers who turned its kind off (a follow-up goes to the
+            // report's recipients whatever they chose since). Quiet hours: unless
+            // the alert is 緊急, a row of a subscriber inside their quiet window
+            // waits until the window ends (`next_attempt_at`), and its expiry
+            // counts from then.
+            tx.execute("UPDATE alerts SET sender = ?1, mail_domain = ?2 WHERE id = ?3", params![sender, mail_domain, id])?;
+            let delay = quiet_wait("?6", "?7", "?8");
+            let kind_off = kind_off("?9", "?10");
+            let insert = format!(
+                "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
+                                     content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
+                 SELECT ?1, ?2, s.id, s.domain, '', ?11, '', ?11, ?4 + {delay}, ?4, ?5 + {delay}, ?3, {confirm_district}
+                 FROM subscribers s
+                 WHERE {recipients}
+                   AND NOT {kind_off}
+                 ORDER BY s.id"
+            );
+            let (minute, second) = japan_minute(now);
+            let count = tx.execute(
+                &insert,
+                params![
+                    MailKind::Alert.as_str(),
+                    ALERT_PRIORITY,
+                    id,
+                    now,
+                    expires_at,
+                    minute,
+                    second,
+                    urgent,
+                    kind,
+                    i64::from(report.is_some()),
+                    Vec::<u8>::new()
+                ],
+            )?;
+            tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
+            audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
+            // Counted with the commit, whoever publishes (link, panel, CLI).
+            crate::counters::bump(&tx, crate::counters::ALERTS_PUBLISHED, &[])?;
+            tx.commit()?;
+            Ok(Published::Published { alert: id, recipients: count })
+        })
     }
 
     /// Latest alerts, newest first (drafts and refused posts included).
@@ -650,28 +611,14 @@ impl Store {
     /// A subscriber's delivery preferences: the configured kinds they turned
     /// off, and quiet hours as minutes of the day in Japan time `[start,
     /// end)` (wrapping past midnight when start > end), `None` for none.
-    pub fn set_preferences(
-        &self,
-        subscriber: crate::SubscriberId,
-        kinds_off: &[String],
-        quiet: Option<(i64, i64)>,
-        now: UnixTime,
-    ) -> Result<()> {
-        self.serially(|| self.set_preferences_once(subscriber, kinds_off, quiet, now))
-    }
-
-    fn set_preferences_once(
-        &self,
-        subscriber: crate::SubscriberId,
-        kinds_off: &[String],
-        quiet: Option<(i64, i64)>,
-        now: UnixTime,
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        crate::write_preferences(&tx, subscriber, &crate::Preferences { kinds_off: kinds_off.to_vec(), quiet })?;
-        tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
-        tx.commit()?;
-        Ok(())
+    pub fn set_preferences(&self, subscriber: crate::SubscriberId, kinds_off: &[String], quiet: Option<(i64, i64)>, now: UnixTime) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            crate::write_preferences(&tx, subscriber, &crate::Preferences { kinds_off: kinds_off.to_vec(), quiet })?;
+            tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// When the copies of an alert were delivered, per address domain:
@@ -995,7 +942,7 @@ use mamoru_core::SubscriberId;
             });
             let published: Vec<&Published> = results.iter().filter(|r| matches!(r, Published::Published { .. })).collect();
             assert_eq!(published.len(), 1, "{results:?}");
-            assert!(results.iter().any(|r| *r == Published::Unusable), "{results:?}");
+            assert!(results.contains(&Published::Unusable), "{results:?}");
             assert_eq!(queued_subscribers(&store, alert).len(), 3);
         }
     }

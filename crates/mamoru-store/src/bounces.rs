@@ -96,74 +96,65 @@ impl Store {
         now: UnixTime,
         policy: SoftBouncePolicy,
     ) -> Result<BounceEffect> {
-        self.serially(|| self.record_bounce_once(outbox_id, class, status, now, policy))
-    }
-
-    fn record_bounce_once(
-        &self,
-        outbox_id: OutboxId,
-        class: BounceClass,
-        status: &str,
-        now: UnixTime,
-        policy: SoftBouncePolicy,
-    ) -> Result<BounceEffect> {
-        let tx = self.begin()?;
-        let row: Option<(SubscriberId, String)> = tx
-            .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", params![outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((subscriber, domain)) = row else { return Ok(BounceEffect::Unknown) };
-        let status = status_code(status);
-        let inserted = tx.execute(
-            "INSERT INTO bounces (outbox_id, at, subscriber_id, domain, class, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (outbox_id) DO NOTHING",
-            params![outbox_id, now, subscriber, domain, class.as_str(), status],
-        )?;
-        if inserted == 0 {
-            return Ok(BounceEffect::Duplicate);
-        }
-        let effect = if class == BounceClass::BlockedAsSpam {
-            BounceEffect::CarrierBlock { domain }
-        } else {
-            let current: Option<(SubscriberStatus, i64)> = tx
-                .query_row("SELECT status, bounce_score FROM subscribers WHERE id = ?1", params![subscriber], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+        self.serially(|| {
+            let tx = self.begin()?;
+            let row: Option<(SubscriberId, String)> = tx
+                .query_row("SELECT subscriber_id, domain FROM outbox WHERE id = ?1", params![outbox_id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            match current {
-                None => BounceEffect::Unknown,
-                Some((SubscriberStatus::Suspended, _)) => BounceEffect::Suspended { subscriber, reason: "already" },
-                Some((_, old_score)) => {
-                    let score = if class == BounceClass::UnknownUser {
-                        old_score
-                    } else {
-                        tx.query_row(
-                            "SELECT COUNT(*) FROM bounces WHERE subscriber_id = ?1 AND at > ?2
-                             AND class IN ('mailbox-full', 'temporary', 'other')",
-                            params![subscriber, now - policy.window_secs],
-                            |r| r.get(0),
-                        )?
-                    };
-                    let reason = if class == BounceClass::UnknownUser {
-                        Some("unknown-user")
-                    } else if score >= policy.threshold {
-                        Some("soft-bounces")
-                    } else {
-                        None
-                    };
-                    tx.execute("UPDATE subscribers SET bounce_score = ?1 WHERE id = ?2", params![score, subscriber])?;
-                    match reason {
-                        Some(reason) => {
-                            suspend(&tx, subscriber, reason, now)?;
-                            BounceEffect::Suspended { subscriber, reason }
+            let Some((subscriber, domain)) = row else { return Ok(BounceEffect::Unknown) };
+            let status = status_code(status);
+            let inserted = tx.execute(
+                "INSERT INTO bounces (outbox_id, at, subscriber_id, domain, class, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (outbox_id) DO NOTHING",
+                params![outbox_id, now, subscriber, domain, class.as_str(), status],
+            )?;
+            if inserted == 0 {
+                return Ok(BounceEffect::Duplicate);
+            }
+            let effect = if class == BounceClass::BlockedAsSpam {
+                BounceEffect::CarrierBlock { domain }
+            } else {
+                let current: Option<(SubscriberStatus, i64)> = tx
+                    .query_row("SELECT status, bounce_score FROM subscribers WHERE id = ?1", params![subscriber], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                match current {
+                    None => BounceEffect::Unknown,
+                    Some((SubscriberStatus::Suspended, _)) => BounceEffect::Suspended { subscriber, reason: "already" },
+                    Some((_, old_score)) => {
+                        let score = if class == BounceClass::UnknownUser {
+                            old_score
+                        } else {
+                            tx.query_row(
+                                "SELECT COUNT(*) FROM bounces WHERE subscriber_id = ?1 AND at > ?2
+                                 AND class IN ('mailbox-full', 'temporary', 'other')",
+                                params![subscriber, now - policy.window_secs],
+                                |r| r.get(0),
+                            )?
+                        };
+                        let reason = if class == BounceClass::UnknownUser {
+                            Some("unknown-user")
+                        } else if score >= policy.threshold {
+                            Some("soft-bounces")
+                        } else {
+                            None
+                        };
+                        tx.execute("UPDATE subscribers SET bounce_score = ?1 WHERE id = ?2", params![score, subscriber])?;
+                        match reason {
+                            Some(reason) => {
+                                suspend(&tx, subscriber, reason, now)?;
+                                BounceEffect::Suspended { subscriber, reason }
+                            }
+                            None => BounceEffect::Scored { subscriber, score },
                         }
-                        None => BounceEffect::Scored { subscriber, score },
                     }
                 }
-            }
-        };
-        audit(&tx, now, "bounce", class.as_str(), &format!("outbox={outbox_id} subscriber={subscriber} status={status}"))?;
-        tx.commit()?;
-        Ok(effect)
+            };
+            audit(&tx, now, "bounce", class.as_str(), &format!("outbox={outbox_id} subscriber={subscriber} status={status}"))?;
+            tx.commit()?;
+            Ok(effect)
+        })
     }
 
     /// Bounces per carrier domain and class since `since`, for the dashboard

@@ -77,45 +77,31 @@ impl Store {
 
     /// Counts one copy's confirmation, once. `expires_at` is the end of
     /// the alert's window (the token's expiry), when the seen-set row goes.
-    pub fn confirm_copy(
-        &self,
-        key: &ConfirmKey,
-        copy: &Nonce,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<Confirmed> {
-        self.serially(|| self.confirm_copy_once(key, copy, expires_at, now))
-    }
-
-    fn confirm_copy_once(
-        &self,
-        key: &ConfirmKey,
-        copy: &Nonce,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<Confirmed> {
-        let tx = self.begin()?;
-        tx.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", params![now])?;
-        let open: Option<i64> = tx
-            .query_row("SELECT 1 FROM alerts WHERE id = ?1 AND state = 'published' AND ask_confirm = 1", params![key.alert], |r| r.get(0))
-            .optional()?;
-        if open.is_none() || expires_at <= now {
-            return Ok(Confirmed::Closed);
-        }
-        let fresh = tx.execute(
-            "INSERT INTO confirm_seen (alert_id, copy, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            params![key.alert, &copy[..], expires_at],
-        )?;
-        if fresh == 0 {
-            return Ok(Confirmed::AlreadyCounted);
-        }
-        tx.execute(
-            "INSERT INTO confirm_counts (alert_id, district_id, carrier, confirmed) VALUES (?1, ?2, ?3, 1)
-             ON CONFLICT (alert_id, district_id, carrier) DO UPDATE SET confirmed = confirm_counts.confirmed + 1",
-            params![key.alert, key.district, key.carrier_name()],
-        )?;
-        tx.commit()?;
-        Ok(Confirmed::Counted)
+    pub fn confirm_copy(&self, key: &ConfirmKey, copy: &Nonce, expires_at: UnixTime, now: UnixTime) -> Result<Confirmed> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            tx.execute("DELETE FROM confirm_seen WHERE expires_at <= ?1", params![now])?;
+            let open: Option<i64> = tx
+                .query_row("SELECT 1 FROM alerts WHERE id = ?1 AND state = 'published' AND ask_confirm = 1", params![key.alert], |r| r.get(0))
+                .optional()?;
+            if open.is_none() || expires_at <= now {
+                return Ok(Confirmed::Closed);
+            }
+            let fresh = tx.execute(
+                "INSERT INTO confirm_seen (alert_id, copy, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![key.alert, &copy[..], expires_at],
+            )?;
+            if fresh == 0 {
+                return Ok(Confirmed::AlreadyCounted);
+            }
+            tx.execute(
+                "INSERT INTO confirm_counts (alert_id, district_id, carrier, confirmed) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (alert_id, district_id, carrier) DO UPDATE SET confirmed = confirm_counts.confirmed + 1",
+                params![key.alert, key.district, key.carrier_name()],
+            )?;
+            tx.commit()?;
+            Ok(Confirmed::Counted)
+        })
     }
 
     /// Deletes the seen-set rows of every confirmation window that ended:

@@ -43,23 +43,13 @@ pub(crate) fn bump(conn: &Conn<'_>, name: &'static str, labels: &[&'static str])
 
 impl Store {
     /// Adds one to a counter, in a transaction of its own.
-    pub fn count(
-        &self,
-        name: &'static str,
-        labels: &[&'static str],
-    ) -> Result<()> {
-        self.serially(|| self.count_once(name, labels))
-    }
-
-    fn count_once(
-        &self,
-        name: &'static str,
-        labels: &[&'static str],
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        bump(&tx, name, labels)?;
-        tx.commit()?;
-        Ok(())
+    pub fn count(&self, name: &'static str, labels: &[&'static str]) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            bump(&tx, name, labels)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every counter, by name and labels.

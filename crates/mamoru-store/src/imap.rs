@@ -74,42 +74,30 @@ impl Store {
     /// The mailbox was selected with `uid_validity`: a value other than the
     /// stored one starts it again from UID 0. Returns the last UID disposed
     /// of under this UIDVALIDITY, and whether it changed.
-    pub fn imap_selected(
-        &self,
-        name: &str,
-        uid_validity: u32,
-        now: UnixTime,
-    ) -> Result<(u32, bool)> {
-        self.serially(|| self.imap_selected_once(name, uid_validity, now))
-    }
-
-    fn imap_selected_once(
-        &self,
-        name: &str,
-        uid_validity: u32,
-        now: UnixTime,
-    ) -> Result<(u32, bool)> {
-        let tx = self.begin()?;
-        let old: Option<(u32, u32)> = tx
-            .prepare_cached("SELECT uid_validity, last_uid FROM imap_mailboxes WHERE name = ?1")?
-            .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (last, changed) = match old {
-            Some((v, last)) if v == uid_validity => (last, false),
-            // 0: never selected yet (a state row written before the login).
-            Some((0, _)) => (0, false),
-            Some(_) => (0, true),
-            None => (0, false),
-        };
-        tx.prepare_cached(
-            "INSERT INTO imap_mailboxes (name, uid_validity, last_uid, state, detail, updated_at)
-             VALUES (?1, ?2, ?3, 'scanning', '', ?4)
-             ON CONFLICT (name) DO UPDATE SET uid_validity = excluded.uid_validity, last_uid = excluded.last_uid,
-                 state = 'scanning', detail = '', retry_at = 0, updated_at = excluded.updated_at",
-        )?
-        .execute(params![name, uid_validity, last, now])?;
-        tx.commit()?;
-        Ok((last, changed))
+    pub fn imap_selected(&self, name: &str, uid_validity: u32, now: UnixTime) -> Result<(u32, bool)> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            let old: Option<(u32, u32)> = tx
+                .prepare_cached("SELECT uid_validity, last_uid FROM imap_mailboxes WHERE name = ?1")?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (last, changed) = match old {
+                Some((v, last)) if v == uid_validity => (last, false),
+                // 0: never selected yet (a state row written before the login).
+                Some((0, _)) => (0, false),
+                Some(_) => (0, true),
+                None => (0, false),
+            };
+            tx.prepare_cached(
+                "INSERT INTO imap_mailboxes (name, uid_validity, last_uid, state, detail, updated_at)
+                 VALUES (?1, ?2, ?3, 'scanning', '', ?4)
+                 ON CONFLICT (name) DO UPDATE SET uid_validity = excluded.uid_validity, last_uid = excluded.last_uid,
+                     state = 'scanning', detail = '', retry_at = 0, updated_at = excluded.updated_at",
+            )?
+            .execute(params![name, uid_validity, last, now])?;
+            tx.commit()?;
+            Ok((last, changed))
+        })
     }
 
     /// A message was moved out of the mailbox: counts it, and raises the

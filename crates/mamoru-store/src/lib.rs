@@ -591,44 +591,35 @@ impl Store {
         token_expires_at: UnixTime,
         mut render: impl FnMut(SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<RegistrationRequest> {
-        self.serially(|| self.request_registration_once(addr, now, limits, token_expires_at, &mut render))
-    }
-
-    fn request_registration_once(
-        &self,
-        addr: &EmailAddress,
-        now: UnixTime,
-        limits: &RegistrationLimits,
-        token_expires_at: UnixTime,
-        render: &mut impl FnMut(SubscriberId, Nonce) -> OutgoingMail,
-    ) -> Result<RegistrationRequest> {
-        let index = self.sealer.index(addr);
-        let mailbox = self.mailbox_index(addr);
-        let tx = self.begin()?;
-        if let Some(limited) = take_registration_slot(&tx, &mailbox, &Channel::Mail, now, limits)? {
-            // Dropping the transaction rolls back the counters it touched.
-            return Ok(RegistrationRequest::Limited(limited));
-        }
-        let existing: Option<SubscriberId> =
-            tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| r.get(0)).optional()?;
-        let subscriber = match existing {
-            Some(id) => id,
-            None => {
-                tx.query_row(
-                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
-                    params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
-                    |r| r.get(0),
-                )?
+        self.serially(|| {
+            let index = self.sealer.index(addr);
+            let mailbox = self.mailbox_index(addr);
+            let tx = self.begin()?;
+            if let Some(limited) = take_registration_slot(&tx, &mailbox, &Channel::Mail, now, limits)? {
+                // Dropping the transaction rolls back the counters it touched.
+                return Ok(RegistrationRequest::Limited(limited));
             }
-        };
-        let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
-        let mail = render(subscriber, nonce);
-        // The mail is worthless once its link has expired.
-        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
-        audit(&tx, now, "ingest", "registration-requested", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
-        tx.commit()?;
-        Ok(RegistrationRequest::Queued { subscriber, outbox })
+            let existing: Option<SubscriberId> =
+                tx.query_row("SELECT id FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| r.get(0)).optional()?;
+            let subscriber = match existing {
+                Some(id) => id,
+                None => {
+                    tx.query_row(
+                        "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
+                        params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
+                        |r| r.get(0),
+                    )?
+                }
+            };
+            let nonce = self.issue_token(&tx, Purpose::Register, subscriber.get(), token_expires_at)?;
+            let mail = render(subscriber, nonce);
+            // The mail is worthless once its link has expired.
+            let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
+            audit(&tx, now, "ingest", "registration-requested", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+            tx.commit()?;
+            Ok(RegistrationRequest::Queued { subscriber, outbox })
+        })
     }
 
     /// For the GET of a registration link: is the token still unused, and
@@ -662,66 +653,56 @@ impl Store {
         mail_expires_at: UnixTime,
         mut render: impl FnMut(&EmailAddress, Nonce) -> OutgoingMail,
     ) -> Result<Completion> {
-        self.serially(|| self.complete_registration_once(claims, districts, prefs, now, mail_expires_at, &mut render))
-    }
-
-    fn complete_registration_once(
-        &self,
-        claims: &Claims,
-        districts: &[u32],
-        prefs: &Preferences,
-        now: UnixTime,
-        mail_expires_at: UnixTime,
-        render: &mut impl FnMut(&EmailAddress, Nonce) -> OutgoingMail,
-    ) -> Result<Completion> {
-        let tx = self.begin()?;
-        let consumed = consume_token(&tx, claims, claims.purpose, now)?;
-        let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
-        let sealed: Option<Vec<u8>> = tx
-            .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))
-            .optional()?;
-        let (true, Some(sealed)) = (consumed, sealed) else {
-            return Ok(Completion::TokenUnusable);
-        };
-        let addr = self.sealer.open_address(&sealed)?;
-        let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
-        if status == SubscriberStatus::Pending {
-            // A parent who has just chosen districts may notice a wrong one
-            // and send another empty mail at once. Completing the
-            // registration proved the mailbox is theirs, so it lifts the
-            // mailbox's cooldown once; the daily count (and so the daily
-            // cap) stays as it is, and the next request starts a cooldown
-            // again.
+        self.serially(|| {
+            let tx = self.begin()?;
+            let consumed = consume_token(&tx, claims, claims.purpose, now)?;
+            let Some(subscriber) = SubscriberId::from_subject(claims.subject) else { return Ok(Completion::TokenUnusable) };
+            let sealed: Option<Vec<u8>> = tx
+                .query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))
+                .optional()?;
+            let (true, Some(sealed)) = (consumed, sealed) else {
+                return Ok(Completion::TokenUnusable);
+            };
+            let addr = self.sealer.open_address(&sealed)?;
+            let status: SubscriberStatus = tx.query_row("SELECT status FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
+            if status == SubscriberStatus::Pending {
+                // A parent who has just chosen districts may notice a wrong one
+                // and send another empty mail at once. Completing the
+                // registration proved the mailbox is theirs, so it lifts the
+                // mailbox's cooldown once; the daily count (and so the daily
+                // cap) stays as it is, and the next request starts a cooldown
+                // again.
+                tx.execute(
+                    "UPDATE rate_limits SET last_at = 0 WHERE scope = ?1 AND key = ?2",
+                    params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]],
+                )?;
+            }
+            let mut link_nonce: Nonce = [0; 8];
+            self.sealer.random(&mut link_nonce)?;
+            // The footer-link nonce is set once, at the first confirmation.
             tx.execute(
-                "UPDATE rate_limits SET last_at = 0 WHERE scope = ?1 AND key = ?2",
-                params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]],
+                "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = ?3",
+                params![&link_nonce[..], subscriber, &NO_NONCE[..]],
             )?;
-        }
-        let mut link_nonce: Nonce = [0; 8];
-        self.sealer.random(&mut link_nonce)?;
-        // The footer-link nonce is set once, at the first confirmation.
-        tx.execute(
-            "UPDATE subscribers SET link_nonce = ?1 WHERE id = ?2 AND link_nonce = ?3",
-            params![&link_nonce[..], subscriber, &NO_NONCE[..]],
-        )?;
-        let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
-        tx.execute(
-            "UPDATE subscribers SET status = 'active', updated_at = ?1,
-                    confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
-             WHERE id = ?2",
-            params![now, subscriber],
-        )?;
-        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
-        for d in districts {
-            tx.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)", params![subscriber, d])?;
-        }
-        write_preferences(&tx, subscriber, prefs)?;
-        let mail = render(&addr, link_nonce);
-        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
-        let list: Vec<String> = districts.iter().map(u32::to_string).collect();
-        audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
-        tx.commit()?;
-        Ok(Completion::Completed { subscriber, outbox })
+            let link_nonce: Nonce = tx.query_row("SELECT link_nonce FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
+            tx.execute(
+                "UPDATE subscribers SET status = 'active', updated_at = ?1,
+                        confirmed_at = CASE WHEN confirmed_at = 0 THEN ?1 ELSE confirmed_at END
+                 WHERE id = ?2",
+                params![now, subscriber],
+            )?;
+            tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
+            for d in districts {
+                tx.execute("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)", params![subscriber, d])?;
+            }
+            write_preferences(&tx, subscriber, prefs)?;
+            let mail = render(&addr, link_nonce);
+            let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
+            let list: Vec<String> = districts.iter().map(u32::to_string).collect();
+            audit(&tx, now, "web", "registration-completed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
+            tx.commit()?;
+            Ok(Completion::Completed { subscriber, outbox })
+        })
     }
 
     /// Records a fresh nonce for a one-time token of `purpose` about

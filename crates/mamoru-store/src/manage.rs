@@ -103,69 +103,57 @@ impl Store {
         preselect: Option<u32>,
         mut render: impl FnMut(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<LinkRequest> {
-        self.serially(|| self.request_link_once(addr, channel, now, limits, token_expires_at, preselect, &mut render))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn request_link_once(
-        &self,
-        addr: &EmailAddress,
-        channel: &Channel,
-        now: UnixTime,
-        limits: &RegistrationLimits,
-        token_expires_at: UnixTime,
-        preselect: Option<u32>,
-        render: &mut impl FnMut(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
-    ) -> Result<LinkRequest> {
-        let index = self.sealer.index(addr);
-        let mailbox = self.mailbox_index(addr);
-        let tx = self.begin()?;
-        if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
-            return Ok(LinkRequest::Limited(limited));
-        }
-        let existing: Option<(SubscriberId, SubscriberStatus)> = tx
-            .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (subscriber, kind) = match existing {
-            Some((id, SubscriberStatus::Pending)) => (id, LinkMail::Register),
-            Some((id, _)) => (id, LinkMail::Manage),
-            None => {
-                let id = tx.query_row(
-                    "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
-                    params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
-                    |r| r.get(0),
-                )?;
-                (id, LinkMail::Register)
+        self.serially(|| {
+            let index = self.sealer.index(addr);
+            let mailbox = self.mailbox_index(addr);
+            let tx = self.begin()?;
+            if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
+                return Ok(LinkRequest::Limited(limited));
             }
-        };
-        if let (LinkMail::Register, Some(district)) = (kind, preselect) {
-            tx.execute(
-                "INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![subscriber, district],
-            )?;
-        }
-        let nonce = self.issue_token(&tx, kind.purpose(), subscriber.get(), token_expires_at)?;
-        let mail = render(kind, subscriber, nonce);
-        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
-        let action = match kind {
-            LinkMail::Register => "registration-requested",
-            LinkMail::Manage => "manage-link-requested",
-        };
-        audit(&tx, now, "ingest", action, &format!("subscriber={subscriber} addr={}", addr.masked()))?;
-        // Counted with the commit: the pipe command's requests reach the
-        // serving process's metrics through this row.
-        let via = match channel {
-            Channel::Mail => "mail",
-            Channel::Web { .. } => "form",
-        };
-        let label = match kind {
-            LinkMail::Register => "register",
-            LinkMail::Manage => "manage",
-        };
-        crate::counters::bump(&tx, crate::counters::REGISTRATIONS_REQUESTED, &[via, label])?;
-        tx.commit()?;
-        Ok(LinkRequest::Queued { kind, subscriber, outbox })
+            let existing: Option<(SubscriberId, SubscriberStatus)> = tx
+                .query_row("SELECT id, status FROM subscribers WHERE addr_index = ?1", params![&index[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (subscriber, kind) = match existing {
+                Some((id, SubscriberStatus::Pending)) => (id, LinkMail::Register),
+                Some((id, _)) => (id, LinkMail::Manage),
+                None => {
+                    let id = tx.query_row(
+                        "INSERT INTO subscribers (addr_index, addr_sealed, domain, status, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, 'pending', ?4, ?4) RETURNING id",
+                        params![&index[..], self.sealer.seal_address(addr)?, addr.domain(), now],
+                        |r| r.get(0),
+                    )?;
+                    (id, LinkMail::Register)
+                }
+            };
+            if let (LinkMail::Register, Some(district)) = (kind, preselect) {
+                tx.execute(
+                    "INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![subscriber, district],
+                )?;
+            }
+            let nonce = self.issue_token(&tx, kind.purpose(), subscriber.get(), token_expires_at)?;
+            let mail = render(kind, subscriber, nonce);
+            let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, token_expires_at)?;
+            let action = match kind {
+                LinkMail::Register => "registration-requested",
+                LinkMail::Manage => "manage-link-requested",
+            };
+            audit(&tx, now, "ingest", action, &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+            // Counted with the commit: the pipe command's requests reach the
+            // serving process's metrics through this row.
+            let via = match channel {
+                Channel::Mail => "mail",
+                Channel::Web { .. } => "form",
+            };
+            let label = match kind {
+                LinkMail::Register => "register",
+                LinkMail::Manage => "manage",
+            };
+            crate::counters::bump(&tx, crate::counters::REGISTRATIONS_REQUESTED, &[via, label])?;
+            tx.commit()?;
+            Ok(LinkRequest::Queued { kind, subscriber, outbox })
+        })
     }
 
     /// For GET and HEAD of `/m/` and `/u/`: does the token still open a
@@ -193,48 +181,38 @@ impl Store {
         mail_expires_at: UnixTime,
         mut render: impl FnMut(&EmailAddress) -> OutgoingMail,
     ) -> Result<ManageOutcome> {
-        self.serially(|| self.change_districts_once(claims, districts, prefs, now, mail_expires_at, &mut render))
-    }
-
-    fn change_districts_once(
-        &self,
-        claims: &Claims,
-        districts: &[u32],
-        prefs: &crate::Preferences,
-        now: UnixTime,
-        mail_expires_at: UnixTime,
-        render: &mut impl FnMut(&EmailAddress) -> OutgoingMail,
-    ) -> Result<ManageOutcome> {
-        let tx = self.begin()?;
-        let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
-        if grant == Grant::OneTime {
-            // `grant` has just checked the token in this transaction.
-            if !crate::consume_token(&tx, claims, claims.purpose, now)? {
-                return Ok(ManageOutcome::TokenUnusable);
+        self.serially(|| {
+            let tx = self.begin()?;
+            let Some((subscriber, grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
+            if grant == Grant::OneTime {
+                // `grant` has just checked the token in this transaction.
+                if !crate::consume_token(&tx, claims, claims.purpose, now)? {
+                    return Ok(ManageOutcome::TokenUnusable);
+                }
+                tx.execute(
+                    "UPDATE subscribers SET status = 'active', bounce_score = 0, suspended_reason = '', suspended_at = 0
+                     WHERE id = ?1",
+                    params![subscriber],
+                )?;
             }
-            tx.execute(
-                "UPDATE subscribers SET status = 'active', bounce_score = 0, suspended_reason = '', suspended_at = 0
-                 WHERE id = ?1",
-                params![subscriber],
-            )?;
-        }
-        tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
-        tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
-        {
-            let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
-            for d in districts {
-                ins.execute(params![subscriber, d])?;
+            tx.execute("UPDATE subscribers SET updated_at = ?1 WHERE id = ?2", params![now, subscriber])?;
+            tx.execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![subscriber])?;
+            {
+                let mut ins = tx.prepare("INSERT INTO subscriber_districts (subscriber_id, district_id) VALUES (?1, ?2)")?;
+                for d in districts {
+                    ins.execute(params![subscriber, d])?;
+                }
             }
-        }
-        crate::write_preferences(&tx, subscriber, prefs)?;
-        let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
-        let addr = self.sealer.open_address(&sealed)?;
-        let mail = render(&addr);
-        let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
-        let list: Vec<String> = districts.iter().map(u32::to_string).collect();
-        audit(&tx, now, "web", "districts-changed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
-        tx.commit()?;
-        Ok(ManageOutcome::Done { subscriber, outbox: Some(outbox) })
+            crate::write_preferences(&tx, subscriber, prefs)?;
+            let sealed: Vec<u8> = tx.query_row("SELECT addr_sealed FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0))?;
+            let addr = self.sealer.open_address(&sealed)?;
+            let mail = render(&addr);
+            let outbox = self.insert_outbox(&tx, &mail, Some(subscriber), 10, now, mail_expires_at)?;
+            let list: Vec<String> = districts.iter().map(u32::to_string).collect();
+            audit(&tx, now, "web", "districts-changed", &format!("subscriber={subscriber} districts={}", list.join(",")))?;
+            tx.commit()?;
+            Ok(ManageOutcome::Done { subscriber, outbox: Some(outbox) })
+        })
     }
 
     /// Deletes the registration a manage or unsubscribe token names, purging
@@ -248,36 +226,29 @@ impl Store {
         mail_expires_at: UnixTime,
         mut render: impl FnMut(&EmailAddress) -> Option<OutgoingMail>,
     ) -> Result<ManageOutcome> {
-        self.serially(|| self.delete_registration_once(claims, now, mail_expires_at, &mut render))
+        self.serially(|| {
+            let tx = self.begin()?;
+            let Some((subscriber, _grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
+            let (sealed, index): (Vec<u8>, Vec<u8>) =
+                tx.query_row("SELECT addr_sealed, addr_index FROM subscribers WHERE id = ?1", params![subscriber], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let addr = self.sealer.open_address(&sealed)?;
+            purge(&tx, subscriber, &index)?;
+            // The mailbox's rate-limit window goes with it (its key is a hash of
+            // the address, so it is personal data too).
+            tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]])?;
+            let outbox = match render(&addr) {
+                Some(mail) => Some(self.insert_outbox(&tx, &mail, None, 10, now, mail_expires_at)?),
+                None => None,
+            };
+            let actor = if claims.purpose == Purpose::Unsubscribe { "unsubscribe" } else { "web" };
+            audit(&tx, now, actor, "registration-deleted", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
+            tx.commit()?;
+            Ok(ManageOutcome::Done { subscriber, outbox })
+        })
     }
 
-    fn delete_registration_once(
-        &self,
-        claims: &Claims,
-        now: UnixTime,
-        mail_expires_at: UnixTime,
-        render: &mut impl FnMut(&EmailAddress) -> Option<OutgoingMail>,
-    ) -> Result<ManageOutcome> {
-        let tx = self.begin()?;
-        let Some((subscriber, _grant)) = grant(&tx, claims, now)? else { return Ok(ManageOutcome::TokenUnusable) };
-        let (sealed, index): (Vec<u8>, Vec<u8>) =
-            tx.query_row("SELECT addr_sealed, addr_index FROM subscribers WHERE id = ?1", params![subscriber], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let addr = self.sealer.open_address(&sealed)?;
-        purge(&tx, subscriber, &index)?;
-        // The mailbox's rate-limit window goes with it (its key is a hash of
-        // the address, so it is personal data too).
-        tx.execute("DELETE FROM rate_limits WHERE scope = ?1 AND key = ?2", params![MAILBOX_SCOPE, &self.mailbox_index(&addr)[..]])?;
-        let outbox = match render(&addr) {
-            Some(mail) => Some(self.insert_outbox(&tx, &mail, None, 10, now, mail_expires_at)?),
-            None => None,
-        };
-        let actor = if claims.purpose == Purpose::Unsubscribe { "unsubscribe" } else { "web" };
-        audit(&tx, now, actor, "registration-deleted", &format!("subscriber={subscriber} addr={}", addr.masked()))?;
-        tx.commit()?;
-        Ok(ManageOutcome::Done { subscriber, outbox })
-    }
 }
 
 /// The outbox rows of subscriber `?1`, in two parts, each found through an

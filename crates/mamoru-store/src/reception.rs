@@ -90,46 +90,36 @@ impl Store {
         expires_at: UnixTime,
         mut render: impl FnMut(TestId, TestNonces) -> OutgoingMail,
     ) -> Result<TestRequest> {
-        self.serially(|| self.request_reception_test_once(addr, client, now, limits, expires_at, &mut render))
-    }
-
-    fn request_reception_test_once(
-        &self,
-        addr: &EmailAddress,
-        client: Option<&BlindIndex>,
-        now: UnixTime,
-        limits: &ReceptionLimits,
-        expires_at: UnixTime,
-        render: &mut impl FnMut(TestId, TestNonces) -> OutgoingMail,
-    ) -> Result<TestRequest> {
-        let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
-        let tx = self.begin()?;
-        let hour = now.div_euclid(3600);
-        if let Some(client) = client {
-            if !take_hourly(&tx, "reception-web-client", client, hour, now, limits.client_hourly_cap)? {
-                return Ok(TestRequest::Limited(Limited::ClientHourlyCap));
+        self.serially(|| {
+            let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
+            let tx = self.begin()?;
+            let hour = now.div_euclid(3600);
+            if let Some(client) = client {
+                if !take_hourly(&tx, "reception-web-client", client, hour, now, limits.client_hourly_cap)? {
+                    return Ok(TestRequest::Limited(Limited::ClientHourlyCap));
+                }
             }
-        }
-        if let Some(limited) = take_mailbox_slot(&tx, MAILBOX_SCOPE, &mailbox, now, limits.cooldown_secs, limits.daily_cap)? {
-            return Ok(TestRequest::Limited(limited));
-        }
-        if !take_hourly(&tx, "reception-global", &[], hour, now, limits.global_hourly_cap)? {
-            return Ok(TestRequest::Limited(Limited::GlobalHourlyCap));
-        }
-        let mut nonces = TestNonces { arrived: [0; 8], waiting: [0; 8] };
-        self.sealer.random(&mut nonces.arrived)?;
-        self.sealer.random(&mut nonces.waiting)?;
-        let test: TestId = tx.query_row(
-            "INSERT INTO reception_tests (arrived_nonce, waiting_nonce, domain, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-            params![&nonces.arrived[..], &nonces.waiting[..], addr.domain().to_ascii_lowercase(), now, expires_at],
-            |r| r.get(0),
-        )?;
-        let mail = render(test, nonces);
-        let outbox = self.insert_outbox(&tx, &mail, None, 10, now, expires_at)?;
-        audit(&tx, now, "web", "reception-test-requested", &format!("test={test} addr={}", addr.masked()))?;
-        tx.commit()?;
-        Ok(TestRequest::Queued { test, waiting: nonces.waiting, outbox })
+            if let Some(limited) = take_mailbox_slot(&tx, MAILBOX_SCOPE, &mailbox, now, limits.cooldown_secs, limits.daily_cap)? {
+                return Ok(TestRequest::Limited(limited));
+            }
+            if !take_hourly(&tx, "reception-global", &[], hour, now, limits.global_hourly_cap)? {
+                return Ok(TestRequest::Limited(Limited::GlobalHourlyCap));
+            }
+            let mut nonces = TestNonces { arrived: [0; 8], waiting: [0; 8] };
+            self.sealer.random(&mut nonces.arrived)?;
+            self.sealer.random(&mut nonces.waiting)?;
+            let test: TestId = tx.query_row(
+                "INSERT INTO reception_tests (arrived_nonce, waiting_nonce, domain, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![&nonces.arrived[..], &nonces.waiting[..], addr.domain().to_ascii_lowercase(), now, expires_at],
+                |r| r.get(0),
+            )?;
+            let mail = render(test, nonces);
+            let outbox = self.insert_outbox(&tx, &mail, None, 10, now, expires_at)?;
+            audit(&tx, now, "web", "reception-test-requested", &format!("test={test} addr={}", addr.masked()))?;
+            tx.commit()?;
+            Ok(TestRequest::Queued { test, waiting: nonces.waiting, outbox })
+        })
     }
 
     /// The test a live token names, if its nonce is the one of `arrived`

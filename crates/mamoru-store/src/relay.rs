@@ -343,62 +343,44 @@ impl Store {
     /// Suspends a subscriber whose address the carrier refused as unknown,
     /// and fails its other queued mail, so nothing more goes to a dead
     /// address. Idempotent: the first refusal's time is kept.
-    pub fn mark_undeliverable(
-        &self,
-        subscriber: SubscriberId,
-        now: UnixTime,
-    ) -> Result<()> {
-        self.serially(|| self.mark_undeliverable_once(subscriber, now))
-    }
-
-    fn mark_undeliverable_once(
-        &self,
-        subscriber: SubscriberId,
-        now: UnixTime,
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        suspend_undeliverable(&tx, subscriber, now)?;
-        tx.commit()?;
-        Ok(())
+    pub fn mark_undeliverable(&self, subscriber: SubscriberId, now: UnixTime) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            suspend_undeliverable(&tx, subscriber, now)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Replaces the stored live state of the given pools.
-    pub fn save_pool_states(
-        &self,
-        states: &[PoolState],
-    ) -> Result<()> {
-        self.serially(|| self.save_pool_states_once(states))
-    }
-
-    fn save_pool_states_once(
-        &self,
-        states: &[PoolState],
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        for p in states {
-            tx.prepare_cached(
-                "INSERT INTO relay_pools (name, rate_configured, rate_now, paused_until_ms, connections, max_connections,
-                                          throttles, sent, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (name) DO UPDATE SET rate_configured = excluded.rate_configured, rate_now = excluded.rate_now,
-                     paused_until_ms = excluded.paused_until_ms, connections = excluded.connections,
-                     max_connections = excluded.max_connections, throttles = excluded.throttles,
-                     sent = excluded.sent, updated_at = excluded.updated_at",
-            )?
-            .execute(params![
-                p.name,
-                p.rate_configured,
-                p.rate_now,
-                p.paused_until_ms,
-                p.connections,
-                p.max_connections,
-                p.throttles,
-                p.sent,
-                p.updated_at
-            ])?;
-        }
-        tx.commit()?;
-        Ok(())
+    pub fn save_pool_states(&self, states: &[PoolState]) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            for p in states {
+                tx.prepare_cached(
+                    "INSERT INTO relay_pools (name, rate_configured, rate_now, paused_until_ms, connections, max_connections,
+                                              throttles, sent, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (name) DO UPDATE SET rate_configured = excluded.rate_configured, rate_now = excluded.rate_now,
+                         paused_until_ms = excluded.paused_until_ms, connections = excluded.connections,
+                         max_connections = excluded.max_connections, throttles = excluded.throttles,
+                         sent = excluded.sent, updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    p.name,
+                    p.rate_configured,
+                    p.rate_now,
+                    p.paused_until_ms,
+                    p.connections,
+                    p.max_connections,
+                    p.throttles,
+                    p.sent,
+                    p.updated_at
+                ])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The live pool states, by name.
@@ -426,61 +408,53 @@ impl Store {
 
     /// Replaces the stored learned limits of the given pools, in one
     /// transaction.
-    pub fn save_learned_limits(
-        &self,
-        limits: &[LearnedLimits],
-    ) -> Result<()> {
-        self.serially(|| self.save_learned_limits_once(limits))
-    }
-
-    fn save_learned_limits_once(
-        &self,
-        limits: &[LearnedLimits],
-    ) -> Result<()> {
-        let tx = self.begin()?;
-        for l in limits {
-            let mark = |m: Option<LearnedMark>| m.map_or((0.0, 0, 0), |m| (m.level, i64::from(m.hits), m.at));
-            let (s_level, s_hits, s_at) = mark(l.sessions_mark);
-            let (p_level, p_hits, p_at) = mark(l.pace_mark);
-            let (pb_at, pb_signal, pb_code, pb_enhanced) = match &l.last_push_back {
-                Some(p) => (p.at, p.signal.as_str(), i64::from(p.code), p.enhanced.as_str()),
-                None => (0, "", 0, ""),
-            };
-            tx.prepare_cached(
-                "INSERT INTO relay_learned (pool, connections, connections_ceiling, pace, pace_ceiling,
-                     sessions_mark_level, sessions_mark_hits, sessions_mark_at, pace_mark_level, pace_mark_hits, pace_mark_at,
-                     push_back_at, push_back_signal, push_back_code, push_back_enhanced, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                 ON CONFLICT (pool) DO UPDATE SET connections = excluded.connections,
-                     connections_ceiling = excluded.connections_ceiling, pace = excluded.pace,
-                     pace_ceiling = excluded.pace_ceiling, sessions_mark_level = excluded.sessions_mark_level,
-                     sessions_mark_hits = excluded.sessions_mark_hits, sessions_mark_at = excluded.sessions_mark_at,
-                     pace_mark_level = excluded.pace_mark_level, pace_mark_hits = excluded.pace_mark_hits,
-                     pace_mark_at = excluded.pace_mark_at, push_back_at = excluded.push_back_at,
-                     push_back_signal = excluded.push_back_signal, push_back_code = excluded.push_back_code,
-                     push_back_enhanced = excluded.push_back_enhanced, updated_at = excluded.updated_at",
-            )?
-            .execute(params![
-                l.pool,
-                i64::from(l.connections),
-                i64::from(l.connections_ceiling),
-                l.pace,
-                l.pace_ceiling,
-                s_level as i64,
-                s_hits,
-                s_at,
-                p_level,
-                p_hits,
-                p_at,
-                pb_at,
-                pb_signal,
-                pb_code,
-                pb_enhanced,
-                l.updated_at
-            ])?;
-        }
-        tx.commit()?;
-        Ok(())
+    pub fn save_learned_limits(&self, limits: &[LearnedLimits]) -> Result<()> {
+        self.serially(|| {
+            let tx = self.begin()?;
+            for l in limits {
+                let mark = |m: Option<LearnedMark>| m.map_or((0.0, 0, 0), |m| (m.level, i64::from(m.hits), m.at));
+                let (s_level, s_hits, s_at) = mark(l.sessions_mark);
+                let (p_level, p_hits, p_at) = mark(l.pace_mark);
+                let (pb_at, pb_signal, pb_code, pb_enhanced) = match &l.last_push_back {
+                    Some(p) => (p.at, p.signal.as_str(), i64::from(p.code), p.enhanced.as_str()),
+                    None => (0, "", 0, ""),
+                };
+                tx.prepare_cached(
+                    "INSERT INTO relay_learned (pool, connections, connections_ceiling, pace, pace_ceiling,
+                         sessions_mark_level, sessions_mark_hits, sessions_mark_at, pace_mark_level, pace_mark_hits, pace_mark_at,
+                         push_back_at, push_back_signal, push_back_code, push_back_enhanced, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                     ON CONFLICT (pool) DO UPDATE SET connections = excluded.connections,
+                         connections_ceiling = excluded.connections_ceiling, pace = excluded.pace,
+                         pace_ceiling = excluded.pace_ceiling, sessions_mark_level = excluded.sessions_mark_level,
+                         sessions_mark_hits = excluded.sessions_mark_hits, sessions_mark_at = excluded.sessions_mark_at,
+                         pace_mark_level = excluded.pace_mark_level, pace_mark_hits = excluded.pace_mark_hits,
+                         pace_mark_at = excluded.pace_mark_at, push_back_at = excluded.push_back_at,
+                         push_back_signal = excluded.push_back_signal, push_back_code = excluded.push_back_code,
+                         push_back_enhanced = excluded.push_back_enhanced, updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    l.pool,
+                    i64::from(l.connections),
+                    i64::from(l.connections_ceiling),
+                    l.pace,
+                    l.pace_ceiling,
+                    s_level as i64,
+                    s_hits,
+                    s_at,
+                    p_level,
+                    p_hits,
+                    p_at,
+                    pb_at,
+                    pb_signal,
+                    pb_code,
+                    pb_enhanced,
+                    l.updated_at
+                ])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The stored learned limits of every pool, by name: what the relay
