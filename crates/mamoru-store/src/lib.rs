@@ -591,9 +591,9 @@ impl Store {
         token_expires_at: UnixTime,
         mut render: impl FnMut(SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<RegistrationRequest> {
+        let index = self.sealer.index(addr);
+        let mailbox = self.mailbox_index(addr);
         self.serially(|| {
-            let index = self.sealer.index(addr);
-            let mailbox = self.mailbox_index(addr);
             let tx = self.begin()?;
             if let Some(limited) = take_registration_slot(&tx, &mailbox, &Channel::Mail, now, limits)? {
                 // Dropping the transaction rolls back the counters it touched.

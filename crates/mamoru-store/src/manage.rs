@@ -103,9 +103,9 @@ impl Store {
         preselect: Option<u32>,
         mut render: impl FnMut(LinkMail, SubscriberId, Nonce) -> OutgoingMail,
     ) -> Result<LinkRequest> {
+        let index = self.sealer.index(addr);
+        let mailbox = self.mailbox_index(addr);
         self.serially(|| {
-            let index = self.sealer.index(addr);
-            let mailbox = self.mailbox_index(addr);
             let tx = self.begin()?;
             if let Some(limited) = take_registration_slot(&tx, &mailbox, channel, now, limits)? {
                 return Ok(LinkRequest::Limited(limited));

@@ -90,8 +90,8 @@ impl Store {
         expires_at: UnixTime,
         mut render: impl FnMut(TestId, TestNonces) -> OutgoingMail,
     ) -> Result<TestRequest> {
+        let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
         self.serially(|| {
-            let mailbox = self.sealer.keyed_index(MAILBOX_SCOPE, mamoru_core::mailbox::mailbox_key(addr).as_bytes());
             let tx = self.begin()?;
             let hour = now.div_euclid(3600);
             if let Some(client) = client {

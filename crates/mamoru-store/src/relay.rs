@@ -693,16 +693,27 @@ pub(crate) fn attach_alerts(
 /// No more than the claim takes: on PostgreSQL every row this returns stays
 /// locked until the commit, and a dead node may have left tens of thousands.
 fn lapsed_rows(tx: &Conn<'_>, now: UnixTime, limit: usize, filter: &DomainFilter) -> Result<Vec<OutboxId>> {
-    let (pool, mut args) = pool_rows(filter, 2);
+    let (domains, not) = match filter {
+        DomainFilter::Only(d) => (d, ""),
+        DomainFilter::Except(d) => (d, "NOT "),
+    };
+    // An empty exception list is every domain, an empty list of domains
+    // none (`IN ()` is SQLite's only).
+    let pool = match (domains.is_empty(), filter) {
+        (true, DomainFilter::Only(_)) => "AND 1 = 0".to_string(),
+        (true, DomainFilter::Except(_)) => String::new(),
+        (false, _) => format!("AND domain {not}IN ({})", id_marks(2, domains.len())),
+    };
     let sql = format!(
         "SELECT id FROM outbox {}
          WHERE state = 'sending' AND lease_until <= ?1 AND expires_at > ?1 {pool}
          ORDER BY id LIMIT ?{}{}",
         indexed_by(tx, "outbox_sending"),
-        args.len() + 2,
+        domains.len() + 2,
         skip_locked(tx)
     );
-    args.insert(0, Value::Int(now));
+    let mut args = vec![Value::Int(now)];
+    args.extend(domains.iter().map(|d| Value::Text(d.clone())));
     args.push(Value::Int(limit as i64));
     tx.query_map(&sql, &args, |r| r.get::<OutboxId>(0))
 }
@@ -758,23 +769,6 @@ fn queued_heads_sql(tx: &Conn<'_>) -> String {
          )
          SELECT o.domain, o.priority, o.id FROM heads h JOIN outbox o ON o.id = h.id"
     )
-}
-
-/// The condition on `domain` for the rows of the pool `filter` names, with
-/// its placeholders numbered from `first`, and their values. An empty
-/// exception list is every domain, an empty list of domains none (`IN ()`
-/// is SQLite's only).
-fn pool_rows(filter: &DomainFilter, first: usize) -> (String, Vec<Value>) {
-    let (domains, not) = match filter {
-        DomainFilter::Only(d) => (d, ""),
-        DomainFilter::Except(d) => (d, "NOT "),
-    };
-    let sql = match (domains.is_empty(), filter) {
-        (true, DomainFilter::Only(_)) => "AND 1 = 0".to_string(),
-        (true, DomainFilter::Except(_)) => String::new(),
-        (false, _) => format!("AND domain {not}IN ({})", id_marks(first, domains.len())),
-    };
-    (sql, domains.iter().map(|d| Value::Text(d.clone())).collect())
 }
 
 /// Rows per statement where many rows get the same change.
