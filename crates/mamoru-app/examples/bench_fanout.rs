@@ -222,11 +222,11 @@ fn run(backend: Backend, cfg: &Config, items: &[(EmailAddress, Vec<u32>)], reps:
         empty_outbox(&bench);
         let (alert, recipients, secs) = publish(cfg, store, &app, &admin_row, items, false);
         let held = bench.sql.count(&format!(
-            "SELECT COUNT(*) FROM outbox WHERE alert_id = {} AND next_attempt_at > created_at",
+            "SELECT COUNT(*) FROM alert_queue WHERE alert_id = {} AND due_at > created_at",
             alert.get()
         ));
         report(backend, subscribers, "with kinds and quiet hours", rep, recipients, secs);
-        eprintln!("[{}]   {held} of {recipients} rows held for quiet hours", backend.name());
+        eprintln!("[{}]   {held} of {recipients} copies held for quiet hours", backend.name());
         prefs.push(secs);
         rows_prefs = recipients;
     }
@@ -342,11 +342,12 @@ fn seed(bench: &Bench, items: &[(EmailAddress, Vec<u32>)]) {
     }
 }
 
-/// Empties the outbox and checkpoints, so every repetition starts alike.
+/// Empties the outbox and the alert queue and checkpoints, so every
+/// repetition starts alike.
 fn empty_outbox(bench: &Bench) {
     match bench.backend {
-        Backend::Sqlite => bench.sql.batch("DELETE FROM outbox; PRAGMA wal_checkpoint(TRUNCATE);"),
-        Backend::Postgres => bench.sql.batch("TRUNCATE outbox; CHECKPOINT;"),
+        Backend::Sqlite => bench.sql.batch("DELETE FROM outbox; DELETE FROM alert_queue; PRAGMA wal_checkpoint(TRUNCATE);"),
+        Backend::Postgres => bench.sql.batch("TRUNCATE outbox, alert_queue; CHECKPOINT;"),
     }
 }
 
@@ -388,7 +389,7 @@ fn publish(
 
 fn report(backend: Backend, subscribers: usize, what: &str, rep: usize, recipients: usize, secs: f64) {
     println!(
-        "fan-out [{}] ({what}, run {}): {subscribers} subscribers, alert to 3 of 10 districts: {recipients} outbox rows committed in {secs:.3} s ({:.0} rows/s)",
+        "fan-out [{}] ({what}, run {}): {subscribers} subscribers, alert to 3 of 10 districts: {recipients} copies committed in {secs:.3} s ({:.0} copies/s)",
         backend.name(),
         rep + 1,
         recipients as f64 / secs,

@@ -3,14 +3,14 @@
 //! districts, inserted in the same transaction that consumes the token.
 
 use mamoru_core::alert::FollowupKind;
-use mamoru_core::mail::{MailKind, OutgoingMail};
+use mamoru_core::mail::OutgoingMail;
 use mamoru_core::token::{Claims, Nonce, Purpose};
 use mamoru_core::{EmailAddress, UnixTime};
 use crate::db::{Conn, OptionalExt, Row};
 use crate::params;
 
 use crate::admins::{AdminId, split_ids};
-use crate::states::AlertState;
+use crate::states::{AlertState, OutboxState};
 use crate::{OutboxId, Result, Store, StoreError, SubscriberId, audit};
 
 /// Alert row id.
@@ -199,8 +199,9 @@ pub(crate) const ALERT_ROWS: &str = "alert_id <> 0 AND alert_id = ?1";
 /// report that was not stopped by its retraction, still active — whatever
 /// districts they chose since. A subscriber who deleted the registration
 /// has no subscriber row any more.
-const FOLLOWUP_RECIPIENTS: &str = "s.status = 'active' AND EXISTS (SELECT 1 FROM outbox o
-         WHERE o.alert_id <> 0 AND o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))";
+const FOLLOWUP_RECIPIENTS: &str = "s.status = 'active' AND (EXISTS (SELECT 1 FROM outbox o
+         WHERE o.alert_id <> 0 AND o.alert_id = ?R AND o.subscriber_id = s.id AND NOT (o.state = 'expired' AND o.last_error = ?X))
+      OR EXISTS (SELECT 1 FROM alert_queue q WHERE q.alert_id = ?R AND q.domain = s.domain AND q.subscriber_id = s.id))";
 
 fn followup_where(report: AlertId) -> String {
     FOLLOWUP_RECIPIENTS.replace("?R", &report.to_string()).replace("?X", &format!("'{RETRACTED_REASON}'"))
@@ -402,14 +403,14 @@ impl Store {
     }
 
     /// Publishes a draft: consumes the token (if that is the authority),
-    /// marks the alert published, and queues one outbox row per distinct
-    /// active subscriber of its districts — one transaction, so an alert goes
-    /// to everyone or to no one, and only once.
+    /// marks the alert published, and queues one copy per distinct active
+    /// subscriber of its districts in `alert_queue` — one transaction, so an
+    /// alert goes to everyone or to no one, and only once.
     ///
-    /// The rows hold neither content, address, sender nor Message-ID
-    /// (`content_sealed`, `recipient_sealed`, `sender` and `message_id` are
-    /// empty): each is the subscriber, its domain and the alert id. The
-    /// alert keeps `sender` and `mail_domain`; the claim gives each copy the
+    /// A copy holds neither content, address, sender nor Message-ID: it is
+    /// the alert id, the subscriber's domain and id, and its times. A claim
+    /// makes it an outbox row (`queue::claim`). The alert keeps `sender` and
+    /// `mail_domain`; the claim gives each copy the
     /// Message-ID `alert.{alert}.{subscriber}@{mail_domain}` and the
     /// subscriber's sealed address and footer-link nonce. The relay renders
     /// each copy when it sends it (`QueuedMail::alert`), with the alert's
@@ -494,6 +495,13 @@ impl Store {
                          WHERE state = 'queued' AND alert_id <> 0
                            AND alert_id IN (SELECT CAST(?3 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?3)",
                         params![now, RETRACTED_REASON, report],
+                    )? + crate::queue::settle(
+                        &tx,
+                        "alert_id IN (SELECT CAST(?7 AS BIGINT) UNION ALL SELECT id FROM alerts WHERE followup_of = ?7)",
+                        params![report],
+                        OutboxState::Expired,
+                        RETRACTED_REASON,
+                        now,
                     )?;
                     audit(&tx, now, actor, "alert-retracted", &format!("alert={report} stopped={stopped}"))?;
                 }
@@ -516,33 +524,19 @@ impl Store {
             // waits until the window ends (`next_attempt_at`), and its expiry
             // counts from then.
             tx.execute("UPDATE alerts SET sender = ?1, mail_domain = ?2 WHERE id = ?3", params![sender, mail_domain, id])?;
-            let delay = quiet_wait("?6", "?7", "?8");
-            let kind_off = kind_off("?9", "?10");
+            let delay = quiet_wait("?4", "?5", "?6");
+            let kind_off = kind_off("?7", "?8");
             let insert = format!(
-                "INSERT INTO outbox (kind, priority, subscriber_id, domain, sender, recipient_sealed, message_id,
-                                     content_sealed, next_attempt_at, created_at, expires_at, alert_id, confirm_district)
-                 SELECT ?1, ?2, s.id, s.domain, '', ?11, '', ?11, ?4 + {delay}, ?4, ?5 + {delay}, ?3, {confirm_district}
+                "INSERT INTO alert_queue (alert_id, domain, subscriber_id, due_at, expires_at, created_at, confirm_district)
+                 SELECT ?1, s.domain, s.id, ?2 + {delay}, ?3 + {delay}, ?2, {confirm_district}
                  FROM subscribers s
                  WHERE {recipients}
-                   AND NOT {kind_off}
-                 ORDER BY s.id"
+                   AND NOT {kind_off}"
             );
             let (minute, second) = japan_minute(now);
             let count = tx.execute(
                 &insert,
-                params![
-                    MailKind::Alert.as_str(),
-                    ALERT_PRIORITY,
-                    id,
-                    now,
-                    expires_at,
-                    minute,
-                    second,
-                    urgent,
-                    kind,
-                    i64::from(report.is_some()),
-                    Vec::<u8>::new()
-                ],
+                params![id, now, expires_at, minute, second, urgent, kind, i64::from(report.is_some())],
             )?;
             tx.execute("UPDATE alerts SET recipients = ?1 WHERE id = ?2", params![count as i64, id])?;
             audit(&tx, now, actor, "alert-published", &format!("alert={id} recipients={count} test={}", is_test != 0))?;
@@ -599,8 +593,11 @@ impl Store {
     pub fn alert_progress(&self, id: AlertId) -> Result<Vec<(String, String, i64)>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st, COUNT(*)
-             FROM outbox WHERE {ALERT_ROWS} GROUP BY domain, st ORDER BY domain, st"
+            "SELECT domain, st, COUNT(*) FROM (
+                 SELECT domain, CASE WHEN state = 'expired' AND last_error = ?2 THEN 'cancelled' ELSE state END AS st
+                 FROM outbox WHERE {ALERT_ROWS}
+                 UNION ALL SELECT domain, 'queued' FROM alert_queue WHERE alert_id = ?1
+             ) AS p GROUP BY domain, st ORDER BY domain, st"
         ))?;
         let rows = stmt.query_map(params![id, RETRACTED_REASON], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_>>()
@@ -847,7 +844,8 @@ use mamoru_core::SubscriberId;
 
     fn queued_subscribers(store: &Store, alert: AlertId) -> Vec<SubscriberId> {
         let conn = store.conn().unwrap();
-        let mut stmt = conn.prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' ORDER BY 1").unwrap();
+        let mut stmt = conn
+            .prepare("SELECT subscriber_id FROM outbox WHERE alert_id = ?1 AND state = 'queued' UNION ALL SELECT subscriber_id FROM alert_queue WHERE alert_id = ?1 ORDER BY 1").unwrap();
         stmt.query_map(params![alert], |r| r.get(0)).unwrap().collect::<Result<_>>().unwrap()
     }
 
@@ -861,7 +859,7 @@ use mamoru_core::SubscriberId;
         // One copy goes out; then b changes districts (a follow-up still
         // reaches b) and c joins district 1 (it does not reach c).
         let first = a;
-        store.conn().unwrap().execute("UPDATE outbox SET state = 'sent', done_at = ?1 WHERE alert_id = ?2 AND subscriber_id = ?3", params![T0, report, a]).unwrap();
+        crate::queue::settle(&store.conn().unwrap(), "alert_id = ?7 AND subscriber_id = ?8", params![report, a], OutboxState::Sent, "", T0).unwrap();
         let c = store.find_subscriber(&addr("c@docomo.ne.jp")).unwrap().unwrap().id;
         store.conn().unwrap().execute("DELETE FROM subscriber_districts WHERE subscriber_id = ?1", params![b]).unwrap();
         store.conn().unwrap().execute("INSERT INTO subscriber_districts VALUES (?1, 1)", params![c]).unwrap();
@@ -906,7 +904,7 @@ use mamoru_core::SubscriberId;
             };
             assert!(matches!(publish(&store, alert, T0), Published::Published { .. }));
             let conn = store.conn().unwrap();
-            let mut stmt = conn.prepare("SELECT subscriber_id, next_attempt_at, expires_at FROM outbox WHERE alert_id = ?1 ORDER BY 1").unwrap();
+            let mut stmt = conn.prepare("SELECT subscriber_id, due_at, expires_at FROM alert_queue WHERE alert_id = ?1 ORDER BY 1").unwrap();
             stmt.query_map(params![alert], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<Vec<(SubscriberId, i64, i64)>>>().unwrap()
         };
         // The preview's counts, from the same predicates.
@@ -947,4 +945,97 @@ use mamoru_core::SubscriberId;
         }
     }
 
+
+    /// The copies of the alerts published at `now` and `now + 1`, claimed:
+    /// (alert, subscriber) in claim order; previews and other mail left out.
+    fn copies(mails: &[crate::QueuedMail]) -> Vec<(AlertId, SubscriberId)> {
+        mails.iter().filter_map(|m| m.alert.map(|a| (a.alert_id, a.subscriber_id))).collect()
+    }
+
+    /// Copies wait in `alert_queue` until a claim of their pool: the oldest
+    /// alert's first, domain by domain, and a copy held for quiet hours only
+    /// once they end. A claimed copy is an outbox row leased like any other.
+    #[test]
+    fn waiting_copies_are_claimed_per_pool_oldest_alert_first_and_when_due() {
+        use crate::relay::DomainFilter;
+        let (_d, store, admin) = setup();
+        let id = |a: &str| store.find_subscriber(&addr(a)).unwrap().unwrap().id;
+        let (a, b, c, d) = (id("a@docomo.ne.jp"), id("b@ezweb.ne.jp"), id("c@docomo.ne.jp"), id("d@i.softbank.jp"));
+        // T0 is 17:00 in Japan: c is quiet until 17:10.
+        store.set_preferences(c, &[], Some((1000, 1030)), T0).unwrap();
+        let first = match draft(&store, admin, "k1", &[1, 2, 3]).0 {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        };
+        assert_eq!(publish(&store, first, T0), Published::Published { alert: first, recipients: 4 });
+        let second = followup(&store, admin, first, FollowupKind::Update);
+        assert_eq!(publish(&store, second, T0 + 1), Published::Published { alert: second, recipients: 4 });
+        // Two previews in the outbox, eight copies waiting.
+        assert_eq!(store.outbox_counts().unwrap().queued, 10);
+        let docomo = DomainFilter::Only(vec!["docomo.ne.jp".into()]);
+        let mine = store.claim_due_in(T0 + 1, 3600, 10, &docomo).unwrap();
+        assert_eq!(copies(&mine), [(first, a), (second, a)], "c is quiet");
+        let others = store.claim_due_in(T0 + 1, 3600, 10, &DomainFilter::Except(vec!["docomo.ne.jp".into()])).unwrap();
+        assert_eq!(others.iter().filter(|m| m.alert.is_none()).count(), 2, "the outbox's rows first");
+        assert_eq!(copies(&others), [(first, b), (first, d), (second, b), (second, d)]);
+        // The limit counts copies too, and the next claim goes on from there.
+        assert!(store.claim_due_in(T0 + 2, 3600, 10, &docomo).unwrap().is_empty());
+        let end = T0 + 10 * 60 - (T0 + mamoru_core::jst::OFFSET).rem_euclid(60);
+        assert!(store.claim_due_in(end - 1, 3600, 10, &docomo).unwrap().is_empty());
+        assert_eq!(copies(&store.claim_due_in(end, 3600, 1, &docomo).unwrap()), [(first, c)]);
+        assert_eq!(copies(&store.claim_due_in(end, 3600, 1, &docomo).unwrap()), [(second, c)]);
+        let conn = store.conn().unwrap();
+        let left: i64 = conn.query_row("SELECT COUNT(*) FROM alert_queue", params![], |r| r.get(0)).unwrap();
+        let leased: (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), CAST(SUM(attempts) AS BIGINT) FROM outbox WHERE alert_id <> 0 AND state = 'sending' AND lease_until > ?1",
+                params![T0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((left, leased), (0, (8, 8)));
+        drop(conn);
+        // A claimed copy that comes back (its relay died) is an outbox row's.
+        let back = store.claim_due_in(end + 3600, 3600, 10, &docomo).unwrap();
+        assert_eq!(copies(&back).len(), 4);
+        assert!(back.iter().all(|m| m.attempts == 2));
+    }
+
+    /// What ends a waiting copy undelivered leaves it in the outbox in that
+    /// state (statistics count it), except a deleted registration: its
+    /// copies are gone.
+    #[test]
+    fn waiting_copies_expire_fail_with_a_suspension_and_go_with_a_deletion() {
+        let (_d, store, admin) = setup();
+        let id = |a: &str| store.find_subscriber(&addr(a)).unwrap().unwrap().id;
+        let (a, b) = (id("a@docomo.ne.jp"), id("b@ezweb.ne.jp"));
+        let alert = match draft(&store, admin, "k1", &[1, 2, 3]).0 {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        };
+        assert_eq!(publish(&store, alert, T0), Published::Published { alert, recipients: 4 });
+        store.mark_undeliverable(b, T0 + 1).unwrap();
+        {
+            let tx = store.begin().unwrap();
+            let index: Vec<u8> = tx.query_row("SELECT addr_index FROM subscribers WHERE id = ?1", params![a], |r| r.get(0)).unwrap();
+            crate::manage::purge(&tx, a, &index).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(store.alerts_finished(&[alert]).unwrap().is_empty());
+        // The preview expires first; the copies at their time, not before.
+        store.expire_due(T0 + 7199).unwrap();
+        assert!(store.alerts_finished(&[alert]).unwrap().is_empty());
+        assert_eq!(store.expire_due(T0 + 7200).unwrap(), 2);
+        assert_eq!(store.alerts_finished(&[alert]).unwrap(), [(alert, T0)]);
+        let progress = store.alert_progress(alert).unwrap();
+        let want = [("docomo.ne.jp", "expired", 1), ("ezweb.ne.jp", "failed", 1), ("i.softbank.jp", "expired", 1)];
+        assert_eq!(progress, want.map(|(d, s, n)| (d.to_string(), s.to_string(), n)));
+        let conn = store.conn().unwrap();
+        let of_a: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE subscriber_id = ?1", params![a], |r| r.get(0)).unwrap();
+        let left: i64 = conn.query_row("SELECT COUNT(*) FROM alert_queue", params![], |r| r.get(0)).unwrap();
+        let reasons: Vec<String> =
+            conn.query_map("SELECT last_error FROM outbox WHERE alert_id <> 0 ORDER BY domain", params![], |r| r.get(0)).unwrap();
+        assert_eq!((of_a, left), (0, 0));
+        assert_eq!(reasons, ["expired before delivery", "subscriber suspended", "expired before delivery"]);
+    }
 }

@@ -16,7 +16,7 @@ use mamoru_core::UnixTime;
 use crate::db::{Conn, OptionalExt};
 use crate::params;
 
-use crate::states::SubscriberStatus;
+use crate::states::{OutboxState, SubscriberStatus};
 use crate::{OutboxId, Result, Store, SubscriberId, audit};
 
 /// How soft bounces add up to a suspension.
@@ -179,6 +179,9 @@ impl Store {
     }
 }
 
+/// Why a suspended subscriber's queued mail failed.
+const SUSPENDED_REASON: &str = "subscriber suspended";
+
 /// Suspends `subscriber` and cancels its queued mail: a suspended address
 /// gets nothing more. The one suspension path, for bounces and for the
 /// relay's synchronous 5.1.1 refusals alike.
@@ -189,9 +192,13 @@ pub(crate) fn suspend(tx: &Conn<'_>, subscriber: SubscriberId, reason: &str, now
     )?;
     for rows in crate::manage::OUTBOX_OF_SUBSCRIBER {
         tx.execute(
-            &format!("UPDATE outbox SET state = 'failed', done_at = ?2, last_error = 'subscriber suspended', lease_until = 0 WHERE {rows} AND state = 'queued'"),
-            params![subscriber, now],
+            &format!("UPDATE outbox SET state = 'failed', done_at = ?2, last_error = ?3, lease_until = 0 WHERE {rows} AND state = 'queued'"),
+            params![subscriber, now, SUSPENDED_REASON],
         )?;
+    }
+    let domain: Option<String> = tx.query_row("SELECT domain FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0)).optional()?;
+    if let Some(domain) = domain {
+        crate::queue::settle_subscriber(tx, subscriber, &domain, OutboxState::Failed, SUSPENDED_REASON, now)?;
     }
     Ok(())
 }

@@ -184,11 +184,12 @@ mod tests {
         let Published::Published { .. } = store.publish_alert(PublishAuth::Direct(alert), "t", T0, T0 + 600, "ans@x", "x").unwrap() else {
             panic!()
         };
+        // The copies went out (a link is clicked in a delivered copy).
+        crate::queue::settle(&store.conn().unwrap(), "alert_id = ?7", params![alert], crate::states::OutboxState::Sent, "", T0).unwrap();
         // b has districts 1 and 3: counted under 1.
         assert_eq!(store.confirm_district(alert, SubscriberId::new(1)).unwrap(), 1);
         assert_eq!(store.confirm_district(alert, SubscriberId::new(2)).unwrap(), 1);
         assert_eq!(store.confirm_district(alert, SubscriberId::new(3)).unwrap(), 3);
-        store.conn().unwrap().execute("UPDATE outbox SET state = 'sent' WHERE alert_id = ?1", params![alert]).unwrap();
 
         let until = T0 + 1000;
         let au1 = ConfirmKey { alert, district: 1, carrier: 1 };

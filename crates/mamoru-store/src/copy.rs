@@ -470,7 +470,7 @@ mod tests {
         assert!(counts.iter().all(|c| c.sqlite == c.postgres), "{counts:?}");
         assert!(by_table.len() >= 18, "every table of the schema: {by_table:?}");
         assert!(!by_table.contains_key(PG_SCHEMA_TABLE));
-        for (table, n) in [("subscribers", 4), ("subscriber_districts", 4), ("admins", 1), ("alerts", 1), ("outbox", 4), ("counters", 2)] {
+        for (table, n) in [("subscribers", 4), ("subscriber_districts", 4), ("admins", 1), ("alerts", 1), ("outbox", 2), ("alert_queue", 2), ("counters", 2)] {
             assert_eq!(by_table[table], n, "{table}");
         }
         assert!(by_table["tokens"] >= 2 && by_table["audit_log"] >= 3 && by_table["rate_limits"] >= 1, "{by_table:?}");

@@ -43,6 +43,7 @@ pub mod manage;
 pub mod problems;
 pub mod reception;
 pub mod relay;
+mod queue;
 pub mod states;
 
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_alert_copy_identity.sql"),
     include_str!("migrations/0017_outbox_one_claim_index.sql"),
     include_str!("migrations/0018_subscribers_fanout_index.sql"),
+    include_str!("migrations/0019_alert_queue.sql"),
 ];
 
 /// How long [`Store::serially`] runs a transaction again before it answers
@@ -805,12 +807,8 @@ impl Store {
     /// expiry are marked expired instead of being returned.
     pub fn claim_due(&self, now: UnixTime, lease_secs: i64, limit: usize) -> Result<Vec<QueuedMail>> {
         let tx = self.begin()?;
-        tx.execute(
-            "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery'
-             WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
-            params![now],
-        )?;
-        let rows: Vec<relay::ClaimedRow> = tx.query_map(
+        relay::expire(&tx, now)?;
+        let mut rows: Vec<relay::ClaimedRow> = tx.query_map(
             &format!(
                 "UPDATE outbox SET state = 'sending', lease_until = ?1, attempts = attempts + 1
                  WHERE id IN (SELECT id FROM outbox
@@ -822,6 +820,10 @@ impl Store {
             params![now + lease_secs, now, limit as i64],
             relay::claimed_row,
         )?;
+        let room = limit.saturating_sub(rows.len());
+        if room > 0 {
+            rows.extend(queue::claim(&tx, now, now + lease_secs, room, &relay::DomainFilter::Except(vec![]))?);
+        }
         let rows = relay::attach_alerts(&tx, rows, now)?;
         tx.commit()?;
         self.open_claimed(rows)
@@ -860,6 +862,8 @@ impl Store {
                 OutboxState::Expired => &mut c.expired,
             } = n;
         }
+        // The copies of alerts no relay has claimed yet are queued mail too.
+        c.queued += conn.query_row("SELECT COUNT(*) FROM alert_queue", params![], |r| r.get::<i64>(0))?;
         Ok(c)
     }
 }

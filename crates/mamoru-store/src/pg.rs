@@ -29,6 +29,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("migrations/pg/0016_alert_copy_identity.sql")),
     (17, include_str!("migrations/pg/0017_outbox_one_claim_index.sql")),
     (18, include_str!("migrations/pg/0018_subscribers_fanout_index.sql")),
+    (19, include_str!("migrations/pg/0019_alert_queue.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across nodes.

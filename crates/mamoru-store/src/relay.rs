@@ -228,6 +228,13 @@ impl Store {
             rows.sort_by_key(|r| order.get(&r.0).copied().unwrap_or(usize::MAX));
             claimed.extend(rows);
         }
+        // Then the copies of published alerts that wait in their own table
+        // (the few rows above are retries, replies and previews: a reply to
+        // a registration is awaited by someone holding the phone).
+        let room = limit.saturating_sub(claimed.len());
+        if room > 0 {
+            claimed.extend(crate::queue::claim(&tx, now, now + lease_secs, room, filter)?);
+        }
         let claimed = attach_alerts(&tx, claimed, now)?;
         tx.commit()?;
         Ok(claimed)
@@ -279,14 +286,15 @@ impl Store {
     }
 
     /// Marks queued rows past their expiry (and leased rows whose lease and
-    /// expiry both ran out) as expired: a stale alert does harm. Returns how
-    /// many.
+    /// expiry both ran out) as expired, waiting copies of alerts included: a
+    /// stale alert does harm. Returns how many.
     pub fn expire_due(&self, now: UnixTime) -> Result<usize> {
-        self.conn()?.execute(
-            "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = 'expired before delivery', lease_until = 0
-             WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
-            params![now],
-        )
+        self.serially(|| {
+            let tx = self.begin_rows()?;
+            let n = expire(&tx, now)?;
+            tx.commit()?;
+            Ok(n)
+        })
     }
 
     /// Commits a group of outcomes in one transaction, tried again if
@@ -554,12 +562,15 @@ impl Store {
             .map(|m| format!(", CAST(SUM(CASE WHEN created_at > ?1 - {} THEN 1 ELSE 0 END) AS BIGINT)", m * 60))
             .collect();
         let mut out: Vec<PendingRow> = Vec::new();
-        for (state, index) in [("queued", "outbox_pool_due"), ("sending", "outbox_sending")] {
-            let sql = format!(
-                "SELECT domain, COUNT(*), MIN(created_at){younger} FROM outbox {}
-                 WHERE state = '{state}' GROUP BY domain",
-                indexed_by(&conn, index)
-            );
+        // The copies waiting in `alert_queue` count as queued: read in the
+        // order of its key, grouped per domain.
+        let sources = [
+            ("queued", format!("outbox {} WHERE state = 'queued'", indexed_by(&conn, "outbox_pool_due"))),
+            ("sending", format!("outbox {} WHERE state = 'sending'", indexed_by(&conn, "outbox_sending"))),
+            ("queued", "alert_queue".to_string()),
+        ];
+        for (state, source) in sources {
+            let sql = format!("SELECT domain, COUNT(*), MIN(created_at){younger} FROM {source} GROUP BY domain");
             for r in conn.query_map(&sql, params![now], |r| Ok(Row::clone(r)))? {
                 let r = &r;
                 let total: i64 = r.get(1)?;
@@ -575,6 +586,15 @@ impl Store {
             }
         }
         out.sort_by(|a, b| (&a.domain, &a.state).cmp(&(&b.domain, &b.state)));
+        // A domain with queued rows in both tables: one row.
+        out.dedup_by(|b, a| {
+            let same = a.domain == b.domain && a.state == b.state;
+            if same {
+                a.buckets.iter_mut().zip(&b.buckets).for_each(|(x, y)| *x += y);
+                a.oldest = a.oldest.min(b.oldest);
+            }
+            same
+        });
         Ok(out)
     }
 
@@ -584,7 +604,8 @@ impl Store {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT published_at FROM alerts WHERE id = ?1 AND state = 'published'
-             AND NOT EXISTS (SELECT 1 FROM outbox WHERE {} AND state IN ('queued', 'sending'))",
+             AND NOT EXISTS (SELECT 1 FROM outbox WHERE {} AND state IN ('queued', 'sending'))
+             AND NOT EXISTS (SELECT 1 FROM alert_queue WHERE alert_id = ?1)",
             crate::alerts::ALERT_ROWS
         ))?;
         let mut out = Vec::new();
@@ -605,7 +626,10 @@ impl Store {
         }
         bucket_sql.push_str(&format!(" ELSE {} END", AGE_BUCKETS_MIN.len()));
         let sql = format!(
-            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*) FROM outbox GROUP BY domain, state, bucket ORDER BY domain, state"
+            "SELECT domain, state, {bucket_sql} AS bucket, COUNT(*)
+             FROM (SELECT domain, state, created_at FROM outbox
+                   UNION ALL SELECT domain, 'queued', created_at FROM alert_queue) AS o
+             GROUP BY domain, state, bucket ORDER BY domain, state"
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(params![now], |r| Ok((r.get::<String>(0)?, r.get::<OutboxState>(1)?, r.get::<i64>(2)?, r.get::<i64>(3)?)))?;
@@ -686,6 +710,20 @@ pub(crate) fn attach_alerts(
         }
     }
     Ok(out)
+}
+
+/// Why a row or a waiting copy expired.
+pub(crate) const EXPIRED_REASON: &str = "expired before delivery";
+
+/// Inside a transaction: see [`Store::expire_due`].
+pub(crate) fn expire(tx: &Conn<'_>, now: UnixTime) -> Result<usize> {
+    let rows = tx.execute(
+        "UPDATE outbox SET state = 'expired', done_at = ?1, last_error = ?2, lease_until = 0
+         WHERE state IN ('queued', 'sending') AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
+        params![now, EXPIRED_REASON],
+    )?;
+    let copies = crate::queue::settle(tx, "expires_at <= ?7", params![now], OutboxState::Expired, EXPIRED_REASON, now)?;
+    Ok(rows + copies)
 }
 
 /// The first step of a claim: rows of a relay that died, those of the

@@ -20,6 +20,20 @@ fn rows_of(env: &Env, alert: AlertId) -> Vec<(OutboxId, SubscriberId)> {
     stmt.query_map([alert], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
 }
 
+/// An alert's outbox rows once `n` of its copies were claimed (they wait
+/// in `alert_queue` until then).
+async fn claimed_rows(env: &Env, alert: AlertId, n: usize) -> Vec<(OutboxId, SubscriberId)> {
+    let until = std::time::Instant::now() + T;
+    loop {
+        let rows = rows_of(env, alert);
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(std::time::Instant::now() < until, "{} of {n} copies claimed", rows.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn header(m: &mailparse::ParsedMail<'_>, k: &str) -> String {
     m.headers.iter().find(|h| h.get_key().eq_ignore_ascii_case(k)).map(|h| h.get_value()).unwrap_or_default()
 }
@@ -62,10 +76,11 @@ async fn a_spliced_alert_row_is_rendered_per_subscriber_and_identically_when_res
     let published_at = now - 100;
     let r = env.store.publish_alert(PublishAuth::Direct(id), "test", published_at, now + 3600, SENDER, DOMAIN).expect("publish");
     assert_eq!(r, Published::Published { alert: id, recipients: 2 });
-    let rows = rows_of(&env, id);
-    assert_eq!(rows.len(), 2);
+    assert!(rows_of(&env, id).is_empty(), "the copies wait in alert_queue until a claim");
 
     let relay = env.relay(Transport::File, RelayConfig { poll_interval_ms: 60_000, ..fast(1) });
+    let rows = claimed_rows(&env, id, 2).await;
+    assert_eq!(rows.len(), 2);
     for (outbox, _) in &rows {
         env.wait_state(*outbox, "sent", T).await;
     }
@@ -130,7 +145,7 @@ async fn an_alert_row_whose_alert_is_gone_fails_and_other_mail_flows() {
     conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
     conn.execute("DELETE FROM alerts WHERE id = ?1", [id]).expect("delete");
     let relay = env.relay(Transport::File, fast(1));
-    let (row, _) = rows_of(&env, id)[0];
+    let (row, _) = claimed_rows(&env, id, 1).await[0];
     assert_eq!(env.wait_state(row, "failed", T).await.last_error, format!("alert {id} not found"));
     env.wait_state(preview_row, "sent", T).await;
     relay.stop(Duration::from_secs(5)).await;
