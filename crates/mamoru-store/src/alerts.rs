@@ -1038,4 +1038,34 @@ use mamoru_core::SubscriberId;
         assert_eq!((of_a, left), (0, 0));
         assert_eq!(reasons, ["expired before delivery", "subscriber suspended", "expired before delivery"]);
     }
+
+    /// A large alert's copies claimed chunk by chunk, as a relay's feeder
+    /// takes them: never more than the limit, and every copy once.
+    #[test]
+    fn a_large_alerts_copies_are_claimed_at_most_a_limit_at_a_time_and_each_once() {
+        use crate::relay::DomainFilter;
+        let (_d, store, admin) = setup();
+        let domains = ["docomo.ne.jp", "ezweb.ne.jp", "example.com"];
+        let items: Vec<(EmailAddress, Vec<u32>)> = (0..3000).map(|i| (addr(&format!("p{i}@{}", domains[i % 3])), vec![5])).collect();
+        assert_eq!(store.import_active_subscribers(&items, "test", T0).unwrap(), 3000);
+        let alert = match draft(&store, admin, "big", &[5]).0 {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        };
+        assert_eq!(publish(&store, alert, T0), Published::Published { alert, recipients: 3000 });
+        let mut seen = std::collections::HashSet::new();
+        for filter in [DomainFilter::Only(vec!["ezweb.ne.jp".into()]), DomainFilter::Except(vec!["ezweb.ne.jp".into()])] {
+            loop {
+                let claimed = store.claim_due_in(T0, 3600, 100, &filter).unwrap();
+                assert!(claimed.len() <= 100, "{} rows for a limit of 100", claimed.len());
+                if claimed.is_empty() {
+                    break;
+                }
+                for m in claimed.iter().filter(|m| m.alert.is_some()) {
+                    assert!(seen.insert(m.id), "row {} claimed twice", m.id);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 3000);
+    }
 }

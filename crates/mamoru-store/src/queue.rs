@@ -16,7 +16,7 @@ use mamoru_core::UnixTime;
 use mamoru_core::mail::MailKind;
 
 use crate::alerts::ALERT_PRIORITY;
-use crate::db::{Conn, Dialect, Value, skip_locked};
+use crate::db::{Conn, Dialect, Value};
 use crate::params;
 use crate::relay::{ClaimedRow, DomainFilter, claimed_row};
 use crate::states::OutboxState;
@@ -41,14 +41,28 @@ fn outbox_values(q: &str) -> String {
 
 const CLAIMED_COLUMNS: &str = "id, kind, sender, recipient_sealed, message_id, content_sealed, attempts, alert_id, subscriber_id";
 
-/// Moves the queue rows that `cond` (unqualified columns, placeholders from
-/// ?7, bound from `args`) selects into the outbox as `state`, and returns
-/// them as a claim does when `returning`; else returns none. `cond` must
-/// select the same rows when evaluated twice in one transaction (SQLite
-/// inserts, then deletes).
+/// Which waiting copies a move takes.
+#[derive(Clone, Copy)]
+enum Which<'a> {
+    /// Those the condition selects (unqualified columns, placeholders from
+    /// ?7). It must select the same rows when evaluated twice in one
+    /// transaction (SQLite inserts, then deletes).
+    Where(&'a str),
+    /// Up to ?10 copies of alert ?7 to domain ?8 that are due at ?9, in
+    /// subscriber order; on PostgreSQL, of those no other claim holds.
+    Due,
+}
+
+/// The copies [`Which::Due`] takes: one range of the key.
+const DUE: &str = "FROM alert_queue WHERE alert_id = ?7 AND domain = ?8 AND due_at <= ?9 AND expires_at > ?9
+     ORDER BY subscriber_id LIMIT ?10";
+
+/// Moves the waiting copies `which` names into the outbox as `state`, bound
+/// with `args` from ?7, and returns them as a claim does when `returning`
+/// (else none), with how many moved.
 fn move_rows(
     tx: &Conn<'_>,
-    cond: &str,
+    which: Which<'_>,
     args: &[Value],
     state: OutboxState,
     (attempts, lease_until, done_at, reason): (i64, UnixTime, UnixTime, &str),
@@ -57,16 +71,33 @@ fn move_rows(
     let mut all = params![Vec::<u8>::new(), state, attempts, lease_until, done_at, reason].to_vec();
     all.extend_from_slice(args);
     let ret = if returning { format!(" RETURNING {CLAIMED_COLUMNS}") } else { String::new() };
+    let sqlite_cond = match which {
+        Which::Where(cond) => cond.to_string(),
+        // SQLite looks each listed subscriber up by the key.
+        Which::Due => format!("alert_id = ?7 AND domain = ?8 AND subscriber_id IN (SELECT subscriber_id {DUE})"),
+    };
     let rows = match tx.dialect() {
         // One statement: the rows deleted are the rows inserted.
-        Dialect::Postgres => format!(
-            "WITH moved AS (DELETE FROM alert_queue WHERE {cond} RETURNING *)
-             INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM moved{ret}",
-            outbox_values("moved")
-        ),
+        Dialect::Postgres => {
+            let moved = match which {
+                Which::Where(cond) => format!("moved AS (DELETE FROM alert_queue WHERE {cond} RETURNING *)"),
+                // The copies picked once (`MATERIALIZED`), then deleted by
+                // the key: PostgreSQL may run a `LIMIT … SKIP LOCKED`
+                // subquery of an `IN` again for each row it checks, each
+                // time past the rows it already deleted, and so took a
+                // whole range for a limit of 100.
+                Which::Due => format!(
+                    "picked AS MATERIALIZED (SELECT alert_id, domain, subscriber_id {DUE} FOR UPDATE SKIP LOCKED),
+                     moved AS (DELETE FROM alert_queue q USING picked p
+                               WHERE q.alert_id = p.alert_id AND q.domain = p.domain AND q.subscriber_id = p.subscriber_id
+                               RETURNING q.*)"
+                ),
+            };
+            format!("WITH {moved} INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM moved{ret}", outbox_values("moved"))
+        }
         // One writer at a time: nothing changes the queue between the two.
         Dialect::Sqlite => format!(
-            "INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM alert_queue WHERE {cond}{ret}",
+            "INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM alert_queue WHERE {sqlite_cond}{ret}",
             outbox_values("alert_queue")
         ),
     };
@@ -77,15 +108,15 @@ fn move_rows(
         (tx.execute(&rows, &all)?, Vec::new())
     };
     if tx.dialect() == Dialect::Sqlite {
-        tx.execute(&format!("DELETE FROM alert_queue WHERE {cond}"), &all)?;
+        tx.execute(&format!("DELETE FROM alert_queue WHERE {sqlite_cond}"), &all)?;
     }
     Ok((n, claimed))
 }
 
-/// Ends the waiting copies `cond` selects (see [`move_rows`]) as outbox rows
+/// Ends the waiting copies `cond` selects (see [`Which::Where`]) as outbox rows
 /// in the final `state` with `reason`. Returns how many.
 pub(crate) fn settle(tx: &Conn<'_>, cond: &str, args: &[Value], state: OutboxState, reason: &str, now: UnixTime) -> Result<usize> {
-    Ok(move_rows(tx, cond, args, state, (0, 0, now, reason), false)?.0)
+    Ok(move_rows(tx, Which::Where(cond), args, state, (0, 0, now, reason), false)?.0)
 }
 
 /// Ends the waiting copies of `subscriber` (of domain `domain`) as outbox
@@ -148,20 +179,8 @@ pub(crate) fn claim(tx: &Conn<'_>, now: UnixTime, lease_until: UnixTime, limit: 
 /// Claims up to `room` due copies of `alert` to `domain`, in subscriber
 /// order. On PostgreSQL the copies another claim holds are skipped.
 fn take(tx: &Conn<'_>, alert: i64, domain: &str, now: UnixTime, lease_until: UnixTime, room: usize) -> Result<Vec<ClaimedRow>> {
-    let cond = format!(
-        "alert_id = ?7 AND domain = ?8 AND subscriber_id IN (
-             SELECT subscriber_id FROM alert_queue WHERE alert_id = ?7 AND domain = ?8 AND due_at <= ?9 AND expires_at > ?9
-             ORDER BY subscriber_id LIMIT ?10{})",
-        skip_locked(tx)
-    );
-    let (_, mut rows) = move_rows(
-        tx,
-        &cond,
-        params![alert, domain, now, room as i64],
-        OutboxState::Sending,
-        (1, lease_until, 0, ""),
-        true,
-    )?;
+    let args = params![alert, domain, now, room as i64];
+    let (_, mut rows) = move_rows(tx, Which::Due, args, OutboxState::Sending, (1, lease_until, 0, ""), true)?;
     rows.sort_by_key(|r| r.8);
     Ok(rows)
 }
