@@ -126,8 +126,13 @@ fn mails(n: usize, tag: &str) -> Vec<OutgoingMail> {
 /// Lost (never accepted) and duplicated (accepted more than once) among
 /// `sent`, from the carrier's own records.
 fn lost_and_duplicates(carrier: &Carrier, sent: &[OutgoingMail]) -> (usize, u64) {
+    lost_and_duplicates_of(carrier, &sent.iter().map(|m| m.message_id.clone()).collect::<Vec<_>>())
+}
+
+/// [`lost_and_duplicates`] by Message-ID.
+fn lost_and_duplicates_of(carrier: &Carrier, sent: &[String]) -> (usize, u64) {
     let seen: HashMap<String, u32> = carrier.sink.message_ids();
-    let lost = sent.iter().filter(|m| !seen.contains_key(&m.message_id)).count();
+    let lost = sent.iter().filter(|m| !seen.contains_key(*m)).count();
     let duplicates = seen.values().map(|&n| u64::from(n.saturating_sub(1))).sum();
     (lost, duplicates)
 }
@@ -196,7 +201,8 @@ fn two_nodes_on_one_postgres_deliver_everything_once_within_each_carriers_cap() 
     assert!(store.pool_holders().expect("holders").is_empty());
 }
 
-/// kill -9 of the node that sends, several times during a drain: the other
+/// kill -9 of the node that sends, several times during the delivery of an
+/// alert's copies (claimed from `alert_queue` as they go): the other
 /// node takes the pools over once their holds lapse and finishes; nothing
 /// is lost, duplicates are at most the rows the dead node had leased, and
 /// the carrier never sees more sessions than a pool's cap. The figures
@@ -212,11 +218,11 @@ fn kill_9_of_the_sending_node_loses_nothing_and_the_other_node_finishes() {
     let a = node(&cluster, &carrier, None, 0);
     let b = node(&cluster, &carrier, Some(&a), 0);
     let store = store(&cluster, &a);
-    let sent = mails(messages, "failover");
     let mut nodes = [Some(serve(&a)), Some(serve(&b))];
     wait_for("the pools to be held", Duration::from_secs(20), || (store.pool_holders().expect("holders").len() == POOLS).then_some(()));
+    // An alert's copies, as in an incident (and its preview).
+    let sent = publish_to(&store, messages, "failover");
     let began = std::time::Instant::now();
-    store.queue_many(&sent, 0, mamoru_core::now(), mamoru_core::now() + 3600).expect("queue");
 
     let step = messages / (kills + 1);
     let mut leased_at_kills = 0;
@@ -260,14 +266,14 @@ fn kill_9_of_the_sending_node_loses_nothing_and_the_other_node_finishes() {
     wait_for_or(
         "the outbox to drain after the kills",
         Duration::from_secs(300),
-        || (store.outbox_counts().expect("counts").sent == messages as i64).then_some(()),
+        || (store.outbox_counts().expect("counts").sent == sent.len() as i64).then_some(()),
         || format!("{:?} {:?}", store.outbox_counts(), store.pool_holders()),
     );
     let secs = began.elapsed().as_secs_f64();
-    let (lost, duplicates) = lost_and_duplicates(&carrier, &sent);
+    let (lost, duplicates) = lost_and_duplicates_of(&carrier, &sent);
     let most = carrier.most_sessions();
     eprintln!(
-        "failover: {messages} messages, {kills} kills -9 across two nodes on PostgreSQL: {secs:.1} s; \
+        "failover: an alert to {messages} subscribers, {kills} kills -9 across two nodes on PostgreSQL: {secs:.1} s; \
          {lost} lost, {duplicates} duplicates (rows leased at the kills: {leased_at_kills}); most sessions per domain {most:?} (cap {CAP})"
     );
     assert_eq!(lost, 0, "lost messages");
@@ -352,27 +358,68 @@ fn postgres_over_verified_tls() {
     assert!(status.success(), "{log}");
 }
 
+/// Publishes an alert to `n` new subscribers spread over [`DOMAINS`], as
+/// an admin's publish does, and returns the Message-IDs of its copies and
+/// of its preview (mailed to an admin of the same domains).
+fn publish_to(store: &Store, n: usize, tag: &str) -> Vec<String> {
+    use mamoru_store::admins::AdminAdded;
+    use mamoru_store::alerts::{Drafted, NewAlert, PublishAuth, Published};
+    let now = mamoru_core::now();
+    let items: Vec<(mamoru_core::EmailAddress, Vec<u32>)> = (0..n)
+        .map(|i| (mamoru_core::EmailAddress::parse(&format!("{tag}{i}@{}", DOMAINS[i % DOMAINS.len()])).expect("address"), vec![1]))
+        .collect();
+    assert_eq!(store.import_active_subscribers(&items, "bench", now).expect("import"), n);
+    // Looked up before the publish: the copies go out as soon as it commits.
+    let subscribers: Vec<i64> =
+        items.iter().map(|(a, _)| store.find_subscriber(a).expect("find").expect("subscriber").id.get()).collect();
+    let staff = mamoru_core::EmailAddress::parse("staff@example.com").expect("address");
+    let AdminAdded::Added(admin) = store.add_admin(tag, &staff, "x", &[], "bench", now).expect("admin") else { panic!("admin exists") };
+    let new = NewAlert { title: "声かけ", text: "公園で児童に声をかける男性がいました。", districts: &[1], ..NewAlert::new(admin, "cli") };
+    let preview = format!("preview.{tag}@{DOMAIN}");
+    let render = |_, _, _: &mamoru_store::alerts::Audience| OutgoingMail {
+        kind: MailKind::AlertPreview,
+        sender: format!("ans@{DOMAIN}"),
+        to: staff.clone(),
+        message_id: preview.clone(),
+        bytes: format!("To: <staff@example.com>\r\nSubject: p\r\nMessage-ID: <{preview}>\r\n\r\nbody\r\n").into_bytes(),
+    };
+    let Drafted::Created { alert, .. } = store.draft_alert(&new, now, now + 3600, render).expect("draft") else { panic!("duplicate") };
+    let mut ids: Vec<String> = subscribers.iter().map(|s| format!("alert.{alert}.{s}@{DOMAIN}")).collect();
+    ids.push(preview);
+    let published = store.publish_alert(PublishAuth::Direct(alert), "bench", now, now + 3600, &format!("ans@{DOMAIN}"), DOMAIN);
+    assert_eq!(published.expect("publish"), Published::Published { alert, recipients: n });
+    ids
+}
+
 /// Drain figures, side by side in one run: `MAMORU_DRAIN_MESSAGES`
 /// (default 3000) queued at once to three unpaced pools, delivered by one
 /// node on SQLite, then by two nodes on one PostgreSQL; the time from the
 /// queue's commit to the carrier's last acceptance, and nothing lost or
 /// doubled, counted at the carrier. `scripts/bench-nodes` runs it large.
+/// With `MAMORU_DRAIN_ALERT=1` the messages are the copies of one
+/// published alert (and its preview) instead of mails queued as they are.
 #[test]
 fn drain_two_nodes_on_postgres_beside_one_node_on_sqlite() {
     let messages: usize = std::env::var("MAMORU_DRAIN_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let alert = std::env::var("MAMORU_DRAIN_ALERT").is_ok_and(|v| v == "1");
     let drain = |carrier: &Carrier, store: &Store, tag: &str| -> f64 {
-        let sent = mails(messages, tag);
-        let now = mamoru_core::now();
-        store.queue_many(&sent, 0, now, now + 3600).expect("queue");
-        let began = std::time::Instant::now();
+        let (sent, began) = if alert {
+            let ids = publish_to(store, messages, tag);
+            (ids, std::time::Instant::now())
+        } else {
+            let sent = mails(messages, tag);
+            let now = mamoru_core::now();
+            store.queue_many(&sent, 0, now, now + 3600).expect("queue");
+            (sent.into_iter().map(|m| m.message_id).collect(), std::time::Instant::now())
+        };
         wait_for_or(
             "every message at the carrier",
             Duration::from_secs(600),
-            || (carrier.accepted() >= messages).then_some(()),
+            || (carrier.accepted() >= sent.len()).then_some(()),
             || format!("{:?}", store.outbox_counts()),
         );
         let secs = began.elapsed().as_secs_f64();
-        assert_eq!(lost_and_duplicates(carrier, &sent), (0, 0), "{tag}: lost and duplicates");
+        assert_eq!(lost_and_duplicates_of(carrier, &sent), (0, 0), "{tag}: lost and duplicates");
         assert_caps(carrier);
         secs
     };
@@ -398,8 +445,9 @@ fn drain_two_nodes_on_postgres_beside_one_node_on_sqlite() {
     }
     let rate = |secs: f64| messages as f64 / secs;
     eprintln!(
-        "drain: {messages} messages, 3 pools of {CAP} sessions, unpaced: one node on SQLite {:.0} msg/s ({sqlite:.2} s); \
+        "drain: {messages} {}, 3 pools of {CAP} sessions, unpaced: one node on SQLite {:.0} msg/s ({sqlite:.2} s); \
          two nodes on PostgreSQL {:.0} msg/s ({postgres:.2} s); PostgreSQL / SQLite {:.2}",
+        if alert { "copies of a published alert" } else { "messages" },
         rate(sqlite),
         rate(postgres),
         sqlite / postgres
