@@ -632,6 +632,9 @@ async fn run_pool(
 enum Release {
     Stopping,
     HoldLost,
+    /// Past the places the feeder reserved (a claim that returned more rows
+    /// than it was asked for).
+    NoPlace,
 }
 
 /// Puts claimed but untried rows back, due at once, instead of letting them
@@ -652,6 +655,7 @@ fn release(pool: &Pool, commits: &mpsc::UnboundedSender<(OutboxId, OutcomeRecord
         let reason = match why {
             Release::Stopping => "relay stopped before trying this message",
             Release::HoldLost => "another relay holds the pool now",
+            Release::NoPlace => "claimed past the relay's room",
         }
         .to_string();
         // If the committer is gone the rows come back after their lease.
@@ -724,6 +728,14 @@ async fn feeder(
         if shutdown.is_cancelled() {
             release(pool, commits, batch.iter().map(|m| m.id).collect(), Release::Stopping);
             return;
+        }
+        let mut batch = batch;
+        if batch.len() > chunk {
+            // Held rows past the reserved places would never be sent while
+            // their leases were renewed: they go back to the queue.
+            let extra: Vec<OutboxId> = batch.split_off(chunk).iter().map(|m| m.id).collect();
+            tracing::error!(rows = extra.len(), asked = chunk, "a claim returned more rows than asked for");
+            release(pool, commits, extra, Release::NoPlace);
         }
         pool.held().extend(batch.iter().map(|m| m.id));
         for (permit, mail) in permits.zip(batch) {
