@@ -1068,4 +1068,40 @@ use mamoru_core::SubscriberId;
         }
         assert_eq!(seen.len(), 3000);
     }
+
+    /// On PostgreSQL a publish wakes the relays of other nodes, and a claim
+    /// of its copies wakes nobody: the outbox rows it inserts are leased
+    /// already. (SQLite relays poll: nothing to hear.)
+    #[test]
+    fn a_publish_wakes_other_nodes_and_a_claim_of_its_copies_does_not() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_d, store, admin) = setup();
+        if store.dialect() != crate::db::Dialect::Postgres {
+            return;
+        }
+        let heard = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&heard);
+        assert!(store.on_queued(move || { h.fetch_add(1, Ordering::SeqCst); }).unwrap());
+        let wait_for = |n: usize| {
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while heard.load(Ordering::SeqCst) < n {
+                assert!(std::time::Instant::now() < until, "heard {} of {n}", heard.load(Ordering::SeqCst));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for(1); // listening
+        let alert = match draft(&store, admin, "k", &[1, 3]).0 {
+            Drafted::Created { alert, .. } => alert,
+            Drafted::Duplicate => panic!("created"),
+        };
+        wait_for(2); // the preview
+        assert_eq!(publish(&store, alert, T0), Published::Published { alert, recipients: 3 });
+        wait_for(3); // the copies
+        let claimed = store.claim_due_in(T0, 60, 10, &crate::relay::DomainFilter::Except(vec![])).unwrap();
+        assert_eq!(claimed.len(), 4);
+        store.expire_due(T0 + 86_400).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(heard.load(Ordering::SeqCst), 3, "claimed and expired rows wake nobody");
+    }
 }
