@@ -9,7 +9,8 @@
 //!    publish link to the admin's *registered* address. A malformed mailed
 //!    post is answered once by [`App::reject`].
 //! 3. [`App::publish`] (the preview's link, the panel, or the CLI) queues
-//!    one outbox row per subscriber, without content, in one transaction.
+//!    one copy per subscriber, without content, in one transaction (in
+//!    `alert_queue`; a relay's claim makes each an outbox row).
 //! 4. The relay renders each copy as it sends it ([`App::alert_copy`]).
 //!
 //! **Invariant:** a copy is a pure function of the alert row (whose
@@ -257,8 +258,8 @@ impl App {
         Ok(self.store.publish_view(claims, now)?)
     }
 
-    /// Publishes a draft: one outbox row per active subscriber of its
-    /// districts, without content (see [`App::alert_copy`]).
+    /// Publishes a draft: one copy per active subscriber of its districts,
+    /// without content (see [`App::alert_copy`]).
     pub fn publish(&self, by: Publisher<'_>, now: UnixTime) -> Result<Published, Error> {
         self.publish_confirmed(by, false, now)
     }

@@ -1,8 +1,8 @@
 //! Alert copies rendered at send time.
 //!
-//! Publishing an alert queues one row per subscriber without content
+//! Publishing an alert queues one copy per subscriber without content
 //! (`Store::publish_alert`), so the publishing transaction stays small. The
-//! claim returns such a row with a [`mamoru_store::AlertRef`]; the feeder
+//! claim makes each an outbox row and returns it with a [`mamoru_store::AlertRef`]; the feeder
 //! renders it here, right after the claim and before DKIM and VERP, with
 //! [`mamoru_app::App::alert_copy`] (which reads each alert once and keeps
 //! it), so a row sent twice is byte-identical before DKIM.

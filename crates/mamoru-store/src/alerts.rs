@@ -1,6 +1,7 @@
 //! Alerts: drafts from admins' posts, the publish token, and the fan-out —
-//! one outbox row per distinct active subscriber of the union of the
-//! districts, inserted in the same transaction that consumes the token.
+//! one copy per distinct active subscriber of the union of the districts,
+//! queued in `alert_queue` in the same transaction that consumes the token
+//! (`queue` makes each an outbox row when a relay claims it).
 
 use mamoru_core::alert::FollowupKind;
 use mamoru_core::mail::OutgoingMail;
