@@ -496,7 +496,11 @@ pub fn parse_districts(cfg: &Config, value: &str) -> Result<Vec<u32>, FormatErro
     Ok(ids)
 }
 
-fn district_id(cfg: &Config, token: &str) -> Option<u32> {
+/// The configured district `token` names: its id, a circled number (①),
+/// its name, or its name without 地区 (`中央` for 中央地区). Shared by
+/// posts and subscriber imports, so a district is written the same way in
+/// both.
+pub fn district_id(cfg: &Config, token: &str) -> Option<u32> {
     let by_id = |id: u32| cfg.district(id).map(|d| d.id);
     if let Ok(n) = token.parse::<u32>() {
         return by_id(n);

@@ -167,7 +167,8 @@ pub fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
     if cell.starts_with(GUARDED) { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
 }
 
-/// District ids from `1;3` or `中央地区;昭和地区` (`|` also separates);
+/// District ids from `1;3`, `中央地区;昭和地区` or `中央;昭和` (`|` also
+/// separates; each part as a post names a district, full-width forms too);
 /// empty, or separators only, means every district (what an export of
 /// such a row reads back as, too).
 pub fn parse_districts(cfg: &Config, field: &str) -> Result<Vec<u32>, RowError> {
@@ -177,9 +178,8 @@ pub fn parse_districts(cfg: &Config, field: &str) -> Result<Vec<u32>, RowError> 
     }
     let mut ids = Vec::new();
     for part in parts {
-        let found = part.parse::<u32>().ok().and_then(|id| cfg.district(id)).or_else(|| cfg.districts.iter().find(|d| d.name == part));
-        match found {
-            Some(d) => ids.push(d.id),
+        match mamoru_core::alert::district_id(cfg, &mamoru_core::alert::normalize_width(part)) {
+            Some(id) => ids.push(id),
             None if part.contains('@') => return Err(RowError::AddressAsDistrict),
             None => return Err(RowError::District(part.to_string())),
         }
@@ -380,6 +380,9 @@ mod tests {
         let cfg = Config::default();
         assert_eq!(parse_districts(&cfg, "3;1;3"), Ok(vec![1, 3]));
         assert_eq!(parse_districts(&cfg, "中央地区;昭和地区"), Ok(vec![1, 3]));
+        // As a post names them: without 地区, full-width, circled.
+        assert_eq!(parse_districts(&cfg, "中央;昭和"), Ok(vec![1, 3]));
+        assert_eq!(parse_districts(&cfg, "１|③"), Ok(vec![1, 3]));
         assert_eq!(parse_districts(&cfg, "").map(|v| v.len()), Ok(10));
         assert_eq!(parse_districts(&cfg, " ; |").map(|v| v.len()), Ok(10), "separators only: as empty");
         assert_eq!(parse_districts(&cfg, "99"), Err(RowError::District("99".into())));

@@ -61,7 +61,8 @@ pub enum SubscribersCommand {
     /// in clear: handle it as personal data.
     Export(ExportArgs),
     /// Read a CSV with an `address` column and an optional `districts`
-    /// column (ids or names joined by ";"; empty = every district); other
+    /// column (ids or names, 中央 for 中央地区 too, joined by ";"; empty =
+    /// every district); other
     /// columns are ignored. UTF-8 (with or without BOM) or Shift_JIS, as
     /// Excel saves "CSV UTF-8" and "CSV"; quoted fields may hold commas and
     /// line breaks. Validates every row, skips duplicates and addresses
