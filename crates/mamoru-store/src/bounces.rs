@@ -196,9 +196,6 @@ pub(crate) fn suspend(tx: &Conn<'_>, subscriber: SubscriberId, reason: &str, now
             params![subscriber, now, SUSPENDED_REASON],
         )?;
     }
-    let domain: Option<String> = tx.query_row("SELECT domain FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0)).optional()?;
-    if let Some(domain) = domain {
-        crate::queue::settle_subscriber(tx, subscriber, &domain, OutboxState::Failed, SUSPENDED_REASON, now)?;
-    }
+    crate::queue::settle_subscriber(tx, subscriber, OutboxState::Failed, SUSPENDED_REASON, now)?;
     Ok(())
 }

@@ -265,10 +265,7 @@ pub(crate) const OUTBOX_OF_SUBSCRIBER: [&str; 2] = [
 /// index). Statistics without personal data stay.
 pub(crate) fn purge(tx: &Conn<'_>, subscriber: SubscriberId, index: &[u8]) -> Result<()> {
     tx.execute("DELETE FROM tokens WHERE subject_id = ?1 AND purpose IN ('register', 'manage', 'unsubscribe')", params![subscriber])?;
-    let domain: Option<String> = tx.query_row("SELECT domain FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0)).optional()?;
-    if let Some(domain) = domain {
-        crate::queue::forget_subscriber(tx, subscriber, &domain)?;
-    }
+    crate::queue::forget_subscriber(tx, subscriber)?;
     for rows in OUTBOX_OF_SUBSCRIBER {
         tx.execute(&format!("DELETE FROM outbox WHERE {rows} AND state IN ('queued', 'sending')"), params![subscriber])?;
         tx.execute(&format!("UPDATE outbox SET recipient_sealed = ?2, content_sealed = ?2 WHERE {rows}"), params![subscriber, Vec::<u8>::new()])?;

@@ -16,7 +16,7 @@ use mamoru_core::UnixTime;
 use mamoru_core::mail::MailKind;
 
 use crate::alerts::ALERT_PRIORITY;
-use crate::db::{Conn, Dialect, Value};
+use crate::db::{Conn, Dialect, OptionalExt, Value};
 use crate::params;
 use crate::relay::{ClaimedRow, DomainFilter, claimed_row};
 use crate::states::OutboxState;
@@ -119,26 +119,29 @@ pub(crate) fn settle(tx: &Conn<'_>, cond: &str, args: &[Value], state: OutboxSta
     Ok(move_rows(tx, Which::Where(cond), args, state, (0, 0, now, reason), false)?.0)
 }
 
-/// Ends the waiting copies of `subscriber` (of domain `domain`) as outbox
-/// rows in `state` with `reason`: one probe of the key per waiting alert.
-pub(crate) fn settle_subscriber(
-    tx: &Conn<'_>,
-    subscriber: SubscriberId,
-    domain: &str,
-    state: OutboxState,
-    reason: &str,
-    now: UnixTime,
-) -> Result<usize> {
+/// The keys of the waiting copies `subscriber` may have: (alert, its
+/// domain) per alert with waiting copies, one probe of the key each; none
+/// when the subscriber row is gone (and so are its copies).
+fn keys_of(tx: &Conn<'_>, subscriber: SubscriberId) -> Result<Vec<(i64, String)>> {
+    let domain: Option<String> =
+        tx.query_row("SELECT domain FROM subscribers WHERE id = ?1", params![subscriber], |r| r.get(0)).optional()?;
+    let Some(domain) = domain else { return Ok(Vec::new()) };
+    Ok(alerts(tx)?.into_iter().map(|alert| (alert, domain.clone())).collect())
+}
+
+/// Ends the waiting copies of `subscriber` as outbox rows in `state` with
+/// `reason`.
+pub(crate) fn settle_subscriber(tx: &Conn<'_>, subscriber: SubscriberId, state: OutboxState, reason: &str, now: UnixTime) -> Result<usize> {
     let mut n = 0;
-    for alert in alerts(tx)? {
+    for (alert, domain) in keys_of(tx, subscriber)? {
         n += settle(tx, OF_SUBSCRIBER, params![alert, domain, subscriber], state, reason, now)?;
     }
     Ok(n)
 }
 
-/// Deletes the waiting copies of `subscriber` (of domain `domain`).
-pub(crate) fn forget_subscriber(tx: &Conn<'_>, subscriber: SubscriberId, domain: &str) -> Result<()> {
-    for alert in alerts(tx)? {
+/// Deletes the waiting copies of `subscriber`; before its row goes.
+pub(crate) fn forget_subscriber(tx: &Conn<'_>, subscriber: SubscriberId) -> Result<()> {
+    for (alert, domain) in keys_of(tx, subscriber)? {
         tx.execute(
             "DELETE FROM alert_queue WHERE alert_id = ?1 AND domain = ?2 AND subscriber_id = ?3",
             params![alert, domain, subscriber],

@@ -552,7 +552,8 @@ impl Store {
     /// from `outbox_pool_due` (which ends with `created_at`, so the rows
     /// themselves are not read), grouped by domain in the index's order
     /// without a sort; the leased rows (at most what the relays claimed)
-    /// from `outbox_sending`. Per state and domain, the rows younger than
+    /// from `outbox_sending`; the copies waiting in `alert_queue`, counted
+    /// as queued, from that table. Per state and domain, the rows younger than
     /// each bucket's bound are counted, and a bucket is the difference of
     /// two such counts.
     pub fn pending_shape(&self, now: UnixTime) -> Result<Vec<PendingRow>> {
